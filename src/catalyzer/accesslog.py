@@ -1,0 +1,108 @@
+"""The access log: combined log format plus the request's duration in microseconds.
+
+``1.2.3.4 - - [21/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8.5" 1234``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import IO, Protocol
+
+
+class AccessLog(Protocol):
+    def log(
+        self,
+        remote: str,
+        request_line: str,
+        status: int,
+        size: int,
+        referer: str,
+        user_agent: str,
+        duration: float,
+        now: float,
+    ) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def clf_time(when: float) -> str:
+    t = time.gmtime(when)
+    return (
+        f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    )
+
+
+def _quote(text: str) -> str:
+    if not text:
+        return "-"
+    # Keep one entry on one line whatever a client sends.
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+
+
+def format_entry(
+    remote: str,
+    request_line: str,
+    status: int,
+    size: int,
+    referer: str,
+    user_agent: str,
+    duration: float,
+    timestamp: str,
+) -> str:
+    return (
+        f'{remote} - - [{timestamp}] "{_quote(request_line)}" {status} {size or "-"} '
+        f'"{_quote(referer)}" "{_quote(user_agent)}" {int(duration * 1e6)}\n'
+    )
+
+
+class FileAccessLog:
+    """Writes entries to a stream, buffered; the owner calls :meth:`flush` now and then."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._second = -1
+        self._stamp = ""
+
+    @classmethod
+    def open(cls, target: str) -> FileAccessLog:
+        if target == "-":
+            # twistd redirects sys.stdout into its log; the access log wants the real stdout.
+            return cls(os.fdopen(os.dup(1), "w", buffering=65536, encoding="utf-8"))
+        return cls(open(target, "a", buffering=65536, encoding="utf-8"))
+
+    def log(
+        self,
+        remote: str,
+        request_line: str,
+        status: int,
+        size: int,
+        referer: str,
+        user_agent: str,
+        duration: float,
+        now: float,
+    ) -> None:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = clf_time(second)
+        self._stream.write(
+            format_entry(
+                remote, request_line, status, size, referer, user_agent, duration, self._stamp
+            )
+        )
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._stream.close()

@@ -1,0 +1,475 @@
+"""The Twisted side of an HTTP connection: bytes from the transport into a :class:`RequestReader`,
+complete requests to a :class:`WSGIResponse`, one at a time and in order, and every wait bounded
+by a named timer.
+
+Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on leaving it):
+
+- ``header``: a request's line and headers must arrive within ``header-timeout``, counted from
+  the connection's start for the first request and from the first byte for later ones -> 408.
+- ``body``: every ``body-timeout`` window of a body must bring ``body-min-rate`` bytes/s -> 408.
+- ``idle``: a keep-alive connection with nothing to do closes after ``keepalive-timeout``.
+- ``linger``: a connection we are closing that does not drain its output within
+  ``write-timeout`` is aborted.
+- the response's own ``stall`` timer (``write-timeout``) lives in :mod:`catalyzer.response`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from catalyzer.accesslog import AccessLog
+from catalyzer.environ import BadTarget, ConnectionInfo, build_environ
+from catalyzer.filewrapper import FileWrapper
+from catalyzer.framing import simple_response
+from catalyzer.http11 import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
+from catalyzer.response import WSGIResponse
+from catalyzer.settings import Config
+from catalyzer.wsgitypes import WSGIApp
+
+__all__ = ["HTTPChannel", "HTTPFactory", "ServerState"]
+
+log = Logger(namespace="catalyzer.http")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_OPTIONS_ALLOW = "Allow: OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE\r\n"
+
+
+class WSGIErrors(io.StringIO):
+    """``wsgi.errors``: each line the application writes becomes one log event."""
+
+    _log = Logger(namespace="catalyzer.app")
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.warn("{line}", line=line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._log.warn("{line}", line=line)
+
+
+class ServerState:
+    """Everything the connections of one process share: the app, settings, clock, open
+    connections and the listening ports (paused while at ``max-connections``)."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        config: Config,
+        clock: interfaces.IReactorTime,
+        *,
+        call_from_thread: Callable[..., None] | None = None,
+        threadpool: ThreadPool | None = None,
+        access_log: AccessLog | None = None,
+        multiprocess: bool = False,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.clock = clock
+        self.call_from_thread = call_from_thread
+        self.threadpool = threadpool
+        self.access_log = access_log
+        self.multiprocess = multiprocess
+        self.limits = Limits(
+            max_request_line=config.max_request_line,
+            max_headers=config.max_headers,
+            max_header_bytes=config.max_header_bytes,
+            max_body=config.max_body,
+            max_chunk_line=config.max_chunk_line,
+            body_spool_threshold=config.body_spool_threshold,
+        )
+        self.errors = WSGIErrors()
+        self.on_body_progress: Callable[[Request, int], None] | None = None
+        self.channels: set[HTTPChannel] = set()
+        self.ports: list[Any] = []
+        self.accepting = True
+        self.draining = False
+        self.requests_served = 0
+        self._drained: list[Deferred[None]] = []
+        self._date_second = -1
+        self._date = ""
+
+    def date(self) -> str:
+        now = int(self.clock.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = formatdate(now, usegmt=True)
+        return self._date
+
+    # -- connection accounting
+
+    def connection_made(self, channel: HTTPChannel) -> None:
+        self.channels.add(channel)
+        if self.accepting and len(self.channels) >= self.config.max_connections:
+            self._set_accepting(False)
+            log.warn(
+                "{n} connections open (max-connections): not accepting until one closes",
+                n=len(self.channels),
+            )
+
+    def connection_lost(self, channel: HTTPChannel) -> None:
+        self.channels.discard(channel)
+        if (
+            not self.accepting
+            and not self.draining
+            and (len(self.channels) < self.config.max_connections)
+        ):
+            self._set_accepting(True)
+        if not self.channels and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def _set_accepting(self, on: bool) -> None:
+        self.accepting = on
+        for port in self.ports:
+            # tcp and unix ports are FileDescriptors: not reading means not calling accept().
+            toggle = getattr(port, "startReading" if on else "stopReading", None)
+            if toggle is not None:
+                toggle()
+
+    # -- graceful stop
+
+    def drain(self) -> Deferred[None]:
+        """Close idle connections now and the others after the response in hand. Fires when no
+        connection is left; the caller bounds the wait."""
+        self.draining = True
+        d: Deferred[None] = Deferred()
+        if not self.channels:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+        for channel in list(self.channels):
+            channel.drain()
+        return d
+
+    def abort_all(self) -> None:
+        for channel in list(self.channels):
+            channel.abort("die-timeout reached")
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class HTTPChannel(Protocol):
+    """One client connection."""
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+        self.reader = RequestReader(server.limits, server.on_body_progress)
+        self.response: WSGIResponse | None = None
+        self.info: ConnectionInfo | None = None
+        self.closing = False
+        self.disconnected = False
+        self.requests = 0
+        self.opened = 0.0
+        self._reading_paused = False
+        self._got_data = False
+        self._in_next = False
+        self._header_timer: interfaces.IDelayedCall | None = None
+        self._body_timer: interfaces.IDelayedCall | None = None
+        self._body_mark = 0
+        self._idle_timer: interfaces.IDelayedCall | None = None
+        self._linger_timer: interfaces.IDelayedCall | None = None
+
+    # -- Protocol
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.opened = self.server.clock.seconds()
+        self.info = _connection_info(transport)
+        self.server.connection_made(self)
+        self._header_timer = self._later(self.server.config.header_timeout, self._header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._got_data = True
+        self.reader.receive_data(data)
+        self._after_read()
+
+    def readConnectionLost(self) -> None:
+        # The client half-closed: answer what it sent, then close.
+        self.reader.receive_eof()
+        self._after_read()
+
+    def writeConnectionLost(self) -> None:
+        self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.disconnected = True
+        for name in ("_header_timer", "_body_timer", "_idle_timer", "_linger_timer"):
+            self._cancel(name)
+        if self.response is not None:
+            self.response.abort("client disconnected before the response was complete")
+        self.reader.receive_eof()
+        while (event := self.reader.next_event()) is not None:
+            if isinstance(event, Request) and event.body is not None:
+                event.body.close()
+        self.server.connection_lost(self)
+
+    # -- reading side
+
+    def _after_read(self) -> None:
+        reader = self.reader
+        if reader.in_headers:
+            self._cancel("_idle_timer")
+            if self._header_timer is None:
+                self._header_timer = self._later(
+                    self.server.config.header_timeout, self._header_timeout
+                )
+        elif self._got_data:
+            self._cancel("_header_timer")
+        if reader.in_body:
+            if self._body_timer is None:
+                self._body_mark = 0
+                self._body_timer = self._later(self.server.config.body_timeout, self._body_check)
+        else:
+            self._cancel("_body_timer")
+        if self.response is None:
+            self._next()
+        elif reader.queued >= self.server.config.max_pipeline or reader.stopped:
+            self._pause_reading()
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.reader.in_headers:
+            self.reader.fail(408, "request headers not received in time")
+            self._after_read()
+        elif not self._got_data:
+            self._close()  # connected and never sent a byte
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        request = self.reader.current
+        if request is None or not self.reader.in_body:
+            return
+        received = request.body_length - self._body_mark
+        window = self.server.config.body_timeout
+        wanted = max(1, int(self.server.config.body_min_rate * window))
+        # While an earlier response is still going out, a client waiting for "100 Continue"
+        # is not late; judge the rate only when this request is the one being served.
+        if received < wanted and self.response is None:
+            self.reader.fail(408, f"request body slower than {wanted} bytes in {window:g}s")
+            self._after_read()
+            return
+        self._body_mark = request.body_length
+        self._body_timer = self._later(window, self._body_check)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.disconnected:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.disconnected:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- acting on events, strictly in order
+
+    def _next(self) -> None:
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while self.response is None and not self.disconnected and not self.closing:
+                event = self.reader.next_event()
+                if event is None:
+                    if self.reader.stopped:
+                        self._close()
+                    else:
+                        self._resume_reading()
+                        if not (self.reader.in_headers or self.reader.in_body):
+                            self._arm_idle()
+                    return
+                if event is SEND_CONTINUE:
+                    self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+                elif isinstance(event, ProtocolError):
+                    self._protocol_error(event)
+                elif isinstance(event, Request):
+                    self._start(event)
+        finally:
+            self._in_next = False
+
+    def _start(self, request: Request) -> None:
+        self._cancel("_idle_timer")
+        self.requests += 1
+        server = self.server
+        if request.target == b"*":
+            if request.method == "OPTIONS":
+                self._respond_directly(request, 200, "OK", b"", _OPTIONS_ALLOW)
+            else:
+                self._protocol_error(ProtocolError(400, f"'*' target with {request.method}"))
+            return
+        assert self.info is not None
+        try:
+            environ = build_environ(
+                request,
+                self.info,
+                script_name=server.config.script_name,
+                errors=server.errors,
+                multithread=server.threadpool is not None,
+                multiprocess=server.multiprocess,
+                file_wrapper=FileWrapper,
+            )
+        except BadTarget as e:
+            self._protocol_error(ProtocolError(400, str(e)))
+            return
+        self.response = WSGIResponse(self, request, environ)
+        self.response.run()
+
+    def _respond_directly(
+        self, request: Request, status: int, reason: str, body: bytes, extra: str = ""
+    ) -> None:
+        keep_alive = request.keep_alive and self.keep_alive_allowed
+        self.transport.write(  # type: ignore[union-attr]
+            simple_response(
+                status, reason, self.server.date(), body, close=not keep_alive, extra=extra
+            )
+        )
+        if not keep_alive:
+            self._close()
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        peer = self.info.remote_addr if self.info else "?"
+        log.info(
+            "{status} to {peer}: {detail}", status=error.status, peer=peer, detail=error.detail
+        )
+        body = f"{error.status} {error.reason}\n".encode()
+        self.transport.write(  # type: ignore[union-attr]
+            simple_response(error.status, error.reason, self.server.date(), body)
+        )
+        self._close()
+
+    def response_finished(self, response: WSGIResponse, keep_alive: bool) -> None:
+        """Called by the response once it has sent its last byte, failed or been abandoned."""
+        self.response = None
+        server = self.server
+        server.requests_served += 1
+        request = response.request
+        if request.body is not None:
+            request.body.close()
+        access_log = server.access_log
+        if access_log is not None:
+            now = server.clock.seconds()
+            environ = response.environ
+            access_log.log(
+                environ["REMOTE_ADDR"] or "-",
+                f"{request.method} {environ['RAW_URI']} HTTP/{request.version}",
+                response.status,
+                response.bytes_sent,
+                environ.get("HTTP_REFERER", ""),
+                environ.get("HTTP_USER_AGENT", ""),
+                now - response.started,
+                now,
+            )
+        if self.disconnected:
+            return
+        if not keep_alive or self.closing:
+            self._close()
+        else:
+            self._next()
+
+    # -- keep-alive, closing, draining
+
+    @property
+    def keep_alive_allowed(self) -> bool:
+        return (
+            not self.closing
+            and not self.server.draining
+            and (self.server.config.keepalive_timeout > 0)
+        )
+
+    def _arm_idle(self) -> None:
+        if self._idle_timer is None and self.requests:
+            self._idle_timer = self._later(self.server.config.keepalive_timeout, self._close)
+
+    def _close(self) -> None:
+        """Close after what has been written is flushed; abort if the client won't take it."""
+        if self.disconnected:
+            return
+        self.closing = True
+        for name in ("_header_timer", "_body_timer", "_idle_timer"):
+            self._cancel(name)
+        self._pause_reading()
+        transport: Any = self.transport
+        transport.loseConnection()
+        if self._linger_timer is None:
+            self._linger_timer = self._later(
+                self.server.config.write_timeout, lambda: self.abort("client did not read")
+            )
+
+    def drain(self) -> None:
+        """Server shutdown: finish the request in hand (announcing Connection: close), else
+        close now."""
+        if self.response is None and not self.reader.in_headers and not self.reader.in_body:
+            self._close()
+        else:
+            self.closing = True
+
+    def abort(self, why: str) -> None:
+        if not self.disconnected:
+            log.info(
+                "aborting connection from {peer}: {why}",
+                peer=self.info.remote_addr if self.info else "?",
+                why=why,
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- timers
+
+    def _later(self, delay: float, f: Callable[[], object]) -> interfaces.IDelayedCall:
+        return self.server.clock.callLater(delay, f)
+
+    def _cancel(self, name: str) -> None:
+        timer: interfaces.IDelayedCall | None = getattr(self, name)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+
+def _connection_info(transport: Any) -> ConnectionInfo:
+    host = transport.getHost()
+    peer = transport.getPeer()
+    scheme = "https" if interfaces.ISSLTransport.providedBy(transport) else "http"
+    if isinstance(host, IPv4Address | IPv6Address):
+        server_name, server_port = host.host, str(host.port)
+    else:
+        server_name, server_port = "localhost", ""
+    if isinstance(peer, IPv4Address | IPv6Address):
+        remote_addr, remote_port = peer.host, str(peer.port)
+    else:
+        remote_addr, remote_port = "", ""
+    return ConnectionInfo(server_name, server_port, remote_addr, remote_port, scheme)
+
+
+class HTTPFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: object) -> HTTPChannel:
+        channel = HTTPChannel(self.server)
+        channel.factory = self
+        return channel

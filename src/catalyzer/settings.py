@@ -1,0 +1,387 @@
+"""Every setting catalyzer has, defined once.
+
+The ``twistd`` option table (``catalyzer.tap``), value validation and the settings page in
+``docs/settings.md`` are all generated from :data:`SETTINGS`, so a setting cannot exist in one place
+and be missing or different in another. This module is pure: no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+class SettingError(ValueError):
+    """A setting was given a value it cannot take. The message names setting, value and rule."""
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"65536"``, ``"64K"``, ``"64KiB"``, ``"1M"``, ``"1G"`` -> bytes (binary multiples)."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError("expected a byte count such as 65536, 64K, 1M or 1G")
+    unit = (m.group(2) or "").lower()[:1]
+    return int(m.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
+        raise ValueError("must be 1 byte or more")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects NaN
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a number of seconds above 0")
+    return value
+
+
+def _app_spec(text: str) -> str:
+    # Only the shape is checked here; importing happens where the app will run.
+    from catalyzer.appspec import parse_app_spec
+
+    parse_app_spec(text)
+    return text
+
+
+def _script_name(text: str) -> str:
+    if text and (not text.startswith("/") or text.endswith("/")):
+        raise ValueError("must be empty or start with '/' and not end with '/'")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name on the command line and in config files, its type and its rules."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    section: str
+    metavar: str = "VALUE"
+    short: str | None = None
+    # A repeatable option collects a list; its default is a list too.
+    repeatable: bool = False
+    flag: bool = False
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    def coerce(self, raw: object) -> Any:
+        """Validate one raw value (a string from the command line, or a typed config value)."""
+        try:
+            if self.flag and isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str):
+                return self.parse(raw)
+            if isinstance(raw, bool):
+                raise ValueError("expected a " + self.metavar.lower())
+            if isinstance(raw, int | float):
+                return self.parse(str(raw))
+            raise ValueError(f"expected a {self.metavar.lower()}, got {type(raw).__name__}")
+        except (ValueError, TypeError) as e:
+            raise SettingError(f"setting {self.name!r}: bad value {raw!r}: {e}") from None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- application
+    Setting(
+        "app",
+        "",
+        _app_spec,
+        section="Application",
+        metavar="MODULE:CALLABLE",
+        help="The WSGI application: 'package.module:callable', or a factory call such as "
+        "'package.module:create_app()' (literal arguments only). Required.",
+    ),
+    Setting(
+        "script-name",
+        "",
+        _script_name,
+        section="Application",
+        metavar="PATH",
+        help="SCRIPT_NAME: the URL prefix the application is mounted at behind a proxy. A request "
+        "path starting with it has it removed from PATH_INFO.",
+    ),
+    Setting(
+        "threads",
+        0,
+        _non_negative_int,
+        section="Application",
+        metavar="N",
+        help="0 runs the application in the reactor thread (one request at a time per process). N "
+        "runs it in a pool of N threads, for applications that wait on I/O.",
+    ),
+    # -- listening
+    Setting(
+        "listen",
+        [DEFAULT_LISTEN],
+        str,
+        section="Listening",
+        metavar="ENDPOINT",
+        short="l",
+        repeatable=True,
+        help="Where to accept connections, in Twisted's endpoint syntax: 'tcp:8080', "
+        "'tcp6:8080:interface=\\:\\:1', 'unix:/run/app.sock', "
+        "'ssl:8443:privateKey=key.pem:certKey=cert.pem', 'systemd:domain=INET:index=0'. "
+        "Repeat to listen on several.",
+    ),
+    Setting(
+        "max-connections",
+        1000,
+        _positive_int,
+        section="Listening",
+        metavar="N",
+        help="Open client connections per process. At the limit the server stops accepting "
+        "until a connection closes; waiting clients stay in the listen backlog.",
+    ),
+    # -- request limits
+    Setting(
+        "max-request-line",
+        8190,
+        _positive_size,
+        section="Limits",
+        metavar="BYTES",
+        help="Longest request target. Longer: 414.",
+    ),
+    Setting(
+        "max-headers",
+        100,
+        _positive_int,
+        section="Limits",
+        metavar="N",
+        help="Most header fields in a request (trailers included). More: 431.",
+    ),
+    Setting(
+        "max-header-bytes",
+        65536,
+        _positive_size,
+        section="Limits",
+        metavar="BYTES",
+        help="Most bytes of header fields in a request, names and values together. More: 431.",
+    ),
+    Setting(
+        "max-body",
+        1024**3,
+        _positive_size,
+        section="Limits",
+        metavar="BYTES",
+        help="Largest request body. A larger declared Content-Length is refused with 413 before "
+        "any of it is read; a chunked body is refused when it grows past the limit.",
+    ),
+    Setting(
+        "max-chunk-line",
+        4096,
+        _positive_size,
+        section="Limits",
+        metavar="BYTES",
+        help="Longest chunk-size line (with extensions) in a chunked request body. Longer: 400.",
+    ),
+    Setting(
+        "body-spool-threshold",
+        1024**2,
+        _positive_size,
+        section="Limits",
+        metavar="BYTES",
+        help="Request bodies up to this size are kept in memory; larger ones go to a temporary file.",
+    ),
+    Setting(
+        "max-pipeline",
+        16,
+        _positive_int,
+        section="Limits",
+        metavar="N",
+        help="Complete pipelined requests read ahead of the one being answered. Past it the server "
+        "stops reading from that connection until it catches up.",
+    ),
+    # -- timeouts
+    Setting(
+        "header-timeout",
+        10.0,
+        _positive_seconds,
+        section="Timeouts",
+        metavar="SECONDS",
+        help="The request line and headers must arrive within this time of their first byte: 408.",
+    ),
+    Setting(
+        "body-timeout",
+        10.0,
+        _positive_seconds,
+        section="Timeouts",
+        metavar="SECONDS",
+        help="The window over which the body's data rate is measured; see body-min-rate.",
+    ),
+    Setting(
+        "body-min-rate",
+        1024,
+        _non_negative_int,
+        section="Timeouts",
+        metavar="BYTES/S",
+        help="A request body arriving slower than this over a body-timeout window is cut off "
+        "with 408. 0 only requires some data in each window.",
+    ),
+    Setting(
+        "keepalive-timeout",
+        5.0,
+        _non_negative_seconds,
+        section="Timeouts",
+        metavar="SECONDS",
+        help="An idle keep-alive connection is closed after this long; 0 disables keep-alive.",
+    ),
+    Setting(
+        "write-timeout",
+        30.0,
+        _positive_seconds,
+        section="Timeouts",
+        metavar="SECONDS",
+        help="A response the client stops reading for this long is abandoned: the connection is "
+        "aborted and the response iterable closed.",
+    ),
+    Setting(
+        "die-timeout",
+        30.0,
+        _non_negative_seconds,
+        section="Timeouts",
+        metavar="SECONDS",
+        help="On SIGTERM, requests in flight get this long to finish before their connections "
+        "are cut.",
+    ),
+    # -- logging
+    Setting(
+        "access-log",
+        "-",
+        str,
+        section="Logging",
+        metavar="PATH",
+        help="Access log in combined format plus the request's duration in microseconds: a "
+        "file path, '-' for standard output, or 'off'.",
+    ),
+)
+
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings, one attribute per entry of :data:`SETTINGS` (dashes become underscores)."""
+
+    app: str
+    script_name: str
+    threads: int
+    listen: tuple[str, ...]
+    max_connections: int
+    max_request_line: int
+    max_headers: int
+    max_header_bytes: int
+    max_body: int
+    max_chunk_line: int
+    body_spool_threshold: int
+    max_pipeline: int
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    keepalive_timeout: float
+    write_timeout: float
+    die_timeout: float
+    access_log: str
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, object]) -> Config:
+        """Build from already-validated values keyed by setting name; missing ones take defaults."""
+        unknown = sorted(set(values) - set(BY_NAME))
+        if unknown:
+            raise SettingError(
+                f"unknown setting {unknown[0]!r}; known settings: {', '.join(BY_NAME)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = values.get(setting.name, setting.default)
+            if setting.repeatable:
+                value = tuple(value)  # type: ignore[arg-type]
+            kwargs[setting.attr] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_config_matches_settings() -> None:
+    names = [f.name for f in dataclasses.fields(Config)]
+    if names != [s.attr for s in SETTINGS]:
+        raise AssertionError("Config fields and SETTINGS differ")
+
+
+_check_config_matches_settings()
+
+
+def render_markdown(settings: Iterable[Setting] = SETTINGS) -> str:
+    """The settings page, ``docs/settings.md``. A test keeps the file in step with this output."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from src/catalyzer/settings.py by `make docs`; do not edit by hand. -->",
+        "",
+        "Every setting is a `twistd -n catalyzer` option: `--name VALUE`. Sizes take a K, M or G "
+        "suffix (binary multiples); durations are seconds.",
+    ]
+    section = None
+    for s in settings:
+        if s.section != section:
+            section = s.section
+            lines += ["", f"## {section}", "", "| option | default | meaning |", "|---|---|---|"]
+        default = ", ".join(s.default) if s.repeatable else s.default
+        if default == "":
+            default = "(none)"
+        option = f"`--{s.name} {s.metavar}`"
+        if s.short:
+            option += f" (`-{s.short}`)"
+        text = s.help.replace("|", "\\|")
+        lines.append(f"| {option} | `{default}` | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

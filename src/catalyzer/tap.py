@@ -1,0 +1,182 @@
+"""The ``twistd catalyzer`` entry point: option table and ``makeService``.
+
+This is an edge module: the only place besides the worker entry points that touches the global
+reactor. Every user error (bad option, bad ``--app``, unusable endpoint or log file) ends the process
+with one line on stderr and a non-zero status, before anything is bound.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from catalyzer import signals
+from catalyzer.accesslog import FileAccessLog
+from catalyzer.appspec import AppSpecError, load_app
+from catalyzer.protocol import ServerState
+from catalyzer.service import HTTPService
+from catalyzer.settings import SETTINGS, Config, Setting, SettingError
+
+log = Logger(namespace="catalyzer")
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"catalyzer: error: {message}")
+
+
+def _repeatable_option(setting: Setting) -> Any:
+    def opt(self: Options, value: str) -> None:
+        self.repeated.setdefault(setting.name, []).append(value)
+
+    opt.__doc__ = setting.help
+    return opt
+
+
+class Options(usage.Options):
+    synopsis = "--app MODULE:CALLABLE [options]"
+    longdesc = (
+        "Serve a WSGI application on Twisted. Every option is described in docs/settings.md; "
+        "sizes take K/M/G suffixes, times are in seconds."
+    )
+    optParameters = [
+        [s.name, s.short, None, f"{s.help} [default: {s.default!s}]"]
+        for s in SETTINGS
+        if not s.repeatable and not s.flag
+    ]
+    optFlags = [[s.name, s.short, s.help] for s in SETTINGS if s.flag]
+
+    def __init__(self) -> None:
+        self.repeated: dict[str, list[str]] = {}
+        super().__init__()
+        self.config: Config | None = None
+        self.endpoints: list[tuple[str, Any]] = []
+
+    def postOptions(self) -> None:
+        values: dict[str, object] = {}
+        for setting in SETTINGS:
+            if setting.repeatable:
+                raw_list = self.repeated.get(setting.name)
+                if raw_list:
+                    values[setting.name] = [setting.coerce(v) for v in raw_list]
+                continue
+            raw = self.opts.get(setting.name)
+            if setting.flag:
+                if raw:
+                    values[setting.name] = True
+            elif raw is not None:
+                try:
+                    values[setting.name] = setting.coerce(raw)
+                except SettingError as e:
+                    raise _fail(str(e)) from None
+        if not values.get("app"):
+            raise _fail("--app MODULE:CALLABLE is required (e.g. --app myapp:app)")
+        try:
+            self.config = Config.from_values(values)
+        except SettingError as e:
+            raise _fail(str(e)) from None
+        from twisted.internet import reactor
+
+        for description in self.config.listen:
+            try:
+                endpoint = endpoints.serverFromString(reactor, description)
+            except Exception as e:  # the endpoint parsers raise a variety of types
+                raise _fail(f"--listen {description!r}: {e or type(e).__name__}") from None
+            self.endpoints.append((description, endpoint))
+
+
+for _setting in SETTINGS:
+    if _setting.repeatable:
+        setattr(Options, "opt_" + _setting.attr, _repeatable_option(_setting))
+        if _setting.short:
+            setattr(Options, "opt_" + _setting.short, getattr(Options, "opt_" + _setting.attr))
+
+
+def makeService(options: Options) -> MultiService:
+    config = options.config
+    assert config is not None
+    from twisted.internet import reactor
+
+    try:
+        app = load_app(config.app, os.getcwd())
+    except AppSpecError as e:
+        raise _fail(str(e)) from None
+    access_log = None
+    if config.access_log.lower() not in ("off", "none", ""):
+        try:
+            access_log = FileAccessLog.open(config.access_log)
+        except OSError as e:
+            raise _fail(f"--access-log {config.access_log!r}: {e.strerror or e}") from None
+    threadpool = None
+    if config.threads:
+        threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
+    server = ServerState(
+        app,
+        config,
+        reactor,
+        call_from_thread=reactor.callFromThread,  # type: ignore[attr-defined]
+        threadpool=threadpool,
+        access_log=access_log,
+    )
+    http = HTTPService(server, options.endpoints, reactor)
+    root = _Root(http, reactor)
+    return root
+
+
+class _Root(MultiService):
+    """Owns the process-level behaviour: signals and the exit status."""
+
+    def __init__(self, http: HTTPService, reactor: Any) -> None:
+        super().__init__()
+        self.http = http
+        self.reactor = reactor
+        self._stopping = False
+        http.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(
+            signals.install,
+            self.reactor,
+            {signal.SIGTERM: self._graceful_stop, signal.SIGINT: self._quick_stop},
+        )
+
+    def _graceful_stop(self) -> None:
+        log.info("SIGTERM: finishing requests in flight, then exiting")
+        self._stop()
+
+    def _quick_stop(self) -> None:
+        log.info("SIGINT: stopping now")
+        server = self.http.server
+        server.config = server.config.replace(die_timeout=0.0)
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self.reactor.stop()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+
+        def done(result: object) -> object:
+            if not self.http.clean_exit:
+                # Threads may still be stuck inside the app; don't wait for them at exit.
+                atexit.register(_hard_exit, 1)
+            return result
+
+        return d.addBoth(done)
+
+
+def _hard_exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
