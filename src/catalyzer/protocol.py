@@ -275,7 +275,8 @@ class HTTPChannel(Protocol):
         self._body_timer = self._later(window, self._body_check)
 
     def _pause_reading(self) -> None:
-        if not self._reading_paused and not self.disconnected:
+        transport: Any = self.transport
+        if not self._reading_paused and not self.disconnected and not transport.disconnecting:
             self._reading_paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
@@ -412,6 +413,8 @@ class HTTPChannel(Protocol):
             self._cancel(name)
         self._pause_reading()
         transport: Any = self.transport
+        if transport.disconnecting:  # already aborted
+            return
         transport.loseConnection()
         if self._linger_timer is None:
             self._linger_timer = self._later(

@@ -188,11 +188,15 @@ class WSGIResponse:
             for chunk in chunks:
                 if type(chunk) is not bytes:
                     raise TypeError(f"response items must be bytes, not {type(chunk).__name__}")
-            framer = self._begin(sum(map(len, chunks)))
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self.framer is not None:  # write() already sent the head
+                self._emit(body) if body else None
+                self._finish()
+                return
+            framer = self._begin(len(body))
         except Exception:
             self._fail("the application's response is invalid")
             return
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.transport.write(framer.head + framer.body(body) + framer.end())
         self._finish()
 

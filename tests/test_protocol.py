@@ -1,0 +1,549 @@
+"""The HTTP engine driven in memory: timers on a Clock, back-pressure, ordering, app failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.validate import validator
+
+import pytest
+from twisted.logger import formatEvent, globalLogPublisher
+
+from catalyzer.testing import InMemoryServer
+from tests.helpers import GET, CountingIterable, Recorder, dechunk, hello, split_response, statuses
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """Formatted log events (with tracebacks) emitted during the test."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += "\n" + failure.getTraceback()
+        lines.append(text)
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+# -- timeouts, each just before and at expiry
+
+
+def test_header_timeout_408_counts_from_first_byte() -> None:
+    server = InMemoryServer(hello, header_timeout=10)
+    conn = server.connect()
+    server.clock.advance(3)
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    server.clock.advance(6.99)  # 9.99 s since the connection opened
+    assert conn.output() == b""
+    server.clock.advance(0.01)
+    assert statuses(conn.output()) == [408]
+    assert conn.closed
+
+
+def test_header_timeout_for_later_request_counts_from_its_first_byte() -> None:
+    server = InMemoryServer(hello, header_timeout=10, keepalive_timeout=60)
+    conn = server.connect()
+    conn.send(GET)
+    server.clock.advance(30)
+    conn.new_output()
+    conn.send(b"GET / HTTP/1.1\r\n")
+    server.clock.advance(9.9)
+    assert conn.new_output() == b""
+    server.clock.advance(0.1)
+    assert statuses(conn.new_output()) == [408]
+
+
+def test_silent_connection_closed_after_header_timeout() -> None:
+    server = InMemoryServer(hello, header_timeout=5)
+    conn = server.connect()
+    server.clock.advance(4.9)
+    assert not conn.closed
+    server.clock.advance(0.1)
+    assert conn.closed
+    assert conn.output() == b""
+
+
+def test_slow_body_408() -> None:
+    server = InMemoryServer(hello, body_timeout=10, body_min_rate=100)
+    conn = server.connect()
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    conn.send(b"x" * 1000)  # exactly 100 B/s over the first window: enough
+    server.clock.advance(10)
+    assert conn.output() == b""
+    conn.send(b"x" * 999)  # one byte short in the second window
+    server.clock.advance(9.99)
+    assert conn.output() == b""
+    server.clock.advance(0.01)
+    assert statuses(conn.output()) == [408]
+    assert conn.closed
+
+
+def test_idle_keepalive_closed() -> None:
+    server = InMemoryServer(hello, keepalive_timeout=5)
+    conn = server.connect()
+    conn.send(GET)
+    assert statuses(conn.output()) == [200]
+    server.clock.advance(4.99)
+    assert not conn.closed
+    server.clock.advance(0.01)
+    assert conn.closed
+
+
+def test_stalled_write_aborts_and_closes_iterable() -> None:
+    body = CountingIterable(chunks=1000)
+    server = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1], write_timeout=30)
+    conn = server.connect()
+    conn.send(GET)
+    producer = conn.transport.producer
+    assert producer is not None
+    producer.pauseProducing()  # what the transport does when its buffer fills
+    consumed = body.produced
+    server.clock.advance(29.9)
+    assert body.produced == consumed and not conn.closed
+    server.clock.advance(0.1)
+    assert conn.closed
+    assert body.closed == 1
+
+
+# -- back-pressure and streaming
+
+
+def test_iterable_not_advanced_while_paused() -> None:
+    body = CountingIterable(chunks=2000, size=4096)
+    server = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1])
+    conn = server.connect()
+    conn.send(GET)
+    # Nothing pushes back in memory, so one reactor turn takes a bounded number of items.
+    first_turn = body.produced
+    assert 0 < first_turn < 2000
+    conn.transport.producer.pauseProducing()
+    server.clock.advance(0)
+    assert body.produced == first_turn
+    conn.transport.producer.resumeProducing()
+    while body.closed == 0:
+        server.clock.advance(0)
+    assert body.closed == 1
+    assert len(dechunk(split_response(conn.output())[2])) == 2000 * 4096
+
+
+def test_generator_response_chunked_on_11_and_close_delimited_on_10() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"ab"
+        yield b""
+        yield b"cd"
+
+    server = InMemoryServer(app)
+    status, headers, body = split_response(server.request(GET))
+    assert headers["transfer-encoding"] == "chunked"
+    assert dechunk(body) == b"abcd"
+
+    conn = server.connect()
+    conn.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, body = split_response(conn.output())
+    assert "transfer-encoding" not in headers and headers["connection"] == "close"
+    assert body == b"abcd" and conn.closed
+
+
+def test_list_body_without_length_gets_content_length() -> None:
+    server = InMemoryServer(lambda e, s: (s("200 OK", []), [b"ab", b"c"])[1])
+    status, headers, body = split_response(server.request(GET))
+    assert headers["content-length"] == "3" and body == b"abc"
+
+
+def test_head_and_204_304_have_no_body() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        status = {"/204": "204 No Content", "/304": "304 Not Modified"}.get(
+            environ["PATH_INFO"], "200 OK"
+        )
+        start_response(status, [("Content-Length", "5")] if status[0] == "2" else [])
+        return [b"hello"]
+
+    server = InMemoryServer(app)
+    conn = server.connect()
+    conn.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.send(b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.send(b"GET /304 HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.send(GET)
+    out = conn.output()
+    assert statuses(out) == [200, 204, 304, 200]
+    assert out.count(b"hello") == 1  # only the GET has a body
+    assert b"Content-Length: 5\r\n" in out.split(b"HTTP/1.1 204")[0]  # HEAD keeps the length
+    assert not conn.closed
+
+
+def test_legacy_write_callable() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Length", "6")])
+        write(b"abc")
+        return [b"def"]
+
+    status, headers, body = split_response(InMemoryServer(app).request(GET))
+    assert (status, body) == (200, b"abcdef")
+
+
+# -- Content-Length honesty
+
+
+def test_body_longer_than_content_length_is_cut_and_connection_closed(logged: list[str]) -> None:
+    body = CountingIterable(chunks=5, size=10)
+    server = InMemoryServer(
+        lambda e, s: (s("200 OK", [("Content-Length", "15")]), body)[1]
+    )
+    conn = server.connect()
+    conn.send(GET + GET)
+    out = conn.output()
+    assert statuses(out) == [200]  # the second request is not answered on this connection
+    assert split_response(out)[2] == b"x" * 15
+    assert conn.closed and body.closed == 1
+    assert any("longer than its Content-Length" in line for line in logged)
+
+
+def test_body_shorter_than_content_length_closes(logged: list[str]) -> None:
+    server = InMemoryServer(lambda e, s: (s("200 OK", [("Content-Length", "10")]), iter([b"abc"]))[1])
+    conn = server.connect()
+    conn.send(GET + GET)
+    assert statuses(conn.output()) == [200]
+    assert conn.closed
+    assert any("shorter" in line for line in logged)
+
+
+# -- application failures
+
+
+def test_exception_before_start_gives_500_and_serving_continues(logged: list[str]) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/boom":
+            raise ValueError("secret detail")
+        return hello(environ, start_response)
+
+    conn = InMemoryServer(app).connect()
+    conn.send(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+    out = conn.output()
+    assert statuses(out) == [500, 200]
+    assert b"secret detail" not in out and b"Traceback" not in out
+    assert any("secret detail" in line and "Traceback" in line for line in logged)
+
+
+def test_exception_after_start_aborts_connection(logged: list[str]) -> None:
+    body = CountingIterable(chunks=10, fail_at=3)
+    conn = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1]).connect()
+    conn.send(GET)
+    assert conn.transport.disconnecting  # aborted: the client sees a truncated chunked body
+    assert statuses(conn.output()) == [200]
+    assert body.closed == 1
+    assert any("iteration failed on purpose" in line for line in logged)
+
+
+def test_close_raising_is_logged_and_serving_continues(logged: list[str]) -> None:
+    server = InMemoryServer(
+        lambda e, s: (s("200 OK", []), CountingIterable(chunks=1, fail_close=True))[1]
+    )
+    conn = server.connect()
+    conn.send(GET + GET)
+    assert statuses(conn.output()) == [200, 200]
+    assert any("close() raised" in line for line in logged)
+
+
+def test_close_called_when_client_disconnects_mid_response() -> None:
+    body = CountingIterable(chunks=1000)
+    conn = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1]).connect()
+    conn.send(GET)
+    conn.transport.producer.pauseProducing()
+    conn.lose()
+    assert body.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        ("200 OK\r\nX-Injected: 1", []),
+        ("200", []),
+        ("2000 OK", []),
+        (b"200 OK", []),
+        ("200 OK", [("X-Bad", "a\r\nX-Injected: 1")]),
+        ("200 OK", [("X-Bad", "nul\x00")]),
+        ("200 OK", [("Bad Name", "v")]),
+        ("200 OK", [("Transfer-Encoding", "chunked")]),
+        ("200 OK", [("Upgrade", "h2c")]),
+        ("200 OK", [("Connection", "upgrade")]),
+        ("200 OK", [("Content-Length", "-1")]),
+        ("200 OK", [("X-Unicode", "\u2603")]),
+        ("200 OK", (("X-Tuple", "headers must be a list"),)),
+    ],
+)
+def test_start_response_rejects_unsafe_input(status: Any, headers: Any, logged: list[str]) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(status, headers)
+        return [b"body"]
+
+    out = InMemoryServer(app).request(GET)
+    assert statuses(out) == [500]
+    assert b"X-Injected" not in out
+    assert any("application raised" in line for line in logged)
+
+
+def test_start_response_twice_without_exc_info_is_an_error() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        start_response("404 Not Found", [])
+        return [b""]
+
+    assert statuses(InMemoryServer(app).request(GET)) == [500]
+
+
+def test_exc_info_before_headers_sent_replaces_the_response() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        try:
+            raise KeyError("x")
+        except KeyError:
+            import sys
+
+            start_response("503 Service Unavailable", [("Content-Length", "4")], sys.exc_info())
+        return [b"oops"]
+
+    status, _, body = split_response(InMemoryServer(app).request(GET))
+    assert (status, body) == (503, b"oops")
+
+
+def test_exc_info_after_headers_sent_reraises_and_aborts() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"partial"
+        try:
+            raise KeyError("late")
+        except KeyError:
+            import sys
+
+            start_response("500 Oops", [], sys.exc_info())
+        yield b"never"
+
+    conn = InMemoryServer(app).connect()
+    conn.send(GET)
+    assert b"never" not in conn.output()
+    assert conn.transport.disconnecting
+
+
+def test_validator_wrapped_apps() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        data = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"len=%d" % len(data)
+
+    server = InMemoryServer(validator(app))
+    conn = server.connect()
+    conn.send(b"POST /a%20b?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n")
+    conn.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = conn.output()
+    assert statuses(out) == [200, 200, 200]
+    assert b"len=3" in out and b"len=2" in out
+
+
+# -- ordering, pipelining, 100-continue, connection management
+
+
+def test_pipelined_responses_in_order_with_bounded_read_ahead() -> None:
+    gate = CountingIterable(chunks=100)
+    app = Recorder()
+
+    def slow_first(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/slow":
+            start_response("200 OK", [])
+            return gate
+        return app(environ, start_response)
+
+    server = InMemoryServer(slow_first, max_pipeline=2)
+    conn = server.connect()
+    conn.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.transport.producer.pauseProducing()
+    conn.send(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)))
+    assert conn.transport.producerState == "paused"  # reading stopped: read-ahead bounded
+    assert app.calls == []
+    conn.transport.producer.resumeProducing()
+    while gate.closed == 0:
+        server.clock.advance(0)
+    assert [c["PATH_INFO"] for c in app.calls] == ["/0", "/1", "/2"]
+    assert conn.transport.producerState == "producing"
+    out = conn.output()
+    assert statuses(out) == [200, 200, 200, 200]
+    assert out.index(b"\r\n\r\n/0") < out.index(b"\r\n\r\n/1") < out.index(b"\r\n\r\n/2")
+
+
+def test_100_continue_sent_only_when_body_accepted() -> None:
+    app = Recorder()
+    server = InMemoryServer(app, max_body=10)
+    conn = server.connect()
+    conn.send(b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    assert conn.new_output() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.send(b"abc")
+    assert statuses(conn.new_output()) == [200]
+    conn.send(b"POST /b HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+    out = conn.new_output()
+    assert statuses(out) == [413] and b"100 Continue" not in out
+    assert [c["body"] for c in app.calls] == [b"abc"]
+
+
+def test_100_continue_waits_for_earlier_response() -> None:
+    gate = CountingIterable(chunks=200)
+    server = InMemoryServer(
+        lambda e, s: (s("200 OK", []), gate if e["PATH_INFO"] == "/slow" else [b"ok"])[1]
+    )
+    conn = server.connect()
+    conn.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.transport.producer.pauseProducing()
+    conn.send(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert b"100 Continue" not in conn.output()
+    conn.transport.producer.resumeProducing()
+    while gate.closed == 0:
+        server.clock.advance(0)
+    assert conn.output().endswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def test_unknown_expectation_417() -> None:
+    out = InMemoryServer(hello).request(
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx"
+    )
+    assert statuses(out) == [417]
+
+
+def test_options_asterisk_answered_by_server() -> None:
+    app = Recorder()
+    out = InMemoryServer(app).request(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, _ = split_response(out)
+    assert status == 200 and "GET" in headers["allow"]
+    assert app.calls == []
+
+
+def test_connection_close_request_closes_after_response() -> None:
+    conn = InMemoryServer(hello).connect()
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET)
+    out = conn.output()
+    assert statuses(out) == [200]
+    assert b"Connection: close" in out and conn.closed
+
+
+def test_app_connection_close_header_honoured() -> None:
+    app = lambda e, s: (s("200 OK", [("Connection", "close")]), [b"x"])[1]  # noqa: E731
+    conn = InMemoryServer(app).connect()
+    conn.send(GET + GET)
+    assert statuses(conn.output()) == [200] and conn.closed
+
+
+def test_keepalive_disabled_with_zero_timeout() -> None:
+    conn = InMemoryServer(hello, keepalive_timeout=0).connect()
+    conn.send(GET)
+    assert b"Connection: close" in conn.output() and conn.closed
+
+
+def test_half_close_still_answered() -> None:
+    conn = InMemoryServer(hello).connect()
+    conn.send(GET)
+    conn.new_output()
+    conn.send(GET)
+    conn.channel.readConnectionLost()
+    assert statuses(conn.output()) == [200, 200]
+    assert conn.closed
+
+
+class FakePort:
+    def __init__(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_max_connections_pauses_accepting() -> None:
+    server = InMemoryServer(hello, max_connections=2)
+    port = FakePort()
+    server.state.ports = [port]
+    a = server.connect()
+    assert port.reading
+    b = server.connect()
+    assert not port.reading
+    a.lose()
+    assert port.reading
+    b.lose()
+    assert port.reading
+
+
+def test_drain_closes_idle_now_and_busy_after_response() -> None:
+    body = CountingIterable(chunks=500)
+    server = InMemoryServer(hello)
+    idle = server.connect()
+    idle.send(GET)
+    server.state.app = lambda e, s: (s("200 OK", []), body)[1]
+    busy = server.connect()
+    busy.send(GET)
+    busy.transport.producer.pauseProducing()
+    done = server.state.drain()
+    fired: list[object] = []
+    done.addCallback(fired.append)
+    assert idle.closed and not busy.closed
+    idle.finish_close()
+    busy.transport.producer.resumeProducing()
+    while body.closed == 0:
+        server.clock.advance(0)
+    assert busy.closed
+    busy.finish_close()
+    assert fired == [None]
+
+
+def test_request_body_spooled_to_file_and_readable() -> None:
+    app = Recorder()
+    server = InMemoryServer(app, body_spool_threshold=1024)
+    payload = bytes(range(256)) * 64  # 16 KiB
+    server.request(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+    )
+    assert app.calls[0]["body"] == payload
+    assert app.calls[0]["wsgi.input_terminated"] is True
+
+
+def test_file_wrapper_without_socket_iterates(tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789" * 1000)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](open(path, "rb"), 4096)  # noqa: SIM115
+
+    status, headers, body = split_response(InMemoryServer(app).request(GET))
+    assert dechunk(body) == path.read_bytes()
+
+
+class InlinePool:
+    """A thread pool stand-in that runs work at once, for deterministic tests of threaded mode."""
+
+    def callInThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def test_threaded_mode_serves_and_reports_errors(logged: list[str]) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("threaded failure")
+        write = start_response("200 OK", [])
+        write(b"w")
+        yield b"a"
+        yield b"b"
+
+    server = InMemoryServer(app, threads=2)
+    server.state.threadpool = InlinePool()  # type: ignore[assignment]
+    server.state.call_from_thread = lambda f, *a: f(*a)
+    conn = server.connect()
+    conn.send(GET + b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+    out = conn.output()
+    assert statuses(out) == [200, 500, 200]
+    assert dechunk(split_response(out)[2]) == b"wab"
+    assert any("threaded failure" in line for line in logged)
