@@ -1,0 +1,1 @@
+"""Tests of the HTTP engine: the request reader and hostile input."""

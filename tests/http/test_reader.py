@@ -1,0 +1,633 @@
+"""RequestReader behaviour that no single corpus file shows: 100-continue, pipelining order, what
+is (not) read after a final request or an error, body spooling, chunked decoding, upload progress,
+and property-based fuzzing."""
+
+from __future__ import annotations
+
+import io
+import json
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from catalyzer.http11 import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
+from catalyzer.testing import InMemoryServer
+from tests.http.support import (
+    SECOND,
+    RecordingApp,
+    assert_no_leak,
+    close_bodies,
+    drain,
+    feed,
+    feed_bytewise,
+    kind,
+    limits_for,
+    logged_errors,
+    parse_responses,
+    summary,
+)
+
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def post(target: bytes, headers: bytes, body: bytes, version: bytes = b"1.1") -> bytes:
+    host = b"Host: x\r\n" if version == b"1.1" else b""
+    return b"POST %s HTTP/%s\r\n%s%s\r\n%s" % (target, version, host, headers, body)
+
+
+def get(target: bytes, headers: bytes = b"") -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (target, headers)
+
+
+def body_of(request: Request) -> bytes:
+    return request.body.read() if request.body is not None else b""
+
+
+# -- 100-continue
+
+
+def test_send_continue_comes_before_the_request() -> None:
+    reader = RequestReader()
+    head = post(b"/up", b"Expect: 100-continue\r\nContent-Length: 5\r\n", b"")
+    reader.receive_data(head)
+    assert drain(reader) == [SEND_CONTINUE]
+    assert reader.in_body
+    reader.receive_data(b"hello")
+    [request] = drain(reader)
+    assert isinstance(request, Request)
+    assert request.expect_continue
+    assert body_of(request) == b"hello"
+
+
+def test_send_continue_arrives_exactly_when_the_head_ends() -> None:
+    reader = RequestReader()
+    head = post(b"/up", b"Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n", b"")
+    for i in range(len(head) - 1):
+        reader.receive_data(head[i : i + 1])
+        assert reader.next_event() is None
+    reader.receive_data(head[-1:])
+    assert drain(reader) == [SEND_CONTINUE]
+    reader.receive_data(b"3\r\nabc\r\n0\r\n\r\n")
+    [request] = drain(reader)
+    assert isinstance(request, Request)
+    assert body_of(request) == b"abc"
+
+
+def test_no_continue_when_the_declared_body_is_too_large() -> None:
+    reader = RequestReader(Limits(max_body=1024))
+    reader.receive_data(post(b"/", b"Expect: 100-continue\r\nContent-Length: 1025\r\n", b""))
+    assert [kind(e) for e in drain(reader)] == ["error:413"]
+    assert reader.stopped
+
+
+def test_server_answers_413_without_100_continue() -> None:
+    app = RecordingApp()
+    conn = InMemoryServer(app, max_body=1024).connect()
+    conn.send(post(b"/", b"Expect: 100-continue\r\nContent-Length: 4096\r\n", b""))
+    output = conn.output()
+    assert output.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in output
+    assert conn.closed
+    assert app.calls == []
+
+
+def test_no_continue_for_http10() -> None:
+    reader = RequestReader()
+    reader.receive_data(post(b"/", b"Expect: 100-continue\r\nContent-Length: 3\r\n", b"", b"1.0"))
+    assert drain(reader) == []
+    reader.receive_data(b"abc")
+    [request] = drain(reader)
+    assert isinstance(request, Request)
+    assert not request.expect_continue
+    assert body_of(request) == b"abc"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"Expect: 100-continue\r\n", b"Expect: 100-continue\r\nContent-Length: 0\r\n"],
+    ids=["no-length", "length-0"],
+)
+def test_no_continue_without_a_body(headers: bytes) -> None:
+    reader = RequestReader()
+    reader.receive_data(get(b"/", headers))
+    [request] = drain(reader)
+    assert isinstance(request, Request)
+    assert not request.expect_continue
+
+
+def test_server_sends_100_continue_only_once_the_request_is_next() -> None:
+    app = RecordingApp()
+    conn = InMemoryServer(app).connect()
+    conn.send(get(b"/a") + post(b"/b", b"Expect: 100-continue\r\nContent-Length: 3\r\n", b""))
+    responses = parse_responses(conn.output())
+    assert [r.status for r in responses] == [200, 100]
+    conn.send(b"xyz")
+    responses = parse_responses(conn.output())
+    assert [r.status for r in responses] == [200, 100, 200]
+    assert [c.path for c in app.calls] == ["/a", "/b"]
+    assert app.calls[1].body == b"xyz"
+
+
+# -- pipelining order
+
+
+PIPELINE = (
+    get(b"/1")
+    + post(b"/2", b"Content-Length: 3\r\n", b"two")
+    + post(b"/3", b"Transfer-Encoding: chunked\r\n", b"5\r\nthree\r\n0\r\n\r\n")
+    + get(b"/4?q")
+)
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_pipelined_requests_come_out_in_order(bytewise: bool) -> None:
+    reader = RequestReader()
+    events = feed_bytewise(reader, PIPELINE) if bytewise else feed(reader, PIPELINE)
+    assert [e.target for e in events] == [b"/1", b"/2", b"/3", b"/4?q"]
+    assert [body_of(e) for e in events] == [b"", b"two", b"three", b""]
+    assert reader.completed_requests == 4
+    assert not reader.stopped
+    close_bodies(events)
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_error_after_two_good_requests_comes_third(bytewise: bool) -> None:
+    data = get(b"/1") + post(b"/2", b"Content-Length: 1\r\n", b"x") + b"GET /3 HTTP/1.1\r\n\r\n"
+    data += SECOND
+    reader = RequestReader()
+    events = feed_bytewise(reader, data) if bytewise else feed(reader, data)
+    assert [kind(e) for e in events] == ["request", "request", "error:400"]
+    assert [e.target for e in events[:2]] == [b"/1", b"/2"]
+    assert reader.stopped
+    assert reader.completed_requests == 2
+    close_bodies(events)
+
+
+def test_continue_keeps_its_place_in_the_pipeline() -> None:
+    data = (
+        get(b"/1")
+        + post(b"/2", b"Expect: 100-continue\r\nContent-Length: 2\r\n", b"ok")
+        + get(b"/3")
+    )
+    reader = RequestReader()
+    events = feed(reader, data)
+    assert [kind(e) for e in events] == ["request", "continue", "request", "request"]
+    close_bodies(events)
+
+
+def test_server_answers_pipelined_requests_then_the_error_in_order() -> None:
+    app = RecordingApp()
+    conn = InMemoryServer(app).connect()
+    conn.send(get(b"/1") + get(b"/2") + b"GET /3 HTTP/1.1\r\nHost: a b\r\n\r\n" + SECOND)
+    output = conn.output()
+    assert_no_leak(output)
+    responses = parse_responses(output)
+    assert [r.status for r in responses] == [200, 200, 400]
+    assert responses[-1].closes
+    assert not any(r.closes for r in responses[:-1])
+    assert app.paths == ["/1", "/2"]
+    assert conn.closed
+
+
+# -- nothing is read after a final request or an error
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        get(b"/1", b"Connection: close\r\n"),
+        b"GET /1 HTTP/1.0\r\n\r\n",
+        get(b"/1", b"Connection: keep-alive, close\r\n"),
+    ],
+    ids=["connection-close", "http10", "close-in-list"],
+)
+def test_nothing_is_read_after_a_final_request(first: bytes) -> None:
+    reader = RequestReader()
+    reader.receive_data(first + SECOND)
+    [request] = drain(reader)
+    assert isinstance(request, Request)
+    assert not request.keep_alive
+    assert reader.stopped
+    reader.receive_data(SECOND)
+    assert reader.next_event() is None
+    assert reader.completed_requests == 1
+
+
+def test_server_answers_only_the_final_request() -> None:
+    app = RecordingApp()
+    conn = InMemoryServer(app).connect()
+    conn.send(get(b"/1", b"Connection: close\r\n") + SECOND)
+    responses = parse_responses(conn.output())
+    assert [r.status for r in responses] == [200]
+    assert responses[0].closes
+    assert app.paths == ["/1"]
+    assert conn.closed
+
+
+def test_nothing_is_read_after_an_error() -> None:
+    reader = RequestReader()
+    reader.receive_data(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n")
+    assert [kind(e) for e in drain(reader)] == ["error:400"]
+    for _ in range(3):
+        reader.receive_data(SECOND)
+    reader.receive_eof()
+    reader.fail(408, "too late")  # ignored: already stopped
+    assert reader.next_event() is None
+    assert reader.completed_requests == 0
+
+
+def test_fail_ends_a_request_in_progress() -> None:
+    reader = RequestReader()
+    reader.receive_data(post(b"/", b"Content-Length: 10\r\n", b"abc"))
+    body = reader.current.body if reader.current else None
+    assert body is not None
+    reader.fail(408, "body too slow")
+    assert [kind(e) for e in drain(reader)] == ["error:408"]
+    assert body.closed
+    reader.receive_data(b"defghij" + SECOND)
+    assert reader.next_event() is None
+
+
+# -- body spooling
+
+
+def pattern(n: int) -> bytes:
+    return bytes((i * 7 + i // 256) % 256 for i in range(n))
+
+
+def rolled(body: Any) -> bool:
+    assert isinstance(body, tempfile.SpooledTemporaryFile)
+    return bool(body._rolled)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 1024], ids=lambda n: f"len-{n}")
+def test_body_up_to_the_threshold_stays_in_memory(size: int) -> None:
+    reader = RequestReader(Limits(body_spool_threshold=1024))
+    body = pattern(size)
+    [request] = feed(reader, post(b"/", b"Content-Length: %d\r\n" % size, body))
+    assert isinstance(request, Request)
+    if size:
+        assert isinstance(request.body, io.BytesIO)
+        assert body_of(request) == body
+    else:
+        assert request.body is None
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_body_over_the_threshold_is_spooled_to_a_file(bytewise: bool) -> None:
+    reader = RequestReader(Limits(body_spool_threshold=1024))
+    body = pattern(5000)
+    data = post(b"/", b"Content-Length: 5000\r\n", body)
+    [request] = feed_bytewise(reader, data) if bytewise else feed(reader, data)
+    assert isinstance(request, Request)
+    assert rolled(request.body)
+    assert request.body_length == 5000
+    assert body_of(request) == body
+    request.body.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("size", "on_disk"), [(100, False), (1024, False), (5000, True)])
+def test_chunked_body_spools_once_past_the_threshold(size: int, on_disk: bool) -> None:
+    reader = RequestReader(Limits(body_spool_threshold=1024))
+    body = pattern(size)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 700]), body[i : i + 700]) for i in range(0, size, 700)
+    )
+    [request] = feed(reader, post(b"/", b"Transfer-Encoding: chunked\r\n", chunks + b"0\r\n\r\n"))
+    assert isinstance(request, Request)
+    assert rolled(request.body) == on_disk
+    assert body_of(request) == body
+    request.body.close()  # type: ignore[union-attr]
+
+
+def test_spooled_body_reaches_the_app_intact_and_is_closed_after() -> None:
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        seen.append((stream, stream.read(10), stream.read()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    conn = InMemoryServer(app, body_spool_threshold=1024).connect()
+    body = pattern(5000)
+    conn.send(post(b"/", b"Content-Length: 5000\r\n", body))
+    [(stream, head, rest)] = seen
+    assert head + rest == body
+    assert rolled(stream)
+    assert stream.closed
+    assert [r.status for r in parse_responses(conn.output())] == [200]
+
+
+def test_body_of_a_request_cut_short_is_closed() -> None:
+    reader = RequestReader(Limits(body_spool_threshold=1024))
+    reader.receive_data(post(b"/", b"Content-Length: 5000\r\n", pattern(3000)))
+    assert reader.current is not None
+    body = reader.current.body
+    assert body is not None and rolled(body)
+    reader.receive_eof()
+    assert body.closed
+    assert reader.next_event() is None
+
+
+def test_server_closes_the_body_of_a_request_cut_short() -> None:
+    app = RecordingApp()
+    conn = InMemoryServer(app, body_spool_threshold=1024).connect()
+    conn.send(post(b"/", b"Content-Length: 5000\r\n", pattern(3000)))
+    current = conn.channel.reader.current
+    assert current is not None and current.body is not None
+    body = current.body
+    conn.lose()
+    assert body.closed
+    assert app.calls == []
+    assert conn.output() == b""
+
+
+# -- chunked decoding
+
+
+CHUNKINGS = {
+    "one-chunk": b"b\r\nhello world\r\n0\r\n\r\n",
+    "byte-chunks": b"".join(b"1\r\n%c\r\n" % c for c in b"hello world") + b"0\r\n\r\n",
+    "extensions": b'5;a=1\r\nhello\r\n1;b\r\n \r\n5;c="x;y"\r\nworld\r\n0;end\r\n\r\n',
+    "trailers": b"6\r\nhello \r\n5\r\nworld\r\n0\r\nX-Sum: 1\r\nX-More: 2\r\n\r\n",
+    "leading-zeros": b"0006\r\nhello \r\n00005\r\nworld\r\n000\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("wire", CHUNKINGS.values(), ids=CHUNKINGS.keys())
+def test_chunked_body_decodes(wire: bytes) -> None:
+    for bytewise in (False, True):
+        reader = RequestReader()
+        data = post(b"/", b"Transfer-Encoding: chunked\r\n", wire) + SECOND
+        events = feed_bytewise(reader, data) if bytewise else feed(reader, data)
+        assert [kind(e) for e in events] == ["request", "request"]
+        request = events[0]
+        assert request.chunked
+        assert request.content_length is None
+        assert request.body_length == 11
+        assert body_of(request) == b"hello world"
+        assert [name for name, _ in request.headers] == [b"Host", b"Transfer-Encoding"]
+        close_bodies(events)
+
+
+@pytest.mark.parametrize("wire", CHUNKINGS.values(), ids=CHUNKINGS.keys())
+def test_chunked_body_as_wsgi_input(wire: bytes) -> None:
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        seen.append(
+            (
+                environ["CONTENT_LENGTH"],
+                environ["wsgi.input_terminated"],
+                stream.read(3),
+                stream.readline(),
+                stream.read(),
+                stream.read(),
+            )
+        )
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    conn = InMemoryServer(app).connect()
+    conn.send(post(b"/", b"Transfer-Encoding: chunked\r\n", wire))
+    assert seen == [("11", True, b"hel", b"lo world", b"", b"")]
+
+
+# -- upload progress
+
+
+def test_progress_counts_increase_to_the_body_length() -> None:
+    seen: list[tuple[Request, int]] = []
+    reader = RequestReader(on_body_progress=lambda r, n: seen.append((r, n)))
+    body = pattern(1000)
+    data = post(b"/", b"Content-Length: 1000\r\n", body)
+    events = feed(reader, data, [len(data) - 1000 + k for k in (1, 250, 600, 999)])
+    [request] = events
+    counts = [n for _, n in seen]
+    assert counts == sorted(set(counts))
+    assert counts == [1, 250, 600, 999, 1000]
+    assert all(r is request for r, _ in seen)
+
+
+def test_progress_for_a_chunked_body_counts_data_only() -> None:
+    seen: list[int] = []
+    reader = RequestReader(on_body_progress=lambda r, n: seen.append(n))
+    feed_bytewise(reader, post(b"/", b"Transfer-Encoding: chunked\r\n", CHUNKINGS["extensions"]))
+    assert seen == list(range(1, 12))
+
+
+def test_progress_through_the_server() -> None:
+    app = RecordingApp()
+    server = InMemoryServer(app)
+    seen: list[tuple[bytes, int]] = []
+    server.state.on_body_progress = lambda r, n: seen.append((r.target, n))
+    conn = server.connect()
+    conn.send(post(b"/a", b"Content-Length: 6\r\n", b"abc"))
+    conn.send(b"def" + post(b"/b", b"Content-Length: 2\r\n", b"gh"))
+    assert seen == [(b"/a", 3), (b"/a", 6), (b"/b", 2)]
+    assert [c.body for c in app.calls] == [b"abcdef", b"gh"]
+
+
+# -- property-based
+
+
+def check_event_stream(events: list[Any], reader: RequestReader) -> None:
+    kinds = [kind(e) for e in events]
+    errors = [k for k in kinds if k.startswith("error:")]
+    assert len(errors) <= 1
+    if errors:
+        assert kinds[-1] == errors[0]
+        assert reader.stopped
+    for event in events:
+        if isinstance(event, ProtocolError):
+            assert 400 <= event.status <= 505
+            assert event.reason
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=200), max_size=8))
+def test_random_bytes_never_raise(pieces: list[bytes]) -> None:
+    reader = RequestReader(Limits(max_body=4096, body_spool_threshold=64))
+    events = []
+    for piece in pieces:
+        reader.receive_data(piece)
+        events += drain(reader)
+    reader.receive_eof()
+    events += drain(reader)
+    check_event_stream(events, reader)
+    close_bodies(events)
+
+
+HTTPISH = st.sampled_from(
+    [
+        b"GET ", b"POST ", b"/", b" HTTP/1.1", b" HTTP/1.0", b"\r\n", b"\n", b"\r", b": ", b":",
+        b"Host", b"Content-Length", b"Transfer-Encoding", b"chunked", b"Expect", b"100-continue",
+        b"Connection", b"close", b"0", b"5", b"ff", b";", b"=", b" ", b"\t", b"\x00", b"\x80",
+        b"hello", b"PRI * HTTP/2.0", b"CONNECT ", b"Upgrade", b"a" * 300,
+    ]
+)  # fmt: skip
+
+
+@FUZZ
+@given(st.lists(HTTPISH, max_size=40), st.lists(st.integers(0, 2000), max_size=6))
+def test_random_http_shaped_tokens_never_raise(tokens: list[bytes], cuts: list[int]) -> None:
+    data = get(b"/") + b"".join(tokens)
+    reader = RequestReader(Limits(max_body=512, max_chunk_line=64, body_spool_threshold=32))
+    events = feed(reader, data, [c for c in cuts if c < len(data)])
+    reader.receive_eof()
+    events += drain(reader)
+    assert events and kind(events[0]) == "request"
+    check_event_stream(events, reader)
+    close_bodies(events)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_through_the_server_never_leak_or_log_errors(data: bytes) -> None:
+    app = RecordingApp()
+    conn = InMemoryServer(app).connect()
+    with logged_errors() as errors:
+        conn.send(data)
+        output = conn.output()
+        assert_no_leak(output)
+        final = [r for r in parse_responses(output) if r.status >= 200]
+        refusals = [r for r in final if r.status >= 400]
+        # Every application call is answered; an error is the last thing said, and closes.
+        assert len(final) - len(refusals) >= len(app.calls)
+        assert len(refusals) <= 1
+        if refusals:
+            assert final[-1] is refusals[0]
+            assert refusals[0].closes
+            assert conn.closed
+        conn.lose()
+    assert errors == []
+
+
+TOKEN = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
+RESERVED = {
+    "host", "content-length", "transfer-encoding", "expect", "connection", "upgrade",
+    "proxy-connection", "keep-alive", "te", "trailer",
+}  # fmt: skip
+PATH_CHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/"
+VALUE_BYTES = [b for b in range(0x21, 0x100) if b != 0x7F]
+
+
+@st.composite
+def header_fields(draw: Any) -> tuple[bytes, bytes]:
+    name = draw(st.text(TOKEN, min_size=1, max_size=12).filter(lambda n: n.lower() not in RESERVED))
+    inner = draw(st.lists(st.sampled_from([*VALUE_BYTES, 0x20, 0x09]), max_size=30))
+    value = bytes(inner).strip(b" \t")
+    padding = draw(st.sampled_from([(b"", b""), (b" ", b""), (b"\t ", b" "), (b"", b"  ")]))
+    return name.encode(), padding[0] + value + padding[1]
+
+
+@st.composite
+def requests(draw: Any) -> tuple[bytes, dict[str, Any]]:
+    """One valid request and what the reader should make of it."""
+    version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0"]))
+    body = draw(st.binary(max_size=300))
+    framing = draw(st.sampled_from(["length", "chunked", "none"]) if body else st.just("none"))
+    if version == b"1.0" and framing == "chunked":
+        framing = "length"
+    if framing == "none":
+        body = b""
+    method = draw(
+        st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+        if framing == "none"
+        else st.sampled_from(["POST", "PUT", "PATCH"])
+    )
+    path = "/" + draw(st.text(PATH_CHARS, max_size=20))
+    query = draw(st.one_of(st.none(), st.text(PATH_CHARS + "?", max_size=20)))
+    target = (path + ("" if query is None else "?" + query)).encode()
+    fields = draw(st.lists(header_fields(), max_size=6))
+    head = [b"%s %s HTTP/%s\r\n" % (method.encode(), target, version)]
+    if version == b"1.1":
+        head.append(b"Host: example.com\r\n")
+    else:
+        head.append(b"Connection: keep-alive\r\n")
+    head += [b"%s:%s\r\n" % f for f in fields]
+    wire_body = b""
+    if framing == "length":
+        head.append(b"Content-Length: %d\r\n" % len(body))
+        wire_body = body
+    elif framing == "chunked":
+        head.append(b"Transfer-Encoding: chunked\r\n")
+        sizes = draw(st.lists(st.integers(1, 64), min_size=1, max_size=10))
+        i = 0
+        while i < len(body):
+            n = sizes[len(wire_body) % len(sizes)]
+            ext = draw(st.sampled_from([b"", b";x", b";n=v", b';q="a b"']))
+            piece = body[i : i + n]
+            wire_body += b"%x%s\r\n%s\r\n" % (len(piece), ext, piece)
+            i += n
+        wire_body += b"0\r\n" + draw(st.sampled_from([b"", b"X-Trailer: t\r\n"])) + b"\r\n"
+    data = b"".join(head) + b"\r\n" + wire_body
+    fields_seen = [(n, v.strip(b" \t")) for n, v in fields]
+    return data, {"method": method, "target": target, "body": body, "fields": fields_seen}
+
+
+@FUZZ
+@given(st.lists(requests(), min_size=1, max_size=3), st.data())
+def test_valid_requests_split_anywhere_parse_the_same(
+    pipeline: list[tuple[bytes, dict[str, Any]]], data: st.DataObject
+) -> None:
+    wire = b"".join(raw for raw, _ in pipeline)
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)), max_size=12))
+    whole_reader, split_reader = RequestReader(), RequestReader()
+    whole = feed(whole_reader, wire)
+    split = feed(split_reader, wire, cuts)
+    try:
+        assert [kind(e) for e in whole] == ["request"] * len(pipeline)
+        assert [summary(e) for e in split] == [summary(e) for e in whole]
+        for event, (_, want) in zip(whole, pipeline, strict=True):
+            assert event.method == want["method"]
+            assert event.target == want["target"]
+            assert body_of(event) == want["body"]
+            for field in want["fields"]:
+                assert field in event.headers
+        assert not whole_reader.stopped and not split_reader.stopped
+    finally:
+        close_bodies(whole + split)
+
+
+CORPUS = Path(__file__).parent / "corpus"
+# Cases whose outcome depends on read boundaries are known bugs (see their .expect files).
+SPLIT_STABLE = sorted(
+    p
+    for p in (CORPUS / "invalid").glob("*.http")
+    if "xfail" not in json.loads(p.with_suffix(".expect").read_text())
+) + sorted((CORPUS / "valid").glob("*.http"))
+
+
+@pytest.mark.parametrize("path", SPLIT_STABLE, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_corpus_case_split_anywhere_parses_the_same(path: Path) -> None:
+    raw = path.read_bytes()
+    expect = json.loads(path.with_suffix(".expect").read_text())
+    limits = limits_for(expect.get("settings", {}))
+    whole_events = feed(RequestReader(limits), raw)
+    whole = [summary(e) for e in whole_events]
+    close_bodies(whole_events)
+
+    @settings(FUZZ, max_examples=25)
+    @given(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=10))
+    def check(cuts: list[int]) -> None:
+        events = feed(RequestReader(limits), raw, cuts)
+        try:
+            assert [summary(e) for e in events] == whole
+        finally:
+            close_bodies(events)
+
+    check()
