@@ -58,8 +58,9 @@ class Recorder:
 class CountingIterable:
     """A response iterable that counts how far it was consumed and whether close() ran."""
 
-    def __init__(self, chunks: int, size: int = 1024, fail_at: int | None = None,
-                 fail_close: bool = False) -> None:
+    def __init__(
+        self, chunks: int, size: int = 1024, fail_at: int | None = None, fail_close: bool = False
+    ) -> None:
         self.chunks = chunks
         self.size = size
         self.fail_at = fail_at

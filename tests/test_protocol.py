@@ -192,9 +192,7 @@ def test_legacy_write_callable() -> None:
 
 def test_body_longer_than_content_length_is_cut_and_connection_closed(logged: list[str]) -> None:
     body = CountingIterable(chunks=5, size=10)
-    server = InMemoryServer(
-        lambda e, s: (s("200 OK", [("Content-Length", "15")]), body)[1]
-    )
+    server = InMemoryServer(lambda e, s: (s("200 OK", [("Content-Length", "15")]), body)[1])
     conn = server.connect()
     conn.send(GET + GET)
     out = conn.output()
@@ -205,7 +203,9 @@ def test_body_longer_than_content_length_is_cut_and_connection_closed(logged: li
 
 
 def test_body_shorter_than_content_length_closes(logged: list[str]) -> None:
-    server = InMemoryServer(lambda e, s: (s("200 OK", [("Content-Length", "10")]), iter([b"abc"]))[1])
+    server = InMemoryServer(
+        lambda e, s: (s("200 OK", [("Content-Length", "10")]), iter([b"abc"]))[1]
+    )
     conn = server.connect()
     conn.send(GET + GET)
     assert statuses(conn.output()) == [200]
@@ -339,7 +339,9 @@ def test_validator_wrapped_apps() -> None:
     server = InMemoryServer(validator(app))
     conn = server.connect()
     conn.send(b"POST /a%20b?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
-    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n")
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+    )
     conn.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
     out = conn.output()
     assert statuses(out) == [200, 200, 200]

@@ -34,8 +34,8 @@ def test_every_setting_has_help_section_and_valid_default() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("65536", 65536), ("64K", 65536), ("64KiB", 65536), ("1m", 2**20),
-                        ("2G", 2 * 2**30)]
+    ("text", "value"),
+    [("65536", 65536), ("64K", 65536), ("64KiB", 65536), ("1m", 2**20), ("2G", 2 * 2**30)],
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
@@ -127,7 +127,10 @@ def test_environ_paths_and_query() -> None:
     assert env["RAW_URI"] == "/a%20b/%C3%A9?x=%20&y"
     assert env["HTTP_HOST"] == "example.com"
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"], env["SERVER_PORT"]) == (
-        "10.1.2.3", "5555", "8080")
+        "10.1.2.3",
+        "5555",
+        "8080",
+    )
 
 
 def test_environ_script_name() -> None:
@@ -140,13 +143,21 @@ def test_environ_script_name() -> None:
 def test_environ_absolute_form_overrides_host() -> None:
     env = build_environ(make_request(b"http://other.test:81/p?q=1"), INFO)
     assert (env["PATH_INFO"], env["QUERY_STRING"], env["HTTP_HOST"]) == (
-        "/p", "q=1", "other.test:81")
+        "/p",
+        "q=1",
+        "other.test:81",
+    )
 
 
 def test_environ_headers_joined_underscores_dropped() -> None:
     headers = [
-        (b"Host", b"h"), (b"X-A", b"1"), (b"x-a", b"2"), (b"Cookie", b"a=1"), (b"Cookie", b"b=2"),
-        (b"X_Forwarded_For", b"spoof"), (b"Content-Type", b"text/plain"),
+        (b"Host", b"h"),
+        (b"X-A", b"1"),
+        (b"x-a", b"2"),
+        (b"Cookie", b"a=1"),
+        (b"Cookie", b"b=2"),
+        (b"X_Forwarded_For", b"spoof"),
+        (b"Content-Type", b"text/plain"),
         (b"Content-Length", b"3"),
     ]
     env = build_environ(make_request(b"/", headers), INFO)
@@ -180,8 +191,12 @@ def test_check_response_head_rejects_repeated_length() -> None:
 
 
 def framer(status: str = "200 OK", headers: Any = (), **kw: Any) -> ResponseFramer:
-    defaults: dict[str, Any] = {"method": "GET", "request_version": "1.1", "keep_alive": True,
-                                "date": "D"}
+    defaults: dict[str, Any] = {
+        "method": "GET",
+        "request_version": "1.1",
+        "keep_alive": True,
+        "date": "D",
+    }
     defaults.update(kw)
     return ResponseFramer(check_response_head(status, list(headers)), **defaults)
 

@@ -48,6 +48,8 @@ def split_target(target: bytes) -> tuple[bytes, bytes, bytes | None]:
         except httptools.HttpParserInvalidURLError:
             raise BadTarget(f"malformed absolute-form target {target!r}") from None
         authority = url.host or b""
+        if b":" in authority:
+            authority = b"[" + authority + b"]"  # an IPv6 literal
         if url.port is not None:
             authority += b":%d" % url.port
         return url.path or b"/", url.query or b"", authority

@@ -123,6 +123,8 @@ class _Reject(Exception):
         self.detail = detail
 
 
+_SLICE: Final = 1024
+
 # Phases whose bytes llhttp or httptools buffer without a callback telling us how many.
 _IDLE, _HEAD, _BODY, _CHUNK_LINE = range(4)
 
@@ -150,7 +152,8 @@ class RequestReader:
         self._request: Request | None = None
         self._phase = _IDLE
         self._phase_bytes = 0
-        self._phase_entered_in_feed = False
+        self._head_limit = limits.max_header_bytes + limits.max_request_line
+        self._small = min(self._head_limit, limits.max_chunk_line)
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
@@ -191,7 +194,67 @@ class RequestReader:
     def receive_data(self, data: bytes) -> None:
         if self._stopped or not data:
             return
-        self._phase_entered_in_feed = False
+        size = len(data)
+        if self._phase == _IDLE and size <= self._small:
+            # The common case: a read too small for any header section or chunk-size line in
+            # it to break a limit.
+            self._feed(data)
+            self._after_small_read(data)
+            return
+        # llhttp does not say where in the input a phase begins, so the input is cut after
+        # every line end (and every _SLICE bytes): each request line, header line and chunk-size
+        # line then starts a slice, and limits are checked exactly before the bytes go in. A
+        # Content-Length body goes through in one piece, sized exactly.
+        view = memoryview(data)
+        find = data.find
+        pos = 0
+        while pos < size and not self._stopped:
+            phase = self._phase
+            request = self._request
+            if phase == _BODY and request is not None and not request.chunked:
+                end = pos + max(1, (request.content_length or 0) - request.body_length)
+            elif phase == _IDLE and size - pos <= self._small:
+                self._feed(view[pos:])
+                self._after_small_read(data[pos:])
+                return
+            else:
+                nl = find(b"\n", pos, pos + _SLICE)
+                end = nl + 1 if nl >= 0 else pos + _SLICE
+            n = min(end, size) - pos
+            if phase == _IDLE:
+                self._phase_bytes = 0
+            if phase == _IDLE or phase == _HEAD:
+                if self._phase_bytes + n > self._head_limit:
+                    self._fail(431, "header section too large")
+                    return
+            elif phase == _CHUNK_LINE and self._phase_bytes + n > self.limits.max_chunk_line:
+                self._fail(400, "chunk-size line too long")
+                return
+            self._phase_bytes += n
+            self._feed(view[pos : pos + n])
+            pos += n
+            if self._phase != phase and not (phase == _IDLE and self._phase == _HEAD):
+                self._phase_bytes = 0
+            if self._phase == _HEAD and data[pos - 1] == 10:  # a line ended
+                self._check_version()
+
+    def _after_small_read(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _HEAD:
+            # Over-counts by what preceded the message in this read: at most one small read.
+            self._phase_bytes = len(data)
+            if data[-1:] == b"\n":
+                self._check_version()
+        elif phase == _CHUNK_LINE:
+            # A chunk-size line starts after a line end: exact.
+            self._phase_bytes = len(data) - data.rfind(b"\n") - 1
+
+    def _check_version(self) -> None:
+        if self._header_count == 0 and self._parser.get_http_version() == "0.0":
+            # "GET /" with no version (HTTP/0.9): llhttp would wait for headers that never come.
+            self._fail(505, "HTTP/0.9 is not supported")
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -209,14 +272,6 @@ class RequestReader:
         except httptools.HttpParserError as e:
             if not self._stopped:
                 self._fail(self._status_for(e), _describe(e))
-            return
-        if self._phase in (_HEAD, _CHUNK_LINE) and not self._phase_entered_in_feed:
-            self._phase_bytes += len(data)
-            if self._phase == _HEAD:
-                if self._phase_bytes > self.limits.max_header_bytes + self.limits.max_request_line:
-                    self._fail(431, "header section too large")
-            elif self._phase_bytes > self.limits.max_chunk_line:
-                self._fail(400, "chunk-size line too long")
 
     def receive_eof(self) -> None:
         """The peer finished sending. A request cut short is dropped: nobody is left to answer."""
@@ -244,17 +299,16 @@ class RequestReader:
         if isinstance(e, httptools.HttpParserInvalidMethodError):
             return 501
         text = str(e)
-        if "version" in text or "PRI" in text:
-            # "HTTP/2.0" and "HTTP/1.2" parse as versions we do not speak; "HTTP/x" does not parse.
-            return 505 if self._parser.get_http_version() != "0.0" else 400
+        if text == "Invalid HTTP version" or "PRI" in text:
+            # "HTTP/1.2" and the HTTP/2 preface are versions we do not speak; anything else
+            # wrong around the version is a malformed request line.
+            return 505
         if "Content-Length overflow" in text:
             return 413
         return 400
 
     def _enter(self, phase: int) -> None:
         self._phase = phase
-        self._phase_bytes = 0
-        self._phase_entered_in_feed = True
 
     # -- httptools callbacks
 
@@ -294,12 +348,15 @@ class RequestReader:
             request.host = value
         elif lname == b"transfer-encoding":
             codings = [c.strip(b" \t").lower() for c in value.split(b",")]
-            if codings == [b"chunked"] and not request.chunked:
-                request.chunked = True
-            elif b"chunked" in codings or request.chunked:
-                raise _Reject(400, "Transfer-Encoding must be a single final 'chunked'")
-            else:
+            if (
+                request.chunked
+                or codings.count(b"chunked") > 1
+                or (b"chunked" in codings and codings[-1] != b"chunked")
+            ):
+                raise _Reject(400, "Transfer-Encoding must end in a single 'chunked'")
+            if codings != [b"chunked"]:
                 raise _Reject(501, f"unsupported transfer coding {value!r}")
+            request.chunked = True
         elif lname == b"content-length":
             # llhttp has already refused signs, lists, spaces, duplicates and overflow.
             request.content_length = int(value)
@@ -326,8 +383,9 @@ class RequestReader:
             if request.chunked:
                 raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
             request.expect_continue = False  # RFC 9110 10.1.1: ignored for HTTP/1.0
-        request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
+        # We never switch protocols, and llhttp reads nothing after an upgrade request.
+        request.keep_alive = parser.should_keep_alive() and not request.upgrade
         length = request.content_length
         if length is not None and length > self.limits.max_body:
             raise _Reject(413, f"declared body of {length} bytes exceeds {self.limits.max_body}")
