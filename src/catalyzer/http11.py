@@ -223,7 +223,7 @@ class RequestReader:
             n = min(end, size) - pos
             if phase == _IDLE:
                 self._phase_bytes = 0
-            if phase == _IDLE or phase == _HEAD:
+            if phase in (_IDLE, _HEAD):
                 if self._phase_bytes + n > self._head_limit:
                     self._fail(431, "header section too large")
                     return

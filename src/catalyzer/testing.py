@@ -48,11 +48,12 @@ class InMemoryConnection:
 
     def output(self) -> bytes:
         """Everything written to the client so far."""
-        return self.transport.value()
+        value: bytes = self.transport.value()
+        return value
 
     def new_output(self) -> bytes:
         """What was written since the last call."""
-        value = self.transport.value()
+        value: bytes = self.transport.value()
         new, self._read = value[self._read :], len(value)
         return new
 
