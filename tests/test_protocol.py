@@ -152,7 +152,7 @@ def test_generator_response_chunked_on_11_and_close_delimited_on_10() -> None:
 
 def test_list_body_without_length_gets_content_length() -> None:
     server = InMemoryServer(lambda e, s: (s("200 OK", []), [b"ab", b"c"])[1])
-    status, headers, body = split_response(server.request(GET))
+    _, headers, body = split_response(server.request(GET))
     assert headers["content-length"] == "3" and body == b"abc"
 
 
