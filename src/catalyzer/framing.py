@@ -30,18 +30,18 @@ class ResponseFramer:
         method: str,
         request_version: str,
         keep_alive: bool,
-        date: str,
+        date: bytes,
         known_length: int | None = None,
     ) -> None:
         """``keep_alive`` is whether the request and the server allow the connection to continue;
-        ``known_length`` is the body's exact size when the server can tell (a list body, a file)."""
+        ``known_length`` is the body's exact size when the server can tell (a list body, a file);
+        ``date`` is the complete ``Date: ...\r\n`` line."""
         self.error: str | None = None
         self._sent = 0
         code = response.code
         keep_alive = keep_alive and not response.close
-        headers = response.headers
         length = response.content_length
-        extra: list[str] = []
+        extra = b""
         if method == "HEAD" or code < 200 or code in _NO_BODY_STATUS:
             self._mode = self.NONE
             if code == 204 or code < 200:
@@ -53,24 +53,20 @@ class ResponseFramer:
         elif known_length is not None:
             self._mode = self.LENGTH
             length = known_length
-            extra.append(f"Content-Length: {length}\r\n")
+            extra = b"Content-Length: %d\r\n" % length
         elif request_version == "1.1":
             self._mode = self.CHUNKED
-            extra.append("Transfer-Encoding: chunked\r\n")
+            extra = b"Transfer-Encoding: chunked\r\n"
         else:
             self._mode = self.CLOSE
             keep_alive = False
         self._length = length or 0
         self.keep_alive = keep_alive
         if not keep_alive:
-            extra.append("Connection: close\r\n")
+            extra += b"Connection: close\r\n"
         elif request_version == "1.0":
-            extra.append("Connection: keep-alive\r\n")
-        lines = [f"HTTP/1.1 {response.status}\r\nDate: {date}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers if not _is_dropped(name, code)]
-        lines += extra
-        lines.append("\r\n")
-        self.head = "".join(lines).encode("latin-1")
+            extra += b"Connection: keep-alive\r\n"
+        self.head = response.status_line + date + response.lines + extra + b"\r\n"
 
     @property
     def has_body(self) -> bool:
@@ -124,11 +120,6 @@ class ResponseFramer:
         if self.error is None:
             self.error = message
         self.keep_alive = False
-
-
-def _is_dropped(name: str, code: int) -> bool:
-    # RFC 9110 8.6: no Content-Length on 1xx and 204.
-    return (code == 204 or code < 200) and name.lower() == "content-length"
 
 
 def simple_response(

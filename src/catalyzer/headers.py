@@ -38,12 +38,36 @@ _HOP_BY_HOP: Final = frozenset(
 class ResponseHead:
     status: str
     code: int
-    headers: list[tuple[str, str]]
+    headers: tuple[tuple[str, str], ...]
     content_length: int | None
     close: bool
+    # "HTTP/1.1 <status>\r\n" and the encoded header lines, ready for the wire.
+    status_line: bytes
+    lines: bytes
+
+
+# Applications send the same status and header list again and again: a validated head is reused.
+_CACHE: dict[tuple[str, tuple[object, ...]], ResponseHead] = {}
+_CACHE_SIZE: Final = 1024
 
 
 def check_response_head(status: object, headers: object) -> ResponseHead:
+    key = None
+    if type(status) is str and type(headers) is list:
+        try:
+            key = (status, tuple(headers))
+            cached = _CACHE.get(key)
+        except TypeError:  # an unhashable item: certainly invalid, checked below
+            key = cached = None
+        if cached is not None:
+            return cached
+    head = _check(status, headers)
+    if key is not None and len(_CACHE) < _CACHE_SIZE:
+        _CACHE[key] = head
+    return head
+
+
+def _check(status: object, headers: object) -> ResponseHead:
     if type(status) is not str:
         raise AppResponseError(f"status must be a str, not {type(status).__name__}")
     m = _STATUS.match(status)
@@ -78,7 +102,20 @@ def check_response_head(status: object, headers: object) -> ResponseHead:
         elif lname in _HOP_BY_HOP:
             raise AppResponseError(f"hop-by-hop header {name!r} is not allowed in a WSGI response")
         kept.append((name, value))
-    return ResponseHead(status, int(m.group(1)), kept, content_length, close)
+    code = int(m.group(1))
+    if code == 204 or code < 200:
+        # RFC 9110 8.6: no Content-Length on 1xx and 204.
+        kept = [(n, v) for n, v in kept if n.lower() != "content-length"]
+    lines = "".join(f"{n}: {v}\r\n" for n, v in kept).encode("latin-1")
+    return ResponseHead(
+        status,
+        code,
+        tuple(kept),
+        content_length,
+        close,
+        f"HTTP/1.1 {status}\r\n".encode("latin-1"),
+        lines,
+    )
 
 
 def _latin1(text: str) -> bool:

@@ -110,13 +110,21 @@ class ServerState:
         self._drained: list[Deferred[None]] = []
         self._date_second = -1
         self._date = ""
+        self._date_line = b""
 
     def date(self) -> str:
         now = int(self.clock.seconds())
         if now != self._date_second:
             self._date_second = now
             self._date = formatdate(now, usegmt=True)
+            self._date_line = f"Date: {self._date}\r\n".encode("ascii")
         return self._date
+
+    def date_line(self) -> bytes:
+        """``Date: ...\r\n``, computed once a second."""
+        if int(self.clock.seconds()) != self._date_second:
+            self.date()
+        return self._date_line
 
     # -- connection accounting
 
@@ -231,18 +239,17 @@ class HTTPChannel(Protocol):
     def _after_read(self) -> None:
         reader = self.reader
         if reader.in_headers:
-            self._cancel("_idle_timer")
             if self._header_timer is None:
                 self._header_timer = self._later(
                     self.server.config.header_timeout, self._header_timeout
                 )
-        elif self._got_data:
+        elif self._header_timer is not None and self._got_data:
             self._cancel("_header_timer")
         if reader.in_body:
             if self._body_timer is None:
                 self._body_mark = 0
                 self._body_timer = self._later(self.server.config.body_timeout, self._body_check)
-        else:
+        elif self._body_timer is not None:
             self._cancel("_body_timer")
         if self.response is None:
             self._next()
@@ -312,7 +319,6 @@ class HTTPChannel(Protocol):
             self._in_next = False
 
     def _start(self, request: Request) -> None:
-        self._cancel("_idle_timer")
         self.requests += 1
         server = self.server
         if request.target == b"*":
@@ -401,8 +407,22 @@ class HTTPChannel(Protocol):
         )
 
     def _arm_idle(self) -> None:
-        if self._idle_timer is None and self.requests:
-            self._idle_timer = self._later(self.server.config.keepalive_timeout, self._close)
+        # One timer per connection, pushed back after each response (cheap for a later time)
+        # rather than cancelled and re-armed for every request.
+        if not self.requests:
+            return
+        timer = self._idle_timer
+        if timer is None:
+            self._idle_timer = self._later(self.server.config.keepalive_timeout, self._idle)
+        else:
+            timer.reset(self.server.config.keepalive_timeout)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        reader = self.reader
+        if self.response is None and not (reader.in_headers or reader.in_body or reader.queued):
+            self._close()
+        # Otherwise a request is under way; _arm_idle starts a new wait after its response.
 
     def _close(self) -> None:
         """Close after what has been written is flushed; abort if the client won't take it."""

@@ -149,7 +149,7 @@ class WSGIResponse:
             method=self.request.method,
             request_version=self.request.version,
             keep_alive=self.request.keep_alive and self.channel.keep_alive_allowed,
-            date=self.server.date(),
+            date=self.server.date_line(),
             known_length=known_length,
         )
         return framer
