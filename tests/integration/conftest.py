@@ -1,0 +1,311 @@
+"""Real ``twistd -n catalyzer`` processes on 127.0.0.1 for the integration tests.
+
+``start_server(*args)`` starts one, waits until its log says ``listening on`` for every
+``--listen`` it was given, and reads the real ports from those lines (so ``tcp:0`` needs no free
+port guessing). Every process started is stopped in teardown: SIGTERM, then SIGKILL after a
+deadline, by PID.
+
+Every test that takes ``server_mode`` (directly or through ``start_server`` / ``served``) runs once
+per entry of :data:`MODES`, so adding ``"prefork": ["--procs", "2"]`` there runs the same tests
+against a pre-forking server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[2]
+APPS = "tests.integration.apps"
+LOCAL_TCP = "tcp:0:interface=127.0.0.1"
+
+# Mode name -> extra command-line arguments. Later: "prefork": ["--procs", "2"].
+MODES: dict[str, list[str]] = {"single": []}
+
+START_DEADLINE = 20.0  # from exec to "listening on" (twistd imports take ~0.3 s when idle)
+STOP_DEADLINE = 10.0  # from SIGTERM to exit, before teardown falls back to SIGKILL
+POLL = 0.05  # how long one poll waits on the process before looking at its log again
+CLIENT_TIMEOUT = 15.0  # socket timeout of every client in these tests
+
+_LISTENING = re.compile(r"listening on (?P<description>\S+) \((?P<address>.*)\)\s*$", re.M)
+_PORT = re.compile(r"port=(\d+)")
+_HOST = re.compile(r"host='([^']*)'")
+
+
+def twistd_path() -> str:
+    here = Path(sys.executable).parent / "twistd"
+    if here.exists():
+        return str(here)
+    found = shutil.which("twistd") or str(REPO / ".venv" / "bin" / "twistd")
+    return found
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PYTHONPATH", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Listening:
+    description: str
+    address: str
+
+    @property
+    def port(self) -> int | None:
+        m = _PORT.search(self.address)
+        return int(m.group(1)) if m else None
+
+    @property
+    def host(self) -> str | None:
+        m = _HOST.search(self.address)
+        return m.group(1) if m else None
+
+
+class ServerProcess:
+    """One ``twistd -n catalyzer`` process, its output captured in a file."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
+        self.args = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
+        self.log_path = log_path
+        self.expected_listens = max(1, sum(1 for a in args if a in ("--listen", "-l")))
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.args,
+                cwd=REPO,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.pid = self.proc.pid
+        self.listening: list[Listening] = []
+        # Set once the test itself asked the process to stop (and so gave it a deadline).
+        self.stop_requested = False
+
+    # -- output
+
+    def log(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        return self.log_path.read_bytes().decode("utf-8", "replace")
+
+    def _describe(self) -> str:
+        status = self.proc.poll()
+        state = "running" if status is None else f"exited with status {status}"
+        return f"server pid {self.pid} ({state}), command {self.args}\n--- log ---\n{self.log()}"
+
+    def _pause(self, seconds: float) -> None:
+        """Wait a little for the process to exit; this is the polling interval."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.0, seconds))
+
+    def wait_until(self, check: Callable[[], T | None], deadline: float, what: str) -> T:
+        """Poll ``check`` until it returns something other than None; fail (with the log) when
+        ``deadline`` seconds pass or the process exits first."""
+        end = time.monotonic() + deadline
+        while True:
+            result = check()
+            if result is not None:
+                return result
+            if self.proc.poll() is not None:
+                result = check()  # one last look: it may have happened just before the exit
+                if result is not None:
+                    return result
+                pytest.fail(f"server exited before {what}\n{self._describe()}")
+            left = end - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no {what} within {deadline:g}s\n{self._describe()}")
+            self._pause(min(POLL, left))
+
+    def wait_for_log(self, pattern: str, deadline: float = 10.0, count: int = 1) -> re.Match[str]:
+        """Wait until the log matches ``pattern`` (a regex) ``count`` times; return the last
+        match."""
+        regex = re.compile(pattern, re.M)
+
+        def check() -> re.Match[str] | None:
+            matches = list(regex.finditer(self.log()))
+            return matches[count - 1] if len(matches) >= count else None
+
+        return self.wait_until(check, deadline, f"{pattern!r} in the log")
+
+    def wait_listening(self, deadline: float = START_DEADLINE) -> None:
+        self.wait_for_log(_LISTENING.pattern, deadline, count=self.expected_listens)
+        self.listening = [
+            Listening(m.group("description"), m.group("address"))
+            for m in _LISTENING.finditer(self.log())
+        ]
+
+    # -- addresses
+
+    @property
+    def port(self) -> int:
+        for entry in self.listening:
+            if entry.port is not None:
+                return entry.port
+        raise AssertionError(f"no TCP endpoint in {self.listening}")
+
+    @property
+    def url(self) -> str:
+        for entry in self.listening:
+            if entry.port is not None:
+                scheme = "https" if entry.description.startswith("ssl:") else "http"
+                return f"{scheme}://127.0.0.1:{entry.port}"
+        raise AssertionError(f"no TCP endpoint in {self.listening}")
+
+    # -- process control
+
+    def send_signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signum)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop_requested = True
+
+    def wait_exit(self, deadline: float) -> int:
+        """The exit status, failing the test (with the log) if it takes longer than ``deadline``."""
+        try:
+            return self.proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"server did not exit within {deadline:g}s\n{self._describe()}")
+
+    def terminate(self, deadline: float = STOP_DEADLINE) -> int:
+        """SIGTERM, then SIGKILL if still running after ``deadline``. Returns the exit status.
+
+        A process the test already sent SIGTERM or SIGINT to, and which is still running, has
+        had its deadline (the test's): it is killed at once rather than waited for again."""
+        if self.stop_requested:
+            self.kill()
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.wait(timeout=STOP_DEADLINE)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_DEADLINE)
+
+    # -- clients
+
+    def connection(self, timeout: float = CLIENT_TIMEOUT) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One request on a new connection: (status, headers, body)."""
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+
+class Launcher:
+    """Starts servers for a test (or a module) and stops them all afterwards."""
+
+    def __init__(self, mode: str, directory: Path) -> None:
+        self.mode = mode
+        self.directory = directory
+        self.servers: list[ServerProcess] = []
+
+    def __call__(
+        self,
+        *args: str,
+        app: str | None = f"{APPS}:app",
+        listen: Sequence[str] | None = (LOCAL_TCP,),
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> ServerProcess:
+        argv: list[str] = []
+        if app is not None:
+            argv += ["--app", app]
+        for endpoint in listen or ():
+            argv += ["--listen", endpoint]
+        argv += MODES[self.mode]
+        argv += args
+        log_path = self.directory / f"server-{len(self.servers)}.log"
+        server = ServerProcess(argv, log_path, child_env(env))
+        self.servers.append(server)
+        if wait:
+            server.wait_listening()
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.terminate()
+
+
+@pytest.fixture(scope="session", params=list(MODES))
+def server_mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def start_server(server_mode: str, tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(server_mode, tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.close()
+
+
+@pytest.fixture(scope="module", params=["0", "4"], ids=["threads0", "threads4"])
+def served(
+    request: pytest.FixtureRequest, server_mode: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server shared by the tests of a module that don't need a process of their own, running
+    ``apps:app`` both in the reactor thread (``--threads 0``) and in a pool (``--threads 4``)."""
+    launcher = Launcher(server_mode, tmp_path_factory.mktemp("served"))
+    try:
+        yield launcher("--threads", request.param, "--access-log", "off")
+    finally:
+        launcher.close()
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, deadline: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """``twistd -n --pidfile= catalyzer ARGS`` to completion; the test fails if it outlives
+    ``deadline`` (the child is killed)."""
+    argv = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
+    try:
+        return subprocess.run(
+            argv,
+            check=False,
+            cwd=REPO,
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=deadline,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{argv} still running after {deadline:g}s; output so far: {e.output!r}")

@@ -1,0 +1,147 @@
+"""Stopping: SIGTERM finishes requests in flight, cuts hung ones after --die-timeout, doesn't wait
+for idle keep-alive connections; SIGINT stops at once."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import uuid
+
+import pytest
+
+from tests.integration.conftest import CLIENT_TIMEOUT, Launcher, ServerProcess
+
+pytestmark = pytest.mark.integration
+
+# Deadlines for the process to exit. Generous for a loaded machine, yet far below the waits a
+# wrong behaviour would cause (die-timeout 30 s, keepalive-timeout 60 s, a hang of 600 s).
+QUICK_EXIT = 8.0
+# How long after its connections are cut a process with a thread stuck in the app may take to
+# exit. These tests always use all of it while the bug below is there: kept short.
+HUNG_EXIT = 5.0
+
+HUNG_THREAD_BLOCKS_EXIT = pytest.mark.xfail(
+    strict=True,
+    reason="server bug: with --threads N, a worker thread still inside the app after die-timeout "
+    "(SIGTERM) or at once (SIGINT) keeps the process alive forever after 'Server Shut Down'. "
+    "catalyzer.tap._Root.stopService registers atexit os._exit(1), but the interpreter joins "
+    "non-daemon threads (Twisted's ThreadPool threads are non-daemon) before running atexit "
+    "handlers, so the hard exit never runs; the aborted connection is not even closed, as the "
+    "reactor stops before abortConnection's deferred close runs. Fix: make the app thread pool's "
+    "threads daemon threads (ThreadPool with threadFactory=partial(Thread, daemon=True) in "
+    "catalyzer.tap.makeService), or register the hard exit with threading._register_atexit.",
+)
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def start_request(server: ServerProcess, path: str, marker: str) -> http.client.HTTPConnection:
+    """Send a request to an app that logs ``marker TOKEN`` when it starts; return once it has."""
+    tag = token()
+    conn = server.connection()
+    conn.request("GET", f"{path}{'&' if '?' in path else '?'}token={tag}")
+    server.wait_for_log(rf"{marker} {tag}$")
+    return conn
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What the server still sends before it closes the connection (bounded by the timeout)."""
+    sock.settimeout(CLIENT_TIMEOUT)
+    data = b""
+    for _ in range(1000):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    else:
+        pytest.fail(f"the server kept sending: {data[:200]!r}...")
+    return data
+
+
+def test_sigterm_idle_exits_zero(start_server: Launcher) -> None:
+    server = start_server()
+    status, _, _ = server.request("GET", "/hello")
+    assert status == 200
+    server.send_signal(signal.SIGTERM)
+    assert server.wait_exit(QUICK_EXIT) == 0, server.log()
+
+
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_sigterm_finishes_request_in_flight(start_server: Launcher, threads: str) -> None:
+    server = start_server("--threads", threads)
+    conn = start_request(server, "/slow?seconds=2", "slow-started")
+    try:
+        server.send_signal(signal.SIGTERM)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert (response.status, body) == (200, b"slow done\n")
+    if threads != "0":
+        # The stop was seen while the app ran: the response says the connection won't be reused.
+        assert response.headers["Connection"] == "close"
+    assert server.wait_exit(QUICK_EXIT) == 0, server.log()
+    assert "SIGTERM" in server.log()
+
+
+@HUNG_THREAD_BLOCKS_EXIT
+def test_sigterm_cuts_hung_request_after_die_timeout(start_server: Launcher) -> None:
+    server = start_server("--threads", "2", "--die-timeout", "1")
+    conn = start_request(server, "/hang", "hang-started")
+    try:
+        server.send_signal(signal.SIGTERM)
+        status = server.wait_exit(1 + HUNG_EXIT)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            conn.getresponse()  # cut: no response at all
+    finally:
+        conn.close()
+    assert status == 1, server.log()
+    assert "die-timeout (1s) reached" in server.log()
+
+
+def test_idle_keepalive_connection_does_not_delay_exit(start_server: Launcher) -> None:
+    server = start_server("--keepalive-timeout", "60")
+    conn = server.connection()
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request("GET", "/hello")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"hello\n")
+        assert not response.will_close
+        sock = conn.sock
+        assert sock is not None
+        # One idle keep-alive connection, and one that connected and never sent a byte.
+        server.send_signal(signal.SIGTERM)
+        assert server.wait_exit(QUICK_EXIT) == 0, server.log()
+        assert read_until_closed(sock) == b""
+        assert read_until_closed(silent) == b""
+    finally:
+        conn.close()
+        silent.close()
+
+
+def test_sigint_stops_an_idle_server(start_server: Launcher) -> None:
+    server = start_server()
+    server.send_signal(signal.SIGINT)
+    assert server.wait_exit(QUICK_EXIT) == 0, server.log()
+
+
+@HUNG_THREAD_BLOCKS_EXIT
+def test_sigint_does_not_wait_for_requests_in_flight(start_server: Launcher) -> None:
+    # die-timeout stays at its 30 s default: SIGINT must not wait for it.
+    server = start_server("--threads", "2")
+    conn = start_request(server, "/hang", "hang-started")
+    try:
+        server.send_signal(signal.SIGINT)
+        status = server.wait_exit(HUNG_EXIT)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            conn.getresponse()
+    finally:
+        conn.close()
+    assert status == 1, server.log()
