@@ -31,15 +31,13 @@ class AppSpec:
 def parse_app_spec(text: str) -> AppSpec:
     module, sep, target = text.partition(":")
     if not sep or not module or not target:
-        raise AppSpecError(
-            f"--app {text!r}: expected 'module:callable' or 'module:factory()', e.g. 'myapp:app'"
-        )
+        raise AppSpecError("expected 'module:callable' or 'module:factory()', e.g. 'myapp:app'")
     if not all(part.isidentifier() for part in module.split(".")):
-        raise AppSpecError(f"--app {text!r}: {module!r} is not a module name")
+        raise AppSpecError(f"{module!r} is not a module name")
     try:
         expr = ast.parse(target.strip(), mode="eval").body
     except SyntaxError:
-        raise AppSpecError(f"--app {text!r}: cannot parse {target!r}") from None
+        raise AppSpecError(f"cannot parse {target!r}") from None
     call = None
     if isinstance(expr, ast.Call):
         try:
@@ -47,10 +45,10 @@ def parse_app_spec(text: str) -> AppSpec:
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expr.keywords if kw.arg}
         except ValueError:
             raise AppSpecError(
-                f"--app {text!r}: factory arguments must be literals (strings, numbers, ...)"
+                "factory arguments must be literals (strings, numbers, ...)"
             ) from None
         if len(kwargs) != len(expr.keywords):
-            raise AppSpecError(f"--app {text!r}: '**' is not allowed in factory arguments")
+            raise AppSpecError("'**' is not allowed in factory arguments")
         call = (args, kwargs)
         expr = expr.func
     names: list[str] = []
@@ -58,7 +56,7 @@ def parse_app_spec(text: str) -> AppSpec:
         names.append(expr.attr)
         expr = expr.value
     if not isinstance(expr, ast.Name):
-        raise AppSpecError(f"--app {text!r}: {target!r} is not a name or a factory call")
+        raise AppSpecError(f"{target!r} is not a name or a factory call")
     names.append(expr.id)
     return AppSpec(module, tuple(reversed(names)), call)
 
@@ -66,7 +64,10 @@ def parse_app_spec(text: str) -> AppSpec:
 def load_app(text: str, search_path: str | None = None) -> WSGIApp:
     """Import and return the application. Every failure is an :class:`AppSpecError` whose message
     is meant for a person: import errors carry the traceback of the code that failed."""
-    spec = parse_app_spec(text)
+    try:
+        spec = parse_app_spec(text)
+    except AppSpecError as e:
+        raise AppSpecError(f"--app {text!r}: {e}") from None
     if search_path is not None and search_path not in sys.path:
         # Like gunicorn and `python -m`, the working directory's modules are importable.
         sys.path.insert(0, search_path)
@@ -98,4 +99,11 @@ def load_app(text: str, search_path: str | None = None) -> WSGIApp:
 
 
 def _tb() -> str:
-    return traceback.format_exc().rstrip()
+    """The current exception's traceback from the user's code on: our frames and importlib's
+    machinery are left out."""
+    etype, value, tb = sys.exc_info()
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename == __file__ or "importlib" in tb.tb_frame.f_code.co_filename
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(etype, value, tb)).rstrip()

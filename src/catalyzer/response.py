@@ -88,6 +88,7 @@ class WSGIResponse:
         self.start_response = StartResponse(self._write)
         self.framer: ResponseFramer | None = None
         self.status = 0
+        self._direct_bytes = 0
         self.done = False
         self._iterable: Iterable[bytes] | None = None
         self._iterator: Iterator[bytes] | None = None
@@ -296,13 +297,11 @@ class WSGIResponse:
         if self.framer is None:
             self.status = 500
             keep_alive = self.request.keep_alive and self.channel.keep_alive_allowed
+            body = b"Internal Server Error\n"
+            self._direct_bytes = len(body)
             self.transport.write(
                 simple_response(
-                    500,
-                    "Internal Server Error",
-                    self.server.date(),
-                    b"Internal Server Error\n",
-                    close=not keep_alive,
+                    500, "Internal Server Error", self.server.date(), body, close=not keep_alive
                 )
             )
             self._end(keep_alive)
@@ -364,7 +363,7 @@ class WSGIResponse:
 
     @property
     def bytes_sent(self) -> int:
-        return self.framer.sent if self.framer is not None else 0
+        return self.framer.sent if self.framer is not None else self._direct_bytes
 
     # -- thread pool mode
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import sys
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, interfaces
 from twisted.internet.error import CannotListenError
+from twisted.internet import task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -19,8 +21,17 @@ log = Logger(namespace="catalyzer")
 
 
 class ListenError(SystemExit):
-    """An endpoint could not be bound. Raised as SystemExit so ``twistd`` stops with the message
-    and a non-zero status instead of a traceback."""
+    """An endpoint could not be bound: ``twistd`` stops with status 1 instead of a traceback.
+
+    By the time services start, twistd has redirected ``sys.stderr`` into its log, so the message
+    goes to the process's real standard error as well."""
+
+    def __init__(self, message: str) -> None:
+        stream = sys.__stderr__
+        if stream is not None:
+            stream.write(message + "\n")
+            stream.flush()
+        super().__init__(1)
 
 
 class HTTPService(Service):
@@ -105,6 +116,8 @@ class HTTPService(Service):
                 n=len(self.server.channels),
             )
             self.server.abort_all()
+            # Let the reactor carry out the aborts before it shuts down.
+            yield task.deferLater(self.server.clock, 0, lambda: None)
         else:
             timer.cancel()
         if self.server.threadpool is not None and self.clean_exit:

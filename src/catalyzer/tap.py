@@ -8,9 +8,11 @@ with one line on stderr and a non-zero status, before anything is bound.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -118,6 +120,8 @@ def makeService(options: Options) -> MultiService:
     threadpool = None
     if config.threads:
         threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
+        # A thread stuck in the app must not keep the process alive past die-timeout.
+        threadpool.threadFactory = functools.partial(threading.Thread, daemon=True)
     server = ServerState(
         app,
         config,

@@ -19,16 +19,6 @@ pytestmark = pytest.mark.integration
 
 FAIL_DEADLINE = 15.0  # a user error must end the process well within this
 
-LISTEN_ON_STDERR = pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a bind failure (port in use, port out of range) is reported on stdout as a log event "
-    "'<time> [stderr#error] catalyzer: cannot listen on ...', and stderr is empty. "
-    "HTTPService.privilegedStartService (catalyzer/service.py) raises ListenError (SystemExit) "
-    "after twistd has started logging and redirected sys.stderr into the log. Fix: write the "
-    "message to the real stderr (sys.__stderr__ or fd 2) before exiting, or bind the endpoints "
-    "in catalyzer.tap.makeService, which runs before twistd starts logging.",
-)
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -140,14 +130,6 @@ def test_bad_app(broken: Broken, app: str, must_contain: str, user_error: str | 
     assert refused(port), f"something is listening on {port} after a failed start"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="minor server bug: the traceback shown for an --app that fails to import starts with "
-    "catalyzer's own frame (catalyzer/appspec.py load_app) and ~10 importlib frames before the "
-    "user's file; for a factory, with the appspec.py frame. Fix: in catalyzer.appspec._tb, "
-    "format the traceback from the first frame outside catalyzer/appspec.py and importlib "
-    "(walk tb.tb_next), as the import statement does for importlib frames.",
-)
 @pytest.mark.parametrize("app", ["cz_raising:app", f"{APPS}:failing_factory()"])
 def test_bad_app_traceback_shows_only_user_code(broken: Broken, app: str) -> None:
     result = run_cli("--app", app, env={"PYTHONPATH": str(broken.path)}, deadline=FAIL_DEADLINE)
@@ -214,7 +196,6 @@ def test_bind_failure_exits_and_leaves_nothing_listening(unbindable: tuple[str, 
     assert refused(port), f"the other endpoint, {port}, is still listening"
 
 
-@LISTEN_ON_STDERR
 def test_bind_failure_message_on_stderr(unbindable: tuple[str, str]) -> None:
     endpoint, reason = unbindable
     result = run_cli("--app", f"{APPS}:app", "--listen", endpoint, deadline=FAIL_DEADLINE)

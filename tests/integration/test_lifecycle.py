@@ -21,18 +21,6 @@ QUICK_EXIT = 8.0
 # exit. These tests always use all of it while the bug below is there: kept short.
 HUNG_EXIT = 5.0
 
-HUNG_THREAD_BLOCKS_EXIT = pytest.mark.xfail(
-    strict=True,
-    reason="server bug: with --threads N, a worker thread still inside the app after die-timeout "
-    "(SIGTERM) or at once (SIGINT) keeps the process alive forever after 'Server Shut Down'. "
-    "catalyzer.tap._Root.stopService registers atexit os._exit(1), but the interpreter joins "
-    "non-daemon threads (Twisted's ThreadPool threads are non-daemon) before running atexit "
-    "handlers, so the hard exit never runs; the aborted connection is not even closed, as the "
-    "reactor stops before abortConnection's deferred close runs. Fix: make the app thread pool's "
-    "threads daemon threads (ThreadPool with threadFactory=partial(Thread, daemon=True) in "
-    "catalyzer.tap.makeService), or register the hard exit with threading._register_atexit.",
-)
-
 
 def token() -> str:
     return uuid.uuid4().hex[:12]
@@ -90,7 +78,6 @@ def test_sigterm_finishes_request_in_flight(start_server: Launcher, threads: str
     assert "SIGTERM" in server.log()
 
 
-@HUNG_THREAD_BLOCKS_EXIT
 def test_sigterm_cuts_hung_request_after_die_timeout(start_server: Launcher) -> None:
     server = start_server("--threads", "2", "--die-timeout", "1")
     conn = start_request(server, "/hang", "hang-started")
@@ -132,7 +119,6 @@ def test_sigint_stops_an_idle_server(start_server: Launcher) -> None:
     assert server.wait_exit(QUICK_EXIT) == 0, server.log()
 
 
-@HUNG_THREAD_BLOCKS_EXIT
 def test_sigint_does_not_wait_for_requests_in_flight(start_server: Launcher) -> None:
     # die-timeout stays at its 30 s default: SIGINT must not wait for it.
     server = start_server("--threads", "2")
