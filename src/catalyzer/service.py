@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, task
 from twisted.internet.error import CannotListenError
-from twisted.internet import task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 

@@ -121,7 +121,7 @@ def makeService(options: Options) -> MultiService:
     if config.threads:
         threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
         # A thread stuck in the app must not keep the process alive past die-timeout.
-        threadpool.threadFactory = functools.partial(threading.Thread, daemon=True)
+        threadpool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
     server = ServerState(
         app,
         config,
