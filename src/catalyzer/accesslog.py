@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import IO, Protocol
+from typing import Protocol
 
 
 class AccessLog(Protocol):
@@ -64,10 +64,16 @@ def format_entry(
 
 
 class FileAccessLog:
-    """Writes entries to a stream, buffered; the owner calls :meth:`flush` now and then."""
+    """Writes entries to a file descriptor in batches of whole lines, so that several processes
+    sharing one output (prefork workers on stdout) never split each other's lines. The owner
+    calls :meth:`flush` now and then."""
 
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
+    _FLUSH_AT = 65536
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lines: list[str] = []
+        self._size = 0
         self._second = -1
         self._stamp = ""
 
@@ -75,8 +81,8 @@ class FileAccessLog:
     def open(cls, target: str) -> FileAccessLog:
         if target == "-":
             # twistd redirects sys.stdout into its log; the access log wants the real stdout.
-            return cls(os.fdopen(os.dup(1), "w", buffering=65536, encoding="utf-8"))
-        return cls(open(target, "a", buffering=65536, encoding="utf-8"))
+            return cls(os.dup(1))
+        return cls(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
 
     def log(
         self,
@@ -93,16 +99,26 @@ class FileAccessLog:
         if second != self._second:
             self._second = second
             self._stamp = clf_time(second)
-        self._stream.write(
-            format_entry(
-                remote, request_line, status, size, referer, user_agent, duration, self._stamp
-            )
+        line = format_entry(
+            remote, request_line, status, size, referer, user_agent, duration, self._stamp
         )
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self._FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.flush()
+        if not self._lines:
+            return
+        data = "".join(self._lines).encode("utf-8", "replace")
+        self._lines = []
+        self._size = 0
+        view = memoryview(data)
+        with contextlib.suppress(OSError):
+            while view:
+                view = view[os.write(self._fd, view) :]
 
     def close(self) -> None:
         self.flush()
-        self._stream.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)

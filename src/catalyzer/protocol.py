@@ -35,6 +35,7 @@ from catalyzer.filewrapper import FileWrapper
 from catalyzer.framing import simple_response
 from catalyzer.http11 import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
 from catalyzer.response import WSGIResponse
+from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
 from catalyzer.wsgitypes import WSGIApp
 
@@ -102,6 +103,10 @@ class ServerState:
         )
         self.errors = WSGIErrors()
         self.on_body_progress: Callable[[Request, int], None] | None = None
+        # Set in prefork workers: where the master watches for requests stuck in the app.
+        self.scoreboard: Scoreboard | None = None
+        # Called after each response (prefork workers count towards max-requests).
+        self.on_response: Callable[[], None] | None = None
         self.channels: set[HTTPChannel] = set()
         self.ports: list[Any] = []
         self.accepting = True
@@ -372,6 +377,8 @@ class HTTPChannel(Protocol):
         self.response = None
         server = self.server
         server.requests_served += 1
+        if server.on_response is not None:
+            server.on_response()
         request = response.request
         if request.body is not None:
             request.body.close()

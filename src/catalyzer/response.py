@@ -111,11 +111,17 @@ class WSGIResponse:
             assert self.server.threadpool is not None
             self.server.threadpool.callInThread(self._thread_main)
             return
+        scoreboard = self.server.scoreboard
+        if scoreboard is not None:
+            scoreboard.enter(self.started, f"{self.request.method} {self.environ['RAW_URI']}")
         try:
             result = self.server.app(self.environ, self.start_response)
         except Exception:
             self._fail("the application raised")
             return
+        finally:
+            if scoreboard is not None:
+                scoreboard.leave()
         self._iterable = result
         if self.done:  # a write() inside the app failed or the client vanished meanwhile
             self._close_iterable()
@@ -202,6 +208,19 @@ class WSGIResponse:
         self._finish()
 
     def _produce(self) -> None:
+        scoreboard = self.server.scoreboard
+        if scoreboard is None:
+            self._produce_turn()
+            return
+        scoreboard.enter(
+            self.server.clock.seconds(), f"{self.request.method} {self.environ['RAW_URI']}"
+        )
+        try:
+            self._produce_turn()
+        finally:
+            scoreboard.leave()
+
+    def _produce_turn(self) -> None:
         self._next_turn = None
         iterator = self._iterator
         assert iterator is not None

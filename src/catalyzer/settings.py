@@ -155,6 +155,45 @@ SETTINGS: tuple[Setting, ...] = (
         help="0 runs the application in the reactor thread (one request at a time per process). N "
         "runs it in a pool of N threads, for applications that wait on I/O.",
     ),
+    # -- processes
+    Setting(
+        "procs",
+        1,
+        _positive_int,
+        section="Processes",
+        metavar="N",
+        short="p",
+        help="1 serves from the twistd process itself. N >= 2 makes it a master that binds the "
+        "listening sockets and supervises N worker processes sharing them.",
+    ),
+    Setting(
+        "max-requests",
+        0,
+        _non_negative_int,
+        section="Processes",
+        metavar="N",
+        help="With procs >= 2: replace a worker after about N requests (0: never). Its "
+        "replacement is ready before it stops accepting, and one worker recycles at a time.",
+    ),
+    Setting(
+        "max-requests-jitter",
+        0,
+        _non_negative_int,
+        section="Processes",
+        metavar="N",
+        help="Adds a random 0..N to each worker's max-requests, so workers do not all recycle "
+        "together.",
+    ),
+    Setting(
+        "timeout",
+        0.0,
+        _non_negative_seconds,
+        section="Processes",
+        metavar="SECONDS",
+        help="With procs >= 2: a worker that spends longer than this inside the application on "
+        "one request has its Python stack logged with the request, and is killed and replaced "
+        "(0: never). Receiving the request and sending the response do not count.",
+    ),
     # -- listening
     Setting(
         "listen",
@@ -311,6 +350,10 @@ class Config:
     app: str
     script_name: str
     threads: int
+    procs: int
+    max_requests: int
+    max_requests_jitter: int
+    timeout: float
     listen: tuple[str, ...]
     max_connections: int
     max_request_line: int

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
@@ -102,10 +102,16 @@ for _setting in SETTINGS:
             setattr(Options, "opt_" + _setting.short, getattr(Options, "opt_" + _setting.attr))
 
 
-def makeService(options: Options) -> MultiService:
+def makeService(options: Options) -> Service:
     config = options.config
     assert config is not None
     from twisted.internet import reactor
+
+    if config.procs > 1:
+        # The master never imports the app: a broken app cannot take it down.
+        from catalyzer.master import MasterService
+
+        return MasterService(config, options.endpoints, reactor)
 
     try:
         app = load_app(config.app, os.getcwd())

@@ -1,0 +1,51 @@
+"""The control channel between the master and each worker: AMP over a socketpair of its own
+(not stdin/stdout, which carry the worker's log output)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.protocols import amp
+
+
+class QuietAMP(amp.AMP):
+    """AMP without its "connection established/lost" log lines: one per worker start is noise."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
+
+
+class Ready(amp.Command):
+    """Worker -> master: the app is imported and the listening sockets are adopted."""
+
+    arguments = [(b"pid", amp.Integer())]
+    response = []
+
+
+class Heartbeat(amp.Command):
+    """Worker -> master, every second: the worker's numbers, as JSON."""
+
+    arguments = [(b"stats", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
+class Retire(amp.Command):
+    """Worker -> master: replace me (max-requests reached). The master starts the replacement
+    first and sends TERM once it is ready."""
+
+    arguments = [(b"reason", amp.Unicode())]
+    response = []
+
+
+class Dump(amp.Command):
+    """Master -> worker: describe your connections (for the USR1 state dump)."""
+
+    arguments = []
+    response = [(b"text", amp.Unicode())]

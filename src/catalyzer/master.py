@@ -1,0 +1,413 @@
+"""The prefork master (``--procs N``): binds the listening sockets, spawns and supervises the
+workers, and turns signals into actions. It never imports the application.
+
+Decisions are made by :class:`catalyzer.supervision.Supervisor`; this service carries them out:
+``reactor.spawnProcess`` with the listening sockets, a control socketpair (AMP) and a shared
+scoreboard passed as file descriptors, ``os.kill`` for signals, and the log.
+
+Signals (each handler only enqueues the action for the reactor):
+
+====== ===============================================================================
+HUP    new generation of workers with fresh code; the old one retires once all are ready
+TERM   stop accepting, TERM every worker, KILL what is left after die-timeout; exit 0 or 1
+INT    quick stop (also QUIT)
+USR1   state dump in the log: the master's table and every worker's connections
+TTIN   one worker more; TTOU: one fewer
+====== ===============================================================================
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import error, interfaces, protocol
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from catalyzer import control, signals
+from catalyzer.scoreboard import Scoreboard
+from catalyzer.settings import Config
+from catalyzer.supervision import READY, STARTING, Halt, Kill, Log, Spawn, Supervisor
+from catalyzer.supervision import WorkerRecord as Record
+from catalyzer.worker import ENV_KEY, worker_environment
+
+__all__ = ["MasterService"]
+
+log = Logger(namespace="catalyzer.master")
+worker_log = Logger(namespace="catalyzer.worker")
+
+_TICK = 0.2
+_KILL_AFTER_DUMP = 0.5
+_BOOT_OUTPUT_LINES = 200
+
+
+class _NoAccept(protocol.Factory):
+    """The master's ports never accept: workers do."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: object) -> None:
+        return None
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """The master's view of one worker process: its output and its end."""
+
+    def __init__(self, master: MasterService, record: Record, scoreboard: Scoreboard) -> None:
+        self.master = master
+        self.record = record
+        self.scoreboard = scoreboard
+        self.control: MasterControl | None = None
+        self.boot_output: deque[str] = deque(maxlen=_BOOT_OUTPUT_LINES)
+        self._partial = {1: b"", 2: b""}
+        self.hung_since: float | None = None
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
+        self._partial[childFD] = lines.pop()
+        for line in lines:
+            self._line(line.decode("utf-8", "replace"))
+
+    def _line(self, text: str) -> None:
+        if self.record.state == STARTING:
+            # Held back until the worker is ready: a boot failure is reported once, by the
+            # master, instead of once per failing worker.
+            self.boot_output.append(text)
+            return
+        worker_log.info(
+            "[worker {slot} pid {pid}] {line}",
+            slot=self.record.slot,
+            pid=self.record.pid,
+            line=text,
+        )
+
+    def flush_boot_output(self) -> None:
+        while self.boot_output:
+            self._line(self.boot_output.popleft())
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._partial.items():
+            if rest:
+                self._partial[fd] = b""
+                self._line(rest.decode("utf-8", "replace"))
+        value = reason.value
+        status = getattr(value, "exitCode", None)
+        signum = getattr(value, "signal", None)
+        self.scoreboard.close()
+        self.master.worker_exited(self, status, signum)
+
+
+class MasterControl(control.QuietAMP):
+    """The master's end of one worker's control channel."""
+
+    def __init__(self, master: MasterService, process: WorkerProcess) -> None:
+        super().__init__()
+        self.master = master
+        self.process = process
+
+    @control.Ready.responder
+    def ready(self, pid: int) -> dict[str, Any]:
+        self.master.worker_ready(self.process)
+        return {}
+
+    @control.Heartbeat.responder
+    def heartbeat(self, stats: str) -> dict[str, Any]:
+        self.process.record.stats = json.loads(stats)
+        return {}
+
+    @control.Retire.responder
+    def retire(self, reason: str) -> dict[str, Any]:
+        self.master.retire(self.process, reason)
+        return {}
+
+
+class MasterService(Service):
+    def __init__(
+        self,
+        config: Config,
+        endpoints: Sequence[tuple[str, interfaces.IStreamServerEndpoint]],
+        reactor: Any,
+    ) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.reactor = reactor
+        self.supervisor = Supervisor(config.procs, die_timeout=config.die_timeout)
+        self.ports: list[Any] = []
+        self.listeners: list[dict[str, Any]] = []
+        self.processes: dict[int, WorkerProcess] = {}  # record id -> process
+        self.halted: int | None = None
+        self._ticker: LoopingCall | None = None
+        self._devnull = os.open(os.devnull, os.O_RDWR)
+
+    # -- start
+
+    def privilegedStartService(self) -> None:
+        from catalyzer.service import ListenError
+
+        for description, endpoint in self.endpoints:
+            result: list[Any] = []
+            endpoint.listen(_NoAccept()).addBoth(result.append)
+            port = result[0] if result else None
+            if not interfaces.IListeningPort.providedBy(port):
+                err = port.value if isinstance(port, Failure) else "did not bind at once"
+                if isinstance(err, error.CannotListenError):
+                    err = err.socketError or err
+                for p in self.ports:
+                    p.stopListening()
+                raise ListenError(f"catalyzer: cannot listen on {description}: {err}")
+            port.stopReading()  # type: ignore[attr-defined]  # the master never accepts
+            self.ports.append(port)
+            self.listeners.append(
+                {
+                    "description": description,
+                    "fd": port.fileno(),  # type: ignore[attr-defined]
+                    "family": _family(port),
+                }
+            )
+            log.info(
+                "listening on {description} ({address})",
+                description=description,
+                address=port.getHost(),
+            )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        _set_title(f"catalyzer master [{self.config.app}]")
+        self.reactor.callWhenRunning(
+            signals.install,
+            self.reactor,
+            {
+                signal.SIGHUP: self.reload,
+                signal.SIGTERM: lambda: self.stop(graceful=True),
+                signal.SIGINT: lambda: self.stop(graceful=False),
+                signal.SIGQUIT: lambda: self.stop(graceful=False),
+                signal.SIGUSR1: self.dump,
+                signal.SIGTTIN: lambda: self._run(self.supervisor.scale(1, self._now())),
+                signal.SIGTTOU: lambda: self._run(self.supervisor.scale(-1, self._now())),
+            },
+        )
+        log.info("master pid {pid}: starting {n} workers", pid=os.getpid(), n=self.config.procs)
+        self._run(self.supervisor.start(self._now()))
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(_TICK, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        # The reactor is stopping for a reason other than our own orderly exit: leave no orphans.
+        for process in list(self.processes.values()):
+            if process.record.pid is not None:
+                _kill(process.record.pid, signal.SIGKILL)
+
+    # -- actions
+
+    def reload(self) -> None:
+        log.info("SIGHUP: reloading")
+        self._run(self.supervisor.reload(self._now()))
+
+    def stop(self, graceful: bool) -> None:
+        if self.supervisor.stopping and graceful:
+            return
+        log.info("{how} stop", how="graceful" if graceful else "quick")
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
+        self._run(self.supervisor.stop(self._now(), graceful=graceful))
+
+    def retire(self, process: WorkerProcess, reason: str) -> None:
+        if process.record.pid is not None:
+            self._run(self.supervisor.retire(process.record.pid, reason, self._now()))
+
+    def dump(self) -> None:
+        now = self._now()
+        lines = [
+            f"state of master pid {os.getpid()}: generation {self.supervisor.generation}, "
+            f"{len(self.supervisor.workers)} workers, restarts {self.supervisor.restarts}"
+        ]
+        for record in self.supervisor.live():
+            stats = record.stats
+            process = self.processes.get(record.id)
+            in_app = ""
+            if process is not None:
+                entered, what = process.scoreboard.read()
+                if entered:
+                    in_app = f", in app for {now - entered:.1f}s on {what}"
+            lines.append(
+                f"  worker {record.slot} pid {record.pid} gen {record.generation} "
+                f"{record.state} up {now - record.spawned_at:.0f}s, "
+                f"{stats.get('requests', 0)} requests, {stats.get('connections', 0)} connections, "
+                f"rss {int(stats.get('rss', 0)) // 1024} KiB{in_app}"  # type: ignore[call-overload]
+            )
+        log.info("{dump}", dump="\n".join(lines))
+        for process in self.processes.values():
+            if process.control is not None and process.record.state == READY:
+                d = process.control.callRemote(control.Dump)
+                d.addCallback(lambda r: log.info("{text}", text=r["text"]))
+                d.addErrback(lambda f: None)
+
+    # -- worker events
+
+    def worker_ready(self, process: WorkerProcess) -> None:
+        pid = process.record.pid
+        if pid is not None:
+            commands = self.supervisor.ready(pid, self._now())
+            process.flush_boot_output()
+            self._run(commands)
+
+    def worker_exited(self, process: WorkerProcess, status: int | None, signum: int | None) -> None:
+        self.processes.pop(process.record.id, None)
+        pid = process.record.pid
+        if pid is None:
+            return
+        output = "\n".join(process.boot_output)
+        self._run(self.supervisor.exited(pid, status, signum, self._now(), output))
+
+    # -- carrying out decisions
+
+    def _run(self, commands: Sequence[object]) -> None:
+        for command in commands:
+            if isinstance(command, Spawn):
+                self._spawn(command.worker)
+            elif isinstance(command, Kill):
+                _kill(command.pid, command.signum)
+            elif isinstance(command, Log):
+                getattr(log, command.level)("{text}", text=command.text)
+            elif isinstance(command, Halt):
+                self._halt(command.status, command.reason)
+
+    def _spawn(self, record: Record) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        scoreboard = Scoreboard.create()
+        # stdout is shared (the access log's "-" and the app's prints go straight out); stderr
+        # carries the worker's log, which we tag with its number.
+        child_fds: dict[int, Any] = {0: self._devnull, 1: 1, 2: "r"}
+        listeners = []
+        for n, listener in enumerate(self.listeners):
+            child_fds[3 + n] = listener["fd"]
+            listeners.append({**listener, "fd": 3 + n})
+        control_fd = 3 + len(self.listeners)
+        scoreboard_fd = control_fd + 1
+        child_fds[control_fd] = theirs.fileno()
+        child_fds[scoreboard_fd] = scoreboard.fd
+        env = dict(os.environ)
+        env[ENV_KEY] = worker_environment(
+            self.config, record.slot, record.generation, listeners, control_fd, scoreboard_fd
+        )
+        process = WorkerProcess(self, record, scoreboard)
+        transport = self.reactor.spawnProcess(
+            process,
+            sys.executable,
+            [sys.executable, "-m", "catalyzer.worker"],
+            env=env,
+            path=os.getcwd(),
+            childFDs=child_fds,
+        )
+        theirs.close()
+        self.supervisor.spawned(record, transport.pid)
+        self.processes[record.id] = process
+        factory = protocol.Factory()
+        factory.buildProtocol = (  # type: ignore[method-assign]
+            lambda addr: self._control_for(process)
+        )
+        self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
+        ours.close()
+
+    def _control_for(self, process: WorkerProcess) -> MasterControl:
+        process.control = MasterControl(self, process)
+        return process.control
+
+    def _tick(self) -> None:
+        now = self._now()
+        self._run(self.supervisor.tick(now))
+        timeout = self.config.timeout
+        if not timeout or self.supervisor.stopping:
+            return
+        for process in list(self.processes.values()):
+            record = process.record
+            if record.state != READY or record.pid is None or process.hung_since is not None:
+                continue
+            entered, what = process.scoreboard.read()
+            if entered and now - entered > timeout:
+                process.hung_since = now
+                log.error(
+                    "worker {slot} (pid {pid}) has spent {elapsed:.1f}s in the app on {what} "
+                    "(timeout {timeout:g}s): its stack follows; killing it",
+                    slot=record.slot,
+                    pid=record.pid,
+                    elapsed=now - entered,
+                    what=what,
+                    timeout=timeout,
+                )
+                _kill(record.pid, signal.SIGUSR2)  # faulthandler in the worker dumps its stack
+                self.reactor.callLater(
+                    _KILL_AFTER_DUMP,
+                    lambda pid=record.pid: self._run(self.supervisor.hung(pid, self._now())),
+                )
+
+    def _halt(self, status: int, reason: str) -> None:
+        if self.halted is not None:
+            return
+        self.halted = status
+        if status:
+            log.error("exiting with status {status}: {reason}", status=status, reason=reason)
+            stream = sys.__stderr__
+            if stream is not None:
+                stream.write(f"catalyzer: {reason}\n")
+                stream.flush()
+            atexit.register(_hard_exit, status)
+        else:
+            log.info("{reason}: exiting", reason=reason)
+        for process in list(self.processes.values()):
+            if process.record.pid is not None:
+                _kill(process.record.pid, signal.SIGKILL)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _now(self) -> float:
+        now: float = self.reactor.seconds()
+        return now
+
+
+def _family(port: Any) -> str:
+    host = port.getHost()
+    if isinstance(host, IPv6Address):
+        return "INET6"
+    if isinstance(host, IPv4Address):
+        return "INET"
+    if isinstance(host, UNIXAddress):
+        return "UNIX"
+    raise ValueError(f"cannot pass a {type(host).__name__} listener to workers")
+
+
+def _kill(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _hard_exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _set_title(title: str) -> None:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(title)

@@ -1,0 +1,307 @@
+"""A prefork worker: ``python -m catalyzer.worker``, spawned by the master (never by hand).
+
+It is a fresh interpreter: it imports the application, adopts the listening sockets the master
+passed as file descriptors, says Ready over its control channel, and serves like the single-process
+server. Its log goes to stderr, which the master reads and tags with the worker's number.
+
+The master passes its settings as JSON in ``CATALYZER_WORKER`` (see :func:`worker_environment`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+
+from catalyzer import control
+from catalyzer.scoreboard import Scoreboard
+from catalyzer.settings import BY_NAME, Config
+
+ENV_KEY = "CATALYZER_WORKER"
+FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+log = Logger(namespace="catalyzer.worker")
+
+
+def worker_environment(
+    config: Config,
+    slot: int,
+    generation: int,
+    listeners: list[dict[str, Any]],
+    control_fd: int,
+    scoreboard_fd: int,
+) -> str:
+    """The JSON the master hands a worker."""
+    values = {s.name: getattr(config, s.attr) for s in BY_NAME.values()}
+    values["listen"] = list(config.listen)
+    return json.dumps(
+        {
+            "settings": values,
+            "slot": slot,
+            "generation": generation,
+            "listeners": listeners,
+            "control_fd": control_fd,
+            "scoreboard_fd": scoreboard_fd,
+        }
+    )
+
+
+class WorkerControl(control.QuietAMP):
+    """The worker's end of the control channel."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.worker.control = self
+
+    @control.Dump.responder
+    def dump(self) -> dict[str, str]:
+        return {"text": self.worker.describe()}
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # The master is gone: nobody supervises us any more; stop serving gracefully.
+        self.worker.master_lost()
+
+
+class Worker:
+    def __init__(self, spec: Mapping[str, Any], reactor: Any) -> None:
+        from catalyzer.appspec import AppSpecError, load_app
+        from catalyzer.protocol import HTTPFactory, ServerState
+        from catalyzer.service import HTTPService
+
+        self.reactor = reactor
+        self.slot = int(spec["slot"])
+        self.generation = int(spec["generation"])
+        self.config = Config.from_values(spec["settings"])
+        config = self.config
+        _set_title(f"catalyzer worker {self.slot} [{config.app}]")
+        try:
+            app = load_app(config.app, os.getcwd())
+        except AppSpecError as e:
+            sys.stderr.write(f"catalyzer: error: {e}\n")
+            sys.stderr.flush()
+            os._exit(3)
+        threadpool = None
+        if config.threads:
+            import functools
+            import threading
+
+            from twisted.python.threadpool import ThreadPool
+
+            threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
+            threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
+                threading.Thread, daemon=True
+            )
+        access_log = None
+        if config.access_log.lower() not in ("off", "none", ""):
+            from catalyzer.accesslog import FileAccessLog
+
+            access_log = FileAccessLog.open(config.access_log)
+        self.server = ServerState(
+            app,
+            config,
+            reactor,
+            call_from_thread=reactor.callFromThread,
+            threadpool=threadpool,
+            access_log=access_log,
+            multiprocess=True,
+        )
+        self.server.scoreboard = Scoreboard(int(spec["scoreboard_fd"]))
+        limit = config.max_requests
+        if limit:
+            limit += random.randint(0, config.max_requests_jitter)
+        self.max_requests = limit
+        self.retiring = False
+        self.server.on_response = self._count_response
+        factory = HTTPFactory(self.server)
+        endpoints: list[tuple[str, Any]] = []
+        for listener in spec["listeners"]:
+            endpoints.append((listener["description"], _Adopted(reactor, listener, factory)))
+        self.service = HTTPService(self.server, endpoints, reactor)
+        self.control: WorkerControl | None = None
+        self._control_fd = int(spec["control_fd"])
+
+    def start(self) -> None:
+        self.service.privilegedStartService()
+        self.service.startService()
+        for port in self.service.ports:
+            # One accept per wake-up: connections spread over the workers sharing the socket
+            # instead of the first to wake taking a whole burst.
+            if hasattr(port, "numberAccepts"):
+                port.numberAccepts = 1
+        ctl = protocol.Factory()
+        ctl.buildProtocol = lambda addr: WorkerControl(self)  # type: ignore[method-assign]
+        self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
+        os.close(self._control_fd)
+        self.reactor.callLater(0, self._say_ready)
+
+    def _say_ready(self) -> None:
+        proto = self._protocol()
+        if proto is not None:
+            proto.callRemote(control.Ready, pid=os.getpid())
+            self._heartbeat()
+
+    def _protocol(self) -> WorkerControl | None:
+        return self.control
+
+    def _heartbeat(self) -> None:
+        proto = self._protocol()
+        if proto is None:
+            return
+        proto.callRemote(control.Heartbeat, stats=json.dumps(self.stats()))
+        self.reactor.callLater(1.0, self._heartbeat)
+
+    def stats(self) -> dict[str, Any]:
+        server = self.server
+        assert server.scoreboard is not None
+        entered, what = server.scoreboard.read()
+        return {
+            "requests": server.requests_served,
+            "connections": len(server.channels),
+            "in_app": what if entered else "",
+            "in_app_since": entered,
+            "rss": _rss(),
+        }
+
+    def describe(self) -> str:
+        now = self.reactor.seconds()
+        lines = [
+            f"worker {self.slot} pid {os.getpid()} generation {self.generation}: "
+            f"{self.server.requests_served} requests, {len(self.server.channels)} connections"
+        ]
+        for channel in sorted(self.server.channels, key=lambda c: c.opened):
+            info = channel.info
+            peer = f"{info.remote_addr}:{info.remote_port}" if info else "?"
+            response = channel.response
+            if response is not None:
+                state = (
+                    f"responding to {response.request.method} "
+                    f"{response.environ['RAW_URI']} for {now - response.started:.1f}s"
+                )
+            elif channel.reader.in_headers or channel.reader.in_body:
+                state = "receiving a request"
+            else:
+                state = "idle"
+            lines.append(
+                f"  {peer}: {state}; {channel.requests} requests, open {now - channel.opened:.1f}s"
+            )
+        return "\n".join(lines)
+
+    def _count_response(self) -> None:
+        if (
+            self.max_requests
+            and not self.retiring
+            and (self.server.requests_served >= self.max_requests)
+        ):
+            self.retiring = True
+            proto = self._protocol()
+            if proto is not None:
+                proto.callRemote(control.Retire, reason="max-requests")
+
+    def stop(self, quick: bool = False) -> None:
+        if quick:
+            self.server.config = self.server.config.replace(die_timeout=0.0)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def master_lost(self) -> None:
+        if self.reactor.running:
+            log.warn("the master went away: stopping")
+            self.reactor.stop()
+
+
+class _Adopted:
+    """An endpoint for a listening socket inherited from the master."""
+
+    def __init__(self, reactor: Any, listener: Mapping[str, Any], factory: Any) -> None:
+        self.reactor = reactor
+        self.listener = listener
+        self.factory = factory
+
+    def listen(self, factory: Any) -> Any:
+        from twisted.internet import defer
+
+        description = str(self.listener["description"])
+        if description.startswith("ssl:"):
+            from twisted.internet import endpoints
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            endpoint = endpoints.serverFromString(self.reactor, description)
+            # The TLS settings come from the same endpoint description the master parsed.
+            factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+        fd = int(self.listener["fd"])
+        port = self.reactor.adoptStreamPort(fd, FAMILIES[self.listener["family"]], factory)
+        os.close(fd)  # adoptStreamPort made its own copy
+        return defer.succeed(port)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _set_title(title: str) -> None:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(title)
+
+
+def main() -> None:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    from catalyzer import signals
+    from catalyzer.logfmt import plain_observer
+
+    spec = json.loads(os.environ.pop(ENV_KEY))
+    globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
+    # The master asks for our stack with SIGUSR2 when a request hangs past --timeout.
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+    worker = Worker(spec, reactor)
+    reactor.callWhenRunning(worker.start)
+    reactor.callWhenRunning(
+        signals.install,
+        reactor,
+        {
+            signal.SIGTERM: worker.stop,
+            signal.SIGINT: lambda: worker.stop(quick=True),
+            signal.SIGQUIT: lambda: worker.stop(quick=True),
+            signal.SIGHUP: lambda: None,  # reloads are the master's business
+            signal.SIGUSR1: lambda: None,
+        },
+    )
+    stopped: list[bool] = []
+    reactor.addSystemEventTrigger("before", "shutdown", _stop_service, worker, stopped)
+    reactor.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if worker.service.clean_exit else 1)
+
+
+def _stop_service(worker: Worker, stopped: list[bool]) -> Any:
+    if stopped:
+        return None
+    stopped.append(True)
+    return worker.service.stopService()
+
+
+if __name__ == "__main__":
+    main()
