@@ -488,6 +488,7 @@ def test_drain_closes_idle_now_and_busy_after_response() -> None:
     busy = server.connect()
     busy.send(GET)
     busy.transport.producer.pauseProducing()
+    server.clock.advance(1)  # the idle connection has been idle for a while
     done = server.state.drain()
     fired: list[object] = []
     done.addCallback(fired.append)
@@ -549,3 +550,24 @@ def test_threaded_mode_serves_and_reports_errors(logged: list[str]) -> None:
     assert statuses(out) == [200, 500, 200]
     assert dechunk(split_response(out)[2]) == b"wab"
     assert any("threaded failure" in line for line in logged)
+
+
+def test_drain_gives_just_idle_connection_a_grace_then_closes() -> None:
+    server = InMemoryServer(hello)
+    conn = server.connect()
+    conn.send(GET)
+    server.state.drain()
+    assert not conn.closed  # its next request may already be on the way
+    conn.send(GET)  # and it is answered, with Connection: close
+    out = conn.new_output()
+    assert statuses(out) == [200, 200] and out.endswith(b"Connection: close\r\n\r\nhello")
+    assert conn.closed
+
+    server = InMemoryServer(hello)
+    quiet = server.connect()
+    quiet.send(GET)
+    server.state.drain()
+    server.clock.advance(0.09)
+    assert not quiet.closed
+    server.clock.advance(0.01)
+    assert quiet.closed
