@@ -200,6 +200,7 @@ class Supervisor:
                 self.generation = self._reload_from
                 self._reload_from = None
                 return out
+            self._count("boot-failure")
             out.append(Log("error", f"worker {worker.slot} failed to boot ({how}){detail}"))
         elif not expected:
             self._count("crashed")
