@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from catalyzer import control, signals
+from catalyzer import control, signals, trace
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
 from catalyzer.supervision import READY, STARTING, Halt, Kill, Log, Spawn, Supervisor
@@ -264,6 +264,8 @@ class MasterService(Service):
 
     def worker_ready(self, process: WorkerProcess) -> None:
         pid = process.record.pid
+        if trace.ENABLED:
+            trace.emit("ready", worker=process.record.slot, child=pid)
         if pid is not None:
             commands = self.supervisor.ready(pid, self._now())
             process.flush_boot_output()
@@ -272,6 +274,8 @@ class MasterService(Service):
     def worker_exited(self, process: WorkerProcess, status: int | None, signum: int | None) -> None:
         self.processes.pop(process.record.id, None)
         pid = process.record.pid
+        if trace.ENABLED:
+            trace.emit("exit", worker=process.record.slot, child=pid, status=status, signal=signum)
         if pid is None:
             return
         output = "\n".join(process.boot_output)
@@ -319,6 +323,10 @@ class MasterService(Service):
         )
         theirs.close()
         self.supervisor.spawned(record, transport.pid)
+        if trace.ENABLED:
+            trace.emit(
+                "spawn", worker=record.slot, generation=record.generation, child=transport.pid
+            )
         self.processes[record.id] = process
         factory = protocol.Factory()
         factory.buildProtocol = (  # type: ignore[method-assign]

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from catalyzer import trace
 from catalyzer.accesslog import AccessLog
 from catalyzer.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.filewrapper import FileWrapper
@@ -216,6 +217,8 @@ class HTTPChannel(Protocol):
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
         self.info = _connection_info(transport)
+        if trace.ENABLED:
+            trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
         self._header_timer = self._later(self.server.config.header_timeout, self._header_timeout)
 
@@ -351,6 +354,8 @@ class HTTPChannel(Protocol):
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
             return
+        if trace.ENABLED:
+            trace.emit("request-start", method=request.method, target=request.target)
         self.response = WSGIResponse(self, request, environ)
         self.response.run()
 
@@ -382,6 +387,14 @@ class HTTPChannel(Protocol):
         self.response = None
         server = self.server
         server.requests_served += 1
+        if trace.ENABLED:
+            trace.emit(
+                "request-end",
+                method=response.request.method,
+                status=response.status,
+                bytes=response.bytes_sent,
+                keep_alive=keep_alive,
+            )
         if server.on_response is not None:
             server.on_response()
         request = response.request

@@ -6,6 +6,8 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from catalyzer import trace
+
 
 def install(reactor: Any, actions: Mapping[signal.Signals, Callable[[], object]]) -> None:
     """Route each signal to its action, run by the reactor on its next turn. Call this once the
@@ -13,6 +15,8 @@ def install(reactor: Any, actions: Mapping[signal.Signals, Callable[[], object]]
     for signum, action in actions.items():
 
         def handler(_signum: int, _frame: object, action: Callable[[], object] = action) -> None:
+            if trace.ENABLED:
+                reactor.callFromThread(trace.emit, "signal", signal=signal.Signals(_signum).name)
             reactor.callFromThread(action)
 
         signal.signal(signum, handler)
