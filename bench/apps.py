@@ -1,0 +1,66 @@
+"""The WSGI applications every server in the benchmark runs (``bench.apps:NAME``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+HELLO = b"Hello, World!"
+BIG = b"x" * (1024 * 1024)
+STREAM_CHUNK = b"s" * (64 * 1024)
+STREAM_TOTAL = 1024**3
+_READ_BLOCK = 64 * 1024
+
+
+def hello(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(HELLO)))])
+    return [HELLO]
+
+
+def big(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """1 MiB in one bytes object, with Content-Length."""
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(BIG)))],
+    )
+    return [BIG]
+
+
+def echo(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Read the whole request body and answer with its length in bytes."""
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH") or ""
+    remaining = int(declared) if declared.isdigit() else None
+    total = 0
+    while remaining is None or remaining > 0:
+        size = _READ_BLOCK if remaining is None else min(_READ_BLOCK, remaining)
+        data = stream.read(size)
+        if not data:
+            break
+        total += len(data)
+        if remaining is not None:
+            remaining -= len(data)
+    body = str(total).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def sleep50(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """An application that waits 50 ms on (simulated) I/O, then says hello."""
+    time.sleep(0.05)
+    return hello(environ, start_response)
+
+
+def _stream_body() -> Iterator[bytes]:
+    for _ in range(STREAM_TOTAL // len(STREAM_CHUNK)):
+        yield STREAM_CHUNK
+
+
+def stream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """1 GiB from a generator in 64 KiB chunks, without Content-Length."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return _stream_body()

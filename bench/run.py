@@ -1,0 +1,1130 @@
+"""The benchmark suite: catalyzer against other WSGI servers, driven by wrk.
+
+    .venv/bin/python bench/run.py [--quick] [--only NAME[,NAME...]] [--render RESULTS.json]
+
+Every server runs as a subprocess on 127.0.0.1 on a free port, with access logs off. For each
+scenario and server: start the server, poll until it answers, run wrk while sampling the RSS of
+the server's process tree every 100 ms, stop the server by PID. Raw results go to
+``bench/results/`` as JSON; ``docs/benchmarks.md`` is rendered from that JSON (a run restricted
+with ``--only`` writes the doc only when ``--doc`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import select
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import procs, stream_rss
+
+BENCH = procs.ROOT / "bench"
+RESULTS = BENCH / "results"
+DOC = procs.ROOT / "docs" / "benchmarks.md"
+POST_SCRIPT = "bench/post1m.lua"  # wrk runs in the repository root
+BIN = procs.VENV_BIN
+
+WRK_THREADS = 2
+SLOW_CLIENTS = 300
+SLOW_TRICKLE_SECONDS = 2.0  # one more header byte per slow client this often
+SLOW_HEADER_TIMEOUT = 60  # seconds, for servers that bound header reception by default
+SLOW_PARTIAL = b"GET / HTTP/1.1\r\nHost: x\r\nX-a: "
+
+# -- servers
+
+
+def _catalyzer(app: str, port: int, scenario: str) -> list[str]:
+    argv = [
+        str(BIN / "twistd"),
+        "-n",
+        "--pidfile=",
+        "catalyzer",
+        "--app",
+        f"bench.apps:{app}",
+        "--listen",
+        f"tcp:{port}:interface={procs.HOST}",
+        "--access-log",
+        "off",
+    ]
+    if app == "sleep50":
+        argv += ["--threads", "8"]
+    if scenario == "slow_clients":
+        argv += ["--header-timeout", str(SLOW_HEADER_TIMEOUT)]
+    return argv
+
+
+def _gunicorn(worker_class: str) -> Callable[[str, int, str], list[str]]:
+    def argv(app: str, port: int, scenario: str) -> list[str]:
+        # gunicorn writes no access log unless --access-logfile is given.
+        args = [
+            str(BIN / "gunicorn"),
+            "--bind",
+            f"{procs.HOST}:{port}",
+            "--workers",
+            "2",
+            "--worker-class",
+            worker_class,
+        ]
+        if worker_class == "gthread":
+            args += ["--threads", "4"]
+        return [*args, f"bench.apps:{app}"]
+
+    return argv
+
+
+def _waitress(app: str, port: int, scenario: str) -> list[str]:
+    # waitress has no access log; its default is 4 threads and a 120 s channel timeout.
+    argv = [str(BIN / "waitress-serve"), f"--listen={procs.HOST}:{port}"]
+    if scenario == "slow_clients":
+        # At its default connection limit (100) waitress stops accepting, and the fast clients
+        # would wait in the backlog behind the slow ones; 1000 is catalyzer's max-connections.
+        argv.append("--connection-limit=1000")
+    return [*argv, f"bench.apps:{app}"]
+
+
+def _twistd_web(app: str, port: int, scenario: str) -> list[str]:
+    # twistd web has no switch to turn its access log off: it goes to /dev/null instead.
+    return [
+        str(BIN / "twistd"),
+        "-n",
+        "--pidfile=",
+        "web",
+        "--wsgi",
+        f"bench.apps.{app}",
+        "--listen",
+        f"tcp:{port}:interface={procs.HOST}",
+        "--logfile",
+        "/dev/null",
+    ]
+
+
+def _granian(app: str, port: int, scenario: str) -> list[str]:
+    argv = [
+        str(BIN / "granian"),
+        "--interface",
+        "wsgi",
+        "--host",
+        procs.HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--http",
+        "1",
+        "--no-access-log",
+    ]
+    if app == "sleep50":
+        argv += ["--blocking-threads", "8"]
+    if scenario == "slow_clients":
+        # Its header read timeout defaults to 30 s; 60 s is the most it accepts.
+        argv += ["--http1-header-read-timeout", str(SLOW_HEADER_TIMEOUT * 1000)]
+    return [*argv, f"bench.apps:{app}"]
+
+
+def _uwsgi(app: str, port: int, scenario: str) -> list[str]:
+    # --http-socket never keeps a connection alive in uWSGI 2.0 (and --http-keepalive belongs to
+    # the --http router); --http11-socket is the keep-alive variant of the HTTP socket. But
+    # --http11-socket ignores a request's "Connection: close" (it answers without "Connection:
+    # close" and keeps the connection), so wrk would measure keep-alive in hello_close: that
+    # scenario uses --http-socket, which closes after every response.
+    socket_option = "--http-socket" if scenario == "hello_close" else "--http11-socket"
+    return [
+        str(BIN / "uwsgi"),
+        socket_option,
+        f"{procs.HOST}:{port}",
+        "--processes",
+        "1",
+        "--listen",
+        "1024",
+        "--disable-logging",
+        "--die-on-term",
+        "--virtualenv",
+        str(procs.ROOT / ".venv"),
+        "--wsgi",
+        f"bench.apps:{app}",
+    ]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    label: str
+    argv: Callable[[str, int, str], list[str]]
+    package: str
+
+
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec("catalyzer", "catalyzer (1 process)", _catalyzer, "catalyzer"),
+    ServerSpec("gunicorn-sync", "gunicorn sync, 2 workers", _gunicorn("sync"), "gunicorn"),
+    ServerSpec(
+        "gunicorn-gthread",
+        "gunicorn gthread, 2 workers x 4 threads",
+        _gunicorn("gthread"),
+        "gunicorn",
+    ),
+    ServerSpec("waitress", "waitress (4 threads)", _waitress, "waitress"),
+    ServerSpec("twistd-web", "twistd web --wsgi", _twistd_web, "twisted"),
+    ServerSpec("granian", "granian wsgi, 1 worker", _granian, "granian"),
+    ServerSpec("uwsgi", "uWSGI, 1 process", _uwsgi, "uwsgi"),
+)
+BY_SERVER = {s.name: s for s in SERVERS}
+
+# -- scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    app: str
+    connections: int
+    wrk_extra: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    note: str = ""
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "hello_keepalive",
+        "hello, keep-alive, 50 connections",
+        "hello",
+        50,
+        note="13-byte response with Content-Length; wrk reuses its connections.",
+    ),
+    Scenario(
+        "hello_close",
+        "hello, Connection: close, 50 connections",
+        "hello",
+        50,
+        ("-H", "Connection: close"),
+        note="A new TCP connection for every request. uWSGI runs with --http-socket here "
+        "instead of --http11-socket, which ignores the request's `Connection: close` and keeps "
+        "the connection (wrk would then measure keep-alive).",
+    ),
+    Scenario(
+        "big_response",
+        "1 MiB response, 10 connections",
+        "big",
+        10,
+        note="One 1 MiB bytes object with Content-Length.",
+    ),
+    Scenario(
+        "post_1m",
+        "1 MiB POST body to echo, 10 connections",
+        "echo",
+        10,
+        ("-s", POST_SCRIPT),
+        note="The app reads wsgi.input to the end and answers with its length (bench/post1m.lua).",
+    ),
+    Scenario(
+        "sleep50",
+        "sleep50 (50 ms blocking app), 50 connections",
+        "sleep50",
+        50,
+        skip=("gunicorn-sync", "uwsgi"),
+        note="catalyzer runs with --threads 8, granian with --blocking-threads 8; gunicorn "
+        "gthread has 2x4 threads, waitress 4, and twistd web its own WSGI thread pool (Twisted's "
+        "ThreadPool default: up to 20 threads). The ceiling is threads / 50 ms: 160 req/s for "
+        "8 threads, 80 for 4, 400 for 20. gunicorn sync "
+        "(2 single-threaded workers: at most 40 req/s) and uWSGI (1 single-threaded process: at "
+        "most 20 req/s) are skipped: their result is fixed by construction.",
+    ),
+    Scenario(
+        "slow_clients",
+        f"{SLOW_CLIENTS} slow clients, hello keep-alive on 10 fast connections",
+        "hello",
+        10,
+        note=f"First 10 fast keep-alive connections alone, then again while {SLOW_CLIENTS} other "
+        "connections each hold a partial request (`GET / HTTP/1.1`, `Host`, and an unfinished "
+        f"header that grows by one byte every {SLOW_TRICKLE_SECONDS:g} s). catalyzer runs with "
+        f"--header-timeout {SLOW_HEADER_TIMEOUT} (default 10 s) and granian with "
+        f"--http1-header-read-timeout {SLOW_HEADER_TIMEOUT * 1000} (default 30 s) so that "
+        "neither drops the slow clients during the measurement; waitress runs with "
+        "--connection-limit=1000 (catalyzer's max-connections default; at its default of 100 "
+        "it stops accepting and the fast clients wait in the backlog). The other servers "
+        "have no deadline that would fire within the measurement (waitress closes channels "
+        "idle for 120 s, twistd web's Site after 12 h; gunicorn and uWSGI have no header "
+        "deadline in these modes), and no option was changed for them. wrk opens its 10 "
+        "connections after the slow ones: a server that hands each accepted connection to a "
+        "worker (gunicorn sync and gthread, uWSGI) has every worker blocked reading a slow "
+        "client's headers, and the fast clients are never served.",
+    ),
+)
+BY_SCENARIO = {s.name: s for s in SCENARIOS}
+
+# -- wrk
+
+_LATENCY_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _latency_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if m is None:
+        raise ValueError(f"unparsable wrk latency {text!r}")
+    return float(m.group(1)) * _LATENCY_UNITS[m.group(2)]
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """requests/s, p50/p99 latency (ms), request count and errors from wrk --latency output."""
+    out: dict[str, Any] = {
+        "rps": 0.0,
+        "requests": 0,
+        "p50_ms": None,
+        "p99_ms": None,
+        "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0},
+    }
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", text):
+        out["rps"] = float(m.group(1))
+    if m := re.search(r"(\d+) requests in ([\d.]+\w+)", text):
+        out["requests"] = int(m.group(1))
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        if m := re.search(rf"^\s+{pct}(?:\.0+)?%\s+([\d.]+\w+)\s*$", text, re.MULTILINE):
+            out[key] = _latency_ms(m.group(1))
+    if m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    ):
+        for i, key in enumerate(("connect", "read", "write", "timeout"), start=1):
+            out["errors"][key] = int(m.group(i))
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
+        out["errors"]["non2xx"] = int(m.group(1))
+    out["error_total"] = sum(out["errors"].values())
+    return out
+
+
+def run_wrk(
+    port: int, connections: int, duration: int, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    argv = [
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        *extra,
+        f"http://{procs.HOST}:{port}/",
+    ]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=procs.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            check=False,
+        )
+        text, rc = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as e:
+        text, rc = f"wrk timed out: {e}", -1
+    result = parse_wrk(text)
+    result["wrk_argv"] = shlex.join(argv).replace(str(port), "PORT")
+    result["wrk_rc"] = rc
+    result["wrk_seconds"] = round(time.monotonic() - started, 2)
+    result["raw"] = text
+    return result
+
+
+# -- plain-socket HTTP checks
+
+
+def _read_response(s: socket.socket, deadline: float) -> tuple[str, dict[str, str], bytes]:
+    """One response with a Content-Length body (all the checked apps send one)."""
+    data = b""
+    for _ in range(100_000):
+        if b"\r\n\r\n" in data or time.monotonic() > deadline:
+            break
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    for _ in range(100_000):
+        if len(body) >= length or time.monotonic() > deadline:
+            break
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = s.recv(1024 * 1024)
+        if not chunk:
+            break
+        body += chunk
+    return lines[0], headers, body
+
+
+def _exchange(
+    s: socket.socket, request: bytes, timeout: float
+) -> tuple[str, dict[str, str], bytes]:
+    s.sendall(request)
+    return _read_response(s, time.monotonic() + timeout)
+
+
+def _get(path: str = "/") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {procs.HOST}\r\n\r\n".encode()
+
+
+def check_app(port: int, app: str) -> dict[str, Any]:
+    """Is the answer right? (wrk counts responses, it does not look at them.)"""
+    try:
+        with socket.create_connection((procs.HOST, port), timeout=5) as s:
+            if app == "echo":
+                body = b"y" * (1024 * 1024)
+                request = (
+                    f"POST / HTTP/1.1\r\nHost: {procs.HOST}\r\nContent-Length: {len(body)}\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n"
+                ).encode() + body
+                expected = b"1048576"
+            elif app == "big":
+                request, expected = _get(), b"x" * (1024 * 1024)
+            else:
+                request, expected = _get(), b"Hello, World!"
+            status, _, got = _exchange(s, request, 10)
+        ok = status.split(" ")[1:2] == ["200"] and got == expected
+        return {"ok": ok, "status": status, "body_bytes": len(got)}
+    except OSError as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+def check_close(port: int) -> dict[str, Any]:
+    """After answering a request with "Connection: close", does the server close?"""
+    out: dict[str, Any] = {"closes": False}
+    try:
+        with socket.create_connection((procs.HOST, port), timeout=3) as s:
+            request = f"GET / HTTP/1.1\r\nHost: {procs.HOST}\r\nConnection: close\r\n\r\n"
+            status, headers, _ = _exchange(s, request.encode(), 3)
+            out["status"] = status
+            out["connection_header"] = headers.get("connection", "")
+            s.settimeout(1.0)
+            with contextlib.suppress(TimeoutError):
+                out["closes"] = s.recv(1) == b""
+    except OSError as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def check_keepalive(port: int) -> dict[str, Any]:
+    """Does connection A stay open after a response, and is B served while A is open and idle?"""
+    out: dict[str, Any] = {"keeps_alive": False, "serves_second_connection": False}
+    try:
+        with (
+            socket.create_connection((procs.HOST, port), timeout=3) as a,
+            socket.create_connection((procs.HOST, port), timeout=3) as b,
+        ):
+            status, headers, _ = _exchange(a, _get(), 3)
+            out["first"] = status
+            out["connection_header"] = headers.get("connection", "")
+            try:
+                status_b, _, _ = _exchange(b, _get(), 1.5)
+                out["serves_second_connection"] = status_b.startswith("HTTP/1.1 200")
+            except OSError:
+                pass
+            try:
+                status_a, _, _ = _exchange(a, _get(), 3)
+                out["keeps_alive"] = status_a.startswith("HTTP/1.1 200")
+            except OSError:
+                pass
+    except OSError as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+# -- slow clients
+
+
+class SlowClients:
+    """Holds ``count`` connections that each send a partial request head, then one more byte
+    every ``interval`` seconds, from a helper thread. Bounded in count and in time."""
+
+    def __init__(self, port: int, count: int, interval: float, max_seconds: float = 120) -> None:
+        self.port = port
+        self.count = count
+        self.interval = interval
+        self.max_seconds = max_seconds
+        self.socks: list[socket.socket] = []
+        self.connect_failed = 0
+        self.send_failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, name="slow-clients", daemon=True)
+
+    def open(self, deadline: float = 10.0) -> None:
+        """Non-blocking connects, all at once; those not connected by the deadline count as
+        failed. Then the partial request head on each."""
+        pending: dict[int, socket.socket] = {}
+        for _ in range(self.count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            code = s.connect_ex((procs.HOST, self.port))
+            if code not in (0, errno.EINPROGRESS):
+                self.connect_failed += 1
+                s.close()
+                continue
+            pending[s.fileno()] = s
+        end = time.monotonic() + deadline
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLOUT)
+        for _ in range(10_000):
+            if not pending or time.monotonic() > end:
+                break
+            for fd, _ in poller.poll(100):
+                s = pending.pop(fd)
+                poller.unregister(fd)
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    self.socks.append(s)
+                else:
+                    self.connect_failed += 1
+                    s.close()
+        for s in pending.values():
+            self.connect_failed += 1
+            s.close()
+        self._send(SLOW_PARTIAL)
+        self._thread.start()
+
+    def _send(self, data: bytes) -> None:
+        for s in self.socks:
+            if s.fileno() < 0:
+                continue
+            try:
+                s.send(data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.send_failed += 1
+                s.close()
+
+    def _trickle(self) -> None:
+        end = time.monotonic() + self.max_seconds
+        while not self._stop.wait(self.interval) and time.monotonic() < end:
+            self._send(b"a")
+
+    def close(self) -> dict[str, Any]:
+        """Stop trickling; report how many are still open, answered, or closed by the server."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        still_open = answered = closed = 0
+        for s in self.socks:
+            if s.fileno() < 0:
+                closed += 1
+                continue
+            try:
+                data = s.recv(4096)
+                if data:
+                    answered += 1
+                else:
+                    closed += 1
+            except BlockingIOError:
+                still_open += 1
+            except OSError:
+                closed += 1
+            s.close()
+        return {
+            "requested": self.count,
+            "connected": len(self.socks),
+            "connect_failed": self.connect_failed,
+            "still_open": still_open,
+            "answered": answered,
+            "closed_by_server": closed,
+        }
+
+
+# -- running
+
+
+@contextlib.contextmanager
+def serving(
+    spec: ServerSpec, scenario: Scenario, log_dir: Path, record: dict[str, Any]
+) -> Iterator[tuple[procs.Server, procs.RssSampler]]:
+    port = procs.free_port()
+    argv = spec.argv(scenario.app, port, scenario.name)
+    record["command"] = shlex.join(argv).replace(str(port), "PORT")
+    server = procs.start_server(spec.name, argv, port, log_dir / f"{spec.name}-{scenario.name}.log")
+    try:
+        record["ready_seconds"] = round(procs.wait_ready(server), 2)
+        with procs.RssSampler(server.pid) as sampler:
+            yield server, sampler
+    finally:
+        record["stop"] = procs.stop_server(server)
+
+
+def _max_accept_queue(port: int, stop: threading.Event, into: dict[str, Any]) -> None:
+    """Once a second: how many connections wait in the server's listen backlog (not accepted)."""
+    for _ in range(1000):
+        q = procs.accept_queue(port)
+        if q is not None:
+            into["max_accept_queue"] = max(into.get("max_accept_queue", 0), q)
+        if stop.wait(1.0):
+            break
+
+
+def measure(
+    server: procs.Server,
+    sampler: procs.RssSampler,
+    scenario: Scenario,
+    duration: int,
+    watch_backlog: bool = True,
+) -> dict[str, Any]:
+    sampler.reset()
+    extra: dict[str, Any] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_max_accept_queue, args=(server.port, stop, extra), daemon=True
+    )
+    if watch_backlog:
+        watcher.start()
+    result = run_wrk(server.port, scenario.connections, duration, scenario.wrk_extra)
+    stop.set()
+    if watcher.is_alive():
+        watcher.join(timeout=5)
+    sampler.sample()
+    result["peak_rss"] = sampler.peak
+    result["rss_samples"] = sampler.samples
+    result.update(extra)
+    if server.proc.poll() is not None:
+        result["server_exited"] = server.proc.returncode
+    return result
+
+
+def run_one(spec: ServerSpec, scenario: Scenario, duration: int, log_dir: Path) -> dict[str, Any]:
+    record: dict[str, Any] = {"server": spec.name}
+    try:
+        with serving(spec, scenario, log_dir, record) as (server, sampler):
+            record["check"] = check_app(server.port, scenario.app)
+            if scenario.name == "hello_keepalive":
+                record["keepalive"] = check_keepalive(server.port)
+            if scenario.name == "hello_close":
+                record["close"] = check_close(server.port)
+            if scenario.name != "slow_clients":
+                # /proc/net/tcp gets long with the TIME_WAIT sockets of Connection: close.
+                watch = scenario.name != "hello_close"
+                record.update(measure(server, sampler, scenario, duration, watch))
+            else:
+                undisturbed = measure(server, sampler, scenario, duration)
+                slow = SlowClients(server.port, SLOW_CLIENTS, SLOW_TRICKLE_SECONDS)
+                try:
+                    slow.open()
+                    disturbed = measure(server, sampler, scenario, duration)
+                finally:
+                    record["slow_clients"] = slow.close()
+                record["undisturbed"] = undisturbed
+                record.update(disturbed)
+                base = undisturbed["rps"]
+                record["ratio"] = disturbed["rps"] / base if base else None
+    except procs.NotReady as e:
+        record["error"] = str(e)
+    except Exception as e:
+        record["error"] = f"{type(e).__name__}: {e}"
+    return record
+
+
+# -- machine
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = f.readline().split(":", 1)[1].strip()
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    venv_python = subprocess.run(
+        [str(BIN / "python"), "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commit = subprocess.run(
+        ["git", "-C", str(procs.ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(procs.ROOT), "status", "--porcelain", "--", "src"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "commit": commit + (" (with uncommitted changes under src/)" if dirty else ""),
+        "loadavg_before": os.getloadavg(),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": venv_python.stdout.strip() or platform.python_version(),
+        "wrk": (wrk.stdout + wrk.stderr).splitlines()[0] if (wrk.stdout + wrk.stderr) else "?",
+        "versions": {s.package: _version(s.package) for s in SERVERS},
+    }
+
+
+# -- report
+
+
+def _fmt_rps(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.0f} us" if v < 1 else f"{v:,.1f} ms"
+
+
+def _fmt_mib(v: int | None) -> str:
+    return "-" if not v else f"{v / 1024**2:.1f} MiB"
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _fmt_pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _errors(r: dict[str, Any]) -> str:
+    if "errors" not in r:
+        return "-"
+    parts = [f"{k} {v}" for k, v in r["errors"].items() if v]
+    return "0" if not parts else f"{r['error_total']:,} ({', '.join(parts)})"
+
+
+def _find(results: list[dict[str, Any]], server: str) -> dict[str, Any] | None:
+    return next((r for r in results if r["server"] == server), None)
+
+
+def _scenario_table(scn: dict[str, Any]) -> list[str]:
+    results = scn["results"]
+    cat = _find(results, "catalyzer")
+    cat_rps = cat.get("rps") if cat and not cat.get("error") else None
+    slow = scn["name"] == "slow_clients"
+    if slow:
+        head = (
+            "| server | req/s alone | req/s with slow clients | disturbed/alone | vs catalyzer "
+            "| p50 | p99 | errors | peak RSS | slow clients open at end |"
+        )
+        sep = "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"
+    else:
+        head = "| server | req/s | vs catalyzer | p50 | p99 | errors | peak RSS | max backlog |"
+        sep = "|---|---:|---:|---:|---:|---|---:|---:|"
+    lines = [head, sep]
+    for r in results:
+        label = BY_SERVER[r["server"]].label if r["server"] in BY_SERVER else r["server"]
+        if r.get("error"):
+            first = r["error"].splitlines()[0]
+            cols = 10 if slow else 8
+            lines.append(f"| {label} | failed: {first} |" + " |" * (cols - 2))
+            continue
+        vs = _fmt_ratio(r["rps"] / cat_rps) if cat_rps else "-"
+        served = bool(r.get("requests"))
+        p50 = _fmt_ms(r["p50_ms"] if served else None)
+        p99 = _fmt_ms(r["p99_ms"] if served else None)
+        if not r.get("check", {}).get("ok", True):
+            label += " (wrong answer!)"
+        if slow:
+            sc = r.get("slow_clients", {})
+            held = f"{sc.get('still_open', 0)}/{sc.get('requested', 0)}"
+            if sc.get("answered"):
+                held += f", {sc['answered']} answered"
+            if sc.get("connect_failed"):
+                held += f", {sc['connect_failed']} not connected"
+            lines.append(
+                f"| {label} | {_fmt_rps(r['undisturbed']['rps'])} | {_fmt_rps(r['rps'])} | "
+                f"{_fmt_pct(r.get('ratio'))} | {vs} | "
+                f"{p50} | {p99} | {_errors(r)} | "
+                f"{_fmt_mib(r['peak_rss'])} | {held} |"
+            )
+        else:
+            backlog = r.get("max_accept_queue")
+            lines.append(
+                f"| {label} | {_fmt_rps(r['rps'])} | {vs} | {p50} | {p99} | {_errors(r)} | "
+                f"{_fmt_mib(r['peak_rss'])} | "
+                f"{'-' if backlog is None else backlog} |"
+            )
+    return lines
+
+
+def _target(label: str, value: float | None, goal: float, fmt: Callable[[float], str]) -> str:
+    if value is None:
+        return f"- **not measured** — {label}"
+    met = value >= goal
+    verdict = "**met**" if met else "**missed**"
+    line = f"- {verdict} — {label}: {fmt(value)} (target {fmt(goal)})"
+    if not met:
+        line += f"; short by {fmt(goal - value)}, i.e. at {value / goal:.0%} of the target"
+    return line
+
+
+def targets(data: dict[str, Any]) -> list[str]:
+    by = {s["name"]: s["results"] for s in data["scenarios"]}
+
+    def rps(scenario: str, server: str) -> float | None:
+        r = _find(by.get(scenario, []), server)
+        return None if r is None or r.get("error") else r.get("rps")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    cat = rps("hello_keepalive", "catalyzer")
+    x = "{:.2f}x".format
+    lines = [
+        _target(
+            "catalyzer hello keep-alive vs `twistd web --wsgi`",
+            ratio(cat, rps("hello_keepalive", "twistd-web")),
+            10.0,
+            x,
+        ),
+        _target(
+            "catalyzer hello keep-alive vs gunicorn sync (2 workers)",
+            ratio(cat, rps("hello_keepalive", "gunicorn-sync")),
+            3.0,
+            x,
+        ),
+    ]
+    slow = _find(by.get("slow_clients", []), "catalyzer")
+    slow_ratio = None if slow is None or slow.get("error") else slow.get("ratio")
+    lines.append(
+        _target(
+            f"catalyzer fast-client throughput with {SLOW_CLIENTS} slow clients, as a share "
+            "of undisturbed",
+            slow_ratio,
+            0.95,
+            "{:.1%}".format,
+        )
+    )
+    st = data.get("stream_rss")
+    if not st or "peak_rss" not in st:
+        lines.append("- **not measured** — 1 GiB stream peak RSS < 64 MiB")
+    else:
+        peak, goal = st["peak_rss"], st["target_bytes"]
+        if peak < goal:
+            lines.append(
+                f"- **met** — 1 GiB stream peak RSS: {_fmt_mib(peak)} (target < {_fmt_mib(goal)})"
+            )
+        else:
+            lines.append(
+                f"- **missed** — 1 GiB stream peak RSS: {_fmt_mib(peak)} (target < "
+                f"{_fmt_mib(goal)}); over by {_fmt_mib(peak - goal + 1)}"
+            )
+    return lines
+
+
+def _command_text(command: str) -> str:
+    """Commands as run from the repository root, with the app name as ``APP``."""
+    command = command.replace(f"{procs.ROOT}/", "")
+    return re.sub(r"bench\.apps([.:])\w+", r"bench.apps\1APP", command)
+
+
+def _commands(data: dict[str, Any]) -> list[str]:
+    seen: dict[str, dict[str, list[str]]] = {}
+    for scn in data["scenarios"]:
+        for r in scn["results"]:
+            if "command" in r:
+                app = BY_SCENARIO[scn["name"]].app if scn["name"] in BY_SCENARIO else "?"
+                used = seen.setdefault(r["server"], {}).setdefault(_command_text(r["command"]), [])
+                used.append(f"{scn['name']} (APP={app})")
+    st = data.get("stream_rss")
+    if st and "command" in st:
+        used = seen.setdefault("catalyzer", {}).setdefault(_command_text(st["command"]), [])
+        used.append("stream_rss (APP=stream)")
+    lines: list[str] = []
+    for spec in SERVERS:
+        for command, used in seen.get(spec.name, {}).items():
+            lines += [f"{spec.label} — {', '.join(used)}:", "", "```", command, "```", ""]
+    return lines
+
+
+def render(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    kind = "quick run (3 s per measurement)" if data.get("quick") else "full run"
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `make bench` (bench/run.py) from "
+        f"bench/results/{data['id']}.json; do not edit by hand. -->",
+        "",
+        f"Run {data['id']} ({kind}, {data['elapsed_seconds']:.0f} s in all). "
+        f"Every server ran on 127.0.0.1, **with access logs off** (twistd web has no off switch: "
+        "its access log went to /dev/null). wrk used "
+        f"{WRK_THREADS} threads, `--latency` and {data['duration']} s per measurement. **The load "
+        f"generator and the server share the same {m['nproc']} cores**, so a server that "
+        "needs less CPU per request also leaves more to wrk: absolute numbers are low and only "
+        "the ratios within one run mean something. Each figure is a single measurement, and on "
+        "this small shared machine two runs can differ by tens of percent for some servers: "
+        "rerun (`make bench`, or `bench/run.py --only NAME`) before reading much into a ratio "
+        "close to its target.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, nproc = {m['nproc']}; memory {m['memory']}; Linux {m['kernel']}",
+        f"- Python {m['python']}; {m['wrk']}",
+        f"- catalyzer at commit {m.get('commit') or '?'}",
+        "- Load average (1, 5, 15 min) before the run: "
+        + ", ".join(f"{v:.2f}" for v in m.get("loadavg_before", ()))
+        + "; after: "
+        + ", ".join(f"{v:.2f}" for v in m.get("loadavg_after", ())),
+        "- Versions: " + ", ".join(f"{name} {ver}" for name, ver in m["versions"].items()),
+        "",
+        "## Targets",
+        "",
+        "Checked as ratios from this run.",
+        "",
+        *targets(data),
+        "",
+        "## Scenarios",
+        "",
+        "Columns: req/s and p50/p99 latency as wrk reports them; *vs catalyzer* is the server's "
+        "req/s divided by catalyzer's in the same scenario; *errors* adds wrk's socket errors "
+        "(connect, read, write, timeout) and non-2xx responses; *peak RSS* is the highest sum "
+        "of VmRSS over the server process and its children, sampled every 100 ms during the "
+        "measurement; *max backlog* is the longest accept queue of the listening socket "
+        "(connections the server has not accepted), sampled once a second (not sampled for "
+        "Connection: close, where /proc/net/tcp fills with TIME_WAIT sockets).",
+        "",
+    ]
+    for scn in data["scenarios"]:
+        spec = BY_SCENARIO.get(scn["name"])
+        lines += [f"### {scn['title']}", ""]
+        if spec and spec.note:
+            lines += [spec.note, ""]
+        if scn.get("wrk_argv"):
+            lines += [f"wrk: `{scn['wrk_argv']}`", ""]
+        lines += _scenario_table(scn)
+        lines.append("")
+        lines += _scenario_notes(scn)
+    st = data.get("stream_rss")
+    if st:
+        lines += ["### 1 GiB streamed response: memory (bench/stream_rss.py)", ""]
+        if "peak_rss" in st:
+            lines += [
+                "catalyzer serves `bench.apps:stream`, a generator of 1 GiB in 64 KiB chunks "
+                "without Content-Length. One client reads it at about 1 MB/s (token bucket over "
+                "64 KiB `recv`) for 20 s and hangs up; then a second client reads all of it "
+                "as fast as it can. RSS sampled every 100 ms.",
+                "",
+                "| phase | bytes read | time | rate | peak RSS |",
+                "|---|---:|---:|---:|---:|",
+                f"| idle, after start | - | - | - | {_fmt_mib(st['idle_rss'])} |",
+            ]
+            for phase, name in (("slow", "slow reader (~1 MB/s)"), ("fast", "full 1 GiB, fast")):
+                p = st[phase]
+                lines.append(
+                    f"| {name} | {p['bytes']:,} | {p['seconds']:.1f} s | "
+                    f"{p['rate'] / 1e6:,.1f} MB/s | {_fmt_mib(p['peak_rss'])} |"
+                )
+            complete = st["fast"].get("complete")
+            lines += [
+                "",
+                f"Peak {_fmt_mib(st['peak_rss'])}: "
+                + ("under" if st["under_target"] else "**not** under")
+                + " 64 MiB. The fast client "
+                + (
+                    "received all 1,073,741,824 body bytes."
+                    if complete
+                    else "**did not** receive the complete body."
+                ),
+                "",
+            ]
+        else:
+            lines += [f"Failed: {st.get('error', 'unknown error')}", ""]
+    lines += [
+        "## Server command lines",
+        "",
+        "Run from the repository root with `PYTHONPATH` set to it. `PORT` is a free port "
+        "picked for each run; `APP` is the application in `bench/apps.py`.",
+        "",
+    ]
+    lines += _commands(data)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _scenario_notes(scn: dict[str, Any]) -> list[str]:
+    notes: list[str] = []
+    for r in scn["results"]:
+        label = BY_SERVER[r["server"]].label if r["server"] in BY_SERVER else r["server"]
+        check = r.get("check")
+        if check and not check.get("ok"):
+            notes.append(f"- {label}: the answer checked before the measurement was wrong: {check}")
+        ka = r.get("keepalive")
+        if ka is not None and not (ka["keeps_alive"] and ka["serves_second_connection"]):
+            what = []
+            if not ka["keeps_alive"]:
+                what.append("closes the connection after each response")
+            if not ka["serves_second_connection"]:
+                what.append(
+                    "does not answer a second connection while a first keep-alive connection "
+                    "is open and idle, so most of wrk's connections wait in the listen backlog"
+                )
+            notes.append(f"- {label}: " + "; ".join(what) + " (checked with two raw sockets).")
+        backlog = r.get("max_accept_queue") or 0
+        conns = BY_SCENARIO[scn["name"]].connections if scn["name"] in BY_SCENARIO else 0
+        if conns and backlog >= conns / 2 and scn["name"] != "slow_clients":
+            notes.append(
+                f"- {label}: up to {backlog} connections waited in the listen backlog, not "
+                "accepted: the server works on fewer connections at a time than wrk opens, and "
+                "its latency percentiles only cover the requests it did take."
+            )
+        close = r.get("close")
+        if close is not None and not close["closes"]:
+            notes.append(
+                f"- {label}: keeps the connection open after answering a request with "
+                "`Connection: close`, so wrk reuses it: this row measures keep-alive."
+            )
+        elif close is not None and "close" not in close.get("connection_header", "").lower():
+            notes.append(
+                f"- {label}: closes the connection after each response without saying so "
+                "(no `Connection: close` in the response); wrk expects the connection to stay "
+                "open and counts each close as a read error, so its read errors here are not "
+                "failed requests."
+            )
+        if r.get("server_exited") is not None:
+            notes.append(f"- {label}: the server exited during the measurement.")
+        if r.get("stop", {}).get("signal") == "SIGKILL":
+            notes.append(
+                f"- {label}: did not exit within {procs.STOP_TIMEOUT:g} s of SIGTERM; killed."
+            )
+    if scn["name"] == "slow_clients":
+        notes.append(
+            "- *slow clients open at end*: how many of the slow connections the server "
+            "still held, neither answered nor closed, when the measurement ended."
+        )
+    for spec in SERVERS:
+        if spec.name in scn.get("skipped", []):
+            notes.append(f"- {spec.label}: skipped (see above).")
+    return [*notes, ""] if notes else []
+
+
+# -- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per measurement instead of 8")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated server and/or scenario names (stream_rss is a scenario); "
+        f"servers: {', '.join(BY_SERVER)}; scenarios: {', '.join(BY_SCENARIO)}, stream_rss",
+    )
+    parser.add_argument("--doc", action="store_true", help="write docs/benchmarks.md with --only")
+    parser.add_argument("--render", metavar="JSON", help="only render the doc from saved results")
+    args = parser.parse_args(argv)
+
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        DOC.write_text(render(data))
+        print(f"wrote {DOC}")
+        return 0
+
+    only = {n.strip() for n in args.only.split(",") if n.strip()}
+    unknown = only - set(BY_SERVER) - set(BY_SCENARIO) - {"stream_rss"}
+    if unknown:
+        parser.error(f"unknown name(s): {', '.join(sorted(unknown))}")
+    pick_servers = {n for n in only if n in BY_SERVER} or set(BY_SERVER)
+    pick_scenarios = {n for n in only if n in BY_SCENARIO or n == "stream_rss"} or {
+        *BY_SCENARIO,
+        "stream_rss",
+    }
+    duration = 3 if args.quick else 8
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = RESULTS / "logs" / run_id
+    started = time.monotonic()
+    data: dict[str, Any] = {
+        "id": run_id,
+        "quick": args.quick,
+        "only": sorted(only),
+        "duration": duration,
+        "machine": machine(),
+        "scenarios": [],
+    }
+    for scenario in SCENARIOS:
+        if scenario.name not in pick_scenarios:
+            continue
+        scn: dict[str, Any] = {
+            "name": scenario.name,
+            "title": scenario.title,
+            "skipped": list(scenario.skip),
+            "results": [],
+        }
+        data["scenarios"].append(scn)
+        for spec in SERVERS:
+            if spec.name not in pick_servers or spec.name in scenario.skip:
+                continue
+            print(
+                f"[{time.monotonic() - started:6.0f}s] {scenario.name} / {spec.name} ...",
+                flush=True,
+            )
+            r = run_one(spec, scenario, duration, log_dir)
+            scn["results"].append(r)
+            scn.setdefault("wrk_argv", r.get("wrk_argv"))
+            summary = r.get("error") or (
+                f"{r['rps']:,.0f} req/s, p99 {_fmt_ms(r['p99_ms'])}, errors {r['error_total']}, "
+                f"peak RSS {_fmt_mib(r['peak_rss'])}"
+                + (f", ratio {r['ratio']:.2f}" if r.get("ratio") is not None else "")
+            )
+            print(f"         {summary.splitlines()[0]}", flush=True)
+    if "stream_rss" in pick_scenarios and "catalyzer" in pick_servers:
+        print(f"[{time.monotonic() - started:6.0f}s] stream_rss / catalyzer ...", flush=True)
+        data["stream_rss"] = stream_rss.run(log_dir)
+        st = data["stream_rss"]
+        print(
+            "         "
+            + (
+                f"peak RSS {_fmt_mib(st['peak_rss'])}, complete={st['fast']['complete']}"
+                if "peak_rss" in st
+                else st.get("error", "failed")
+            ),
+            flush=True,
+        )
+    data["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    data["machine"]["loadavg_after"] = os.getloadavg()
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{run_id}.json"
+    out.write_text(json.dumps(data, indent=2))
+    (RESULTS / "latest.json").write_text(json.dumps(data, indent=2))
+    print(f"results: {out}")
+    if not only or args.doc:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(render(data))
+        print(f"wrote {DOC}")
+    print("\n".join(targets(data)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
