@@ -223,3 +223,12 @@ def test_framer_modes() -> None:
     f = framer(method="HEAD", headers=[("Content-Length", "9")])
     assert b"Content-Length: 9" in f.head and f.body(b"x") == b"" and f.end() == b""
     assert f.error is None
+
+
+def test_backlog_added_only_where_it_applies() -> None:
+    from catalyzer.tap import with_backlog
+
+    assert with_backlog("tcp:8080", 1024) == "tcp:8080:backlog=1024"
+    assert with_backlog("unix:/run/a.sock", 7) == "unix:/run/a.sock:backlog=7"
+    assert with_backlog("tcp:80:backlog=5", 1024) == "tcp:80:backlog=5"
+    assert with_backlog("systemd:domain=INET:index=0", 1024) == "systemd:domain=INET:index=0"

@@ -186,7 +186,6 @@ class WSGIResponse:
         if data:
             self._emit(data)
         elif self.framer is None:
-            self._begin(None)
             self.transport.write(self._begin(None).head)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
@@ -204,7 +203,10 @@ class WSGIResponse:
         except Exception:
             self._fail("the application's response is invalid")
             return
-        self.transport.write(framer.head + framer.body(body) + framer.end())
+        if len(body) <= 65536:
+            self.transport.write(framer.head + framer.body(body) + framer.end())
+        else:  # don't copy a large body just to put the head in front of it
+            self.transport.writeSequence([framer.head, framer.body(body), framer.end()])
         self._finish()
 
     def _produce(self) -> None:

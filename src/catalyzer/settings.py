@@ -209,6 +209,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Repeat to listen on several.",
     ),
     Setting(
+        "backlog",
+        1024,
+        _positive_int,
+        section="Listening",
+        metavar="N",
+        help="Listen queue length for tcp, ssl and unix endpoints that do not set their own "
+        "'backlog='. Twisted's default of 50 makes a burst of new connections wait a second "
+        "for the client's SYN retry.",
+    ),
+    Setting(
         "max-connections",
         1000,
         _positive_int,
@@ -355,6 +365,7 @@ class Config:
     max_requests_jitter: int
     timeout: float
     listen: tuple[str, ...]
+    backlog: int
     max_connections: int
     max_request_line: int
     max_headers: int

@@ -89,10 +89,20 @@ class Options(usage.Options):
 
         for description in self.config.listen:
             try:
-                endpoint = endpoints.serverFromString(reactor, description)
+                endpoint = endpoints.serverFromString(
+                    reactor, with_backlog(description, self.config.backlog)
+                )
             except Exception as e:  # the endpoint parsers raise a variety of types
                 raise _fail(f"--listen {description!r}: {e or type(e).__name__}") from None
             self.endpoints.append((description, endpoint))
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """``description`` with ``:backlog=N`` added when its endpoint type takes one and it has none."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
 
 
 for _setting in SETTINGS:
