@@ -5,7 +5,16 @@ from __future__ import annotations
 import itertools
 import signal
 
-from catalyzer.supervision import BOOT_FAILURE, Halt, Kill, Log, Spawn, Supervisor, WorkerRecord
+from catalyzer.supervision import (
+    BOOT_FAILURE,
+    KILL_GRACE,
+    Halt,
+    Kill,
+    Log,
+    Spawn,
+    Supervisor,
+    WorkerRecord,
+)
 
 _pids = itertools.count(1000)
 
@@ -127,9 +136,18 @@ def test_stop_terms_then_kills_after_die_timeout_and_exit_status() -> None:
     out = sup.stop(10.0)
     assert sorted(kills(out)) == sorted([(a.pid, signal.SIGTERM), (b.pid, signal.SIGTERM)])
     assert sup.exited(a.pid, 0, None, 11.0) == []
-    assert kills(sup.tick(12.99)) == []
-    assert kills(sup.tick(13.0)) == [(b.pid, signal.SIGKILL)]
-    assert sup.exited(b.pid, None, signal.SIGKILL, 13.1) == [Halt(1, "all workers have exited")]
+    deadline = 10.0 + 3 + KILL_GRACE  # the worker's own die-timeout, then the master's grace
+    assert kills(sup.tick(deadline - 0.01)) == []
+    assert kills(sup.tick(deadline)) == [(b.pid, signal.SIGKILL)]
+    assert sup.exited(b.pid, None, signal.SIGKILL, 14.1) == [Halt(1, "all workers have exited")]
+
+
+def test_worker_that_cut_requests_makes_stop_exit_one() -> None:
+    sup, (a, b) = boot()
+    assert a.pid is not None and b.pid is not None
+    sup.stop(10.0)
+    sup.exited(a.pid, 0, None, 10.5)
+    assert sup.exited(b.pid, 1, None, 15.0) == [Halt(1, "all workers have exited")]
 
 
 def test_clean_stop_exits_zero() -> None:

@@ -16,11 +16,12 @@ Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on lea
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
-from twisted.internet import interfaces
+from twisted.internet import interfaces, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -209,6 +210,7 @@ class HTTPChannel(Protocol):
         self._body_mark = 0
         self._idle_timer: interfaces.IDelayedCall | None = None
         self._idle_since = 0.0
+        self._socket: socket.socket | None = None
         self._linger_timer: interfaces.IDelayedCall | None = None
 
     # -- Protocol
@@ -217,6 +219,8 @@ class HTTPChannel(Protocol):
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
         self.info = _connection_info(transport)
+        if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
+            self._socket = transport.socket
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
@@ -246,6 +250,33 @@ class HTTPChannel(Protocol):
             if isinstance(event, Request) and event.body is not None:
                 event.body.close()
         self.server.connection_lost(self)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now if the transport has nothing queued, else queue it.
+
+        Twisted's ``write`` always queues and sends on the next reactor turn: for a small
+        response that is an epoll registration, a wake-up and a deregistration per request.
+        When the transport's buffer is empty, sending straight away keeps the order and saves
+        all that; whatever the socket does not take goes through ``transport.write`` as usual.
+        """
+        transport: Any = self.transport
+        sock = self._socket
+        if (
+            sock is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and not transport.disconnecting
+        ):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # let the transport meet the error and report it its own way
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     # -- reading side
 

@@ -139,6 +139,9 @@ class WSGIResponse:
             self._register()
             self._produce()
 
+    def _write_out(self, data: bytes) -> None:
+        self.channel.write(data)
+
     def _register(self) -> None:
         self.transport.registerProducer(self, True)
         self._registered = True
@@ -166,11 +169,11 @@ class WSGIResponse:
         framer = self.framer
         if framer is None:
             framer = self._begin(None)
-            self.transport.write(framer.head + framer.body(data))
+            self._write_out(framer.head + framer.body(data))
         else:
             out = framer.body(data)
             if out:
-                self.transport.write(out)
+                self._write_out(out)
         if framer.error is not None:
             self._finish()
 
@@ -186,7 +189,7 @@ class WSGIResponse:
         if data:
             self._emit(data)
         elif self.framer is None:
-            self.transport.write(self._begin(None).head)
+            self._write_out(self._begin(None).head)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
         """A list body is already in memory: frame it and send it in one write."""
@@ -204,7 +207,7 @@ class WSGIResponse:
             self._fail("the application's response is invalid")
             return
         if len(body) <= 65536:
-            self.transport.write(framer.head + framer.body(body) + framer.end())
+            self._write_out(framer.head + framer.body(body) + framer.end())
         else:  # don't copy a large body just to put the head in front of it
             self.transport.writeSequence([framer.head, framer.body(body), framer.end()])
         self._finish()
@@ -284,10 +287,10 @@ class WSGIResponse:
         try:
             if framer is None:
                 framer = self._begin(0)
-                self.transport.write(framer.head)
+                self._write_out(framer.head)
             end = framer.end()
             if end:
-                self.transport.write(end)
+                self._write_out(end)
         except AppResponseError:
             self._fail("the application's response is invalid")
             return
@@ -320,7 +323,7 @@ class WSGIResponse:
             keep_alive = self.request.keep_alive and self.channel.keep_alive_allowed
             body = b"Internal Server Error\n"
             self._direct_bytes = len(body)
-            self.transport.write(
+            self._write_out(
                 simple_response(
                     500, "Internal Server Error", self.server.date(), body, close=not keep_alive
                 )
@@ -444,7 +447,7 @@ class WSGIResponse:
             if data:
                 self._emit(data)
             elif self.framer is None:
-                self.transport.write(self._begin(None).head)
+                self._write_out(self._begin(None).head)
         except AppResponseError:
             self._fail("the application's response is invalid")
 

@@ -32,6 +32,9 @@ STOPPING: Final = "stopping"
 
 # The exit status a worker uses when the application cannot be loaded.
 BOOT_FAILURE: Final = 3
+# A stopping worker enforces die-timeout itself (cutting its connections and exiting 1); the
+# master kills it only if it is still there this much later.
+KILL_GRACE: Final = 1.0
 
 
 @dataclass
@@ -173,6 +176,8 @@ class Supervisor:
         if self._retire_queue and self._retire_queue[0] == worker.id:
             self._retire_queue.pop(0)
         if self.stopping:
+            if status != 0 or signum is not None:
+                self.exit_status = 1  # it had to cut requests (or was killed)
             if not self.workers:
                 out.append(Halt(self.exit_status, "all workers have exited"))
             return out
@@ -338,7 +343,7 @@ class Supervisor:
         worker.stop_reason = worker.stop_reason or reason
         if worker.pid is None:
             return []
-        worker.stop_deadline = now + self.die_timeout
+        worker.stop_deadline = now + self.die_timeout + KILL_GRACE
         out: list[Command] = [Kill(worker.pid, signum)]
         # The next worker waiting to be recycled may start once this one is on its way out.
         if self._retire_queue and self._retire_queue[0] == worker.id:
