@@ -51,7 +51,7 @@ def test_start_spawns_one_per_slot() -> None:
 
 def test_boot_failure_before_any_ready_halts_once_with_output() -> None:
     sup = Supervisor(2, die_timeout=5)
-    a, b = started(sup, sup.start(0))
+    a, _ = started(sup, sup.start(0))
     assert a.pid is not None
     out = sup.exited(a.pid, BOOT_FAILURE, None, 0.5, output="Traceback: boom")
     assert out == [Halt(BOOT_FAILURE, "worker 0 failed to boot (exit status 3): Traceback: boom")]
@@ -166,7 +166,7 @@ def test_quick_stop_interrupts() -> None:
 
 
 def test_scale_up_and_down() -> None:
-    sup, (a, b) = boot()
+    sup, (_, b) = boot()
     (c,) = started(sup, sup.scale(1, 5.0))
     assert c.slot == 2 and sup.procs == 3
     assert c.pid is not None
