@@ -139,7 +139,9 @@ def test_stop_terms_then_kills_after_die_timeout_and_exit_status() -> None:
     deadline = 10.0 + 3 + KILL_GRACE  # the worker's own die-timeout, then the master's grace
     assert kills(sup.tick(deadline - 0.01)) == []
     assert kills(sup.tick(deadline)) == [(b.pid, signal.SIGKILL)]
-    assert sup.exited(b.pid, None, signal.SIGKILL, 14.1) == [Halt(1, "all workers have exited")]
+    assert sup.exited(b.pid, None, signal.SIGKILL, 14.1) == [
+        Halt(1, "all workers have exited; requests in flight had to be cut")
+    ]
 
 
 def test_worker_that_cut_requests_makes_stop_exit_one() -> None:
@@ -147,7 +149,19 @@ def test_worker_that_cut_requests_makes_stop_exit_one() -> None:
     assert a.pid is not None and b.pid is not None
     sup.stop(10.0)
     sup.exited(a.pid, 0, None, 10.5)
-    assert sup.exited(b.pid, 1, None, 15.0) == [Halt(1, "all workers have exited")]
+    assert sup.exited(b.pid, 1, None, 15.0) == [
+        Halt(1, "all workers have exited; requests in flight had to be cut")
+    ]
+
+
+def test_booting_worker_dying_of_term_is_not_a_failure() -> None:
+    sup = Supervisor(2, die_timeout=5)
+    a, b = started(sup, sup.start(0))
+    assert a.pid is not None and b.pid is not None
+    sup.ready(a.pid, 1.0)
+    sup.stop(1.1)
+    sup.exited(a.pid, 0, None, 1.2)
+    assert sup.exited(b.pid, None, signal.SIGTERM, 1.3) == [Halt(0, "all workers have exited")]
 
 
 def test_clean_stop_exits_zero() -> None:

@@ -176,10 +176,15 @@ class Supervisor:
         if self._retire_queue and self._retire_queue[0] == worker.id:
             self._retire_queue.pop(0)
         if self.stopping:
-            if status != 0 or signum is not None:
-                self.exit_status = 1  # it had to cut requests (or was killed)
+            # A worker that had to cut requests exits 1. (One that was still booting may die of
+            # the TERM itself: nothing was in flight there. Our own KILL is counted in tick.)
+            if status not in (0, None):
+                self.exit_status = 1
             if not self.workers:
-                out.append(Halt(self.exit_status, "all workers have exited"))
+                reason = "all workers have exited"
+                if self.exit_status:
+                    reason += "; requests in flight had to be cut"
+                out.append(Halt(self.exit_status, reason))
             return out
         if worker.state == STARTING:
             detail = f": {output.strip()}" if output.strip() else ""

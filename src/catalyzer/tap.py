@@ -92,6 +92,13 @@ class Options(usage.Options):
                 endpoint = endpoints.serverFromString(
                     reactor, with_backlog(description, self.config.backlog)
                 )
+            except IndexError:
+                if not description.startswith("systemd:"):
+                    raise
+                raise _fail(
+                    f"--listen {description!r}: no socket at that index was passed by systemd "
+                    "(LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES describe the sockets it passes)"
+                ) from None
             except Exception as e:  # the endpoint parsers raise a variety of types
                 raise _fail(f"--listen {description!r}: {e or type(e).__name__}") from None
             self.endpoints.append((description, endpoint))
