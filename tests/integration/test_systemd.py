@@ -57,21 +57,14 @@ def test_serves_on_inherited_socket(tmp_path: Path, procs: str) -> None:
         "--procs",
         procs,
     ]
-    # LISTEN_PID must be the server's own pid: the shell sets it to its pid, then becomes twistd.
-    script = f"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec {shlex.join(command)}"
+    # The shell moves the socket to fd 3 (where systemd puts the first one), sets LISTEN_PID to
+    # its own pid and becomes twistd, which keeps that pid.
+    fd = listener.fileno()
+    move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "
+    script = f"{move}LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec {shlex.join(command)}"
     log = (tmp_path / "server.log").open("w")
-
-    def as_fd_3() -> None:
-        os.dup2(listener.fileno(), 3)
-
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", script],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        pass_fds=(3,) if listener.fileno() == 3 else (),
-        preexec_fn=as_fd_3,
-        close_fds=False,
+        ["/bin/sh", "-c", script], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,)
     )
     try:
         status, body = _get(port, deadline=20.0)
@@ -102,6 +95,7 @@ def test_missing_systemd_socket_is_a_clear_error() -> None:
             "--listen",
             "systemd:domain=INET:index=0",
         ],
+        check=False,
         cwd=REPO,
         env=env,
         capture_output=True,
