@@ -57,14 +57,14 @@ def test_serves_on_inherited_socket(tmp_path: Path, procs: str) -> None:
         "--procs",
         procs,
     ]
-    # The shell moves the socket to fd 3 (where systemd puts the first one), sets LISTEN_PID to
+    # bash (dash takes only one-digit fds) moves the socket to fd 3 (where systemd puts the first one), sets LISTEN_PID to
     # its own pid and becomes twistd, which keeps that pid.
     fd = listener.fileno()
     move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "
     script = f"{move}LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec {shlex.join(command)}"
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", script], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,)
+        ["/bin/bash", "-c", script], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,)
     )
     try:
         status, body = _get(port, deadline=20.0)
