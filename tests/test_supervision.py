@@ -207,3 +207,17 @@ def test_stale_events_are_ignored() -> None:
     assert sup.ready(99999, 1.0) == []
     assert sup.exited(99999, 0, None, 1.0) == []
     assert sup.retire(99999, "x", 1.0) == []
+
+
+def test_spawn_failure_halts_at_start_and_retries_later() -> None:
+    sup = Supervisor(2, die_timeout=5)
+    a, _ = spawns(sup.start(0))
+    out = sup.spawn_failed(a, "Permission denied", 0.1)
+    assert out == [Halt(BOOT_FAILURE, "cannot start worker 0: Permission denied")]
+
+    sup, (w, _) = boot(backoff_max=30)
+    assert w.pid is not None
+    (r,) = spawns(sup.exited(w.pid, None, signal.SIGKILL, 20.0))
+    out = sup.spawn_failed(r, "Permission denied", 20.0)
+    assert any(isinstance(c, Log) and "trying again in 30s" in c.text for c in out)
+    assert [x.slot for x in spawns(sup.tick(50.0))] == [0]

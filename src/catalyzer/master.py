@@ -313,14 +313,21 @@ class MasterService(Service):
             self.config, record.slot, record.generation, listeners, control_fd, scoreboard_fd
         )
         process = WorkerProcess(self, record, scoreboard)
-        transport = self.reactor.spawnProcess(
-            process,
-            sys.executable,
-            [sys.executable, "-m", "catalyzer.worker"],
-            env=env,
-            path=os.getcwd(),
-            childFDs=child_fds,
-        )
+        try:
+            transport = self.reactor.spawnProcess(
+                process,
+                sys.executable,
+                [sys.executable, "-m", "catalyzer.worker"],
+                env=env,
+                path=os.getcwd(),
+                childFDs=child_fds,
+            )
+        except OSError as e:
+            for sock in (ours, theirs):
+                sock.close()
+            scoreboard.close()
+            self._run(self.supervisor.spawn_failed(record, f"{sys.executable}: {e}", self._now()))
+            return
         theirs.close()
         self.supervisor.spawned(record, transport.pid)
         if trace.ENABLED:
@@ -385,6 +392,8 @@ class MasterService(Service):
                 _kill(process.record.pid, signal.SIGKILL)
         if self.reactor.running:
             self.reactor.stop()
+        else:  # halted while twistd is still starting services
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def _now(self) -> float:
         now: float = self.reactor.seconds()

@@ -131,6 +131,17 @@ class Supervisor:
     def spawned(self, worker: WorkerRecord, pid: int) -> None:
         worker.pid = pid
 
+    def spawn_failed(self, worker: WorkerRecord, error: str, now: float) -> list[Command]:
+        """The process could not even be started (no permission to run Python, say)."""
+        self.workers.pop(worker.id, None)
+        text = f"cannot start worker {worker.slot}: {error}"
+        if not self.booted or self.stopping:
+            return [Halt(BOOT_FAILURE, text)]
+        self._count("spawn-failure")
+        delay = self.backoff_max
+        self._delayed.append((now + delay, worker.slot, worker.generation))
+        return [Log("error", f"{text}; trying again in {delay:g}s")]
+
     def ready(self, pid: int, now: float) -> list[Command]:
         worker = self.by_pid(pid)
         if worker is None or worker.state != STARTING:
