@@ -418,8 +418,9 @@ def render_markdown(settings: Iterable[Setting] = SETTINGS) -> str:
         "",
         "<!-- Generated from src/catalyzer/settings.py by `make docs`; do not edit by hand. -->",
         "",
-        "Every setting is a `twistd -n catalyzer` option: `--name VALUE`. Sizes take a K, M or G "
-        "suffix (binary multiples); durations are seconds.",
+        "Every setting is a `twistd -n catalyzer` option, `--name VALUE`, and a key of the TOML "
+        "file given with `--config FILE` (`name = value`; the command line wins over the file). "
+        "Sizes take a K, M or G suffix (binary multiples); durations are seconds.",
     ]
     section = None
     for s in settings:

@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from catalyzer import signals
 from catalyzer.accesslog import FileAccessLog
 from catalyzer.appspec import AppSpecError, load_app
+from catalyzer.configfile import load_config_file
 from catalyzer.protocol import ServerState
 from catalyzer.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
@@ -54,6 +55,9 @@ class Options(usage.Options):
         for s in SETTINGS
         if not s.repeatable and not s.flag
     ]
+    optParameters.append(
+        ["config", "c", None, "A TOML file holding any of these settings; the command line wins."]
+    )
     optFlags = [[s.name, s.short, s.help] for s in SETTINGS if s.flag]
 
     def __init__(self) -> None:
@@ -64,6 +68,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         values: dict[str, object] = {}
+        if self.opts.get("config"):
+            try:
+                values.update(load_config_file(self.opts["config"]))
+            except SettingError as e:
+                raise _fail(str(e)) from None
         for setting in SETTINGS:
             if setting.repeatable:
                 raw_list = self.repeated.get(setting.name)

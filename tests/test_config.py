@@ -1,0 +1,76 @@
+"""--config FILE: the same settings in TOML; the command line wins; mistakes are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from catalyzer.configfile import load_config_file
+from catalyzer.settings import SettingError
+from catalyzer.tap import Options
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "catalyzer.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_file_values_and_command_line_precedence(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'app = "examples.hello:app"\nprocs = 3\nmax-body = "10M"\nheader_timeout = 2.5\n'
+        'listen = ["tcp:0:interface=127.0.0.1", "unix:/tmp/cz.sock"]\n',
+    )
+    config = parse("--config", path).config
+    assert config is not None
+    assert (config.app, config.procs, config.max_body, config.header_timeout) == (
+        "examples.hello:app",
+        3,
+        10 * 2**20,
+        2.5,
+    )
+    assert config.listen == ("tcp:0:interface=127.0.0.1", "unix:/tmp/cz.sock")
+    config = parse("--config", path, "--procs", "2", "--listen", "tcp:0").config
+    assert config is not None
+    assert (config.procs, config.listen, config.max_body) == (2, ("tcp:0",), 10 * 2**20)
+
+
+def test_single_string_for_repeatable(tmp_path: Path) -> None:
+    assert load_config_file(write(tmp_path, 'listen = "tcp:9000"\n')) == {"listen": ["tcp:9000"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("procz = 3\n", ["unknown setting 'procz'", "did you mean 'procs'"]),
+        ('max-body = "lots"\n', ["setting 'max-body'", "'lots'", "byte count"]),
+        ("threads = -2\n", ["setting 'threads'", "-2", "0 or more"]),
+        ("keepalive-timeout = true\n", ["setting 'keepalive-timeout'", "True"]),
+        ("listen = [1, 2]\n", ["setting 'listen'", "list of strings"]),
+        ("procs = \n", ["not valid TOML"]),
+    ],
+)
+def test_mistakes_are_named(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(SettingError) as e:
+        load_config_file(path)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_cli_reports_config_errors_as_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "procz = 3\n")
+    with pytest.raises(SystemExit) as e:
+        parse("--config", path, "--app", "examples.hello:app")
+    assert str(e.value).startswith("catalyzer: error: ") and "procz" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        parse("--config", str(tmp_path / "missing.toml"), "--app", "examples.hello:app")
+    assert "No such file" in str(e.value)
