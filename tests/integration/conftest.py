@@ -7,7 +7,8 @@ deadline, by PID.
 
 Every test that takes ``server_mode`` (directly or through ``start_server`` / ``served``) runs once
 per entry of :data:`MODES`, so adding ``"prefork": ["--procs", "2"]`` there runs the same tests
-against a pre-forking server.
+against a pre-forking server: there the master logs ``listening on`` and, for each worker,
+``worker N (pid P) ready``; a server counts as started once all ``--procs`` workers are ready.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 APPS = "tests.integration.apps"
 LOCAL_TCP = "tcp:0:interface=127.0.0.1"
 
-# Mode name -> extra command-line arguments. Later: "prefork": ["--procs", "2"].
-MODES: dict[str, list[str]] = {"single": []}
+# Mode name -> extra command-line arguments.
+MODES: dict[str, list[str]] = {"single": [], "prefork": ["--procs", "2"]}
 
 START_DEADLINE = 20.0  # from exec to "listening on" (twistd imports take ~0.3 s when idle)
 STOP_DEADLINE = 10.0  # from SIGTERM to exit, before teardown falls back to SIGKILL
@@ -43,6 +44,12 @@ POLL = 0.05  # how long one poll waits on the process before looking at its log 
 CLIENT_TIMEOUT = 15.0  # socket timeout of every client in these tests
 
 _LISTENING = re.compile(r"listening on (?P<description>\S+) \((?P<address>.*)\)\s*$", re.M)
+# In prefork mode the workers' own log lines reach the master's log tagged with this prefix.
+_WORKER_LINE = re.compile(r"\[worker \d+ pid \d+\] ")
+# The master's line for a worker that finished booting (prefork mode).
+READY = re.compile(
+    r"\[catalyzer\.master#\w+\] worker (?P<slot>\d+) \(pid (?P<pid>\d+)\) ready$", re.M
+)
 _PORT = re.compile(r"port=(\d+)")
 _HOST = re.compile(r"host='([^']*)'")
 
@@ -87,6 +94,8 @@ class ServerProcess:
         self.args = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
         self.log_path = log_path
         self.expected_listens = max(1, sum(1 for a in args if a in ("--listen", "-l")))
+        self.procs = _procs(args)
+        self._children: dict[int, int] = {}  # worker pid -> start time (prefork mode)
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 self.args,
@@ -146,12 +155,52 @@ class ServerProcess:
 
         return self.wait_until(check, deadline, f"{pattern!r} in the log")
 
-    def wait_listening(self, deadline: float = START_DEADLINE) -> None:
-        self.wait_for_log(_LISTENING.pattern, deadline, count=self.expected_listens)
-        self.listening = [
+    def _own_listening(self) -> list[Listening]:
+        """The ``listening on`` lines of the process itself (not those its workers log)."""
+        return [
             Listening(m.group("description"), m.group("address"))
             for m in _LISTENING.finditer(self.log())
+            if not _WORKER_LINE.search(_line_of(m.string, m.start()))
         ]
+
+    def wait_listening(self, deadline: float = START_DEADLINE) -> None:
+        """Wait until the process listens on every endpoint and, in prefork mode, until all its
+        workers are ready."""
+        end = time.monotonic() + deadline
+
+        def listening() -> list[Listening] | None:
+            found = self._own_listening()
+            return found if len(found) >= self.expected_listens else None
+
+        self.listening = self.wait_until(listening, deadline, "'listening on' in the log")
+        if self.procs > 1:
+            self.wait_ready(self.procs, max(0.0, end - time.monotonic()))
+
+    # -- prefork workers
+
+    def ready_workers(self) -> list[tuple[int, int]]:
+        """``(slot, pid)`` of every ``worker N (pid P) ready`` line so far, oldest first."""
+        ready = [(int(m.group("slot")), int(m.group("pid"))) for m in READY.finditer(self.log())]
+        for _, pid in ready:
+            if pid not in self._children:
+                stat = _stat(pid)
+                if stat is not None and stat[1] == self.pid:
+                    # Our child: remember it by pid and start time, for the teardown.
+                    self._children[pid] = stat[2]
+        return ready
+
+    def wait_ready(self, count: int, deadline: float = START_DEADLINE) -> list[tuple[int, int]]:
+        """Wait until ``count`` workers have been ready (in all); return them all."""
+
+        def check() -> list[tuple[int, int]] | None:
+            ready = self.ready_workers()
+            return ready if len(ready) >= count else None
+
+        return self.wait_until(check, deadline, f"{count} 'worker N (pid P) ready' lines")
+
+    def worker_pids(self) -> list[int]:
+        """Every worker pid this master reported ready, oldest first."""
+        return [pid for _, pid in self.ready_workers()]
 
     # -- addresses
 
@@ -204,6 +253,19 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
         self.proc.wait(timeout=STOP_DEADLINE)
+
+    def kill_stray_workers(self) -> list[int]:
+        """After the master has exited: SIGKILL any worker it left running. Only processes seen
+        as this master's children are touched, recognised by pid and start time (a pid can be
+        reused). Returns the pids killed."""
+        killed = []
+        for pid, started in self._children.items():
+            stat = _stat(pid)
+            if stat is not None and stat[0] not in ("Z", "X") and stat[2] == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return killed
 
     # -- clients
 
@@ -259,7 +321,55 @@ class Launcher:
 
     def close(self) -> None:
         for server in self.servers:
+            if server.proc.poll() is None:
+                server.ready_workers()  # note the workers while they are still the master's
             server.terminate()
+            server.kill_stray_workers()
+
+
+def _procs(args: Sequence[str]) -> int:
+    """The ``--procs`` value among command-line arguments (1 if absent)."""
+    procs = 1
+    for i, arg in enumerate(args):
+        if arg in ("--procs", "-p") and i + 1 < len(args):
+            procs = int(args[i + 1])
+        elif arg.startswith("--procs="):
+            procs = int(arg.partition("=")[2])
+    return procs
+
+
+def _line_of(text: str, pos: int) -> str:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, parent pid, start time)`` from ``/proc/PID/stat``, None if there is no PID."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The fields after the parenthesised command name (which may itself contain ")").
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1]), int(fields[19])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process: a zombie (exited, not yet reaped) counts as gone."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def proc_title(pid: int) -> str:
+    """``/proc/PID/cmdline`` as text (setproctitle's title, for our masters and workers)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
 @pytest.fixture(scope="session", params=list(MODES))
