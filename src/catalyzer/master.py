@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from catalyzer import control, signals, trace
+from catalyzer.metrics import RequestMetrics, merge
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
 from catalyzer.supervision import READY, STARTING, Halt, Kill, Log, Spawn, Supervisor
@@ -148,6 +149,8 @@ class MasterService(Service):
         self.listeners: list[dict[str, Any]] = []
         self.processes: dict[int, WorkerProcess] = {}  # record id -> process
         self.halted: int | None = None
+        # Counters of workers that have exited, so that the totals never go down.
+        self._retired_metrics = RequestMetrics().snapshot()
         self._ticker: LoopingCall | None = None
         self._devnull = os.open(os.devnull, os.O_RDWR)
 
@@ -260,6 +263,41 @@ class MasterService(Service):
                 d.addCallback(lambda r: log.info("{text}", text=r["text"]))
                 d.addErrback(lambda f: None)
 
+    def status(self) -> dict[str, Any]:
+        """The state dump as data, with every worker's numbers added up (for ``--stats``)."""
+        now = self._now()
+        workers = []
+        live: list[dict[str, Any]] = []
+        for record in self.supervisor.live():
+            stats = record.stats
+            if isinstance(stats.get("metrics"), dict):
+                live.append(stats["metrics"])  # type: ignore[arg-type]
+            workers.append(
+                {
+                    "slot": record.slot,
+                    "pid": record.pid,
+                    "generation": record.generation,
+                    "state": record.state,
+                    "uptime": round(now - record.spawned_at, 3),
+                    **{k: v for k, v in stats.items() if k != "metrics"},
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "generation": self.supervisor.generation,
+            "workers": workers,
+            "restarts": dict(self.supervisor.restarts),
+            "requests": _total(workers, "requests"),
+            "connections": _total(workers, "connections"),
+            "in_flight": _total(workers, "in_flight"),
+            "metrics": merge([self._retired_metrics, *live]),
+        }
+
+    def ready(self) -> bool:
+        return not self.supervisor.stopping and any(
+            w.state == READY for w in self.supervisor.workers.values()
+        )
+
     # -- worker events
 
     def worker_ready(self, process: WorkerProcess) -> None:
@@ -273,6 +311,9 @@ class MasterService(Service):
 
     def worker_exited(self, process: WorkerProcess, status: int | None, signum: int | None) -> None:
         self.processes.pop(process.record.id, None)
+        last = process.record.stats.get("metrics")
+        if isinstance(last, dict):
+            self._retired_metrics = merge([self._retired_metrics, last])
         pid = process.record.pid
         if trace.ENABLED:
             trace.emit("exit", worker=process.record.slot, child=pid, status=status, signal=signum)
@@ -398,6 +439,10 @@ class MasterService(Service):
     def _now(self) -> float:
         now: float = self.reactor.seconds()
         return now
+
+
+def _total(workers: list[dict[str, Any]], key: str) -> int:
+    return sum(w[key] for w in workers if isinstance(w.get(key), int))
 
 
 def _family(port: Any) -> str:

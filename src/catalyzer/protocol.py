@@ -36,6 +36,7 @@ from catalyzer.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.filewrapper import FileWrapper
 from catalyzer.framing import simple_response
 from catalyzer.http11 import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
+from catalyzer.metrics import RequestMetrics
 from catalyzer.response import WSGIResponse
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
@@ -118,6 +119,7 @@ class ServerState:
         self.accepting = True
         self.draining = False
         self.requests_served = 0
+        self.metrics = RequestMetrics()
         self._drained: list[Deferred[None]] = []
         self._date_second = -1
         self._date = ""
@@ -184,6 +186,15 @@ class ServerState:
             channel.drain()
         return d
 
+    def status(self) -> dict[str, Any]:
+        """This process's numbers (the ``--stats`` status, and a prefork worker's heartbeat)."""
+        return {
+            "requests": self.requests_served,
+            "connections": len(self.channels),
+            "in_flight": sum(1 for c in self.channels if c.response is not None),
+            "metrics": self.metrics.snapshot(),
+        }
+
     def abort_all(self) -> None:
         for channel in list(self.channels):
             channel.abort("die-timeout reached")
@@ -228,6 +239,7 @@ class HTTPChannel(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
+        self.server.metrics.bytes_in += len(data)
         self.reader.receive_data(data)
         self._after_read()
 
@@ -408,6 +420,7 @@ class HTTPChannel(Protocol):
             "{status} to {peer}: {detail}", status=error.status, peer=peer, detail=error.detail
         )
         body = f"{error.status} {error.reason}\n".encode()
+        self.server.metrics.observe(error.status, 0.0, len(body))
         self.transport.write(  # type: ignore[union-attr]
             simple_response(error.status, error.reason, self.server.date(), body)
         )
@@ -431,9 +444,10 @@ class HTTPChannel(Protocol):
         request = response.request
         if request.body is not None:
             request.body.close()
+        now = server.clock.seconds()
+        server.metrics.observe(response.status, now - response.started, response.bytes_sent)
         access_log = server.access_log
         if access_log is not None:
-            now = server.clock.seconds()
             environ = response.environ
             access_log.log(
                 environ["REMOTE_ADDR"] or "-",

@@ -338,6 +338,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="On SIGTERM, requests in flight get this long to finish before their connections "
         "are cut.",
     ),
+    # -- operations
+    Setting(
+        "stats",
+        "",
+        str,
+        section="Operations",
+        metavar="ENDPOINT",
+        help="Serve /metrics (Prometheus), /status (JSON) and /ready on this endpoint, e.g. "
+        "'tcp:9100:interface=127.0.0.1'. With procs >= 2 the master serves them, adding up "
+        "every worker's numbers. Off when empty.",
+    ),
     # -- logging
     Setting(
         "access-log",
@@ -380,6 +391,7 @@ class Config:
     keepalive_timeout: float
     write_timeout: float
     die_timeout: float
+    stats: str
     access_log: str
 
     @classmethod

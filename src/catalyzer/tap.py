@@ -137,7 +137,11 @@ def makeService(options: Options) -> Service:
         # The master never imports the app: a broken app cannot take it down.
         from catalyzer.master import MasterService
 
-        return MasterService(config, options.endpoints, reactor)
+        master = MasterService(config, options.endpoints, reactor)
+        root = MultiService()
+        master.setServiceParent(root)
+        _add_operations(root, config, master, reactor)
+        return root
 
     try:
         app = load_app(config.app, os.getcwd())
@@ -164,7 +168,38 @@ def makeService(options: Options) -> Service:
     )
     http = HTTPService(server, options.endpoints, reactor)
     root = _Root(http, reactor)
+    _add_operations(root, config, SingleStatus(server), reactor)
     return root
+
+
+class SingleStatus:
+    """``--stats`` data for the single-process server."""
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+
+    def status(self) -> dict[str, object]:
+        me = {"slot": 0, "pid": os.getpid(), "generation": 1, "state": "ready"}
+        return {**self.server.status(), "pid": os.getpid(), "workers": [me], "restarts": {}}
+
+    def ready(self) -> bool:
+        return bool(self.server.ports) and not self.server.draining
+
+
+def _add_operations(root: MultiService, config: Config, source: Any, reactor: Any) -> None:
+    """The stats endpoint, served by catalyzer's own engine."""
+    if not config.stats:
+        return
+    from catalyzer.statusapp import make_status_app
+
+    try:
+        endpoint = endpoints.serverFromString(reactor, with_backlog(config.stats, 64))
+    except Exception as e:
+        raise _fail(f"--stats {config.stats!r}: {e or type(e).__name__}") from None
+    server = ServerState(
+        make_status_app(source), config.replace(access_log="off", threads=0), reactor
+    )
+    HTTPService(server, [(config.stats, endpoint)], reactor).setServiceParent(root)
 
 
 class _Root(MultiService):

@@ -169,8 +169,7 @@ class Worker:
         assert server.scoreboard is not None
         entered, what = server.scoreboard.read()
         return {
-            "requests": server.requests_served,
-            "connections": len(server.channels),
+            **server.status(),
             "in_app": what if entered else "",
             "in_app_since": entered,
             "rss": _rss(),
