@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import error, interfaces, protocol
+from twisted.internet import endpoints, error, interfaces, protocol
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -61,6 +61,90 @@ class _NoAccept(protocol.Factory):
 
     def buildProtocol(self, addr: object) -> None:
         return None
+
+
+class _Listener:
+    """One ``--listen`` endpoint as the workers see it.
+
+    A TCP endpoint (tcp, tcp6, ssl) gets one ``SO_REUSEPORT`` socket per worker slot: the kernel
+    spreads new connections evenly over them, where with one shared socket the worker that
+    wakes first takes most of a burst. The master holds the sockets, so a worker's replacement
+    (crash, recycling, reload) adopts the same socket and serves what queued meanwhile. Other
+    endpoints (unix, systemd) are one socket shared by every worker.
+    """
+
+    def __init__(self, description: str, family: str, address: Any) -> None:
+        self.description = description
+        self.family = family
+        self.address = address
+        self.shared: Any = None  # the Twisted port of a shared socket
+        self.slots: dict[int, socket.socket] = {}
+        self._bind: tuple[int, tuple[Any, ...], int] | None = None
+
+    @classmethod
+    def reuseport(cls, description: str, endpoint: Any, slots: int) -> _Listener:
+        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in endpoint._interface
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        host = endpoint._interface or ("::" if v6 else "")
+        first = _reuseport_socket(family, (host, endpoint._port), endpoint._backlog)
+        bound = first.getsockname()
+        address = (IPv6Address if v6 else IPv4Address)("TCP", bound[0], bound[1])
+        listener = cls(description, "INET6" if v6 else "INET", address)
+        listener._bind = (family, bound, endpoint._backlog)
+        listener.slots[0] = first
+        for slot in range(1, slots):
+            listener.slots[slot] = listener._new_socket()
+        return listener
+
+    def _new_socket(self) -> socket.socket:
+        assert self._bind is not None
+        family, address, backlog = self._bind
+        return _reuseport_socket(family, address, backlog)
+
+    def fd_for(self, slot: int) -> int:
+        if self.shared is not None:
+            fd: int = self.shared.fileno()
+            return fd
+        sock = self.slots.get(slot)
+        if sock is None:
+            try:
+                sock = self.slots[slot] = self._new_socket()
+            except OSError as e:  # e.g. a privileged port after dropping privileges
+                log.warn(
+                    "{d}: no socket of its own for worker {slot} ({e}): sharing slot 0's",
+                    d=self.description,
+                    slot=slot,
+                    e=e,
+                )
+                sock = self.slots[min(self.slots)]
+        return sock.fileno()
+
+    def release(self, slot: int) -> None:
+        """The slot is gone (scaled down): connections the kernel queued there are refused."""
+        sock = self.slots.pop(slot, None) if slot != 0 else None
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.stopListening()
+        for sock in self.slots.values():
+            sock.close()
+        self.slots = {}
+
+
+def _reuseport_socket(family: int, address: tuple[Any, ...], backlog: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -145,8 +229,7 @@ class MasterService(Service):
         self.endpoints = endpoints
         self.reactor = reactor
         self.supervisor = Supervisor(config.procs, die_timeout=config.die_timeout)
-        self.ports: list[Any] = []
-        self.listeners: list[dict[str, Any]] = []
+        self.listeners: list[_Listener] = []
         self.processes: dict[int, WorkerProcess] = {}  # record id -> process
         self.halted: int | None = None
         # Counters of workers that have exited, so that the totals never go down.
@@ -160,31 +243,35 @@ class MasterService(Service):
         from catalyzer.service import ListenError
 
         for description, endpoint in self.endpoints:
-            result: list[Any] = []
-            endpoint.listen(_NoAccept()).addBoth(result.append)
-            port = result[0] if result else None
-            if not interfaces.IListeningPort.providedBy(port):
-                err = port.value if isinstance(port, Failure) else "did not bind at once"
-                if isinstance(err, error.CannotListenError):
-                    err = err.socketError or err
-                for p in self.ports:
-                    p.stopListening()
-                raise ListenError(f"catalyzer: cannot listen on {description}: {err}")
-            port.stopReading()  # type: ignore[attr-defined]  # the master never accepts
-            self.ports.append(port)
-            self.listeners.append(
-                {
-                    "description": description,
-                    "fd": port.fileno(),  # type: ignore[attr-defined]
-                    "family": _family(port),
-                }
-            )
+            try:
+                listener = self._listen(description, endpoint)
+            except (OSError, error.CannotListenError) as e:
+                err = getattr(e, "socketError", None) or e
+                for other in self.listeners:
+                    other.close()
+                raise ListenError(f"catalyzer: cannot listen on {description}: {err}") from None
+            self.listeners.append(listener)
             log.info(
                 "listening on {description} ({address})",
                 description=description,
-                address=port.getHost(),
+                address=listener.address,
             )
         super().privilegedStartService()
+
+    def _listen(self, description: str, endpoint: Any) -> _Listener:
+        if type(endpoint) in _TCP_ENDPOINTS:
+            return _Listener.reuseport(description, endpoint, self.config.procs)
+        result: list[Any] = []
+        endpoint.listen(_NoAccept()).addBoth(result.append)
+        port = result[0] if result else None
+        if not interfaces.IListeningPort.providedBy(port):
+            if isinstance(port, Failure):
+                port.raiseException()
+            raise OSError("did not bind at once")
+        port.stopReading()  # type: ignore[attr-defined]  # the master never accepts
+        listener = _Listener(description, _family(port), port.getHost())
+        listener.shared = port
+        return listener
 
     def startService(self) -> None:
         super().startService()
@@ -227,9 +314,8 @@ class MasterService(Service):
         if self.supervisor.stopping and graceful:
             return
         log.info("{how} stop", how="graceful" if graceful else "quick")
-        for port in self.ports:
-            port.stopListening()
-        self.ports = []
+        for listener in self.listeners:
+            listener.close()
         self._run(self.supervisor.stop(self._now(), graceful=graceful))
 
     def retire(self, process: WorkerProcess, reason: str) -> None:
@@ -321,6 +407,12 @@ class MasterService(Service):
             return
         output = "\n".join(process.boot_output)
         self._run(self.supervisor.exited(pid, status, signum, self._now(), output))
+        slot = process.record.slot
+        if slot >= self.supervisor.procs and not any(
+            w.slot == slot for w in self.supervisor.workers.values()
+        ):
+            for listener in self.listeners:
+                listener.release(slot)
 
     # -- carrying out decisions
 
@@ -343,8 +435,10 @@ class MasterService(Service):
         child_fds: dict[int, Any] = {0: self._devnull, 1: 1, 2: "r"}
         listeners = []
         for n, listener in enumerate(self.listeners):
-            child_fds[3 + n] = listener["fd"]
-            listeners.append({**listener, "fd": 3 + n})
+            child_fds[3 + n] = listener.fd_for(record.slot)
+            listeners.append(
+                {"description": listener.description, "family": listener.family, "fd": 3 + n}
+            )
         control_fd = 3 + len(self.listeners)
         scoreboard_fd = control_fd + 1
         child_fds[control_fd] = theirs.fileno()
@@ -439,6 +533,13 @@ class MasterService(Service):
     def _now(self) -> float:
         now: float = self.reactor.seconds()
         return now
+
+
+_TCP_ENDPOINTS = (
+    endpoints.TCP4ServerEndpoint,
+    endpoints.TCP6ServerEndpoint,
+    endpoints.SSL4ServerEndpoint,
+)
 
 
 def _total(workers: list[dict[str, Any]], key: str) -> int:

@@ -392,6 +392,18 @@ class WSGIResponse:
     # -- thread pool mode
 
     def _thread_main(self) -> None:
+        scoreboard = self.server.scoreboard
+        if scoreboard is None:
+            self._thread_body()
+            return
+        # The scoreboard holds the most recently started request of this process.
+        scoreboard.enter(self.started, f"{self.request.method} {self.environ['RAW_URI']}")
+        try:
+            self._thread_body()
+        finally:
+            scoreboard.leave_if(self.started)
+
+    def _thread_body(self) -> None:
         call = self.server.call_from_thread
         assert call is not None
         try:

@@ -39,6 +39,12 @@ class Scoreboard:
     def leave(self) -> None:
         _HEAD.pack_into(self._map, 0, 0.0, 0)
 
+    def leave_if(self, entered: float) -> None:
+        """Clear the slot if it still holds the request that entered at ``entered`` (with a
+        thread pool another thread's request may have taken it since)."""
+        if _HEAD.unpack_from(self._map, 0)[0] == entered:
+            self.leave()
+
     def read(self) -> tuple[float, str]:
         """``(entered_at, request)``; entered_at is 0.0 when the worker is not in the app."""
         entered, size = _HEAD.unpack_from(self._map, 0)

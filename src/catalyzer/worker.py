@@ -91,7 +91,7 @@ class Worker:
         try:
             app = load_app(config.app, os.getcwd())
         except AppSpecError as e:
-            sys.stderr.write(f"catalyzer: error: {e}\n")
+            sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
             sys.stderr.flush()
             os._exit(3)
         threadpool = None
