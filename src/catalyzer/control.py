@@ -36,6 +36,14 @@ class Heartbeat(amp.Command):
     requiresAnswer = False
 
 
+class Watch(amp.Command):
+    """Worker -> master (with --reload): files to watch, as a JSON list of paths."""
+
+    arguments = [(b"paths", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
 class Retire(amp.Command):
     """Worker -> master: replace me (max-requests reached). The master starts the replacement
     first and sends TERM once it is ready."""

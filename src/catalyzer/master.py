@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 
 from catalyzer import control, signals, trace
 from catalyzer.metrics import RequestMetrics, merge
+from catalyzer.reloader import FileWatcher
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
 from catalyzer.supervision import READY, STARTING, Halt, Kill, Log, Spawn, Supervisor
@@ -212,6 +213,12 @@ class MasterControl(control.QuietAMP):
         self.process.record.stats = json.loads(stats)
         return {}
 
+    @control.Watch.responder
+    def watch(self, paths: str) -> dict[str, Any]:
+        if self.master.watcher is not None:
+            self.master.watcher.watch(json.loads(paths))
+        return {}
+
     @control.Retire.responder
     def retire(self, reason: str) -> dict[str, Any]:
         self.master.retire(self.process, reason)
@@ -235,6 +242,8 @@ class MasterService(Service):
         # Counters of workers that have exited, so that the totals never go down.
         self._retired_metrics = RequestMetrics().snapshot()
         self._ticker: LoopingCall | None = None
+        self.watcher: FileWatcher | None = None
+        self._reload_pending = False
         self._devnull = os.open(os.devnull, os.O_RDWR)
 
     # -- start
@@ -290,6 +299,10 @@ class MasterService(Service):
             },
         )
         log.info("master pid {pid}: starting {n} workers", pid=os.getpid(), n=self.config.procs)
+        if self.config.reload:
+            self.watcher = FileWatcher(self.reactor, self._files_changed)
+            self.watcher.watch_patterns(self.config.watch)
+            self.watcher.start()
         self._run(self.supervisor.start(self._now()))
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self.reactor
@@ -297,6 +310,8 @@ class MasterService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self.watcher is not None:
+            self.watcher.stop()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         # The reactor is stopping for a reason other than our own orderly exit: leave no orphans.
@@ -309,6 +324,20 @@ class MasterService(Service):
     def reload(self) -> None:
         log.info("SIGHUP: reloading")
         self._run(self.supervisor.reload(self._now()))
+
+    def _files_changed(self, paths: list[str]) -> None:
+        if self.supervisor.stopping:
+            return
+        log.info("changed: {paths}; reloading", paths=", ".join(paths))
+        if self.supervisor.reloading:
+            self._reload_pending = True  # after the reload under way: it may predate the save
+            return
+        self._run(self.supervisor.reload(self._now()))
+
+    def _after_reload(self) -> None:
+        if self._reload_pending and not self.supervisor.reloading:
+            self._reload_pending = False
+            self._run(self.supervisor.reload(self._now()))
 
     def stop(self, graceful: bool) -> None:
         if self.supervisor.stopping and graceful:
@@ -394,6 +423,7 @@ class MasterService(Service):
             commands = self.supervisor.ready(pid, self._now())
             process.flush_boot_output()
             self._run(commands)
+            self._after_reload()
 
     def worker_exited(self, process: WorkerProcess, status: int | None, signum: int | None) -> None:
         self.processes.pop(process.record.id, None)
@@ -407,6 +437,7 @@ class MasterService(Service):
             return
         output = "\n".join(process.boot_output)
         self._run(self.supervisor.exited(pid, status, signum, self._now(), output))
+        self._after_reload()
         slot = process.record.slot
         if slot >= self.supervisor.procs and not any(
             w.slot == slot for w in self.supervisor.workers.values()

@@ -349,6 +349,27 @@ SETTINGS: tuple[Setting, ...] = (
         "'tcp:9100:interface=127.0.0.1'. With procs >= 2 the master serves them, adding up "
         "every worker's numbers. Off when empty.",
     ),
+    Setting(
+        "reload",
+        False,
+        parse_bool,
+        section="Operations",
+        flag=True,
+        help="Development: serve new code about a second after any of the app's modules is "
+        "saved. Runs the app in a worker process under a master (also with procs 1) that keeps "
+        "the socket and swaps workers. While the app cannot be imported, every response shows "
+        "the error.",
+    ),
+    Setting(
+        "watch",
+        [],
+        str,
+        section="Operations",
+        metavar="PATH",
+        repeatable=True,
+        help="With reload: more files to watch: a file, a directory (everything below it) or a "
+        "glob such as 'templates/**/*.html'. Repeatable.",
+    ),
     # -- logging
     Setting(
         "access-log",
@@ -392,6 +413,8 @@ class Config:
     write_timeout: float
     die_timeout: float
     stats: str
+    reload: bool
+    watch: tuple[str, ...]
     access_log: str
 
     @classmethod

@@ -117,6 +117,11 @@ class Supervisor:
     def live(self) -> list[WorkerRecord]:
         return sorted(self.workers.values(), key=lambda w: (w.generation, w.slot, w.id))
 
+    @property
+    def reloading(self) -> bool:
+        """A new generation is starting and the old one still serves."""
+        return self._reload_from is not None
+
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to do."""
         times = [t for t, _, _ in self._delayed]

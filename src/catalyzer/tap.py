@@ -133,7 +133,7 @@ def makeService(options: Options) -> Service:
     assert config is not None
     from twisted.internet import reactor
 
-    if config.procs > 1:
+    if config.procs > 1 or config.reload:
         # The master never imports the app: a broken app cannot take it down.
         from catalyzer.master import MasterService
 

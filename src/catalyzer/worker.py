@@ -88,12 +88,19 @@ class Worker:
         self.config = Config.from_values(spec["settings"])
         config = self.config
         _set_title(f"catalyzer worker {self.slot} [{config.app}]")
+        self.broken_files: list[str] = []
         try:
             app = load_app(config.app, os.getcwd())
         except AppSpecError as e:
-            sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
-            sys.stderr.flush()
-            os._exit(3)
+            if not config.reload:
+                sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
+                sys.stderr.flush()
+                os._exit(3)
+            from catalyzer.reloader import error_app, files_in_traceback
+
+            log.error("{error}", error=e)
+            app = error_app(str(e))
+            self.broken_files = files_in_traceback(str(e))
         threadpool = None
         if config.threads:
             import functools
@@ -132,6 +139,7 @@ class Worker:
             endpoints.append((listener["description"], _Adopted(reactor, listener, factory)))
         self.service = HTTPService(self.server, endpoints, reactor)
         self.control: WorkerControl | None = None
+        self._modules_seen = 0
         self._control_fd = int(spec["control_fd"])
 
     def start(self) -> None:
@@ -162,6 +170,13 @@ class Worker:
         if proto is None:
             return
         proto.callRemote(control.Heartbeat, stats=json.dumps(self.stats()))
+        if self.config.reload and len(sys.modules) != self._modules_seen:
+            # Report the app's files again when it has imported more (lazy imports).
+            from catalyzer.reloader import module_files
+
+            self._modules_seen = len(sys.modules)
+            paths = module_files() + self.broken_files
+            proto.callRemote(control.Watch, paths=json.dumps(paths))
         self.reactor.callLater(1.0, self._heartbeat)
 
     def stats(self) -> dict[str, Any]:
