@@ -66,16 +66,12 @@ from collections.abc import Callable, Iterable, Mapping
 from types import CodeType
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
-from twisted.conch import manhole, manhole_ssh
-from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
-from twisted.conch.insults import insults
-from twisted.conch.ssh import keys
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -83,15 +79,33 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from catalyzer.settings import SettingError
+
+try:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from twisted.conch import manhole, manhole_ssh
+    from twisted.conch.checkers import (
+        IAuthorizedKeysDB,
+        SSHPublicKeyChecker,
+        readAuthorizedKeyFile,
+    )
+    from twisted.conch.insults import insults
+    from twisted.conch.ssh import keys
+except ImportError as e:  # pragma: no cover - depends on the extras installed
+    raise ImportError(
+        f"the manhole needs Twisted Conch: pip install 'catalyzer[manhole]' ({e})"
+    ) from e
 
 __all__ = ["ManholeService", "banner", "make_manhole_service"]
 
 log = Logger(namespace="catalyzer.manhole")
 
 _OWNER_ONLY_MODE = "0600"
+# How insults names arrow, Home, End and the other keys only a terminal sends.
+_FUNCTION_KEYS = frozenset(insults.FUNCTION_KEYS)
 
 
 def banner(namespace: Mapping[str, object]) -> str:
@@ -156,7 +170,7 @@ class _Manhole(manhole.Manhole):
         self.mode = "insert"
 
     def keystrokeReceived(self, keyID: object, modifier: object) -> None:
-        if not self._modes_set and not isinstance(keyID, bytes):
+        if not self._modes_set and keyID in _FUNCTION_KEYS:
             # A function key: this is a real terminal, which needs insert mode for editing in the
             # middle of a line to display right.
             self._modes_set = True
@@ -182,8 +196,8 @@ class _TerminalProtocol(insults.ServerProtocol):
         if self._after_cr and data[:1] in (b"\n", b"\0"):
             data = data[1:]
         data = data.replace(b"\r\n", b"\r").replace(b"\r\0", b"\r")
+        self._after_cr = data.endswith(b"\r")
         if data:
-            self._after_cr = data.endswith(b"\r")
             super().dataReceived(data)
 
     def loseConnection(self) -> None:
@@ -229,6 +243,12 @@ class _Session(manhole_ssh.TerminalSession):
     _proto: Any = None
 
     def openShell(self, proto: Any) -> None:
+        # Conch's TerminalSession closes the channel without an exit status, which OpenSSH's
+        # client reports as a failure (exit 255); end a session the way a shell ends instead.
+        def end_session() -> None:
+            proto.processEnded(Failure(ProcessDone(0)))
+
+        proto.loseConnection = end_session
         self._proto = proto
         super().openShell(proto)
 
@@ -294,7 +314,9 @@ class ManholeService(StreamServerEndpointService):
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._listening)
 
-    def _listening(self, port: IListeningPort) -> IListeningPort:
+    def _listening(self, port: IListeningPort | None) -> IListeningPort | None:
+        if port is None:  # listening failed, and StreamServerEndpointService logged why
+            return None
         self.port = port
         if self.host_key_fingerprint is None:
             log.info("manhole ready at {description}", description=self.description)

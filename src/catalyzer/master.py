@@ -216,7 +216,7 @@ class MasterControl(control.QuietAMP):
     @control.Watch.responder
     def watch(self, paths: str) -> dict[str, Any]:
         if self.master.watcher is not None:
-            self.master.watcher.watch(json.loads(paths))
+            self.master.watcher.watch(json.loads(paths), since=self.process.record.spawned_at)
         return {}
 
     @control.Retire.responder

@@ -54,12 +54,28 @@ class FileWatcher:
         self._pending: set[str] = set()
         self._timer: Any = None
 
-    def watch(self, paths: Iterable[str]) -> None:
+    def watch(self, paths: Iterable[str], since: float | None = None) -> None:
+        """Watch ``paths``. A monitor only sees changes after it first looks at a file, so a file
+        already modified after ``since`` (when the process that reported it started) counts as
+        changed now."""
         for given in paths:
             path = os.path.abspath(given)
-            if path not in self.paths:
-                self.paths.add(path)
-                self.monitor.add_path(path)
+            if path in self.paths:
+                continue
+            self.paths.add(path)
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                mtime = 0.0
+            # hupper's polling monitor takes its baseline at its first scan, so a save between
+            # now and then would never be reported: give it the baseline of this moment.
+            baseline = getattr(self.monitor, "mtimes", None)
+            if isinstance(baseline, dict):
+                with self.monitor.lock:
+                    baseline.setdefault(path, mtime)
+            self.monitor.add_path(path)
+            if since is not None and mtime > since:
+                self._changed(path)
 
     def watch_patterns(self, patterns: Iterable[str]) -> None:
         """Files, directories (everything below them) and glob patterns (``**`` recursive)."""

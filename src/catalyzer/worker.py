@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.logger import Logger
 
-from catalyzer import control
+from catalyzer import control, trace
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import BY_NAME, Config
 
@@ -176,6 +176,8 @@ class Worker:
 
             self._modules_seen = len(sys.modules)
             paths = module_files() + self.broken_files
+            if trace.ENABLED:
+                trace.emit("watch", files=len(paths))
             proto.callRemote(control.Watch, paths=json.dumps(paths))
         self.reactor.callLater(1.0, self._heartbeat)
 
