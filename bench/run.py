@@ -21,9 +21,11 @@ import platform
 import re
 import select
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import procs, stream_rss
+from bench import prefork, procs, stream_rss
 
 BENCH = procs.ROOT / "bench"
 RESULTS = BENCH / "results"
@@ -101,7 +103,9 @@ def _waitress(app: str, port: int, scenario: str) -> list[str]:
 
 
 def _twistd_web(app: str, port: int, scenario: str) -> list[str]:
-    # twistd web has no switch to turn its access log off: it goes to /dev/null instead.
+    # twistd web has no switch to turn its access log off: it goes to a scratch file. (Never
+    # /dev/null: twistd rotates its log files by renaming them, and would rename /dev/null.)
+    scratch = Path(tempfile.gettempdir()) / f"catalyzer-bench-twistd-web-{port}.log"
     return [
         str(BIN / "twistd"),
         "-n",
@@ -112,11 +116,18 @@ def _twistd_web(app: str, port: int, scenario: str) -> list[str]:
         "--listen",
         f"tcp:{port}:interface={procs.HOST}",
         "--logfile",
-        "/dev/null",
+        str(scratch),
     ]
 
 
-def _granian(app: str, port: int, scenario: str) -> list[str]:
+def _catalyzer_prefork(n: int, *extra: str) -> Callable[[str, int, str], list[str]]:
+    def argv(app: str, port: int, scenario: str) -> list[str]:
+        return [*_catalyzer(app, port, scenario), "--procs", str(n), *extra]
+
+    return argv
+
+
+def _granian(app: str, port: int, scenario: str, workers: int = 1) -> list[str]:
     argv = [
         str(BIN / "granian"),
         "--interface",
@@ -126,7 +137,7 @@ def _granian(app: str, port: int, scenario: str) -> list[str]:
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
         "--http",
         "1",
         "--no-access-log",
@@ -139,7 +150,7 @@ def _granian(app: str, port: int, scenario: str) -> list[str]:
     return [*argv, f"bench.apps:{app}"]
 
 
-def _uwsgi(app: str, port: int, scenario: str) -> list[str]:
+def _uwsgi(app: str, port: int, scenario: str, processes: int = 1) -> list[str]:
     # --http-socket never keeps a connection alive in uWSGI 2.0 (and --http-keepalive belongs to
     # the --http router); --http11-socket is the keep-alive variant of the HTTP socket. But
     # --http11-socket ignores a request's "Connection: close" (it answers without "Connection:
@@ -151,7 +162,7 @@ def _uwsgi(app: str, port: int, scenario: str) -> list[str]:
         socket_option,
         f"{procs.HOST}:{port}",
         "--processes",
-        "1",
+        str(processes),
         "--listen",
         "1024",
         "--disable-logging",
@@ -171,21 +182,53 @@ class ServerSpec:
     package: str
 
 
+GUNICORN_SYNC = ServerSpec(
+    "gunicorn-sync", "gunicorn sync, 2 workers", _gunicorn("sync"), "gunicorn"
+)
+GUNICORN_GTHREAD = ServerSpec(
+    "gunicorn-gthread", "gunicorn gthread, 2 workers x 4 threads", _gunicorn("gthread"), "gunicorn"
+)
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("catalyzer", "catalyzer (1 process)", _catalyzer, "catalyzer"),
-    ServerSpec("gunicorn-sync", "gunicorn sync, 2 workers", _gunicorn("sync"), "gunicorn"),
-    ServerSpec(
-        "gunicorn-gthread",
-        "gunicorn gthread, 2 workers x 4 threads",
-        _gunicorn("gthread"),
-        "gunicorn",
-    ),
+    GUNICORN_SYNC,
+    GUNICORN_GTHREAD,
     ServerSpec("waitress", "waitress (4 threads)", _waitress, "waitress"),
     ServerSpec("twistd-web", "twistd web --wsgi", _twistd_web, "twisted"),
     ServerSpec("granian", "granian wsgi, 1 worker", _granian, "granian"),
     ServerSpec("uwsgi", "uWSGI, 1 process", _uwsgi, "uwsgi"),
 )
-BY_SERVER = {s.name: s for s in SERVERS}
+# The multi-process section: every server with 2 processes (waitress and twistd web have no
+# multi-process mode). gunicorn runs exactly as in the single-process section.
+MULTI_PROCS = 2
+CATALYZER_PREFORK = ServerSpec(
+    "catalyzer-procs2",
+    f"catalyzer --procs {MULTI_PROCS}",
+    _catalyzer_prefork(MULTI_PROCS),
+    "catalyzer",
+)
+MULTI_SERVERS: tuple[ServerSpec, ...] = (
+    CATALYZER_PREFORK,
+    GUNICORN_SYNC,
+    GUNICORN_GTHREAD,
+    ServerSpec(
+        "uwsgi-procs2",
+        f"uWSGI, {MULTI_PROCS} processes",
+        lambda app, port, scenario: _uwsgi(app, port, scenario, processes=MULTI_PROCS),
+        "uwsgi",
+    ),
+    ServerSpec(
+        "granian-workers2",
+        f"granian wsgi, {MULTI_PROCS} workers",
+        lambda app, port, scenario: _granian(app, port, scenario, workers=MULTI_PROCS),
+        "granian",
+    ),
+)
+ALL_SERVERS: tuple[ServerSpec, ...] = tuple(
+    {s.name: s for s in (*SERVERS, *MULTI_SERVERS)}.values()
+)
+BY_SERVER = {s.name: s for s in ALL_SERVERS}
+SECTION_SERVERS = {"single": SERVERS, "multi": MULTI_SERVERS}
+SECTION_REFERENCE = {"single": "catalyzer", "multi": CATALYZER_PREFORK.name}
 
 # -- scenarios
 
@@ -199,6 +242,12 @@ class Scenario:
     wrk_extra: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     note: str = ""
+    section: str = "single"  # "single" (SERVERS) or "multi" (MULTI_SERVERS)
+    kind: str = ""  # the single-process scenario this one repeats (default: its own name)
+
+    @property
+    def base(self) -> str:
+        return self.kind or self.name
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -268,7 +317,35 @@ SCENARIOS: tuple[Scenario, ...] = (
         "client's headers, and the fast clients are never served.",
     ),
 )
-BY_SCENARIO = {s.name: s for s in SCENARIOS}
+MULTI_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "procs2_hello_keepalive",
+        f"{MULTI_PROCS} processes: hello, keep-alive, 50 connections",
+        "hello",
+        50,
+        section="multi",
+        kind="hello_keepalive",
+    ),
+    Scenario(
+        "procs2_hello_close",
+        f"{MULTI_PROCS} processes: hello, Connection: close, 50 connections",
+        "hello",
+        50,
+        ("-H", "Connection: close"),
+        note="uWSGI runs with --http-socket here, as in the single-process section.",
+        section="multi",
+        kind="hello_close",
+    ),
+    Scenario(
+        "procs2_big_response",
+        f"{MULTI_PROCS} processes: 1 MiB response, 10 connections",
+        "big",
+        10,
+        section="multi",
+        kind="big_response",
+    ),
+)
+BY_SCENARIO = {s.name: s for s in (*SCENARIOS, *MULTI_SCENARIOS)}
 
 # -- wrk
 
@@ -558,7 +635,7 @@ def serving(
     spec: ServerSpec, scenario: Scenario, log_dir: Path, record: dict[str, Any]
 ) -> Iterator[tuple[procs.Server, procs.RssSampler]]:
     port = procs.free_port()
-    argv = spec.argv(scenario.app, port, scenario.name)
+    argv = spec.argv(scenario.app, port, scenario.base)
     record["command"] = shlex.join(argv).replace(str(port), "PORT")
     server = procs.start_server(spec.name, argv, port, log_dir / f"{spec.name}-{scenario.name}.log")
     try:
@@ -612,14 +689,20 @@ def run_one(spec: ServerSpec, scenario: Scenario, duration: int, log_dir: Path) 
     try:
         with serving(spec, scenario, log_dir, record) as (server, sampler):
             record["check"] = check_app(server.port, scenario.app)
-            if scenario.name == "hello_keepalive":
+            if scenario.base == "hello_keepalive":
                 record["keepalive"] = check_keepalive(server.port)
-            if scenario.name == "hello_close":
+            if scenario.base == "hello_close":
                 record["close"] = check_close(server.port)
-            if scenario.name != "slow_clients":
+            if scenario.base != "slow_clients":
                 # /proc/net/tcp gets long with the TIME_WAIT sockets of Connection: close.
-                watch = scenario.name != "hello_close"
+                watch = scenario.base != "hello_close"
+                if spec.name == CATALYZER_PREFORK.name:
+                    # Per-worker request counts (SIGUSR1 state dumps) around the measurement.
+                    prefork.wait_for(server, prefork.READY, MULTI_PROCS, 30)
+                    before = prefork.usr1_dump(server)
                 record.update(measure(server, sampler, scenario, duration, watch))
+                if spec.name == CATALYZER_PREFORK.name:
+                    record["split"] = prefork.split(before, prefork.usr1_dump(server))
             else:
                 undisturbed = measure(server, sampler, scenario, duration)
                 slow = SlowClients(server.port, SLOW_CLIENTS, SLOW_TRICKLE_SECONDS)
@@ -636,6 +719,141 @@ def run_one(spec: ServerSpec, scenario: Scenario, duration: int, log_dir: Path) 
         record["error"] = str(e)
     except Exception as e:
         record["error"] = f"{type(e).__name__}: {e}"
+    return record
+
+
+# -- prefork: reload and recycling under load, request split
+
+PREFORK_SECONDS = 10  # the wrk run that is the load during a reload or recycling
+PREFORK_CONNECTIONS = 50
+HUP_AT = 4.0  # seconds into the wrk run
+MAX_REQUESTS = 1000
+PACED_RATE = 50  # new connections per second
+PACED_SECONDS = 5
+PREFORK_RUNS = ("reload_hup", "max_requests", "split_paced")
+
+
+def _start_prefork(name: str, extra: tuple[str, ...], log_dir: Path) -> procs.Server:
+    port = procs.free_port()
+    argv = _catalyzer_prefork(MULTI_PROCS, *extra)("hello", port, "hello_keepalive")
+    server = procs.start_server(
+        CATALYZER_PREFORK.name, argv, port, log_dir / f"{CATALYZER_PREFORK.name}-{name}.log"
+    )
+    procs.wait_ready(server)
+    if not prefork.wait_for(server, prefork.READY, MULTI_PROCS, 30):
+        procs.stop_server(server)
+        raise procs.NotReady(f"{MULTI_PROCS} workers not ready in 30 s:\n" + server.log_tail())
+    return server
+
+
+def _log_summary(server: procs.Server) -> dict[str, Any]:
+    text = prefork.log_text(server)
+    return {
+        "ready_lines": len(prefork.READY.findall(text)),
+        "recycles_started": len(prefork.RECYCLE.findall(text)),
+        "generations_ready": [int(g) for g, _ in prefork.GENERATION_READY.findall(text)],
+        "trouble": [line for line in text.splitlines() if prefork.TROUBLE.search(line)][:20],
+    }
+
+
+def run_prefork_load(
+    name: str, extra: tuple[str, ...], hup_at: float | None, log_dir: Path
+) -> dict[str, Any]:
+    """catalyzer --procs 2 under a bounded wrk run (hello, keep-alive); with ``hup_at``, SIGHUP
+    to the master (by PID) that many seconds into it, from a timer thread."""
+    record: dict[str, Any] = {"name": name, "hup_at": hup_at}
+    try:
+        server = _start_prefork(name, extra, log_dir)
+    except procs.NotReady as e:
+        record["error"] = str(e)
+        return record
+    record["command"] = shlex.join(server.argv).replace(str(server.port), "PORT")
+    sent: dict[str, float] = {}
+
+    def hup() -> None:
+        sent["t"] = time.monotonic()
+        os.kill(server.pid, signal.SIGHUP)
+
+    timer = threading.Timer(hup_at, hup) if hup_at is not None else None
+    try:
+        first = [int(pid) for _, pid in prefork.READY.findall(prefork.log_text(server))]
+        record["first_pids"] = first
+        with (
+            procs.RssSampler(server.pid) as sampler,
+            prefork.LogWatch(server, first) as watch,
+        ):
+            origin = time.monotonic()
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            result = run_wrk(server.port, PREFORK_CONNECTIONS, PREFORK_SECONDS)
+            if timer is not None:
+                timer.cancel()
+                # The old generation leaves once the new one is ready and its responses are
+                # done: give it a bounded while after the load.
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and not all(p in watch.gone for p in first):
+                    time.sleep(0.1)  # polling interval
+        record.update(result)
+        record["peak_rss"] = sampler.peak
+        record["timeline"] = watch.timeline(origin)
+        record.update(_log_summary(server))
+        if "t" in sent:
+            hup_t = sent["t"]
+            record["hup_sent_at"] = round(hup_t - origin, 2)
+            ready_at = [t for t, line in watch.events if prefork.GENERATION_READY.search(line)]
+            if ready_at:
+                record["new_generation_ready_after_hup"] = round(ready_at[0] - hup_t, 2)
+            if first and all(p in watch.gone for p in first):
+                record["old_generation_gone_after_hup"] = round(
+                    max(watch.gone[p] for p in first) - hup_t, 2
+                )
+        record["first_pids_gone"] = sorted(watch.gone)
+        done = {int(pid) for _, pid in prefork.WORKER_DONE.findall(prefork.log_text(server))}
+        record["first_pids_logged_exit"] = sorted(set(first) & done)
+        record["dump_after"] = prefork.usr1_dump(server)
+        if server.proc.poll() is not None:
+            record["server_exited"] = server.proc.returncode
+    except Exception as e:
+        record["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        if timer is not None:
+            timer.cancel()
+        record["stop"] = procs.stop_server(server)
+    return record
+
+
+def run_paced_split(log_dir: Path) -> dict[str, Any]:
+    """``PACED_RATE`` new connections a second, one GET with Connection: close each, for
+    ``PACED_SECONDS``; then the per-worker request counts from SIGUSR1 dumps."""
+    record: dict[str, Any] = {"name": "split_paced", "rate": PACED_RATE, "seconds": PACED_SECONDS}
+    try:
+        server = _start_prefork("split_paced", (), log_dir)
+    except procs.NotReady as e:
+        record["error"] = str(e)
+        return record
+    record["command"] = shlex.join(server.argv).replace(str(server.port), "PORT")
+    try:
+        before = prefork.usr1_dump(server)
+        ok = failed = 0
+        start = time.monotonic()
+        for i in range(PACED_RATE * PACED_SECONDS):
+            delay = start + i / PACED_RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the client, not synchronisation
+            try:
+                line = procs.status_line(server.port, timeout=2.0)
+                ok += line.startswith("HTTP/1.1 200")
+                failed += not line.startswith("HTTP/1.1 200")
+            except OSError:
+                failed += 1
+        record["elapsed"] = round(time.monotonic() - start, 2)
+        record["ok"], record["failed"] = ok, failed
+        record["split"] = prefork.split(before, prefork.usr1_dump(server))
+    except Exception as e:
+        record["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        record["stop"] = procs.stop_server(server)
     return record
 
 
@@ -729,7 +947,7 @@ def _find(results: list[dict[str, Any]], server: str) -> dict[str, Any] | None:
 
 def _scenario_table(scn: dict[str, Any]) -> list[str]:
     results = scn["results"]
-    cat = _find(results, "catalyzer")
+    cat = _find(results, scn.get("reference", "catalyzer"))
     cat_rps = cat.get("rps") if cat and not cat.get("error") else None
     slow = scn["name"] == "slow_clients"
     if slow:
@@ -840,7 +1058,85 @@ def targets(data: dict[str, Any]) -> list[str]:
                 f"- **missed** — 1 GiB stream peak RSS: {_fmt_mib(peak)} (target < "
                 f"{_fmt_mib(goal)}); over by {_fmt_mib(peak - goal + 1)}"
             )
+    cat2 = rps("procs2_hello_keepalive", CATALYZER_PREFORK.name)
+    lines += [
+        _target(
+            f"catalyzer --procs {MULTI_PROCS} hello keep-alive vs granian --workers {MULTI_PROCS}",
+            ratio(cat2, rps("procs2_hello_keepalive", "granian-workers2")),
+            1.0,
+            x,
+        ),
+        _target(
+            f"catalyzer --procs {MULTI_PROCS} hello keep-alive vs gunicorn sync (2 workers, "
+            "multi-process section)",
+            ratio(cat2, rps("procs2_hello_keepalive", "gunicorn-sync")),
+            4.0,
+            x,
+        ),
+    ]
+    pf = data.get("prefork", {})
+    lines.append(
+        _zero_errors_target(
+            f"SIGHUP (reload) {HUP_AT:g} s into a {PREFORK_SECONDS} s hello keep-alive run "
+            f"against --procs {MULTI_PROCS}",
+            pf.get("reload_hup"),
+        )
+    )
+    lines.append(
+        _zero_errors_target(
+            f"--max-requests {MAX_REQUESTS} during a {PREFORK_SECONDS} s hello keep-alive run "
+            f"against --procs {MULTI_PROCS}",
+            pf.get("max_requests"),
+        )
+    )
+    for kind, what in (("hello_keepalive", "keep-alive"), ("hello_close", "Connection: close")):
+        lines.append(
+            _split_target(
+                f"per-worker request split, --procs {MULTI_PROCS}, hello {what} (busiest/least)",
+                _split_of(data, kind),
+            )
+        )
     return lines
+
+
+def _zero_errors_target(label: str, r: dict[str, Any] | None) -> str:
+    if r is None or r.get("error"):
+        why = "" if r is None else f" ({str(r['error']).splitlines()[0]})"
+        return f"- **not measured** — {label}: wrk errors{why}"
+    errors = r["error_total"]
+    confirmed = ""
+    if r.get("hup_at") is not None:
+        if r.get("new_generation_ready_after_hup") is None:
+            confirmed = "; **the new generation never became ready**"
+        elif r.get("old_generation_gone_after_hup") is None:
+            confirmed = "; **the old generation did not exit**"
+        else:
+            confirmed = (
+                f"; generation 2 ready {r['new_generation_ready_after_hup']:.1f} s after the HUP, "
+                f"generation 1 gone after {r['old_generation_gone_after_hup']:.1f} s"
+            )
+    else:
+        confirmed = f"; {r['recycles_started']} recycles"
+    verdict = "**met**" if errors == 0 and "**" not in confirmed else "**missed**"
+    text = f"- {verdict} — {label}: {_errors(r)} wrk errors (target 0){confirmed}"
+    if errors:
+        text += f"; over by {errors:,} of {r['requests'] + errors:,} requests"
+    return text
+
+
+def _split_target(label: str, split: dict[str, Any] | None) -> str:
+    if not split or split.get("error"):
+        return f"- **not measured** — {label}"
+    ratio = split.get("ratio")
+    counts = "/".join(f"{w['requests']:,}" for w in split["workers"])
+    if ratio is None:
+        return f"- **missed** — {label}: {counts}, a worker served nothing (target <= 2:1)"
+    if ratio <= 2.0:
+        return f"- **met** — {label}: {ratio:.2f}:1 ({counts}; target <= 2:1)"
+    return (
+        f"- **missed** — {label}: {ratio:.2f}:1 ({counts}; target <= 2:1); over by "
+        f"{ratio - 2.0:.2f}"
+    )
 
 
 def _command_text(command: str) -> str:
@@ -861,11 +1157,243 @@ def _commands(data: dict[str, Any]) -> list[str]:
     if st and "command" in st:
         used = seen.setdefault("catalyzer", {}).setdefault(_command_text(st["command"]), [])
         used.append("stream_rss (APP=stream)")
+    for name, r in data.get("prefork", {}).items():
+        if "command" in r:
+            by_cmd = seen.setdefault(CATALYZER_PREFORK.name, {})
+            by_cmd.setdefault(_command_text(r["command"]), []).append(f"{name} (APP=hello)")
     lines: list[str] = []
-    for spec in SERVERS:
+    for spec in ALL_SERVERS:
         for command, used in seen.get(spec.name, {}).items():
             lines += [f"{spec.label} — {', '.join(used)}:", "", "```", command, "```", ""]
     return lines
+
+
+def _scenario_section(scn: dict[str, Any]) -> list[str]:
+    spec = BY_SCENARIO.get(scn["name"])
+    lines = [f"### {scn['title']}", ""]
+    if spec and spec.note:
+        lines += [spec.note, ""]
+    if scn.get("wrk_argv"):
+        lines += [f"wrk: `{scn['wrk_argv']}`", ""]
+    lines += _scenario_table(scn)
+    lines.append("")
+    lines += _scenario_notes(scn)
+    split = next((r["split"] for r in scn["results"] if r.get("split")), None)
+    if split:
+        lines += [
+            f"catalyzer --procs {MULTI_PROCS}, requests per worker during this measurement "
+            f"(SIGUSR1 state dumps before and after): {_fmt_split(split)}.",
+            "",
+        ]
+    return lines
+
+
+def _multi_intro() -> list[str]:
+    return [
+        f"## Multi-process: {MULTI_PROCS} processes per server",
+        "",
+        f"Every server that has a multi-process mode, with {MULTI_PROCS} processes serving: "
+        f"catalyzer `--procs {MULTI_PROCS}` (a master that only binds and supervises, and "
+        f"{MULTI_PROCS} workers; how connections reach the workers: docs/prefork.md), gunicorn "
+        "sync and gthread exactly "
+        "as above (the arbiter and 2 workers), uWSGI `--processes 2` (a master and 2 workers; "
+        "--http11-socket, and --http-socket for Connection: close as above) and granian "
+        "`--workers 2`. waitress and twistd web have no multi-process mode and are not in this "
+        "section. *peak RSS* sums every process of the server (master or arbiter included). "
+        f"*vs catalyzer* divides by catalyzer `--procs {MULTI_PROCS}` in the same scenario. "
+        f"With {MULTI_PROCS} server processes and wrk's {WRK_THREADS} threads on the same "
+        "2 cores, a second process can only add what wrk leaves of the CPU.",
+        "",
+    ]
+
+
+def _split_of(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for scn in data["scenarios"]:
+        spec = BY_SCENARIO.get(scn["name"])
+        if spec is None or spec.section != "multi" or spec.base != kind:
+            continue
+        r = _find(scn["results"], CATALYZER_PREFORK.name)
+        if r is not None and r.get("split"):
+            split: dict[str, Any] = r["split"]
+            return split
+    return None
+
+
+def _fmt_split(split: dict[str, Any]) -> str:
+    if split.get("error"):
+        return f"not measured ({split['error']})"
+    counts = " / ".join(f"worker {w['slot']}: {w['requests']:,}" for w in split["workers"])
+    ratio = split.get("ratio")
+    if ratio is None:
+        return f"{counts} (a worker served nothing)"
+    return f"{counts} (busiest/least {ratio:.2f}:1)"
+
+
+def _prefork_errors(r: dict[str, Any]) -> str:
+    return "-" if r.get("error") else _errors(r)
+
+
+def _prefork_summary(r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return str(r["error"]).splitlines()[0]
+    text = (
+        f"{r['rps']:,.0f} req/s, errors {r['error_total']}, ready lines {r['ready_lines']}, "
+        f"recycles {r['recycles_started']}"
+    )
+    if r.get("hup_at") is not None:
+        text += (
+            f", HUP at {r.get('hup_sent_at', '?')} s, new generation ready after "
+            f"{r.get('new_generation_ready_after_hup', '?')} s, old gone after "
+            f"{r.get('old_generation_gone_after_hup', '?')} s"
+        )
+    return text
+
+
+def _reload_outcome(r: dict[str, Any]) -> str:
+    if r.get("hup_at") is not None:
+        if "hup_sent_at" not in r:
+            return "SIGHUP was not sent"
+        parts = [f"SIGHUP at {r['hup_sent_at']:.1f} s"]
+        if r.get("new_generation_ready_after_hup") is not None:
+            parts.append(
+                f"`generation 2 ready: retiring 1` {r['new_generation_ready_after_hup']:.1f} s "
+                "later"
+            )
+        else:
+            parts.append("**the new generation never became ready**")
+        if r.get("old_generation_gone_after_hup") is not None:
+            parts.append(
+                f"both generation-1 workers gone {r['old_generation_gone_after_hup']:.1f} s "
+                "after the HUP"
+            )
+            logged = len(r.get("first_pids_logged_exit", []))
+            parts.append(f"{logged} of them logged `Main loop terminated.`")
+        else:
+            parts.append("**a generation-1 worker was still running**")
+    else:
+        started = r["recycles_started"]
+        ready = r["ready_lines"] - MULTI_PROCS
+        parts = [
+            f"{started} recycles started (`max-requests; starting its replacement`), "
+            f"{ready} replacements ready"
+        ]
+    dump = r.get("dump_after", {})
+    if dump.get("workers"):
+        workers = ", ".join(
+            f"worker {w['slot']} gen {w['generation']} {w['state']}" for w in dump["workers"]
+        )
+        parts.append(
+            f"SIGUSR1 afterwards: generation {dump['generation']}, {workers}, "
+            f"restarts {dump['restarts']}"
+        )
+    if r.get("trouble"):
+        parts.append("log trouble: " + "; ".join(f"`{line}`" for line in r["trouble"][:3]))
+    if r.get("stop", {}).get("returncode") not in (0, None):
+        parts.append(f"master exit status {r['stop']['returncode']} on SIGTERM")
+    return "; ".join(parts)
+
+
+def _prefork_section(data: dict[str, Any]) -> list[str]:
+    pf = data.get("prefork", {})
+    lines = [
+        f"## Prefork: reload, recycling and the request split (catalyzer --procs {MULTI_PROCS})",
+        "",
+    ]
+    runs = [(n, pf[n]) for n in ("reload_hup", "max_requests") if n in pf]
+    if runs:
+        lines += [
+            f"Each run: a fresh `--procs {MULTI_PROCS}` server with `bench.apps:hello`, and one "
+            f"{PREFORK_SECONDS} s wrk run (keep-alive, {PREFORK_CONNECTIONS} connections: "
+            f"`wrk -t{WRK_THREADS} -c{PREFORK_CONNECTIONS} -d{PREFORK_SECONDS}s --latency`) as "
+            f"the load. *HUP*: a timer thread sends SIGHUP to the master's PID {HUP_AT:g} s into "
+            "the run. *max-requests*: the server runs with "
+            f"`--max-requests {MAX_REQUESTS}` and gets no signal. The log was tailed every "
+            "100 ms for the master's lines, and the first generation's PIDs were checked "
+            "for existence at the same pace. The master logs no line when a retired worker "
+            "exits: its exit shows in the worker's own last lines (`stopping: waiting ...`, "
+            "`Main loop terminated.`) and in its PID disappearing. *errors* are wrk's (connect, "
+            "read, write, timeout, non-2xx).",
+            "",
+            "| run | req/s | p50 | p99 | errors | peak RSS | what happened |",
+            "|---|---:|---:|---:|---|---:|---|",
+        ]
+        for name, r in runs:
+            label = (
+                f"HUP at {HUP_AT:g} s" if name == "reload_hup" else f"--max-requests {MAX_REQUESTS}"
+            )
+            if r.get("error"):
+                first = str(r["error"]).splitlines()[0]
+                lines.append(f"| {label} | failed: {first} | | | | | |")
+                continue
+            lines.append(
+                f"| {label} | {_fmt_rps(r['rps'])} | {_fmt_ms(r['p50_ms'])} | "
+                f"{_fmt_ms(r['p99_ms'])} | {_prefork_errors(r)} | {_fmt_mib(r['peak_rss'])} | "
+                f"{_reload_outcome(r)} |"
+            )
+        lines.append("")
+        if any(r.get("errors", {}).get("read") for _, r in runs):
+            lines += [
+                "A retiring worker (reload or max-requests) closes at once, without "
+                "`Connection: close`, each keep-alive connection that has been idle for 100 ms "
+                "or more (docs/prefork.md), and wrk counts the close of a keep-alive connection "
+                "after a complete response as a read error: read errors here mean that a wrk "
+                "connection had been quiet for that long when its worker retired, which the "
+                "shared machine can cause. Checked separately: with wrk stopped (SIGSTOP) for "
+                "300 ms before and after a worker's TERM, wrk reported one read error per "
+                "connection that worker held; without the stop, none.",
+                "",
+            ]
+        hup = pf.get("reload_hup", {})
+        if hup.get("timeline"):
+            lines += ["Timeline of the HUP run (seconds from the start of wrk):", "", "```"]
+            lines += [f"{e['t']:6.2f}  {_strip_log_prefix(e['line'])}" for e in hup["timeline"]]
+            lines += ["```", ""]
+    lines += [
+        "### Request split over the workers",
+        "",
+        "Requests each worker served, from SIGUSR1 state dumps (each worker's own count) taken "
+        "before and after the load, on a server that had just started. *busiest/least* is the "
+        "larger count over the smaller.",
+        "",
+        "| load | " + " | ".join(f"worker {i}" for i in range(MULTI_PROCS)) + " | busiest/least "
+        "| within 2:1 |",
+        "|---|" + "---:|" * MULTI_PROCS + "---:|---|",
+    ]
+    rows = [
+        (
+            "hello keep-alive, 50 connections (the multi-process run above)",
+            _split_of(data, "hello_keepalive"),
+        ),
+        ("hello Connection: close, 50 connections (the run above)", _split_of(data, "hello_close")),
+    ]
+    paced = pf.get("split_paced")
+    if paced is not None:
+        rows.append(
+            (
+                f"{PACED_RATE} new connections a second for {PACED_SECONDS} s, one request each "
+                f"(Connection: close; {paced.get('ok', 0)} answered, {paced.get('failed', 0)} "
+                "failed)",
+                paced.get("split") or {"error": paced.get("error", "not measured")},
+            )
+        )
+    for label, split in rows:
+        if not split or split.get("error"):
+            why = split.get("error") if split else "not measured"
+            lines.append(f"| {label} | {why} |" + " |" * (MULTI_PROCS + 1))
+            continue
+        counts = " | ".join(f"{w['requests']:,}" for w in split["workers"])
+        ratio = split.get("ratio")
+        lines.append(
+            f"| {label} | {counts} | {'-' if ratio is None else f'{ratio:.2f}:1'} | "
+            f"{'yes' if split.get('within_2_to_1') else '**no**'} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _strip_log_prefix(line: str) -> str:
+    """``2026-...+0000 [catalyzer.master#info] text`` -> ``text``."""
+    return re.sub(r"^\S+ \[[^\]]*\] ", "", line)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -879,14 +1407,15 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"Run {data['id']} ({kind}, {data['elapsed_seconds']:.0f} s in all). "
         f"Every server ran on 127.0.0.1, **with access logs off** (twistd web has no off switch: "
-        "its access log went to /dev/null). wrk used "
+        "its access log went to a scratch file). wrk used "
         f"{WRK_THREADS} threads, `--latency` and {data['duration']} s per measurement. **The load "
         f"generator and the server share the same {m['nproc']} cores**, so a server that "
         "needs less CPU per request also leaves more to wrk: absolute numbers are low and only "
         "the ratios within one run mean something. Each figure is a single measurement, and on "
         "this small shared machine two runs can differ by tens of percent for some servers: "
         "rerun (`make bench`, or `bench/run.py --only NAME`) before reading much into a ratio "
-        "close to its target.",
+        "close to its target. **The machine is shared**: other test suites may have been "
+        "running on the same cores during the run (see the load average below).",
         "",
         "## Machine",
         "",
@@ -911,21 +1440,14 @@ def render(data: dict[str, Any]) -> str:
         "req/s divided by catalyzer's in the same scenario; *errors* adds wrk's socket errors "
         "(connect, read, write, timeout) and non-2xx responses; *peak RSS* is the highest sum "
         "of VmRSS over the server process and its children, sampled every 100 ms during the "
-        "measurement; *max backlog* is the longest accept queue of the listening socket "
+        "measurement; *max backlog* is the longest accept queue of the listening socket(s) "
         "(connections the server has not accepted), sampled once a second (not sampled for "
         "Connection: close, where /proc/net/tcp fills with TIME_WAIT sockets).",
         "",
     ]
     for scn in data["scenarios"]:
-        spec = BY_SCENARIO.get(scn["name"])
-        lines += [f"### {scn['title']}", ""]
-        if spec and spec.note:
-            lines += [spec.note, ""]
-        if scn.get("wrk_argv"):
-            lines += [f"wrk: `{scn['wrk_argv']}`", ""]
-        lines += _scenario_table(scn)
-        lines.append("")
-        lines += _scenario_notes(scn)
+        if scn.get("section", "single") == "single":
+            lines += _scenario_section(scn)
     st = data.get("stream_rss")
     if st:
         lines += ["### 1 GiB streamed response: memory (bench/stream_rss.py)", ""]
@@ -961,6 +1483,13 @@ def render(data: dict[str, Any]) -> str:
             ]
         else:
             lines += [f"Failed: {st.get('error', 'unknown error')}", ""]
+    multi = [scn for scn in data["scenarios"] if scn.get("section") == "multi"]
+    if multi:
+        lines += _multi_intro()
+        for scn in multi:
+            lines += _scenario_section(scn)
+    if data.get("prefork") or any(_split_of(data, n) for n in ("hello_keepalive", "hello_close")):
+        lines += _prefork_section(data)
     lines += [
         "## Server command lines",
         "",
@@ -1022,7 +1551,7 @@ def _scenario_notes(scn: dict[str, Any]) -> list[str]:
             "- *slow clients open at end*: how many of the slow connections the server "
             "still held, neither answered nor closed, when the measurement ended."
         )
-    for spec in SERVERS:
+    for spec in ALL_SERVERS:
         if spec.name in scn.get("skipped", []):
             notes.append(f"- {spec.label}: skipped (see above).")
     return [*notes, ""] if notes else []
@@ -1037,8 +1566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated server and/or scenario names (stream_rss is a scenario); "
-        f"servers: {', '.join(BY_SERVER)}; scenarios: {', '.join(BY_SCENARIO)}, stream_rss",
+        help="comma-separated server and/or scenario names (stream_rss and the prefork runs "
+        f"are scenarios); servers: {', '.join(BY_SERVER)}; scenarios: {', '.join(BY_SCENARIO)}, "
+        f"stream_rss, {', '.join(PREFORK_RUNS)}",
     )
     parser.add_argument("--doc", action="store_true", help="write docs/benchmarks.md with --only")
     parser.add_argument("--render", metavar="JSON", help="only render the doc from saved results")
@@ -1051,13 +1581,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     only = {n.strip() for n in args.only.split(",") if n.strip()}
-    unknown = only - set(BY_SERVER) - set(BY_SCENARIO) - {"stream_rss"}
+    extra_runs = {"stream_rss", *PREFORK_RUNS}
+    unknown = only - set(BY_SERVER) - set(BY_SCENARIO) - extra_runs
     if unknown:
         parser.error(f"unknown name(s): {', '.join(sorted(unknown))}")
     pick_servers = {n for n in only if n in BY_SERVER} or set(BY_SERVER)
-    pick_scenarios = {n for n in only if n in BY_SCENARIO or n == "stream_rss"} or {
+    pick_scenarios = {n for n in only if n in BY_SCENARIO or n in extra_runs} or {
         *BY_SCENARIO,
-        "stream_rss",
+        *extra_runs,
     }
     duration = 3 if args.quick else 8
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -1071,17 +1602,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "scenarios": [],
     }
-    for scenario in SCENARIOS:
+    for scenario in (*SCENARIOS, *MULTI_SCENARIOS):
         if scenario.name not in pick_scenarios:
             continue
         scn: dict[str, Any] = {
             "name": scenario.name,
             "title": scenario.title,
+            "section": scenario.section,
+            "reference": SECTION_REFERENCE[scenario.section],
             "skipped": list(scenario.skip),
             "results": [],
         }
         data["scenarios"].append(scn)
-        for spec in SERVERS:
+        for spec in SECTION_SERVERS[scenario.section]:
             if spec.name not in pick_servers or spec.name in scenario.skip:
                 continue
             print(
@@ -1096,7 +1629,35 @@ def main(argv: list[str] | None = None) -> int:
                 f"peak RSS {_fmt_mib(r['peak_rss'])}"
                 + (f", ratio {r['ratio']:.2f}" if r.get("ratio") is not None else "")
             )
+            if r.get("split") and not r.get("error"):
+                summary += f"; split {_fmt_split(r['split'])}"
             print(f"         {summary.splitlines()[0]}", flush=True)
+    if CATALYZER_PREFORK.name in pick_servers:
+        pf: dict[str, Any] = {}
+        for name, extra, hup_at in (
+            ("reload_hup", (), HUP_AT),
+            ("max_requests", ("--max-requests", str(MAX_REQUESTS)), None),
+        ):
+            if name not in pick_scenarios:
+                continue
+            print(f"[{time.monotonic() - started:6.0f}s] {name} / {CATALYZER_PREFORK.name} ...")
+            r = run_prefork_load(name, extra, hup_at, log_dir)
+            pf[name] = r
+            print(f"         {_prefork_summary(r)}", flush=True)
+        if "split_paced" in pick_scenarios:
+            print(f"[{time.monotonic() - started:6.0f}s] split_paced / {CATALYZER_PREFORK.name}")
+            r = run_paced_split(log_dir)
+            pf["split_paced"] = r
+            print(
+                "         "
+                + (
+                    r.get("error")
+                    or f"{r['ok']} ok, {r['failed']} failed; split " + _fmt_split(r["split"])
+                ),
+                flush=True,
+            )
+        if pf:
+            data["prefork"] = pf
     if "stream_rss" in pick_scenarios and "catalyzer" in pick_servers:
         print(f"[{time.monotonic() - started:6.0f}s] stream_rss / catalyzer ...", flush=True)
         data["stream_rss"] = stream_rss.run(log_dir)
