@@ -352,6 +352,15 @@ class MasterService(Service):
             self._run(self.supervisor.retire(process.record.pid, reason, self._now()))
 
     def dump(self) -> None:
+        log.info("{dump}", dump=self.dump_text())
+        for process in self.processes.values():
+            if process.control is not None and process.record.state == READY:
+                d = process.control.callRemote(control.Dump)
+                d.addCallback(lambda r: log.info("{text}", text=r["text"]))
+                d.addErrback(lambda f: None)
+
+    def dump_text(self) -> str:
+        """The master's table of workers (USR1 also logs each worker's own view)."""
         now = self._now()
         lines = [
             f"state of master pid {os.getpid()}: generation {self.supervisor.generation}, "
@@ -371,12 +380,7 @@ class MasterService(Service):
                 f"{stats.get('requests', 0)} requests, {stats.get('connections', 0)} connections, "
                 f"rss {int(stats.get('rss', 0)) // 1024} KiB{in_app}"  # type: ignore[call-overload]
             )
-        log.info("{dump}", dump="\n".join(lines))
-        for process in self.processes.values():
-            if process.control is not None and process.record.state == READY:
-                d = process.control.callRemote(control.Dump)
-                d.addCallback(lambda r: log.info("{text}", text=r["text"]))
-                d.addErrback(lambda f: None)
+        return "\n".join(lines)
 
     def status(self) -> dict[str, Any]:
         """The state dump as data, with every worker's numbers added up (for ``--stats``)."""

@@ -551,6 +551,29 @@ class HTTPChannel(Protocol):
             setattr(self, name, None)
 
 
+def describe_connections(server: ServerState) -> str:
+    """A process's own view of its connections, for the state dump and the manhole."""
+    now = server.clock.seconds()
+    lines = [f"{server.requests_served} requests, {len(server.channels)} connections"]
+    for channel in sorted(server.channels, key=lambda c: c.opened):
+        info = channel.info
+        peer = f"{info.remote_addr}:{info.remote_port}" if info else "?"
+        response = channel.response
+        if response is not None:
+            state = (
+                f"responding to {response.request.method} {response.environ['RAW_URI']} "
+                f"for {now - response.started:.1f}s"
+            )
+        elif channel.reader.in_headers or channel.reader.in_body:
+            state = "receiving a request"
+        else:
+            state = "idle"
+        lines.append(
+            f"  {peer}: {state}; {channel.requests} requests, open {now - channel.opened:.1f}s"
+        )
+    return "\n".join(lines)
+
+
 def _connection_info(transport: Any) -> ConnectionInfo:
     host = transport.getHost()
     peer = transport.getPeer()

@@ -350,6 +350,24 @@ SETTINGS: tuple[Setting, ...] = (
         "every worker's numbers. Off when empty.",
     ),
     Setting(
+        "manhole",
+        "",
+        str,
+        section="Operations",
+        metavar="ENDPOINT",
+        help="An interactive Python prompt inside the running server (the master with procs >= "
+        "2), e.g. 'unix:/run/myapp/manhole.sock' (created mode 0600). TCP only on loopback, or "
+        "anywhere with manhole-keys (then it is SSH). Needs the 'manhole' extra. Off when empty.",
+    ),
+    Setting(
+        "manhole-keys",
+        "",
+        str,
+        section="Operations",
+        metavar="PATH",
+        help="An OpenSSH authorized_keys file: serve the manhole over SSH, with these keys.",
+    ),
+    Setting(
         "reload",
         False,
         parse_bool,
@@ -413,6 +431,8 @@ class Config:
     write_timeout: float
     die_timeout: float
     stats: str
+    manhole: str
+    manhole_keys: str
     reload: bool
     watch: tuple[str, ...]
     access_log: str

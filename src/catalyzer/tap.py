@@ -25,7 +25,7 @@ from catalyzer import signals
 from catalyzer.accesslog import FileAccessLog
 from catalyzer.appspec import AppSpecError, load_app
 from catalyzer.configfile import load_config_file
-from catalyzer.protocol import ServerState
+from catalyzer.protocol import ServerState, describe_connections
 from catalyzer.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
 
@@ -140,7 +140,14 @@ def makeService(options: Options) -> Service:
         master = MasterService(config, options.endpoints, reactor)
         root = MultiService()
         master.setServiceParent(root)
-        _add_operations(root, config, master, reactor)
+        namespace: dict[str, object] = {
+            "workers": lambda: master.status()["workers"],
+            "dump": master.dump_text,
+            "stats": master.status,
+            "reload": master.reload,
+            "master": master,
+        }
+        _add_operations(root, config, master, reactor, namespace)
         return root
 
     try:
@@ -168,8 +175,20 @@ def makeService(options: Options) -> Service:
     )
     http = HTTPService(server, options.endpoints, reactor)
     root = _Root(http, reactor)
-    _add_operations(root, config, SingleStatus(server), reactor)
+    status = SingleStatus(server)
+    names: dict[str, object] = {
+        "workers": lambda: status.status()["workers"],
+        "dump": lambda: describe_connections(server),
+        "stats": status.status,
+        "reload": _no_reload,
+        "server": server,
+    }
+    _add_operations(root, config, status, reactor, names)
     return root
+
+
+def _no_reload() -> str:
+    return "a single process cannot reload itself: run with --procs N or --reload"
 
 
 class SingleStatus:
@@ -186,8 +205,24 @@ class SingleStatus:
         return bool(self.server.ports) and not self.server.draining
 
 
-def _add_operations(root: MultiService, config: Config, source: Any, reactor: Any) -> None:
-    """The stats endpoint, served by catalyzer's own engine."""
+def _add_operations(
+    root: MultiService, config: Config, source: Any, reactor: Any, namespace: dict[str, object]
+) -> None:
+    """The stats endpoint (served by catalyzer's own engine) and the manhole."""
+    if config.manhole:
+        try:
+            from catalyzer.manhole import make_manhole_service
+
+            manhole = make_manhole_service(
+                config.manhole, namespace, reactor, config.manhole_keys or None
+            )
+        except ImportError as e:
+            raise _fail(
+                f"--manhole needs twisted.conch: pip install 'catalyzer[manhole]' ({e})"
+            ) from None
+        except SettingError as e:
+            raise _fail(str(e)) from None
+        manhole.setServiceParent(root)
     if not config.stats:
         return
     from catalyzer.statusapp import make_status_app

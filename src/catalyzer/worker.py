@@ -23,6 +23,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from catalyzer import control, trace
+from catalyzer.protocol import describe_connections
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import BY_NAME, Config
 
@@ -193,28 +194,8 @@ class Worker:
         }
 
     def describe(self) -> str:
-        now = self.reactor.seconds()
-        lines = [
-            f"worker {self.slot} pid {os.getpid()} generation {self.generation}: "
-            f"{self.server.requests_served} requests, {len(self.server.channels)} connections"
-        ]
-        for channel in sorted(self.server.channels, key=lambda c: c.opened):
-            info = channel.info
-            peer = f"{info.remote_addr}:{info.remote_port}" if info else "?"
-            response = channel.response
-            if response is not None:
-                state = (
-                    f"responding to {response.request.method} "
-                    f"{response.environ['RAW_URI']} for {now - response.started:.1f}s"
-                )
-            elif channel.reader.in_headers or channel.reader.in_body:
-                state = "receiving a request"
-            else:
-                state = "idle"
-            lines.append(
-                f"  {peer}: {state}; {channel.requests} requests, open {now - channel.opened:.1f}s"
-            )
-        return "\n".join(lines)
+        head = f"worker {self.slot} pid {os.getpid()} generation {self.generation}: "
+        return head + describe_connections(self.server)
 
     def _count_response(self) -> None:
         if (
