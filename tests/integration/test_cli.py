@@ -264,7 +264,9 @@ def test_help_lists_every_setting() -> None:
     result = run_cli("--help", deadline=FAIL_DEADLINE)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    missing = [s.name for s in SETTINGS if f"--{s.name}=" not in text]
+    missing = [
+        s.name for s in SETTINGS if (f"--{s.name} " if s.flag else f"--{s.name}=") not in text
+    ]
     assert not missing, f"--help does not list {missing}\n{text}"
     shorts = [s for s in SETTINGS if s.short]
     assert all(f"-{s.short}, --{s.name}=" in text for s in shorts), text
