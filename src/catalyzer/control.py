@@ -44,6 +44,15 @@ class Watch(amp.Command):
     requiresAnswer = False
 
 
+class Progress(amp.Command):
+    """Upload progress entries, JSON ``{upload id: entry}``. Worker -> master: uploads this worker
+    receives. Master -> worker: what the other workers receive. Nobody waits for an answer."""
+
+    arguments = [(b"entries", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
 class Retire(amp.Command):
     """Worker -> master: replace me (max-requests reached). The master starts the replacement
     first and sends TERM once it is ready."""

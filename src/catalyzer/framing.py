@@ -123,13 +123,21 @@ class ResponseFramer:
 
 
 def simple_response(
-    status: int, reason: str, date: str, body: bytes = b"", *, close: bool = True, extra: str = ""
+    status: int,
+    reason: str,
+    date: str,
+    body: bytes = b"",
+    *,
+    close: bool = True,
+    extra: str = "",
+    content_type: str = "text/plain; charset=utf-8",
+    head_only: bool = False,
 ) -> bytes:
-    """A complete small response the server writes itself (errors, ``OPTIONS *``)."""
+    """A complete small response the server writes itself (errors, ``OPTIONS *``, progress)."""
     head = (
         f"HTTP/1.1 {status} {reason}\r\nDate: {date}\r\n{extra}"
-        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
     )
     if close:
         head += "Connection: close\r\n"
-    return head.encode("latin-1") + b"\r\n" + body
+    return head.encode("latin-1") + b"\r\n" + (b"" if head_only else body)

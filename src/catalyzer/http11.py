@@ -22,11 +22,12 @@ from __future__ import annotations
 import io
 import tempfile
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 import httptools
+
+from catalyzer.progress import upload_id_from
 
 __all__ = [
     "Limits",
@@ -73,6 +74,7 @@ class Request:
         "method",
         "target",
         "upgrade",
+        "upload_id",
         "version",
     )
 
@@ -89,6 +91,8 @@ class Request:
         self.upgrade = False
         self.body: IO[bytes] | None = None
         self.body_length = 0
+        # Set for a request with a body and an X-Progress-ID, when a BodyWatcher is in use.
+        self.upload_id: str | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target!r} HTTP/{self.version}>"
@@ -116,6 +120,19 @@ SEND_CONTINUE: Final = SendContinue()
 Event = Request | ProtocolError | SendContinue
 
 
+class BodyWatcher(Protocol):
+    """Told about the bodies of requests that carry an upload id (upload progress)."""
+
+    def started(self, request: Request) -> None: ...
+
+    def progress(self, request: Request, received: int) -> None: ...
+
+    def finished(self, request: Request) -> None: ...
+
+    def failed(self, request: Request, status: int | None) -> None:
+        """``status`` is the error answered, or None when the client went away."""
+
+
 class _Reject(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -137,16 +154,12 @@ _HOST_CHARS: Final = frozenset(
 class RequestReader:
     """Parses one connection's incoming bytes into :data:`Event` objects.
 
-    ``on_body_progress(request, received)`` is called as body bytes arrive (upload progress).
+    A ``watcher`` is told how the bodies of requests carrying an upload id arrive.
     """
 
-    def __init__(
-        self,
-        limits: Limits = Limits(),
-        on_body_progress: Callable[[Request, int], None] | None = None,
-    ) -> None:
+    def __init__(self, limits: Limits = Limits(), watcher: BodyWatcher | None = None) -> None:
         self.limits = limits
-        self._on_progress = on_body_progress
+        self._watcher = watcher
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
         self._request: Request | None = None
@@ -284,15 +297,19 @@ class RequestReader:
 
     # -- internals
 
-    def _stop(self) -> None:
+    def _stop(self, status: int | None = None) -> None:
         self._stopped = True
-        if self._phase != _IDLE and self._request is not None and self._request.body is not None:
-            self._request.body.close()
+        request = self._request
+        if self._phase != _IDLE and request is not None:
+            if request.upload_id is not None and self._watcher is not None:
+                self._watcher.failed(request, status)
+            if request.body is not None:
+                request.body.close()
         self._request = None
         self._phase = _IDLE
 
     def _fail(self, status: int, detail: str) -> None:
-        self._stop()
+        self._stop(status)
         self._events.append(ProtocolError(status, detail))
 
     def _status_for(self, e: httptools.HttpParserError) -> int:
@@ -387,9 +404,13 @@ class RequestReader:
         # We never switch protocols, and llhttp reads nothing after an upgrade request.
         request.keep_alive = parser.should_keep_alive() and not request.upgrade
         length = request.content_length
+        has_body = request.chunked or bool(length)
+        if has_body and self._watcher is not None:
+            request.upload_id = upload_id_from(request.target, request.headers)
+            if request.upload_id is not None:
+                self._watcher.started(request)
         if length is not None and length > self.limits.max_body:
             raise _Reject(413, f"declared body of {length} bytes exceeds {self.limits.max_body}")
-        has_body = request.chunked or bool(length)
         if request.upgrade and has_body:
             raise _Reject(400, "Upgrade request with a body is not supported")
         if not has_body:
@@ -411,8 +432,8 @@ class RequestReader:
         if request.body_length > self.limits.max_body:
             raise _Reject(413, f"body exceeds {self.limits.max_body} bytes")
         request.body.write(data)
-        if self._on_progress is not None:
-            self._on_progress(request, request.body_length)
+        if request.upload_id is not None and self._watcher is not None:
+            self._watcher.progress(request, request.body_length)
 
     def on_chunk_header(self) -> None:
         self._enter(_BODY)
@@ -425,6 +446,8 @@ class RequestReader:
         assert request is not None
         if request.body is not None:
             request.body.seek(0)
+        if request.upload_id is not None and self._watcher is not None:
+            self._watcher.finished(request)
         self._request = None
         self._phase = _IDLE
         self.completed_requests += 1

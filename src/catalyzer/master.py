@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 
 from catalyzer import control, signals, trace
 from catalyzer.metrics import RequestMetrics, merge
+from catalyzer.progress import ProgressRegistry
 from catalyzer.reloader import FileWatcher
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
@@ -219,6 +220,11 @@ class MasterControl(control.QuietAMP):
             self.master.watcher.watch(json.loads(paths), since=self.process.record.spawned_at)
         return {}
 
+    @control.Progress.responder
+    def progress(self, entries: str) -> dict[str, Any]:
+        self.master.relay_progress(self.process, json.loads(entries))
+        return {}
+
     @control.Retire.responder
     def retire(self, reason: str) -> dict[str, Any]:
         self.master.retire(self.process, reason)
@@ -244,6 +250,8 @@ class MasterService(Service):
         self._ticker: LoopingCall | None = None
         self.watcher: FileWatcher | None = None
         self._reload_pending = False
+        self.progress = ProgressRegistry(config.progress_ttl, config.progress_entries)
+        self._upload_owner: dict[str, int] = {}  # upload id -> record id of the receiving worker
         self._devnull = os.open(os.devnull, os.O_RDWR)
 
     # -- start
@@ -412,6 +420,25 @@ class MasterService(Service):
             "metrics": merge([self._retired_metrics, *live]),
         }
 
+    def relay_progress(self, source: WorkerProcess, entries: dict[str, Any]) -> None:
+        """A worker's uploads: keep them, and tell every other worker."""
+        now = self._now()
+        self.progress.update(entries, now)
+        for upload_id, entry in entries.items():
+            if entry.get("state") == "uploading":
+                self._upload_owner[upload_id] = source.record.id
+            else:
+                self._upload_owner.pop(upload_id, None)
+        self._broadcast_progress(entries, but=source)
+
+    def _broadcast_progress(
+        self, entries: dict[str, Any], but: WorkerProcess | None = None
+    ) -> None:
+        text = json.dumps(entries)
+        for process in self.processes.values():
+            if process is not but and process.control is not None:
+                process.control.callRemote(control.Progress, entries=text)
+
     def ready(self) -> bool:
         return not self.supervisor.stopping and any(
             w.state == READY for w in self.supervisor.workers.values()
@@ -431,6 +458,16 @@ class MasterService(Service):
 
     def worker_exited(self, process: WorkerProcess, status: int | None, signum: int | None) -> None:
         self.processes.pop(process.record.id, None)
+        orphans = [u for u, owner in self._upload_owner.items() if owner == process.record.id]
+        if orphans:
+            # The worker receiving these uploads is gone: they will never finish.
+            now = self._now()
+            for upload_id in orphans:
+                del self._upload_owner[upload_id]
+                self.progress.failed(upload_id, None, now)
+            self._broadcast_progress(
+                {u: self.progress.snapshot(u) for u in orphans if u in self.progress.entries}
+            )
         last = process.record.stats.get("metrics")
         if isinstance(last, dict):
             self._retired_metrics = merge([self._retired_metrics, last])

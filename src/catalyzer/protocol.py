@@ -16,6 +16,7 @@ Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on lea
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import Callable
 from email.utils import formatdate
@@ -37,6 +38,7 @@ from catalyzer.filewrapper import FileWrapper
 from catalyzer.framing import simple_response
 from catalyzer.http11 import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
 from catalyzer.metrics import RequestMetrics
+from catalyzer.progress import ProgressRegistry, ProgressTracker, upload_id_from
 from catalyzer.response import WSGIResponse
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import Config
@@ -109,7 +111,11 @@ class ServerState:
             body_spool_threshold=config.body_spool_threshold,
         )
         self.errors = WSGIErrors()
-        self.on_body_progress: Callable[[Request, int], None] | None = None
+        self.progress: ProgressTracker | None = None
+        if config.progress_path:
+            registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
+            self.progress = ProgressTracker(registry, clock)
+        self._progress_path = config.progress_path.encode("latin-1")
         # Set in prefork workers: where the master watches for requests stuck in the app.
         self.scoreboard: Scoreboard | None = None
         # Called after each response (prefork workers count towards max-requests).
@@ -206,7 +212,7 @@ class HTTPChannel(Protocol):
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
-        self.reader = RequestReader(server.limits, server.on_body_progress)
+        self.reader = RequestReader(server.limits, server.progress)
         self.response: WSGIResponse | None = None
         self.info: ConnectionInfo | None = None
         self.closing = False
@@ -377,6 +383,11 @@ class HTTPChannel(Protocol):
     def _start(self, request: Request) -> None:
         self.requests += 1
         server = self.server
+        if server.progress is not None and (
+            request.target.partition(b"?")[0] == server._progress_path
+        ):
+            self._answer_progress(request, server.progress)
+            return
         if request.target == b"*":
             if request.method == "OPTIONS":
                 self._respond_directly(request, 200, "OK", b"", _OPTIONS_ALLOW)
@@ -402,15 +413,50 @@ class HTTPChannel(Protocol):
         self.response = WSGIResponse(self, request, environ)
         self.response.run()
 
+    def _answer_progress(self, request: Request, progress: ProgressTracker) -> None:
+        upload_id = upload_id_from(request.target, request.headers)
+        if upload_id is None:
+            entry: dict[str, object] = {
+                "state": "error",
+                "received": 0,
+                "size": None,
+                "status": 400,
+            }
+        else:
+            entry = progress.registry.get(upload_id, self.server.clock.seconds())
+        body = json.dumps(entry).encode()
+        self._respond_directly(
+            request,
+            200,
+            "OK",
+            body,
+            "Cache-Control: no-store\r\n",
+            content_type="application/json",
+        )
+
     def _respond_directly(
-        self, request: Request, status: int, reason: str, body: bytes, extra: str = ""
+        self,
+        request: Request,
+        status: int,
+        reason: str,
+        body: bytes,
+        extra: str = "",
+        content_type: str = "text/plain; charset=utf-8",
     ) -> None:
         keep_alive = request.keep_alive and self.keep_alive_allowed
         self.transport.write(  # type: ignore[union-attr]
             simple_response(
-                status, reason, self.server.date(), body, close=not keep_alive, extra=extra
+                status,
+                reason,
+                self.server.date(),
+                body,
+                close=not keep_alive,
+                extra=extra,
+                content_type=content_type,
+                head_only=request.method == "HEAD",
             )
         )
+        self.server.metrics.observe(status, 0.0, len(body))
         if not keep_alive:
             self._close()
 

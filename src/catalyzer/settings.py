@@ -85,6 +85,12 @@ def _app_spec(text: str) -> str:
     return text
 
 
+def _progress_path(text: str) -> str:
+    if text and (not text.startswith("/") or "?" in text):
+        raise ValueError("must be empty or a path starting with '/' (no query)")
+    return text
+
+
 def _script_name(text: str) -> str:
     if text and (not text.startswith("/") or text.endswith("/")):
         raise ValueError("must be empty or start with '/' and not end with '/'")
@@ -368,6 +374,33 @@ SETTINGS: tuple[Setting, ...] = (
         help="An OpenSSH authorized_keys file: serve the manhole over SSH, with these keys.",
     ),
     Setting(
+        "progress-path",
+        "",
+        _progress_path,
+        section="Upload progress",
+        metavar="PATH",
+        help="Answer GET PATH?X-Progress-ID=ID (or with an X-Progress-ID header) in the engine, "
+        "without calling the app, with the progress of the upload carrying that id: JSON "
+        '{"state": "starting"|"uploading"|"done"|"error", "received": N, "size": M}. '
+        "With procs >= 2 any worker answers for any upload. Off when empty.",
+    ),
+    Setting(
+        "progress-ttl",
+        60.0,
+        _positive_seconds,
+        section="Upload progress",
+        metavar="SECONDS",
+        help="How long a finished or failed upload's progress is kept.",
+    ),
+    Setting(
+        "progress-entries",
+        1000,
+        _positive_int,
+        section="Upload progress",
+        metavar="N",
+        help="Most uploads tracked at once; past it the oldest finished ones are forgotten.",
+    ),
+    Setting(
         "reload",
         False,
         parse_bool,
@@ -433,6 +466,9 @@ class Config:
     stats: str
     manhole: str
     manhole_keys: str
+    progress_path: str
+    progress_ttl: float
+    progress_entries: int
     reload: bool
     watch: tuple[str, ...]
     access_log: str

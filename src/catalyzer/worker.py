@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from catalyzer import control, trace
@@ -66,6 +67,13 @@ class WorkerControl(control.QuietAMP):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.worker.control = self
+
+    @control.Progress.responder
+    def progress(self, entries: str) -> dict[str, str]:
+        tracker = self.worker.server.progress
+        if tracker is not None:
+            tracker.learn(json.loads(entries))
+        return {}
 
     @control.Dump.responder
     def dump(self) -> dict[str, str]:
@@ -156,6 +164,19 @@ class Worker:
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
         os.close(self._control_fd)
         self.reactor.callLater(0, self._say_ready)
+        if self.server.progress is not None:
+            # Our uploads' progress goes to the master ten times a second, for the other workers.
+            self.server.progress.share = True
+            sender = LoopingCall(self._send_progress)
+            sender.clock = self.reactor
+            sender.start(0.1, now=False)
+
+    def _send_progress(self) -> None:
+        tracker = self.server.progress
+        proto = self._protocol()
+        if tracker is None or proto is None or not tracker.outbox:
+            return
+        proto.callRemote(control.Progress, entries=json.dumps(tracker.take_outbox()))
 
     def _say_ready(self) -> None:
         proto = self._protocol()

@@ -409,36 +409,69 @@ def test_chunked_body_as_wsgi_input(wire: bytes) -> None:
 # -- upload progress
 
 
+class Watcher:
+    """Records what a BodyWatcher is told."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []
+
+    def started(self, request: Request) -> None:
+        self.seen.append(("started", request.upload_id))
+
+    def progress(self, request: Request, received: int) -> None:
+        self.seen.append(("progress", received))
+
+    def finished(self, request: Request) -> None:
+        self.seen.append(("finished", request.upload_id))
+
+    def failed(self, request: Request, status: int | None) -> None:
+        self.seen.append(("failed", status))
+
+
+def progress_counts(watcher: Watcher) -> list[object]:
+    return [n for what, n in watcher.seen if what == "progress"]
+
+
 def test_progress_counts_increase_to_the_body_length() -> None:
-    seen: list[tuple[Request, int]] = []
-    reader = RequestReader(on_body_progress=lambda r, n: seen.append((r, n)))
+    watcher = Watcher()
+    reader = RequestReader(watcher=watcher)
     body = pattern(1000)
-    data = post(b"/", b"Content-Length: 1000\r\n", body)
-    events = feed(reader, data, [len(data) - 1000 + k for k in (1, 250, 600, 999)])
-    [request] = events
-    counts = [n for _, n in seen]
-    assert counts == sorted(set(counts))
-    assert counts == [1, 250, 600, 999, 1000]
-    assert all(r is request for r, _ in seen)
+    data = post(b"/?X-Progress-ID=up1", b"Content-Length: 1000\r\n", body)
+    feed(reader, data, [len(data) - 1000 + k for k in (1, 250, 600, 999)])
+    assert watcher.seen[0] == ("started", "up1")
+    assert progress_counts(watcher) == [1, 250, 600, 999, 1000]
+    assert watcher.seen[-1] == ("finished", "up1")
 
 
 def test_progress_for_a_chunked_body_counts_data_only() -> None:
-    seen: list[int] = []
-    reader = RequestReader(on_body_progress=lambda r, n: seen.append(n))
-    feed_bytewise(reader, post(b"/", b"Transfer-Encoding: chunked\r\n", CHUNKINGS["extensions"]))
-    assert seen == list(range(1, 12))
+    watcher = Watcher()
+    reader = RequestReader(watcher=watcher)
+    feed_bytewise(
+        reader,
+        post(
+            b"/", b"X-Progress-ID: up2\r\nTransfer-Encoding: chunked\r\n", CHUNKINGS["extensions"]
+        ),
+    )
+    assert progress_counts(watcher) == list(range(1, 12))
 
 
-def test_progress_through_the_server() -> None:
-    app = RecordingApp()
-    server = InMemoryServer(app)
-    seen: list[tuple[bytes, int]] = []
-    server.state.on_body_progress = lambda r, n: seen.append((r.target, n))
-    conn = server.connect()
-    conn.send(post(b"/a", b"Content-Length: 6\r\n", b"abc"))
-    conn.send(b"def" + post(b"/b", b"Content-Length: 2\r\n", b"gh"))
-    assert seen == [(b"/a", 3), (b"/a", 6), (b"/b", 2)]
-    assert [c.body for c in app.calls] == [b"abcdef", b"gh"]
+def test_no_upload_id_no_tracking() -> None:
+    watcher = Watcher()
+    reader = RequestReader(watcher=watcher)
+    reader.receive_data(post(b"/", b"Content-Length: 3\r\n", b"abc"))
+    assert watcher.seen == []
+
+
+def test_progress_failures_carry_the_status() -> None:
+    watcher = Watcher()
+    reader = RequestReader(Limits(max_body=10), watcher=watcher)
+    reader.receive_data(post(b"/?X-Progress-ID=big", b"Content-Length: 11\r\n", b""))
+    assert watcher.seen == [("started", "big"), ("failed", 413)]
+    watcher = Watcher()
+    reader = RequestReader(watcher=watcher)
+    reader.receive_data(post(b"/?X-Progress-ID=gone", b"Content-Length: 10\r\n", b"abc"))
+    reader.receive_eof()
+    assert watcher.seen[-1] == ("failed", None)
 
 
 # -- property-based
