@@ -130,19 +130,21 @@ class RssSampler:
 
 
 def accept_queue(port: int) -> int | None:
-    """Connections waiting in the listen backlog of the socket listening on ``HOST:port``
-    (the rx_queue column of a LISTEN row in /proc/net/tcp), None if there is no such socket."""
+    """Connections waiting in the listen backlog of the sockets listening on ``HOST:port``
+    (the rx_queue column of the LISTEN rows in /proc/net/tcp, added up: with SO_REUSEPORT there
+    is one socket per worker), None if there is no such socket."""
     wanted = f"0100007F:{port:04X}"
+    total: int | None = None
     try:
         with open("/proc/net/tcp") as f:
             next(f, None)
             for line in f:
                 cols = line.split()
                 if len(cols) > 4 and cols[1] == wanted and cols[3] == "0A":
-                    return int(cols[4].split(":")[1], 16)
+                    total = (total or 0) + int(cols[4].split(":")[1], 16)
     except OSError:
         pass
-    return None
+    return total
 
 
 # -- server processes
@@ -241,6 +243,11 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+def is_alive(pid: int) -> bool:
+    """Does ``pid`` exist and is it not a zombie?"""
+    return _alive(pid)
 
 
 def stop_server(server: Server, timeout: float = STOP_TIMEOUT) -> dict[str, object]:
