@@ -94,7 +94,7 @@ def test_entries_expire_and_are_bounded() -> None:
     assert "c" not in registry.entries and "b" not in registry.entries
 
 
-def test_tracker_shares_changes_and_trusts_its_own_uploads() -> None:
+def test_tracker_shares_changes_with_the_master() -> None:
     class Clock:
         def seconds(self) -> float:
             return 5.0
@@ -109,14 +109,29 @@ def test_tracker_shares_changes_and_trusts_its_own_uploads() -> None:
     tracker.progress(R(), 4)
     assert tracker.take_outbox() == {"mine": {"state": "uploading", "received": 4, "size": 10}}
     assert tracker.take_outbox() == {}
-    tracker.learn(
-        {
-            "mine": {"state": "error", "received": 0, "size": 10},
-            "other": {"state": "uploading", "received": 7, "size": 9},
-        }
+
+
+def test_polls_can_be_answered_elsewhere_in_order() -> None:
+    from twisted.internet.defer import Deferred
+
+    server = InMemoryServer(Recorder(), progress_path="/progress")
+    pending: list[Deferred[dict[str, object]]] = []
+
+    def ask(upload_id: str) -> Deferred[dict[str, object]]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    server.state.progress_source = ask
+    conn = server.connect()
+    conn.send(
+        b"GET /progress?X-Progress-ID=z HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n"
     )
-    assert tracker.registry.get("mine", 5.0)["received"] == 4
-    assert tracker.registry.get("other", 5.0)["received"] == 7
+    assert conn.output() == b""  # the pipelined request waits its turn
+    pending[0].callback({"state": "uploading", "received": 7, "size": 9})
+    out = conn.output()
+    assert statuses(out) == [200, 200]
+    assert out.index(b'"received": 7') < out.index(b"/after")
 
 
 def test_upload_id_sources() -> None:

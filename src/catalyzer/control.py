@@ -45,12 +45,20 @@ class Watch(amp.Command):
 
 
 class Progress(amp.Command):
-    """Upload progress entries, JSON ``{upload id: entry}``. Worker -> master: uploads this worker
-    receives. Master -> worker: what the other workers receive. Nobody waits for an answer."""
+    """Worker -> master: progress of the uploads this worker receives, JSON
+    ``{upload id: entry}``. Sent ten times a second while there is news; no answer."""
 
     arguments = [(b"entries", amp.Unicode())]
     response = []
     requiresAnswer = False
+
+
+class QueryProgress(amp.Command):
+    """Worker -> master: a poll for an upload. Every poll is answered from the master's view, so
+    that successive polls never go backwards, whichever worker answers them."""
+
+    arguments = [(b"upload_id", amp.Unicode())]
+    response = [(b"entry", amp.Unicode())]
 
 
 class Retire(amp.Command):

@@ -222,8 +222,12 @@ class MasterControl(control.QuietAMP):
 
     @control.Progress.responder
     def progress(self, entries: str) -> dict[str, Any]:
-        self.master.relay_progress(self.process, json.loads(entries))
+        self.master.record_progress(self.process, json.loads(entries))
         return {}
+
+    @control.QueryProgress.responder
+    def query_progress(self, upload_id: str) -> dict[str, Any]:
+        return {"entry": json.dumps(self.master.progress.get(upload_id, self.master._now()))}
 
     @control.Retire.responder
     def retire(self, reason: str) -> dict[str, Any]:
@@ -420,24 +424,14 @@ class MasterService(Service):
             "metrics": merge([self._retired_metrics, *live]),
         }
 
-    def relay_progress(self, source: WorkerProcess, entries: dict[str, Any]) -> None:
-        """A worker's uploads: keep them, and tell every other worker."""
-        now = self._now()
-        self.progress.update(entries, now)
+    def record_progress(self, source: WorkerProcess, entries: dict[str, Any]) -> None:
+        """News of a worker's uploads: the one view every worker's polls are answered from."""
+        self.progress.update(entries, self._now())
         for upload_id, entry in entries.items():
             if entry.get("state") == "uploading":
                 self._upload_owner[upload_id] = source.record.id
             else:
                 self._upload_owner.pop(upload_id, None)
-        self._broadcast_progress(entries, but=source)
-
-    def _broadcast_progress(
-        self, entries: dict[str, Any], but: WorkerProcess | None = None
-    ) -> None:
-        text = json.dumps(entries)
-        for process in self.processes.values():
-            if process is not but and process.control is not None:
-                process.control.callRemote(control.Progress, entries=text)
 
     def ready(self) -> bool:
         return not self.supervisor.stopping and any(
@@ -465,9 +459,6 @@ class MasterService(Service):
             for upload_id in orphans:
                 del self._upload_owner[upload_id]
                 self.progress.failed(upload_id, None, now)
-            self._broadcast_progress(
-                {u: self.progress.snapshot(u) for u in orphans if u in self.progress.entries}
-            )
         last = process.record.stats.get("metrics")
         if isinstance(last, dict):
             self._retired_metrics = merge([self._retired_metrics, last])

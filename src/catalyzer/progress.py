@@ -110,22 +110,20 @@ class ProgressRegistry:
 
 
 class ProgressTracker:
-    """The engine's :class:`~catalyzer.http11.BodyWatcher`: records uploads in a registry and keeps
-    the changes in :attr:`outbox` for a prefork worker to send to its master."""
+    """The engine's :class:`~catalyzer.http11.BodyWatcher`: records uploads in a registry and, in a
+    prefork worker (``share``), keeps the changes in :attr:`outbox` for the master."""
 
     def __init__(self, registry: ProgressRegistry, clock: Any, share: bool = False) -> None:
         self.registry = registry
         self.clock = clock
         self.share = share
         self.outbox: dict[str, Entry] = {}
-        self.mine: set[str] = set()
 
     def started(self, request: Any) -> None:
+        now = self.clock.seconds()
         self._changed(
-            request.upload_id,
-            self.registry.started(request.upload_id, request.content_length, self.clock.seconds()),
+            request.upload_id, self.registry.started(request.upload_id, request.content_length, now)
         )
-        self.mine.add(request.upload_id)
 
     def progress(self, request: Any, received: int) -> None:
         entry = self.registry.received(request.upload_id, received, self.clock.seconds())
@@ -136,13 +134,10 @@ class ProgressTracker:
         entry = self.registry.done(request.upload_id, self.clock.seconds())
         if entry is not None:
             self._changed(request.upload_id, entry)
-        self.mine.discard(request.upload_id)
 
     def failed(self, request: Any, status: int | None) -> None:
-        self._changed(
-            request.upload_id, self.registry.failed(request.upload_id, status, self.clock.seconds())
-        )
-        self.mine.discard(request.upload_id)
+        now = self.clock.seconds()
+        self._changed(request.upload_id, self.registry.failed(request.upload_id, status, now))
 
     def _changed(self, upload_id: str, entry: Entry) -> None:
         if self.share:
@@ -151,8 +146,3 @@ class ProgressTracker:
     def take_outbox(self) -> dict[str, Entry]:
         out, self.outbox = self.outbox, {}
         return out
-
-    def learn(self, entries: Mapping[str, Entry]) -> None:
-        """Entries relayed by the master; our own uploads are known best here."""
-        theirs = {k: v for k, v in entries.items() if k not in self.mine}
-        self.registry.update(theirs, self.clock.seconds())

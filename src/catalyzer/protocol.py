@@ -116,6 +116,8 @@ class ServerState:
             registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
             self.progress = ProgressTracker(registry, clock)
         self._progress_path = config.progress_path.encode("latin-1")
+        # In a prefork worker: polls are answered from the master's view (a Deferred entry).
+        self.progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None
         # Set in prefork workers: where the master watches for requests stuck in the app.
         self.scoreboard: Scoreboard | None = None
         # Called after each response (prefork workers count towards max-requests).
@@ -222,6 +224,7 @@ class HTTPChannel(Protocol):
         self._reading_paused = False
         self._got_data = False
         self._in_next = False
+        self._awaiting = False  # a server-made answer is on its way (progress from the master)
         self._header_timer: interfaces.IDelayedCall | None = None
         self._body_timer: interfaces.IDelayedCall | None = None
         self._body_mark = 0
@@ -361,7 +364,12 @@ class HTTPChannel(Protocol):
             return
         self._in_next = True
         try:
-            while self.response is None and not self.disconnected and not self.closing:
+            while (
+                self.response is None
+                and not self._awaiting
+                and not self.disconnected
+                and not self.closing
+            ):
                 event = self.reader.next_event()
                 if event is None:
                     if self.reader.stopped:
@@ -379,6 +387,7 @@ class HTTPChannel(Protocol):
                     self._start(event)
         finally:
             self._in_next = False
+        self._awaiting = False  # a server-made answer is on its way (progress from the master)
 
     def _start(self, request: Request) -> None:
         self.requests += 1
@@ -415,6 +424,7 @@ class HTTPChannel(Protocol):
 
     def _answer_progress(self, request: Request, progress: ProgressTracker) -> None:
         upload_id = upload_id_from(request.target, request.headers)
+        source = self.server.progress_source
         if upload_id is None:
             entry: dict[str, object] = {
                 "state": "error",
@@ -422,14 +432,30 @@ class HTTPChannel(Protocol):
                 "size": None,
                 "status": 400,
             }
+            self._send_progress(request, entry)
+        elif source is None:
+            now = self.server.clock.seconds()
+            self._send_progress(request, progress.registry.get(upload_id, now))
         else:
-            entry = progress.registry.get(upload_id, self.server.clock.seconds())
-        body = json.dumps(entry).encode()
+            self._awaiting = True
+            d = source(upload_id)
+            d.addErrback(lambda f: {"state": "error", "received": 0, "size": None, "status": 503})
+            d.addCallback(lambda entry: self._progress_arrived(request, entry))
+
+    def _progress_arrived(self, request: Request, entry: dict[str, object]) -> None:
+        self._awaiting = False
+        if self.disconnected:
+            return
+        self._send_progress(request, entry)
+        if not self.closing:
+            self._next()
+
+    def _send_progress(self, request: Request, entry: dict[str, object]) -> None:
         self._respond_directly(
             request,
             200,
             "OK",
-            body,
+            json.dumps(entry).encode(),
             "Cache-Control: no-store\r\n",
             content_type="application/json",
         )

@@ -68,13 +68,6 @@ class WorkerControl(control.QuietAMP):
         super().connectionMade()
         self.worker.control = self
 
-    @control.Progress.responder
-    def progress(self, entries: str) -> dict[str, str]:
-        tracker = self.worker.server.progress
-        if tracker is not None:
-            tracker.learn(json.loads(entries))
-        return {}
-
     @control.Dump.responder
     def dump(self) -> dict[str, str]:
         return {"text": self.worker.describe()}
@@ -167,9 +160,19 @@ class Worker:
         if self.server.progress is not None:
             # Our uploads' progress goes to the master ten times a second, for the other workers.
             self.server.progress.share = True
+            self.server.progress_source = self._query_progress
             sender = LoopingCall(self._send_progress)
             sender.clock = self.reactor
             sender.start(0.1, now=False)
+
+    def _query_progress(self, upload_id: str) -> Any:
+        proto = self._protocol()
+        if proto is None:
+            from twisted.internet import defer
+
+            return defer.fail(ConnectionError("no master"))
+        d = proto.callRemote(control.QueryProgress, upload_id=upload_id)
+        return d.addCallback(lambda answer: json.loads(answer["entry"]))
 
     def _send_progress(self) -> None:
         tracker = self.server.progress
