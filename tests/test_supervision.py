@@ -27,6 +27,10 @@ def kills(commands: list[object]) -> list[tuple[int, int]]:
     return [(c.pid, c.signum) for c in commands if isinstance(c, Kill)]
 
 
+def halts(commands: list[object]) -> list[Halt]:
+    return [c for c in commands if isinstance(c, Halt)]
+
+
 def started(sup: Supervisor, commands: list[object]) -> list[WorkerRecord]:
     """Give each spawned worker a pid, as the master does."""
     new = spawns(commands)
@@ -139,7 +143,7 @@ def test_stop_terms_then_kills_after_die_timeout_and_exit_status() -> None:
     deadline = 10.0 + 3 + KILL_GRACE  # the worker's own die-timeout, then the master's grace
     assert kills(sup.tick(deadline - 0.01)) == []
     assert kills(sup.tick(deadline)) == [(b.pid, signal.SIGKILL)]
-    assert sup.exited(b.pid, None, signal.SIGKILL, 14.1) == [
+    assert halts(sup.exited(b.pid, None, signal.SIGKILL, 14.1)) == [
         Halt(1, "all workers have exited; requests in flight had to be cut")
     ]
 
@@ -149,7 +153,7 @@ def test_worker_that_cut_requests_makes_stop_exit_one() -> None:
     assert a.pid is not None and b.pid is not None
     sup.stop(10.0)
     sup.exited(a.pid, 0, None, 10.5)
-    assert sup.exited(b.pid, 1, None, 15.0) == [
+    assert halts(sup.exited(b.pid, 1, None, 15.0)) == [
         Halt(1, "all workers have exited; requests in flight had to be cut")
     ]
 
@@ -161,7 +165,9 @@ def test_booting_worker_dying_of_term_is_not_a_failure() -> None:
     sup.ready(a.pid, 1.0)
     sup.stop(1.1)
     sup.exited(a.pid, 0, None, 1.2)
-    assert sup.exited(b.pid, None, signal.SIGTERM, 1.3) == [Halt(0, "all workers have exited")]
+    assert halts(sup.exited(b.pid, None, signal.SIGTERM, 1.3)) == [
+        Halt(0, "all workers have exited")
+    ]
 
 
 def test_clean_stop_exits_zero() -> None:
@@ -169,7 +175,11 @@ def test_clean_stop_exits_zero() -> None:
     assert a.pid is not None and b.pid is not None
     sup.stop(10.0)
     sup.exited(a.pid, 0, None, 10.5)
-    assert sup.exited(b.pid, 0, None, 10.6) == [Halt(0, "all workers have exited")]
+    out = sup.exited(b.pid, 0, None, 10.6)
+    assert halts(out) == [Halt(0, "all workers have exited")]
+    assert any(
+        isinstance(c, Log) and "exited (exit status 0) after shutting down" in c.text for c in out
+    )
 
 
 def test_quick_stop_interrupts() -> None:

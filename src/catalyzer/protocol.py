@@ -52,7 +52,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # On drain, a keep-alive connection idle for less than this may have a request on its way: it is
 # given this long to send one (answered with Connection: close) before it is closed. Clients
 # that send on a just-closed idle connection see an error (wrk does); this makes it rare.
-DRAIN_IDLE_GRACE = 0.1
+DRAIN_IDLE_GRACE = 1.0
 _OPTIONS_ALLOW = "Allow: OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE\r\n"
 
 

@@ -189,6 +189,14 @@ class Supervisor:
         how = f"exit status {status}" if signum is None else f"signal {signum}"
         out: list[Command] = []
         expected = worker.state == STOPPING
+        if expected:
+            out.append(
+                Log(
+                    "info",
+                    f"worker {worker.slot} (pid {pid}) exited ({how}) after "
+                    f"{worker.stop_reason or 'stop'}",
+                )
+            )
         if self._retire_queue and self._retire_queue[0] == worker.id:
             self._retire_queue.pop(0)
         if self.stopping:
