@@ -139,7 +139,7 @@ def test_stop_terms_then_kills_after_die_timeout_and_exit_status() -> None:
     assert a.pid is not None and b.pid is not None
     out = sup.stop(10.0)
     assert sorted(kills(out)) == sorted([(a.pid, signal.SIGTERM), (b.pid, signal.SIGTERM)])
-    assert sup.exited(a.pid, 0, None, 11.0) == []
+    assert halts(sup.exited(a.pid, 0, None, 11.0)) == []
     deadline = 10.0 + 3 + KILL_GRACE  # the worker's own die-timeout, then the master's grace
     assert kills(sup.tick(deadline - 0.01)) == []
     assert kills(sup.tick(deadline)) == [(b.pid, signal.SIGKILL)]
