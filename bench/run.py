@@ -1396,6 +1396,12 @@ def _strip_log_prefix(line: str) -> str:
     return re.sub(r"^\S+ \[[^\]]*\] ", "", line)
 
 
+def _analysis() -> list[str]:
+    """The hand-written reading of the targets (bench/analysis.md), if there is one."""
+    path = Path(__file__).with_name("analysis.md")
+    return [*path.read_text().rstrip().split("\n"), ""] if path.exists() else []
+
+
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
     kind = "quick run (3 s per measurement)" if data.get("quick") else "full run"
@@ -1434,6 +1440,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         *targets(data),
         "",
+        *_analysis(),
         "## Scenarios",
         "",
         "Columns: req/s and p50/p99 latency as wrk reports them; *vs catalyzer* is the server's "
