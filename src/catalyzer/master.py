@@ -422,6 +422,7 @@ class MasterService(Service):
             "connections": _total(workers, "connections"),
             "in_flight": _total(workers, "in_flight"),
             "metrics": merge([self._retired_metrics, *live]),
+            "progress_entries": len(self.progress.entries),
         }
 
     def record_progress(self, source: WorkerProcess, entries: dict[str, Any]) -> None:

@@ -87,6 +87,11 @@ class _Collector(Collector):
             "Response body bytes sent to clients.",
             value=m["bytes_out"],
         )
+        yield GaugeMetricFamily(
+            "catalyzer_upload_progress_entries",
+            "Uploads whose progress is being kept (--progress-path).",
+            value=status.get("progress_entries", 0),
+        )
         states = GaugeMetricFamily(
             "catalyzer_workers", "Worker processes by state.", labels=["state"]
         )

@@ -199,7 +199,14 @@ class SingleStatus:
 
     def status(self) -> dict[str, object]:
         me = {"slot": 0, "pid": os.getpid(), "generation": 1, "state": "ready"}
-        return {**self.server.status(), "pid": os.getpid(), "workers": [me], "restarts": {}}
+        progress = self.server.progress
+        return {
+            **self.server.status(),
+            "pid": os.getpid(),
+            "workers": [me],
+            "restarts": {},
+            "progress_entries": len(progress.registry.entries) if progress else 0,
+        }
 
     def ready(self) -> bool:
         return bool(self.server.ports) and not self.server.draining
