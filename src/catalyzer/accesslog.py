@@ -8,26 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Protocol
-
-
-class AccessLog(Protocol):
-    def log(
-        self,
-        remote: str,
-        request_line: str,
-        status: int,
-        size: int,
-        referer: str,
-        user_agent: str,
-        duration: float,
-        now: float,
-    ) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
-
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -76,6 +56,11 @@ class FileAccessLog:
         self._size = 0
         self._second = -1
         self._stamp = ""
+
+    @classmethod
+    def from_setting(cls, value: str) -> FileAccessLog | None:
+        """The ``access-log`` setting: a path, ``-`` for standard output, or ``off``."""
+        return None if value.lower() in ("off", "none", "") else cls.open(value)
 
     @classmethod
     def open(cls, target: str) -> FileAccessLog:

@@ -15,9 +15,11 @@ Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on lea
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import socket
+import threading
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -32,7 +34,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from catalyzer import trace
-from catalyzer.accesslog import AccessLog
+from catalyzer.accesslog import FileAccessLog
 from catalyzer.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.filewrapper import FileWrapper
 from catalyzer.framing import simple_response
@@ -92,7 +94,7 @@ class ServerState:
         *,
         call_from_thread: Callable[..., None] | None = None,
         threadpool: ThreadPool | None = None,
-        access_log: AccessLog | None = None,
+        access_log: FileAccessLog | None = None,
         multiprocess: bool = False,
     ) -> None:
         self.app = app
@@ -132,6 +134,29 @@ class ServerState:
         self._date_second = -1
         self._date = ""
         self._date_line = b""
+
+    @classmethod
+    def from_config(
+        cls, app: WSGIApp, config: Config, reactor: Any, *, multiprocess: bool = False
+    ) -> ServerState:
+        """The state of a process that serves ``app``: its access log opened (OSError if it
+        cannot be) and, with ``threads``, its thread pool made."""
+        threadpool = None
+        if config.threads:
+            threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
+            # A thread stuck in the app must not keep the process alive past die-timeout.
+            threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
+                threading.Thread, daemon=True
+            )
+        return cls(
+            app,
+            config,
+            reactor,
+            call_from_thread=reactor.callFromThread,
+            threadpool=threadpool,
+            access_log=FileAccessLog.from_setting(config.access_log),
+            multiprocess=multiprocess,
+        )
 
     def date(self) -> str:
         now = int(self.clock.seconds())

@@ -8,21 +8,17 @@ with one line on stderr and a non-zero status, before anything is bound.
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
 from catalyzer import signals
-from catalyzer.accesslog import FileAccessLog
 from catalyzer.appspec import AppSpecError, load_app
 from catalyzer.configfile import load_config_file
 from catalyzer.protocol import ServerState, describe_connections
@@ -154,25 +150,10 @@ def makeService(options: Options) -> Service:
         app = load_app(config.app, os.getcwd())
     except AppSpecError as e:
         raise _fail(str(e)) from None
-    access_log = None
-    if config.access_log.lower() not in ("off", "none", ""):
-        try:
-            access_log = FileAccessLog.open(config.access_log)
-        except OSError as e:
-            raise _fail(f"--access-log {config.access_log!r}: {e.strerror or e}") from None
-    threadpool = None
-    if config.threads:
-        threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
-        # A thread stuck in the app must not keep the process alive past die-timeout.
-        threadpool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
-    server = ServerState(
-        app,
-        config,
-        reactor,
-        call_from_thread=reactor.callFromThread,  # type: ignore[attr-defined]
-        threadpool=threadpool,
-        access_log=access_log,
-    )
+    try:
+        server = ServerState.from_config(app, config, reactor)
+    except OSError as e:
+        raise _fail(f"--access-log {config.access_log!r}: {e.strerror or e}") from None
     http = HTTPService(server, options.endpoints, reactor)
     root = _Root(http, reactor)
     status = SingleStatus(server)

@@ -103,31 +103,7 @@ class Worker:
             log.error("{error}", error=e)
             app = error_app(str(e))
             self.broken_files = files_in_traceback(str(e))
-        threadpool = None
-        if config.threads:
-            import functools
-            import threading
-
-            from twisted.python.threadpool import ThreadPool
-
-            threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
-            threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
-                threading.Thread, daemon=True
-            )
-        access_log = None
-        if config.access_log.lower() not in ("off", "none", ""):
-            from catalyzer.accesslog import FileAccessLog
-
-            access_log = FileAccessLog.open(config.access_log)
-        self.server = ServerState(
-            app,
-            config,
-            reactor,
-            call_from_thread=reactor.callFromThread,
-            threadpool=threadpool,
-            access_log=access_log,
-            multiprocess=True,
-        )
+        self.server = ServerState.from_config(app, config, reactor, multiprocess=True)
         self.server.scoreboard = Scoreboard(int(spec["scoreboard_fd"]))
         limit = config.max_requests
         if limit:
