@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest docs bench clean
+.PHONY: demo test browser lint typecheck pytest docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,21 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml
 demo: $(VENV)/.demo-installed
 	$(BIN)/twistd -n --pidfile= catalyzer --app examples.hello:app --listen tcp:8080:interface=127.0.0.1
 
-test: $(VENV)/.test-installed lint typecheck pytest
+test: $(VENV)/.test-installed browser lint typecheck pytest
+
+# Debian's Chromium for the browser test (tests/integration/test_upload_browser.py, driven by the
+# playwright package of the test extra; Playwright's own browser download is not used). Once it is
+# installed this is a single file test, so `make test` depends on it. Without root it only says
+# what to run: the test then skips itself (but fails under CI, whose .ci/run installs it as root).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser test"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing, so the browser test will be skipped;" \
+			"install it with: sudo apt-get install chromium"; \
+	fi
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench examples
