@@ -19,7 +19,6 @@ TTIN   one worker more; TTOU: one fewer
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import signal
@@ -37,6 +36,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from catalyzer import control, signals, trace
+from catalyzer.children import ChildProcess, spawn_child
+from catalyzer.children import kill as _kill
+from catalyzer.children import set_title as _set_title
 from catalyzer.metrics import RequestMetrics, merge
 from catalyzer.progress import ProgressRegistry
 from catalyzer.reloader import FileWatcher
@@ -149,49 +151,34 @@ def _reuseport_socket(family: int, address: tuple[Any, ...], backlog: int) -> so
     return sock
 
 
-class WorkerProcess(protocol.ProcessProtocol):
+class WorkerProcess(ChildProcess):
     """The master's view of one worker process: its output and its end."""
 
     def __init__(self, master: MasterService, record: Record, scoreboard: Scoreboard) -> None:
+        super().__init__(worker_log, self._label)
         self.master = master
         self.record = record
         self.scoreboard = scoreboard
         self.control: MasterControl | None = None
         self.boot_output: deque[str] = deque(maxlen=_BOOT_OUTPUT_LINES)
-        self._partial = {1: b"", 2: b""}
         self.hung_since: float | None = None
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
-        self._partial[childFD] = lines.pop()
-        for line in lines:
-            self._line(line.decode("utf-8", "replace"))
+    def _label(self) -> str:
+        return f"worker {self.record.slot} pid {self.record.pid}"
 
-    def _line(self, text: str) -> None:
+    def line_received(self, text: str) -> None:
         if self.record.state == STARTING:
             # Held back until the worker is ready: a boot failure is reported once, by the
             # master, instead of once per failing worker.
             self.boot_output.append(text)
             return
-        worker_log.info(
-            "[worker {slot} pid {pid}] {line}",
-            slot=self.record.slot,
-            pid=self.record.pid,
-            line=text,
-        )
+        self.log_line(text)
 
     def flush_boot_output(self) -> None:
         while self.boot_output:
-            self._line(self.boot_output.popleft())
+            self.log_line(self.boot_output.popleft())
 
-    def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._partial.items():
-            if rest:
-                self._partial[fd] = b""
-                self._line(rest.decode("utf-8", "replace"))
-        value = reason.value
-        status = getattr(value, "exitCode", None)
-        signum = getattr(value, "signal", None)
+    def ended(self, status: int | None, signum: int | None) -> None:
         self.scoreboard.close()
         self.master.worker_exited(self, status, signum)
 
@@ -492,7 +479,6 @@ class MasterService(Service):
                 self._halt(command.status, command.reason)
 
     def _spawn(self, record: Record) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         scoreboard = Scoreboard.create()
         # stdout is shared (the access log's "-" and the app's prints go straight out); stderr
         # carries the worker's log, which we tag with its number.
@@ -505,7 +491,6 @@ class MasterService(Service):
             )
         control_fd = 3 + len(self.listeners)
         scoreboard_fd = control_fd + 1
-        child_fds[control_fd] = theirs.fileno()
         child_fds[scoreboard_fd] = scoreboard.fd
         env = dict(os.environ)
         env[ENV_KEY] = worker_environment(
@@ -513,33 +498,24 @@ class MasterService(Service):
         )
         process = WorkerProcess(self, record, scoreboard)
         try:
-            transport = self.reactor.spawnProcess(
+            pid = spawn_child(
+                self.reactor,
                 process,
-                sys.executable,
                 [sys.executable, "-m", "catalyzer.worker"],
                 env=env,
+                child_fds=child_fds,
+                control_fd=control_fd,
+                control=lambda: self._control_for(process),
                 path=os.getcwd(),
-                childFDs=child_fds,
             )
         except OSError as e:
-            for sock in (ours, theirs):
-                sock.close()
             scoreboard.close()
             self._run(self.supervisor.spawn_failed(record, f"{sys.executable}: {e}", self._now()))
             return
-        theirs.close()
-        self.supervisor.spawned(record, transport.pid)
+        self.supervisor.spawned(record, pid)
         if trace.ENABLED:
-            trace.emit(
-                "spawn", worker=record.slot, generation=record.generation, child=transport.pid
-            )
+            trace.emit("spawn", worker=record.slot, generation=record.generation, child=pid)
         self.processes[record.id] = process
-        factory = protocol.Factory()
-        factory.buildProtocol = (  # type: ignore[method-assign]
-            lambda addr: self._control_for(process)
-        )
-        self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
-        ours.close()
 
     def _control_for(self, process: WorkerProcess) -> MasterControl:
         process.control = MasterControl(self, process)
@@ -621,20 +597,7 @@ def _family(port: Any) -> str:
     raise ValueError(f"cannot pass a {type(host).__name__} listener to workers")
 
 
-def _kill(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
 def _hard_exit(status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def _set_title(title: str) -> None:
-    try:
-        from setproctitle import setproctitle
-    except ImportError:
-        return
-    setproctitle(title)
