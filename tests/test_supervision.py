@@ -231,3 +231,74 @@ def test_spawn_failure_halts_at_start_and_retries_later() -> None:
     out = sup.spawn_failed(r, "Permission denied", 20.0)
     assert any(isinstance(c, Log) and "trying again in 30s" in c.text for c in out)
     assert [x.slot for x in spawns(sup.tick(50.0))] == [0]
+
+
+# -- on-demand growth (the task dispatcher's pool)
+
+
+def test_initial_starts_fewer_than_procs() -> None:
+    sup = Supervisor(4, die_timeout=5, initial=1)
+    assert [w.slot for w in spawns(sup.start(0))] == [0]
+    assert sup.free_slots() == [1, 2, 3]
+    assert Supervisor(2, die_timeout=5, initial=9).initial == 2
+
+
+def test_grow_fills_the_lowest_free_slot_at_most_once_per_spawn_delay() -> None:
+    sup = Supervisor(3, die_timeout=5, initial=1, spawn_delay=2.0)
+    started(sup, sup.start(0))
+    (b,) = started(sup, sup.grow(0.5))  # the first growth is at once
+    assert b.slot == 1
+    assert spawns(sup.grow(1.0)) == []  # too soon after the last one
+    assert sup.next_deadline() == 2.5
+    assert spawns(sup.grow(2.49)) == []
+    sup.tick(2.5)  # the moment has come: asking again now succeeds
+    assert sup.next_deadline() is None
+    (c,) = started(sup, sup.grow(2.5))
+    assert c.slot == 2
+    assert spawns(sup.grow(10.0)) == []  # every slot taken
+    assert sup.next_deadline() is None
+
+
+def test_grown_worker_is_respawned_like_the_others() -> None:
+    sup = Supervisor(2, die_timeout=5, initial=1, spawn_delay=2.0)
+    (a,) = started(sup, sup.start(0))
+    assert a.pid is not None
+    sup.ready(a.pid, 0.1)
+    (b,) = started(sup, sup.grow(1.0))
+    assert b.pid is not None
+    sup.ready(b.pid, 1.1)
+    (r,) = started(sup, sup.exited(b.pid, None, signal.SIGKILL, 1.5))
+    assert r.slot == 1
+    assert sup.free_slots() == []
+
+
+def test_respawn_pending_slot_is_not_free() -> None:
+    sup, (a, _) = boot(backoff_base=0.5, stable_after=10)
+    assert a.pid is not None
+    (r,) = started(sup, sup.exited(a.pid, None, signal.SIGKILL, 2.0))
+    assert r.pid is not None
+    sup.exited(r.pid, 1, None, 2.5)  # delayed respawn
+    assert sup.free_slots() == []
+
+
+def test_stop_cancels_growth() -> None:
+    sup = Supervisor(3, die_timeout=5, initial=1, spawn_delay=2.0)
+    started(sup, sup.start(0))
+    started(sup, sup.grow(0.0))
+    sup.grow(0.5)
+    assert sup.next_deadline() == 2.0
+    sup.stop(1.0)
+    assert spawns(sup.grow(3.0)) == []
+    assert all(w.stop_deadline is not None for w in sup.workers.values() if w.pid)
+    assert sup.next_deadline() == 1.0 + 5 + KILL_GRACE  # only the stop's deadline is left
+
+
+def test_noun_names_workers_in_messages() -> None:
+    sup = Supervisor(1, die_timeout=5, noun="child")
+    (a,) = started(sup, sup.start(0))
+    assert a.pid is not None
+    out = sup.ready(a.pid, 1.0)
+    assert out == [Log("info", f"child 0 (pid {a.pid}) ready")]
+    sup.hung(a.pid, 2.0)
+    (log,) = [c for c in sup.exited(a.pid, None, signal.SIGKILL, 2.1) if isinstance(c, Log)]
+    assert log.text == f"child 0 (pid {a.pid}) exited (signal 9) after timeout"

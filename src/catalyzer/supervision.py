@@ -4,6 +4,10 @@
 off and halt. The Twisted service in :mod:`catalyzer.master` only carries the commands out and
 reports what happened, so every decision here is testable with plain calls and a number for "now".
 
+The task dispatcher (:mod:`catalyzer.dispatch`) uses the same object: ``initial`` workers start
+with :meth:`Supervisor.start` and the rest of the ``procs`` slots are filled on demand by
+:meth:`Supervisor.grow`, at most one per ``spawn_delay`` seconds.
+
 Worker states::
 
     starting --ready--> ready --retire/reload/stop--> stopping --exit--> (gone)
@@ -88,8 +92,14 @@ class Supervisor:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         stable_after: float = 10.0,
+        initial: int | None = None,
+        spawn_delay: float = 0.0,
+        noun: str = "worker",
     ) -> None:
         self.procs = procs
+        self.noun = noun  # how log lines and reasons name a worker ("child" for the dispatcher)
+        self.initial = procs if initial is None else min(initial, procs)
+        self.spawn_delay = spawn_delay
         self.die_timeout = die_timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -105,6 +115,8 @@ class Supervisor:
         self._delayed: list[tuple[float, int, int]] = []  # (when, slot, generation)
         self._retire_queue: list[int] = []  # worker ids waiting to be recycled, one at a time
         self._reload_from: int | None = None  # the generation being replaced by a reload
+        self._last_growth: float | None = None  # when grow() last spawned
+        self._growth_wanted = False  # grow() was refused for spawn_delay: next_deadline says when
 
     # -- queries
 
@@ -126,12 +138,38 @@ class Supervisor:
         """When :meth:`tick` next has something to do."""
         times = [t for t, _, _ in self._delayed]
         times += [w.stop_deadline for w in self.workers.values() if w.stop_deadline is not None]
+        if self._growth_wanted and self._last_growth is not None:
+            times.append(self._last_growth + self.spawn_delay)
         return min(times) if times else None
+
+    def free_slots(self) -> list[int]:
+        """Slots below ``procs`` with no worker and no respawn pending."""
+        taken = {w.slot for w in self.workers.values()} | {slot for _, slot, _ in self._delayed}
+        return [slot for slot in range(self.procs) if slot not in taken]
 
     # -- events
 
     def start(self, now: float) -> list[Command]:
-        return [self._spawn(slot, self.generation, now) for slot in range(self.procs)]
+        return [self._spawn(slot, self.generation, now) for slot in range(self.initial)]
+
+    def grow(self, now: float) -> list[Command]:
+        """One worker more in the lowest free slot (work is waiting and every worker is busy).
+
+        At most one worker is added this way per ``spawn_delay`` seconds: a refused call makes
+        :meth:`next_deadline` return the moment another call would succeed."""
+        free = self.free_slots()
+        if self.stopping or self._reload_from is not None or not free:
+            self._growth_wanted = False
+            return []
+        if self._last_growth is not None and now < self._last_growth + self.spawn_delay:
+            self._growth_wanted = True
+            return []
+        self._growth_wanted = False
+        self._last_growth = now
+        return [
+            Log("debug", f"starting {self.noun} {free[0]} on demand"),
+            self._spawn(free[0], self.generation, now),
+        ]
 
     def spawned(self, worker: WorkerRecord, pid: int) -> None:
         worker.pid = pid
@@ -139,7 +177,7 @@ class Supervisor:
     def spawn_failed(self, worker: WorkerRecord, error: str, now: float) -> list[Command]:
         """The process could not even be started (no permission to run Python, say)."""
         self.workers.pop(worker.id, None)
-        text = f"cannot start worker {worker.slot}: {error}"
+        text = f"cannot start {self.noun} {worker.slot}: {error}"
         if not self.booted or self.stopping:
             return [Halt(BOOT_FAILURE, text)]
         self._count("spawn-failure")
@@ -154,7 +192,7 @@ class Supervisor:
         worker.state = READY
         worker.ready_at = now
         self.booted = True
-        out: list[Command] = [Log("info", f"worker {worker.slot} (pid {pid}) ready")]
+        out: list[Command] = [Log("info", f"{self.noun} {worker.slot} (pid {pid}) ready")]
         if self.stopping:
             return out + self._stop_worker(worker, signal.SIGTERM, "shutting down", now)
         if self._reload_from is not None:
@@ -193,7 +231,7 @@ class Supervisor:
             out.append(
                 Log(
                     "info",
-                    f"worker {worker.slot} (pid {pid}) exited ({how}) after "
+                    f"{self.noun} {worker.slot} (pid {pid}) exited ({how}) after "
                     f"{worker.stop_reason or 'stop'}",
                 )
             )
@@ -205,7 +243,7 @@ class Supervisor:
             if status not in (0, None):
                 self.exit_status = 1
             if not self.workers:
-                reason = "all workers have exited"
+                reason = f"all {self.noun}s have exited"
                 if self.exit_status:
                     reason += "; requests in flight had to be cut"
                 out.append(Halt(self.exit_status, reason))
@@ -216,7 +254,7 @@ class Supervisor:
                 return [
                     Halt(
                         BOOT_FAILURE,
-                        f"worker {worker.slot} failed to boot ({how}){detail}",
+                        f"{self.noun} {worker.slot} failed to boot ({how}){detail}",
                     )
                 ]
             if self._reload_from is not None and worker.generation == self.generation:
@@ -235,10 +273,12 @@ class Supervisor:
                 self._reload_from = None
                 return out
             self._count("boot-failure")
-            out.append(Log("error", f"worker {worker.slot} failed to boot ({how}){detail}"))
+            out.append(Log("error", f"{self.noun} {worker.slot} failed to boot ({how}){detail}"))
         elif not expected:
             self._count("crashed")
-            out.append(Log("error", f"worker {worker.slot} (pid {pid}) died unexpectedly ({how})"))
+            out.append(
+                Log("error", f"{self.noun} {worker.slot} (pid {pid}) died unexpectedly ({how})")
+            )
         if expected and worker.generation != self.generation:
             return out  # retired by a reload: its slot is served by the new generation
         if expected and any(
@@ -259,7 +299,9 @@ class Supervisor:
             0.0 if failures <= 1 else min(self.backoff_max, self.backoff_base * 2 ** (failures - 2))
         )
         if delay:
-            out.append(Log("warn", f"worker {worker.slot} keeps dying: respawning in {delay:g}s"))
+            out.append(
+                Log("warn", f"{self.noun} {worker.slot} keeps dying: respawning in {delay:g}s")
+            )
             self._delayed.append((now + delay, worker.slot, worker.generation))
         else:
             out.append(self._spawn(worker.slot, worker.generation, now))
@@ -267,6 +309,12 @@ class Supervisor:
 
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
+        if (
+            self._growth_wanted
+            and self._last_growth is not None
+            and now >= self._last_growth + self.spawn_delay
+        ):
+            self._growth_wanted = False  # grow() may now succeed: the caller asks again if need be
         due = [d for d in self._delayed if d[0] <= now]
         self._delayed = [d for d in self._delayed if d[0] > now]
         for _, slot, generation in due:
@@ -278,7 +326,10 @@ class Supervisor:
                 if self.stopping:
                     self.exit_status = 1
                 out.append(
-                    Log("warn", f"worker {w.slot} (pid {w.pid}) did not exit in time: killing it")
+                    Log(
+                        "warn",
+                        f"{self.noun} {w.slot} (pid {w.pid}) did not exit in time: killing it",
+                    )
                 )
                 out.append(Kill(w.pid, signal.SIGKILL))
         return out
@@ -296,6 +347,7 @@ class Supervisor:
     def stop(self, now: float, graceful: bool = True) -> list[Command]:
         self.stopping = True
         self._delayed = []
+        self._growth_wanted = False
         if not self.workers:
             return [Halt(self.exit_status, "no workers left")]
         out: list[Command] = []
@@ -343,6 +395,7 @@ class Supervisor:
             return []
         self._count("timeout")
         worker.state = STOPPING
+        worker.stop_reason = worker.stop_reason or "timeout"
         return [Kill(worker.pid, signal.SIGKILL)]
 
     # -- helpers
@@ -352,7 +405,7 @@ class Supervisor:
         return [
             Log(
                 "info",
-                f"worker {worker.slot} (pid {worker.pid}): {worker.stop_reason}; "
+                f"{self.noun} {worker.slot} (pid {worker.pid}): {worker.stop_reason}; "
                 "starting its replacement",
             ),
             self._spawn(worker.slot, worker.generation, now),
