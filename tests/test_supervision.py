@@ -302,3 +302,11 @@ def test_noun_names_workers_in_messages() -> None:
     sup.hung(a.pid, 2.0)
     (log,) = [c for c in sup.exited(a.pid, None, signal.SIGKILL, 2.1) if isinstance(c, Log)]
     assert log.text == f"child 0 (pid {a.pid}) exited (signal 9) after timeout"
+
+
+def test_kill_grace_may_be_zero() -> None:
+    sup, (a, _) = boot(die_timeout=3, kill_grace=0.0)
+    assert a.pid is not None
+    sup.stop(10.0)
+    assert kills(sup.tick(12.99)) == []
+    assert (a.pid, signal.SIGKILL) in kills(sup.tick(13.0))

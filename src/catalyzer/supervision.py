@@ -95,9 +95,11 @@ class Supervisor:
         initial: int | None = None,
         spawn_delay: float = 0.0,
         noun: str = "worker",
+        kill_grace: float = KILL_GRACE,
     ) -> None:
         self.procs = procs
         self.noun = noun  # how log lines and reasons name a worker ("child" for the dispatcher)
+        self.kill_grace = kill_grace  # after die_timeout, before KILL (see KILL_GRACE)
         self.initial = procs if initial is None else min(initial, procs)
         self.spawn_delay = spawn_delay
         self.die_timeout = die_timeout
@@ -425,7 +427,7 @@ class Supervisor:
         worker.stop_reason = worker.stop_reason or reason
         if worker.pid is None:
             return []
-        worker.stop_deadline = now + self.die_timeout + KILL_GRACE
+        worker.stop_deadline = now + self.die_timeout + self.kill_grace
         out: list[Command] = [Kill(worker.pid, signum)]
         # The next worker waiting to be recycled may start once this one is on its way out.
         if self._retire_queue and self._retire_queue[0] == worker.id:
