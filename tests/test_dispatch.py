@@ -662,9 +662,10 @@ def test_max_forks_zero_runs_in_process_with_the_call_hooks(reactor: FakeReactor
     assert sample.calls()[before:] == ["pre add (2, 3)", "post add (2, 3)"]
     r = result(d.dispatch(sample.boom, "inline"))
     assert r.error is not None and r.error.type == "ValueError" and "in boom" in r.error.traceback
-    r = result(d.dispatch("_private"))
-    assert r.error is not None and r.error.type == tasks.UNKNOWN_METHOD
-    assert len(seen) == 3
+    for name in ("_private", "nothing_here"):
+        r = result(d.dispatch(name))
+        assert r.error is not None and r.error.type == tasks.UNKNOWN_METHOD
+    assert len(seen) == 4
     assert "in-process" in d.describe()
     assert d.stopService().called
 

@@ -107,6 +107,9 @@ def test_installed_wheel_provides_the_twistd_plugin(wheel: Path, tmp_path: Path)
     help_ = run([str(twistd), "-n", "catalyzer", "--help"], tmp_path, 60)
     assert help_.returncode == 0, show(help_)
     assert "--app=" in help_.stdout, show(help_)
+    help_ = run([str(twistd), "-n", "catalyzer-dispatch", "--help"], tmp_path, 60)
+    assert help_.returncode == 0, show(help_)
+    assert "--methods=" in help_.stdout, show(help_)
 
     where = run(
         [

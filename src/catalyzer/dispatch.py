@@ -713,6 +713,9 @@ class PreforkDispatcher(Service):
                 if postcall is not None:
                     postcall(target, params)
             result = TaskResult(value, None, self._elapsed(task), os.getpid())
+        except tasks.UnknownMethod as e:
+            error = TaskError(tasks.UNKNOWN_METHOD, str(e))
+            result = TaskResult(None, error, self._elapsed(task), os.getpid())
         except Exception as e:
             error = tasks.error_from_exception(e)
             result = TaskResult(None, error, self._elapsed(task), os.getpid())

@@ -10,7 +10,8 @@ importing Twisted, which keeps its start-up short:
 - from the dispatcher: ``Chunk`` boxes (arguments larger than one AMP value), ``Run`` (the
   task's target and the last piece of its pickled arguments), ``Stop`` (exit once read).
 
-It ignores SIGINT (a Ctrl-C in a terminal reaches the whole process group: the dispatcher decides
+It runs ``fork_init`` and imports the ``classes`` modules before it says Ready (a failure there
+is a boot failure: exit status 3, the traceback on stderr). It ignores SIGINT (a Ctrl-C in a terminal reaches the whole process group: the dispatcher decides
 when its children stop), exits on end-of-file on the control socket, and dies with its parent
 (``PR_SET_PDEATHSIG`` on Linux). SIGTERM from outside ends it after the task in hand.
 
@@ -20,6 +21,7 @@ The dispatcher passes its settings as JSON in ``CATALYZER_DISPATCH``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -118,6 +120,8 @@ class Child:
             func = self.found.get(target)
             if func is None:
                 func = self.found[target] = tasks.resolve(target, self.classes)
+        except tasks.UnknownMethod as e:
+            return False, tasks.TaskError(tasks.UNKNOWN_METHOD, str(e)).to_json()
         except Exception as e:
             return False, tasks.error_from_exception(e).to_json()
         try:
@@ -179,6 +183,10 @@ def main() -> None:
         init = spec.get("fork_init")
         if init:
             tasks.load_path(init)()
+        # The modules searched for tasks by name are imported now: one that cannot be is a
+        # boot failure (which halts the dispatcher), not an error in every task.
+        for module in spec.get("classes", ()):
+            importlib.import_module(module)
         child = Child(spec, sock)
     except Exception:
         import traceback

@@ -242,6 +242,7 @@ def hooks() -> Generator[Any, Any, dict[str, Any]]:
     added = yield d.dispatch("add", 2, 3)
     calls = yield d.dispatch(t.calls)
     inits = yield d.dispatch(t.init_marker)
+    unknown = yield d.dispatch("nothing_here")
     title = ""
     try:
         with open(f"/proc/{added.pid}/cmdline", "rb") as f:
@@ -254,6 +255,7 @@ def hooks() -> Generator[Any, Any, dict[str, Any]]:
         "pid": added.pid,
         "calls": calls.value,
         "inits": inits.value,
+        "unknown": err(unknown),
         "parent_calls": parent_calls,
         "title": title,
     }

@@ -117,6 +117,8 @@ def test_hooks_title_and_lookup_in_children() -> None:
     assert out["inits"] == [out["pid"]]  # fork_init ran in the child, once
     assert out["calls"][:2] == ["pre add (2, 3)", "post add (2, 3)"]
     assert out["parent_calls"] == [["pre", 0], ["post", 0, out["pid"]]]
+    assert out["unknown"]["type"] == "UnknownMethod"
+    assert "searched tests.dispatch.tasks" in out["unknown"]["message"]
     try:
         import setproctitle  # noqa: F401
     except ImportError:
