@@ -39,6 +39,7 @@ from catalyzer import control, signals, trace
 from catalyzer.children import ChildProcess, spawn_child
 from catalyzer.children import kill as _kill
 from catalyzer.children import set_title as _set_title
+from catalyzer.dispatch import describe_all
 from catalyzer.metrics import RequestMetrics, merge
 from catalyzer.progress import ProgressRegistry
 from catalyzer.reloader import FileWatcher
@@ -379,6 +380,9 @@ class MasterService(Service):
                 f"{stats.get('requests', 0)} requests, {stats.get('connections', 0)} connections, "
                 f"rss {int(stats.get('rss', 0)) // 1024} KiB{in_app}"  # type: ignore[call-overload]
             )
+        dispatchers = describe_all()  # task dispatchers running in the master itself (a .tac)
+        if dispatchers:
+            lines.append(dispatchers)
         return "\n".join(lines)
 
     def status(self) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from twisted.python import usage
 from catalyzer import signals
 from catalyzer.appspec import AppSpecError, load_app
 from catalyzer.configfile import load_config_file
+from catalyzer.dispatch import describe_all
+from catalyzer.dispatch import running as running_dispatchers
 from catalyzer.protocol import ServerState, describe_connections
 from catalyzer.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
@@ -142,6 +144,7 @@ def makeService(options: Options) -> Service:
             "stats": master.status,
             "reload": master.reload,
             "master": master,
+            "dispatchers": running_dispatchers,
         }
         _add_operations(root, config, master, reactor, namespace)
         return root
@@ -159,13 +162,20 @@ def makeService(options: Options) -> Service:
     status = SingleStatus(server)
     names: dict[str, object] = {
         "workers": lambda: status.status()["workers"],
-        "dump": lambda: describe_connections(server),
+        "dump": lambda: _with_dispatchers(describe_connections(server)),
         "stats": status.status,
         "reload": _no_reload,
         "server": server,
+        "dispatchers": running_dispatchers,
     }
     _add_operations(root, config, status, reactor, names)
     return root
+
+
+def _with_dispatchers(text: str) -> str:
+    """``text`` and the state of the task dispatchers running in this process, if any."""
+    dispatchers = describe_all()
+    return f"{text}\n{dispatchers}" if dispatchers else text
 
 
 def _no_reload() -> str:

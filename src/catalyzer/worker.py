@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from catalyzer import control, trace
+from catalyzer.dispatch import describe_all
 from catalyzer.protocol import describe_connections
 from catalyzer.scoreboard import Scoreboard
 from catalyzer.settings import BY_NAME, Config
@@ -195,7 +196,10 @@ class Worker:
 
     def describe(self) -> str:
         head = f"worker {self.slot} pid {os.getpid()} generation {self.generation}: "
-        return head + describe_connections(self.server)
+        text = head + describe_connections(self.server)
+        # Task dispatchers the app runs in this worker (catalyzer.dispatch), if any.
+        dispatchers = describe_all()
+        return f"{text}\n{dispatchers}" if dispatchers else text
 
     def _count_response(self) -> None:
         if (
