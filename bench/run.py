@@ -41,6 +41,8 @@ from bench import prefork, procs, stream_rss
 BENCH = procs.ROOT / "bench"
 RESULTS = BENCH / "results"
 DOC = procs.ROOT / "docs" / "benchmarks.md"
+# Sections of DOC written by other scripts, kept when this one rewrites the rest.
+KEPT_SECTIONS = ("## Task dispatch (bench/dispatch.py)",)
 POST_SCRIPT = "bench/post1m.lua"  # wrk runs in the repository root
 BIN = procs.VENV_BIN
 
@@ -867,6 +869,16 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _kept_sections() -> str:
+    """The part of the current DOC from the first of KEPT_SECTIONS on ("" if none)."""
+    try:
+        text = DOC.read_text()
+    except OSError:
+        return ""
+    starts = [i for i in (text.find(f"\n{head}\n") for head in KEPT_SECTIONS) if i >= 0]
+    return "\n" + text[min(starts) :].lstrip("\n") if starts else ""
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -1583,7 +1595,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.render:
         data = json.loads(Path(args.render).read_text())
-        DOC.write_text(render(data))
+        DOC.write_text(render(data) + _kept_sections())
         print(f"wrote {DOC}")
         return 0
 
@@ -1688,7 +1700,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {out}")
     if not only or args.doc:
         DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(render(data))
+        DOC.write_text(render(data) + _kept_sections())
         print(f"wrote {DOC}")
     print("\n".join(targets(data)))
     return 0
