@@ -261,7 +261,8 @@ def test_unknown_name_is_an_error_result_without_a_child(reactor: FakeReactor) -
     child.ready()
     r = result(d.dispatch("minus", 1))
     assert r.error is not None and r.error.type == tasks.UNKNOWN_METHOD
-    assert "'minus'" in r.error.message and r.elapsed == 0 and r.pid is None
+    assert r.error.message == "no method 'minus' (searched methods)"
+    assert r.elapsed == 0 and r.pid is None
     assert child.received() == []
 
 
@@ -713,3 +714,19 @@ def test_running_dispatchers_show_in_the_masters_dump_and_the_manhole(
     reactor.children[0].exit(0)
     assert stopped.called and dispatch.running() == []
     assert "dispatcher" not in master.dump_text()
+
+
+def test_public_names() -> None:
+    assert sorted(dispatch.__all__) == [
+        "PreforkDispatcher",
+        "SerializationError",
+        "TaskError",
+        "TaskFailed",
+        "TaskRequest",
+        "TaskResult",
+        "describe_all",
+        "running",
+    ]
+    for name in dispatch.__all__:
+        assert getattr(dispatch, name) is not None
+    assert dispatch.TaskResult is tasks.TaskResult

@@ -270,7 +270,7 @@ class _ControlProtocol(protocol.Protocol):
             # the box. (Whatever does not fit waits for that turn, as usual; an error shows up
             # there too.)
             flush = getattr(transport, "doWrite", None)
-            if flush is not None:
+            if flush is not None and not getattr(transport, "disconnecting", True):
                 flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -399,10 +399,8 @@ class PreforkDispatcher(Service):
         if target is None or self.halted is not None or self.stopping:
             task = _Task(name, params, "", b"", upon_result, request_timeout, now)
             if target is None:
-                where = ", ".join(self.classes) if self.classes else "no modules"
-                error = TaskError(
-                    tasks.UNKNOWN_METHOD, f"no method {name!r} (in methods or {where})"
-                )
+                where = "methods" + "".join(f", {module}" for module in self.classes)
+                error = TaskError(tasks.UNKNOWN_METHOD, f"no method {name!r} (searched {where})")
             elif self.halted is not None:
                 error = TaskError(tasks.HALTED, f"the dispatcher has halted: {self.halted}")
             else:
