@@ -730,3 +730,9 @@ def test_public_names() -> None:
     for name in dispatch.__all__:
         assert getattr(dispatch, name) is not None
     assert dispatch.TaskResult is tasks.TaskResult
+
+
+def test_in_process_hook_that_does_not_import_is_an_error_result(reactor: FakeReactor) -> None:
+    d = make(reactor, max_forks=0, precall="tests.dispatch.no_such_module:hook")
+    r = result(d.dispatch(sample.add, 1, 2))
+    assert r.error is not None and r.error.type == "ModuleNotFoundError"

@@ -693,13 +693,13 @@ class PreforkDispatcher(Service):
     ) -> defer.Deferred[TaskResult]:
         task = _Task(name, params, target, b"", upon_result, None, self._now())
         task.started_at = task.queued_at
-        if self._inline_hooks is None:
-            self._inline_hooks = (
-                tasks.load_path(self.precall) if self.precall else None,
-                tasks.load_path(self.postcall) if self.postcall else None,
-            )
-        precall, postcall = self._inline_hooks
         try:
+            if self._inline_hooks is None:
+                self._inline_hooks = (
+                    tasks.load_path(self.precall) if self.precall else None,
+                    tasks.load_path(self.postcall) if self.postcall else None,
+                )
+            precall, postcall = self._inline_hooks
             func = self._inline.get(target)
             if func is None:
                 func = self._inline[target] = tasks.resolve(target, self.classes)
