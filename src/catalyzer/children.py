@@ -15,9 +15,11 @@ control channel, and what to do when it ends are the caller's business.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -114,6 +116,18 @@ def kill(pid: int, signum: int) -> None:
     """``os.kill`` that ignores a process already gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def exit_at_interpreter_exit(status: int) -> None:
+    """End the process with ``status`` once twistd has finished, without waiting for threads
+    that may still be stuck in application code (twistd itself would exit 0, or by signal)."""
+    atexit.register(_exit_now, status)
+
+
+def _exit_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def set_title(title: str) -> None:

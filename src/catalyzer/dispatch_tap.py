@@ -12,7 +12,6 @@ own, below; ``--help`` shows them.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import signal
@@ -27,6 +26,7 @@ from twisted.python import usage
 from twisted.web import server, xmlrpc
 
 from catalyzer import signals, tasks
+from catalyzer.children import exit_at_interpreter_exit
 from catalyzer.dispatch import PreforkDispatcher
 from catalyzer.tasks import TaskResult
 
@@ -215,14 +215,8 @@ def _halt(reactor: Any, reason: str) -> None:
     if stream is not None:
         stream.write(f"catalyzer-dispatch: {reason}\n")
         stream.flush()
-    atexit.register(_hard_exit, 3)
+    exit_at_interpreter_exit(3)
     if reactor.running:
         reactor.stop()
     else:
         reactor.callWhenRunning(reactor.stop)
-
-
-def _hard_exit(status: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

@@ -18,7 +18,6 @@ TTIN   one worker more; TTOU: one fewer
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import signal
@@ -36,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from catalyzer import control, signals, trace
-from catalyzer.children import ChildProcess, spawn_child
+from catalyzer.children import ChildProcess, exit_at_interpreter_exit, spawn_child
 from catalyzer.children import kill as _kill
 from catalyzer.children import set_title as _set_title
 from catalyzer.dispatch import describe_all
@@ -563,7 +562,7 @@ class MasterService(Service):
             if stream is not None:
                 stream.write(f"catalyzer: {reason}\n")
                 stream.flush()
-            atexit.register(_hard_exit, status)
+            exit_at_interpreter_exit(status)
         else:
             log.info("{reason}: exiting", reason=reason)
         for process in list(self.processes.values()):
@@ -599,9 +598,3 @@ def _family(port: Any) -> str:
     if isinstance(host, UNIXAddress):
         return "UNIX"
     raise ValueError(f"cannot pass a {type(host).__name__} listener to workers")
-
-
-def _hard_exit(status: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

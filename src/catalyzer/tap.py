@@ -7,10 +7,8 @@ with one line on stderr and a non-zero status, before anything is bound.
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
-import sys
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -20,6 +18,7 @@ from twisted.python import usage
 
 from catalyzer import signals
 from catalyzer.appspec import AppSpecError, load_app
+from catalyzer.children import exit_at_interpreter_exit
 from catalyzer.configfile import load_config_file
 from catalyzer.dispatch import describe_all
 from catalyzer.dispatch import running as running_dispatchers
@@ -274,13 +273,7 @@ class _Root(MultiService):
         def done(result: object) -> object:
             if not self.http.clean_exit:
                 # Threads may still be stuck inside the app; don't wait for them at exit.
-                atexit.register(_hard_exit, 1)
+                exit_at_interpreter_exit(1)
             return result
 
         return d.addBoth(done)
-
-
-def _hard_exit(status: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)

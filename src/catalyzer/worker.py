@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from catalyzer import control, trace
+from catalyzer.children import set_title
 from catalyzer.dispatch import describe_all
 from catalyzer.protocol import describe_connections
 from catalyzer.scoreboard import Scoreboard
@@ -90,7 +91,7 @@ class Worker:
         self.generation = int(spec["generation"])
         self.config = Config.from_values(spec["settings"])
         config = self.config
-        _set_title(f"catalyzer worker {self.slot} [{config.app}]")
+        set_title(f"catalyzer worker {self.slot} [{config.app}]")
         self.broken_files: list[str] = []
         try:
             app = load_app(config.app, os.getcwd())
@@ -255,14 +256,6 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _set_title(title: str) -> None:
-    try:
-        from setproctitle import setproctitle
-    except ImportError:
-        return
-    setproctitle(title)
 
 
 def main() -> None:
