@@ -249,8 +249,16 @@ class _Root(MultiService):
         self.reactor.callWhenRunning(
             signals.install,
             self.reactor,
-            {signal.SIGTERM: self._graceful_stop, signal.SIGINT: self._quick_stop},
+            {
+                signal.SIGTERM: self._graceful_stop,
+                signal.SIGINT: self._quick_stop,
+                signal.SIGUSR1: self._dump,
+            },
         )
+
+    def _dump(self) -> None:
+        text = _with_dispatchers(describe_connections(self.http.server))
+        log.info("state of pid {pid}: {text}", pid=os.getpid(), text=text)
 
     def _graceful_stop(self) -> None:
         log.info("SIGTERM: finishing requests in flight, then exiting")

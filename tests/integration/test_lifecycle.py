@@ -137,3 +137,18 @@ def test_sigint_does_not_wait_for_requests_in_flight(start_server: Launcher) -> 
     finally:
         conn.close()
     assert status == 1, server.log()
+
+
+def test_sigusr1_dumps_state_and_keeps_serving(start_server: Launcher) -> None:
+    server = start_server()
+    conn = server.connection()
+    try:
+        conn.request("GET", "/hello")
+        conn.getresponse().read()
+        local_port = conn.sock.getsockname()[1]
+        server.send_signal(signal.SIGUSR1)
+        # Single process: its own view; prefork: the master's table and each worker's view.
+        server.wait_for_log(rf"127\.0\.0\.1:{local_port}: idle; 1 requests")
+    finally:
+        conn.close()
+    assert server.request("GET", "/hello")[0] == 200
