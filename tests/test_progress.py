@@ -128,10 +128,12 @@ def test_polls_can_be_answered_elsewhere_in_order() -> None:
         b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     assert conn.output() == b""  # the pipelined request waits its turn
+    conn.send(b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n")  # arrives while still waiting
+    assert conn.output() == b""
     pending[0].callback({"state": "uploading", "received": 7, "size": 9})
     out = conn.output()
-    assert statuses(out) == [200, 200]
-    assert out.index(b'"received": 7') < out.index(b"/after")
+    assert statuses(out) == [200, 200, 200]
+    assert out.index(b'"received": 7') < out.index(b"/after") < out.index(b"/later")
 
 
 def test_upload_id_sources() -> None:

@@ -117,7 +117,7 @@ class ServerState:
         if config.progress_path:
             registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
             self.progress = ProgressTracker(registry, clock)
-        self._progress_path = config.progress_path.encode("latin-1")
+        self.progress_path = config.progress_path.encode("latin-1")
         # In a prefork worker: polls are answered from the master's view (a Deferred entry).
         self.progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None
         # Set in prefork workers: where the master watches for requests stuck in the app.
@@ -405,20 +405,19 @@ class HTTPChannel(Protocol):
                             self._arm_idle()
                     return
                 if event is SEND_CONTINUE:
-                    self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+                    self.write(_CONTINUE)
                 elif isinstance(event, ProtocolError):
                     self._protocol_error(event)
                 elif isinstance(event, Request):
                     self._start(event)
         finally:
             self._in_next = False
-        self._awaiting = False  # a server-made answer is on its way (progress from the master)
 
     def _start(self, request: Request) -> None:
         self.requests += 1
         server = self.server
         if server.progress is not None and (
-            request.target.partition(b"?")[0] == server._progress_path
+            request.target.partition(b"?")[0] == server.progress_path
         ):
             self._answer_progress(request, server.progress)
             return
@@ -495,7 +494,7 @@ class HTTPChannel(Protocol):
         content_type: str = "text/plain; charset=utf-8",
     ) -> None:
         keep_alive = request.keep_alive and self.keep_alive_allowed
-        self.transport.write(  # type: ignore[union-attr]
+        self.write(
             simple_response(
                 status,
                 reason,
@@ -518,9 +517,7 @@ class HTTPChannel(Protocol):
         )
         body = f"{error.status} {error.reason}\n".encode()
         self.server.metrics.observe(error.status, 0.0, len(body))
-        self.transport.write(  # type: ignore[union-attr]
-            simple_response(error.status, error.reason, self.server.date(), body)
-        )
+        self.write(simple_response(error.status, error.reason, self.server.date(), body))
         self._close()
 
     def response_finished(self, response: WSGIResponse, keep_alive: bool) -> None:
