@@ -257,9 +257,7 @@ class WSGIResponse:
             self._stall = self.server.clock.callLater(
                 self.server.config.write_timeout, self._stalled
             )
-        if self._cond is not None:
-            with self._cond:
-                pass  # the thread re-checks _paused under the lock before its next hand-off
+        # In thread mode the worker thread sees _paused before its next hand-off (_post).
 
     def resumeProducing(self) -> None:
         self._paused = False

@@ -83,7 +83,7 @@ class WorkerControl(control.QuietAMP):
 class Worker:
     def __init__(self, spec: Mapping[str, Any], reactor: Any) -> None:
         from catalyzer.appspec import AppSpecError, load_app
-        from catalyzer.protocol import HTTPFactory, ServerState
+        from catalyzer.protocol import ServerState
         from catalyzer.service import HTTPService
 
         self.reactor = reactor
@@ -113,10 +113,9 @@ class Worker:
         self.max_requests = limit
         self.retiring = False
         self.server.on_response = self._count_response
-        factory = HTTPFactory(self.server)
         endpoints: list[tuple[str, Any]] = []
         for listener in spec["listeners"]:
-            endpoints.append((listener["description"], _Adopted(reactor, listener, factory)))
+            endpoints.append((listener["description"], _Adopted(reactor, listener)))
         self.service = HTTPService(self.server, endpoints, reactor)
         self.control: WorkerControl | None = None
         self._modules_seen = 0
@@ -126,8 +125,9 @@ class Worker:
         self.service.privilegedStartService()
         self.service.startService()
         for port in self.service.ports:
-            # One accept per wake-up: connections spread over the workers sharing the socket
-            # instead of the first to wake taking a whole burst.
+            # One accept per wake-up, for sockets all workers share (unix, systemd): a burst is
+            # spread over the workers awake instead of going to the first. (TCP endpoints have a
+            # socket per worker slot: see master._Listener.)
             if hasattr(port, "numberAccepts"):
                 port.numberAccepts = 1
         ctl = protocol.Factory()
@@ -136,7 +136,8 @@ class Worker:
         os.close(self._control_fd)
         self.reactor.callLater(0, self._say_ready)
         if self.server.progress is not None:
-            # Our uploads' progress goes to the master ten times a second, for the other workers.
+            # Our uploads' progress goes to the master ten times a second; every worker's polls
+            # are answered from the master's view (_query_progress).
             self.server.progress.share = True
             self.server.progress_source = self._query_progress
             sender = LoopingCall(self._send_progress)
@@ -144,7 +145,7 @@ class Worker:
             sender.start(0.1, now=False)
 
     def _query_progress(self, upload_id: str) -> Any:
-        proto = self._protocol()
+        proto = self.control
         if proto is None:
             from twisted.internet import defer
 
@@ -154,22 +155,19 @@ class Worker:
 
     def _send_progress(self) -> None:
         tracker = self.server.progress
-        proto = self._protocol()
+        proto = self.control
         if tracker is None or proto is None or not tracker.outbox:
             return
         proto.callRemote(control.Progress, entries=json.dumps(tracker.take_outbox()))
 
     def _say_ready(self) -> None:
-        proto = self._protocol()
+        proto = self.control
         if proto is not None:
             proto.callRemote(control.Ready, pid=os.getpid())
             self._heartbeat()
 
-    def _protocol(self) -> WorkerControl | None:
-        return self.control
-
     def _heartbeat(self) -> None:
-        proto = self._protocol()
+        proto = self.control
         if proto is None:
             return
         proto.callRemote(control.Heartbeat, stats=json.dumps(self.stats()))
@@ -209,7 +207,7 @@ class Worker:
             and (self.server.requests_served >= self.max_requests)
         ):
             self.retiring = True
-            proto = self._protocol()
+            proto = self.control
             if proto is not None:
                 proto.callRemote(control.Retire, reason="max-requests")
 
@@ -228,10 +226,9 @@ class Worker:
 class _Adopted:
     """An endpoint for a listening socket inherited from the master."""
 
-    def __init__(self, reactor: Any, listener: Mapping[str, Any], factory: Any) -> None:
+    def __init__(self, reactor: Any, listener: Mapping[str, Any]) -> None:
         self.reactor = reactor
         self.listener = listener
-        self.factory = factory
 
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
