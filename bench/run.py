@@ -1404,7 +1404,7 @@ def _prefork_section(data: dict[str, Any]) -> list[str]:
 
 
 def _strip_log_prefix(line: str) -> str:
-    """``2026-...+0000 [catalyzer.master#info] text`` -> ``text``."""
+    """``2026-...+0000 [catalyzer.prefork.master#info] text`` -> ``text``."""
     return re.sub(r"^\S+ \[[^\]]*\] ", "", line)
 
 

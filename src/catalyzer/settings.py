@@ -79,7 +79,7 @@ def _positive_seconds(text: str) -> float:
 
 def _app_spec(text: str) -> str:
     # Only the shape is checked here; importing happens where the app will run.
-    from catalyzer.appspec import parse_app_spec
+    from catalyzer.wsgi.appspec import parse_app_spec
 
     parse_app_spec(text)
     return text

@@ -16,15 +16,14 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from catalyzer import signals
-from catalyzer.appspec import AppSpecError, load_app
-from catalyzer.children import exit_at_interpreter_exit
 from catalyzer.configfile import load_config_file
-from catalyzer.dispatch import describe_all
-from catalyzer.dispatch import running as running_dispatchers
-from catalyzer.protocol import ServerState, describe_connections
-from catalyzer.service import HTTPService
+from catalyzer.ops.introspection import registry as introspection
+from catalyzer.process import signals
+from catalyzer.process.children import exit_at_interpreter_exit
+from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
+from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer")
 
@@ -59,7 +58,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         self.repeated: dict[str, list[str]] = {}
-        super().__init__()
+        usage.Options.__init__(self)
         self.config: Config | None = None
         self.endpoints: list[tuple[str, Any]] = []
 
@@ -132,18 +131,18 @@ def makeService(options: Options) -> Service:
 
     if config.procs > 1 or config.reload:
         # The master never imports the app: a broken app cannot take it down.
-        from catalyzer.master import MasterService
+        from catalyzer.prefork.master import MasterService
 
         master = MasterService(config, options.endpoints, reactor)
         root = MultiService()
-        master.setServiceParent(root)
+        Service.setServiceParent(master, root)
         namespace: dict[str, object] = {
             "workers": lambda: master.status()["workers"],
             "dump": master.dump_text,
             "stats": master.status,
             "reload": master.reload,
             "master": master,
-            "dispatchers": running_dispatchers,
+            "dispatchers": lambda: introspection.running("dispatchers"),
         }
         _add_operations(root, config, master, reactor, namespace)
         return root
@@ -165,7 +164,7 @@ def makeService(options: Options) -> Service:
         "stats": status.status,
         "reload": _no_reload,
         "server": server,
-        "dispatchers": running_dispatchers,
+        "dispatchers": lambda: introspection.running("dispatchers"),
     }
     _add_operations(root, config, status, reactor, names)
     return root
@@ -173,7 +172,7 @@ def makeService(options: Options) -> Service:
 
 def _with_dispatchers(text: str) -> str:
     """``text`` and the state of the task dispatchers running in this process, if any."""
-    dispatchers = describe_all()
+    dispatchers = introspection.describe_all()
     return f"{text}\n{dispatchers}" if dispatchers else text
 
 
@@ -208,7 +207,7 @@ def _add_operations(
     """The stats endpoint (served by catalyzer's own engine) and the manhole."""
     if config.manhole:
         try:
-            from catalyzer.manhole import make_manhole_service
+            from catalyzer.ops.manhole import make_manhole_service
 
             manhole = make_manhole_service(
                 config.manhole, namespace, reactor, config.manhole_keys or None
@@ -222,7 +221,7 @@ def _add_operations(
         manhole.setServiceParent(root)
     if not config.stats:
         return
-    from catalyzer.statusapp import make_status_app
+    from catalyzer.ops.statusapp import make_status_app
 
     try:
         endpoint = endpoints.serverFromString(reactor, with_backlog(config.stats, 64))
@@ -231,21 +230,21 @@ def _add_operations(
     server = ServerState(
         make_status_app(source), config.replace(access_log="off", threads=0), reactor
     )
-    HTTPService(server, [(config.stats, endpoint)], reactor).setServiceParent(root)
+    Service.setServiceParent(HTTPService(server, [(config.stats, endpoint)], reactor), root)
 
 
 class _Root(MultiService):
     """Owns the process-level behaviour: signals and the exit status."""
 
     def __init__(self, http: HTTPService, reactor: Any) -> None:
-        super().__init__()
+        MultiService.__init__(self)
         self.http = http
         self.reactor = reactor
         self._stopping = False
-        http.setServiceParent(self)
+        Service.setServiceParent(http, self)
 
     def startService(self) -> None:
-        super().startService()
+        MultiService.startService(self)
         self.reactor.callWhenRunning(
             signals.install,
             self.reactor,
@@ -276,7 +275,7 @@ class _Root(MultiService):
             self.reactor.stop()
 
     def stopService(self) -> Any:
-        d = super().stopService()
+        d = MultiService.stopService(self)
 
         def done(result: object) -> object:
             if not self.http.clean_exit:

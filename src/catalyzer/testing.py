@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from catalyzer.protocol import HTTPChannel, ServerState
+from catalyzer.server.channel import HTTPChannel, ServerState
 from catalyzer.settings import BY_NAME, Config
-from catalyzer.wsgitypes import WSGIApp
+from catalyzer.wsgi.types import WSGIApp
 
 __all__ = ["InMemoryConnection", "InMemoryServer"]
 
@@ -34,7 +35,7 @@ class InMemoryConnection:
             peerAddress=IPv4Address("TCP", "127.0.0.1", port),
         )
         self.channel = HTTPChannel(server)
-        self.channel.makeConnection(self.transport)
+        Protocol.makeConnection(self.channel, self.transport)
         self._read = 0
 
     def send(self, data: bytes) -> None:

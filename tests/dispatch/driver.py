@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from catalyzer.dispatch import PreforkDispatcher
-from catalyzer.tasks import SerializationError, TaskResult
+from catalyzer.dispatch.tasks import SerializationError, TaskResult
 from tests.dispatch import tasks as t
 
 WATCHDOG = 30.0
@@ -57,7 +57,7 @@ def summary(r: TaskResult) -> dict[str, Any]:
 def make(**kw: Any) -> PreforkDispatcher:
     kw.setdefault("talkback", lambda line: print(line, file=sys.stderr))
     kw.setdefault("verbose", 1)
-    d = PreforkDispatcher(**kw)
+    d = PreforkDispatcher(reactor=reactor, **kw)
     d.startService()
     return d
 

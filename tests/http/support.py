@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from catalyzer.http11 import Limits, ProtocolError, Request, RequestReader, SendContinue
+from catalyzer.http.reader import Limits, ProtocolError, Request, RequestReader, SendContinue
 
 SECOND = b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"
 

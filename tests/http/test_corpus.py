@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from catalyzer.http11 import Request, RequestReader
+from catalyzer.http.reader import Request, RequestReader
 from catalyzer.testing import InMemoryConnection, InMemoryServer
 from tests.http.support import (
     SECOND,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalyzer.http11 import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
+from catalyzer.http.reader import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
 from catalyzer.testing import InMemoryServer
 from tests.http.support import (
     SECOND,

@@ -48,7 +48,7 @@ _LISTENING = re.compile(r"listening on (?P<description>\S+) \((?P<address>.*)\)\
 _WORKER_LINE = re.compile(r"\[worker \d+ pid \d+\] ")
 # The master's line for a worker that finished booting (prefork mode).
 READY = re.compile(
-    r"\[catalyzer\.master#\w+\] worker (?P<slot>\d+) \(pid (?P<pid>\d+)\) ready$", re.M
+    r"\[catalyzer\.prefork\.master#\w+\] worker (?P<slot>\d+) \(pid (?P<pid>\d+)\) ready$", re.M
 )
 _PORT = re.compile(r"port=(\d+)")
 _HOST = re.compile(r"host='([^']*)'")

@@ -11,7 +11,7 @@ catalyzer = ServiceMaker(
 )
 catalyzer_dispatch = ServiceMaker(
     "catalyzer-dispatch",
-    "catalyzer.dispatch_tap",
+    "catalyzer.dispatch.tap",
     "A preforking task dispatcher: a module's functions over XML-RPC, run in child processes.",
     "catalyzer-dispatch",
 )

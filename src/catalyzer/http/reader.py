@@ -1,0 +1,461 @@
+"""The request side of an HTTP/1.1 connection, without sockets: bytes in, events out.
+
+httptools (llhttp) tokenises and already refuses most malformed framing (Content-Length with
+Transfer-Encoding, duplicate or non-decimal Content-Length, bad chunk sizes, bare CR/LF, obs-fold,
+invalid tokens, control bytes in values). This layer adds what llhttp leaves to the server: size
+limits, Host rules, the version policy, the Transfer-Encoding policy, ``Expect``, a body spooled to
+memory or a temporary file, and strict ordering of what the connection must do next.
+
+Usage::
+
+    conn = RequestReader(limits)
+    conn.receive_data(data)
+    while (event := conn.next_event()) is not None:
+        ...  # Request, SendContinue or ProtocolError, in the order they must be acted on
+
+After a :class:`ProtocolError`, or a request after which the connection must close, nothing more is
+read: a second request can never be smuggled behind a bad or final one.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from typing import IO, Final, Protocol
+
+import httptools
+
+from catalyzer.http.progress import upload_id_from
+
+__all__ = [
+    "Limits",
+    "ProtocolError",
+    "Request",
+    "RequestReader",
+    "SendContinue",
+]
+
+STATUS_REASONS: Final = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    505: "HTTP Version Not Supported",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_line: int = 8190
+    max_headers: int = 100
+    max_header_bytes: int = 65536
+    max_body: int = 1024**3
+    max_chunk_line: int = 4096
+    body_spool_threshold: int = 1024**2
+
+
+class Request:
+    """One complete request. ``body`` is positioned at 0 and holds exactly the decoded body."""
+
+    __slots__ = (
+        "body",
+        "body_length",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "upload_id",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = "GET"
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.body: IO[bytes] | None = None
+        self.body_length = 0
+        # Set for a request with a body and an X-Progress-ID, when a BodyWatcher is in use.
+        self.upload_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r} HTTP/{self.version}>"
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    """The request cannot be served: answer ``status`` and close. ``detail`` is for the log."""
+
+    status: int
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return STATUS_REASONS.get(self.status, "Bad Request")
+
+
+@dataclass(frozen=True)
+class SendContinue:
+    """The request at the head of the queue waits for ``100 Continue`` before sending its body."""
+
+
+SEND_CONTINUE: Final = SendContinue()
+
+Event = Request | ProtocolError | SendContinue
+
+
+class BodyWatcher(Protocol):
+    """Told about the bodies of requests that carry an upload id (upload progress)."""
+
+    def started(self, request: Request) -> None: ...
+
+    def progress(self, request: Request, received: int) -> None: ...
+
+    def finished(self, request: Request) -> None: ...
+
+    def failed(self, request: Request, status: int | None) -> None:
+        """``status`` is the error answered, or None when the client went away."""
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+_SLICE: Final = 1024
+
+# Phases whose bytes llhttp or httptools buffer without a callback telling us how many.
+_IDLE, _HEAD, _BODY, _CHUNK_LINE = range(4)
+
+_ALLOWED_VERSIONS: Final = frozenset(("1.1", "1.0"))
+_HOST_CHARS: Final = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+;=:[]%"
+)
+
+
+class RequestReader:
+    """Parses one connection's incoming bytes into :data:`Event` objects.
+
+    A ``watcher`` is told how the bodies of requests carrying an upload id arrive.
+    """
+
+    def __init__(self, limits: Limits = Limits(), watcher: BodyWatcher | None = None) -> None:
+        self.limits = limits
+        self._watcher = watcher
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[Event] = deque()
+        self._request: Request | None = None
+        self._phase = _IDLE
+        self._phase_bytes = 0
+        self._head_limit = limits.max_header_bytes + limits.max_request_line
+        self._small = min(self._head_limit, limits.max_chunk_line)
+        self._url_bytes = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        # Set once nothing more may be read: after an error or a connection-closing request.
+        self._stopped = False
+        self.completed_requests = 0
+
+    # -- public
+
+    @property
+    def stopped(self) -> bool:
+        """True once the connection will read no further request."""
+        return self._stopped
+
+    @property
+    def queued(self) -> int:
+        """Complete requests waiting to be taken with :meth:`next_event`."""
+        return sum(1 for e in self._events if isinstance(e, Request))
+
+    @property
+    def in_headers(self) -> bool:
+        """A request has begun and its header section is not complete yet."""
+        return self._phase == _HEAD
+
+    @property
+    def in_body(self) -> bool:
+        """A request's headers are complete and its body is still arriving."""
+        return self._phase in (_BODY, _CHUNK_LINE)
+
+    @property
+    def current(self) -> Request | None:
+        """The request whose bytes are being read, if any."""
+        return self._request
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def receive_data(self, data: bytes) -> None:
+        if self._stopped or not data:
+            return
+        size = len(data)
+        if self._phase == _IDLE and size <= self._small:
+            # The common case: a read too small for any header section or chunk-size line in
+            # it to break a limit.
+            self._feed(data)
+            self._after_small_read(data)
+            return
+        # llhttp does not say where in the input a phase begins, so the input is cut after
+        # every line end (and every _SLICE bytes): each request line, header line and chunk-size
+        # line then starts a slice, and limits are checked exactly before the bytes go in. A
+        # Content-Length body goes through in one piece, sized exactly.
+        view = memoryview(data)
+        find = data.find
+        pos = 0
+        while pos < size and not self._stopped:
+            phase = self._phase
+            request = self._request
+            if phase == _BODY and request is not None and not request.chunked:
+                end = pos + max(1, (request.content_length or 0) - request.body_length)
+            elif phase == _IDLE and size - pos <= self._small:
+                self._feed(view[pos:])
+                self._after_small_read(data[pos:])
+                return
+            else:
+                nl = find(b"\n", pos, pos + _SLICE)
+                end = nl + 1 if nl >= 0 else pos + _SLICE
+            n = min(end, size) - pos
+            if phase == _IDLE:
+                self._phase_bytes = 0
+            if phase in (_IDLE, _HEAD):
+                if self._phase_bytes + n > self._head_limit:
+                    self._fail(431, "header section too large")
+                    return
+            elif phase == _CHUNK_LINE and self._phase_bytes + n > self.limits.max_chunk_line:
+                self._fail(400, "chunk-size line too long")
+                return
+            self._phase_bytes += n
+            self._feed(view[pos : pos + n])
+            pos += n
+            if self._phase != phase and not (phase == _IDLE and self._phase == _HEAD):
+                self._phase_bytes = 0
+            if self._phase == _HEAD and data[pos - 1] == 10:  # a line ended
+                self._check_version()
+
+    def _after_small_read(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _HEAD:
+            # Over-counts by what preceded the message in this read: at most one small read.
+            self._phase_bytes = len(data)
+            if data[-1:] == b"\n":
+                self._check_version()
+        elif phase == _CHUNK_LINE:
+            # A chunk-size line starts after a line end: exact.
+            self._phase_bytes = len(data) - data.rfind(b"\n") - 1
+
+    def _check_version(self) -> None:
+        if self._header_count == 0 and self._parser.get_http_version() == "0.0":
+            # "GET /" with no version (HTTP/0.9): llhttp would wait for headers that never come.
+            self._fail(505, "HTTP/0.9 is not supported")
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops at the end of an Upgrade or CONNECT request. The request was queued by
+            # on_message_complete; a WSGI server does not switch protocols, so it is the last one.
+            self._stop()
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Reject):
+                self._fail(cause.status, cause.detail)
+            elif not self._stopped:
+                raise
+            return
+        except httptools.HttpParserError as e:
+            if not self._stopped:
+                self._fail(self._status_for(e), _describe(e))
+
+    def receive_eof(self) -> None:
+        """The peer finished sending. A request cut short is dropped: nobody is left to answer."""
+        self._stop()
+
+    def fail(self, status: int, detail: str) -> None:
+        """End reading with an error decided outside the parser (a timeout, for instance)."""
+        if not self._stopped:
+            self._fail(status, detail)
+
+    # -- internals
+
+    def _stop(self, status: int | None = None) -> None:
+        self._stopped = True
+        request = self._request
+        if self._phase != _IDLE and request is not None:
+            if request.upload_id is not None and self._watcher is not None:
+                self._watcher.failed(request, status)
+            if request.body is not None:
+                request.body.close()
+        self._request = None
+        self._phase = _IDLE
+
+    def _fail(self, status: int, detail: str) -> None:
+        self._stop(status)
+        self._events.append(ProtocolError(status, detail))
+
+    def _status_for(self, e: httptools.HttpParserError) -> int:
+        if isinstance(e, httptools.HttpParserInvalidMethodError):
+            return 501
+        text = str(e)
+        if text == "Invalid HTTP version" or "PRI" in text:
+            # "HTTP/1.2" and the HTTP/2 preface are versions we do not speak; anything else
+            # wrong around the version is a malformed request line.
+            return 505
+        if "Content-Length overflow" in text:
+            return 413
+        return 400
+
+    def _enter(self, phase: int) -> None:
+        self._phase = phase
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._request = Request()
+        self._url_bytes = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        self._enter(_HEAD)
+
+    def on_url(self, piece: bytes) -> None:
+        assert self._request is not None
+        self._url_bytes += len(piece)
+        if self._url_bytes > self.limits.max_request_line:
+            raise _Reject(414, f"request target longer than {self.limits.max_request_line} bytes")
+        self._request.target += piece
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._request
+        assert request is not None
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_count > self.limits.max_headers:
+            raise _Reject(431, f"more than {self.limits.max_headers} header fields")
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, f"header fields larger than {self.limits.max_header_bytes} bytes")
+        if self._phase != _HEAD:
+            return  # a trailer field: counted against the limits, not given to the app
+        value = value.strip(b" \t")
+        request.headers.append((name, value))
+        lname = name.lower()
+        if lname == b"host":
+            if request.host is not None:
+                raise _Reject(400, "more than one Host header")
+            if not set(value) <= _HOST_CHARS:
+                raise _Reject(400, "malformed Host header")
+            request.host = value
+        elif lname == b"transfer-encoding":
+            codings = [c.strip(b" \t").lower() for c in value.split(b",")]
+            if (
+                request.chunked
+                or codings.count(b"chunked") > 1
+                or (b"chunked" in codings and codings[-1] != b"chunked")
+            ):
+                raise _Reject(400, "Transfer-Encoding must end in a single 'chunked'")
+            if codings != [b"chunked"]:
+                raise _Reject(501, f"unsupported transfer coding {value!r}")
+            request.chunked = True
+        elif lname == b"content-length":
+            # llhttp has already refused signs, lists, spaces, duplicates and overflow.
+            request.content_length = int(value)
+        elif lname == b"expect":
+            if value.lower() != b"100-continue":
+                raise _Reject(417, f"unsupported expectation {value!r}")
+            request.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        request = self._request
+        assert request is not None
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in _ALLOWED_VERSIONS:
+            raise _Reject(505, f"HTTP/{version} is not supported")
+        request.version = version
+        request.method = parser.get_method().decode("ascii")
+        if request.method == "CONNECT":
+            raise _Reject(501, "CONNECT is not supported")
+        if version == "1.1":
+            if request.host is None:
+                raise _Reject(400, "HTTP/1.1 request without Host")
+        else:
+            if request.chunked:
+                raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+            request.expect_continue = False  # RFC 9110 10.1.1: ignored for HTTP/1.0
+        request.upgrade = parser.should_upgrade()
+        # We never switch protocols, and llhttp reads nothing after an upgrade request.
+        request.keep_alive = parser.should_keep_alive() and not request.upgrade
+        length = request.content_length
+        has_body = request.chunked or bool(length)
+        if has_body and self._watcher is not None:
+            request.upload_id = upload_id_from(request.target, request.headers)
+            if request.upload_id is not None:
+                self._watcher.started(request)
+        if length is not None and length > self.limits.max_body:
+            raise _Reject(413, f"declared body of {length} bytes exceeds {self.limits.max_body}")
+        if request.upgrade and has_body:
+            raise _Reject(400, "Upgrade request with a body is not supported")
+        if not has_body:
+            request.expect_continue = False
+            self._enter(_BODY)
+            return
+        if length is not None and length <= self.limits.body_spool_threshold:
+            request.body = io.BytesIO()
+        else:
+            request.body = tempfile.SpooledTemporaryFile(self.limits.body_spool_threshold)  # noqa: SIM115
+        if request.expect_continue:
+            self._events.append(SEND_CONTINUE)
+        self._enter(_CHUNK_LINE if request.chunked else _BODY)
+
+    def on_body(self, data: bytes) -> None:
+        request = self._request
+        assert request is not None and request.body is not None
+        request.body_length += len(data)
+        if request.body_length > self.limits.max_body:
+            raise _Reject(413, f"body exceeds {self.limits.max_body} bytes")
+        request.body.write(data)
+        if request.upload_id is not None and self._watcher is not None:
+            self._watcher.progress(request, request.body_length)
+
+    def on_chunk_header(self) -> None:
+        self._enter(_BODY)
+
+    def on_chunk_complete(self) -> None:
+        self._enter(_CHUNK_LINE)
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        assert request is not None
+        if request.body is not None:
+            request.body.seek(0)
+        if request.upload_id is not None and self._watcher is not None:
+            self._watcher.finished(request)
+        self._request = None
+        self._phase = _IDLE
+        self.completed_requests += 1
+        self._events.append(request)
+        if not request.keep_alive or request.upgrade:
+            # Whatever follows is not read: llhttp would refuse it as data after close anyway.
+            self._stopped = True
+
+
+def _describe(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -1,0 +1,279 @@
+"""A prefork worker: ``python -m catalyzer.prefork.worker``, spawned by the master (never by hand).
+
+It is a fresh interpreter: it imports the application, adopts the listening sockets the master
+passed as file descriptors, says Ready over its control channel, and serves like the single-process
+server. Its log goes to stderr, which the master reads and tags with the worker's number.
+
+The master passes its settings as JSON in ``CATALYZER_WORKER`` (see :func:`catalyzer.prefork.control.worker_environment`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from catalyzer.ops import trace
+from catalyzer.ops.introspection import registry as introspection
+from catalyzer.prefork import control
+from catalyzer.process.children import set_title
+from catalyzer.process.scoreboard import Scoreboard
+from catalyzer.server.channel import describe_connections
+from catalyzer.settings import Config
+
+log = Logger(namespace="catalyzer.prefork.worker")
+
+
+class WorkerControl(control.QuietAMP):
+    """The worker's end of the control channel."""
+
+    def __init__(self, worker: Worker) -> None:
+        amp.AMP.__init__(self)
+        self.worker = worker
+
+    def connectionMade(self) -> None:
+        amp.AMP.connectionMade(self)
+        self.worker.control = self
+
+    @control.Dump.responder
+    def dump(self) -> dict[str, str]:
+        return {"text": self.worker.describe()}
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # The master is gone: nobody supervises us any more; stop serving gracefully.
+        self.worker.master_lost()
+
+
+class Worker:
+    def __init__(self, spec: Mapping[str, Any], reactor: Any) -> None:
+        from catalyzer.server.channel import ServerState
+        from catalyzer.server.service import HTTPService
+        from catalyzer.wsgi.appspec import AppSpecError, load_app
+
+        self.reactor = reactor
+        self.slot = int(spec["slot"])
+        self.generation = int(spec["generation"])
+        self.config = Config.from_values(spec["settings"])
+        config = self.config
+        set_title(f"catalyzer worker {self.slot} [{config.app}]")
+        self.broken_files: list[str] = []
+        try:
+            app = load_app(config.app, os.getcwd())
+        except AppSpecError as e:
+            if not config.reload:
+                sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
+                sys.stderr.flush()
+                os._exit(3)
+            from catalyzer.prefork.reloader import error_app, files_in_traceback
+
+            log.error("{error}", error=e)
+            app = error_app(str(e))
+            self.broken_files = files_in_traceback(str(e))
+        self.server = ServerState.from_config(app, config, reactor, multiprocess=True)
+        self.server.scoreboard = Scoreboard(int(spec["scoreboard_fd"]))
+        limit = config.max_requests
+        if limit:
+            limit += random.randint(0, config.max_requests_jitter)
+        self.max_requests = limit
+        self.retiring = False
+        self.server.on_response = self._count_response
+        endpoints: list[tuple[str, Any]] = []
+        for listener in spec["listeners"]:
+            endpoints.append((listener["description"], _Adopted(reactor, listener)))
+        self.service = HTTPService(self.server, endpoints, reactor)
+        self.control: amp.AMP | None = None
+        self._modules_seen = 0
+        self._control_fd = int(spec["control_fd"])
+
+    def start(self) -> None:
+        self.service.privilegedStartService()
+        self.service.startService()
+        for port in self.service.ports:
+            # One accept per wake-up, for sockets all workers share (unix, systemd): a burst is
+            # spread over the workers awake instead of going to the first. (TCP endpoints have a
+            # socket per worker slot: see master._Listener.)
+            if hasattr(port, "numberAccepts"):
+                port.numberAccepts = 1
+        ctl = protocol.Factory()
+        ctl.buildProtocol = lambda addr: WorkerControl(self)  # type: ignore[method-assign]
+        self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
+        os.close(self._control_fd)
+        self.reactor.callLater(0, self._say_ready)
+        if self.server.progress is not None:
+            # Our uploads' progress goes to the master ten times a second; every worker's polls
+            # are answered from the master's view (_query_progress).
+            self.server.progress.share = True
+            self.server.progress_source = self._query_progress
+            sender = LoopingCall(self._send_progress)
+            sender.clock = self.reactor
+            sender.start(0.1, now=False)
+
+    def _query_progress(self, upload_id: str) -> Any:
+        proto = self.control
+        if proto is None:
+            from twisted.internet import defer
+
+            return defer.fail(ConnectionError("no master"))
+        d = proto.callRemote(control.QueryProgress, upload_id=upload_id)
+        return d.addCallback(lambda answer: json.loads(answer["entry"]))
+
+    def _send_progress(self) -> None:
+        tracker = self.server.progress
+        proto = self.control
+        if tracker is None or proto is None or not tracker.outbox:
+            return
+        proto.callRemote(control.Progress, entries=json.dumps(tracker.take_outbox()))
+
+    def _say_ready(self) -> None:
+        proto = self.control
+        if proto is not None:
+            proto.callRemote(control.Ready, pid=os.getpid())
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        proto = self.control
+        if proto is None:
+            return
+        proto.callRemote(control.Heartbeat, stats=json.dumps(self.stats()))
+        if self.config.reload and len(sys.modules) != self._modules_seen:
+            # Report the app's files again when it has imported more (lazy imports).
+            from catalyzer.prefork.reloader import module_files
+
+            self._modules_seen = len(sys.modules)
+            paths = module_files() + self.broken_files
+            if trace.ENABLED:
+                trace.emit("watch", files=len(paths))
+            proto.callRemote(control.Watch, paths=json.dumps(paths))
+        self.reactor.callLater(1.0, self._heartbeat)
+
+    def stats(self) -> dict[str, Any]:
+        server = self.server
+        assert server.scoreboard is not None
+        entered, what = server.scoreboard.read()
+        return {
+            **server.status(),
+            "in_app": what if entered else "",
+            "in_app_since": entered,
+            "rss": _rss(),
+        }
+
+    def describe(self) -> str:
+        head = f"worker {self.slot} pid {os.getpid()} generation {self.generation}: "
+        text = head + describe_connections(self.server)
+        # Task dispatchers the app runs in this worker (catalyzer.dispatch), if any.
+        dispatchers = introspection.describe_all()
+        return f"{text}\n{dispatchers}" if dispatchers else text
+
+    def _count_response(self) -> None:
+        if (
+            self.max_requests
+            and not self.retiring
+            and (self.server.requests_served >= self.max_requests)
+        ):
+            self.retiring = True
+            proto = self.control
+            if proto is not None:
+                proto.callRemote(control.Retire, reason="max-requests")
+
+    def stop(self, quick: bool = False) -> None:
+        if quick:
+            self.server.config = self.server.config.replace(die_timeout=0.0)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def master_lost(self) -> None:
+        if self.reactor.running:
+            log.warn("the master went away: stopping")
+            self.reactor.stop()
+
+
+class _Adopted:
+    """An endpoint for a listening socket inherited from the master."""
+
+    def __init__(self, reactor: Any, listener: Mapping[str, Any]) -> None:
+        self.reactor = reactor
+        self.listener = listener
+
+    def listen(self, factory: Any) -> Any:
+        from twisted.internet import defer
+
+        description = str(self.listener["description"])
+        if description.startswith("ssl:"):
+            from twisted.internet import endpoints
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            endpoint = endpoints.serverFromString(self.reactor, description)
+            # The TLS settings come from the same endpoint description the master parsed.
+            factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+        fd = int(self.listener["fd"])
+        port = self.reactor.adoptStreamPort(fd, control.FAMILIES[self.listener["family"]], factory)
+        os.close(fd)  # adoptStreamPort made its own copy
+        return defer.succeed(port)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def main() -> None:
+    if control.ENV_KEY not in os.environ:
+        raise SystemExit(
+            "catalyzer.prefork.worker is started by the master (twistd catalyzer --procs N), "
+            f"not by hand (it reads its settings from {control.ENV_KEY})"
+        )
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    from catalyzer.ops.logfmt import plain_observer
+    from catalyzer.process import signals
+
+    spec = json.loads(os.environ.pop(control.ENV_KEY))
+    globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
+    # The master asks for our stack with SIGUSR2 when a request hangs past --timeout.
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+    worker = Worker(spec, reactor)
+    reactor.callWhenRunning(worker.start)
+    reactor.callWhenRunning(
+        signals.install,
+        reactor,
+        {
+            signal.SIGTERM: worker.stop,
+            signal.SIGINT: lambda: worker.stop(quick=True),
+            signal.SIGQUIT: lambda: worker.stop(quick=True),
+            signal.SIGHUP: lambda: None,  # reloads are the master's business
+            signal.SIGUSR1: lambda: None,
+        },
+    )
+    stopped: list[bool] = []
+    reactor.addSystemEventTrigger("before", "shutdown", _stop_service, worker, stopped)
+    reactor.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if worker.service.clean_exit else 1)
+
+
+def _stop_service(worker: Worker, stopped: list[bool]) -> Any:
+    if stopped:
+        return None
+    stopped.append(True)
+    return worker.service.stopService()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,695 @@
+"""The Twisted side of an HTTP connection: bytes from the transport into a :class:`RequestReader`,
+complete requests to a :class:`WSGIResponse`, one at a time and in order, and every wait bounded
+by a named timer.
+
+Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on leaving it):
+
+- ``header``: a request's line and headers must arrive within ``header-timeout``, counted from
+  the connection's start for the first request and from the first byte for later ones -> 408.
+- ``body``: every ``body-timeout`` window of a body must bring ``body-min-rate`` bytes/s -> 408.
+- ``idle``: a keep-alive connection with nothing to do closes after ``keepalive-timeout``.
+- ``linger``: a connection we are closing that does not drain its output within
+  ``write-timeout`` is aborted.
+- the response's own ``stall`` timer (``write-timeout``) lives in :mod:`catalyzer.wsgi.response`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import socket
+import threading
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+from twisted.internet import interfaces, tcp
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from catalyzer.http.framing import simple_response
+from catalyzer.http.progress import ProgressRegistry, ProgressTracker, upload_id_from
+from catalyzer.http.reader import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
+from catalyzer.ops import trace
+from catalyzer.ops.accesslog import FileAccessLog
+from catalyzer.ops.metrics import RequestMetrics
+from catalyzer.process.scoreboard import Scoreboard
+from catalyzer.settings import Config
+from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
+from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.response import WSGIResponse
+from catalyzer.wsgi.types import WSGIApp
+
+__all__ = ["HTTPChannel", "HTTPFactory", "ServerState"]
+
+log = Logger(namespace="catalyzer.http")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# On drain, a keep-alive connection idle for less than this may have a request on its way: it is
+# given this long to send one (answered with Connection: close) before it is closed. Clients
+# that send on a just-closed idle connection see an error (wrk does); this makes it rare.
+DRAIN_IDLE_GRACE = 1.0
+_OPTIONS_ALLOW = "Allow: OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE\r\n"
+
+
+class WSGIErrors(io.StringIO):
+    """``wsgi.errors``: each line the application writes becomes one log event."""
+
+    _log = Logger(namespace="catalyzer.app")
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.warn("{line}", line=line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._log.warn("{line}", line=line)
+
+
+class ServerState:
+    """Everything the connections of one process share: the app, settings, clock, open
+    connections and the listening ports (paused while at ``max-connections``)."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        config: Config,
+        clock: interfaces.IReactorTime,
+        *,
+        call_from_thread: Callable[..., None] | None = None,
+        threadpool: ThreadPool | None = None,
+        access_log: FileAccessLog | None = None,
+        multiprocess: bool = False,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.clock = clock
+        self.call_from_thread = call_from_thread
+        self.threadpool = threadpool
+        self.access_log = access_log
+        self.multiprocess = multiprocess
+        self.limits = Limits(
+            max_request_line=config.max_request_line,
+            max_headers=config.max_headers,
+            max_header_bytes=config.max_header_bytes,
+            max_body=config.max_body,
+            max_chunk_line=config.max_chunk_line,
+            body_spool_threshold=config.body_spool_threshold,
+        )
+        self.errors = WSGIErrors()
+        self.progress: ProgressTracker | None = None
+        if config.progress_path:
+            registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
+            self.progress = ProgressTracker(registry, clock)
+        self.progress_path = config.progress_path.encode("latin-1")
+        # In a prefork worker: polls are answered from the master's view (a Deferred entry).
+        self.progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None
+        # Set in prefork workers: where the master watches for requests stuck in the app.
+        self.scoreboard: Scoreboard | None = None
+        # Called after each response (prefork workers count towards max-requests).
+        self.on_response: Callable[[], None] | None = None
+        self.channels: set[HTTPChannel] = set()
+        self.ports: list[Any] = []
+        self.accepting = True
+        self.draining = False
+        self.requests_served = 0
+        self.metrics = RequestMetrics()
+        self._drained: list[Deferred[None]] = []
+        self._date_second = -1
+        self._date = ""
+        self._date_line = b""
+
+    @classmethod
+    def from_config(
+        cls, app: WSGIApp, config: Config, reactor: Any, *, multiprocess: bool = False
+    ) -> ServerState:
+        """The state of a process that serves ``app``: its access log opened (OSError if it
+        cannot be) and, with ``threads``, its thread pool made."""
+        threadpool = None
+        if config.threads:
+            threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
+            # A thread stuck in the app must not keep the process alive past die-timeout.
+            threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
+                threading.Thread, daemon=True
+            )
+        return cls(
+            app,
+            config,
+            reactor,
+            call_from_thread=reactor.callFromThread,
+            threadpool=threadpool,
+            access_log=FileAccessLog.from_setting(config.access_log),
+            multiprocess=multiprocess,
+        )
+
+    def date(self) -> str:
+        now = int(self.clock.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = formatdate(now, usegmt=True)
+            self._date_line = f"Date: {self._date}\r\n".encode("ascii")
+        return self._date
+
+    def date_line(self) -> bytes:
+        """``Date: ...\r\n``, computed once a second."""
+        if int(self.clock.seconds()) != self._date_second:
+            self.date()
+        return self._date_line
+
+    # -- connection accounting
+
+    def connection_made(self, channel: HTTPChannel) -> None:
+        self.channels.add(channel)
+        if self.accepting and len(self.channels) >= self.config.max_connections:
+            self._set_accepting(False)
+            log.warn(
+                "{n} connections open (max-connections): not accepting until one closes",
+                n=len(self.channels),
+            )
+
+    def connection_lost(self, channel: HTTPChannel) -> None:
+        self.channels.discard(channel)
+        if (
+            not self.accepting
+            and not self.draining
+            and (len(self.channels) < self.config.max_connections)
+        ):
+            self._set_accepting(True)
+        if not self.channels and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def _set_accepting(self, on: bool) -> None:
+        self.accepting = on
+        for port in self.ports:
+            # tcp and unix ports are FileDescriptors: not reading means not calling accept().
+            toggle = getattr(port, "startReading" if on else "stopReading", None)
+            if toggle is not None:
+                toggle()
+
+    # -- graceful stop
+
+    def drain(self) -> Deferred[None]:
+        """Close idle connections now and the others after the response in hand. Fires when no
+        connection is left; the caller bounds the wait."""
+        self.draining = True
+        d: Deferred[None] = Deferred()
+        if not self.channels:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+        for channel in list(self.channels):
+            channel.drain()
+        return d
+
+    def status(self) -> dict[str, Any]:
+        """This process's numbers (the ``--stats`` status, and a prefork worker's heartbeat)."""
+        return {
+            "requests": self.requests_served,
+            "connections": len(self.channels),
+            "in_flight": sum(1 for c in self.channels if c.response is not None),
+            "metrics": self.metrics.snapshot(),
+        }
+
+    def abort_all(self) -> None:
+        for channel in list(self.channels):
+            channel.abort("die-timeout reached")
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class HTTPChannel(Protocol):
+    """One client connection."""
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+        self.reader = RequestReader(server.limits, server.progress)
+        self.response: WSGIResponse | None = None
+        self.info: ConnectionInfo | None = None
+        self.closing = False
+        self.disconnected = False
+        self.requests = 0
+        self.opened = 0.0
+        self._reading_paused = False
+        self._got_data = False
+        self._in_next = False
+        self._awaiting = False  # a server-made answer is on its way (progress from the master)
+        self._header_timer: interfaces.IDelayedCall | None = None
+        self._body_timer: interfaces.IDelayedCall | None = None
+        self._body_mark = 0
+        self._idle_timer: interfaces.IDelayedCall | None = None
+        self._idle_since = 0.0
+        self._socket: socket.socket | None = None
+        self._linger_timer: interfaces.IDelayedCall | None = None
+
+    # -- Protocol
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.opened = self.server.clock.seconds()
+        self.info = _connection_info(transport)
+        if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
+            self._socket = transport.socket
+        if trace.ENABLED:
+            trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
+        self.server.connection_made(self)
+        self._header_timer = self._later(self.server.config.header_timeout, self._header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._got_data = True
+        self.server.metrics.bytes_in += len(data)
+        self.reader.receive_data(data)
+        self._after_read()
+
+    def readConnectionLost(self) -> None:
+        # The client half-closed: answer what it sent, then close.
+        self.reader.receive_eof()
+        self._after_read()
+
+    def writeConnectionLost(self) -> None:
+        self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.disconnected = True
+        for name in ("_header_timer", "_body_timer", "_idle_timer", "_linger_timer"):
+            self._cancel(name)
+        if self.response is not None:
+            self.response.abort("client disconnected before the response was complete")
+        self.reader.receive_eof()
+        while (event := self.reader.next_event()) is not None:
+            if isinstance(event, Request) and event.body is not None:
+                event.body.close()
+        self.server.connection_lost(self)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now if the transport has nothing queued, else queue it.
+
+        Twisted's ``write`` always queues and sends on the next reactor turn: for a small
+        response that is an epoll registration, a wake-up and a deregistration per request.
+        When the transport's buffer is empty, sending straight away keeps the order and saves
+        all that; whatever the socket does not take goes through ``transport.write`` as usual.
+        """
+        transport: Any = self.transport
+        sock = self._socket
+        if (
+            sock is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and not transport.disconnecting
+        ):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # let the transport meet the error and report it its own way
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    # -- reading side
+
+    def _after_read(self) -> None:
+        reader = self.reader
+        if reader.in_headers:
+            if self._header_timer is None:
+                self._header_timer = self._later(
+                    self.server.config.header_timeout, self._header_timeout
+                )
+        elif self._header_timer is not None and self._got_data:
+            self._cancel("_header_timer")
+        if reader.in_body:
+            if self._body_timer is None:
+                self._body_mark = 0
+                self._body_timer = self._later(self.server.config.body_timeout, self._body_check)
+        elif self._body_timer is not None:
+            self._cancel("_body_timer")
+        if self.response is None:
+            self._next()
+        elif reader.queued >= self.server.config.max_pipeline or reader.stopped:
+            self._pause_reading()
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.reader.in_headers:
+            self.reader.fail(408, "request headers not received in time")
+            self._after_read()
+        elif not self._got_data:
+            self._close()  # connected and never sent a byte
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        request = self.reader.current
+        if request is None or not self.reader.in_body:
+            return
+        received = request.body_length - self._body_mark
+        window = self.server.config.body_timeout
+        wanted = max(1, int(self.server.config.body_min_rate * window))
+        # While an earlier response is still going out, a client waiting for "100 Continue"
+        # is not late; judge the rate only when this request is the one being served.
+        if received < wanted and self.response is None:
+            self.reader.fail(408, f"request body slower than {wanted} bytes in {window:g}s")
+            self._after_read()
+            return
+        self._body_mark = request.body_length
+        self._body_timer = self._later(window, self._body_check)
+
+    def _pause_reading(self) -> None:
+        transport: Any = self.transport
+        if not self._reading_paused and not self.disconnected and not transport.disconnecting:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.disconnected:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- acting on events, strictly in order
+
+    def _next(self) -> None:
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while (
+                self.response is None
+                and not self._awaiting
+                and not self.disconnected
+                and not self.closing
+            ):
+                event = self.reader.next_event()
+                if event is None:
+                    if self.reader.stopped:
+                        self._close()
+                    else:
+                        self._resume_reading()
+                        if not (self.reader.in_headers or self.reader.in_body):
+                            self._arm_idle()
+                    return
+                if event is SEND_CONTINUE:
+                    self.write(_CONTINUE)
+                elif isinstance(event, ProtocolError):
+                    self._protocol_error(event)
+                elif isinstance(event, Request):
+                    self._start(event)
+        finally:
+            self._in_next = False
+
+    def _start(self, request: Request) -> None:
+        self.requests += 1
+        server = self.server
+        if server.progress is not None and (
+            request.target.partition(b"?")[0] == server.progress_path
+        ):
+            self._answer_progress(request, server.progress)
+            return
+        if request.target == b"*":
+            if request.method == "OPTIONS":
+                self._respond_directly(request, 200, "OK", b"", _OPTIONS_ALLOW)
+            else:
+                self._protocol_error(ProtocolError(400, f"'*' target with {request.method}"))
+            return
+        assert self.info is not None
+        try:
+            environ = build_environ(
+                request,
+                self.info,
+                script_name=server.config.script_name,
+                errors=server.errors,
+                multithread=server.threadpool is not None,
+                multiprocess=server.multiprocess,
+                file_wrapper=FileWrapper,
+            )
+        except BadTarget as e:
+            self._protocol_error(ProtocolError(400, str(e)))
+            return
+        if trace.ENABLED:
+            trace.emit("request-start", method=request.method, target=request.target)
+        self.response = WSGIResponse(self, request, environ)
+        self.response.run()
+
+    def _answer_progress(self, request: Request, progress: ProgressTracker) -> None:
+        upload_id = upload_id_from(request.target, request.headers)
+        source = self.server.progress_source
+        if upload_id is None:
+            entry: dict[str, object] = {
+                "state": "error",
+                "received": 0,
+                "size": None,
+                "status": 400,
+            }
+            self._send_progress(request, entry)
+        elif source is None:
+            now = self.server.clock.seconds()
+            self._send_progress(request, progress.registry.get(upload_id, now))
+        else:
+            self._awaiting = True
+            d = source(upload_id)
+            d.addErrback(lambda f: {"state": "error", "received": 0, "size": None, "status": 503})
+            d.addCallback(lambda entry: self._progress_arrived(request, entry))
+
+    def _progress_arrived(self, request: Request, entry: dict[str, object]) -> None:
+        self._awaiting = False
+        if self.disconnected:
+            return
+        self._send_progress(request, entry)
+        if not self.closing:
+            self._next()
+
+    def _send_progress(self, request: Request, entry: dict[str, object]) -> None:
+        self._respond_directly(
+            request,
+            200,
+            "OK",
+            json.dumps(entry).encode(),
+            "Cache-Control: no-store\r\n",
+            content_type="application/json",
+        )
+
+    def _respond_directly(
+        self,
+        request: Request,
+        status: int,
+        reason: str,
+        body: bytes,
+        extra: str = "",
+        content_type: str = "text/plain; charset=utf-8",
+    ) -> None:
+        keep_alive = request.keep_alive and self.keep_alive_allowed
+        self.write(
+            simple_response(
+                status,
+                reason,
+                self.server.date(),
+                body,
+                close=not keep_alive,
+                extra=extra,
+                content_type=content_type,
+                head_only=request.method == "HEAD",
+            )
+        )
+        self.server.metrics.observe(status, 0.0, len(body))
+        if not keep_alive:
+            self._close()
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        peer = self.info.remote_addr if self.info else "?"
+        log.info(
+            "{status} to {peer}: {detail}", status=error.status, peer=peer, detail=error.detail
+        )
+        body = f"{error.status} {error.reason}\n".encode()
+        self.server.metrics.observe(error.status, 0.0, len(body))
+        self.write(simple_response(error.status, error.reason, self.server.date(), body))
+        self._close()
+
+    def response_finished(self, response: WSGIResponse, keep_alive: bool) -> None:
+        """Called by the response once it has sent its last byte, failed or been abandoned."""
+        self.response = None
+        server = self.server
+        server.requests_served += 1
+        if trace.ENABLED:
+            trace.emit(
+                "request-end",
+                method=response.request.method,
+                status=response.status,
+                bytes=response.bytes_sent,
+                keep_alive=keep_alive,
+            )
+        if server.on_response is not None:
+            server.on_response()
+        request = response.request
+        if request.body is not None:
+            request.body.close()
+        now = server.clock.seconds()
+        server.metrics.observe(response.status, now - response.started, response.bytes_sent)
+        access_log = server.access_log
+        if access_log is not None:
+            environ = response.environ
+            access_log.log(
+                environ["REMOTE_ADDR"] or "-",
+                f"{request.method} {environ['RAW_URI']} HTTP/{request.version}",
+                response.status,
+                response.bytes_sent,
+                environ.get("HTTP_REFERER", ""),
+                environ.get("HTTP_USER_AGENT", ""),
+                now - response.started,
+                now,
+            )
+        if self.disconnected:
+            return
+        if not keep_alive or self.closing or server.draining:
+            self._close()
+        else:
+            self._idle_since = server.clock.seconds()
+            self._next()
+
+    # -- keep-alive, closing, draining
+
+    @property
+    def keep_alive_allowed(self) -> bool:
+        return (
+            not self.closing
+            and not self.server.draining
+            and (self.server.config.keepalive_timeout > 0)
+        )
+
+    def _arm_idle(self) -> None:
+        # One timer per connection, pushed back after each response (cheap for a later time)
+        # rather than cancelled and re-armed for every request.
+        if not self.requests:
+            return
+        timer = self._idle_timer
+        if timer is None:
+            self._idle_timer = self._later(self.server.config.keepalive_timeout, self._idle)
+        else:
+            timer.reset(self.server.config.keepalive_timeout)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        reader = self.reader
+        if self.response is None and not (reader.in_headers or reader.in_body or reader.queued):
+            self._close()
+        # Otherwise a request is under way; _arm_idle starts a new wait after its response.
+
+    def _close(self) -> None:
+        """Close after what has been written is flushed; abort if the client won't take it."""
+        if self.disconnected:
+            return
+        self.closing = True
+        for name in ("_header_timer", "_body_timer", "_idle_timer"):
+            self._cancel(name)
+        self._pause_reading()
+        transport: Any = self.transport
+        if transport.disconnecting:  # already aborted
+            return
+        transport.loseConnection()
+        if self._linger_timer is None:
+            self._linger_timer = self._later(
+                self.server.config.write_timeout, lambda: self.abort("client did not read")
+            )
+
+    def drain(self) -> None:
+        """Server shutdown: finish the request in hand (announcing Connection: close); close an
+        idle connection now, or once it has been idle for DRAIN_IDLE_GRACE."""
+        reader = self.reader
+        if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
+            return  # keep_alive_allowed is now false: the response closes the connection
+        idle_for = self.server.clock.seconds() - self._idle_since
+        if not self.requests or idle_for >= DRAIN_IDLE_GRACE:
+            self._close()
+        else:
+            self._later(DRAIN_IDLE_GRACE - idle_for, self._drain_idle)
+
+    def _drain_idle(self) -> None:
+        reader = self.reader
+        if not (self.response is not None or reader.in_headers or reader.in_body or reader.queued):
+            self._close()
+
+    def abort(self, why: str) -> None:
+        if not self.disconnected:
+            log.info(
+                "aborting connection from {peer}: {why}",
+                peer=self.info.remote_addr if self.info else "?",
+                why=why,
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- timers
+
+    def _later(self, delay: float, f: Callable[[], object]) -> interfaces.IDelayedCall:
+        return self.server.clock.callLater(delay, f)
+
+    def _cancel(self, name: str) -> None:
+        timer: interfaces.IDelayedCall | None = getattr(self, name)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+
+def describe_connections(server: ServerState) -> str:
+    """A process's own view of its connections, for the state dump and the manhole."""
+    now = server.clock.seconds()
+    lines = [f"{server.requests_served} requests, {len(server.channels)} connections"]
+    for channel in sorted(server.channels, key=lambda c: c.opened):
+        info = channel.info
+        peer = f"{info.remote_addr}:{info.remote_port}" if info else "?"
+        response = channel.response
+        if response is not None:
+            state = (
+                f"responding to {response.request.method} {response.environ['RAW_URI']} "
+                f"for {now - response.started:.1f}s"
+            )
+        elif channel.reader.in_headers or channel.reader.in_body:
+            state = "receiving a request"
+        else:
+            state = "idle"
+        lines.append(
+            f"  {peer}: {state}; {channel.requests} requests, open {now - channel.opened:.1f}s"
+        )
+    return "\n".join(lines)
+
+
+def _connection_info(transport: Any) -> ConnectionInfo:
+    host = transport.getHost()
+    peer = transport.getPeer()
+    scheme = "https" if interfaces.ISSLTransport.providedBy(transport) else "http"
+    if isinstance(host, IPv4Address | IPv6Address):
+        server_name, server_port = host.host, str(host.port)
+    else:
+        server_name, server_port = "localhost", ""
+    if isinstance(peer, IPv4Address | IPv6Address):
+        remote_addr, remote_port = peer.host, str(peer.port)
+    else:
+        remote_addr, remote_port = "", ""
+    return ConnectionInfo(server_name, server_port, remote_addr, remote_port, scheme)
+
+
+class HTTPFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: object) -> HTTPChannel:
+        channel = HTTPChannel(self.server)
+        channel.factory = self
+        return channel

@@ -1,0 +1,129 @@
+"""The single-process HTTP service: binds the endpoints, serves, and stops gracefully."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, interfaces, task
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from catalyzer.server.channel import HTTPFactory, ServerState
+
+__all__ = ["HTTPService", "ListenError"]
+
+log = Logger(namespace="catalyzer")
+
+
+class ListenError(SystemExit):
+    """An endpoint could not be bound: ``twistd`` stops with status 1 instead of a traceback.
+
+    By the time services start, twistd has redirected ``sys.stderr`` into its log, so the message
+    goes to the process's real standard error as well."""
+
+    def __init__(self, message: str) -> None:
+        stream = sys.__stderr__
+        if stream is not None:
+            stream.write(message + "\n")
+            stream.flush()
+        super().__init__(1)
+
+
+class HTTPService(Service):
+    """Listens on ``endpoints`` and serves ``server``'s application.
+
+    Binding happens in :meth:`privilegedStartService`, before ``twistd`` drops privileges, so a
+    root-started server can bind port 80 and still run the app as ``--uid``.
+
+    :meth:`stopService` is the graceful stop: stop accepting, let requests in flight finish, close
+    idle connections, and cut whatever is left after ``die-timeout``. ``clean_exit`` says whether
+    everything finished in time.
+    """
+
+    def __init__(
+        self,
+        server: ServerState,
+        endpoints: Sequence[tuple[str, interfaces.IStreamServerEndpoint]],
+        reactor: Any,
+    ) -> None:
+        self.server = server
+        self.endpoints = endpoints
+        self.reactor = reactor
+        self.ports: list[interfaces.IListeningPort] = []
+        self.clean_exit = True
+        self._flusher: LoopingCall | None = None
+
+    def privilegedStartService(self) -> None:
+        factory = HTTPFactory(self.server)
+        for description, endpoint in self.endpoints:
+            d = endpoint.listen(factory)
+            result: list[Any] = []
+            d.addBoth(result.append)
+            if not result:  # every endpoint we accept listens synchronously
+                raise ListenError(f"catalyzer: --listen {description}: did not bind at once")
+            port = result[0]
+            if not interfaces.IListeningPort.providedBy(port):
+                error = port.value
+                if isinstance(error, CannotListenError):
+                    error = error.socketError or error
+                for p in self.ports:
+                    p.stopListening()
+                raise ListenError(f"catalyzer: cannot listen on {description}: {error}")
+            self.ports.append(port)
+            log.info(
+                "listening on {description} ({address})",
+                description=description,
+                address=port.getHost(),
+            )
+        self.server.ports = list(self.ports)
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.server.threadpool is not None:
+            self.server.threadpool.start()
+        if self.server.access_log is not None:
+            self._flusher = LoopingCall(self.server.access_log.flush)
+            self._flusher.clock = self.server.clock
+            self._flusher.start(1.0, now=False)
+
+    @defer.inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        Service.stopService(self)
+        yield defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True
+        )
+        self.ports = []
+        self.server.ports = []
+        timeout = self.server.config.die_timeout
+        busy = len(self.server.channels)
+        if busy:
+            log.info("stopping: waiting up to {t:g}s for {n} connection(s)", t=timeout, n=busy)
+        drained = self.server.drain()
+        timer = self.server.clock.callLater(timeout, drained.cancel)
+        try:
+            yield drained
+        except defer.CancelledError:
+            self.clean_exit = False
+            log.warn(
+                "die-timeout ({t:g}s) reached: cutting {n} connection(s)",
+                t=timeout,
+                n=len(self.server.channels),
+            )
+            self.server.abort_all()
+            # Let the reactor carry out the aborts before it shuts down.
+            yield task.deferLater(self.server.clock, 0, lambda: None)
+        else:
+            timer.cancel()
+        if self.server.threadpool is not None and self.clean_exit:
+            # Threads still inside the app after die-timeout are abandoned, not joined: the
+            # entry point then ends the process with os._exit.
+            self.server.threadpool.stop()
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        if self.server.access_log is not None:
+            self.server.access_log.close()

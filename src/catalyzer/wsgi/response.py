@@ -1,0 +1,556 @@
+"""Running the WSGI application for one request and writing its response with back-pressure.
+
+The response is an ``IPushProducer`` registered on the transport: when the client reads slowly, the
+transport pauses us and the iterable is not advanced until it resumes, so memory stays bounded however
+large the body. In the default mode the app and its iterable run in the reactor thread; with a thread
+pool they run in a worker thread that blocks while the transport is paused.
+
+``close()`` of the iterable is always called exactly once: after the response, after an error, and
+when the client goes away mid-response.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+from twisted.internet import interfaces
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from catalyzer.http.framing import ResponseFramer, simple_response
+from catalyzer.http.headers import AppResponseError, ResponseHead, check_response_head
+from catalyzer.http.reader import Request
+from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.types import Environ, OptExcInfo, WriteCallable
+
+if TYPE_CHECKING:
+    from catalyzer.server.channel import HTTPChannel
+
+__all__ = ["StartResponse", "WSGIResponse"]
+
+log = Logger(namespace="catalyzer.app")
+
+# How many iterable items one reactor turn may take when the transport never pushes back (a
+# generator of empty strings, or a client that reads as fast as we write).
+_ITEMS_PER_TURN: Final = 64
+# Bytes a worker thread may have handed to the reactor and not yet seen written.
+_THREAD_HIGH_WATER: Final = 256 * 1024
+_SENDFILE_BLOCK: Final = 1024 * 1024
+
+
+class StartResponse:
+    """The ``start_response`` callable: strict about arguments and about the ``exc_info`` rules."""
+
+    __slots__ = ("head", "sent", "write")
+
+    def __init__(self, write: WriteCallable) -> None:
+        self.head: ResponseHead | None = None
+        self.sent = False
+        self.write = write
+
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> WriteCallable:
+        if exc_info is not None and exc_info[0] is not None:
+            try:
+                if self.sent:
+                    # PEP 3333: too late to change the response; re-raise the app's error.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.head is not None:
+            raise AppResponseError("start_response called a second time without exc_info")
+        self.head = check_response_head(status, headers)
+        return self.write
+
+
+class _Aborted(Exception):
+    """The response was abandoned (client gone, timeout, error): the worker thread stops."""
+
+
+@implementer(interfaces.IPushProducer)
+class WSGIResponse:
+    """One request's trip through the application and back to the client."""
+
+    def __init__(self, channel: HTTPChannel, request: Request, environ: Environ) -> None:
+        self.channel = channel
+        self.request = request
+        self.environ = environ
+        server = channel.server
+        self.server = server
+        self.transport: Any = channel.transport
+        self.started = server.clock.seconds()
+        self.start_response = StartResponse(self._write)
+        self.framer: ResponseFramer | None = None
+        self.status = 0
+        self._direct_bytes = 0
+        self.done = False
+        self._iterable: Iterable[bytes] | None = None
+        self._iterator: Iterator[bytes] | None = None
+        self._closed_iterable = False
+        self._paused = False
+        self._registered = False
+        self._next_turn: interfaces.IDelayedCall | None = None
+        self._stall: interfaces.IDelayedCall | None = None
+        self._threaded = server.threadpool is not None
+        self._cond: threading.Condition | None = None
+        self._outstanding = 0
+        self._aborted = False
+
+    # -- starting
+
+    def run(self) -> None:
+        if self._threaded:
+            self._cond = threading.Condition()
+            self._register()
+            assert self.server.threadpool is not None
+            self.server.threadpool.callInThread(self._thread_main)
+            return
+        scoreboard = self.server.scoreboard
+        if scoreboard is not None:
+            scoreboard.enter(self.started, f"{self.request.method} {self.environ['RAW_URI']}")
+        try:
+            result = self.server.app(self.environ, self.start_response)
+        except Exception:
+            self._fail("the application raised")
+            return
+        finally:
+            if scoreboard is not None:
+                scoreboard.leave()
+        self._iterable = result
+        if self.done:  # a write() inside the app failed or the client vanished meanwhile
+            self._close_iterable()
+            return
+        if type(result) is list or type(result) is tuple:
+            self._send_all(result)
+        elif isinstance(result, FileWrapper) and self._sendfile(result):
+            pass
+        else:
+            try:
+                self._iterator = iter(result)
+            except Exception:
+                self._fail("the application's response is not iterable")
+                return
+            self._register()
+            self._produce()
+
+    def _write_out(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def _register(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._registered = True
+
+    # -- writing (reactor thread)
+
+    def _begin(self, known_length: int | None) -> ResponseFramer:
+        head = self.start_response.head
+        if head is None:
+            raise AppResponseError("the application sent a body before calling start_response")
+        self.start_response.sent = True
+        self.status = head.code
+        framer = self.framer = ResponseFramer(
+            head,
+            method=self.request.method,
+            request_version=self.request.version,
+            keep_alive=self.request.keep_alive and self.channel.keep_alive_allowed,
+            date=self.server.date_line(),
+            known_length=known_length,
+        )
+        return framer
+
+    def _emit(self, data: bytes) -> None:
+        """Send one non-empty piece of body, with the head first if it has not gone yet."""
+        framer = self.framer
+        if framer is None:
+            framer = self._begin(None)
+            self._write_out(framer.head + framer.body(data))
+        else:
+            out = framer.body(data)
+            if out:
+                self._write_out(out)
+        if framer.error is not None:
+            self._finish()
+
+    def _write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable returned by ``start_response``."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if self._threaded:
+            self._post(data)
+            return
+        if self.done:
+            raise _Aborted("the response is already finished")
+        if data:
+            self._emit(data)
+        elif self.framer is None:
+            self._write_out(self._begin(None).head)
+
+    def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+        """A list body is already in memory: frame it and send it in one write."""
+        try:
+            for chunk in chunks:
+                if type(chunk) is not bytes:
+                    raise TypeError(f"response items must be bytes, not {type(chunk).__name__}")
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self.framer is not None:  # write() already sent the head
+                self._emit(body) if body else None
+                self._finish()
+                return
+            framer = self._begin(len(body))
+        except Exception:
+            self._fail("the application's response is invalid")
+            return
+        if len(body) <= 65536:
+            self._write_out(framer.head + framer.body(body) + framer.end())
+        else:  # don't copy a large body just to put the head in front of it
+            self.transport.writeSequence([framer.head, framer.body(body), framer.end()])
+        self._finish()
+
+    def _produce(self) -> None:
+        scoreboard = self.server.scoreboard
+        if scoreboard is None:
+            self._produce_turn()
+            return
+        scoreboard.enter(
+            self.server.clock.seconds(), f"{self.request.method} {self.environ['RAW_URI']}"
+        )
+        try:
+            self._produce_turn()
+        finally:
+            scoreboard.leave()
+
+    def _produce_turn(self) -> None:
+        self._next_turn = None
+        iterator = self._iterator
+        assert iterator is not None
+        for _ in range(_ITEMS_PER_TURN):
+            if self._paused or self.done:
+                return
+            try:
+                chunk = next(iterator)
+                if type(chunk) is not bytes:
+                    raise TypeError(f"response items must be bytes, not {type(chunk).__name__}")
+                if chunk:
+                    self._emit(chunk)
+            except StopIteration:
+                self._finish()
+                return
+            except Exception:
+                self._fail("the application's response iterable raised")
+                return
+        if not self._paused and not self.done:
+            self._next_turn = self.server.clock.callLater(0, self._produce)
+
+    # -- IPushProducer
+
+    def pauseProducing(self) -> None:
+        if self.done:
+            return
+        self._paused = True
+        if self._stall is None:
+            self._stall = self.server.clock.callLater(
+                self.server.config.write_timeout, self._stalled
+            )
+        # In thread mode the worker thread sees _paused before its next hand-off (_post).
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self.done:
+            return
+        if self._cond is not None:
+            with self._cond:
+                self._cond.notify_all()
+        elif self._iterator is not None and self._next_turn is None:
+            self._produce()
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.abort("client disconnected before the response was complete")
+
+    # -- ending
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        framer = self.framer
+        try:
+            if framer is None:
+                framer = self._begin(0)
+                self._write_out(framer.head)
+            end = framer.end()
+            if end:
+                self._write_out(end)
+        except AppResponseError:
+            self._fail("the application's response is invalid")
+            return
+        if framer.error is not None:
+            log.error(
+                "{method} {path}: {error}; closing the connection",
+                method=self.request.method,
+                path=self.environ.get("PATH_INFO"),
+                error=framer.error,
+            )
+        self._end(framer.keep_alive)
+
+    def _fail(self, why: str, exc_info: Any = None) -> None:
+        """The application failed: a 500 if nothing was sent yet, otherwise cut the connection."""
+        if self.done:
+            return
+        info = exc_info or sys.exc_info()
+        from twisted.python.failure import Failure
+
+        failure = Failure(info[1], info[0], info[2])
+        log.failure(
+            "{method} {path}: {why}",
+            failure,
+            method=self.request.method,
+            path=self.environ.get("PATH_INFO"),
+            why=why,
+        )
+        if self.framer is None:
+            self.status = 500
+            keep_alive = self.request.keep_alive and self.channel.keep_alive_allowed
+            body = b"Internal Server Error\n"
+            self._direct_bytes = len(body)
+            self._write_out(
+                simple_response(
+                    500, "Internal Server Error", self.server.date(), body, close=not keep_alive
+                )
+            )
+            self._end(keep_alive)
+        else:
+            self.transport.abortConnection()
+            self._end(False)
+
+    def abort(self, why: str) -> None:
+        """Abandon the response: the client left or stopped reading."""
+        if self.done:
+            return
+        log.info(
+            "{method} {path}: {why}",
+            method=self.request.method,
+            path=self.environ.get("PATH_INFO"),
+            why=why,
+        )
+        self._end(False, connection_gone=True)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self.done:
+            return
+        timeout = self.server.config.write_timeout
+        self.abort(f"client read nothing for {timeout:g}s; response abandoned")
+        self.transport.abortConnection()
+
+    def _end(self, keep_alive: bool, connection_gone: bool = False) -> None:
+        self.done = True
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._next_turn is not None:
+            self._next_turn.cancel()
+            self._next_turn = None
+        if self._registered and not connection_gone:
+            self.transport.unregisterProducer()
+        self._registered = False
+        if self._cond is not None:
+            with self._cond:
+                self._aborted = True
+                self._cond.notify_all()
+        else:
+            self._close_iterable()
+        self.channel.response_finished(self, keep_alive)
+
+    def _close_iterable(self) -> None:
+        if self._closed_iterable:
+            return
+        self._closed_iterable = True
+        close = getattr(self._iterable, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                from twisted.python.failure import Failure
+
+                log.failure("the response iterable's close() raised", Failure())
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.framer.sent if self.framer is not None else self._direct_bytes
+
+    # -- thread pool mode
+
+    def _thread_main(self) -> None:
+        scoreboard = self.server.scoreboard
+        if scoreboard is None:
+            self._thread_body()
+            return
+        # The scoreboard holds the most recently started request of this process.
+        scoreboard.enter(self.started, f"{self.request.method} {self.environ['RAW_URI']}")
+        try:
+            self._thread_body()
+        finally:
+            scoreboard.leave_if(self.started)
+
+    def _thread_body(self) -> None:
+        call = self.server.call_from_thread
+        assert call is not None
+        try:
+            try:
+                result = self.server.app(self.environ, self.start_response)
+                self._iterable = result
+                if type(result) is list or type(result) is tuple:
+                    call(self._deliver_all, result)
+                    return
+                for chunk in result:
+                    if type(chunk) is not bytes:
+                        raise TypeError(f"response items must be bytes, not {type(chunk).__name__}")
+                    if chunk:
+                        self._post(chunk)
+                    elif self._aborted:
+                        raise _Aborted()
+            except _Aborted:
+                return
+            except Exception:
+                info = sys.exc_info()
+                call(self._fail, "the application raised", info)
+                return
+            finally:
+                self._close_iterable()
+            call(self._finish_from_thread)
+        except BaseException:  # never let a worker thread die silently
+            info = sys.exc_info()
+            call(self._fail, "the response thread failed", info)
+
+    def _post(self, data: bytes) -> None:
+        """Hand a piece of body to the reactor, waiting while the client is not keeping up."""
+        cond = self._cond
+        assert cond is not None
+        with cond:
+            while (self._paused or self._outstanding > _THREAD_HIGH_WATER) and not self._aborted:
+                cond.wait()
+            if self._aborted:
+                raise _Aborted()
+            self._outstanding += len(data)
+        call = self.server.call_from_thread
+        assert call is not None
+        call(self._deliver, data)
+
+    def _deliver(self, data: bytes) -> None:
+        cond = self._cond
+        assert cond is not None
+        with cond:
+            self._outstanding -= len(data)
+            cond.notify_all()
+        if self.done:
+            return
+        try:
+            if data:
+                self._emit(data)
+            elif self.framer is None:
+                self._write_out(self._begin(None).head)
+        except AppResponseError:
+            self._fail("the application's response is invalid")
+
+    def _deliver_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+        if not self.done:
+            self._send_all(chunks)
+
+    def _finish_from_thread(self) -> None:
+        if not self.done:
+            self._finish()
+
+    # -- sendfile
+
+    def _sendfile(self, wrapper: FileWrapper) -> bool:
+        transport = self.transport
+        if interfaces.ISSLTransport.providedBy(transport):
+            return False
+        sock = getattr(transport, "socket", None)
+        if not isinstance(sock, socket.socket):
+            return False
+        span = wrapper.sendfile_span()
+        if span is None:
+            return False
+        fd, offset, length = span
+        try:
+            framer = self._begin(length)
+        except AppResponseError:
+            self._fail("the application's response is invalid")
+            return True
+        remaining = framer.remaining
+        if remaining is None:  # HEAD, 304: no body at all
+            transport.write(framer.head)
+            self._finish()
+            return True
+        _SendfileProducer(self, sock, fd, offset, min(length, remaining)).start()
+        return True
+
+
+@implementer(interfaces.IPullProducer)
+class _SendfileProducer:
+    """Streams a file region with ``os.sendfile``. As a pull producer it is resumed only when the
+    transport's own buffer is empty, so the kernel's bytes never overtake the head we wrote."""
+
+    def __init__(
+        self, response: WSGIResponse, sock: socket.socket, fd: int, offset: int, count: int
+    ) -> None:
+        self.response = response
+        self.sock = sock
+        self.fd = fd
+        self.offset = offset
+        self.left = count
+        self.head_sent = False
+
+    def start(self) -> None:
+        self.response.transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        response = self.response
+        if response.done:
+            return
+        response.resumeProducing()  # progress: disarm the stall timer
+        if not self.head_sent:
+            self.head_sent = True
+            framer = response.framer
+            assert framer is not None
+            response.transport.write(framer.head)
+            return
+        if self.left > 0:
+            try:
+                sent = os.sendfile(
+                    self.sock.fileno(), self.fd, self.offset, min(self.left, _SENDFILE_BLOCK)
+                )
+            except BlockingIOError:
+                sent = None
+            except OSError as e:
+                response.abort(f"sendfile failed: {e}")
+                response.transport.abortConnection()
+                return
+            if sent == 0:  # the file shrank under us
+                self.left = 0
+            elif sent is not None:
+                self.offset += sent
+                self.left -= sent
+                assert response.framer is not None
+                response.framer.count_sent(sent)
+        if self.left > 0:
+            # Ask to be resumed when the socket can take more: doWrite finds the buffer empty
+            # and resumes its pull producer. Until then the stall timer runs.
+            response.pauseProducing()
+            response.transport.startWriting()
+            return
+        response.transport.unregisterProducer()
+        response._finish()
+
+    def stopProducing(self) -> None:
+        self.response.abort("client disconnected during sendfile")

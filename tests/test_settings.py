@@ -1,0 +1,60 @@
+"""The one settings table: coercion, validation and the generated docs page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from catalyzer.settings import BY_NAME, SETTINGS, Config, SettingError, parse_size, render_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- settings
+
+
+def test_settings_page_is_current() -> None:
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert page == render_markdown(), "docs/settings.md is stale: run `make docs`"
+
+
+def test_every_setting_has_help_section_and_valid_default() -> None:
+    for s in SETTINGS:
+        assert s.help and s.section
+        if not s.repeatable and s.default != "":
+            assert s.coerce(str(s.default)) == s.default
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("65536", 65536), ("64K", 65536), ("64KiB", 65536), ("1m", 2**20), ("2G", 2 * 2**30)],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "fragment"),
+    [
+        ("max-body", "lots", "byte count"),
+        ("max-body", "0", "1 byte or more"),
+        ("threads", "-1", "0 or more"),
+        ("header-timeout", "nan", "above 0"),
+        ("header-timeout", "0", "above 0"),
+        ("script-name", "app/", "start with '/'"),
+        ("app", "nocolon", "module:callable"),
+        ("max-headers", True, "expected"),
+    ],
+)
+def test_bad_values_name_setting_value_and_rule(name: str, raw: object, fragment: str) -> None:
+    with pytest.raises(SettingError) as e:
+        BY_NAME[name].coerce(raw)
+    assert name in str(e.value) and repr(raw) in str(e.value) and fragment in str(e.value)
+
+
+def test_config_defaults_and_unknown_key() -> None:
+    config = Config.from_values({"app": "a:b"})
+    assert config.listen == ("tcp:8080:interface=127.0.0.1",)
+    with pytest.raises(SettingError, match="unknown setting 'no-such'"):
+        Config.from_values({"app": "a:b", "no-such": 1})
