@@ -48,6 +48,7 @@ from catalyzer.process.children import set_title as _set_title
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.process.supervision import READY, STARTING, Halt, Kill, Log, Spawn, Supervisor
 from catalyzer.process.supervision import WorkerRecord as Record
+from catalyzer.server import twistedprivate
 from catalyzer.settings import Config
 
 __all__ = ["MasterService"]
@@ -89,14 +90,15 @@ class _Listener:
 
     @classmethod
     def reuseport(cls, description: str, endpoint: Any, slots: int) -> _Listener:
-        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in endpoint._interface
+        bind = twistedprivate.tcp_bind(endpoint)
+        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in bind.interface
         family = socket.AF_INET6 if v6 else socket.AF_INET
-        host = endpoint._interface or ("::" if v6 else "")
-        first = _reuseport_socket(family, (host, endpoint._port), endpoint._backlog)
+        host = bind.interface or ("::" if v6 else "")
+        first = _reuseport_socket(family, (host, bind.port), bind.backlog)
         bound = first.getsockname()
         address = (IPv6Address if v6 else IPv4Address)("TCP", bound[0], bound[1])
         listener = cls(description, "INET6" if v6 else "INET", address)
-        listener._bind = (family, bound, endpoint._backlog)
+        listener._bind = (family, bound, bind.backlog)
         listener.slots[0] = first
         for slot in range(1, slots):
             listener.slots[slot] = listener._new_socket()

@@ -29,6 +29,7 @@ from catalyzer.ops.introspection import registry as introspection
 from catalyzer.prefork import control
 from catalyzer.process.children import set_title
 from catalyzer.process.scoreboard import Scoreboard
+from catalyzer.server import twistedprivate
 from catalyzer.server.channel import describe_connections
 from catalyzer.settings import Config
 
@@ -216,7 +217,9 @@ class _Adopted:
 
             endpoint = endpoints.serverFromString(self.reactor, description)
             # The TLS settings come from the same endpoint description the master parsed.
-            factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+            factory = TLSMemoryBIOFactory(
+                twistedprivate.ssl_context_factory(endpoint), False, factory
+            )
         fd = int(self.listener["fd"])
         port = self.reactor.adoptStreamPort(fd, control.FAMILIES[self.listener["family"]], factory)
         os.close(fd)  # adoptStreamPort made its own copy

@@ -40,6 +40,7 @@ from catalyzer.ops import trace
 from catalyzer.ops.accesslog import FileAccessLog
 from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.process.scoreboard import Scoreboard
+from catalyzer.server import twistedprivate
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
@@ -309,8 +310,7 @@ class HTTPChannel(Protocol):
         sock = self._socket
         if (
             sock is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
+            and twistedprivate.write_buffer_empty(transport)
             and not transport.disconnecting
         ):
             try:

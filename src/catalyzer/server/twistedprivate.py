@@ -1,0 +1,36 @@
+"""The few private attributes of Twisted objects catalyzer reads, in one place.
+
+Twisted offers no public way to ask a TCP transport whether its write buffer is empty, to get
+the interface/port/backlog a parsed ``tcp:`` endpoint description holds, or to get the TLS
+context factory out of a parsed ``ssl:`` endpoint. Each read lives here, behind a function with
+a documented meaning, and ``tests/server/test_twistedprivate.py`` checks each one against the
+installed Twisted, so an upgrade that renames one fails that test instead of a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+def write_buffer_empty(transport: Any) -> bool:
+    """True when a ``twisted.internet.abstract.FileDescriptor`` transport has nothing queued:
+    bytes written now would be the next on the wire."""
+    return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
+
+
+class TCPBind(NamedTuple):
+    """What a parsed ``tcp:``/``tcp6:`` server endpoint would bind."""
+
+    interface: str
+    port: int
+    backlog: int
+
+
+def tcp_bind(endpoint: Any) -> TCPBind:
+    """The interface, port and backlog of a ``TCP4ServerEndpoint``/``TCP6ServerEndpoint``."""
+    return TCPBind(str(endpoint._interface), int(endpoint._port), int(endpoint._backlog))
+
+
+def ssl_context_factory(endpoint: Any) -> Any:
+    """The TLS context factory an ``SSL4ServerEndpoint`` (an ``ssl:`` description) would use."""
+    return endpoint._sslContextFactory

@@ -1,0 +1,41 @@
+"""Each private Twisted attribute catalyzer reads still exists and means what we think."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import endpoints, reactor
+from twisted.internet.protocol import Protocol
+from twisted.internet.tcp import Server
+
+from catalyzer.server import twistedprivate
+
+
+def test_tcp_bind_reads_a_parsed_description() -> None:
+    endpoint = endpoints.serverFromString(reactor, "tcp:8123:interface=127.0.0.2:backlog=77")
+    assert twistedprivate.tcp_bind(endpoint) == ("127.0.0.2", 8123, 77)
+
+
+def test_tcp6_bind_reads_a_parsed_description() -> None:
+    endpoint = endpoints.serverFromString(reactor, r"tcp6:8124:interface=\:\:1")
+    assert twistedprivate.tcp_bind(endpoint)[:2] == ("::1", 8124)
+
+
+def test_ssl_context_factory_is_the_one_given() -> None:
+    sentinel = object()
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, sentinel)  # type: ignore[arg-type]
+    assert twistedprivate.ssl_context_factory(endpoint) is sentinel
+
+
+def test_write_buffer_empty_follows_queued_writes() -> None:
+    left, right = socket.socketpair()
+    try:
+        left.setblocking(False)
+        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        assert twistedprivate.write_buffer_empty(transport)
+        transport.write(b"queued until the reactor turns")
+        assert not twistedprivate.write_buffer_empty(transport)
+        transport.stopWriting()
+    finally:
+        left.close()
+        right.close()
