@@ -1,5 +1,5 @@
 """The reload-during-recycling soak, shortened: ``--procs 2 --max-requests 20`` under a request
-loop while the master gets SIGHUP three times. Once the load stops the master must settle at
+loop while the master gets SIGHUP five times. Once the load stops the master must settle at
 exactly two worker processes, both ready and of the newest generation (issue 15: replacements
 started for a retiring generation's workers used to stay for good).
 
@@ -10,6 +10,7 @@ children from ``/proc``.
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,8 @@ from tests.integration.test_stats import get
 
 pytestmark = pytest.mark.integration
 
-HUPS = 3
+HUPS = 5
+REPLACING = re.compile(r"max-requests; starting its replacement$", re.M)
 SETTLE = 15.0  # load stopped -> old workers drained (die-timeout 2) and the table settled
 
 
@@ -84,11 +86,14 @@ def test_reloads_overlapping_recycling_settle_at_procs_workers_of_newest_generat
         app=APP,
         env=env,
     )
-    running = Load(server.port, connections=4, limit=20000).start()
+    running = Load(server.port, connections=8, limit=20000).start()
     try:
         for generation in range(2, 2 + HUPS):
-            # Enough requests that both workers are recycling when the HUP arrives.
-            running.wait_for(50, server)
+            # HUP just as a worker starts recycling: with no jitter and the load spread over
+            # both, the other one is usually queued for recycling too.
+            running.wait_for(10, server)
+            recycled = len(REPLACING.findall(server.log()))
+            server.wait_for_log(REPLACING.pattern, REPLACE, count=recycled + 1)
             server.send_signal(signal.SIGHUP)
             server.wait_for_log(rf"generation {generation} ready: retiring \d+$", REPLACE)
         running.wait_for(50, server)

@@ -274,8 +274,8 @@ class SupervisionMachine(RuleBasedStateMachine):
 
 
 SupervisionMachine.TestCase.settings = settings(
-    max_examples=300,
-    stateful_step_count=40,
+    max_examples=400,
+    stateful_step_count=50,
     deadline=None,
     derandomize=True,
     database=None,
