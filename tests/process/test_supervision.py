@@ -310,3 +310,96 @@ def test_kill_grace_may_be_zero() -> None:
     sup.stop(10.0)
     assert kills(sup.tick(12.99)) == []
     assert (a.pid, signal.SIGKILL) in kills(sup.tick(13.0))
+
+
+# -- overlapping events converge (issue 15)
+
+
+def table(sup: Supervisor) -> list[tuple[int, int, str]]:
+    return [(w.slot, w.generation, w.state) for w in sup.live()]
+
+
+def test_reload_during_recycling_starts_no_replacement_of_the_old_generation() -> None:
+    # The soak's finding: both workers queued for recycling when HUP came; once generation 2
+    # was ready, the second queued worker got a generation-1 replacement that stayed for good.
+    sup, (a, b) = boot()
+    assert a.pid is not None and b.pid is not None
+    (ra,) = started(sup, sup.retire(a.pid, "max-requests", 10.0))
+    assert started(sup, sup.retire(b.pid, "max-requests", 10.1)) == []
+    new = started(sup, sup.reload(10.2))
+    assert [(w.slot, w.generation) for w in new] == [(0, 2), (1, 2)]
+    # Recycling waits for the reload: the replacement under way is no longer needed.
+    assert ra.state == "stopping"
+    for w in new:
+        assert w.pid is not None
+        out = sup.ready(w.pid, 11.0)
+        assert spawns(out) == []
+    assert sorted(kills(out)) == sorted([(a.pid, signal.SIGTERM), (b.pid, signal.SIGTERM)])
+    for w in (a, b, ra):
+        assert w.pid is not None
+        assert spawns(sup.exited(w.pid, 0, None, 12.0)) == []
+    assert table(sup) == [(0, 2, "ready"), (1, 2, "ready")]
+
+
+def test_retire_during_reload_waits_for_it() -> None:
+    sup, (a, _) = boot()
+    assert a.pid is not None
+    started(sup, sup.reload(5.0))
+    assert spawns(sup.retire(a.pid, "max-requests", 5.1)) == []
+
+
+def test_failed_reload_resumes_recycling() -> None:
+    sup, (a, _) = boot()
+    assert a.pid is not None
+    started(sup, sup.retire(a.pid, "max-requests", 5.0))
+    new = started(sup, sup.reload(5.1))
+    assert new[0].pid is not None
+    out = sup.exited(new[0].pid, BOOT_FAILURE, None, 5.5)
+    assert any(isinstance(c, Log) and "reload failed" in c.text for c in out)
+    (ra,) = spawns(out)  # generation 1 again, and a's turn to be recycled
+    assert (ra.slot, ra.generation) == (0, 1)
+
+
+def test_scaling_down_during_reload_lets_it_complete() -> None:
+    sup, _ = boot(procs=3)
+    new = started(sup, sup.reload(5.0))
+    sup.scale(-1, 5.1)  # the new generation's slot 2 goes before it was ever ready
+    assert new[2].state == "stopping"
+    for w in new[:2]:
+        assert w.pid is not None
+        sup.ready(w.pid, 6.0)
+    assert not sup.reloading
+    assert [(w.slot, w.generation) for w in sup.live() if w.state == "ready"] == [(0, 2), (1, 2)]
+
+
+def test_recycled_worker_dying_hands_the_turn_on() -> None:
+    sup, (a, b) = boot()
+    assert a.pid is not None and b.pid is not None
+    (ra,) = started(sup, sup.retire(a.pid, "max-requests", 10.0))
+    sup.retire(b.pid, "max-requests", 10.1)
+    out = sup.exited(a.pid, None, signal.SIGKILL, 10.5)  # ra covers slot 0: no respawn
+    (rb,) = spawns(out)  # and b's turn has come
+    assert rb.slot == b.slot
+    assert [w.id for w in sup.live() if w.slot == a.slot] == [ra.id]
+
+
+def test_replacement_failing_to_boot_backs_off() -> None:
+    sup, (a, _) = boot(backoff_base=0.5, stable_after=10)
+    assert a.pid is not None
+    (ra,) = started(sup, sup.retire(a.pid, "max-requests", 10.0))
+    assert ra.pid is not None
+    (r2,) = started(sup, sup.exited(ra.pid, 1, None, 10.2))  # first failure: at once
+    assert r2.pid is not None
+    assert spawns(sup.exited(r2.pid, 1, None, 10.4)) == []  # second: after a delay
+    assert sup.next_deadline() == 10.9
+    assert [w.slot for w in spawns(sup.tick(10.9))] == [0]
+
+
+def test_worker_stopped_before_it_has_a_pid_is_signalled_once_it_has_one() -> None:
+    sup = Supervisor(1, die_timeout=5)
+    (a,) = spawns(sup.start(0.0))
+    assert sup.stop(0.1) == []  # nothing to signal yet
+    sup.spawned(a, 4242)
+    assert sup.next_deadline() == 0.0  # overdue
+    assert kills(sup.tick(0.2)) == [(4242, signal.SIGTERM)]
+    assert halts(sup.exited(4242, 0, None, 0.3)) == [Halt(0, "all workers have exited")]

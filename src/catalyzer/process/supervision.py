@@ -12,6 +12,17 @@ Worker states::
 
     starting --ready--> ready --retire/reload/stop--> stopping --exit--> (gone)
         \\--exit before ready: a boot failure (halts the master if nothing ever booted)
+
+Convergence. Events only ever *spawn* for one slot at a time (a respawn after an exit, a recycled
+worker's replacement, a reload, TTIN, on-demand growth); every event then ends in
+:meth:`Supervisor._converge`, which compares the table with what is wanted and stops whatever is
+surplus. Per slot below ``procs`` and per *serving* generation (the newest one, plus the one being
+replaced while a reload is under way) one worker is wanted, two for the slot whose worker is being
+recycled (it and its replacement). A worker of any other generation, in a slot at or above
+``procs``, older than a ready worker of its slot and generation, or beyond what is wanted, is
+stopped. Recycling (one worker at a time) is paused during a reload: the new generation replaces
+those workers anyway; it resumes if the reload fails. So once events stop, the table settles at
+one ready worker of the newest generation per slot.
 """
 
 from __future__ import annotations
@@ -53,6 +64,8 @@ class WorkerRecord:
     stop_reason: str = ""
     stop_deadline: float | None = None
     stats: dict[str, object] = field(default_factory=dict)
+    # Stopped before the executor reported its pid: the signal to send once it has one.
+    pending_signal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,12 @@ class Supervisor:
         """When :meth:`tick` next has something to do."""
         times = [t for t, _, _ in self._delayed]
         times += [w.stop_deadline for w in self.workers.values() if w.stop_deadline is not None]
+        # A worker stopped before it had a pid: its signal is overdue.
+        times += [
+            w.spawned_at
+            for w in self.workers.values()
+            if w.pending_signal is not None and w.pid is not None
+        ]
         if self._growth_wanted and self._last_growth is not None:
             times.append(self._last_growth + self.spawn_delay)
         return min(times) if times else None
@@ -180,16 +199,26 @@ class Supervisor:
         """The process could not even be started (no permission to run Python, say)."""
         self.workers.pop(worker.id, None)
         text = f"cannot start {self.noun} {worker.slot}: {error}"
-        if not self.booted or self.stopping:
+        if not self.booted:
             return [Halt(BOOT_FAILURE, text)]
+        if self.stopping:
+            if self.workers:
+                return [Log("error", text)]
+            return [Log("error", text), Halt(self.exit_status, f"all {self.noun}s have exited")]
         self._count("spawn-failure")
+        if worker.state == STOPPING:
+            return [Log("error", text), *self._converge(now)]  # it was no longer wanted anyway
         delay = self.backoff_max
         self._delayed.append((now + delay, worker.slot, worker.generation))
-        return [Log("error", f"{text}; trying again in {delay:g}s")]
+        return [Log("error", f"{text}; trying again in {delay:g}s"), *self._converge(now)]
 
     def ready(self, pid: int, now: float) -> list[Command]:
         worker = self.by_pid(pid)
-        if worker is None or worker.state != STARTING:
+        if worker is None:
+            return []
+        if worker.state == STOPPING:
+            return self._converge(now)  # stopped before it had a pid: its signal goes now
+        if worker.state != STARTING:
             return []
         worker.state = READY
         worker.ready_at = now
@@ -197,26 +226,8 @@ class Supervisor:
         out: list[Command] = [Log("info", f"{self.noun} {worker.slot} (pid {pid}) ready")]
         if self.stopping:
             return out + self._stop_worker(worker, signal.SIGTERM, "shutting down", now)
-        if self._reload_from is not None:
-            new = [w for w in self.workers.values() if w.generation == self.generation]
-            if new and all(w.state == READY for w in new):
-                old = self._reload_from
-                self._reload_from = None
-                out.append(Log("info", f"generation {self.generation} ready: retiring {old}"))
-                for w in list(self.workers.values()):
-                    if w.generation < self.generation and w.state != STOPPING:
-                        out += self._stop_worker(w, signal.SIGTERM, "reload", now)
-            return out
-        # A replacement for a recycled worker is ready: now the old one may go.
-        for w in list(self.workers.values()):
-            if (
-                w.slot == worker.slot
-                and w.id != worker.id
-                and w.state == READY
-                and (w.generation == worker.generation)
-            ):
-                out += self._stop_worker(w, signal.SIGTERM, w.stop_reason or "replaced", now)
-        return out
+        # A reload may be complete, a recycled worker's replacement ready: _converge decides.
+        return out + self._converge(now)
 
     def exited(
         self, pid: int, status: int | None, signum: int | None, now: float, output: str = ""
@@ -237,8 +248,6 @@ class Supervisor:
                     f"{worker.stop_reason or 'stop'}",
                 )
             )
-        if self._retire_queue and self._retire_queue[0] == worker.id:
-            self._retire_queue.pop(0)
         if self.stopping:
             # A worker that had to cut requests exits 1. (One that was still booting may die of
             # the TERM itself: nothing was in flight there. Our own KILL is counted in tick.)
@@ -260,20 +269,7 @@ class Supervisor:
                     )
                 ]
             if self._reload_from is not None and worker.generation == self.generation:
-                # The new generation cannot boot: keep the old one serving.
-                out.append(
-                    Log(
-                        "error",
-                        f"reload failed: worker {worker.slot} of generation {worker.generation} did "
-                        f"not boot ({how}); generation {self._reload_from} keeps serving{detail}",
-                    )
-                )
-                for w in list(self.workers.values()):
-                    if w.generation == self.generation:
-                        out += self._stop_worker(w, signal.SIGKILL, "failed reload", now)
-                self.generation = self._reload_from
-                self._reload_from = None
-                return out
+                return out + self._reload_failed(worker, how, detail, now)
             self._count("boot-failure")
             out.append(Log("error", f"{self.noun} {worker.slot} failed to boot ({how}){detail}"))
         elif not expected:
@@ -281,18 +277,16 @@ class Supervisor:
             out.append(
                 Log("error", f"{self.noun} {worker.slot} (pid {pid}) died unexpectedly ({how})")
             )
-        if expected and worker.generation != self.generation:
-            return out  # retired by a reload: its slot is served by the new generation
-        if expected and any(
-            w.slot == worker.slot and w.generation == worker.generation
-            for w in self.workers.values()
-        ):
-            return out  # recycled: its replacement is already running
-        if worker.slot >= self.procs:
-            return out  # scaled down
+        # Its slot may need a worker again: of its own generation while a reload is under way
+        # (the old generation keeps serving until the new one is ready), else of the newest.
+        generation = (
+            worker.generation if worker.generation == self._reload_from else self.generation
+        )
+        if self._members(worker.slot, generation) >= self._wanted(worker.slot, generation):
+            return out + self._converge(now)  # served already (a replacement, a reload, TTOU)
         if expected:
-            out.append(self._spawn(worker.slot, worker.generation, now))
-            return out
+            out.append(self._spawn(worker.slot, generation, now))
+            return out + self._converge(now)
         # Unexpected death: respawn, backing off if this slot keeps crashing.
         lived = now - (worker.ready_at if worker.ready_at is not None else worker.spawned_at)
         failures = 0 if lived >= self.stable_after else self._failures.get(worker.slot, 0) + 1
@@ -304,10 +298,10 @@ class Supervisor:
             out.append(
                 Log("warn", f"{self.noun} {worker.slot} keeps dying: respawning in {delay:g}s")
             )
-            self._delayed.append((now + delay, worker.slot, worker.generation))
+            self._delayed.append((now + delay, worker.slot, generation))
         else:
-            out.append(self._spawn(worker.slot, worker.generation, now))
-        return out
+            out.append(self._spawn(worker.slot, generation, now))
+        return out + self._converge(now)
 
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
@@ -320,7 +314,7 @@ class Supervisor:
         due = [d for d in self._delayed if d[0] <= now]
         self._delayed = [d for d in self._delayed if d[0] > now]
         for _, slot, generation in due:
-            if not self.stopping and slot < self.procs and generation == self.generation:
+            if self._members(slot, generation) < self._wanted(slot, generation):
                 out.append(self._spawn(slot, generation, now))
         for w in list(self.workers.values()):
             if w.stop_deadline is not None and now >= w.stop_deadline and w.pid is not None:
@@ -334,7 +328,7 @@ class Supervisor:
                     )
                 )
                 out.append(Kill(w.pid, signal.SIGKILL))
-        return out
+        return out + self._converge(now)
 
     def reload(self, now: float) -> list[Command]:
         if self.stopping or self._reload_from is not None:
@@ -344,11 +338,12 @@ class Supervisor:
         self._count("reload")
         out: list[Command] = [Log("info", f"reload: starting generation {self.generation}")]
         out += [self._spawn(slot, self.generation, now) for slot in range(self.procs)]
-        return out
+        return out + self._converge(now)
 
     def stop(self, now: float, graceful: bool = True) -> list[Command]:
         self.stopping = True
         self._delayed = []
+        self._retire_queue = []
         self._growth_wanted = False
         if not self.workers:
             return [Halt(self.exit_status, "no workers left")]
@@ -356,8 +351,12 @@ class Supervisor:
         for w in list(self.workers.values()):
             if graceful:
                 out += self._stop_worker(w, signal.SIGTERM, "shutting down", now, force=True)
-            elif w.pid is not None:
+            else:
                 w.state = STOPPING
+                w.stop_reason = w.stop_reason or "shutting down"
+                if w.pid is None:
+                    w.pending_signal = signal.SIGINT
+                    continue
                 out.append(Kill(w.pid, signal.SIGINT))
                 w.stop_deadline = now + 1.0
         return out
@@ -369,14 +368,12 @@ class Supervisor:
         if target == self.procs:
             return [Log("info", f"keeping {self.procs} worker(s): at least one must run")]
         out: list[Command] = [Log("info", f"workers: {self.procs} -> {target}")]
-        if target > self.procs:
-            out += [self._spawn(slot, self.generation, now) for slot in range(self.procs, target)]
-        else:
-            for w in list(self.workers.values()):
-                if w.slot >= target:
-                    out += self._stop_worker(w, signal.SIGTERM, "scaled down", now)
+        added = range(self.procs, target)
         self.procs = target
-        return out
+        for slot in added:
+            if self._members(slot, self.generation) < self._wanted(slot, self.generation):
+                out.append(self._spawn(slot, self.generation, now))
+        return out + self._converge(now)  # stops the workers of the slots removed
 
     def retire(self, pid: int, reason: str, now: float) -> list[Command]:
         """Recycle a worker (max-requests, a hung request): its replacement starts first, and only
@@ -386,9 +383,7 @@ class Supervisor:
             return []
         worker.stop_reason = reason
         self._retire_queue.append(worker.id)
-        if self._retire_queue[0] != worker.id:
-            return []
-        return self._start_replacement(worker, now)
+        return self._converge(now)
 
     def hung(self, pid: int, now: float) -> list[Command]:
         """A worker spent longer than the request timeout inside the app: kill it now."""
@@ -398,9 +393,149 @@ class Supervisor:
         self._count("timeout")
         worker.state = STOPPING
         worker.stop_reason = worker.stop_reason or "timeout"
-        return [Kill(worker.pid, signal.SIGKILL)]
+        worker.stop_deadline = None
+        worker.pending_signal = None
+        return [Kill(worker.pid, signal.SIGKILL), *self._converge(now)]
 
     # -- helpers
+
+    def _reload_failed(
+        self, worker: WorkerRecord, how: str, detail: str, now: float
+    ) -> list[Command]:
+        """A worker of the new generation died before it was ready: keep the old one serving."""
+        assert self._reload_from is not None
+        out: list[Command] = [
+            Log(
+                "error",
+                f"reload failed: worker {worker.slot} of generation {worker.generation} did "
+                f"not boot ({how}); generation {self._reload_from} keeps serving{detail}",
+            )
+        ]
+        for w in list(self.workers.values()):
+            if w.generation == self.generation:
+                out += self._stop_worker(w, signal.SIGKILL, "failed reload", now)
+        self._delayed = [d for d in self._delayed if d[2] != self.generation]
+        self.generation = self._reload_from
+        self._reload_from = None
+        # Every slot the old generation served still has its worker (a crash during the reload
+        # was respawned in the old generation); should one not, it gets one now.
+        for slot in range(self.procs):
+            if self._members(slot, self.generation) == 0:
+                out.append(self._spawn(slot, self.generation, now))
+        return out + self._converge(now)
+
+    def _serving(self) -> tuple[int, ...]:
+        """The generations that may have workers: the newest, and the one a reload replaces."""
+        if self._reload_from is None:
+            return (self.generation,)
+        return (self.generation, self._reload_from)
+
+    def _recycling(self) -> WorkerRecord | None:
+        """The worker whose replacement may start or run now: the head of the retire queue (after
+        dropping the workers that left or were stopped meanwhile). None during a reload, which
+        replaces them all anyway, and while stopping."""
+        while self._retire_queue:
+            head = self.workers.get(self._retire_queue[0])
+            if head is not None and head.state == READY and head.generation in self._serving():
+                break
+            self._retire_queue.pop(0)
+        if not self._retire_queue or self.stopping or self._reload_from is not None:
+            return None
+        return self.workers[self._retire_queue[0]]
+
+    def _members(self, slot: int, generation: int) -> int:
+        """Workers serving (or about to serve) ``slot`` in ``generation``: those not stopping,
+        and the respawns waiting for their back-off."""
+        running = sum(
+            1
+            for w in self.workers.values()
+            if w.slot == slot and w.generation == generation and w.state != STOPPING
+        )
+        return running + sum(1 for _, s, g in self._delayed if s == slot and g == generation)
+
+    def _wanted(self, slot: int, generation: int) -> int:
+        """How many workers ``slot`` should have in ``generation``: one, two while its worker is
+        being recycled (it and its replacement), none outside ``procs`` or the serving
+        generations."""
+        if self.stopping or slot >= self.procs or generation not in self._serving():
+            return 0
+        head = self._recycling()
+        if head is not None and head.slot == slot and head.generation == generation:
+            return 2
+        return 1
+
+    def _converge(self, now: float) -> list[Command]:
+        """Bring the table to what is wanted: finish a reload whose generation is ready, stop
+        every surplus worker, start the next replacement, send the signals of workers stopped
+        before they had a pid. Called at the end of every event."""
+        out: list[Command] = []
+        if not self.stopping:
+            out += self._finish_reload(now)
+            for w in list(self.workers.values()):
+                if w.state == STOPPING:
+                    continue
+                if w.slot >= self.procs:
+                    out += self._stop_worker(w, signal.SIGTERM, "scaled down", now)
+                elif w.generation not in self._serving():
+                    out += self._stop_worker(w, signal.SIGTERM, "reload", now)
+            self._delayed = [
+                d for d in self._delayed if d[1] < self.procs and d[2] in self._serving()
+            ]
+            for slot, generation in sorted({(w.slot, w.generation) for w in self.workers.values()}):
+                out += self._trim(slot, generation, now)
+            head = self._recycling()
+            if head is not None and self._members(head.slot, head.generation) < 2:
+                out += self._start_replacement(head, now)
+        for w in self.workers.values():
+            if w.pending_signal is not None and w.pid is not None:
+                signum, w.pending_signal = w.pending_signal, None
+                w.stop_deadline = now + (
+                    1.0 if signum == signal.SIGINT else self.die_timeout + self.kill_grace
+                )
+                out.append(Kill(w.pid, signum))
+        return out
+
+    def _finish_reload(self, now: float) -> list[Command]:
+        """Once every slot has a ready worker of the new generation, the old one retires."""
+        if self._reload_from is None:
+            return []
+        for slot in range(self.procs):
+            if not any(
+                w.slot == slot and w.generation == self.generation and w.state == READY
+                for w in self.workers.values()
+            ):
+                return []
+        old, self._reload_from = self._reload_from, None
+        return [Log("info", f"generation {self.generation} ready: retiring {old}")]
+
+    def _trim(self, slot: int, generation: int, now: float) -> list[Command]:
+        """Stop the surplus among one slot's workers of one generation: those older than its
+        newest ready worker (they have been replaced), then the newest beyond what is wanted
+        (a replacement no longer needed), then respawns waiting beyond that."""
+        members = sorted(
+            (
+                w
+                for w in self.workers.values()
+                if w.slot == slot and w.generation == generation and w.state != STOPPING
+            ),
+            key=lambda w: w.id,
+        )
+        out: list[Command] = []
+        ready = [w for w in members if w.state == READY]
+        if ready:
+            newest = ready[-1]
+            for w in members:
+                if w.id < newest.id:
+                    out += self._stop_worker(w, signal.SIGTERM, w.stop_reason or "replaced", now)
+            members = [w for w in members if w.id >= newest.id]
+        wanted = self._wanted(slot, generation)
+        for w in members[wanted:]:
+            out += self._stop_worker(w, signal.SIGTERM, "no longer needed", now)
+        room = max(0, wanted - len(members))
+        waiting = [d for d in self._delayed if d[1] == slot and d[2] == generation]
+        for d in waiting[room:]:
+            self._delayed.remove(d)
+        return out
 
     def _start_replacement(self, worker: WorkerRecord, now: float) -> list[Command]:
         self._count(worker.stop_reason)
@@ -426,17 +561,10 @@ class Supervisor:
         worker.state = STOPPING
         worker.stop_reason = worker.stop_reason or reason
         if worker.pid is None:
+            worker.pending_signal = signum  # sent by _converge once the executor reports its pid
             return []
         worker.stop_deadline = now + self.die_timeout + self.kill_grace
-        out: list[Command] = [Kill(worker.pid, signum)]
-        # The next worker waiting to be recycled may start once this one is on its way out.
-        if self._retire_queue and self._retire_queue[0] == worker.id:
-            self._retire_queue.pop(0)
-            if self._retire_queue:
-                nxt = self.workers.get(self._retire_queue[0])
-                if nxt is not None:
-                    out += self._start_replacement(nxt, now)
-        return out
+        return [Kill(worker.pid, signum)]
 
     def _count(self, reason: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
