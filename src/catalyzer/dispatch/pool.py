@@ -30,10 +30,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from catalyzer.dispatch import settings as S
 from catalyzer.dispatch import tasks, wire
 from catalyzer.dispatch.tasks import (
     SerializationError,
@@ -43,6 +45,7 @@ from catalyzer.dispatch.tasks import (
 )
 from catalyzer.ops import introspection
 from catalyzer.process.children import ChildProcess, spawn_child
+from catalyzer.process.reactors import ProcessReactor
 from catalyzer.process.supervision import (
     READY,
     STARTING,
@@ -181,7 +184,7 @@ class _Task:
         self.timeout = timeout
         self.queued_at = queued_at
         self.started_at: float | None = None
-        self.timer: Any = None
+        self.timer: IDelayedCall | None = None
         self.deferred: defer.Deferred[TaskResult] = defer.Deferred()
 
 
@@ -306,31 +309,30 @@ class PreforkDispatcher(Service):
     def __init__(
         self,
         *,
-        reactor: Any,
-        max_forks: int = 4,
-        pre_fork: int = 1,
-        max_requests: int = 0,
-        methods: Mapping[str, str | Callable[..., Any]] | None = None,
-        classes: Sequence[str] = (),
-        upon_result: UponResult | None = None,
-        fork_name: str = "catalyzer dispatch",
-        verbose: int = 0,
-        talkback: Callable[[str], object] | None = None,
-        fork_preinit: Callable[[int], object] | None = None,
-        fork_postinit: Callable[[int, int | None], object] | None = None,
-        fork_init: str | Callable[[], object] | None = None,
-        precall: str | Callable[[str, tuple[Any, ...]], object] | None = None,
-        postcall: str | Callable[[str, tuple[Any, ...]], object] | None = None,
-        spawn_delay: float = 2.0,
-        timeout: float | None = None,
-        stop_timeout: float = 10.0,
-        on_halt: Callable[[str], object] | None = None,
-        python: str = sys.executable,
+        reactor: ProcessReactor,
+        max_forks: int = S.MAX_FORKS.default,
+        pre_fork: int = S.PRE_FORK.default,
+        max_requests: int = S.MAX_REQUESTS.default,
+        methods: Mapping[str, str | Callable[..., Any]] | None = S.METHODS.default,
+        classes: Sequence[str] = S.CLASSES.default,
+        upon_result: UponResult | None = S.UPON_RESULT.default,
+        fork_name: str = S.FORK_NAME.default,
+        verbose: int = S.VERBOSE.default,
+        talkback: Callable[[str], object] | None = S.TALKBACK.default,
+        fork_preinit: Callable[[int], object] | None = S.FORK_PREINIT.default,
+        fork_postinit: Callable[[int, int | None], object] | None = S.FORK_POSTINIT.default,
+        fork_init: str | Callable[[], object] | None = S.FORK_INIT.default,
+        precall: str | Callable[[str, tuple[Any, ...]], object] | None = S.PRECALL.default,
+        postcall: str | Callable[[str, tuple[Any, ...]], object] | None = S.POSTCALL.default,
+        spawn_delay: float = S.SPAWN_DELAY.default,
+        timeout: float | None = S.TIMEOUT.default,
+        stop_timeout: float = S.STOP_TIMEOUT.default,
+        on_halt: Callable[[str], object] | None = S.ON_HALT.default,
+        python: str = S.PYTHON.default,
     ) -> None:
-        if max_forks < 0 or pre_fork < 0 or max_requests < 0:
-            raise ValueError("max_forks, pre_fork and max_requests cannot be negative")
-        if isinstance(classes, str):
-            raise TypeError("classes is a list of module names, not one string")
+        # Every keyword is checked against its rule in the one table (dispatch/settings.py),
+        # which the command line and the docs share.
+        S.validate(locals())
         self.reactor = reactor
         self.max_forks = max_forks
         self.pre_fork = min(pre_fork, max_forks)
@@ -366,7 +368,7 @@ class PreforkDispatcher(Service):
         self.halted: str | None = None
         self.stopping = False
         self._stopped: list[defer.Deferred[None]] = []
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self._paths: dict[Any, str] = {}  # callable -> its import path
         self._inline: dict[str, Callable[..., Any]] = {}  # target -> callable (max_forks=0)
