@@ -150,6 +150,7 @@ class TaskRequest:
 
 
 UponResult = Callable[[TaskRequest, TaskResult], object]
+_Hook = Callable[[str, tuple[Any, ...]], object]
 
 
 class _Task:
@@ -372,7 +373,7 @@ class PreforkDispatcher(Service):
         self._timer_at: float | None = None
         self._paths: dict[Any, str] = {}  # callable -> its import path
         self._inline: dict[str, Callable[..., Any]] = {}  # target -> callable (max_forks=0)
-        self._inline_hooks: tuple[Any, Any] | None = None
+        self._inline_hooks: tuple[_Hook | None, _Hook | None] | None = None
 
     # -- the API
 
@@ -689,30 +690,22 @@ class PreforkDispatcher(Service):
     ) -> defer.Deferred[TaskResult]:
         task = _Task(name, params, target, b"", upon_result, None, self._now())
         task.started_at = task.queued_at
+        value: Any = None
+        error: TaskError | None
         try:
             if self._inline_hooks is None:
                 self._inline_hooks = (
                     tasks.load_path(self.precall) if self.precall else None,
                     tasks.load_path(self.postcall) if self.postcall else None,
                 )
-            precall, postcall = self._inline_hooks
-            func = self._inline.get(target)
-            if func is None:
-                func = self._inline[target] = tasks.resolve(target, self.classes)
-            if precall is not None:
-                precall(target, params)
-            try:
-                value = func(*params)
-            finally:
-                if postcall is not None:
-                    postcall(target, params)
-            result = TaskResult(value, None, self._elapsed(task), os.getpid())
-        except tasks.UnknownMethod as e:
-            error = TaskError(tasks.UNKNOWN_METHOD, str(e))
-            result = TaskResult(None, error, self._elapsed(task), os.getpid())
-        except Exception as e:
+        except Exception as e:  # no child to fail to boot here: the hook's error is the task's
             error = tasks.error_from_exception(e)
-            result = TaskResult(None, error, self._elapsed(task), os.getpid())
+        else:
+            precall, postcall = self._inline_hooks
+            value, error = tasks.call(
+                target, params, self.classes, found=self._inline, precall=precall, postcall=postcall
+            )
+        result = TaskResult(value, error, self._elapsed(task), os.getpid())
         self._finish(task, result)
         return task.deferred
 

@@ -50,6 +50,7 @@ class Option:
     # The type named in the error for a value ``parse`` refuses.
     expects: str = "str"
     repeatable: bool = False
+    required: bool = False
     # An option left unset takes the value of this one.
     fallback: str | None = None
 
@@ -163,6 +164,7 @@ CLASSES_OPTION = Option(
     "A module whose public functions are served (repeatable; searched in order).",
     "MODULE",
     repeatable=True,
+    required=True,
 )
 CLASSES = Setting[Sequence[str]](
     "classes",
@@ -278,8 +280,8 @@ PYTHON = Setting[str](
 REACTOR = Setting[Any](
     "reactor",
     None,
-    "any reactor providing `callLater`, `seconds`, `spawnProcess` and `adoptStreamConnection` "
-    "(`catalyzer.process.reactors.ProcessReactor`)",
+    "a reactor providing `callLater`, `seconds`, `spawnProcess` and `adoptStreamConnection`, as "
+    "every POSIX reactor does (typed as `catalyzer.process.reactors.ProcessReactor`)",
     required=True,
 )
 
@@ -405,7 +407,12 @@ def render_options(options: Iterable[tuple[Option, str | None]] = OPTIONS) -> st
         name = f"`--{option.name} {option.metavar}`"
         if option.short:
             name += f" (`-{option.short}`)"
-        default = "(none)" if option.default is None else f"`{option.default}`"
+        if option.required:
+            default = "(required)"
+        elif option.fallback is not None:
+            default = f"`--{option.fallback}`"
+        else:
+            default = "(none)" if option.default is None else f"`{option.default}`"
         sets = f"`{keyword}`" if keyword else ""
         lines.append(f"| {name} | {default} | {sets} | {_cell(option.help)} |")
     return "\n".join(lines) + "\n"
@@ -423,7 +430,7 @@ def update_page(page: str) -> str:
     return _BLOCK.sub(block, page)
 
 
-if __name__ == "__main__":
-    # python -m catalyzer.dispatch.settings docs/dispatch.md: rewrite that page's tables.
-    path = Path(sys.argv[1])
-    path.write_text(update_page(path.read_text()))
+def write_page(path: str | Path) -> None:
+    """Rewrite the generated tables of ``path`` (``make docs`` does, for ``docs/dispatch.md``)."""
+    page = Path(path)
+    page.write_text(update_page(page.read_text()))
