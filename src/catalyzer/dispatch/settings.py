@@ -55,7 +55,7 @@ class Option:
     fallback: str | None = None
 
     def value(self, raw: str) -> Any:
-        """``raw`` parsed and checked; ``ValueError`` with the message the command line shows."""
+        """``raw`` parsed; ``ValueError`` with the message the command line shows."""
         try:
             return self.parse(raw)
         except ValueError:
@@ -319,7 +319,7 @@ LISTEN = Option(
     "ENDPOINT",
 )
 
-# The twistd options, in --help's order, each with the keyword it sets (None: the tap's own).
+# The twistd options, in the docs' order, each with the keyword it sets (None: the tap's own).
 OPTIONS: tuple[tuple[Option, str | None], ...] = (
     (LISTEN, None),
     *((s.option, s.keyword) for s in SETTINGS if s.option is not None),
