@@ -51,6 +51,7 @@ pytest: $(VENV)/.test-installed
 
 docs: $(VENV)/.demo-installed
 	$(BIN)/python -m catalyzer.settings > docs/settings.md
+	$(BIN)/python -c 'from catalyzer.dispatch.settings import write_page; write_page("docs/dispatch.md")'
 
 bench: $(VENV)/.test-installed
 	bash bench/run.sh

@@ -12,7 +12,7 @@ import json
 import os
 import pickle
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -33,7 +33,9 @@ _pids = itertools.count(40000)
 class FakeProcess:
     """What ``spawnProcess`` returns: the pid, and the signals sent to it."""
 
-    def __init__(self, proto: Any, args: list[str], env: dict[str, str], fds: dict[int, Any]):
+    def __init__(
+        self, proto: Any, args: list[bytes | str], env: dict[str, str], fds: dict[int, Any]
+    ) -> None:
         self.proto = proto
         self.args = args
         self.env = env
@@ -126,17 +128,18 @@ class FakeReactor(MemoryReactorClock):
         self.children: list[FakeChild] = []
         self._spawned: FakeProcess | None = None
 
-    def spawnProcess(  # type: ignore[override]
+    # Typed as catalyzer.process.reactors.ProcessReactor.spawnProcess, which the dispatcher takes.
+    def spawnProcess(
         self,
         processProtocol: Any,
-        executable: str,
-        args: list[str],
-        env: dict[str, str] | None = None,
+        executable: bytes | str,
+        args: Sequence[bytes | str],
+        env: Mapping[str, str] | None = None,
         path: str | None = None,
         uid: int | None = None,
         gid: int | None = None,
         usePTY: bool = False,
-        childFDs: dict[int, Any] | None = None,
+        childFDs: Mapping[int, int | str] | None = None,
     ) -> FakeProcess:
         process = FakeProcess(processProtocol, list(args), dict(env or {}), dict(childFDs or {}))
         processProtocol.makeConnection(process)

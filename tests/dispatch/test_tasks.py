@@ -273,3 +273,93 @@ def test_twisted_amp_parses_what_the_child_writes() -> None:
     assert answer == {"ok": False, "data": b'["E", "m", ""]'}
     sent = dispatch.Run.makeArguments({"target": "m:f", "data": b"\x80"}, None)  # type: ignore[no-untyped-call]
     assert BoxParser().feed(sent.serialize()) == [{b"target": b"m:f", b"data": b"\x80"}]
+
+
+# -- calling a task with its hooks (the child's loop and max_forks=0 share tasks.call)
+
+
+def _hooks(log: list[str], fail: str = "") -> tuple[Any, Any]:
+    def pre(target: str, args: tuple[Any, ...]) -> None:
+        log.append(f"pre {target} {args!r}")
+        if fail == "pre":
+            raise RuntimeError("precall refuses")
+
+    def post(target: str, args: tuple[Any, ...]) -> None:
+        log.append(f"post {target} {args!r}")
+        if fail == "post":
+            raise RuntimeError("postcall refuses")
+
+    return pre, post
+
+
+def test_call_runs_the_hooks_around_the_function_and_caches_it() -> None:
+    log: list[str] = []
+    pre, post = _hooks(log)
+    found: dict[str, Any] = {}
+    target = "tests.dispatch.tasks:add"
+    assert tasks.call(target, (2, 3), found=found, precall=pre, postcall=post) == (5, None)
+    assert log == [f"pre {target} (2, 3)", f"post {target} (2, 3)"]
+    assert found == {target: sample.add}
+    # Found by name in the classes modules too, without hooks.
+    assert tasks.call("add", (1, 1), ["tests.dispatch.tasks"], found=found) == (2, None)
+
+
+def test_call_postcall_runs_after_a_failing_function() -> None:
+    log: list[str] = []
+    pre, post = _hooks(log)
+    value, error = tasks.call(
+        "tests.dispatch.tasks:boom", ("x",), found={}, precall=pre, postcall=post
+    )
+    assert value is None and error is not None and error.type == "ValueError"
+    assert [line.split()[0] for line in log] == ["pre", "post"]
+
+
+def test_call_failing_precall_skips_the_function() -> None:
+    log: list[str] = []
+    pre, post = _hooks(log, fail="pre")
+    called: list[int] = []
+    found: dict[str, Any] = {"t": lambda: called.append(1)}
+    _, error = tasks.call("t", (), found=found, precall=pre, postcall=post)
+    assert error is not None and error.type == "RuntimeError" and error.message == "precall refuses"
+    assert called == [] and [line.split()[0] for line in log] == ["pre"]
+
+
+def test_call_failing_postcall_is_the_error() -> None:
+    log: list[str] = []
+    pre, post = _hooks(log, fail="post")
+    _, error = tasks.call("tests.dispatch.tasks:add", (1, 2), found={}, precall=pre, postcall=post)
+    assert error is not None and error.message == "postcall refuses"
+
+
+def test_call_unknown_method_runs_no_hook() -> None:
+    log: list[str] = []
+    pre, post = _hooks(log)
+    _, error = tasks.call(
+        "nothing_here", (), ["tests.dispatch.tasks"], found={}, precall=pre, postcall=post
+    )
+    assert error is not None and error.type == tasks.UNKNOWN_METHOD
+    _, error = tasks.call("tests.dispatch.no_such_module:f", (), found={})
+    assert error is not None and error.type == tasks.UNKNOWN_METHOD
+    assert log == []
+
+
+def test_child_calls_through_tasks_call_with_its_hooks() -> None:
+    import socket
+
+    from catalyzer.dispatch.child import Child
+
+    spec = {
+        "classes": ["tests.dispatch.tasks"],
+        "precall": "tests.dispatch.tasks:precall",
+        "postcall": "tests.dispatch.tasks:postcall",
+    }
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        child = Child(spec, theirs)
+        before = len(sample.calls())
+        assert child.call("add", tasks.dumps((2, 3))) == (True, tasks.dumps(5))
+        assert sample.calls()[before:] == ["pre add (2, 3)", "post add (2, 3)"]
+        ok, data = child.call("nothing_here", tasks.dumps(()))
+        assert not ok and TaskError.from_json(data).type == tasks.UNKNOWN_METHOD
+        ok, data = child.call("add", b"not a pickle")
+        assert not ok and TaskError.from_json(data).type.endswith("SerializationError")

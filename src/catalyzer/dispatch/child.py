@@ -116,23 +116,18 @@ class Child:
         """``(True, pickled value)`` or ``(False, JSON error)``."""
         try:
             args = tasks.loads(payload)
-            func = self.found.get(target)
-            if func is None:
-                func = self.found[target] = tasks.resolve(target, self.classes)
-        except tasks.UnknownMethod as e:
-            return False, tasks.TaskError(tasks.UNKNOWN_METHOD, str(e)).to_json()
         except Exception as e:
             return False, tasks.error_from_exception(e).to_json()
-        try:
-            if self.precall is not None:
-                self.precall(target, args)
-            try:
-                value = func(*args)
-            finally:
-                if self.postcall is not None:
-                    self.postcall(target, args)
-        except Exception as e:
-            return False, tasks.error_from_exception(e).to_json()
+        value, error = tasks.call(
+            target,
+            args,
+            self.classes,
+            found=self.found,
+            precall=self.precall,
+            postcall=self.postcall,
+        )
+        if error is not None:
+            return False, error.to_json()
         try:
             return True, tasks.dumps(value)
         except tasks.SerializationError as e:

@@ -30,10 +30,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from catalyzer.dispatch import settings as S
 from catalyzer.dispatch import tasks, wire
 from catalyzer.dispatch.tasks import (
     SerializationError,
@@ -43,6 +45,7 @@ from catalyzer.dispatch.tasks import (
 )
 from catalyzer.ops import introspection
 from catalyzer.process.children import ChildProcess, spawn_child
+from catalyzer.process.reactors import ProcessReactor
 from catalyzer.process.supervision import (
     READY,
     STARTING,
@@ -147,6 +150,7 @@ class TaskRequest:
 
 
 UponResult = Callable[[TaskRequest, TaskResult], object]
+_Hook = Callable[[str, tuple[Any, ...]], object]
 
 
 class _Task:
@@ -181,7 +185,7 @@ class _Task:
         self.timeout = timeout
         self.queued_at = queued_at
         self.started_at: float | None = None
-        self.timer: Any = None
+        self.timer: IDelayedCall | None = None
         self.deferred: defer.Deferred[TaskResult] = defer.Deferred()
 
 
@@ -306,31 +310,30 @@ class PreforkDispatcher(Service):
     def __init__(
         self,
         *,
-        reactor: Any,
-        max_forks: int = 4,
-        pre_fork: int = 1,
-        max_requests: int = 0,
-        methods: Mapping[str, str | Callable[..., Any]] | None = None,
-        classes: Sequence[str] = (),
-        upon_result: UponResult | None = None,
-        fork_name: str = "catalyzer dispatch",
-        verbose: int = 0,
-        talkback: Callable[[str], object] | None = None,
-        fork_preinit: Callable[[int], object] | None = None,
-        fork_postinit: Callable[[int, int | None], object] | None = None,
-        fork_init: str | Callable[[], object] | None = None,
-        precall: str | Callable[[str, tuple[Any, ...]], object] | None = None,
-        postcall: str | Callable[[str, tuple[Any, ...]], object] | None = None,
-        spawn_delay: float = 2.0,
-        timeout: float | None = None,
-        stop_timeout: float = 10.0,
-        on_halt: Callable[[str], object] | None = None,
-        python: str = sys.executable,
+        reactor: ProcessReactor,
+        max_forks: int = S.MAX_FORKS.default,
+        pre_fork: int = S.PRE_FORK.default,
+        max_requests: int = S.MAX_REQUESTS.default,
+        methods: Mapping[str, str | Callable[..., Any]] | None = S.METHODS.default,
+        classes: Sequence[str] = S.CLASSES.default,
+        upon_result: UponResult | None = S.UPON_RESULT.default,
+        fork_name: str = S.FORK_NAME.default,
+        verbose: int = S.VERBOSE.default,
+        talkback: Callable[[str], object] | None = S.TALKBACK.default,
+        fork_preinit: Callable[[int], object] | None = S.FORK_PREINIT.default,
+        fork_postinit: Callable[[int, int | None], object] | None = S.FORK_POSTINIT.default,
+        fork_init: str | Callable[[], object] | None = S.FORK_INIT.default,
+        precall: str | Callable[[str, tuple[Any, ...]], object] | None = S.PRECALL.default,
+        postcall: str | Callable[[str, tuple[Any, ...]], object] | None = S.POSTCALL.default,
+        spawn_delay: float = S.SPAWN_DELAY.default,
+        timeout: float | None = S.TIMEOUT.default,
+        stop_timeout: float = S.STOP_TIMEOUT.default,
+        on_halt: Callable[[str], object] | None = S.ON_HALT.default,
+        python: str = S.PYTHON.default,
     ) -> None:
-        if max_forks < 0 or pre_fork < 0 or max_requests < 0:
-            raise ValueError("max_forks, pre_fork and max_requests cannot be negative")
-        if isinstance(classes, str):
-            raise TypeError("classes is a list of module names, not one string")
+        # Every keyword is checked against its rule in the one table (dispatch/settings.py),
+        # which the command line and the docs share.
+        S.validate(locals())
         self.reactor = reactor
         self.max_forks = max_forks
         self.pre_fork = min(pre_fork, max_forks)
@@ -366,11 +369,11 @@ class PreforkDispatcher(Service):
         self.halted: str | None = None
         self.stopping = False
         self._stopped: list[defer.Deferred[None]] = []
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self._paths: dict[Any, str] = {}  # callable -> its import path
         self._inline: dict[str, Callable[..., Any]] = {}  # target -> callable (max_forks=0)
-        self._inline_hooks: tuple[Any, Any] | None = None
+        self._inline_hooks: tuple[_Hook | None, _Hook | None] | None = None
 
     # -- the API
 
@@ -687,30 +690,22 @@ class PreforkDispatcher(Service):
     ) -> defer.Deferred[TaskResult]:
         task = _Task(name, params, target, b"", upon_result, None, self._now())
         task.started_at = task.queued_at
+        value: Any = None
+        error: TaskError | None
         try:
             if self._inline_hooks is None:
                 self._inline_hooks = (
                     tasks.load_path(self.precall) if self.precall else None,
                     tasks.load_path(self.postcall) if self.postcall else None,
                 )
-            precall, postcall = self._inline_hooks
-            func = self._inline.get(target)
-            if func is None:
-                func = self._inline[target] = tasks.resolve(target, self.classes)
-            if precall is not None:
-                precall(target, params)
-            try:
-                value = func(*params)
-            finally:
-                if postcall is not None:
-                    postcall(target, params)
-            result = TaskResult(value, None, self._elapsed(task), os.getpid())
-        except tasks.UnknownMethod as e:
-            error = TaskError(tasks.UNKNOWN_METHOD, str(e))
-            result = TaskResult(None, error, self._elapsed(task), os.getpid())
-        except Exception as e:
+        except Exception as e:  # no child to fail to boot here: the hook's error is the task's
             error = tasks.error_from_exception(e)
-            result = TaskResult(None, error, self._elapsed(task), os.getpid())
+        else:
+            precall, postcall = self._inline_hooks
+            value, error = tasks.call(
+                target, params, self.classes, found=self._inline, precall=precall, postcall=postcall
+            )
+        result = TaskResult(value, error, self._elapsed(task), os.getpid())
         self._finish(task, result)
         return task.deferred
 

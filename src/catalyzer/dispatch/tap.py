@@ -6,8 +6,9 @@ is an XML-RPC method, run in a pool of ``--procs`` children by a
 (code 8002, ``"Type: message"``; the traceback stays in the server), an unknown method as fault
 8001. Only plain names are callable from the network: never an import path.
 
-This is an edge module: it touches the global reactor. The options are a small table of their
-own, below; ``--help`` shows them.
+This is an edge module: it touches the global reactor. The options are those of
+:data:`catalyzer.dispatch.settings.OPTIONS`, the table the dispatcher's keywords and
+``docs/dispatch.md`` come from; ``--help`` shows them.
 """
 
 from __future__ import annotations
@@ -25,29 +26,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import server, xmlrpc
 
-from catalyzer.dispatch import PreforkDispatcher, tasks
+from catalyzer.dispatch import PreforkDispatcher, settings, tasks
 from catalyzer.dispatch.tasks import TaskResult
 from catalyzer.process import signals
 from catalyzer.process.children import exit_at_interpreter_exit
+from catalyzer.process.reactors import RunningReactor
 
 log = Logger(namespace="catalyzer.dispatch")
 
-DEFAULT_LISTEN = "tcp:7080:interface=127.0.0.1"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-# name, short, default, type, help: the whole option table.
-OPTIONS: list[tuple[str, str | None, str | None, type, str]] = [
-    ("listen", "l", DEFAULT_LISTEN, str, "Endpoint to serve XML-RPC on (loopback by default)."),
-    ("procs", "p", "4", int, "Children at most (0: run every task in this process)."),
-    ("pre-fork", None, None, int, "Children started at once [default: --procs]."),
-    ("max-requests", None, "0", int, "Replace a child after this many tasks (0: never)."),
-    ("timeout", "t", "0", float, "Kill a child whose task runs longer, in seconds (0: never)."),
-    ("spawn-delay", None, "2", float, "Seconds between two children started on demand."),
-    ("stop-timeout", None, "10", float, "Seconds the tasks in hand get to finish at shutdown."),
-    ("fork-name", None, "catalyzer dispatch", str, "Children's process title: NAME child."),
-    ("fork-init", None, None, str, "module:function each child runs once it starts."),
-    ("verbose", "v", "0", int, "1: children starting and stopping; 2: every task."),
-]
 
 
 def _fail(message: str) -> SystemExit:
@@ -61,8 +48,9 @@ class Options(usage.Options):
         "pool of child processes (see docs/dispatch.md)."
     )
     optParameters = [
-        [name, short, None, f"{text} [default: {default}]" if default else text]
-        for name, short, default, _, text in OPTIONS
+        [o.name, o.short, None, f"{o.help} [default: {o.default}]" if o.default else o.help]
+        for o, _ in settings.OPTIONS
+        if not o.repeatable
     ]
 
     def __init__(self) -> None:
@@ -72,27 +60,19 @@ class Options(usage.Options):
         self.endpoint: Any = None
 
     def opt_methods(self, module: str) -> None:
-        """A module whose public functions are served (repeatable; searched in order)."""
         self.methods.append(module)
 
+    # usage.Options takes an option's help from its handler's docstring.
+    opt_methods.__doc__ = settings.CLASSES_OPTION.help
     opt_m = opt_methods
 
     def postOptions(self) -> None:
         if not self.methods:
             raise _fail("--methods MODULE is required (the module whose functions are served)")
-        for name, _, default, kind, _ in OPTIONS:
-            raw = self.opts.get(name)
-            raw = default if raw is None else raw
-            if raw is None:
-                self.settings[name] = None
-                continue
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise _fail(f"--{name} {raw!r}: expected {kind.__name__}") from None
-            if isinstance(value, int | float) and value < 0:
-                raise _fail(f"--{name} cannot be negative")
-            self.settings[name] = value
+        try:
+            self.settings = settings.from_command_line(self.opts)
+        except ValueError as e:
+            raise _fail(str(e)) from None
         from twisted.internet import reactor
 
         try:
@@ -164,18 +144,8 @@ def makeService(options: Options) -> Service:
 
     values = options.settings
     procs: int = values["procs"]
-    pre_fork = values["pre-fork"]
     dispatcher = PreforkDispatcher(
-        max_forks=procs,
-        pre_fork=procs if pre_fork is None else pre_fork,
-        max_requests=values["max-requests"],
-        classes=options.methods,
-        timeout=values["timeout"] or None,
-        spawn_delay=values["spawn-delay"],
-        stop_timeout=values["stop-timeout"],
-        fork_name=values["fork-name"],
-        fork_init=values["fork-init"],
-        verbose=values["verbose"],
+        **settings.keywords({**values, "methods": options.methods}),
         on_halt=lambda reason: _halt(reactor, reason),
         reactor=reactor,
     )
@@ -208,7 +178,7 @@ def makeService(options: Options) -> Service:
     return root
 
 
-def _halt(reactor: Any, reason: str) -> None:
+def _halt(reactor: RunningReactor, reason: str) -> None:
     """Children cannot start (the --methods module does not import, say): exit 3, as catalyzer's
     master does on a boot failure, rather than answer every call with a fault."""
     stream = sys.__stderr__

@@ -34,6 +34,7 @@ __all__ = [
     "TaskFailed",
     "TaskResult",
     "UnknownMethod",
+    "call",
     "callable_path",
     "dumps",
     "error_from_exception",
@@ -252,6 +253,42 @@ def resolve(
             return func
     where = ", ".join(classes) if classes else "no modules"
     raise UnknownMethod(f"no method {target!r} (searched {where})")
+
+
+def call(
+    target: str,
+    args: tuple[Any, ...],
+    classes: Sequence[str] = (),
+    *,
+    found: dict[str, Callable[..., Any]],
+    precall: Callable[[str, tuple[Any, ...]], object] | None = None,
+    postcall: Callable[[str, tuple[Any, ...]], object] | None = None,
+) -> tuple[Any, TaskError | None]:
+    """Run one task as a child does, and as the dispatcher does with ``max_forks=0``: find
+    ``target`` (see :func:`resolve`; ``found`` caches what was found, by target), then
+    ``precall(target, args)``, the function, and ``postcall(target, args)`` even if the function
+    failed. Returns ``(value, None)``, or ``(None, error)``: :data:`UNKNOWN_METHOD` when nothing
+    goes by that name, else the exception of the hook or function (a failing precall means the
+    function does not run; a failing postcall replaces the function's result or error)."""
+    try:
+        func = found.get(target)
+        if func is None:
+            func = found[target] = resolve(target, classes)
+    except UnknownMethod as e:
+        return None, TaskError(UNKNOWN_METHOD, str(e))
+    except Exception as e:
+        return None, error_from_exception(e)
+    try:
+        if precall is not None:
+            precall(target, args)
+        try:
+            value = func(*args)
+        finally:
+            if postcall is not None:
+                postcall(target, args)
+    except Exception as e:
+        return None, error_from_exception(e)
+    return value, None
 
 
 def method_target(name: str, methods: Mapping[str, str], classes: Sequence[str]) -> str | None:
