@@ -167,15 +167,18 @@ class FakeProcess:
     def exit(self, status: int | None = 0, signum: int | None = None) -> None:
         """The child ends, with exit ``status`` or killed by ``signum``: its control channel
         closes, then the parent hears of its end, in Twisted's order."""
+        # Twisted's process errors are untyped.
+        done: Any = ProcessDone
+        terminated: Any = ProcessTerminated
         if self.control is not None and self.control.transport is not None:
-            self.control.connectionLost(Failure(ProcessDone(0)))
+            self.control.connectionLost(Failure(done(0)))
         self.pid = None
         if signum is not None:
-            reason = Failure(ProcessTerminated(exitCode=None, signal=signum))
+            reason = Failure(terminated(exitCode=None, signal=signum))
         elif status == 0:
-            reason = Failure(ProcessDone(0))
+            reason = Failure(done(0))
         else:
-            reason = Failure(ProcessTerminated(exitCode=status))
+            reason = Failure(terminated(exitCode=status))
         self.proto.processEnded(reason)
 
     # The rest of IProcessTransport, which catalyzer does not use, as no-ops.
@@ -196,11 +199,11 @@ class FakeProcessReactor(MemoryReactorClock):
     counted from ``first_pid``."""
 
     def __init__(self, first_pid: int = 40000) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.pids = itertools.count(first_pid)
         self.processes: list[FakeProcess] = []
 
-    def spawnProcess(  # type: ignore[override]
+    def spawnProcess(
         self,
         processProtocol: Any,
         executable: str,
@@ -221,7 +224,9 @@ class FakeProcessReactor(MemoryReactorClock):
 
     def adoptStreamConnection(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> None:
         """The control channel of the process spawned last, connected to a StringTransport."""
-        super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+        super().adoptStreamConnection(  # type: ignore[no-untyped-call]
+            fileDescriptor, addressFamily, factory
+        )
         proto = factory.buildProtocol(None)
         proto.makeConnection(StringTransport())
         if self.processes:

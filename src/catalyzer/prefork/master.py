@@ -163,7 +163,6 @@ class MasterService(Service):
         # Counters of workers that have exited, so that the totals never go down.
         self._retired_metrics = RequestMetrics().snapshot()
         self._hang_check: Any = None  # the IDelayedCall of the next --timeout check
-        self._hang_check_at: float | None = None
         self.watcher: FileWatcher | None = None
         self._reload_pending = False
         self.progress = ProgressRegistry(config.progress_ttl, config.progress_entries)
@@ -428,19 +427,18 @@ class MasterService(Service):
 
     # -- --timeout: a worker too long in the app
 
-    def _check_hangs(self) -> None:
+    def _check_hangs(self, due: float | None = None) -> None:
         """Ask for the stack of, then kill, each worker that has spent --timeout in the app on
         one request; check again when the next one could.
 
         The scoreboard cannot tell the master when a worker enters the app, but no request can
         time out before ``entered + timeout``, nor one not yet entered before ``now + timeout``:
-        the check is armed at the earliest of these, and again when a worker becomes ready."""
+        the check is armed at the earliest of these, and again when a worker becomes ready.
+        ``due`` is the instant the timer was armed for."""
         self._cancel_hang_check()
         timeout = self.config.timeout
         if not timeout or self.supervisor.stopping:
             return
-        due = self._hang_check_at
-        self._hang_check_at = None
         # Never earlier than the instant the check was armed for (see Executor._fire).
         now = self._now() if due is None else max(self._now(), due)
         next_check = now + timeout
@@ -451,8 +449,9 @@ class MasterService(Service):
             entered, what = process.scoreboard.read()
             if not entered:
                 continue
-            if now - entered < timeout:
-                next_check = min(next_check, entered + timeout)
+            expires = entered + timeout  # computed the same way as the instant armed for it
+            if expires > now:
+                next_check = min(next_check, expires)
                 continue
             process.hung_since = now
             log.error(
@@ -469,8 +468,9 @@ class MasterService(Service):
                 _KILL_AFTER_DUMP,
                 lambda pid=record.pid: self._run(self.supervisor.hung(pid, self._now())),
             )
-        self._hang_check_at = next_check
-        self._hang_check = self.reactor.callLater(next_check - self._now(), self._check_hangs)
+        self._hang_check = self.reactor.callLater(
+            max(0.0, next_check - self._now()), self._check_hangs, next_check
+        )
 
     def _cancel_hang_check(self) -> None:
         if self._hang_check is not None and self._hang_check.active():
