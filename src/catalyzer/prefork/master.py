@@ -2,8 +2,11 @@
 workers, and turns signals into actions. It never imports the application.
 
 Decisions are made by :class:`catalyzer.process.supervision.Supervisor`; this service carries them out:
-``reactor.spawnProcess`` with the listening sockets, a control socketpair (AMP) and a shared
-scoreboard passed as file descriptors, ``os.kill`` for signals, and the log.
+``reactor.spawnProcess`` with the listening sockets (:mod:`catalyzer.prefork.listeners`), a
+control socketpair (AMP) and a shared scoreboard passed as file descriptors, signals sent through
+each process's transport, and the log; :class:`catalyzer.process.executor.Executor` hands it the
+commands and times the supervisor's deadlines. The reactor is a parameter:
+``tests/prefork/test_master.py`` runs the master on :class:`catalyzer.testing.FakeProcessReactor`.
 
 Signals (each handler only enqueues the action for the reactor):
 
@@ -173,14 +176,12 @@ class MasterService(Service):
 
     def privilegedStartService(self) -> None:
         self.listeners = listen_all(
-            self.endpoints,
-            lambda endpoint: listen("", endpoint, self.config.procs),
+            [(description, (description, endpoint)) for description, endpoint in self.endpoints],
+            lambda named: listen(*named, self.config.procs),
             logger=log,
             close=Listener.close,
             address=lambda listener: listener.address,
         )
-        for listener, (description, _) in zip(self.listeners, self.endpoints, strict=True):
-            listener.description = description
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
