@@ -33,7 +33,12 @@ def test_dispatch_public_names() -> None:
 
 
 def test_testing_public_names() -> None:
-    assert sorted(catalyzer.testing.__all__) == ["InMemoryConnection", "InMemoryServer"]
+    assert sorted(catalyzer.testing.__all__) == [
+        "FakeProcess",
+        "FakeProcessReactor",
+        "InMemoryConnection",
+        "InMemoryServer",
+    ]
     for name in catalyzer.testing.__all__:
         assert getattr(catalyzer.testing, name) is not None
 

@@ -1,58 +1,35 @@
 """PreforkDispatcher with a fake process reactor: no processes, no sockets, a Clock for time.
 
 ``spawnProcess`` hands back a fake process transport that records signals, and the control
-channel is a StringTransport. A test plays each child's part by feeding the dispatcher the boxes a
+channel is a StringTransport (:class:`catalyzer.testing.FakeProcessReactor`). A test plays each child's part by feeding the dispatcher the boxes a
 child would write (``Ready``, answers, ``ResultChunk``) and by ending its "process".
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import pickle
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 
 from catalyzer.dispatch import PreforkDispatcher, TaskRequest, tasks
 from catalyzer.dispatch import pool as dispatch
 from catalyzer.dispatch.tasks import SerializationError, TaskResult
 from catalyzer.dispatch.wire import ENV_KEY, BoxParser, encode_box
 from catalyzer.ops import introspection
+from catalyzer.testing import FakeProcess, FakeProcessReactor
 from tests.dispatch import tasks as sample
-
-_pids = itertools.count(40000)
-
-
-class FakeProcess:
-    """What ``spawnProcess`` returns: the pid, and the signals sent to it."""
-
-    def __init__(
-        self, proto: Any, args: list[bytes | str], env: dict[str, str], fds: dict[int, Any]
-    ) -> None:
-        self.proto = proto
-        self.args = args
-        self.env = env
-        self.fds = fds
-        self.pid: int | None = next(_pids)
-        self.signals: list[int] = []
-
-    def signalProcess(self, signum: int) -> None:
-        if self.pid is None:
-            raise ProcessExitedAlready()
-        self.signals.append(signum)
 
 
 class FakeChild:
     """One child as the test drives it."""
 
     def __init__(self, process: FakeProcess, control: Any) -> None:
+        assert process.pid is not None
         self.process = process
         self.control = control
         self.pid = process.pid
@@ -110,47 +87,20 @@ class FakeChild:
         return run[0], run[1]
 
     def exit(self, status: int | None = 0, signum: int | None = None) -> None:
-        self.control.connectionLost(Failure(ProcessDone(0)))
-        pid, self.process.pid = self.process.pid, None
-        if signum is not None:
-            reason = Failure(ProcessTerminated(exitCode=None, signal=signum))
-        elif status == 0:
-            reason = Failure(ProcessDone(0))
-        else:
-            reason = Failure(ProcessTerminated(exitCode=status))
-        self.process.proto.processEnded(reason)
-        assert pid is not None
+        self.process.exit(status, signum)
 
 
-class FakeReactor(MemoryReactorClock):
+class FakeReactor(FakeProcessReactor):
+    """Each child spawned, as the test drives it, in ``children``."""
+
     def __init__(self) -> None:
         super().__init__()
         self.children: list[FakeChild] = []
-        self._spawned: FakeProcess | None = None
-
-    # Typed as catalyzer.process.reactors.ProcessReactor.spawnProcess, which the dispatcher takes.
-    def spawnProcess(
-        self,
-        processProtocol: Any,
-        executable: bytes | str,
-        args: Sequence[bytes | str],
-        env: Mapping[str, str] | None = None,
-        path: str | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        usePTY: bool = False,
-        childFDs: Mapping[int, int | str] | None = None,
-    ) -> FakeProcess:
-        process = FakeProcess(processProtocol, list(args), dict(env or {}), dict(childFDs or {}))
-        processProtocol.makeConnection(process)
-        self._spawned = process
-        return process
 
     def adoptStreamConnection(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> None:
-        proto = factory.buildProtocol(None)
-        proto.makeConnection(StringTransport())
-        assert self._spawned is not None
-        self.children.append(FakeChild(self._spawned, proto))
+        super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+        process = self.processes[-1]
+        self.children.append(FakeChild(process, process.control))
 
 
 @pytest.fixture

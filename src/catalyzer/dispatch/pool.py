@@ -17,7 +17,6 @@ See ``docs/dispatch.md`` for the whole story: failure behaviour, hooks, trust, t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -29,7 +28,6 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
@@ -44,16 +42,14 @@ from catalyzer.dispatch.tasks import (
     TaskResult,
 )
 from catalyzer.ops import introspection
-from catalyzer.process.children import ChildProcess, spawn_child
+from catalyzer.process.children import SupervisedChild, spawn_child
+from catalyzer.process.executor import Executor
 from catalyzer.process.reactors import ProcessReactor
 from catalyzer.process.supervision import (
     READY,
     STARTING,
     STOPPING,
-    Halt,
-    Kill,
-    Log,
-    Spawn,
+    Command,
     Supervisor,
     WorkerRecord,
 )
@@ -71,7 +67,6 @@ __all__ = [
 
 log = Logger(namespace="catalyzer.dispatch")
 
-_BOOT_OUTPUT_LINES = 200
 _CONTROL_FD = 3
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -189,42 +184,24 @@ class _Task:
         self.deferred: defer.Deferred[TaskResult] = defer.Deferred()
 
 
-class _Child(ChildProcess):
+class _Child(SupervisedChild):
     """The dispatcher's view of one child process."""
 
     def __init__(self, dispatcher: PreforkDispatcher, record: WorkerRecord) -> None:
-        super().__init__(log, self._label)
+        super().__init__(log, self._label, record)
         self.dispatcher = dispatcher
-        self.record = record
         self.control: _ControlProtocol | None = None
         self.task: _Task | None = None
         self.tasks_done = 0
         # False once the child may take no more tasks: retiring, told to stop, timed out.
         self.usable = True
         self.result_chunks: list[bytes] = []
-        self.boot_output: deque[str] = deque(maxlen=_BOOT_OUTPUT_LINES)
 
     def _label(self) -> str:
         return f"dispatch child {self.record.slot} pid {self.record.pid}"
 
-    def line_received(self, text: str) -> None:
-        if self.record.state == STARTING:
-            self.boot_output.append(text)  # reported once, with the boot failure if it fails
-            return
-        self.log_line(text)
-
     def log_line(self, text: str) -> None:
         self.dispatcher._output(f"[{self._label()}] {text}")
-
-    def flush_boot_output(self) -> None:
-        while self.boot_output:
-            self.log_line(self.boot_output.popleft())
-
-    def signal(self, signum: int) -> None:
-        """Through the process transport (``spawnProcess``'s), which knows if it has exited."""
-        if self.transport is not None:
-            with contextlib.suppress(ProcessExitedAlready):
-                self.transport.signalProcess(signum)
 
     def ended(self, status: int | None, signum: int | None) -> None:
         self.dispatcher._child_exited(self, status, signum)
@@ -369,8 +346,15 @@ class PreforkDispatcher(Service):
         self.halted: str | None = None
         self.stopping = False
         self._stopped: list[defer.Deferred[None]] = []
-        self._timer: IDelayedCall | None = None
-        self._timer_at: float | None = None
+        self.executor = Executor(
+            self.supervisor,
+            reactor,
+            spawn=self._spawn,
+            kill=self._kill,
+            log=self._say,
+            halt=lambda status, reason: self._halt(reason),
+            after_tick=self._pump,
+        )
         self._paths: dict[Any, str] = {}  # callable -> its import path
         self._inline: dict[str, Callable[..., Any]] = {}  # target -> callable (max_forks=0)
         self._inline_hooks: tuple[_Hook | None, _Hook | None] | None = None
@@ -761,7 +745,7 @@ class PreforkDispatcher(Service):
         if pid is None:
             return
         commands = self.supervisor.ready(pid, self._now())
-        child.flush_boot_output()
+        child.release()
         self._run(commands)
         self._pump()
 
@@ -784,21 +768,12 @@ class PreforkDispatcher(Service):
             self._finish(task, TaskResult(None, error, self._elapsed(task), record.pid))
         if record.pid is None:
             return
-        output = "\n".join(child.boot_output)
+        output = child.held_text()
         self._run(self.supervisor.exited(record.pid, status, signum, self._now(), output))
         self._pump()
 
-    def _run(self, commands: Sequence[object]) -> None:
-        for command in commands:
-            if isinstance(command, Spawn):
-                self._spawn(command.worker)
-            elif isinstance(command, Kill):
-                self._kill(command.pid, command.signum)
-            elif isinstance(command, Log):
-                self._say(command.level, command.text)
-            elif isinstance(command, Halt):
-                self._halt(command.reason)
-        self._arm()
+    def _run(self, commands: Sequence[Command]) -> None:
+        self.executor.run(commands)
 
     def _kill(self, pid: int, signum: int) -> None:
         child = next((c for c in self.children.values() if c.record.pid == pid), None)
@@ -830,9 +805,7 @@ class PreforkDispatcher(Service):
             self._hook(self.on_halt, reason)
 
     def _stop_done(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.executor.cancel()
         waiters, self._stopped = self._stopped, []
         if self.stopping:
             self._say("info", "stopped: no child left")
@@ -840,26 +813,6 @@ class PreforkDispatcher(Service):
             d.callback(None)
 
     # -- time
-
-    def _arm(self) -> None:
-        """One timer, at the supervisor's next deadline (a kill, a respawn, a growth)."""
-        deadline = self.supervisor.next_deadline()
-        if self._timer is not None and self._timer.active():
-            if deadline == self._timer_at:
-                return
-            self._timer.cancel()
-        self._timer = None
-        self._timer_at = deadline
-        if deadline is None:
-            return
-        self._timer = self.reactor.callLater(max(0.0, deadline - self._now()), self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self._run(self.supervisor.tick(self._now()))
-        self._pump()
-        self._arm()
 
     def _now(self) -> float:
         now: float = self.reactor.seconds()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,8 +28,9 @@ from twisted.web import server, xmlrpc
 from catalyzer.dispatch import PreforkDispatcher, settings, tasks
 from catalyzer.dispatch.tasks import TaskResult
 from catalyzer.process import signals
-from catalyzer.process.children import exit_at_interpreter_exit
+from catalyzer.process.children import halt
 from catalyzer.process.reactors import RunningReactor
+from catalyzer.server.listening import listen_all, listen_now
 
 log = Logger(namespace="catalyzer.dispatch")
 
@@ -119,16 +119,11 @@ class _Listen(Service):
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        result: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(result.append)
-        if not result or not hasattr(result[0], "getHost"):
-            reason = getattr(result[0], "value", result[0]) if result else "did not bind at once"
-            raise _fail(f"cannot listen on {self.description}: {reason}")
-        self.port = result[0]
-        log.info(
-            "listening on {description} ({address})",
-            description=self.description,
-            address=self.port.getHost(),
+        (self.port,) = listen_all(
+            [(self.description, self.endpoint)],
+            lambda e: listen_now(e, self.factory),
+            logger=log,
+            prefix="catalyzer-dispatch: error",
         )
 
     def stopService(self) -> Any:
@@ -181,12 +176,4 @@ def makeService(options: Options) -> Service:
 def _halt(reactor: RunningReactor, reason: str) -> None:
     """Children cannot start (the --methods module does not import, say): exit 3, as catalyzer's
     master does on a boot failure, rather than answer every call with a fault."""
-    stream = sys.__stderr__
-    if stream is not None:
-        stream.write(f"catalyzer-dispatch: {reason}\n")
-        stream.flush()
-    exit_at_interpreter_exit(3)
-    if reactor.running:
-        reactor.stop()
-    else:
-        reactor.callWhenRunning(reactor.stop)
+    halt(reactor, 3, f"catalyzer-dispatch: {reason}")

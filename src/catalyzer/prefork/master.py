@@ -2,8 +2,11 @@
 workers, and turns signals into actions. It never imports the application.
 
 Decisions are made by :class:`catalyzer.process.supervision.Supervisor`; this service carries them out:
-``reactor.spawnProcess`` with the listening sockets, a control socketpair (AMP) and a shared
-scoreboard passed as file descriptors, ``os.kill`` for signals, and the log.
+``reactor.spawnProcess`` with the listening sockets (:mod:`catalyzer.prefork.listeners`), a
+control socketpair (AMP) and a shared scoreboard passed as file descriptors, signals sent through
+each process's transport, and the log; :class:`catalyzer.process.executor.Executor` hands it the
+commands and times the supervisor's deadlines. The reactor is a parameter:
+``tests/prefork/test_master.py`` runs the master on :class:`catalyzer.testing.FakeProcessReactor`.
 
 Signals (each handler only enqueues the action for the reactor):
 
@@ -21,34 +24,35 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import endpoints, error, interfaces, protocol
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.internet import interfaces
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
-from twisted.python.failure import Failure
 
 from catalyzer.http.progress import ProgressRegistry
 from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.metrics import RequestMetrics, merge
 from catalyzer.prefork import control
+from catalyzer.prefork.listeners import Listener, listen
 from catalyzer.prefork.reloader import FileWatcher
 from catalyzer.process import signals
-from catalyzer.process.children import ChildProcess, exit_at_interpreter_exit, spawn_child
-from catalyzer.process.children import kill as _kill
+from catalyzer.process.children import (
+    SupervisedChild,
+    exit_at_interpreter_exit,
+    halt,
+    spawn_child,
+)
 from catalyzer.process.children import set_title as _set_title
+from catalyzer.process.executor import Executor
 from catalyzer.process.scoreboard import Scoreboard
-from catalyzer.process.supervision import READY, STARTING, Halt, Kill, Log, Spawn, Supervisor
+from catalyzer.process.supervision import READY, Command, Supervisor
 from catalyzer.process.supervision import WorkerRecord as Record
-from catalyzer.server import twistedprivate
+from catalyzer.server.listening import listen_all
 from catalyzer.settings import Config
 
 __all__ = ["MasterService"]
@@ -56,131 +60,37 @@ __all__ = ["MasterService"]
 log = Logger(namespace="catalyzer.prefork.master")
 worker_log = Logger(namespace="catalyzer.prefork.worker")
 
-_TICK = 0.2
+
+def _log(level: str, text: str) -> None:
+    """A supervisor's Log command (its levels are twisted.logger's names)."""
+    log.emit(LogLevel.levelWithName(level), "{text}", text=text)
+
+
+# How long a worker hung past --timeout gets to write its stack (SIGUSR2) before its KILL.
 _KILL_AFTER_DUMP = 0.5
-_BOOT_OUTPUT_LINES = 200
+# How faulthandler's dump of a thread begins ("Current thread 0x... (most recent call first):").
+_STACK_HEADER = "(most recent call first):"
 
 
-class _NoAccept(protocol.Factory):
-    """The master's ports never accept: workers do."""
-
-    noisy = False
-
-    def buildProtocol(self, addr: object) -> None:
-        return None
-
-
-class _Listener:
-    """One ``--listen`` endpoint as the workers see it.
-
-    A TCP endpoint (tcp, tcp6, ssl) gets one ``SO_REUSEPORT`` socket per worker slot: the kernel
-    spreads new connections evenly over them, where with one shared socket the worker that
-    wakes first takes most of a burst. The master holds the sockets, so a worker's replacement
-    (crash, recycling, reload) adopts the same socket and serves what queued meanwhile. Other
-    endpoints (unix, systemd) are one socket shared by every worker.
-    """
-
-    def __init__(self, description: str, family: str, address: Any) -> None:
-        self.description = description
-        self.family = family
-        self.address = address
-        self.shared: Any = None  # the Twisted port of a shared socket
-        self.slots: dict[int, socket.socket] = {}
-        self._bind: tuple[int, tuple[Any, ...], int] | None = None
-
-    @classmethod
-    def reuseport(cls, description: str, endpoint: Any, slots: int) -> _Listener:
-        bind = twistedprivate.tcp_bind(endpoint)
-        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in bind.interface
-        family = socket.AF_INET6 if v6 else socket.AF_INET
-        host = bind.interface or ("::" if v6 else "")
-        first = _reuseport_socket(family, (host, bind.port), bind.backlog)
-        bound = first.getsockname()
-        address = (IPv6Address if v6 else IPv4Address)("TCP", bound[0], bound[1])
-        listener = cls(description, "INET6" if v6 else "INET", address)
-        listener._bind = (family, bound, bind.backlog)
-        listener.slots[0] = first
-        for slot in range(1, slots):
-            listener.slots[slot] = listener._new_socket()
-        return listener
-
-    def _new_socket(self) -> socket.socket:
-        assert self._bind is not None
-        family, address, backlog = self._bind
-        return _reuseport_socket(family, address, backlog)
-
-    def fd_for(self, slot: int) -> int:
-        if self.shared is not None:
-            fd: int = self.shared.fileno()
-            return fd
-        sock = self.slots.get(slot)
-        if sock is None:
-            try:
-                sock = self.slots[slot] = self._new_socket()
-            except OSError as e:  # e.g. a privileged port after dropping privileges
-                log.warn(
-                    "{d}: no socket of its own for worker {slot} ({e}): sharing slot 0's",
-                    d=self.description,
-                    slot=slot,
-                    e=e,
-                )
-                sock = self.slots[min(self.slots)]
-        return sock.fileno()
-
-    def release(self, slot: int) -> None:
-        """The slot is gone (scaled down): connections the kernel queued there are refused."""
-        sock = self.slots.pop(slot, None) if slot != 0 else None
-        if sock is not None:
-            sock.close()
-
-    def close(self) -> None:
-        if self.shared is not None:
-            self.shared.stopListening()
-        for sock in self.slots.values():
-            sock.close()
-        self.slots = {}
-
-
-def _reuseport_socket(family: int, address: tuple[Any, ...], backlog: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-class WorkerProcess(ChildProcess):
+class WorkerProcess(SupervisedChild):
     """The master's view of one worker process: its output and its end."""
 
     def __init__(self, master: MasterService, record: Record, scoreboard: Scoreboard) -> None:
-        super().__init__(worker_log, self._label)
+        super().__init__(worker_log, self._label, record)
         self.master = master
-        self.record = record
         self.scoreboard = scoreboard
         self.control: amp.AMP | None = None
-        self.boot_output: deque[str] = deque(maxlen=_BOOT_OUTPUT_LINES)
+        # Set once the worker has been in the app past --timeout and asked for its stack.
         self.hung_since: float | None = None
+        self.stack_seen = False
 
     def _label(self) -> str:
         return f"worker {self.record.slot} pid {self.record.pid}"
 
     def line_received(self, text: str) -> None:
-        if self.record.state == STARTING:
-            # Held back until the worker is ready: a boot failure is reported once, by the
-            # master, instead of once per failing worker.
-            self.boot_output.append(text)
-            return
-        self.log_line(text)
-
-    def flush_boot_output(self) -> None:
-        while self.boot_output:
-            self.log_line(self.boot_output.popleft())
+        if self.hung_since is not None and text.rstrip().endswith(_STACK_HEADER):
+            self.stack_seen = True
+        super().line_received(text)
 
     def ended(self, status: int | None, signum: int | None) -> None:
         self.scoreboard.close()
@@ -232,17 +142,30 @@ class MasterService(Service):
         config: Config,
         endpoints: Sequence[tuple[str, interfaces.IStreamServerEndpoint]],
         reactor: Any,
+        *,
+        at_exit: Callable[[int], object] = exit_at_interpreter_exit,
     ) -> None:
+        """``reactor`` spawns the workers and times everything; ``at_exit(status)`` makes the
+        process exit with a halt's non-zero status once twistd is done."""
         self.config = config
         self.endpoints = endpoints
         self.reactor = reactor
+        self.at_exit = at_exit
         self.supervisor = Supervisor(config.procs, die_timeout=config.die_timeout)
-        self.listeners: list[_Listener] = []
+        self.executor = Executor(
+            self.supervisor,
+            reactor,
+            spawn=self._spawn,
+            kill=self._kill,
+            log=_log,
+            halt=self._halt,
+        )
+        self.listeners: list[Listener] = []
         self.processes: dict[int, WorkerProcess] = {}  # record id -> process
         self.halted: int | None = None
         # Counters of workers that have exited, so that the totals never go down.
         self._retired_metrics = RequestMetrics().snapshot()
-        self._ticker: LoopingCall | None = None
+        self._hang_check: Any = None  # the IDelayedCall of the next --timeout check
         self.watcher: FileWatcher | None = None
         self._reload_pending = False
         self.progress = ProgressRegistry(config.progress_ttl, config.progress_entries)
@@ -252,42 +175,18 @@ class MasterService(Service):
     # -- start
 
     def privilegedStartService(self) -> None:
-        from catalyzer.server.service import ListenError
-
-        for description, endpoint in self.endpoints:
-            try:
-                listener = self._listen(description, endpoint)
-            except (OSError, error.CannotListenError) as e:
-                err = getattr(e, "socketError", None) or e
-                for other in self.listeners:
-                    other.close()
-                raise ListenError(f"catalyzer: cannot listen on {description}: {err}") from None
-            self.listeners.append(listener)
-            log.info(
-                "listening on {description} ({address})",
-                description=description,
-                address=listener.address,
-            )
+        self.listeners = listen_all(
+            [(description, (description, endpoint)) for description, endpoint in self.endpoints],
+            lambda named: listen(*named, self.config.procs),
+            logger=log,
+            close=Listener.close,
+            address=lambda listener: listener.address,
+        )
         Service.privilegedStartService(self)
-
-    def _listen(self, description: str, endpoint: Any) -> _Listener:
-        if type(endpoint) in _TCP_ENDPOINTS:
-            return _Listener.reuseport(description, endpoint, self.config.procs)
-        result: list[Any] = []
-        endpoint.listen(_NoAccept()).addBoth(result.append)
-        port = result[0] if result else None
-        if not interfaces.IListeningPort.providedBy(port):
-            if isinstance(port, Failure):
-                port.raiseException()
-            raise OSError("did not bind at once")
-        port.stopReading()  # type: ignore[attr-defined]  # the master never accepts
-        listener = _Listener(description, _family(port), port.getHost())
-        listener.shared = port
-        return listener
 
     def startService(self) -> None:
         Service.startService(self)
-        _set_title(f"catalyzer master [{self.config.app}]")
+        self.reactor.callWhenRunning(_set_title, f"catalyzer master [{self.config.app}]")
         self.reactor.callWhenRunning(
             signals.install,
             self.reactor,
@@ -307,20 +206,17 @@ class MasterService(Service):
             self.watcher.watch_patterns(self.config.watch)
             self.watcher.start()
         self._run(self.supervisor.start(self._now()))
-        self._ticker = LoopingCall(self._tick)
-        self._ticker.clock = self.reactor
-        self._ticker.start(_TICK, now=False)
+        self._check_hangs()
 
     def stopService(self) -> None:
         Service.stopService(self)
         if self.watcher is not None:
             self.watcher.stop()
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
+        self.executor.cancel()
+        self._cancel_hang_check()
         # The reactor is stopping for a reason other than our own orderly exit: leave no orphans.
         for process in list(self.processes.values()):
-            if process.record.pid is not None:
-                _kill(process.record.pid, signal.SIGKILL)
+            process.signal(signal.SIGKILL)
 
     # -- actions
 
@@ -443,9 +339,10 @@ class MasterService(Service):
             trace.emit("ready", worker=process.record.slot, child=pid)
         if pid is not None:
             commands = self.supervisor.ready(pid, self._now())
-            process.flush_boot_output()
+            process.release()
             self._run(commands)
             self._after_reload()
+            self._check_hangs()  # it may have entered the app already
 
     def worker_exited(self, process: WorkerProcess, status: int | None, signum: int | None) -> None:
         self.processes.pop(process.record.id, None)
@@ -464,7 +361,9 @@ class MasterService(Service):
             trace.emit("exit", worker=process.record.slot, child=pid, status=status, signal=signum)
         if pid is None:
             return
-        output = "\n".join(process.boot_output)
+        if process.hung_since is not None:
+            self._report_stack(process)
+        output = process.held_text()
         self._run(self.supervisor.exited(pid, status, signum, self._now(), output))
         self._after_reload()
         slot = process.record.slot
@@ -476,16 +375,13 @@ class MasterService(Service):
 
     # -- carrying out decisions
 
-    def _run(self, commands: Sequence[object]) -> None:
-        for command in commands:
-            if isinstance(command, Spawn):
-                self._spawn(command.worker)
-            elif isinstance(command, Kill):
-                _kill(command.pid, command.signum)
-            elif isinstance(command, Log):
-                getattr(log, command.level)("{text}", text=command.text)
-            elif isinstance(command, Halt):
-                self._halt(command.status, command.reason)
+    def _run(self, commands: Sequence[Command]) -> None:
+        self.executor.run(commands)
+
+    def _kill(self, pid: int, signum: int) -> None:
+        process = next((p for p in self.processes.values() if p.record.pid == pid), None)
+        if process is not None:
+            process.signal(signum)
 
     def _spawn(self, record: Record) -> None:
         scoreboard = Scoreboard.create()
@@ -530,33 +426,78 @@ class MasterService(Service):
         process.control = MasterControl(self, process)
         return process.control
 
-    def _tick(self) -> None:
-        now = self._now()
-        self._run(self.supervisor.tick(now))
+    # -- --timeout: a worker too long in the app
+
+    def _check_hangs(self, due: float | None = None) -> None:
+        """Ask for the stack of, then kill, each worker that has spent --timeout in the app on
+        one request; check again when the next one could.
+
+        The scoreboard cannot tell the master when a worker enters the app, but no request can
+        time out before ``entered + timeout``, nor one not yet entered before ``now + timeout``:
+        the check is armed at the earliest of these, and again when a worker becomes ready.
+        ``due`` is the instant the timer was armed for."""
+        self._cancel_hang_check()
         timeout = self.config.timeout
         if not timeout or self.supervisor.stopping:
             return
+        # Never earlier than the instant the check was armed for (see Executor._fire).
+        now = self._now() if due is None else max(self._now(), due)
+        next_check = now + timeout
         for process in list(self.processes.values()):
             record = process.record
             if record.state != READY or record.pid is None or process.hung_since is not None:
                 continue
             entered, what = process.scoreboard.read()
-            if entered and now - entered > timeout:
-                process.hung_since = now
-                log.error(
-                    "worker {slot} (pid {pid}) has spent {elapsed:.1f}s in the app on {what} "
-                    "(timeout {timeout:g}s): its stack follows; killing it",
-                    slot=record.slot,
-                    pid=record.pid,
-                    elapsed=now - entered,
-                    what=what,
-                    timeout=timeout,
-                )
-                _kill(record.pid, signal.SIGUSR2)  # faulthandler in the worker dumps its stack
-                self.reactor.callLater(
-                    _KILL_AFTER_DUMP,
-                    lambda pid=record.pid: self._run(self.supervisor.hung(pid, self._now())),
-                )
+            if not entered:
+                continue
+            expires = entered + timeout  # computed the same way as the instant armed for it
+            if expires > now:
+                next_check = min(next_check, expires)
+                continue
+            process.hung_since = now
+            log.error(
+                "worker {slot} (pid {pid}) has spent {elapsed:.1f}s in the app on {what} "
+                "(timeout {timeout:g}s): asking for its stack, then killing it",
+                slot=record.slot,
+                pid=record.pid,
+                elapsed=now - entered,
+                what=what,
+                timeout=timeout,
+            )
+            process.signal(signal.SIGUSR2)  # faulthandler in the worker dumps its stack
+            self.reactor.callLater(
+                _KILL_AFTER_DUMP,
+                lambda pid=record.pid: self._run(self.supervisor.hung(pid, self._now())),
+            )
+        self._hang_check = self.reactor.callLater(
+            max(0.0, next_check - self._now()), self._check_hangs, next_check
+        )
+
+    def _cancel_hang_check(self) -> None:
+        if self._hang_check is not None and self._hang_check.active():
+            self._hang_check.cancel()
+        self._hang_check = None
+
+    def _report_stack(self, process: WorkerProcess) -> None:
+        """Once a worker killed after --timeout has ended (all its output has been read), say
+        whether the stack logged before is its own: a worker that is stopped (SIGSTOP) or
+        blocked in the kernel cannot run faulthandler's handler, and then nothing was written."""
+        record = process.record
+        if process.stack_seen:
+            log.error(
+                "worker {slot} (pid {pid}) killed after --timeout: its stack is logged above",
+                slot=record.slot,
+                pid=record.pid,
+            )
+        else:
+            log.error(
+                "worker {slot} (pid {pid}) killed after --timeout: no stack: the worker did not "
+                "answer the dump request (SIGUSR2) within {wait:g}s (stopped, or blocked where "
+                "no signal handler runs)",
+                slot=record.slot,
+                pid=record.pid,
+                wait=_KILL_AFTER_DUMP,
+            )
 
     def _halt(self, status: int, reason: str) -> None:
         if self.halted is not None:
@@ -564,43 +505,16 @@ class MasterService(Service):
         self.halted = status
         if status:
             log.error("exiting with status {status}: {reason}", status=status, reason=reason)
-            stream = sys.__stderr__
-            if stream is not None:
-                stream.write(f"catalyzer: {reason}\n")
-                stream.flush()
-            exit_at_interpreter_exit(status)
         else:
             log.info("{reason}: exiting", reason=reason)
         for process in list(self.processes.values()):
-            if process.record.pid is not None:
-                _kill(process.record.pid, signal.SIGKILL)
-        if self.reactor.running:
-            self.reactor.stop()
-        else:  # halted while twistd is still starting services
-            self.reactor.callWhenRunning(self.reactor.stop)
+            process.signal(signal.SIGKILL)
+        halt(self.reactor, status, f"catalyzer: {reason}", at_exit=self.at_exit)
 
     def _now(self) -> float:
         now: float = self.reactor.seconds()
         return now
 
 
-_TCP_ENDPOINTS = (
-    endpoints.TCP4ServerEndpoint,
-    endpoints.TCP6ServerEndpoint,
-    endpoints.SSL4ServerEndpoint,
-)
-
-
 def _total(workers: list[dict[str, Any]], key: str) -> int:
     return sum(w[key] for w in workers if isinstance(w.get(key), int))
-
-
-def _family(port: Any) -> str:
-    host = port.getHost()
-    if isinstance(host, IPv6Address):
-        return "INET6"
-    if isinstance(host, IPv4Address):
-        return "INET"
-    if isinstance(host, UNIXAddress):
-        return "UNIX"
-    raise ValueError(f"cannot pass a {type(host).__name__} listener to workers")

@@ -9,6 +9,11 @@ into lines and handed to :meth:`ChildProcess.line_received`, where the default t
 the child's label in the parent's log. The end of the process is reported once, with its exit
 status or signal, to :meth:`ChildProcess.ended`.
 
+:class:`SupervisedChild` adds what both the master and the dispatcher want of a child a
+:class:`~catalyzer.process.supervision.Supervisor` tracks: its output is held back while it boots,
+so that a boot failure is reported once, with the child's last words, instead of line by line for
+every failing child.
+
 What a child is for (an HTTP worker, a task runner), which descriptors it gets besides the
 control channel, and what to do when it ends are the caller's business.
 """
@@ -20,14 +25,30 @@ import contextlib
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from twisted.internet import protocol
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ChildProcess", "exit_of", "kill", "set_title", "spawn_child"]
+from catalyzer.process.supervision import STARTING, WorkerRecord
+
+__all__ = [
+    "ChildProcess",
+    "SupervisedChild",
+    "exit_at_interpreter_exit",
+    "exit_of",
+    "halt",
+    "kill",
+    "set_title",
+    "spawn_child",
+]
+
+# Lines of a booting child's output kept for its boot failure report (the end of a traceback).
+HELD_LINES = 200
 
 
 class ChildProcess(protocol.ProcessProtocol):
@@ -65,6 +86,39 @@ class ChildProcess(protocol.ProcessProtocol):
 
     def ended(self, status: int | None, signum: int | None) -> None:
         """The process is gone (exit ``status``, or killed by ``signum``). Override."""
+
+    def signal(self, signum: int) -> None:
+        """Signal the process through its transport (``spawnProcess``'s), which knows whether
+        it has been reaped: a bare ``os.kill`` could hit a new process that reused the pid."""
+        if self.transport is not None:
+            with contextlib.suppress(ProcessExitedAlready):
+                self.transport.signalProcess(signum)
+
+
+class SupervisedChild(ChildProcess):
+    """A child whose :class:`~catalyzer.process.supervision.WorkerRecord` says whether it has
+    booted: while it is starting, its output is held (the last :data:`HELD_LINES` lines) instead
+    of logged. Once the supervisor has it ready, :meth:`release` logs what was held; if it dies
+    first, :meth:`held_text` is its output for the boot failure report."""
+
+    def __init__(self, logger: Logger, label: Callable[[], str], record: WorkerRecord) -> None:
+        super().__init__(logger, label)
+        self.record = record
+        self.held: deque[str] = deque(maxlen=HELD_LINES)
+
+    def line_received(self, text: str) -> None:
+        if self.record.state == STARTING:
+            self.held.append(text)
+            return
+        self.log_line(text)
+
+    def release(self) -> None:
+        """Log the held lines, oldest first."""
+        while self.held:
+            self.log_line(self.held.popleft())
+
+    def held_text(self) -> str:
+        return "\n".join(self.held)
 
 
 def exit_of(reason: Failure) -> tuple[int | None, int | None]:
@@ -122,6 +176,33 @@ def exit_at_interpreter_exit(status: int) -> None:
     """End the process with ``status`` once twistd has finished, without waiting for threads
     that may still be stuck in application code (twistd itself would exit 0, or by signal)."""
     atexit.register(_exit_now, status)
+
+
+def halt(
+    reactor: Any,
+    status: int,
+    line: str,
+    *,
+    at_exit: Callable[[int], object] = exit_at_interpreter_exit,
+    stream: TextIO | None = None,
+) -> None:
+    """Stop the reactor, and with a non-zero ``status`` exit with it and say why in one line.
+
+    The line goes to the process's real standard error (``stream``, by default
+    ``sys.__stderr__``): by now twistd has sent ``sys.stderr`` to its log, and whoever started
+    the process should see the reason. Halting while twistd is still starting services stops the
+    reactor as soon as it runs.
+    """
+    if status:
+        out = stream if stream is not None else sys.__stderr__
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+        at_exit(status)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
 
 
 def _exit_now(status: int) -> None:

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, interfaces, task
-from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from catalyzer.server.channel import HTTPFactory, ServerState
+from catalyzer.server.listening import ListenError, listen_all, listen_now
 
 __all__ = ["HTTPService", "ListenError"]
 
 log = Logger(namespace="catalyzer")
-
-
-class ListenError(SystemExit):
-    """An endpoint could not be bound: ``twistd`` stops with status 1 instead of a traceback.
-
-    By the time services start, twistd has redirected ``sys.stderr`` into its log, so the message
-    goes to the process's real standard error as well."""
-
-    def __init__(self, message: str) -> None:
-        stream = sys.__stderr__
-        if stream is not None:
-            stream.write(message + "\n")
-            stream.flush()
-        super().__init__(1)
 
 
 class HTTPService(Service):
@@ -59,26 +44,7 @@ class HTTPService(Service):
 
     def privilegedStartService(self) -> None:
         factory = HTTPFactory(self.server)
-        for description, endpoint in self.endpoints:
-            d = endpoint.listen(factory)
-            result: list[Any] = []
-            d.addBoth(result.append)
-            if not result:  # every endpoint we accept listens synchronously
-                raise ListenError(f"catalyzer: --listen {description}: did not bind at once")
-            port = result[0]
-            if not interfaces.IListeningPort.providedBy(port):
-                error = port.value
-                if isinstance(error, CannotListenError):
-                    error = error.socketError or error
-                for p in self.ports:
-                    p.stopListening()
-                raise ListenError(f"catalyzer: cannot listen on {description}: {error}")
-            self.ports.append(port)
-            log.info(
-                "listening on {description} ({address})",
-                description=description,
-                address=port.getHost(),
-            )
+        self.ports = listen_all(self.endpoints, lambda e: listen_now(e, factory), logger=log)
         self.server.ports = list(self.ports)
         Service.privilegedStartService(self)
 

@@ -1,0 +1,246 @@
+"""The prefork master on a fake process reactor: no processes, no sockets, a Clock for time.
+
+Each worker is a :class:`catalyzer.testing.FakeProcess`; a test plays its part by saying Ready
+over its control channel (an AMP box), writing to its stderr and ending it.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.protocols import amp
+
+from catalyzer.prefork.master import MasterService
+from catalyzer.process.supervision import BOOT_FAILURE, KILL_GRACE, READY
+from catalyzer.settings import Config
+from catalyzer.testing import FakeProcess, FakeProcessReactor
+
+APP = "tests.helpers:hello"
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace", "").startswith("catalyzer.prefork"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+class Master:
+    """A started MasterService on a FakeProcessReactor, and what it exited with."""
+
+    def __init__(self, **settings: Any) -> None:
+        values: dict[str, object] = {"app": APP, "procs": 2, "die-timeout": 5.0}
+        values.update({k.replace("_", "-"): v for k, v in settings.items()})
+        self.reactor = FakeProcessReactor()
+        self.exits: list[int] = []
+        self.service = MasterService(
+            Config.from_values(values), [], self.reactor, at_exit=self.exits.append
+        )
+        self.service.startService()
+        # The reactor runs from here on; the hooks (signal handlers, process title) are left
+        # uncalled, as they would change this very process.
+        self.reactor.running = True
+
+    def live(self) -> list[FakeProcess]:
+        return self.reactor.running_processes()
+
+    def generation(self, n: int) -> list[FakeProcess]:
+        return [p for p in self.live() if p.proto.record.generation == n]
+
+    def ready(self, *processes: FakeProcess) -> None:
+        for process in processes:
+            assert process.pid is not None
+            box = amp.Box({b"_command": b"Ready", b"_ask": b"1", b"pid": b"%d" % process.pid})
+            process.control.dataReceived(box.serialize())
+
+    def boot(self) -> list[FakeProcess]:
+        workers = self.live()
+        self.ready(*workers)
+        return workers
+
+    def advance(self, seconds: float) -> None:
+        self.reactor.advance(seconds)
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.reactor.hasStopped)
+
+
+def test_boot_to_n_ready_workers(logged: list[str]) -> None:
+    master = Master(procs=3)
+    workers = master.live()
+    assert len(workers) == 3
+    assert [w.args[1:] for w in workers] == [["-m", "catalyzer.prefork.worker"]] * 3
+    assert sorted(w.proto.record.slot for w in workers) == [0, 1, 2]
+    assert not master.service.ready()
+    master.ready(*workers)
+    assert all(w.proto.record.state == READY for w in workers)
+    assert master.service.ready()
+    assert sum("ready" in line for line in logged) == 3
+
+
+def test_output_is_held_until_ready() -> None:
+    master = Master(procs=1)
+    (worker,) = master.live()
+    held: list[str] = []
+    worker.proto.log_line = held.append
+    worker.output(b"importing the app\n")
+    assert held == []
+    master.ready(worker)
+    assert held == ["importing the app"]
+    worker.output(b"serving\n")
+    assert held == ["importing the app", "serving"]
+
+
+def test_no_timer_while_nothing_is_due() -> None:
+    """The supervisor is asked to tick at its deadlines only: a quiet master has no timer."""
+    master = Master()
+    master.boot()
+    assert master.reactor.getDelayedCalls() == []
+
+
+def test_hup_starts_a_generation_and_retires_the_old_once_all_are_ready() -> None:
+    master = Master()
+    old = master.boot()
+    master.service.reload()
+    new = master.generation(2)
+    assert len(new) == 2
+    master.ready(new[0])
+    assert all(p.signals == [] for p in old)  # one new worker is not enough
+    master.ready(new[1])
+    assert [p.signals for p in old] == [[signal.SIGTERM], [signal.SIGTERM]]
+    for p in old:
+        p.exit(0)
+    assert master.live() == new  # retired by the reload: not replaced
+    assert master.service.supervisor.generation == 2
+
+
+def test_a_crash_is_replaced_then_backs_off_on_the_clock() -> None:
+    master = Master()
+    a, b = master.boot()
+    a.exit(signum=signal.SIGSEGV)
+    (replacement,) = [p for p in master.live() if p is not b]
+    assert replacement.proto.record.slot == a.proto.record.slot
+    master.ready(replacement)
+    replacement.exit(1)  # a second crash in a row: respawned after a back-off
+    assert master.live() == [b]
+    (timer,) = master.reactor.getDelayedCalls()
+    master.advance(timer.getTime() - master.reactor.seconds() - 0.001)
+    assert master.live() == [b]
+    master.advance(0.001)
+    assert len(master.live()) == 2
+
+
+def test_boot_failure_halts_with_status_3_and_the_workers_words(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    master = Master()
+    first, second = master.live()
+    first.output(b"Traceback (most recent call last):\nImportError: no app\n")
+    first.exit(BOOT_FAILURE)
+    assert master.exits == [BOOT_FAILURE]
+    assert master.stopped
+    assert second.signals == [signal.SIGKILL]
+    err = capfd.readouterr().err
+    assert err.startswith("catalyzer: worker 0 failed to boot (exit status 3): Traceback")
+    assert "ImportError: no app" in err
+
+
+def test_term_drains_and_exits_0_when_every_worker_leaves_in_time() -> None:
+    master = Master()
+    workers = master.boot()
+    master.service.stop(graceful=True)
+    assert [p.signals for p in workers] == [[signal.SIGTERM], [signal.SIGTERM]]
+    for p in workers:
+        p.exit(0)
+    assert master.stopped
+    assert master.exits == []  # status 0: twistd's own
+
+
+def test_term_kills_after_die_timeout_then_exits_1(capfd: pytest.CaptureFixture[str]) -> None:
+    master = Master(die_timeout=5.0)
+    quick, stuck = master.boot()
+    master.service.stop(graceful=True)
+    quick.exit(0)
+    master.advance(5.0 + KILL_GRACE - 0.01)
+    assert stuck.signals == [signal.SIGTERM]
+    master.advance(0.01)
+    assert stuck.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert not master.stopped
+    stuck.exit(signum=signal.SIGKILL)
+    assert master.stopped
+    assert master.exits == [1]
+    assert capfd.readouterr().err == (
+        "catalyzer: all workers have exited; requests in flight had to be cut\n"
+    )
+
+
+def _hang(master: Master, timeout: float) -> FakeProcess:
+    """Boot one worker, put it in the app, and wait until just before --timeout runs out."""
+    (worker,) = master.boot()
+    master.advance(10)
+    worker.proto.scoreboard.enter(master.reactor.seconds(), "GET /slow")
+    master.advance(timeout - 0.01)
+    assert worker.signals == []
+    master.advance(0.01)
+    assert worker.signals == [signal.SIGUSR2]  # faulthandler: dump your stack
+    return worker
+
+
+def test_timeout_with_a_stack(logged: list[str]) -> None:
+    master = Master(procs=1, timeout=2.0)
+    worker = _hang(master, 2.0)
+    assert any(
+        "has spent 2.0s in the app on GET /slow (timeout 2s): asking for its stack" in line
+        for line in logged
+    )
+    worker.output(b"Current thread 0x00007f00 (most recent call first):\n  File x, line 1\n")
+    master.advance(0.49)
+    assert worker.signals == [signal.SIGUSR2]
+    master.advance(0.01)
+    assert worker.signals == [signal.SIGUSR2, signal.SIGKILL]
+    worker.exit(signum=signal.SIGKILL)
+    assert any("killed after --timeout: its stack is logged above" in line for line in logged)
+    assert not any("no stack" in line for line in logged)
+    (replacement,) = master.live()
+    assert replacement is not worker
+
+
+def test_timeout_without_a_stack_says_so(logged: list[str]) -> None:
+    """A worker that cannot run its signal handler (SIGSTOP'd, say) writes nothing."""
+    master = Master(procs=1, timeout=2.0)
+    worker = _hang(master, 2.0)
+    master.advance(0.5)
+    assert worker.signals == [signal.SIGUSR2, signal.SIGKILL]
+    worker.exit(signum=signal.SIGKILL)
+    assert any(
+        "killed after --timeout: no stack: the worker did not answer the dump request "
+        "(SIGUSR2) within 0.5s" in line
+        for line in logged
+    )
+    assert not any("its stack is logged above" in line for line in logged)
+
+
+def test_timeout_check_follows_the_request_not_a_poll() -> None:
+    master = Master(procs=1, timeout=2.0)
+    (worker,) = master.boot()
+    (check,) = master.reactor.getDelayedCalls()
+    assert check.getTime() == pytest.approx(2.0)  # nothing in the app: the soonest possible
+    master.advance(1.5)
+    worker.proto.scoreboard.enter(master.reactor.seconds(), "GET /")
+    master.advance(0.5)  # the check at 2.0 finds a request entered at 1.5: next at 3.5
+    (check,) = master.reactor.getDelayedCalls()
+    assert check.getTime() == pytest.approx(3.5)
+    worker.proto.scoreboard.leave()
+    master.advance(1.5)
+    assert worker.signals == []
