@@ -9,6 +9,7 @@ from wsgiref.validate import validator
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
+from catalyzer.server.channel import ServerState
 from catalyzer.testing import InMemoryServer
 from tests.helpers import GET, CountingIterable, Recorder, dechunk, hello, split_response, statuses
 
@@ -468,7 +469,7 @@ class FakePort:
 def test_max_connections_pauses_accepting() -> None:
     server = InMemoryServer(hello, max_connections=2)
     port = FakePort()
-    server.state.ports = [port]
+    server.state.listening_on([port])
     a = server.connect()
     assert port.reading
     b = server.connect()
@@ -481,10 +482,15 @@ def test_max_connections_pauses_accepting() -> None:
 
 def test_drain_closes_idle_now_and_busy_after_response() -> None:
     body = CountingIterable(chunks=500)
-    server = InMemoryServer(hello)
+    apps = [hello]
+
+    def app(environ: Any, start_response: Any) -> Any:
+        return apps[-1](environ, start_response)  # the app of the moment
+
+    server = InMemoryServer(app)
     idle = server.connect()
     idle.send(GET)
-    server.state.app = lambda e, s: (s("200 OK", []), body)[1]
+    apps.append(lambda e, s: (s("200 OK", []), body)[1])
     busy = server.connect()
     busy.send(GET)
     busy.transport.producer.pauseProducing()
@@ -542,8 +548,13 @@ def test_threaded_mode_serves_and_reports_errors(logged: list[str]) -> None:
         yield b"b"
 
     server = InMemoryServer(app, threads=2)
-    server.state.threadpool = InlinePool()  # type: ignore[assignment]
-    server.state.call_from_thread = lambda f, *a: f(*a)
+    server.state = ServerState(
+        app,
+        server.config,
+        server.clock,
+        threadpool=InlinePool(),  # type: ignore[arg-type]
+        call_from_thread=lambda f, *a: f(*a),
+    )
     conn = server.connect()
     conn.send(GET + b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
     out = conn.output()
