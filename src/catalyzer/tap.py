@@ -1,4 +1,5 @@
-"""The ``twistd catalyzer`` entry point: option table and ``makeService``.
+"""The ``twistd catalyzer`` entry point: option table and ``makeService`` (the wiring; the
+single-process root service with its signals and exit status is :mod:`catalyzer.server.root`).
 
 This is an edge module: the only place besides the worker entry points that touches the global
 reactor. Every user error (bad option, bad ``--app``, unusable endpoint or log file) ends the process
@@ -8,7 +9,6 @@ with one line on stderr and a non-zero status, before anything is bound.
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -18,9 +18,8 @@ from twisted.python import usage
 
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
-from catalyzer.process import signals
-from catalyzer.process.children import exit_at_interpreter_exit
 from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
 from catalyzer.wsgi.appspec import AppSpecError, load_app
@@ -156,49 +155,18 @@ def makeService(options: Options) -> Service:
     except OSError as e:
         raise _fail(f"--access-log {config.access_log!r}: {e.strerror or e}") from None
     http = HTTPService(server, options.endpoints, reactor)
-    root = _Root(http, reactor)
+    root = SingleProcessRoot(http, reactor)
     status = SingleStatus(server)
     names: dict[str, object] = {
         "workers": lambda: status.status()["workers"],
-        "dump": lambda: _with_dispatchers(describe_connections(server)),
+        "dump": lambda: with_dispatchers(describe_connections(server)),
         "stats": status.status,
-        "reload": _no_reload,
+        "reload": no_reload,
         "server": server,
         "dispatchers": lambda: introspection.running("dispatchers"),
     }
     _add_operations(root, config, status, reactor, names)
     return root
-
-
-def _with_dispatchers(text: str) -> str:
-    """``text`` and the state of the task dispatchers running in this process, if any."""
-    dispatchers = introspection.describe_all()
-    return f"{text}\n{dispatchers}" if dispatchers else text
-
-
-def _no_reload() -> str:
-    return "a single process cannot reload itself: run with --procs N or --reload"
-
-
-class SingleStatus:
-    """``--stats`` data for the single-process server."""
-
-    def __init__(self, server: ServerState) -> None:
-        self.server = server
-
-    def status(self) -> dict[str, object]:
-        me = {"slot": 0, "pid": os.getpid(), "generation": 1, "state": "ready"}
-        progress = self.server.progress
-        return {
-            **self.server.status(),
-            "pid": os.getpid(),
-            "workers": [me],
-            "restarts": {},
-            "progress_entries": len(progress.registry.entries) if progress else 0,
-        }
-
-    def ready(self) -> bool:
-        return bool(self.server.ports) and not self.server.draining
 
 
 def _add_operations(
@@ -231,56 +199,3 @@ def _add_operations(
         make_status_app(source), config.replace(access_log="off", threads=0), reactor
     )
     Service.setServiceParent(HTTPService(server, [(config.stats, endpoint)], reactor), root)
-
-
-class _Root(MultiService):
-    """Owns the process-level behaviour: signals and the exit status."""
-
-    def __init__(self, http: HTTPService, reactor: Any) -> None:
-        MultiService.__init__(self)
-        self.http = http
-        self.reactor = reactor
-        self._stopping = False
-        Service.setServiceParent(http, self)
-
-    def startService(self) -> None:
-        MultiService.startService(self)
-        self.reactor.callWhenRunning(
-            signals.install,
-            self.reactor,
-            {
-                signal.SIGTERM: self._graceful_stop,
-                signal.SIGINT: self._quick_stop,
-                signal.SIGUSR1: self._dump,
-            },
-        )
-
-    def _dump(self) -> None:
-        text = _with_dispatchers(describe_connections(self.http.server))
-        log.info("state of pid {pid}: {text}", pid=os.getpid(), text=text)
-
-    def _graceful_stop(self) -> None:
-        log.info("SIGTERM: finishing requests in flight, then exiting")
-        self._stop()
-
-    def _quick_stop(self) -> None:
-        log.info("SIGINT: stopping now")
-        server = self.http.server
-        server.config = server.config.replace(die_timeout=0.0)
-        self._stop()
-
-    def _stop(self) -> None:
-        if not self._stopping:
-            self._stopping = True
-            self.reactor.stop()
-
-    def stopService(self) -> Any:
-        d = MultiService.stopService(self)
-
-        def done(result: object) -> object:
-            if not self.http.clean_exit:
-                # Threads may still be stuck inside the app; don't wait for them at exit.
-                exit_at_interpreter_exit(1)
-            return result
-
-        return d.addBoth(done)

@@ -654,17 +654,17 @@ def test_verbose_and_talkback(reactor: FakeReactor) -> None:
 def test_running_dispatchers_show_in_the_masters_dump_and_the_manhole(
     reactor: FakeReactor,
 ) -> None:
-    from catalyzer import tap
     from catalyzer.prefork.master import MasterService
+    from catalyzer.server.root import with_dispatchers
     from catalyzer.settings import Config
 
     master = MasterService(Config.from_values({"app": "tests.dispatch.app:app"}), [], reactor)
     assert "dispatcher" not in master.dump_text()
-    assert tap._with_dispatchers("connections") == "connections"
+    assert with_dispatchers("connections") == "connections"
     d = make(reactor, max_forks=1, pre_fork=1, fork_name="jobs")
     assert dispatch.running() == [d]
     assert master.dump_text().endswith(d.describe())
-    assert tap._with_dispatchers("connections") == f"connections\n{d.describe()}"
+    assert with_dispatchers("connections") == f"connections\n{d.describe()}"
     stopped = d.stopService()
     reactor.children[0].exit(0)
     assert stopped.called and dispatch.running() == []

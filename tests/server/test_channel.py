@@ -9,6 +9,7 @@ from wsgiref.validate import validator
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
+from catalyzer.server.channel import ServerState
 from catalyzer.testing import InMemoryServer
 from tests.helpers import GET, CountingIterable, Recorder, dechunk, hello, split_response, statuses
 
@@ -468,7 +469,7 @@ class FakePort:
 def test_max_connections_pauses_accepting() -> None:
     server = InMemoryServer(hello, max_connections=2)
     port = FakePort()
-    server.state.ports = [port]
+    server.state.listening_on([port])
     a = server.connect()
     assert port.reading
     b = server.connect()
@@ -481,10 +482,15 @@ def test_max_connections_pauses_accepting() -> None:
 
 def test_drain_closes_idle_now_and_busy_after_response() -> None:
     body = CountingIterable(chunks=500)
-    server = InMemoryServer(hello)
+    apps = [hello]
+
+    def app(environ: Any, start_response: Any) -> Any:
+        return apps[-1](environ, start_response)  # the app of the moment
+
+    server = InMemoryServer(app)
     idle = server.connect()
     idle.send(GET)
-    server.state.app = lambda e, s: (s("200 OK", []), body)[1]
+    apps.append(lambda e, s: (s("200 OK", []), body)[1])
     busy = server.connect()
     busy.send(GET)
     busy.transport.producer.pauseProducing()
@@ -542,8 +548,13 @@ def test_threaded_mode_serves_and_reports_errors(logged: list[str]) -> None:
         yield b"b"
 
     server = InMemoryServer(app, threads=2)
-    server.state.threadpool = InlinePool()  # type: ignore[assignment]
-    server.state.call_from_thread = lambda f, *a: f(*a)
+    server.state = ServerState(
+        app,
+        server.config,
+        server.clock,
+        threadpool=InlinePool(),  # type: ignore[arg-type]
+        call_from_thread=lambda f, *a: f(*a),
+    )
     conn = server.connect()
     conn.send(GET + b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
     out = conn.output()
@@ -571,3 +582,83 @@ def test_drain_gives_just_idle_connection_a_grace_then_closes() -> None:
     assert not quiet.closed
     server.clock.advance(0.5)  # idle for DRAIN_IDLE_GRACE
     assert quiet.closed
+
+
+class HeldPool:
+    """A thread pool stand-in that runs work only when the test says so."""
+
+    def __init__(self) -> None:
+        self.work: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def callInThread(self, f: Any, *args: Any) -> None:
+        self.work.append((f, args))
+
+    def run_all(self) -> None:
+        while self.work:
+            f, args = self.work.pop(0)
+            f(*args)
+
+
+def test_drain_makes_a_response_whose_head_is_not_sent_the_last_one() -> None:
+    """Issue 15: a stop announced while the app runs turns its response into ``Connection:
+    close`` and closes the connection after it."""
+    pool = HeldPool()
+    server = InMemoryServer(hello)
+    server.state = ServerState(
+        hello,
+        server.config,
+        server.clock,
+        threadpool=pool,  # type: ignore[arg-type]
+        call_from_thread=lambda f, *a: f(*a),
+    )
+    conn = server.connect()
+    conn.send(GET + GET)  # a pipelined request waits behind the first
+    assert conn.output() == b""  # the app has not run yet
+    server.state.stop_keep_alive()
+    pool.run_all()
+    out = conn.output()
+    assert statuses(out) == [200]
+    assert out.endswith(b"Connection: close\r\n\r\nhello")
+    assert conn.closed
+
+
+def test_head_sent_before_the_stop_keeps_its_framing() -> None:
+    """A response whose head went out before the stop finishes as announced, then closes."""
+    body = CountingIterable(chunks=500)
+    server = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1])
+    conn = server.connect()
+    conn.send(GET)
+    conn.transport.producer.pauseProducing()
+    # The head went with the first chunk; the stop comes after it.
+    assert b"Transfer-Encoding: chunked" in conn.output()
+    server.state.stop_keep_alive()
+    conn.transport.producer.resumeProducing()
+    while body.closed == 0:
+        server.clock.advance(0)
+    assert b"Connection: close" not in conn.output()
+    assert conn.closed
+
+
+def test_http_service_stops_keep_alive_before_its_listeners_close() -> None:
+    from twisted.internet.defer import Deferred
+
+    from catalyzer.server.service import HTTPService
+
+    server = InMemoryServer(hello)
+    closing: Deferred[None] = Deferred()
+
+    class SlowPort:
+        def stopListening(self) -> Deferred[None]:
+            return closing
+
+    service = HTTPService(server.state, [], server.clock)
+    service.ports = [SlowPort()]  # type: ignore[list-item]
+    service.startService()
+    stopped = service.stopService()
+    assert server.state.draining  # while the listener is still closing
+    conn = server.connect()  # accepted meanwhile: its answer is its last
+    conn.send(GET)
+    assert conn.output().endswith(b"Connection: close\r\n\r\nhello") and conn.closed
+    closing.callback(None)
+    conn.finish_close()
+    assert stopped.called

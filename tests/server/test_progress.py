@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from catalyzer.http.progress import ProgressRegistry, ProgressTracker, upload_id_from
+from catalyzer.server.channel import ServerState
 from catalyzer.testing import InMemoryConnection, InMemoryServer
 from tests.helpers import Recorder, split_response, statuses
 
@@ -121,7 +122,7 @@ def test_polls_can_be_answered_elsewhere_in_order() -> None:
         pending.append(Deferred())
         return pending[-1]
 
-    server.state.progress_source = ask
+    server.state = ServerState(Recorder(), server.config, server.clock, progress_source=ask)
     conn = server.connect()
     conn.send(
         b"GET /progress?X-Progress-ID=z HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -82,14 +82,23 @@ class Worker:
             log.error("{error}", error=e)
             app = error_app(str(e))
             self.broken_files = files_in_traceback(str(e))
-        self.server = ServerState.from_config(app, config, reactor, multiprocess=True)
-        self.server.scoreboard = Scoreboard(int(spec["scoreboard_fd"]))
         limit = config.max_requests
         if limit:
             limit += random.randint(0, config.max_requests_jitter)
         self.max_requests = limit
         self.retiring = False
-        self.server.on_response = self._count_response
+        # Uploads' progress goes to the master and polls are answered from its view of every
+        # worker's uploads (_send_progress, _query_progress).
+        self.server = ServerState.from_config(
+            app,
+            config,
+            reactor,
+            multiprocess=True,
+            scoreboard=Scoreboard(int(spec["scoreboard_fd"])),
+            on_response=self._count_response,
+            progress_source=self._query_progress,
+            share_progress=True,
+        )
         endpoints: list[tuple[str, Any]] = []
         for listener in spec["listeners"]:
             endpoints.append((listener["description"], _Adopted(reactor, listener)))
@@ -113,10 +122,7 @@ class Worker:
         os.close(self._control_fd)
         self.reactor.callLater(0, self._say_ready)
         if self.server.progress is not None:
-            # Our uploads' progress goes to the master ten times a second; every worker's polls
-            # are answered from the master's view (_query_progress).
-            self.server.progress.share = True
-            self.server.progress_source = self._query_progress
+            # Our uploads' progress goes to the master ten times a second.
             sender = LoopingCall(self._send_progress)
             sender.clock = self.reactor
             sender.start(0.1, now=False)
@@ -190,7 +196,10 @@ class Worker:
 
     def stop(self, quick: bool = False) -> None:
         if quick:
-            self.server.config = self.server.config.replace(die_timeout=0.0)
+            self.service.hurry()
+        # Now, not once the reactor's shutdown has begun: responses starting meanwhile are the
+        # last on their connections.
+        self.server.stop_keep_alive()
         if self.reactor.running:
             self.reactor.stop()
 

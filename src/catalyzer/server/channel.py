@@ -1,8 +1,9 @@
 """The Twisted side of an HTTP connection: bytes from the transport into a :class:`RequestReader`,
 complete requests to a :class:`WSGIResponse`, one at a time and in order, and every wait bounded
-by a named timer.
+by a named timer. The connection's states and their transitions are in
+:mod:`catalyzer.server.connstate`.
 
-Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on leaving it):
+Timers (each one :class:`~catalyzer.server.timer.Timer` armed on entering a state and cancelled on leaving it):
 
 - ``header``: a request's line and headers must arrive within ``header-timeout``, counted from
   the connection's start for the first request and from the first byte for later ones -> 408.
@@ -10,6 +11,7 @@ Timers (each one ``IDelayedCall`` armed on entering a state and cancelled on lea
 - ``idle``: a keep-alive connection with nothing to do closes after ``keepalive-timeout``.
 - ``linger``: a connection we are closing that does not drain its output within
   ``write-timeout`` is aborted.
+- ``drain``: on a graceful stop, a just-idle keep-alive connection's grace (DRAIN_IDLE_GRACE).
 - the response's own ``stall`` timer (``write-timeout``) lives in :mod:`catalyzer.wsgi.response`.
 """
 
@@ -41,10 +43,13 @@ from catalyzer.ops.accesslog import FileAccessLog
 from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
+from catalyzer.server.connstate import ConnState, check_transition
+from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
-from catalyzer.wsgi.response import WSGIResponse
+from catalyzer.wsgi.response import WSGIResponse, response_class
+from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
 
 __all__ = ["HTTPChannel", "HTTPFactory", "ServerState"]
@@ -85,7 +90,13 @@ class WSGIErrors(io.StringIO):
 
 class ServerState:
     """Everything the connections of one process share: the app, settings, clock, open
-    connections and the listening ports (paused while at ``max-connections``)."""
+    connections and the listening ports (paused while at ``max-connections``).
+
+    Its collaborators are all given here, never assigned later: ``scoreboard`` (prefork workers:
+    where the master watches for requests stuck in the app), ``on_response`` (called after each
+    response; prefork workers count towards max-requests), ``progress_source`` (prefork workers:
+    upload progress polls are answered from the master's view, a Deferred entry) and
+    ``share_progress`` (report this process's uploads for the master to collect)."""
 
     def __init__(
         self,
@@ -97,6 +108,10 @@ class ServerState:
         threadpool: ThreadPool | None = None,
         access_log: FileAccessLog | None = None,
         multiprocess: bool = False,
+        scoreboard: Scoreboard | None = None,
+        on_response: Callable[[], None] | None = None,
+        progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None,
+        share_progress: bool = False,
     ) -> None:
         self.app = app
         self.config = config
@@ -117,14 +132,11 @@ class ServerState:
         self.progress: ProgressTracker | None = None
         if config.progress_path:
             registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
-            self.progress = ProgressTracker(registry, clock)
+            self.progress = ProgressTracker(registry, clock, share=share_progress)
         self.progress_path = config.progress_path.encode("latin-1")
-        # In a prefork worker: polls are answered from the master's view (a Deferred entry).
-        self.progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None
-        # Set in prefork workers: where the master watches for requests stuck in the app.
-        self.scoreboard: Scoreboard | None = None
-        # Called after each response (prefork workers count towards max-requests).
-        self.on_response: Callable[[], None] | None = None
+        self.progress_source = progress_source
+        self.scoreboard = scoreboard
+        self.on_response = on_response
         self.channels: set[HTTPChannel] = set()
         self.ports: list[Any] = []
         self.accepting = True
@@ -135,28 +147,57 @@ class ServerState:
         self._date_second = -1
         self._date = ""
         self._date_line = b""
+        if threadpool is not None and call_from_thread is None:
+            raise ValueError("a threadpool needs call_from_thread")
+        # What each response is handed: made once, shared by every request of the process.
+        self.response_services = ResponseServices(
+            app=app,
+            clock=clock,
+            write_timeout=config.write_timeout,
+            date=self.date,
+            date_line=self.date_line,
+            scoreboard=scoreboard,
+            threadpool=threadpool,
+            call_from_thread=call_from_thread,
+        )
+        self.response_class = response_class(self.response_services)
 
     @classmethod
     def from_config(
-        cls, app: WSGIApp, config: Config, reactor: Any, *, multiprocess: bool = False
+        cls,
+        app: WSGIApp,
+        config: Config,
+        reactor: Any,
+        *,
+        multiprocess: bool = False,
+        scoreboard: Scoreboard | None = None,
+        on_response: Callable[[], None] | None = None,
+        progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None,
+        share_progress: bool = False,
     ) -> ServerState:
         """The state of a process that serves ``app``: its access log opened (OSError if it
         cannot be) and, with ``threads``, its thread pool made."""
         threadpool = None
+        call_from_thread = None
         if config.threads:
             threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
             # A thread stuck in the app must not keep the process alive past die-timeout.
             threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
                 threading.Thread, daemon=True
             )
+            call_from_thread = reactor.callFromThread
         return cls(
             app,
             config,
             reactor,
-            call_from_thread=reactor.callFromThread,
+            call_from_thread=call_from_thread,
             threadpool=threadpool,
             access_log=FileAccessLog.from_setting(config.access_log),
             multiprocess=multiprocess,
+            scoreboard=scoreboard,
+            on_response=on_response,
+            progress_source=progress_source,
+            share_progress=share_progress,
         )
 
     def date(self) -> str:
@@ -197,6 +238,10 @@ class ServerState:
             for d in waiting:
                 d.callback(None)
 
+    def listening_on(self, ports: list[Any]) -> None:
+        """The ports whose accepting ``max-connections`` toggles (none once they are closed)."""
+        self.ports = list(ports)
+
     def _set_accepting(self, on: bool) -> None:
         self.accepting = on
         for port in self.ports:
@@ -206,6 +251,12 @@ class ServerState:
                 toggle()
 
     # -- graceful stop
+
+    def stop_keep_alive(self) -> None:
+        """The process is stopping: from now on every response whose head is not sent yet says
+        ``Connection: close`` and ends its connection. Called as soon as the stop is known,
+        before the listeners are closed and :meth:`drain` runs."""
+        self.draining = True
 
     def drain(self) -> Deferred[None]:
         """Close idle connections now and the others after the response in hand. Fires when no
@@ -234,30 +285,53 @@ class ServerState:
             channel.abort("die-timeout reached")
 
 
+_OPEN = ConnState.OPEN
+_RESPONDING = ConnState.RESPONDING
+_AWAITING = ConnState.AWAITING
+_CLOSING = ConnState.CLOSING
+_CLOSED = ConnState.CLOSED
+
+
 @implementer(interfaces.IHalfCloseableProtocol)
 class HTTPChannel(Protocol):
-    """One client connection."""
+    """One client connection: the :class:`~catalyzer.wsgi.sink.ResponseSink` of its responses.
+
+    Its state (:class:`~catalyzer.server.connstate.ConnState`) changes only through
+    :meth:`_enter`, which checks the transition table."""
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
         self.reader = RequestReader(server.limits, server.progress)
+        self.state = _OPEN
         self.response: WSGIResponse | None = None
         self.info: ConnectionInfo | None = None
-        self.closing = False
-        self.disconnected = False
         self.requests = 0
         self.opened = 0.0
         self._reading_paused = False
         self._got_data = False
         self._in_next = False
-        self._awaiting = False  # a server-made answer is on its way (progress from the master)
-        self._header_timer: interfaces.IDelayedCall | None = None
-        self._body_timer: interfaces.IDelayedCall | None = None
+        clock = server.clock
+        self._header_timer = Timer(clock, self._header_timeout)
+        self._body_timer = Timer(clock, self._body_check)
         self._body_mark = 0
-        self._idle_timer: interfaces.IDelayedCall | None = None
+        self._idle_timer = Timer(clock, self._idle)
         self._idle_since = 0.0
+        self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
+        self._drain_timer = Timer(clock, self._drain_idle)
         self._socket: socket.socket | None = None
-        self._linger_timer: interfaces.IDelayedCall | None = None
+
+    def _enter(self, new: ConnState) -> None:
+        check_transition(self.state, new)
+        self.state = new
+
+    @property
+    def closing(self) -> bool:
+        """No further request is taken: the connection is closing or closed."""
+        return self.state is _CLOSING or self.state is _CLOSED
+
+    @property
+    def disconnected(self) -> bool:
+        return self.state is _CLOSED
 
     # -- Protocol
 
@@ -270,7 +344,7 @@ class HTTPChannel(Protocol):
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
-        self._header_timer = self._later(self.server.config.header_timeout, self._header_timeout)
+        self._header_timer.start(self.server.config.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
@@ -287,9 +361,15 @@ class HTTPChannel(Protocol):
         self._close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.disconnected = True
-        for name in ("_header_timer", "_body_timer", "_idle_timer", "_linger_timer"):
-            self._cancel(name)
+        self._enter(_CLOSED)
+        for timer in (
+            self._header_timer,
+            self._body_timer,
+            self._idle_timer,
+            self._linger_timer,
+            self._drain_timer,
+        ):
+            timer.cancel()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
         self.reader.receive_eof()
@@ -297,6 +377,8 @@ class HTTPChannel(Protocol):
             if isinstance(event, Request) and event.body is not None:
                 event.body.close()
         self.server.connection_lost(self)
+
+    # -- ResponseSink
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now if the transport has nothing queued, else queue it.
@@ -324,30 +406,55 @@ class HTTPChannel(Protocol):
             data = data[sent:]
         transport.write(data)
 
+    def write_sequence(self, data: list[bytes]) -> None:
+        self.transport.writeSequence(data)  # type: ignore[union-attr]
+
+    def register_producer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregister_producer(self) -> None:
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def start_writing(self) -> None:
+        transport: Any = self.transport
+        transport.startWriting()
+
+    def abort_connection(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def sendfile_socket(self) -> socket.socket | None:
+        return self._socket
+
+    @property
+    def keep_alive_allowed(self) -> bool:
+        state = self.state
+        return (
+            state is not _CLOSING
+            and state is not _CLOSED
+            and not self.server.draining
+            and (self.server.config.keepalive_timeout > 0)
+        )
+
     # -- reading side
 
     def _after_read(self) -> None:
         reader = self.reader
         if reader.in_headers:
-            if self._header_timer is None:
-                self._header_timer = self._later(
-                    self.server.config.header_timeout, self._header_timeout
-                )
-        elif self._header_timer is not None and self._got_data:
-            self._cancel("_header_timer")
+            self._header_timer.start(self.server.config.header_timeout)
+        elif self._got_data:
+            self._header_timer.cancel()
         if reader.in_body:
-            if self._body_timer is None:
+            if not self._body_timer.armed:
                 self._body_mark = 0
-                self._body_timer = self._later(self.server.config.body_timeout, self._body_check)
-        elif self._body_timer is not None:
-            self._cancel("_body_timer")
+                self._body_timer.start(self.server.config.body_timeout)
+        else:
+            self._body_timer.cancel()
         if self.response is None:
             self._next()
         elif reader.queued >= self.server.config.max_pipeline or reader.stopped:
             self._pause_reading()
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
         if self.reader.in_headers:
             self.reader.fail(408, "request headers not received in time")
             self._after_read()
@@ -355,7 +462,6 @@ class HTTPChannel(Protocol):
             self._close()  # connected and never sent a byte
 
     def _body_check(self) -> None:
-        self._body_timer = None
         request = self.reader.current
         if request is None or not self.reader.in_body:
             return
@@ -369,16 +475,16 @@ class HTTPChannel(Protocol):
             self._after_read()
             return
         self._body_mark = request.body_length
-        self._body_timer = self._later(window, self._body_check)
+        self._body_timer.start(window)
 
     def _pause_reading(self) -> None:
         transport: Any = self.transport
-        if not self._reading_paused and not self.disconnected and not transport.disconnecting:
+        if not self._reading_paused and self.state is not _CLOSED and not transport.disconnecting:
             self._reading_paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and not self.disconnected:
+        if self._reading_paused and self.state is not _CLOSED:
             self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
@@ -389,12 +495,7 @@ class HTTPChannel(Protocol):
             return
         self._in_next = True
         try:
-            while (
-                self.response is None
-                and not self._awaiting
-                and not self.disconnected
-                and not self.closing
-            ):
+            while self.state is _OPEN:
                 event = self.reader.next_event()
                 if event is None:
                     if self.reader.stopped:
@@ -443,8 +544,11 @@ class HTTPChannel(Protocol):
             return
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
-        self.response = WSGIResponse(self, request, environ)
-        self.response.run()
+        self._enter(_RESPONDING)
+        response = self.response = server.response_class(
+            server.response_services, self, request, environ, self._response_done
+        )
+        response.run()
 
     def _answer_progress(self, request: Request, progress: ProgressTracker) -> None:
         upload_id = upload_id_from(request.target, request.headers)
@@ -461,17 +565,18 @@ class HTTPChannel(Protocol):
             now = self.server.clock.seconds()
             self._send_progress(request, progress.registry.get(upload_id, now))
         else:
-            self._awaiting = True
+            self._enter(_AWAITING)
             d = source(upload_id)
             d.addErrback(lambda f: {"state": "error", "received": 0, "size": None, "status": 503})
             d.addCallback(lambda entry: self._progress_arrived(request, entry))
 
     def _progress_arrived(self, request: Request, entry: dict[str, object]) -> None:
-        self._awaiting = False
-        if self.disconnected:
+        if self.state is _CLOSED:
             return
+        if self.state is _AWAITING:
+            self._enter(_OPEN)
         self._send_progress(request, entry)
-        if not self.closing:
+        if self.state is _OPEN:
             self._next()
 
     def _send_progress(self, request: Request, entry: dict[str, object]) -> None:
@@ -520,70 +625,63 @@ class HTTPChannel(Protocol):
         self.write(simple_response(error.status, error.reason, self.server.date(), body))
         self._close()
 
-    def response_finished(self, response: WSGIResponse, keep_alive: bool) -> None:
-        """Called by the response once it has sent its last byte, failed or been abandoned."""
+    def _response_done(self, outcome: ResponseOutcome) -> None:
+        """The response's completion callback: it has sent its last byte, failed or been
+        abandoned."""
+        response = self.response
+        assert response is not None
         self.response = None
+        if self.state is _RESPONDING:
+            self._enter(_OPEN)
         server = self.server
         server.requests_served += 1
+        keep_alive = outcome.keep_alive
+        request = response.request
         if trace.ENABLED:
             trace.emit(
                 "request-end",
-                method=response.request.method,
-                status=response.status,
-                bytes=response.bytes_sent,
+                method=request.method,
+                status=outcome.status,
+                bytes=outcome.bytes_sent,
                 keep_alive=keep_alive,
             )
         if server.on_response is not None:
             server.on_response()
-        request = response.request
         if request.body is not None:
             request.body.close()
         now = server.clock.seconds()
-        server.metrics.observe(response.status, now - response.started, response.bytes_sent)
+        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent)
         access_log = server.access_log
         if access_log is not None:
             environ = response.environ
             access_log.log(
                 environ["REMOTE_ADDR"] or "-",
                 f"{request.method} {environ['RAW_URI']} HTTP/{request.version}",
-                response.status,
-                response.bytes_sent,
+                outcome.status,
+                outcome.bytes_sent,
                 environ.get("HTTP_REFERER", ""),
                 environ.get("HTTP_USER_AGENT", ""),
-                now - response.started,
+                now - outcome.started,
                 now,
             )
-        if self.disconnected:
+        state = self.state
+        if state is _CLOSED:
             return
-        if not keep_alive or self.closing or server.draining:
+        if state is not _OPEN or not keep_alive or server.draining:
             self._close()
         else:
-            self._idle_since = server.clock.seconds()
+            self._idle_since = now
             self._next()
 
     # -- keep-alive, closing, draining
 
-    @property
-    def keep_alive_allowed(self) -> bool:
-        return (
-            not self.closing
-            and not self.server.draining
-            and (self.server.config.keepalive_timeout > 0)
-        )
-
     def _arm_idle(self) -> None:
         # One timer per connection, pushed back after each response (cheap for a later time)
         # rather than cancelled and re-armed for every request.
-        if not self.requests:
-            return
-        timer = self._idle_timer
-        if timer is None:
-            self._idle_timer = self._later(self.server.config.keepalive_timeout, self._idle)
-        else:
-            timer.reset(self.server.config.keepalive_timeout)
+        if self.requests:
+            self._idle_timer.restart(self.server.config.keepalive_timeout)
 
     def _idle(self) -> None:
-        self._idle_timer = None
         reader = self.reader
         if self.response is None and not (reader.in_headers or reader.in_body or reader.queued):
             self._close()
@@ -591,20 +689,19 @@ class HTTPChannel(Protocol):
 
     def _close(self) -> None:
         """Close after what has been written is flushed; abort if the client won't take it."""
-        if self.disconnected:
+        if self.state is _CLOSED:
             return
-        self.closing = True
-        for name in ("_header_timer", "_body_timer", "_idle_timer"):
-            self._cancel(name)
+        if self.state is not _CLOSING:
+            self._enter(_CLOSING)
+        self._header_timer.cancel()
+        self._body_timer.cancel()
+        self._idle_timer.cancel()
         self._pause_reading()
         transport: Any = self.transport
         if transport.disconnecting:  # already aborted
             return
         transport.loseConnection()
-        if self._linger_timer is None:
-            self._linger_timer = self._later(
-                self.server.config.write_timeout, lambda: self.abort("client did not read")
-            )
+        self._linger_timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an
@@ -616,7 +713,7 @@ class HTTPChannel(Protocol):
         if not self.requests or idle_for >= DRAIN_IDLE_GRACE:
             self._close()
         else:
-            self._later(DRAIN_IDLE_GRACE - idle_for, self._drain_idle)
+            self._drain_timer.start(DRAIN_IDLE_GRACE - idle_for)
 
     def _drain_idle(self) -> None:
         reader = self.reader
@@ -624,25 +721,13 @@ class HTTPChannel(Protocol):
             self._close()
 
     def abort(self, why: str) -> None:
-        if not self.disconnected:
+        if self.state is not _CLOSED:
             log.info(
                 "aborting connection from {peer}: {why}",
                 peer=self.info.remote_addr if self.info else "?",
                 why=why,
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
-
-    # -- timers
-
-    def _later(self, delay: float, f: Callable[[], object]) -> interfaces.IDelayedCall:
-        return self.server.clock.callLater(delay, f)
-
-    def _cancel(self, name: str) -> None:
-        timer: interfaces.IDelayedCall | None = getattr(self, name)
-        if timer is not None:
-            if timer.active():
-                timer.cancel()
-            setattr(self, name, None)
 
 
 def describe_connections(server: ServerState) -> str:

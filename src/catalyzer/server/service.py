@@ -40,12 +40,13 @@ class HTTPService(Service):
         self.reactor = reactor
         self.ports: list[interfaces.IListeningPort] = []
         self.clean_exit = True
+        self._die_timeout = server.config.die_timeout
         self._flusher: LoopingCall | None = None
 
     def privilegedStartService(self) -> None:
         factory = HTTPFactory(self.server)
         self.ports = listen_all(self.endpoints, lambda e: listen_now(e, factory), logger=log)
-        self.server.ports = list(self.ports)
+        self.server.listening_on(self.ports)
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -57,15 +58,22 @@ class HTTPService(Service):
             self._flusher.clock = self.server.clock
             self._flusher.start(1.0, now=False)
 
+    def hurry(self) -> None:
+        """Stop without waiting for requests in flight (SIGINT): die-timeout becomes 0."""
+        self._die_timeout = 0.0
+
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         Service.stopService(self)
+        # Before the listeners close (a reactor turn at least): a response that starts meanwhile
+        # already says Connection: close.
+        self.server.stop_keep_alive()
         yield defer.gatherResults(
             [defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True
         )
         self.ports = []
-        self.server.ports = []
-        timeout = self.server.config.die_timeout
+        self.server.listening_on([])
+        timeout = self._die_timeout
         busy = len(self.server.channels)
         if busy:
             log.info("stopping: waiting up to {t:g}s for {n} connection(s)", t=timeout, n=busy)

@@ -1,9 +1,14 @@
 """Running the WSGI application for one request and writing its response with back-pressure.
 
-The response is an ``IPushProducer`` registered on the transport: when the client reads slowly, the
-transport pauses us and the iterable is not advanced until it resumes, so memory stays bounded however
-large the body. In the default mode the app and its iterable run in the reactor thread; with a thread
-pool they run in a worker thread that blocks while the transport is paused.
+The response is an ``IPushProducer`` registered on its sink (the connection): when the client reads
+slowly, the transport pauses us and the iterable is not advanced until it resumes, so memory stays
+bounded however large the body. :class:`WSGIResponse` runs the app and its iterable in the reactor
+thread; :class:`ThreadedWSGIResponse` (``--threads``) runs them in a pool thread that blocks while
+the transport is paused.
+
+The response knows nothing of the connection beyond :class:`~catalyzer.wsgi.sink.ResponseSink`, and
+says it is over exactly once, through its ``on_done`` callback with a
+:class:`~catalyzer.wsgi.sink.ResponseOutcome`.
 
 ``close()`` of the iterable is always called exactly once: after the response, after an error, and
 when the client goes away mid-response.
@@ -16,7 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from twisted.internet import interfaces
 from twisted.logger import Logger
@@ -26,12 +31,10 @@ from catalyzer.http.framing import ResponseFramer, simple_response
 from catalyzer.http.headers import AppResponseError, ResponseHead, check_response_head
 from catalyzer.http.reader import Request
 from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.sink import OnDone, ResponseOutcome, ResponseServices, ResponseSink
 from catalyzer.wsgi.types import Environ, OptExcInfo, WriteCallable
 
-if TYPE_CHECKING:
-    from catalyzer.server.channel import HTTPChannel
-
-__all__ = ["StartResponse", "WSGIResponse"]
+__all__ = ["StartResponse", "ThreadedWSGIResponse", "WSGIResponse", "response_class"]
 
 log = Logger(namespace="catalyzer.app")
 
@@ -75,16 +78,22 @@ class _Aborted(Exception):
 
 @implementer(interfaces.IPushProducer)
 class WSGIResponse:
-    """One request's trip through the application and back to the client."""
+    """One request's trip through the application and back to the client, in the reactor thread."""
 
-    def __init__(self, channel: HTTPChannel, request: Request, environ: Environ) -> None:
-        self.channel = channel
+    def __init__(
+        self,
+        services: ResponseServices,
+        sink: ResponseSink,
+        request: Request,
+        environ: Environ,
+        on_done: OnDone,
+    ) -> None:
+        self.services = services
+        self.sink = sink
         self.request = request
         self.environ = environ
-        server = channel.server
-        self.server = server
-        self.transport: Any = channel.transport
-        self.started = server.clock.seconds()
+        self.on_done = on_done
+        self.started = services.clock.seconds()
         self.start_response = StartResponse(self._write)
         self.framer: ResponseFramer | None = None
         self.status = 0
@@ -97,25 +106,16 @@ class WSGIResponse:
         self._registered = False
         self._next_turn: interfaces.IDelayedCall | None = None
         self._stall: interfaces.IDelayedCall | None = None
-        self._threaded = server.threadpool is not None
-        self._cond: threading.Condition | None = None
-        self._outstanding = 0
-        self._aborted = False
 
     # -- starting
 
     def run(self) -> None:
-        if self._threaded:
-            self._cond = threading.Condition()
-            self._register()
-            assert self.server.threadpool is not None
-            self.server.threadpool.callInThread(self._thread_main)
-            return
-        scoreboard = self.server.scoreboard
+        services = self.services
+        scoreboard = services.scoreboard
         if scoreboard is not None:
             scoreboard.enter(self.started, f"{self.request.method} {self.environ['RAW_URI']}")
         try:
-            result = self.server.app(self.environ, self.start_response)
+            result = services.app(self.environ, self.start_response)
         except Exception:
             self._fail("the application raised")
             return
@@ -139,11 +139,8 @@ class WSGIResponse:
             self._register()
             self._produce()
 
-    def _write_out(self, data: bytes) -> None:
-        self.channel.write(data)
-
     def _register(self) -> None:
-        self.transport.registerProducer(self, True)
+        self.sink.register_producer(self, True)
         self._registered = True
 
     # -- writing (reactor thread)
@@ -158,8 +155,8 @@ class WSGIResponse:
             head,
             method=self.request.method,
             request_version=self.request.version,
-            keep_alive=self.request.keep_alive and self.channel.keep_alive_allowed,
-            date=self.server.date_line(),
+            keep_alive=self.request.keep_alive and self.sink.keep_alive_allowed,
+            date=self.services.date_line(),
             known_length=known_length,
         )
         return framer
@@ -169,11 +166,11 @@ class WSGIResponse:
         framer = self.framer
         if framer is None:
             framer = self._begin(None)
-            self._write_out(framer.head + framer.body(data))
+            self.sink.write(framer.head + framer.body(data))
         else:
             out = framer.body(data)
             if out:
-                self._write_out(out)
+                self.sink.write(out)
         if framer.error is not None:
             self._finish()
 
@@ -181,15 +178,12 @@ class WSGIResponse:
         """The legacy ``write()`` callable returned by ``start_response``."""
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-        if self._threaded:
-            self._post(data)
-            return
         if self.done:
             raise _Aborted("the response is already finished")
         if data:
             self._emit(data)
         elif self.framer is None:
-            self._write_out(self._begin(None).head)
+            self.sink.write(self._begin(None).head)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
         """A list body is already in memory: frame it and send it in one write."""
@@ -207,18 +201,18 @@ class WSGIResponse:
             self._fail("the application's response is invalid")
             return
         if len(body) <= 65536:
-            self._write_out(framer.head + framer.body(body) + framer.end())
+            self.sink.write(framer.head + framer.body(body) + framer.end())
         else:  # don't copy a large body just to put the head in front of it
-            self.transport.writeSequence([framer.head, framer.body(body), framer.end()])
+            self.sink.write_sequence([framer.head, framer.body(body), framer.end()])
         self._finish()
 
     def _produce(self) -> None:
-        scoreboard = self.server.scoreboard
+        scoreboard = self.services.scoreboard
         if scoreboard is None:
             self._produce_turn()
             return
         scoreboard.enter(
-            self.server.clock.seconds(), f"{self.request.method} {self.environ['RAW_URI']}"
+            self.services.clock.seconds(), f"{self.request.method} {self.environ['RAW_URI']}"
         )
         try:
             self._produce_turn()
@@ -245,7 +239,7 @@ class WSGIResponse:
                 self._fail("the application's response iterable raised")
                 return
         if not self._paused and not self.done:
-            self._next_turn = self.server.clock.callLater(0, self._produce)
+            self._next_turn = self.services.clock.callLater(0, self._produce)
 
     # -- IPushProducer
 
@@ -254,10 +248,7 @@ class WSGIResponse:
             return
         self._paused = True
         if self._stall is None:
-            self._stall = self.server.clock.callLater(
-                self.server.config.write_timeout, self._stalled
-            )
-        # In thread mode the worker thread sees _paused before its next hand-off (_post).
+            self._stall = self.services.clock.callLater(self.services.write_timeout, self._stalled)
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -266,10 +257,10 @@ class WSGIResponse:
             self._stall = None
         if self.done:
             return
-        if self._cond is not None:
-            with self._cond:
-                self._cond.notify_all()
-        elif self._iterator is not None and self._next_turn is None:
+        self._resumed()
+
+    def _resumed(self) -> None:
+        if self._iterator is not None and self._next_turn is None:
             self._produce()
 
     def stopProducing(self) -> None:
@@ -285,10 +276,10 @@ class WSGIResponse:
         try:
             if framer is None:
                 framer = self._begin(0)
-                self._write_out(framer.head)
+                self.sink.write(framer.head)
             end = framer.end()
             if end:
-                self._write_out(end)
+                self.sink.write(end)
         except AppResponseError:
             self._fail("the application's response is invalid")
             return
@@ -318,17 +309,17 @@ class WSGIResponse:
         )
         if self.framer is None:
             self.status = 500
-            keep_alive = self.request.keep_alive and self.channel.keep_alive_allowed
+            keep_alive = self.request.keep_alive and self.sink.keep_alive_allowed
             body = b"Internal Server Error\n"
             self._direct_bytes = len(body)
-            self._write_out(
+            self.sink.write(
                 simple_response(
-                    500, "Internal Server Error", self.server.date(), body, close=not keep_alive
+                    500, "Internal Server Error", self.services.date(), body, close=not keep_alive
                 )
             )
             self._end(keep_alive)
         else:
-            self.transport.abortConnection()
+            self.sink.abort_connection()
             self._end(False)
 
     def abort(self, why: str) -> None:
@@ -347,9 +338,9 @@ class WSGIResponse:
         self._stall = None
         if self.done:
             return
-        timeout = self.server.config.write_timeout
+        timeout = self.services.write_timeout
         self.abort(f"client read nothing for {timeout:g}s; response abandoned")
-        self.transport.abortConnection()
+        self.sink.abort_connection()
 
     def _end(self, keep_alive: bool, connection_gone: bool = False) -> None:
         self.done = True
@@ -360,15 +351,14 @@ class WSGIResponse:
             self._next_turn.cancel()
             self._next_turn = None
         if self._registered and not connection_gone:
-            self.transport.unregisterProducer()
+            self.sink.unregister_producer()
         self._registered = False
-        if self._cond is not None:
-            with self._cond:
-                self._aborted = True
-                self._cond.notify_all()
-        else:
-            self._close_iterable()
-        self.channel.response_finished(self, keep_alive)
+        self._release_app()
+        self.on_done(ResponseOutcome(self.status, self.bytes_sent, keep_alive, self.started))
+
+    def _release_app(self) -> None:
+        """The response is over: let go of the app's iterable."""
+        self._close_iterable()
 
     def _close_iterable(self) -> None:
         if self._closed_iterable:
@@ -387,10 +377,84 @@ class WSGIResponse:
     def bytes_sent(self) -> int:
         return self.framer.sent if self.framer is not None else self._direct_bytes
 
-    # -- thread pool mode
+    # -- sendfile
+
+    def _sendfile(self, wrapper: FileWrapper) -> bool:
+        sock = self.sink.sendfile_socket()
+        if sock is None:
+            return False
+        span = wrapper.sendfile_span()
+        if span is None:
+            return False
+        fd, offset, length = span
+        try:
+            framer = self._begin(length)
+        except AppResponseError:
+            self._fail("the application's response is invalid")
+            return True
+        remaining = framer.remaining
+        if remaining is None:  # HEAD, 304: no body at all
+            self.sink.write_sequence([framer.head])
+            self._finish()
+            return True
+        _SendfileProducer(self, sock, fd, offset, min(length, remaining)).start()
+        return True
+
+
+class ThreadedWSGIResponse(WSGIResponse):
+    """``--threads``: the app and its iterable run in a pool thread; the bytes go out in the reactor.
+
+    Who owns what:
+
+    - the pool thread alone calls the app, advances the iterable and closes it
+      (``_thread_main``, ``_thread_body``, ``_post``), and sets ``_iterable``;
+    - the reactor thread alone touches the sink, the framer, ``status``, ``done``, the timers and
+      the registration (``_deliver``, ``_deliver_all``, ``_finish``, ``_fail``, ``_end``), reached
+      from the pool thread only through ``call_from_thread``;
+    - ``_outstanding`` and ``_aborted`` are shared and only touched holding ``_cond``; ``_paused``
+      is written by the reactor and read by the thread before each hand-off, under ``_cond`` or
+      followed by a ``notify_all`` on it, so a waiting thread always sees the change.
+    """
+
+    def __init__(
+        self,
+        services: ResponseServices,
+        sink: ResponseSink,
+        request: Request,
+        environ: Environ,
+        on_done: OnDone,
+    ) -> None:
+        super().__init__(services, sink, request, environ, on_done)
+        assert services.threadpool is not None and services.call_from_thread is not None
+        self._threadpool = services.threadpool
+        self._call = services.call_from_thread
+        self._cond = threading.Condition()
+        self._outstanding = 0
+        self._aborted = False
+
+    def run(self) -> None:
+        self._register()
+        self._threadpool.callInThread(self._thread_main)
+
+    def _write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self._post(data)
+
+    def _resumed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _release_app(self) -> None:
+        # The iterable belongs to the pool thread, which closes it once it sees _aborted.
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    # -- the pool thread
 
     def _thread_main(self) -> None:
-        scoreboard = self.server.scoreboard
+        scoreboard = self.services.scoreboard
         if scoreboard is None:
             self._thread_body()
             return
@@ -402,11 +466,10 @@ class WSGIResponse:
             scoreboard.leave_if(self.started)
 
     def _thread_body(self) -> None:
-        call = self.server.call_from_thread
-        assert call is not None
+        call = self._call
         try:
             try:
-                result = self.server.app(self.environ, self.start_response)
+                result = self.services.app(self.environ, self.start_response)
                 self._iterable = result
                 if type(result) is list or type(result) is tuple:
                     call(self._deliver_all, result)
@@ -434,20 +497,18 @@ class WSGIResponse:
     def _post(self, data: bytes) -> None:
         """Hand a piece of body to the reactor, waiting while the client is not keeping up."""
         cond = self._cond
-        assert cond is not None
         with cond:
             while (self._paused or self._outstanding > _THREAD_HIGH_WATER) and not self._aborted:
                 cond.wait()
             if self._aborted:
                 raise _Aborted()
             self._outstanding += len(data)
-        call = self.server.call_from_thread
-        assert call is not None
-        call(self._deliver, data)
+        self._call(self._deliver, data)
+
+    # -- the reactor thread
 
     def _deliver(self, data: bytes) -> None:
         cond = self._cond
-        assert cond is not None
         with cond:
             self._outstanding -= len(data)
             cond.notify_all()
@@ -457,7 +518,7 @@ class WSGIResponse:
             if data:
                 self._emit(data)
             elif self.framer is None:
-                self._write_out(self._begin(None).head)
+                self.sink.write(self._begin(None).head)
         except AppResponseError:
             self._fail("the application's response is invalid")
 
@@ -469,31 +530,10 @@ class WSGIResponse:
         if not self.done:
             self._finish()
 
-    # -- sendfile
 
-    def _sendfile(self, wrapper: FileWrapper) -> bool:
-        transport = self.transport
-        if interfaces.ISSLTransport.providedBy(transport):
-            return False
-        sock = getattr(transport, "socket", None)
-        if not isinstance(sock, socket.socket):
-            return False
-        span = wrapper.sendfile_span()
-        if span is None:
-            return False
-        fd, offset, length = span
-        try:
-            framer = self._begin(length)
-        except AppResponseError:
-            self._fail("the application's response is invalid")
-            return True
-        remaining = framer.remaining
-        if remaining is None:  # HEAD, 304: no body at all
-            transport.write(framer.head)
-            self._finish()
-            return True
-        _SendfileProducer(self, sock, fd, offset, min(length, remaining)).start()
-        return True
+def response_class(services: ResponseServices) -> type[WSGIResponse]:
+    """The response kind ``services`` call for: threaded when they carry a thread pool."""
+    return WSGIResponse if services.threadpool is None else ThreadedWSGIResponse
 
 
 @implementer(interfaces.IPullProducer)
@@ -512,7 +552,7 @@ class _SendfileProducer:
         self.head_sent = False
 
     def start(self) -> None:
-        self.response.transport.registerProducer(self, False)
+        self.response.sink.register_producer(self, False)
 
     def resumeProducing(self) -> None:
         response = self.response
@@ -523,7 +563,8 @@ class _SendfileProducer:
             self.head_sent = True
             framer = response.framer
             assert framer is not None
-            response.transport.write(framer.head)
+            # Queued, not sent eagerly: the transport resumes us once it has flushed the head.
+            response.sink.write_sequence([framer.head])
             return
         if self.left > 0:
             try:
@@ -534,7 +575,7 @@ class _SendfileProducer:
                 sent = None
             except OSError as e:
                 response.abort(f"sendfile failed: {e}")
-                response.transport.abortConnection()
+                response.sink.abort_connection()
                 return
             if sent == 0:  # the file shrank under us
                 self.left = 0
@@ -547,9 +588,9 @@ class _SendfileProducer:
             # Ask to be resumed when the socket can take more: doWrite finds the buffer empty
             # and resumes its pull producer. Until then the stall timer runs.
             response.pauseProducing()
-            response.transport.startWriting()
+            response.sink.start_writing()
             return
-        response.transport.unregisterProducer()
+        response.sink.unregister_producer()
         response._finish()
 
     def stopProducing(self) -> None:

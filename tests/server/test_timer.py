@@ -1,0 +1,54 @@
+"""The named timer holder, fired with Clock.advance just before and at expiry."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from catalyzer.server.timer import Timer
+
+
+def test_start_fires_once_at_expiry() -> None:
+    clock = Clock()
+    fired: list[float] = []
+    timer = Timer(clock, lambda: fired.append(clock.seconds()))
+    timer.start(5)
+    timer.start(1)  # already armed: keeps its deadline
+    clock.advance(4.9)
+    assert fired == [] and timer.armed
+    clock.advance(0.1)
+    assert fired == [5.0] and not timer.armed
+
+
+def test_restart_pushes_back_and_cancel_disarms() -> None:
+    clock = Clock()
+    fired: list[float] = []
+    timer = Timer(clock, lambda: fired.append(clock.seconds()))
+    timer.restart(5)
+    clock.advance(3)
+    timer.restart(5)
+    clock.advance(4.9)
+    assert fired == []
+    clock.advance(0.1)
+    assert fired == [8.0]
+    timer.start(1)
+    timer.cancel()
+    timer.cancel()  # harmless twice
+    clock.advance(10)
+    assert fired == [8.0] and not timer.armed
+
+
+def test_callback_may_rearm() -> None:
+    clock = Clock()
+    fired: list[float] = []
+
+    def tick() -> None:
+        fired.append(clock.seconds())
+        if len(fired) < 3:
+            timer.start(2)
+
+    timer = Timer(clock, tick)
+    timer.start(2)
+    clock.advance(2)
+    clock.advance(2)
+    clock.advance(2)
+    assert fired == [2.0, 4.0, 6.0]
