@@ -44,6 +44,12 @@ class IllegalTransition(RuntimeError):
     """A connection was asked to move between two states the table does not link: a bug."""
 
 
+# Each state also holds its successors as a tuple: the check runs twice a request, and a tuple is
+# searched by identity, where a dict or set lookup calls Enum's Python-level __hash__.
+for _state, _successors in TRANSITIONS.items():
+    _state.successors = tuple(_successors)  # type: ignore[attr-defined]
+
+
 def check_transition(old: ConnState, new: ConnState) -> None:
-    if new not in TRANSITIONS[old]:
+    if new not in old.successors:  # type: ignore[attr-defined]
         raise IllegalTransition(f"connection state {old.name} -> {new.name}")
