@@ -271,6 +271,9 @@ def main() -> None:
             signal.SIGHUP: lambda: None,  # reloads are the master's business
             signal.SIGUSR1: lambda: None,
         },
+        # A response the app is making while TERM arrives already says Connection: close,
+        # even when the app runs in this (the reactor's) thread.
+        at_once={signal.SIGTERM: worker.server.stop_keep_alive},
     )
     stopped: list[bool] = []
     reactor.addSystemEventTrigger("before", "shutdown", _stop_service, worker, stopped)

@@ -76,6 +76,9 @@ class SingleProcessRoot(MultiService):
                 signal.SIGINT: self._quick_stop,
                 signal.SIGUSR1: self._dump,
             },
+            # A response the app is making while TERM arrives already says Connection: close,
+            # even when the app runs in the reactor's thread.
+            at_once={signal.SIGTERM: self.http.server.stop_keep_alive},
         )
 
     def _dump(self) -> None:
