@@ -254,6 +254,7 @@ def main() -> None:
 
     from catalyzer.ops.logfmt import plain_observer
     from catalyzer.process import signals
+    from catalyzer.process.heap import freeze_startup_heap
 
     spec = json.loads(os.environ.pop(control.ENV_KEY))
     globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
@@ -261,6 +262,7 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     worker = Worker(spec, reactor)
     reactor.callWhenRunning(worker.start)
+    reactor.callWhenRunning(freeze_startup_heap)
     reactor.callWhenRunning(
         signals.install,
         reactor,

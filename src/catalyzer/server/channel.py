@@ -440,16 +440,17 @@ class HTTPChannel(Protocol):
     # -- reading side
 
     def _after_read(self) -> None:
+        # Twice per request: the timers are usually not armed, so test before calling.
         reader = self.reader
         if reader.in_headers:
             self._header_timer.start(self.server.config.header_timeout)
-        elif self._got_data:
+        elif self._got_data and self._header_timer.pending is not None:
             self._header_timer.cancel()
         if reader.in_body:
-            if not self._body_timer.armed:
+            if self._body_timer.pending is None:
                 self._body_mark = 0
                 self._body_timer.start(self.server.config.body_timeout)
-        else:
+        elif self._body_timer.pending is not None:
             self._body_timer.cancel()
         if self.response is None:
             self._next()
