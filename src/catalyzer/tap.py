@@ -128,6 +128,12 @@ def makeService(options: Options) -> Service:
     assert config is not None
     from twisted.internet import reactor
 
+    if "*" in config.forwarded_allow_ips.split(","):
+        log.warn(
+            "--forwarded-allow-ips '*': every client can set REMOTE_ADDR, the scheme and the "
+            "host with Forwarded/X-Forwarded-* headers; list your proxies' addresses instead "
+            "unless only a proxy can reach this server"
+        )
     if config.procs > 1 or config.reload:
         # The master never imports the app: a broken app cannot take it down.
         from catalyzer.prefork.master import MasterService

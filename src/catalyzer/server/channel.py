@@ -48,6 +48,7 @@ from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.forwarded import TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
@@ -129,6 +130,7 @@ class ServerState:
             body_spool_threshold=config.body_spool_threshold,
         )
         self.errors = WSGIErrors()
+        self.trusted_proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self.progress: ProgressTracker | None = None
         if config.progress_path:
             registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
@@ -544,6 +546,7 @@ class HTTPChannel(Protocol):
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
             return
+        apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
         self._enter(_RESPONDING)
@@ -730,6 +733,10 @@ class HTTPChannel(Protocol):
                 why=why,
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def _proxy_header_note(text: str) -> None:
+    log.debug("{text}", text=text)
 
 
 def describe_connections(server: ServerState) -> str:
