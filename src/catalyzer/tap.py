@@ -19,6 +19,7 @@ from twisted.python import usage
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.proxyheader import ProxiedEndpoint, split_proxied
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
@@ -92,10 +93,18 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         for description in self.config.listen:
+            proxied, inner = split_proxied(description)
+            if proxied and inner.split(":", 1)[0].lower() not in ("tcp", "tcp6", "unix", "systemd"):
+                raise _fail(
+                    f"--listen {description!r}: the PROXY protocol is supported on tcp, tcp6, unix and "
+                    "systemd endpoints (it comes before TLS: terminate TLS in the proxy)"
+                )
             try:
                 endpoint = endpoints.serverFromString(
-                    reactor, with_backlog(description, self.config.backlog)
+                    reactor, with_backlog(inner, self.config.backlog)
                 )
+                if proxied:
+                    endpoint = ProxiedEndpoint(endpoint, reactor)
             except IndexError:
                 if not description.startswith("systemd:"):
                     raise

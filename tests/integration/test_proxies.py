@@ -252,3 +252,47 @@ def test_behind_nginx(start_server: Launcher, tmp_path: Path) -> None:
         assert (info["http_host"], info["server_port"]) == ("backend", str(server.port))
         assert info["script_name"] == ""
         assert info["proxy_headers"] == {}  # removed: the app cannot be fooled either
+
+
+def start_haproxy(directory: Path, upstream_port: int) -> ProxyProcess:
+    """HAProxy with the documented configuration, on a free port."""
+    assert HAPROXY is not None
+    port = free_port()
+    config = doc_config("haproxy")
+    config = replace_once(config, "bind :80", f"bind 127.0.0.1:{port}")
+    config = replace_once(config, "127.0.0.1:8000", f"127.0.0.1:{upstream_port}")
+    path = directory / "haproxy.cfg"
+    path.write_text(config)
+    # -db: in the foreground, not a daemon; no stats socket, no chroot, no pid file.
+    return ProxyProcess([HAPROXY, "-db", "-f", str(path)], directory, port, directory / "none")
+
+
+@needs_haproxy
+def test_behind_haproxy_with_proxy_protocol_v2(start_server: Launcher, tmp_path: Path) -> None:
+    server = start_server("--access-log", "-", listen=["haproxy:tcp:0:interface=127.0.0.1"])
+    with running(start_haproxy(tmp_path, server.port)) as proxy:
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", proxy.port, timeout=TIMEOUT, source_address=(CLIENT, 0)
+        )
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            client_port = conn.sock.getsockname()[1]
+            for _ in range(3):  # keep-alive: one client connection, one PROXY header
+                info = echo(conn, {"Host": "example.com", **SPOOF})
+                assert (info["remote_addr"], info["remote_port"]) == (CLIENT, str(client_port))
+                assert (info["url_scheme"], info["http_host"]) == ("http", "example.com")
+                # The client (127.0.0.3) is not a trusted proxy: its headers are gone.
+                assert info["proxy_headers"] == {}
+                assert info["script_name"] == ""
+        finally:
+            conn.close()
+        server.wait_for_log(rf'^.*{re.escape(CLIENT)} - - \[.*"GET /echo HTTP/1.1" 200 ', count=3)
+
+    # A connection that bypasses the proxy gets nothing, and the log says why.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(1024) == b""
+    server.wait_for_log(
+        r"closed connection from 127\.0\.0\.1 without a valid PROXY header \(not a PROXY header\)"
+    )

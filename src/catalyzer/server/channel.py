@@ -321,6 +321,7 @@ class HTTPChannel(Protocol):
         self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
         self._drain_timer = Timer(clock, self._drain_idle)
         self._socket: socket.socket | None = None
+        self._proxied = False
 
     def _enter(self, new: ConnState) -> None:
         # check_transition inlined: this runs twice a request.
@@ -343,15 +344,22 @@ class HTTPChannel(Protocol):
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
         self.info = _connection_info(transport)
-        if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
-            self._socket = transport.socket
+        # Behind a PROXY protocol wrapper the addresses are known once the header is in (the
+        # first dataReceived); the socket is the wrapped transport's.
+        self._proxied = isinstance(transport, twistedprivate.HAProxyProtocolWrapper)
+        inner = transport.transport if self._proxied else transport
+        if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
+            self._socket = inner.socket
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
         self._header_timer.start(self.server.config.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        self._got_data = True
+        if not self._got_data:
+            self._got_data = True
+            if self._proxied:
+                self.info = _connection_info(self.transport)
         self.server.metrics.bytes_in += len(data)
         self.reader.receive_data(data)
         self._after_read()
