@@ -219,6 +219,8 @@ SETTINGS: tuple[Setting, ...] = (
         help="Where to accept connections, in Twisted's endpoint syntax: 'tcp:8080', "
         "'tcp6:8080:interface=\\:\\:1', 'unix:/run/app.sock', "
         "'ssl:8443:privateKey=key.pem:certKey=cert.pem', 'systemd:domain=INET:index=0'. "
+        "'haproxy:' in front of a tcp, tcp6, unix or systemd endpoint expects a PROXY protocol "
+        "(v1 or v2) header on each connection, and REMOTE_ADDR is the client it names. "
         "Repeat to listen on several.",
     ),
     Setting(
