@@ -296,3 +296,12 @@ def test_behind_haproxy_with_proxy_protocol_v2(start_server: Launcher, tmp_path:
     server.wait_for_log(
         r"closed connection from 127\.0\.0\.1 without a valid PROXY header \(not a PROXY header\)"
     )
+
+
+def test_trusting_everyone_is_warned_about_once(start_server: Launcher) -> None:
+    server = start_server("--forwarded-allow-ips", "*")
+    warning = "--forwarded-allow-ips '*': every client can set REMOTE_ADDR"
+    server.wait_for_log(re.escape(warning))
+    status, _, body = server.request("GET", "/echo", headers={"X-Forwarded-For": "192.0.2.1"})
+    assert (status, json.loads(body)["remote_addr"]) == (200, "192.0.2.1")
+    assert server.log().count(warning) == 1  # from the master only, in prefork mode

@@ -383,12 +383,14 @@ def apply_forwarded(
     note: Callable[[str], None] | None = None,
 ) -> None:
     """Believe or remove the proxy headers in ``environ``, judging its ``REMOTE_ADDR``."""
-    present = [key for key in PROXY_KEYS if key in environ]
-    if not present:
-        return
+    for key in PROXY_KEYS:
+        if key in environ:
+            break
+    else:
+        return  # the common case, every request on a direct connection: nothing to judge
     if not trusted.trusts(environ.get("REMOTE_ADDR", "")):
-        for key in present:
-            del environ[key]
+        for key in PROXY_KEYS:
+            environ.pop(key, None)
         return
     verdict = _Verdict()
     if (
