@@ -1,4 +1,4 @@
-"""Which proxies to believe, and what they say about the client (pure: no Twisted, no sockets).
+"""Which proxies to believe, and what they say about the client (pure: no Twisted, no I/O).
 
 :func:`apply_forwarded` rewrites a PEP 3333 environ, whatever face built it (HTTP, a PROXY-protocol
 listener, uwsgi, FastCGI), judging the peer named by its ``REMOTE_ADDR``:
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -142,13 +143,26 @@ class Node:
     name: str
     port: str = ""
 
-    @property
-    def is_address(self) -> bool:
-        return _address(self.name) is not None
-
 
 _OBFUSCATED = re.compile(r"_[A-Za-z0-9._-]+\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
+
+
+def _ipv4(text: str) -> bool:
+    # inet_pton: strict (no "1.2.3", no leading zeros) and ten times faster than ipaddress.
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return False
+    return True
+
+
+def _ipv6(text: str) -> str | None:
+    """The canonical form of an IPv6 address (as a socket reports it), None if not one."""
+    try:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError):
+        return None
 
 
 def parse_node(text: str) -> Node:
@@ -157,30 +171,27 @@ def parse_node(text: str) -> Node:
     text = text.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not isinstance(_address(host), ipaddress.IPv6Address):
+        name = _ipv6(host) if sep else None
+        if name is None:
             raise Malformed(f"bad IPv6 node {text!r}")
         if rest and not rest.startswith(":"):
             raise Malformed(f"bad node {text!r}")
         port = rest[1:]
         if rest and not port:
             raise Malformed(f"empty port in {text!r}")
-        name = str(ipaddress.ip_address(host))
     elif text.count(":") > 1:  # a bare IPv6 address (X-Forwarded-For), no port possible
-        addr = _address(text)
-        if addr is None:
+        name = _ipv6(text)
+        if name is None:
             raise Malformed(f"bad address {text!r}")
-        return Node(text)
+        return Node(name)
     else:
-        name, _, port = text.partition(":")
-        if not (
-            name.lower() == "unknown"
-            or _OBFUSCATED.match(name)
-            or isinstance(_address(name), ipaddress.IPv4Address)
-        ):
-            raise Malformed(f"bad node {text!r}")
-        if name.lower() == "unknown":
-            name = "unknown"
-        if _ and not port:
+        name, colon, port = text.partition(":")
+        if not _ipv4(name):
+            if name.lower() == "unknown":
+                name = "unknown"
+            elif not _OBFUSCATED.match(name):
+                raise Malformed(f"bad node {text!r}")
+        if colon and not port:
             raise Malformed(f"empty port in {text!r}")
     if port and not (_PORT.match(port) or _OBFUSCATED.match(port)):
         raise Malformed(f"bad port in {text!r}")
@@ -271,7 +282,7 @@ def _check_host(host: str) -> str:
     if not _HOST.match(host):
         raise Malformed(f"bad host {host!r}")
     name, _ = _split_host(host)
-    if name.startswith("[") and not isinstance(_address(name[1:-1]), ipaddress.IPv6Address):
+    if name.startswith("[") and _ipv6(name[1:-1]) is None:
         raise Malformed(f"bad host {host!r}")
     return host
 
@@ -317,63 +328,50 @@ def _from_forwarded(value: str, trusted: TrustedProxies, verdict: _Verdict) -> N
     verdict.node, verdict.proto, verdict.host = nodes[client], proto, host
 
 
-def _xff(environ: dict[str, Any], trusted: TrustedProxies, verdict: _Verdict) -> None:
-    xff = environ.get("HTTP_X_FORWARDED_FOR")
-    if xff is not None:
-        nodes = [parse_node(part) for part in xff.split(",")]
-        verdict.node = nodes[_client_index(nodes, trusted)]
+def _xff(value: str, trusted: TrustedProxies, verdict: _Verdict) -> None:
+    nodes = [parse_node(part) for part in value.split(",")]
+    verdict.node = nodes[_client_index(nodes, trusted)]
 
 
-def _xfproto(environ: dict[str, Any], verdict: _Verdict) -> None:
-    proto = environ.get("HTTP_X_FORWARDED_PROTO")
-    if proto is not None:
-        verdict.proto = _check_proto(_rightmost(proto))
+def _xfproto(value: str, trusted: TrustedProxies, verdict: _Verdict) -> None:
+    verdict.proto = _check_proto(_rightmost(value))
 
 
-def _xfhost(environ: dict[str, Any], verdict: _Verdict) -> None:
-    host = environ.get("HTTP_X_FORWARDED_HOST")
-    if host is not None:
-        verdict.host = _check_host(_rightmost(host))
+def _xfhost(value: str, trusted: TrustedProxies, verdict: _Verdict) -> None:
+    verdict.host = _check_host(_rightmost(value))
 
 
-def _guarded(
-    environ: dict[str, Any],
-    key: str,
-    note: Callable[[str], None] | None,
-    step: Callable[[], None],
-) -> None:
-    """Run ``step``; if the header under ``key`` is malformed, drop it (the app sees only the
-    proxy headers that were believed) with a note."""
-    try:
-        step()
-    except Malformed as e:
-        del environ[key]
-        if note is not None:
-            name = "-".join(w.capitalize() for w in key[5:].split("_"))
-            note(f"ignoring {name}: {e}")
+def _xfport(value: str, trusted: TrustedProxies, verdict: _Verdict) -> None:
+    text = _rightmost(value)
+    if not _PORT.match(text) or not 0 < int(text) <= 65535:
+        raise Malformed(f"bad X-Forwarded-Port {value!r}")
+    verdict.port = text
 
 
-def _port(environ: dict[str, Any], verdict: _Verdict) -> None:
-    port = environ.get("HTTP_X_FORWARDED_PORT")
-    if port is not None:
-        text = _rightmost(port)
-        if not _PORT.match(text) or not 0 < int(text) <= 65535:
-            raise Malformed(f"bad X-Forwarded-Port {port!r}")
-        verdict.port = text
+def _xfprefix(value: str, trusted: TrustedProxies, verdict: _Verdict) -> None:
+    text = _rightmost(value).rstrip("/")
+    if (text and not text.startswith("/")) or any(c in text for c in "?#\\") or "//" in text:
+        raise Malformed(f"bad X-Forwarded-Prefix {value!r}")
+    decoded = unquote_to_bytes(text).decode("latin-1")
+    if any(part in (".", "..") for part in decoded.split("/")):
+        raise Malformed(f"bad X-Forwarded-Prefix {value!r}")
+    verdict.prefix = decoded
 
 
-def _prefix(environ: dict[str, Any], verdict: _Verdict) -> None:
-    prefix = environ.get("HTTP_X_FORWARDED_PREFIX")
-    if prefix is not None:
-        text = _rightmost(prefix).rstrip("/")
-        if (text and not text.startswith("/")) or any(c in text for c in "?#\\") or "//" in text:
-            raise Malformed(f"bad X-Forwarded-Prefix {prefix!r}")
-        decoded = unquote_to_bytes(text).decode("latin-1")
-        if any(part in (".", "..") for part in decoded.split("/")):
-            raise Malformed(f"bad X-Forwarded-Prefix {prefix!r}")
-        verdict.prefix = decoded
-
-
+_Step = Callable[[str, "TrustedProxies", _Verdict], None]
+_PORT_AND_PREFIX: tuple[tuple[str, _Step], ...] = (
+    ("HTTP_X_FORWARDED_PORT", _xfport),
+    ("HTTP_X_FORWARDED_PREFIX", _xfprefix),
+)
+# X-Forwarded-* win: the proxies people run set them, and nginx passes a client's own Forwarded
+# header through untouched.
+_X_FORWARDED: tuple[tuple[str, _Step], ...] = (
+    ("HTTP_X_FORWARDED_FOR", _xff),
+    ("HTTP_X_FORWARDED_PROTO", _xfproto),
+    ("HTTP_X_FORWARDED_HOST", _xfhost),
+    *_PORT_AND_PREFIX,
+)
+_FORWARDED: tuple[tuple[str, _Step], ...] = (("HTTP_FORWARDED", _from_forwarded), *_PORT_AND_PREFIX)
 _DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
 
 
@@ -392,25 +390,27 @@ def apply_forwarded(
         for key in PROXY_KEYS:
             environ.pop(key, None)
         return
-    verdict = _Verdict()
     if (
         "HTTP_X_FORWARDED_FOR" in environ
         or "HTTP_X_FORWARDED_PROTO" in environ
         or "HTTP_X_FORWARDED_HOST" in environ
     ):
-        # X-Forwarded-* win: the proxies people run set them, and nginx passes a client's own
-        # Forwarded header through untouched. What is not believed is not shown to the app.
-        environ.pop("HTTP_FORWARDED", None)
-        _guarded(environ, "HTTP_X_FORWARDED_FOR", note, lambda: _xff(environ, trusted, verdict))
-        _guarded(environ, "HTTP_X_FORWARDED_PROTO", note, lambda: _xfproto(environ, verdict))
-        _guarded(environ, "HTTP_X_FORWARDED_HOST", note, lambda: _xfhost(environ, verdict))
-    elif "HTTP_FORWARDED" in environ:
-        forwarded = environ["HTTP_FORWARDED"]
-        _guarded(
-            environ, "HTTP_FORWARDED", note, lambda: _from_forwarded(forwarded, trusted, verdict)
-        )
-    _guarded(environ, "HTTP_X_FORWARDED_PORT", note, lambda: _port(environ, verdict))
-    _guarded(environ, "HTTP_X_FORWARDED_PREFIX", note, lambda: _prefix(environ, verdict))
+        steps = _X_FORWARDED
+        environ.pop("HTTP_FORWARDED", None)  # not believed, so not shown to the app
+    else:
+        steps = _FORWARDED
+    verdict = _Verdict()
+    for key, step in steps:
+        value = environ.get(key)
+        if value is None:
+            continue
+        try:
+            step(value, trusted, verdict)
+        except Malformed as e:
+            del environ[key]  # the app sees only the proxy headers that were believed
+            if note is not None:
+                name = "-".join(w.capitalize() for w in key[5:].split("_"))
+                note(f"ignoring {name}: {e}")
     _rewrite(environ, verdict)
 
 
