@@ -97,6 +97,13 @@ def _script_name(text: str) -> str:
     return text
 
 
+def _allow_ips(text: str) -> str:
+    from catalyzer.wsgi.forwarded import TrustedProxies
+
+    TrustedProxies.parse(text)
+    return ",".join(part.strip() for part in text.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its name on the command line and in config files, its type and its rules."""
@@ -212,7 +219,21 @@ SETTINGS: tuple[Setting, ...] = (
         help="Where to accept connections, in Twisted's endpoint syntax: 'tcp:8080', "
         "'tcp6:8080:interface=\\:\\:1', 'unix:/run/app.sock', "
         "'ssl:8443:privateKey=key.pem:certKey=cert.pem', 'systemd:domain=INET:index=0'. "
+        "'haproxy:' in front of a tcp, tcp6, unix or systemd endpoint expects a PROXY protocol "
+        "(v1 or v2) header on each connection, and REMOTE_ADDR is the client it names. "
         "Repeat to listen on several.",
+    ),
+    Setting(
+        "forwarded-allow-ips",
+        "127.0.0.1,::1,unix",
+        _allow_ips,
+        section="Listening",
+        metavar="LIST",
+        help="Peers whose Forwarded and X-Forwarded-For/-Proto/-Host/-Port/-Prefix headers are "
+        "believed (REMOTE_ADDR, wsgi.url_scheme, HTTP_HOST, SERVER_PORT, SCRIPT_NAME come from "
+        "them): comma-separated addresses and networks ('10.0.0.0/8'), 'unix' for Unix-socket "
+        "peers, or '*' for everyone (warned about at start-up). From any other peer these "
+        "headers are removed before the application sees them. See docs/deploying.md.",
     ),
     Setting(
         "backlog",
@@ -448,6 +469,7 @@ class Config:
     max_requests_jitter: int
     timeout: float
     listen: tuple[str, ...]
+    forwarded_allow_ips: str
     backlog: int
     max_connections: int
     max_request_line: int

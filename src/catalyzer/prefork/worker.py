@@ -31,6 +31,7 @@ from catalyzer.process.children import set_title
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import describe_connections
+from catalyzer.server.proxyheader import ProxyHeaderFactory, RejectionLog, split_proxied
 from catalyzer.settings import Config
 
 log = Logger(namespace="catalyzer.prefork.worker")
@@ -215,11 +216,12 @@ class _Adopted:
     def __init__(self, reactor: Any, listener: Mapping[str, Any]) -> None:
         self.reactor = reactor
         self.listener = listener
+        self.rejections = RejectionLog(reactor)
 
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
 
-        description = str(self.listener["description"])
+        proxied, description = split_proxied(str(self.listener["description"]))
         if description.startswith("ssl:"):
             from twisted.internet import endpoints
             from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -229,6 +231,9 @@ class _Adopted:
             factory = TLSMemoryBIOFactory(
                 twistedprivate.ssl_context_factory(endpoint), False, factory
             )
+        if proxied:
+            # Outermost: the PROXY header comes before anything else on the connection.
+            factory = ProxyHeaderFactory(factory, self.rejections)
         fd = int(self.listener["fd"])
         port = self.reactor.adoptStreamPort(fd, control.FAMILIES[self.listener["family"]], factory)
         os.close(fd)  # adoptStreamPort made its own copy

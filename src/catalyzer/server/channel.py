@@ -48,6 +48,7 @@ from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.forwarded import TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
@@ -129,6 +130,7 @@ class ServerState:
             body_spool_threshold=config.body_spool_threshold,
         )
         self.errors = WSGIErrors()
+        self.trusted_proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self.progress: ProgressTracker | None = None
         if config.progress_path:
             registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
@@ -319,6 +321,7 @@ class HTTPChannel(Protocol):
         self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
         self._drain_timer = Timer(clock, self._drain_idle)
         self._socket: socket.socket | None = None
+        self._proxied = False
 
     def _enter(self, new: ConnState) -> None:
         # check_transition inlined: this runs twice a request.
@@ -341,15 +344,22 @@ class HTTPChannel(Protocol):
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
         self.info = _connection_info(transport)
-        if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
-            self._socket = transport.socket
+        # Behind a PROXY protocol wrapper the addresses are known once the header is in (the
+        # first dataReceived); the socket is the wrapped transport's.
+        self._proxied = isinstance(transport, twistedprivate.HAProxyProtocolWrapper)
+        inner = transport.transport if self._proxied else transport
+        if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
+            self._socket = inner.socket
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
         self._header_timer.start(self.server.config.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        self._got_data = True
+        if not self._got_data:
+            self._got_data = True
+            if self._proxied:
+                self.info = _connection_info(self.transport)
         self.server.metrics.bytes_in += len(data)
         self.reader.receive_data(data)
         self._after_read()
@@ -545,6 +555,7 @@ class HTTPChannel(Protocol):
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
             return
+        apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
         self._enter(_RESPONDING)
@@ -731,6 +742,10 @@ class HTTPChannel(Protocol):
                 why=why,
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def _proxy_header_note(text: str) -> None:
+    log.debug("{text}", text=text)
 
 
 def describe_connections(server: ServerState) -> str:
