@@ -381,10 +381,7 @@ def apply_forwarded(
     note: Callable[[str], None] | None = None,
 ) -> None:
     """Believe or remove the proxy headers in ``environ``, judging its ``REMOTE_ADDR``."""
-    for key in PROXY_KEYS:
-        if key in environ:
-            break
-    else:
+    if environ.keys().isdisjoint(PROXY_KEYS):
         return  # the common case, every request on a direct connection: nothing to judge
     if not trusted.trusts(environ.get("REMOTE_ADDR", "")):
         for key in PROXY_KEYS:
