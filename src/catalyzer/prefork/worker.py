@@ -267,7 +267,6 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     worker = Worker(spec, reactor)
     reactor.callWhenRunning(worker.start)
-    reactor.callWhenRunning(freeze_startup_heap)
     reactor.callWhenRunning(
         signals.install,
         reactor,
@@ -282,6 +281,8 @@ def main() -> None:
         # even when the app runs in this (the reactor's) thread.
         at_once={signal.SIGTERM: worker.server.stop_keep_alive},
     )
+    # After the signal handlers: a full collection at start-up takes a while.
+    reactor.callWhenRunning(freeze_startup_heap)
     stopped: list[bool] = []
     reactor.addSystemEventTrigger("before", "shutdown", _stop_service, worker, stopped)
     reactor.run()
