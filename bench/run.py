@@ -1123,7 +1123,7 @@ def _scenario_table(scn: dict[str, Any]) -> list[str]:
             label += " (wrong answer!)"
         rps = _with_runs(r, lambda x: x.get("rps"), _fmt_rps)
         if slow:
-            held = " / ".join(
+            held = "; ".join(
                 _slow_held(run.get("slow_clients", {}))
                 for run in runs_of(r)
                 if not run.get("error")
@@ -1428,8 +1428,9 @@ def _scenario_section(scn: dict[str, Any]) -> list[str]:
     split = next((r["split"] for r in scn["results"] if r.get("split")), None)
     if split:
         lines += [
-            f"catalyzer --procs {MULTI_PROCS}, requests per worker during this measurement "
-            f"(SIGUSR1 state dumps before and after): {_fmt_split(split)}.",
+            f"catalyzer --procs {MULTI_PROCS}, requests per worker during "
+            + ("the median run" if len(split.get("runs") or ()) > 1 else "this measurement")
+            + f" (SIGUSR1 state dumps before and after): {_fmt_split(split)}.",
             "",
         ]
     return lines
@@ -1478,7 +1479,8 @@ def _split_rounds(split: dict[str, Any]) -> str:
     runs = split.get("runs") or []
     if len(runs) < 2:
         return ""
-    return f"; median of {len(runs)} runs: " + " / ".join(_fmt_split_ratio(s) for s in runs)
+    every = " / ".join(_fmt_split_ratio(s) for s in runs)
+    return f"; the median of {len(runs)} runs, each run: {every}"
 
 
 def _fmt_split(split: dict[str, Any]) -> str:
@@ -1671,10 +1673,17 @@ def _method(data: dict[str, Any]) -> list[str]:
     runs = int(data.get("runs", 1))
     threads = data.get("wrk_threads", WRK_THREADS)
     duration = data["duration"]
-    kind = "quick run" if data.get("quick") else "full run"
+    kind = "quick run" if data.get("quick") else "partial run" if data.get("only") else "full run"
     if data.get("only"):
         kind += ", restricted to " + ", ".join(f"`{n}`" for n in data["only"])
-    log_dir = data.get("log_dir", f"bench/results/logs/{data['id']}")
+    if data.get("log_dir"):
+        twistd_log = (
+            "**it logged every request to a file in the run's log directory** "
+            f"(`{data['log_dir']}/`, given with `--logfile`, rotated by twistd at 1 MB as by "
+            "default), as its users run it"
+        )
+    else:  # results saved before the log went to the run's log directory
+        twistd_log = "its access log went to a scratch file"
     if runs > 1:
         repeat = (
             f"Each scenario measured every server {runs} times, interleaved: round 1 measured "
@@ -1703,10 +1712,8 @@ def _method(data: dict[str, Any]) -> list[str]:
         "**Servers as their users run them.** catalyzer, granian and uWSGI ran with their access "
         "logs off (`--access-log off`, `--no-access-log`, `--disable-logging`); gunicorn and "
         "waitress write none unless told to. twistd web has no switch to turn its access log "
-        "off: **it logged every request to a file in the run's log directory** "
-        f"(`{log_dir}/`, given with `--logfile`, rotated by twistd at 1 MB as by default), as "
-        "its users run it. The other options each server got are under *Server command lines* "
-        "and in each scenario's notes.",
+        f"off: {twistd_log}. The other options each server got are under *Server command "
+        "lines* and in each scenario's notes.",
         "",
         f"**The load generator and the server share the same {m['nproc']} cores**, so a server "
         "that needs less CPU per request also leaves more to wrk: absolute numbers are low and "
