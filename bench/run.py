@@ -1,12 +1,17 @@
 """The benchmark suite: catalyzer against other WSGI servers, driven by wrk.
 
-    .venv/bin/python bench/run.py [--quick] [--only NAME[,NAME...]] [--render RESULTS.json]
+    .venv/bin/python bench/run.py [--runs N] [--duration SECONDS | --quick] [--wrk-threads N]
+                                  [--only NAME[,NAME...]] [--doc [PATH]] [--render RESULTS.json]
 
-Every server runs as a subprocess on 127.0.0.1 on a free port, with access logs off. For each
-scenario and server: start the server, poll until it answers, run wrk while sampling the RSS of
-the server's process tree every 100 ms, stop the server by PID. Raw results go to
-``bench/results/`` as JSON; ``docs/benchmarks.md`` is rendered from that JSON (a run restricted
-with ``--only`` writes the doc only when ``--doc`` is given).
+Every server runs as a subprocess on 127.0.0.1 on a free port, configured as its users run it:
+access logs off where the server can turn them off, twistd web logging to a file in the run's
+log directory. Each (scenario, server) is measured ``--runs`` times (default 3), interleaved:
+round 1 measures every server of the scenario once, then round 2, and so on. One measurement:
+start the server, poll until it answers, check its answer, run wrk while sampling the RSS of the
+server's process tree every 100 ms, stop the server by PID. Raw results, every run's included,
+go to ``bench/results/`` as JSON and server logs to ``bench/results/logs/RUN_ID/``;
+``docs/benchmarks.md`` is rendered from that JSON with the median and every run's figure (a run
+restricted with ``--only`` writes the doc only when ``--doc`` is given).
 """
 
 from __future__ import annotations
@@ -1924,7 +1929,7 @@ def _scenario_notes(scn: dict[str, Any]) -> list[str]:
 
 PREFORK_ESTIMATE = 2 * (PREFORK_SECONDS + 8) + PACED_SECONDS + 5  # seconds, run once each
 STREAM_ESTIMATE = 45  # seconds for stream_rss (20 s slow reader, 1 GiB fast, start and stop)
-OVERHEAD_ESTIMATE = 3  # seconds per measurement besides wrk: start, checks, stop
+OVERHEAD_ESTIMATE = 1.5  # seconds per measurement besides wrk: start, checks, stop (measured ~1)
 
 
 def plan(scenarios: list[Scenario], servers: set[str]) -> list[tuple[Scenario, list[ServerSpec]]]:
@@ -2089,10 +2094,11 @@ def main(argv: list[str] | None = None) -> int:
         extras -= set(PREFORK_RUNS)
     if "catalyzer" not in pick_servers:
         extras.discard("stream_rss")
+    expected = estimate_seconds(planned, method, extras)
     print(
         f"{method.runs} run(s) of {method.duration} s per (scenario, server), wrk "
-        f"-t{method.wrk_threads}; about {estimate_seconds(planned, method, extras) / 60:.0f} "
-        "minutes",
+        f"-t{method.wrk_threads}; about "
+        + (f"{expected / 60:.0f} minutes" if expected >= 120 else f"{expected} s"),
         flush=True,
     )
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
