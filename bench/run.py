@@ -118,10 +118,10 @@ def _waitress(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
 
 
 def _twistd_web(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
-    # twistd web has no switch to turn its access log off; its users log to a file (twistd's
-    # default, twistd.log in the working directory), so it logs to a file in the run's log
-    # directory, rotated by twistd at 1 MB as by default. (Never /dev/null: twistd rotates its
-    # log files by renaming them, and would rename /dev/null.)
+    # twistd web has no switch to turn its access log off; its users log to a file (twistd.log,
+    # twistd's default when it daemonizes), so it logs to a file in the run's log directory,
+    # rotated by twistd at 1 MB as by default. (Never /dev/null: twistd rotates its log files by
+    # renaming them, and would rename /dev/null.)
     return [
         str(BIN / "twistd"),
         "-n",
@@ -1162,7 +1162,7 @@ def _slow_held(sc: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Ratio:
     """``a / b`` from the medians, and the same ratio within each round (run n of a over run n
-    of b: measured minutes apart, interleaved with the other servers)."""
+    of b, measured in the same round when a and b are in the same scenario)."""
 
     median: float | None
     rounds: tuple[float | None, ...] = ()
@@ -1173,7 +1173,6 @@ def _target(
     value: float | Ratio | None,
     goal: float,
     fmt: Callable[[float], str],
-    extra: str = "",
 ) -> str:
     rounds: tuple[float | None, ...] = ()
     if isinstance(value, Ratio):
@@ -1188,7 +1187,7 @@ def _target(
         line += f"; short by {fmt(goal - value)}, i.e. at {value / goal:.0%} of the target"
     if len(rounds) > 1:
         line += "; per round " + " / ".join("-" if v is None else fmt(v) for v in rounds)
-    return line + extra
+    return line
 
 
 def _measured(r: dict[str, Any] | None) -> dict[str, Any] | None:
