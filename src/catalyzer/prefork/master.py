@@ -177,7 +177,7 @@ class MasterService(Service):
     def privilegedStartService(self) -> None:
         self.listeners = listen_all(
             [(description, (description, endpoint)) for description, endpoint in self.endpoints],
-            lambda named: listen(*named, self.config.procs),
+            lambda named: listen(*named, self.config.procs, self.config.reuse_port),
             logger=log,
             close=Listener.close,
             address=lambda listener: listener.address,

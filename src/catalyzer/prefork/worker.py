@@ -111,11 +111,9 @@ class Worker:
         self.service.privilegedStartService()
         self.service.startService()
         for port in self.service.ports:
-            # One accept per wake-up, for sockets all workers share (unix, systemd): a burst is
-            # spread over the workers awake instead of going to the first. (TCP endpoints have a
-            # socket per worker slot: see master._Listener.)
-            if hasattr(port, "numberAccepts"):
-                port.numberAccepts = 1
+            # One accept per wake-up on the socket all workers share: a burst is spread over the
+            # workers awake, and a worker stuck in the app takes nothing (see prefork.listeners).
+            twistedprivate.accept_one_per_wakeup(port)
         ctl = protocol.Factory()
         ctl.buildProtocol = lambda addr: WorkerControl(self)  # type: ignore[method-assign]
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)

@@ -2,7 +2,8 @@
 
 Twisted offers no public way to ask a TCP transport whether its write buffer is empty, to get
 the interface/port/backlog a parsed ``tcp:`` endpoint description holds, or to get the TLS
-context factory out of a parsed ``ssl:`` endpoint. Each read lives here, behind a function with
+context factory out of a parsed ``ssl:`` endpoint, nor to keep a listening port to one
+``accept()`` per wake-up. Each read lives here, behind a function with
 a documented meaning, and ``tests/server/test_twistedprivate.py`` checks each one against the
 installed Twisted, so an upgrade that renames one fails that test instead of a worker.
 """
@@ -34,3 +35,22 @@ def tcp_bind(endpoint: Any) -> TCPBind:
 def ssl_context_factory(endpoint: Any) -> Any:
     """The TLS context factory an ``SSL4ServerEndpoint`` (an ``ssl:`` description) would use."""
     return endpoint._sslContextFactory
+
+
+def accept_one_per_wakeup(port: Any) -> None:
+    """Make a listening ``twisted.internet.tcp.Port`` (or unix Port) accept at most one
+    connection each time the reactor finds it readable.
+
+    Its ``doRead`` accepts up to ``numberAccepts`` connections and then grows that number by 20
+    whenever it took as many as allowed, so setting it to 1 once lasts one wake-up. A port
+    without the attribute (not a stream listening port) is left alone."""
+    if not hasattr(port, "numberAccepts"):
+        return
+    accept = port.doRead
+
+    def do_read() -> Any:
+        port.numberAccepts = 1
+        return accept()
+
+    port.numberAccepts = 1
+    port.doRead = do_read
