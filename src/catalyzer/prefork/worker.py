@@ -27,6 +27,8 @@ from twisted.protocols import amp
 from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.prefork import control
+from catalyzer.prefork.fdpass import FdReader
+from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
 from catalyzer.process.children import set_title
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
@@ -87,6 +89,15 @@ class Worker:
             limit += random.randint(0, config.max_requests_jitter)
         self.max_requests = limit
         self.retiring = False
+        handoff_fd = spec.get("handoff_fd")
+        self.handoff = None if handoff_fd is None else socket.socket(fileno=int(handoff_fd))
+        if self.handoff is not None:
+            self.handoff.setblocking(False)
+        # Keep-alive rescue (prefork.rescue): only when the app runs in the reactor thread, the
+        # one case where a worker in the app cannot read its other connections.
+        rescue = self.handoff is not None and not config.threads and config.handoff_after > 0
+        scoreboard_fd = int(spec["scoreboard_fd"])
+        scoreboard = GatedScoreboard(scoreboard_fd) if rescue else Scoreboard(scoreboard_fd)
         # Uploads' progress goes to the master and polls are answered from its view of every
         # worker's uploads (_send_progress, _query_progress).
         self.server = ServerState.from_config(
@@ -94,7 +105,7 @@ class Worker:
             config,
             reactor,
             multiprocess=True,
-            scoreboard=Scoreboard(int(spec["scoreboard_fd"])),
+            scoreboard=scoreboard,
             on_response=self._count_response,
             progress_source=self._query_progress,
             share_progress=True,
@@ -103,6 +114,12 @@ class Worker:
         for listener in spec["listeners"]:
             endpoints.append((listener["description"], _Adopted(reactor, listener)))
         self.service = HTTPService(self.server, endpoints, reactor)
+        self.watchdog: Watchdog | None = None
+        if rescue:
+            assert isinstance(scoreboard, GatedScoreboard) and self.handoff is not None
+            self.watchdog = Watchdog(
+                reactor, self.server, scoreboard, self.handoff, config.handoff_after
+            )
         self.control: amp.AMP | None = None
         self._modules_seen = 0
         self._control_fd = int(spec["control_fd"])
@@ -119,6 +136,15 @@ class Worker:
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
         os.close(self._control_fd)
         self.reactor.callLater(0, self._say_ready)
+        if self.handoff is not None:
+            from catalyzer.server.channel import HTTPFactory
+
+            factory = HTTPFactory(self.server)
+            FdReader(
+                self.reactor, self.handoff, lambda fd: adopt(self.reactor, factory, fd)
+            ).start()
+        if self.watchdog is not None:
+            self.watchdog.start()
         if self.server.progress is not None:
             # Our uploads' progress goes to the master ten times a second.
             sender = LoopingCall(self._send_progress)
@@ -193,6 +219,8 @@ class Worker:
                 proto.callRemote(control.Retire, reason="max-requests")
 
     def stop(self, quick: bool = False) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if quick:
             self.service.hurry()
         # Now, not once the reactor's shutdown has begun: responses starting meanwhile are the

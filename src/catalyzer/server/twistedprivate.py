@@ -54,3 +54,20 @@ def accept_one_per_wakeup(port: Any) -> None:
 
     port.numberAccepts = 1
     port.doRead = do_read
+
+
+def disown_transport(transport: Any) -> None:
+    """Make a connected ``tcp.Server`` inert: ``write``, ``loseConnection`` and
+    ``abortConnection`` become no-ops, so nothing this process does later sends, shuts down or
+    resets the connection another process now serves. The caller removes it from the reactor;
+    its socket stays open until :func:`close_disowned`."""
+    transport.connected = False
+    transport.disconnecting = True
+    transport.disconnected = True
+
+
+def close_disowned(transport: Any) -> None:
+    """Close a disowned transport's socket with a bare ``close(2)``: not the ``shutdown(2)`` of
+    ``loseConnection`` nor the ``SO_LINGER`` 0 of ``abortConnection``, which would end the
+    connection for every process holding it."""
+    transport.socket.close()
