@@ -627,9 +627,10 @@ def test_usr1_dumps_state(prefork: Callable[..., ServerProcess]) -> None:
     assert serving in pids
 
 
-# Each TCP connection lands on a worker by the kernel's SO_REUSEPORT hash: a binomial split.
-# With 100 connections a 2:1 imbalance (67 or more on one worker) happens about once in 1,500
-# runs; with the 20 of an earlier version of this test it happened one run in nine.
+# Both workers accept from one shared socket, one connection per wake-up, so a burst of new
+# connections alternates between the workers awake (typically 200:200 here). With --reuse-port the
+# kernel's hash decides instead: a binomial split, where with 100 connections a 2:1 imbalance (67
+# or more on one worker) happens about once in 1,500 runs.
 SPREAD_CONNECTIONS = 100
 SPREAD_REQUESTS = 4
 
