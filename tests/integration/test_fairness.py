@@ -45,11 +45,11 @@ def app(environ, start_response):
                     break
         finally:
             os.close(fd)
-    body = ("pid=%d\\n" % os.getpid()).encode()
+    body = ("pid=%d %s\\n" % (os.getpid(), environ.get("QUERY_STRING", ""))).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
-_PID = re.compile(rb"^pid=(\d+)\n$")
+_PID = re.compile(rb"^pid=(\d+) (.*)\n$")
 ANSWER_DEADLINE = 10.0  # socket timeout: only reached when a fast request is stuck
 
 
@@ -145,4 +145,33 @@ def test_new_connections_go_to_the_idle_worker(server: ServerProcess, tmp_path: 
             assert ask(fresh) != busy
         finally:
             fresh.close()
+    assert slow.finish() == busy
+
+
+def test_pipelined_requests_behind_a_slow_one_move_together_in_order(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    slow_conn, fast_conn = pinned_pair(server)
+    busy = ask(fast_conn)
+    slow = SlowRequest(server, slow_conn, tmp_path / "fifo")
+    sock = fast_conn.sock
+    assert sock is not None
+    # Three requests in one write, while their worker is in the app: none of it is read there.
+    sock.sendall(b"".join(b"GET /?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in (1, 2, 3)))
+    answers = []
+    with sock.makefile("rb") as responses:  # one buffer for the three answers
+        for _ in range(3):
+            status = responses.readline()
+            assert status.startswith(b"HTTP/1.1 200 "), status
+            length = 0
+            while (line := responses.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = responses.read(length)
+            m = _PID.match(body)
+            assert m is not None, body
+            answers.append((int(m.group(1)), m.group(2)))
+    assert [query for _, query in answers] == [b"n=1", b"n=2", b"n=3"]
+    assert busy not in {pid for pid, _ in answers}
     assert slow.finish() == busy

@@ -460,6 +460,8 @@ class MasterService(Service):
             os.close(fd)  # the worker closed its copy: the client sees its idle connection close
             return
         self.handoffs.received(fd, source.record.id, self._now())
+        if trace.ENABLED:
+            trace.emit("handoff", worker=source.record.slot, held=self.handoffs.holding)
         self._route_handoffs()
 
     def _route_handoffs(self) -> None:

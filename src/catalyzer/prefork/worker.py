@@ -198,6 +198,8 @@ class Worker:
             "in_app": what if entered else "",
             "in_app_since": entered,
             "rss": _rss(),
+            # Keep-alive connections given to other workers while this one was in the app.
+            "handed_off": self.watchdog.moved if self.watchdog is not None else 0,
         }
 
     def describe(self) -> str:
