@@ -326,3 +326,29 @@ def test_held_connections_are_closed_when_the_master_stops() -> None:
     finally:
         for sock in (client, server, end):
             sock.close()
+
+
+def test_one_retry_timer_however_many_arrive_while_every_worker_is_busy() -> None:
+    master = Master(procs=1)
+    (worker,) = master.boot()
+    (end,) = _handoff_ends(master, [worker])
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        worker.proto.scoreboard.enter(master.reactor.seconds(), "GET /slow")
+        for _, server in pairs:
+            master.service._handed_over(worker.proto, os.dup(server.fileno()))
+        retry = master.service._route_handoffs
+        timers = [c for c in master.reactor.getDelayedCalls() if c.func == retry]
+        assert len(timers) == 1
+        assert master.service.handoffs.holding == 3
+        worker.proto.scoreboard.leave()  # out of the app: it takes them back
+        master.reactor.pump([0.005])
+        fds, _ = fdpass.receive_fds(end)
+        assert len(fds) == 3
+        for fd in fds:
+            os.close(fd)
+    finally:
+        end.close()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()

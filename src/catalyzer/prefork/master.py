@@ -456,15 +456,15 @@ class MasterService(Service):
     # -- keep-alive hand-off: connections from workers stuck in the app to idle ones
 
     def _handed_over(self, source: WorkerProcess, fd: int) -> None:
-        if self.supervisor.stopping:
-            os.close(fd)  # the worker closed its copy: the client sees its idle connection close
-            return
+        # Also while stopping: the worker that takes it answers with Connection: close.
         self.handoffs.received(fd, source.record.id, self._now())
         if trace.ENABLED:
             trace.emit("handoff", worker=source.record.slot, held=self.handoffs.holding)
         self._route_handoffs()
 
     def _route_handoffs(self) -> None:
+        if self._handoff_retry is not None and self._handoff_retry.active():
+            self._handoff_retry.cancel()  # a new arrival: one look now, one timer after
         self._handoff_retry = None
         now = self._now()
         views = [
@@ -489,7 +489,7 @@ class MasterService(Service):
             if dropped is not None:
                 log.warn("a keep-alive connection handed over was closed: {r}", r=dropped.reason)
                 os.close(dropped.token)
-        if self.handoffs.holding and not self.supervisor.stopping:
+        if self.handoffs.holding:
             # Every worker is in the app: look again soon (scoreboards cannot call us).
             self._handoff_retry = self.reactor.callLater(_HANDOFF_RETRY, self._route_handoffs)
 

@@ -221,8 +221,8 @@ class Worker:
                 proto.callRemote(control.Retire, reason="max-requests")
 
     def stop(self, quick: bool = False) -> None:
-        if self.watchdog is not None:
-            self.watchdog.stop()
+        # The watchdog keeps going while we drain: a connection waiting behind a slow request is
+        # better answered by another worker now than with Connection: close after it.
         if quick:
             self.service.hurry()
         # Now, not once the reactor's shutdown has begun: responses starting meanwhile are the
