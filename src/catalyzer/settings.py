@@ -191,6 +191,16 @@ SETTINGS: tuple[Setting, ...] = (
         "together.",
     ),
     Setting(
+        "max-worker-rss",
+        0,
+        _non_negative_int,
+        section="Processes",
+        metavar="MiB",
+        help="With procs >= 2: replace a worker whose resident memory (RSS) is above this many "
+        "MiB after a response (0: never). Checked between requests; the replacement is ready "
+        "before the worker stops accepting, and the log line gives the figure.",
+    ),
+    Setting(
         "timeout",
         0.0,
         _non_negative_seconds,
@@ -446,6 +456,7 @@ class Config:
     procs: int
     max_requests: int
     max_requests_jitter: int
+    max_worker_rss: int
     timeout: float
     listen: tuple[str, ...]
     backlog: int

@@ -89,6 +89,11 @@ class Options(usage.Options):
             self.config = Config.from_values(values)
         except SettingError as e:
             raise _fail(str(e)) from None
+        if self.config.max_worker_rss and self.config.procs == 1 and not self.config.reload:
+            raise _fail(
+                "--max-worker-rss needs a master to replace the worker: use --procs 2 or more "
+                "(with --procs 1 the twistd process itself serves, and nothing would replace it)"
+            )
         from twisted.internet import reactor
 
         for description in self.config.listen:

@@ -403,3 +403,18 @@ def test_worker_stopped_before_it_has_a_pid_is_signalled_once_it_has_one() -> No
     assert sup.next_deadline() == 0.0  # overdue
     assert kills(sup.tick(0.2)) == [(4242, signal.SIGTERM)]
     assert halts(sup.exited(4242, 0, None, 0.3)) == [Halt(0, "all workers have exited")]
+
+
+def test_retire_detail_is_logged_not_counted() -> None:
+    sup, (a, _) = boot()
+    assert a.pid is not None
+    out = sup.retire(a.pid, "max-worker-rss", 10.0, "RSS 143 MiB > 100 MiB")
+    assert (
+        Log(
+            "info",
+            f"worker 0 (pid {a.pid}): max-worker-rss (RSS 143 MiB > 100 MiB); starting its replacement",
+        )
+        in out
+    )
+    assert len(spawns(out)) == 1
+    assert sup.restarts == {"max-worker-rss": 1}

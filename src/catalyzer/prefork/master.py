@@ -131,8 +131,8 @@ class MasterControl(control.QuietAMP):
         return {"entry": json.dumps(self.master.progress.get(upload_id, self.master._now()))}
 
     @control.Retire.responder
-    def retire(self, reason: str) -> dict[str, Any]:
-        self.master.retire(self.process, reason)
+    def retire(self, reason: str, detail: str | None = None) -> dict[str, Any]:
+        self.master.retire(self.process, reason, detail or "")
         return {}
 
 
@@ -246,9 +246,9 @@ class MasterService(Service):
             listener.close()
         self._run(self.supervisor.stop(self._now(), graceful=graceful))
 
-    def retire(self, process: WorkerProcess, reason: str) -> None:
+    def retire(self, process: WorkerProcess, reason: str, detail: str = "") -> None:
         if process.record.pid is not None:
-            self._run(self.supervisor.retire(process.record.pid, reason, self._now()))
+            self._run(self.supervisor.retire(process.record.pid, reason, self._now(), detail))
 
     def dump(self) -> None:
         log.info("{dump}", dump=self.dump_text())

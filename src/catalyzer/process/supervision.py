@@ -62,6 +62,7 @@ class WorkerRecord:
     state: str = STARTING
     ready_at: float | None = None
     stop_reason: str = ""
+    stop_detail: str = ""  # the figure behind stop_reason, for the log (an RSS)
     stop_deadline: float | None = None
     stats: dict[str, object] = field(default_factory=dict)
     # Stopped before the executor reported its pid: the signal to send once it has one.
@@ -375,13 +376,15 @@ class Supervisor:
                 out.append(self._spawn(slot, self.generation, now))
         return out + self._converge(now)  # stops the workers of the slots removed
 
-    def retire(self, pid: int, reason: str, now: float) -> list[Command]:
-        """Recycle a worker (max-requests, a hung request): its replacement starts first, and only
-        one worker recycles at a time so capacity never dips."""
+    def retire(self, pid: int, reason: str, now: float, detail: str = "") -> list[Command]:
+        """Recycle a worker (max-requests, max-worker-rss): its replacement starts first, and
+        only one worker recycles at a time so capacity never dips. ``reason`` counts in
+        :attr:`restarts`; ``detail`` (a figure) is only logged."""
         worker = self.by_pid(pid)
         if worker is None or worker.state != READY or self.stopping or worker.stop_reason:
             return []
         worker.stop_reason = reason
+        worker.stop_detail = detail
         self._retire_queue.append(worker.id)
         return self._converge(now)
 
@@ -539,10 +542,11 @@ class Supervisor:
 
     def _start_replacement(self, worker: WorkerRecord, now: float) -> list[Command]:
         self._count(worker.stop_reason)
+        detail = f" ({worker.stop_detail})" if worker.stop_detail else ""
         return [
             Log(
                 "info",
-                f"{self.noun} {worker.slot} (pid {worker.pid}): {worker.stop_reason}; "
+                f"{self.noun} {worker.slot} (pid {worker.pid}): {worker.stop_reason}{detail}; "
                 "starting its replacement",
             ),
             self._spawn(worker.slot, worker.generation, now),

@@ -1,0 +1,108 @@
+"""Alive under faults (issue 10): a worker that leaks memory, a worker that freezes, a flood of
+connections past the file-descriptor limit. Real processes on 127.0.0.1, bounded in count and
+time; every process a test starts or stops is its own, by PID.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import APPS, CLIENT_TIMEOUT, Launcher, ServerProcess, run_cli
+
+pytestmark = pytest.mark.integration
+
+REPLACE = 20.0  # a worker replaced: noticed, new interpreter started and ready
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    """Servers whose mode comes from the test's own arguments ("single" adds none)."""
+    launch = Launcher("single", tmp_path)
+    try:
+        yield launch
+    finally:
+        launch.close()
+
+
+@dataclass
+class Clients:
+    """``count`` threads, each sending ``requests`` GETs of ``path``, one connection each
+    (Connection: close), recording every status and error."""
+
+    port: int
+    path: str
+    count: int
+    requests: int
+    statuses: list[int] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def run(self) -> Clients:
+        lock = threading.Lock()
+
+        def one_client() -> None:
+            for _ in range(self.requests):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT)
+                try:
+                    conn.request("GET", self.path, headers={"Connection": "close"})
+                    response = conn.getresponse()
+                    body = response.read()
+                    with lock:
+                        self.statuses.append(response.status)
+                        self.bodies.append(body)
+                except (OSError, http.client.HTTPException) as e:
+                    with lock:
+                        self.errors.append(repr(e))
+                finally:
+                    conn.close()
+
+        threads = [threading.Thread(target=one_client, daemon=True) for _ in range(self.count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(CLIENT_TIMEOUT * self.requests)
+        assert not any(t.is_alive() for t in threads), "a client is still running"
+        return self
+
+
+# -- memory
+
+
+def test_max_worker_rss_is_refused_without_a_master() -> None:
+    result = run_cli("--app", f"{APPS}:app", "--max-worker-rss", "100", deadline=20.0)
+    assert result.returncode != 0
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("catalyzer: error: --max-worker-rss needs a master"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_leaking_worker_is_recycled_with_no_failed_request(
+    launcher: Callable[..., ServerProcess],
+) -> None:
+    # A worker starts at some 30-60 MiB; /leak keeps 20 MiB more per request, so each worker
+    # passes 150 MiB within a few requests.
+    server = launcher("--procs", "2", "--max-worker-rss", "150", "--access-log", "off")
+    first = set(server.worker_pids())
+    clients = Clients(server.port, "/leak", count=3, requests=12).run()
+    assert not clients.errors, clients.errors
+    assert clients.statuses == [200] * 36
+    log = server.log()
+    lines = re.findall(
+        r"worker \d \(pid \d+\): max-worker-rss \(RSS (\d+) MiB > 150 MiB\); "
+        r"starting its replacement$",
+        log,
+        re.M,
+    )
+    assert lines, log
+    assert all(int(figure) > 150 for figure in lines)
+    answered = {int(b.split(b"pid=")[1]) for b in clients.bodies}
+    assert answered - first, "no replacement worker answered"
+    # The server still serves after the recycling.
+    assert server.request("GET", "/hello")[0] == 200
