@@ -210,6 +210,16 @@ SETTINGS: tuple[Setting, ...] = (
         "one request has its Python stack logged with the request, and is killed and replaced "
         "(0: never). Receiving the request and sending the response do not count.",
     ),
+    Setting(
+        "worker-liveness",
+        10.0,
+        _non_negative_seconds,
+        section="Processes",
+        metavar="SECONDS",
+        help="With procs >= 2: a worker sends a heartbeat every second; one silent for this long "
+        "while not inside the application (stopped, a reactor stuck outside the app) is frozen: "
+        "it is killed and replaced (0: never). Time inside the application is timeout's.",
+    ),
     # -- listening
     Setting(
         "listen",
@@ -458,6 +468,7 @@ class Config:
     max_requests_jitter: int
     max_worker_rss: int
     timeout: float
+    worker_liveness: float
     listen: tuple[str, ...]
     backlog: int
     max_connections: int

@@ -6,15 +6,25 @@ time; every process a test starts or stops is its own, by PID.
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import APPS, CLIENT_TIMEOUT, Launcher, ServerProcess, run_cli
+from tests.integration.conftest import (
+    APPS,
+    CLIENT_TIMEOUT,
+    Launcher,
+    ServerProcess,
+    pid_alive,
+    run_cli,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +116,33 @@ def test_leaking_worker_is_recycled_with_no_failed_request(
     assert answered - first, "no replacement worker answered"
     # The server still serves after the recycling.
     assert server.request("GET", "/hello")[0] == 200
+
+
+# -- a frozen worker
+
+
+def test_stopped_worker_is_replaced_within_the_liveness_window(
+    launcher: Callable[..., ServerProcess],
+) -> None:
+    server = launcher("--procs", "2", "--worker-liveness", "2", "--access-log", "off")
+    (_, victim), (_, survivor) = server.ready_workers()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        server.wait_for_log(rf"worker \d \(pid {victim}\) frozen: no heartbeat for", REPLACE)
+        noticed = time.monotonic() - stopped_at
+        server.wait_ready(3, REPLACE)
+        # Heartbeats come every second: the window plus one beat, plus a loaded machine's slack.
+        assert noticed < 2 + 1 + 2, f"{noticed:.1f}s\n{server.log()}"
+        server.wait_until(
+            lambda: None if pid_alive(victim) else True, REPLACE, "the frozen worker's end"
+        )
+        # Every connection is answered, the frozen worker's listening slot included.
+        clients = Clients(server.port, "/hello", count=4, requests=10).run()
+        assert not clients.errors, clients.errors
+        assert clients.statuses == [200] * 40
+        assert survivor in server.worker_pids()
+        assert server.log().count(" frozen: ") == 1
+    finally:
+        if pid_alive(victim):
+            os.kill(victim, signal.SIGKILL)

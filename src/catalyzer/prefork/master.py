@@ -113,6 +113,7 @@ class MasterControl(control.QuietAMP):
     @control.Heartbeat.responder
     def heartbeat(self, stats: str) -> dict[str, Any]:
         self.process.record.stats = json.loads(stats)
+        self.master.heartbeat(self.process)
         return {}
 
     @control.Watch.responder
@@ -151,7 +152,9 @@ class MasterService(Service):
         self.endpoints = endpoints
         self.reactor = reactor
         self.at_exit = at_exit
-        self.supervisor = Supervisor(config.procs, die_timeout=config.die_timeout)
+        self.supervisor = Supervisor(
+            config.procs, die_timeout=config.die_timeout, liveness=config.worker_liveness
+        )
         self.executor = Executor(
             self.supervisor,
             reactor,
@@ -159,6 +162,7 @@ class MasterService(Service):
             kill=self._kill,
             log=_log,
             halt=self._halt,
+            in_app=self._in_app,
         )
         self.listeners: list[Listener] = []
         self.processes: dict[int, WorkerProcess] = {}  # record id -> process
@@ -245,6 +249,18 @@ class MasterService(Service):
         for listener in self.listeners:
             listener.close()
         self._run(self.supervisor.stop(self._now(), graceful=graceful))
+
+    def heartbeat(self, process: WorkerProcess) -> None:
+        if process.record.pid is not None:
+            self.supervisor.heartbeat(process.record.pid, self._now())
+
+    def _in_app(self) -> set[int]:
+        """The pids whose scoreboard says they are inside the application now."""
+        return {
+            p.record.pid
+            for p in self.processes.values()
+            if p.record.pid is not None and p.scoreboard.read()[0]
+        }
 
     def retire(self, process: WorkerProcess, reason: str, detail: str = "") -> None:
         if process.record.pid is not None:
