@@ -8,7 +8,9 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import resource
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -146,3 +148,41 @@ def test_stopped_worker_is_replaced_within_the_liveness_window(
     finally:
         if pid_alive(victim):
             os.kill(victim, signal.SIGKILL)
+
+
+# -- log floods
+
+
+FD_LIMIT = 64
+
+
+def test_fd_exhaustion_logs_a_bounded_number_of_lines_and_serving_resumes(
+    start_server: Launcher, server_mode: str
+) -> None:
+    server = start_server("--access-log", "off")
+    serving = server.worker_pids() if server_mode == "prefork" else [server.pid]
+    for pid in serving:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+    held: list[socket.socket] = []
+    try:
+        # Far more connections than the serving processes have descriptors: the kernel queues
+        # them, the server accepts until EMFILE, then refuses the rest (Twisted closes them).
+        for _ in range(FD_LIMIT * 2 * len(serving) + 100):
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        server.wait_for_log(r"EMFILE", 10.0)
+        # A second wave while the first is still held: more refusals, no more lines.
+        for _ in range(100):
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        server.wait_for_log(r"\d+ more accept errors in the last 10s", 20.0)
+    finally:
+        for sock in held:
+            sock.close()
+    log = server.log()
+    flood_lines = [line for line in log.splitlines() if "EMFILE" in line or "accept errors" in line]
+    # One line per serving process per interval, and one count per interval: a handful, not
+    # three per refused connection.
+    assert 2 <= len(flood_lines) <= 4 * len(serving), "\n".join(flood_lines)
+    # The descriptors are back: every new connection is served.
+    clients = Clients(server.port, "/hello", count=2, requests=10).run()
+    assert not clients.errors, clients.errors
+    assert clients.statuses == [200] * 20

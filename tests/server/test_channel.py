@@ -662,3 +662,15 @@ def test_http_service_stops_keep_alive_before_its_listeners_close() -> None:
     closing.callback(None)
     conn.finish_close()
     assert stopped.called
+
+
+def test_a_flood_of_bad_requests_logs_one_line_and_a_count(logged: list[str]) -> None:
+    server = InMemoryServer(hello)
+    for _ in range(50):
+        conn = server.connect()
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+        assert statuses(conn.output()) == [400]
+    bad = [line for line in logged if line.startswith("400 to ")]
+    assert len(bad) == 1
+    server.clock.advance(10.0)
+    assert logged[-1] == "49 more bad requests in the last 10s (one line per kind every 10s)"

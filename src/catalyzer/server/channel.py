@@ -30,7 +30,7 @@ from twisted.internet import interfaces, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -40,9 +40,11 @@ from catalyzer.http.progress import ProgressRegistry, ProgressTracker, upload_id
 from catalyzer.http.reader import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
 from catalyzer.ops import trace
 from catalyzer.ops.accesslog import FileAccessLog
+from catalyzer.ops.floodlog import FloodLog
 from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
+from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
@@ -139,6 +141,10 @@ class ServerState:
         self.on_response = on_response
         self.channels: set[HTTPChannel] = set()
         self.ports: list[Any] = []
+        # Lines a client can cause at will (bad requests, timeouts, aborts, accept errors) are
+        # logged once per kind per interval, with a count.
+        self.flood = FloodLog(clock)
+        self.accept_guards: list[AcceptGuard] = []
         self.accepting = True
         self.draining = False
         self.requests_served = 0
@@ -159,6 +165,7 @@ class ServerState:
             scoreboard=scoreboard,
             threadpool=threadpool,
             call_from_thread=call_from_thread,
+            flood=self.flood,
         )
         self.response_class = response_class(self.response_services)
 
@@ -220,7 +227,10 @@ class ServerState:
         self.channels.add(channel)
         if self.accepting and len(self.channels) >= self.config.max_connections:
             self._set_accepting(False)
-            log.warn(
+            self.flood.emit(
+                "max-connections pauses",
+                log,
+                LogLevel.warn,
                 "{n} connections open (max-connections): not accepting until one closes",
                 n=len(self.channels),
             )
@@ -241,6 +251,13 @@ class ServerState:
     def listening_on(self, ports: list[Any]) -> None:
         """The ports whose accepting ``max-connections`` toggles (none once they are closed)."""
         self.ports = list(ports)
+        for guard in self.accept_guards:
+            guard.cancel()
+        self.accept_guards = [
+            AcceptGuard(port, self.flood, self.clock, lambda: self.accepting)
+            for port in self.ports
+            if twistedprivate.has_accept_log(port)
+        ]
 
     def _set_accepting(self, on: bool) -> None:
         self.accepting = on
@@ -619,8 +636,14 @@ class HTTPChannel(Protocol):
 
     def _protocol_error(self, error: ProtocolError) -> None:
         peer = self.info.remote_addr if self.info else "?"
-        log.info(
-            "{status} to {peer}: {detail}", status=error.status, peer=peer, detail=error.detail
+        self.server.flood.emit(
+            "timeouts" if error.status == 408 else "bad requests",
+            log,
+            LogLevel.info,
+            "{status} to {peer}: {detail}",
+            status=error.status,
+            peer=peer,
+            detail=error.detail,
         )
         body = f"{error.status} {error.reason}\n".encode()
         self.server.metrics.observe(error.status, 0.0, len(body))
@@ -724,7 +747,10 @@ class HTTPChannel(Protocol):
 
     def abort(self, why: str) -> None:
         if self.state is not _CLOSED:
-            log.info(
+            self.server.flood.emit(
+                "aborted connections",
+                log,
+                LogLevel.info,
                 "aborting connection from {peer}: {why}",
                 peer=self.info.remote_addr if self.info else "?",
                 why=why,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from twisted.logger import ILogObserver, Logger
+
 
 def write_buffer_empty(transport: Any) -> bool:
     """True when a ``twisted.internet.abstract.FileDescriptor`` transport has nothing queued:
@@ -34,3 +36,18 @@ def tcp_bind(endpoint: Any) -> TCPBind:
 def ssl_context_factory(endpoint: Any) -> Any:
     """The TLS context factory an ``SSL4ServerEndpoint`` (an ``ssl:`` description) would use."""
     return endpoint._sslContextFactory
+
+
+def has_accept_log(port: Any) -> bool:
+    """Whether ``port`` is a ``twisted.internet.tcp.Port`` (tcp, unix), whose ``doRead`` logs
+    accept errors through its ``_logger``."""
+    return isinstance(getattr(port, "_logger", None), Logger)
+
+
+def route_accept_log(port: Any, observer: ILogObserver) -> ILogObserver:
+    """Send the accept-related events of ``port`` (see :func:`has_accept_log`) to ``observer``
+    instead of the global log; returns where they went before. Twisted's ``Port.doRead`` buffers
+    its ``_logger``'s events during the accept loop and hands them to that logger's observer."""
+    current: Logger = port._logger
+    port._logger = Logger(namespace=current.namespace, source=port, observer=observer)
+    return current.observer
