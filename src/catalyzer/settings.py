@@ -304,6 +304,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="Request bodies up to this size are kept in memory; larger ones go to a temporary file.",
     ),
     Setting(
+        "spool-dir",
+        "",
+        str,
+        section="Limits",
+        metavar="DIR",
+        help="Where request bodies larger than body-spool-threshold are spooled (empty: the "
+        "system's temporary directory, TMPDIR). A body that cannot be written there is refused "
+        "with 507 (no room left) or 503 (any other error) and Connection: close, in one log "
+        "line naming the directory; the server keeps serving.",
+    ),
+    Setting(
         "max-pipeline",
         16,
         _positive_int,
@@ -478,6 +489,7 @@ class Config:
     max_body: int
     max_chunk_line: int
     body_spool_threshold: int
+    spool_dir: str
     max_pipeline: int
     header_timeout: float
     body_timeout: float

@@ -5,12 +5,15 @@ time; every process a test starts or stops is its own, by PID.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -186,3 +189,67 @@ def test_fd_exhaustion_logs_a_bounded_number_of_lines_and_serving_resumes(
     clients = Clients(server.port, "/hello", count=2, requests=10).run()
     assert not clients.errors, clients.errors
     assert clients.statuses == [200] * 20
+
+
+# -- disk full
+
+
+@pytest.fixture
+def full_spool(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for the test (root only), unmounted and removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the spool directory needs root")
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no mount(8) here")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    result = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield spool
+    finally:
+        subprocess.run(["umount", str(spool)], timeout=20, check=True)
+        spool.rmdir()
+
+
+def post_raw(port: int, body: bytes) -> bytes:
+    """POST ``body`` on a new connection; everything the server sent back until it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
+        head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(head + body)  # the server may answer and close before it has it all
+        received = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+
+def test_full_spool_dir_gets_507_and_the_server_keeps_serving(
+    start_server: Launcher, full_spool: Path
+) -> None:
+    server = start_server(
+        "--spool-dir", str(full_spool), "--body-spool-threshold", "64K", "--access-log", "off"
+    )
+    answer = post_raw(server.port, b"x" * (3 * 1024 * 1024))
+    head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 507 Insufficient Storage\r\n"), answer[:300]
+    assert "Connection: close" in head
+    # A body that fits in memory, and one that fits in what is left of the spool, still work.
+    for size in (1000, 200 * 1024):
+        status, _, body = server.request("POST", "/echo", body=b"y" * size)
+        assert status == 200
+        assert f'"body_length": {size}' in body.decode()
+    assert server.request("GET", "/hello")[0] == 200
+    lines = [line for line in server.log().splitlines() if str(full_spool) in line]
+    assert len(lines) == 1, lines
+    assert "507 to 127.0.0.1: cannot spool the request body to" in lines[0]
+    assert "No space left on device" in lines[0]

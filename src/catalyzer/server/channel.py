@@ -129,6 +129,7 @@ class ServerState:
             max_body=config.max_body,
             max_chunk_line=config.max_chunk_line,
             body_spool_threshold=config.body_spool_threshold,
+            spool_dir=config.spool_dir or None,
         )
         self.errors = WSGIErrors()
         self.progress: ProgressTracker | None = None
@@ -301,6 +302,14 @@ class ServerState:
         for channel in list(self.channels):
             channel.abort("die-timeout reached")
 
+
+# How the flood log counts the errors a client can cause (see ops.floodlog).
+# A body the spool directory cannot hold is the operator's problem (a full disk): an error.
+_ERROR_KINDS = {
+    408: ("timeouts", LogLevel.info),
+    503: ("spool failures", LogLevel.error),
+    507: ("spool failures", LogLevel.error),
+}
 
 _OPEN = ConnState.OPEN
 _RESPONDING = ConnState.RESPONDING
@@ -636,10 +645,11 @@ class HTTPChannel(Protocol):
 
     def _protocol_error(self, error: ProtocolError) -> None:
         peer = self.info.remote_addr if self.info else "?"
+        kind, level = _ERROR_KINDS.get(error.status, ("bad requests", LogLevel.info))
         self.server.flood.emit(
-            "timeouts" if error.status == 408 else "bad requests",
+            kind,
             log,
-            LogLevel.info,
+            level,
             "{status} to {peer}: {detail}",
             status=error.status,
             peer=peer,
