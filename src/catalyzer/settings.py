@@ -250,8 +250,10 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         section="Listening",
         metavar="N",
-        help="Open client connections per process. At the limit the server stops accepting "
-        "until a connection closes; waiting clients stay in the listen backlog.",
+        help="Open client connections per process. At the limit each new connection sheds the "
+        "one making least progress (incomplete request headers, oldest first; then idle "
+        "keep-alive); only when none can go does the server stop accepting until one closes, "
+        "and waiting clients stay in the listen backlog.",
     ),
     # -- request limits
     Setting(

@@ -10,6 +10,7 @@ import http.client
 import os
 import re
 import resource
+import selectors
 import shutil
 import signal
 import socket
@@ -55,6 +56,7 @@ class Clients:
     path: str
     count: int
     requests: int
+    timeout: float = CLIENT_TIMEOUT
     statuses: list[int] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -64,7 +66,7 @@ class Clients:
 
         def one_client() -> None:
             for _ in range(self.requests):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT)
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
                 try:
                     conn.request("GET", self.path, headers={"Connection": "close"})
                     response = conn.getresponse()
@@ -82,7 +84,7 @@ class Clients:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(CLIENT_TIMEOUT * self.requests)
+            thread.join(self.timeout * self.requests)
         assert not any(t.is_alive() for t in threads), "a client is still running"
         return self
 
@@ -253,3 +255,91 @@ def test_full_spool_dir_gets_507_and_the_server_keeps_serving(
     assert len(lines) == 1, lines
     assert "507 to 127.0.0.1: cannot spool the request body to" in lines[0]
     assert "No space left on device" in lines[0]
+
+
+# -- connection exhaustion
+
+
+class Slowloris:
+    """``count`` connections that send a request's headers one line every ``every`` seconds
+    and never finish them; each one the server closes is opened again (at most ``reopen_max``
+    times in all). One thread, non-blocking sockets, stopped by :meth:`stop`."""
+
+    def __init__(self, port: int, count: int, every: float = 0.3, reopen_max: int = 20000):
+        self.port = port
+        self.count = count
+        self.every = every
+        self.reopen_max = reopen_max
+        self.reopened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Slowloris:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+        assert not self._thread.is_alive(), "the slowloris thread did not stop"
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        sock.setblocking(False)
+        return sock
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        for _ in range(self.count):
+            selector.register(self._open(), selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in selector.select(timeout=self.every):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        data = sock.recv(4096)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if data:
+                        continue  # an answer (a 408): the server closes it next
+                    selector.unregister(sock)
+                    sock.close()
+                    if self.reopened < self.reopen_max and not self._stop.is_set():
+                        self.reopened += 1
+                        selector.register(self._open(), selectors.EVENT_READ)
+                for key in list(selector.get_map().values()):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    with contextlib.suppress(OSError):
+                        sock.send(b"X-Slow: 1\r\n")
+        finally:
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            selector.close()
+
+
+def test_slowloris_at_max_connections_is_shed_and_fast_clients_are_served(
+    start_server: Launcher, server_mode: str
+) -> None:
+    server = start_server("--max-connections", "50", "--access-log", "off")
+    with Slowloris(server.port, count=200) as attack:
+        # The attack holds every slot, and the server is shedding its connections.
+        server.wait_until(
+            lambda: True if attack.reopened >= 50 else None, 20.0, "connections being shed"
+        )
+        fast = Clients(server.port, "/hello", count=4, requests=25, timeout=5.0).run()
+        shed = attack.reopened
+    assert not fast.errors, fast.errors[:5]
+    assert fast.statuses == [200] * 100
+    assert shed >= 100
+    log = server.log()
+    assert "max-connections: closing a connection with an incomplete request" in log
+    # The shedding is logged once per 10 s per serving process, with a count.
+    assert log.count("max-connections: closing") <= 2 * (2 if server_mode == "prefork" else 1)

@@ -46,6 +46,7 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
+from catalyzer.server.shedding import Candidate, Standing, eligible_at, order
 from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
@@ -146,6 +147,8 @@ class ServerState:
         # logged once per kind per interval, with a count.
         self.flood = FloodLog(clock)
         self.accept_guards: list[AcceptGuard] = []
+        # Paused at max-connections with connections too young to shed: when to look again.
+        self._room_timer = Timer(clock, self._room_check)
         self.accepting = True
         self.draining = False
         self.requests_served = 0
@@ -226,15 +229,79 @@ class ServerState:
 
     def connection_made(self, channel: HTTPChannel) -> None:
         self.channels.add(channel)
-        if self.accepting and len(self.channels) >= self.config.max_connections:
+        if len(self.channels) >= self.config.max_connections:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """At max-connections: shed the connections making least progress (see
+        :mod:`catalyzer.server.shedding`) so that a new one can come in; if none can go, stop
+        accepting until a connection closes."""
+        now = self.clock.seconds()
+        live, candidates = self._shedding_candidates()
+        over = max(0, live - self.config.max_connections)
+        victims = self._victims(candidates, over + 1, now)
+        for victim in victims[:over]:
+            victim.shed()
+        # Room for the next one only if one more connection could be shed then.
+        if len(victims) > over:
+            return
+        if self.accepting:
             self._set_accepting(False)
             self.flood.emit(
                 "max-connections pauses",
                 log,
                 LogLevel.warn,
-                "{n} connections open (max-connections): not accepting until one closes",
-                n=len(self.channels),
+                "{n} connections open (max-connections), none of them can be shed now: not "
+                "accepting until one closes or can be",
+                n=live,
             )
+        self._arm_room_check(candidates, now)
+
+    def _shedding_candidates(self) -> tuple[int, list[Candidate[HTTPChannel]]]:
+        """How many connections are open (not closing), and those that could be shed."""
+        candidates = []
+        live = 0
+        for c in self.channels:
+            if not c.closing:
+                live += 1
+                candidate = c.shedding_candidate()
+                if candidate is not None:
+                    candidates.append(candidate)
+        return live, candidates
+
+    def _victims(
+        self, candidates: list[Candidate[HTTPChannel]], count: int, now: float
+    ) -> list[HTTPChannel]:
+        """Up to ``count`` connections to shed, least progress first, leaving out those whose
+        client has sent bytes not read yet (they are about to make progress)."""
+        victims: list[HTTPChannel] = []
+        for candidate in order(candidates, now):
+            if len(victims) >= count:
+                break
+            channel = candidate.key
+            if candidate.standing is not Standing.HEADERS and channel.unread_bytes():
+                continue
+            victims.append(channel)
+        return victims
+
+    def _arm_room_check(self, candidates: list[Candidate[HTTPChannel]], now: float) -> None:
+        """Accepting is paused and some connections are only too young to be shed: look again
+        when the first of them may go (one named timer)."""
+        wake = eligible_at(candidates, now)
+        if wake is None:
+            self._room_timer.cancel()
+        elif not self._room_timer.armed:
+            self._room_timer.start(max(0.0, wake - now))
+
+    def _room_check(self) -> None:
+        if self.accepting or self.draining:
+            return
+        now = self.clock.seconds()
+        live, candidates = self._shedding_candidates()
+        if live < self.config.max_connections or self._victims(candidates, 1, now):
+            self._set_accepting(True)  # the next connection in will make room for itself
+        else:
+            self._arm_room_check(candidates, now)
 
     def connection_lost(self, channel: HTTPChannel) -> None:
         self.channels.discard(channel)
@@ -721,6 +788,50 @@ class HTTPChannel(Protocol):
         if self.response is None and not (reader.in_headers or reader.in_body or reader.queued):
             self._close()
         # Otherwise a request is under way; _arm_idle starts a new wait after its response.
+
+    def shedding_candidate(self) -> Candidate[HTTPChannel] | None:
+        """How far this connection is from an answer, if it may be shed to make room."""
+        reader = self.reader
+        if self.state is not _OPEN or self.response is not None:
+            return None
+        if reader.in_body or reader.queued:
+            return None
+        if not self._got_data:
+            return Candidate(self, Standing.SILENT, self.opened)
+        if reader.in_headers:
+            return Candidate(self, Standing.HEADERS, self._idle_since or self.opened)
+        return Candidate(self, Standing.IDLE, self._idle_since)
+
+    def unread_bytes(self) -> bool:
+        """Whether the client has sent bytes the reactor has not read yet (plain TCP only: a
+        peek at the socket; a TLS connection says no)."""
+        sock = self._socket
+        if sock is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing waiting (EAGAIN), or the connection is broken
+            return False
+
+    def shed(self) -> None:
+        """Closed to make room at max-connections: a request still arriving is cut (the client
+        may have been trying for a while: it is the least advanced), an idle one is closed."""
+        if self.state is _CLOSED:
+            return
+        waiting = not self.requests or self.reader.in_headers
+        self.server.flood.emit(
+            "shed connections",
+            log,
+            LogLevel.info,
+            "max-connections: closing {what} from {peer} to make room",
+            what="a connection with an incomplete request" if waiting else "an idle connection",
+            peer=self.info.remote_addr if self.info else "?",
+        )
+        if waiting:
+            self._enter(_CLOSING)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            self._close()
 
     def _close(self) -> None:
         """Close after what has been written is flushed; abort if the client won't take it."""
