@@ -10,7 +10,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from catalyzer.server.channel import ServerState
-from catalyzer.server.shedding import MIN_AGE
+from catalyzer.server.shedding import MIN_AGE, MIN_IDLE, RECHECK
 from catalyzer.testing import InMemoryServer
 from tests.helpers import GET, CountingIterable, Recorder, dechunk, hello, split_response, statuses
 
@@ -733,3 +733,23 @@ def test_paused_at_max_connections_accepts_again_once_a_young_one_may_be_shed() 
     third = server.connect()
     assert first.closed
     assert not second.closed and not third.closed
+
+
+def test_paused_with_nothing_to_shed_looks_again_without_a_close() -> None:
+    """A request that ends and leaves its keep-alive connection idle makes room: the server
+    notices it on its own (every RECHECK) rather than waiting for a connection to close."""
+    server = InMemoryServer(hello, max_connections=1, keepalive_timeout=60)
+    port = FakePort()
+    server.state.listening_on([port])
+    conn = server.connect()
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n1")
+    server.clock.advance(MIN_AGE)
+    assert not port.reading  # its body is arriving: it cannot be shed
+    conn.send(b"2")  # answered: idle keep-alive from now on
+    server.clock.advance(MIN_IDLE - 0.05)
+    assert not port.reading
+    server.clock.advance(RECHECK)
+    assert port.reading
+    assert not conn.closed  # only the next connection in sheds it
+    server.connect()
+    assert conn.closed

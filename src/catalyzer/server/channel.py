@@ -22,6 +22,7 @@ import io
 import json
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -46,7 +47,7 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
-from catalyzer.server.shedding import Candidate, Standing, eligible_at, order
+from catalyzer.server.shedding import RECHECK, Candidate, Standing, eligible_at, order
 from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
@@ -149,6 +150,9 @@ class ServerState:
         self.accept_guards: list[AcceptGuard] = []
         # Paused at max-connections with connections too young to shed: when to look again.
         self._room_timer = Timer(clock, self._room_check)
+        self._shed: set[HTTPChannel] = set()  # shed, not gone yet: no longer counted
+        self._shed_order: deque[Candidate[HTTPChannel]] | None = None  # this turn's order
+        self._shed_candidates: list[Candidate[HTTPChannel]] = []  # and what it was made of
         self.accepting = True
         self.draining = False
         self.requests_served = 0
@@ -229,22 +233,24 @@ class ServerState:
 
     def connection_made(self, channel: HTTPChannel) -> None:
         self.channels.add(channel)
-        if len(self.channels) >= self.config.max_connections:
+        if len(self.channels) - len(self._shed) >= self.config.max_connections:
             self._make_room()
 
     def _make_room(self) -> None:
         """At max-connections: shed the connections making least progress (see
         :mod:`catalyzer.server.shedding`) so that a new one can come in; if none can go, stop
-        accepting until a connection closes."""
-        now = self.clock.seconds()
-        live, candidates = self._shedding_candidates()
-        over = max(0, live - self.config.max_connections)
-        victims = self._victims(candidates, over + 1, now)
-        for victim in victims[:over]:
+        accepting until a connection closes or one may go.
+
+        A wake-up of the listening socket may accept a long burst of connections: the order of
+        the candidates is worked out once per reactor turn and consumed by each accept, not
+        recomputed for each (which made a burst quadratic)."""
+        over = len(self.channels) - len(self._shed) - self.config.max_connections
+        while over > 0 and (victim := self._next_victim()) is not None:
+            self._shed.add(victim)
             victim.shed()
-        # Room for the next one only if one more connection could be shed then.
-        if len(victims) > over:
-            return
+            over -= 1
+        if self._next_victim(consume=False) is not None:
+            return  # room for the next one: it will shed this one
         if self.accepting:
             self._set_accepting(False)
             self.flood.emit(
@@ -253,62 +259,83 @@ class ServerState:
                 LogLevel.warn,
                 "{n} connections open (max-connections), none of them can be shed now: not "
                 "accepting until one closes or can be",
-                n=live,
+                n=len(self.channels) - len(self._shed),
             )
-        self._arm_room_check(candidates, now)
+        self._arm_room_check()
 
-    def _shedding_candidates(self) -> tuple[int, list[Candidate[HTTPChannel]]]:
-        """How many connections are open (not closing), and those that could be shed."""
+    def _shedding_candidates(self) -> list[Candidate[HTTPChannel]]:
+        """The connections that could be shed, whatever their age."""
         candidates = []
-        live = 0
         for c in self.channels:
-            if not c.closing:
-                live += 1
+            if c not in self._shed:
                 candidate = c.shedding_candidate()
                 if candidate is not None:
                     candidates.append(candidate)
-        return live, candidates
+        return candidates
 
-    def _victims(
-        self, candidates: list[Candidate[HTTPChannel]], count: int, now: float
-    ) -> list[HTTPChannel]:
-        """Up to ``count`` connections to shed, least progress first, leaving out those whose
-        client has sent bytes not read yet (they are about to make progress)."""
-        victims: list[HTTPChannel] = []
-        for candidate in order(candidates, now):
-            if len(victims) >= count:
-                break
+    def _next_victim(self, consume: bool = True) -> HTTPChannel | None:
+        """The connection to shed next, least progress first, leaving out one whose client has
+        sent bytes not read yet (it is about to make progress) and any that changed since the
+        order was worked out this turn."""
+        queue = self._shed_order
+        if queue is None:
+            self._shed_candidates = self._shedding_candidates()
+            queue = self._shed_order = deque(order(self._shed_candidates, self.clock.seconds()))
+            self.clock.callLater(0, self._forget_shed_order)
+        while queue:
+            candidate = queue[0]
             channel = candidate.key
-            if candidate.standing is not Standing.HEADERS and channel.unread_bytes():
+            current = channel.shedding_candidate()
+            if (
+                channel in self._shed
+                or current is None
+                or current.standing is not candidate.standing
+                or (candidate.standing is not Standing.HEADERS and channel.unread_bytes())
+            ):
+                queue.popleft()
                 continue
-            victims.append(channel)
-        return victims
+            if consume:
+                queue.popleft()
+            return channel
+        return None
 
-    def _arm_room_check(self, candidates: list[Candidate[HTTPChannel]], now: float) -> None:
-        """Accepting is paused and some connections are only too young to be shed: look again
-        when the first of them may go (one named timer)."""
-        wake = eligible_at(candidates, now)
-        if wake is None:
-            self._room_timer.cancel()
-        elif not self._room_timer.armed:
-            self._room_timer.start(max(0.0, wake - now))
+    def _forget_shed_order(self) -> None:
+        self._shed_order = None
+        self._shed_candidates = []
+
+    def _arm_room_check(self) -> None:
+        """Accepting is paused at max-connections: look again when the first connection too
+        young to be shed may go, and at the latest after RECHECK (connections accepted in the
+        same burst, or a keep-alive one gone idle, make room without any closing). One named
+        timer."""
+        if self._room_timer.armed:
+            return
+        if self._shed_order is None:
+            self._next_victim(consume=False)  # works out this turn's candidates
+        now = self.clock.seconds()
+        wake = eligible_at(self._shed_candidates, now)
+        delay = RECHECK if wake is None else min(RECHECK, max(0.0, wake - now))
+        self._room_timer.start(delay)
 
     def _room_check(self) -> None:
         if self.accepting or self.draining:
             return
-        now = self.clock.seconds()
-        live, candidates = self._shedding_candidates()
-        if live < self.config.max_connections or self._victims(candidates, 1, now):
+        self._forget_shed_order()  # time has passed: some may be old enough now
+        if (
+            len(self.channels) - len(self._shed) < self.config.max_connections
+            or self._next_victim(consume=False) is not None
+        ):
             self._set_accepting(True)  # the next connection in will make room for itself
         else:
-            self._arm_room_check(candidates, now)
+            self._arm_room_check()
 
     def connection_lost(self, channel: HTTPChannel) -> None:
         self.channels.discard(channel)
+        self._shed.discard(channel)
         if (
             not self.accepting
             and not self.draining
-            and (len(self.channels) < self.config.max_connections)
+            and (len(self.channels) - len(self._shed) < self.config.max_connections)
         ):
             self._set_accepting(True)
         if not self.channels and self._drained:
