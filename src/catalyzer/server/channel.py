@@ -22,7 +22,6 @@ import io
 import json
 import socket
 import threading
-from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -47,7 +46,8 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
-from catalyzer.server.shedding import RECHECK, Candidate, Standing, eligible_at, order
+from catalyzer.server.roommaker import RoomMaker
+from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
@@ -148,11 +148,16 @@ class ServerState:
         # logged once per kind per interval, with a count.
         self.flood = FloodLog(clock)
         self.accept_guards: list[AcceptGuard] = []
-        # Paused at max-connections with connections too young to shed: when to look again.
-        self._room_timer = Timer(clock, self._room_check)
-        self._shed: set[HTTPChannel] = set()  # shed, not gone yet: no longer counted
-        self._shed_order: deque[Candidate[HTTPChannel]] | None = None  # this turn's order
-        self._shed_candidates: list[Candidate[HTTPChannel]] = []  # and what it was made of
+        # At max-connections: which connections to shed, when to accept again.
+        self.room = RoomMaker(
+            self.channels,
+            config.max_connections,
+            clock,
+            self.flood,
+            accepting=lambda: self.accepting,
+            stopping=lambda: self.draining,
+            set_accepting=self._set_accepting,
+        )
         self.accepting = True
         self.draining = False
         self.requests_served = 0
@@ -233,109 +238,16 @@ class ServerState:
 
     def connection_made(self, channel: HTTPChannel) -> None:
         self.channels.add(channel)
-        if len(self.channels) - len(self._shed) >= self.config.max_connections:
-            self._make_room()
-
-    def _make_room(self) -> None:
-        """At max-connections: shed the connections making least progress (see
-        :mod:`catalyzer.server.shedding`) so that a new one can come in; if none can go, stop
-        accepting until a connection closes or one may go.
-
-        A wake-up of the listening socket may accept a long burst of connections: the order of
-        the candidates is worked out once per reactor turn and consumed by each accept, not
-        recomputed for each (which made a burst quadratic)."""
-        over = len(self.channels) - len(self._shed) - self.config.max_connections
-        while over > 0 and (victim := self._next_victim()) is not None:
-            self._shed.add(victim)
-            victim.shed()
-            over -= 1
-        if self._next_victim(consume=False) is not None:
-            return  # room for the next one: it will shed this one
-        if self.accepting:
-            self._set_accepting(False)
-            self.flood.emit(
-                "max-connections pauses",
-                log,
-                LogLevel.warn,
-                "{n} connections open (max-connections), none of them can be shed now: not "
-                "accepting until one closes or can be",
-                n=len(self.channels) - len(self._shed),
-            )
-        self._arm_room_check()
-
-    def _shedding_candidates(self) -> list[Candidate[HTTPChannel]]:
-        """The connections that could be shed, whatever their age."""
-        candidates = []
-        for c in self.channels:
-            if c not in self._shed:
-                candidate = c.shedding_candidate()
-                if candidate is not None:
-                    candidates.append(candidate)
-        return candidates
-
-    def _next_victim(self, consume: bool = True) -> HTTPChannel | None:
-        """The connection to shed next, least progress first, leaving out one whose client has
-        sent bytes not read yet (it is about to make progress) and any that changed since the
-        order was worked out this turn."""
-        queue = self._shed_order
-        if queue is None:
-            self._shed_candidates = self._shedding_candidates()
-            queue = self._shed_order = deque(order(self._shed_candidates, self.clock.seconds()))
-            self.clock.callLater(0, self._forget_shed_order)
-        while queue:
-            candidate = queue[0]
-            channel = candidate.key
-            current = channel.shedding_candidate()
-            if (
-                channel in self._shed
-                or current is None
-                or current.standing is not candidate.standing
-                or (candidate.standing is not Standing.HEADERS and channel.unread_bytes())
-            ):
-                queue.popleft()
-                continue
-            if consume:
-                queue.popleft()
-            return channel
-        return None
-
-    def _forget_shed_order(self) -> None:
-        self._shed_order = None
-        self._shed_candidates = []
-
-    def _arm_room_check(self) -> None:
-        """Accepting is paused at max-connections: look again when the first connection too
-        young to be shed may go, and at the latest after RECHECK (connections accepted in the
-        same burst, or a keep-alive one gone idle, make room without any closing). One named
-        timer."""
-        if self._room_timer.armed:
-            return
-        if self._shed_order is None:
-            self._next_victim(consume=False)  # works out this turn's candidates
-        now = self.clock.seconds()
-        wake = eligible_at(self._shed_candidates, now)
-        delay = RECHECK if wake is None else min(RECHECK, max(0.0, wake - now))
-        self._room_timer.start(delay)
-
-    def _room_check(self) -> None:
-        if self.accepting or self.draining:
-            return
-        self._forget_shed_order()  # time has passed: some may be old enough now
-        if (
-            len(self.channels) - len(self._shed) < self.config.max_connections
-            or self._next_victim(consume=False) is not None
-        ):
-            self._set_accepting(True)  # the next connection in will make room for itself
-        else:
-            self._arm_room_check()
+        if self.room.open_count() >= self.config.max_connections:
+            self.room.make_room()
 
     def connection_lost(self, channel: HTTPChannel) -> None:
         self.channels.discard(channel)
-        self._shed.discard(channel)
+        self.room.forget(channel)
         if (
             not self.accepting
             and not self.draining
-            and (len(self.channels) - len(self._shed) < self.config.max_connections)
+            and self.room.open_count() < self.config.max_connections
         ):
             self._set_accepting(True)
         if not self.channels and self._drained:
