@@ -219,6 +219,16 @@ SETTINGS: tuple[Setting, ...] = (
         "idle worker, which answers them (0: never).",
     ),
     Setting(
+        "max-worker-rss",
+        0,
+        _non_negative_int,
+        section="Processes",
+        metavar="MiB",
+        help="With procs >= 2: replace a worker whose resident memory (RSS) is above this many "
+        "MiB after a response (0: never). Checked between requests; the replacement is ready "
+        "before the worker stops accepting, and the log line gives the figure.",
+    ),
+    Setting(
         "timeout",
         0.0,
         _non_negative_seconds,
@@ -227,6 +237,16 @@ SETTINGS: tuple[Setting, ...] = (
         help="With procs >= 2: a worker that spends longer than this inside the application on "
         "one request has its Python stack logged with the request, and is killed and replaced "
         "(0: never). Receiving the request and sending the response do not count.",
+    ),
+    Setting(
+        "worker-liveness",
+        10.0,
+        _non_negative_seconds,
+        section="Processes",
+        metavar="SECONDS",
+        help="With procs >= 2: a worker sends a heartbeat every second; one silent for this long "
+        "while not inside the application (stopped, a reactor stuck outside the app) is frozen: "
+        "it is killed and replaced (0: never). Time inside the application is timeout's.",
     ),
     # -- listening
     Setting(
@@ -272,8 +292,10 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         section="Listening",
         metavar="N",
-        help="Open client connections per process. At the limit the server stops accepting "
-        "until a connection closes; waiting clients stay in the listen backlog.",
+        help="Open client connections per process. At the limit each new connection sheds the "
+        "one making least progress (incomplete request headers, oldest first; then idle "
+        "keep-alive); only when none can go does the server stop accepting until one closes, "
+        "and waiting clients stay in the listen backlog.",
     ),
     # -- request limits
     Setting(
@@ -324,6 +346,17 @@ SETTINGS: tuple[Setting, ...] = (
         section="Limits",
         metavar="BYTES",
         help="Request bodies up to this size are kept in memory; larger ones go to a temporary file.",
+    ),
+    Setting(
+        "spool-dir",
+        "",
+        str,
+        section="Limits",
+        metavar="DIR",
+        help="Where request bodies larger than body-spool-threshold are spooled (empty: the "
+        "system's temporary directory, TMPDIR). A body that cannot be written there is refused "
+        "with 507 (no room left) or 503 (any other error) and Connection: close, in one log "
+        "line naming the directory; the server keeps serving.",
     ),
     Setting(
         "max-pipeline",
@@ -490,7 +523,9 @@ class Config:
     max_requests_jitter: int
     reuse_port: bool
     handoff_after: float
+    max_worker_rss: int
     timeout: float
+    worker_liveness: float
     listen: tuple[str, ...]
     forwarded_allow_ips: str
     backlog: int
@@ -501,6 +536,7 @@ class Config:
     max_body: int
     max_chunk_line: int
     body_spool_threshold: int
+    spool_dir: str
     max_pipeline: int
     header_timeout: float
     body_timeout: float

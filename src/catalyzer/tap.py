@@ -90,6 +90,14 @@ class Options(usage.Options):
             self.config = Config.from_values(values)
         except SettingError as e:
             raise _fail(str(e)) from None
+        if self.config.max_worker_rss and self.config.procs == 1 and not self.config.reload:
+            raise _fail(
+                "--max-worker-rss needs a master to replace the worker: use --procs 2 or more "
+                "(with --procs 1 the twistd process itself serves, and nothing would replace it)"
+            )
+        spool_dir = self.config.spool_dir
+        if spool_dir and not (os.path.isdir(spool_dir) and os.access(spool_dir, os.W_OK | os.X_OK)):
+            raise _fail(f"--spool-dir {spool_dir!r}: not a directory this process can write to")
         from twisted.internet import reactor
 
         for description in self.config.listen:

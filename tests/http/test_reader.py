@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import string
 import tempfile
 from pathlib import Path
@@ -664,3 +665,46 @@ def test_corpus_case_split_anywhere_parses_the_same(path: Path) -> None:
             close_bodies(events)
 
     check()
+
+
+def test_body_is_spooled_in_the_spool_dir(tmp_path: Path) -> None:
+    reader = RequestReader(Limits(body_spool_threshold=1024, spool_dir=str(tmp_path)))
+    reader.receive_data(post(b"/", b"Content-Length: 5000\r\n", pattern(3000)))
+    assert reader.current is not None
+    body = reader.current.body
+    assert body is not None and rolled(body)
+    assert os.readlink(f"/proc/self/fd/{body.fileno()}").startswith(str(tmp_path) + "/")
+    reader.receive_eof()
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_body_that_cannot_be_spooled_is_refused_naming_the_directory(
+    tmp_path: Path, bytewise: bool
+) -> None:
+    gone = tmp_path / "gone"
+    reader = RequestReader(Limits(body_spool_threshold=1024, spool_dir=str(gone)))
+    data = post(b"/", b"Content-Length: 5000\r\n", pattern(5000)) + get(b"/")
+    events = feed_bytewise(reader, data) if bytewise else feed(reader, data)
+    assert events == [
+        ProtocolError(503, f"cannot spool the request body to {gone}: No such file or directory")
+    ]
+    assert ProtocolError(507, "").reason == "Insufficient Storage"
+    assert reader.stopped  # nothing after it is read
+
+
+def test_server_answers_a_body_it_cannot_spool_and_keeps_serving(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    server = InMemoryServer(RecordingApp(), body_spool_threshold=1024, spool_dir=str(gone))
+    with logged_errors() as lines:
+        conn = server.connect()
+        conn.send(post(b"/", b"Content-Length: 5000\r\n", pattern(5000)))
+        [response] = parse_responses(conn.output())
+        assert response.status == 503
+        assert response.closes
+        assert conn.closed
+    assert [line for line in lines if str(gone) in line] == [
+        f"503 to 127.0.0.1: cannot spool the request body to {gone}: No such file or directory"
+    ]
+    small = server.connect()
+    small.send(post(b"/", b"Content-Length: 10\r\n", pattern(10)))
+    assert [r.status for r in parse_responses(small.output())] == [200]

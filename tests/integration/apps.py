@@ -180,6 +180,18 @@ def rendezvous(environ: Environ, start_response: StartResponse) -> list[bytes]:
     return _respond(start_response, b"b: met a\n")
 
 
+# What /leak keeps for good: the leak of a real app (a cache that never evicts).
+_LEAKED: list[bytes] = []
+LEAK_MIB = 20
+
+
+def leak(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Keeps LEAK_MIB MiB more of this process's memory resident for every request (pages
+    written, so the RSS grows), and answers with the worker's pid."""
+    _LEAKED.append(b"\x01" * (LEAK_MIB * 1024 * 1024))
+    return _respond(start_response, f"leaked pid={os.getpid()}\n".encode())
+
+
 ROUTES: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
     "/": hello,
     "/hello": hello,
@@ -190,6 +202,7 @@ ROUTES: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
     "/slow": slow,
     "/hang": hang,
     "/rendezvous": rendezvous,
+    "/leak": leak,
 }
 
 

@@ -77,9 +77,9 @@ def test_unix_is_one_shared_socket(tmp_path: Path) -> None:
 
 
 def test_proxy_protocol_listener_binds_its_inner_endpoint() -> None:
-    from catalyzer.server.proxyheader import ProxiedEndpoint
-
     from twisted.internet import reactor
+
+    from catalyzer.server.proxyheader import ProxiedEndpoint
 
     proxied = ProxiedEndpoint(tcp(reactor), reactor)  # type: ignore[arg-type]
     listener = listen("haproxy:tcp:0:interface=127.0.0.1", proxied, 2)

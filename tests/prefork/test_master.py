@@ -42,7 +42,13 @@ class Master:
     """A started MasterService on a FakeProcessReactor, and what it exited with."""
 
     def __init__(self, **settings: Any) -> None:
-        values: dict[str, object] = {"app": APP, "procs": 2, "die-timeout": 5.0}
+        # No liveness check unless a test asks for one: these workers send no heartbeats.
+        values: dict[str, object] = {
+            "app": APP,
+            "procs": 2,
+            "die-timeout": 5.0,
+            "worker-liveness": 0.0,
+        }
         values.update({k.replace("_", "-"): v for k, v in settings.items()})
         self.reactor = FakeProcessReactor()
         self.exits: list[int] = []
@@ -64,6 +70,11 @@ class Master:
         for process in processes:
             assert process.pid is not None
             box = amp.Box({b"_command": b"Ready", b"_ask": b"1", b"pid": b"%d" % process.pid})
+            process.control.dataReceived(box.serialize())
+
+    def heartbeat(self, *processes: FakeProcess) -> None:
+        for process in processes:
+            box = amp.Box({b"_command": b"Heartbeat", b"stats": b"{}"})
             process.control.dataReceived(box.serialize())
 
     def boot(self) -> list[FakeProcess]:
@@ -352,3 +363,41 @@ def test_one_retry_timer_however_many_arrive_while_every_worker_is_busy() -> Non
         for pair in pairs:
             for sock in pair:
                 sock.close()
+
+
+def test_a_silent_worker_is_killed_and_replaced_after_the_liveness_window(
+    logged: list[str],
+) -> None:
+    master = Master(worker_liveness=3.0)
+    talking, frozen = master.boot()
+    for _ in range(5):
+        master.advance(1.0)
+        master.heartbeat(talking)  # the other one says nothing (SIGSTOP)
+        if frozen.signals:
+            break
+    assert frozen.signals == [signal.SIGKILL]
+    assert talking.signals == []
+    assert master.reactor.seconds() == 3.0
+    assert sum("frozen: no heartbeat for 3.0s outside the app" in line for line in logged) == 1
+    replacement = next(p for p in master.live() if p not in (talking, frozen))
+    assert replacement.proto.record.slot == frozen.proto.record.slot
+    frozen.exit(signum=signal.SIGKILL)
+    master.ready(replacement)
+    assert master.service.supervisor.restarts == {"frozen": 1}
+    assert sorted(p.pid for p in master.live()) == sorted([talking.pid, replacement.pid])
+
+
+def test_a_worker_silent_inside_the_app_is_left_to_timeout() -> None:
+    master = Master(worker_liveness=3.0, procs=1)
+    (worker,) = master.boot()
+    master.advance(1.0)  # (an entry time of 0.0 means "not in the app")
+    worker.proto.scoreboard.enter(master.reactor.seconds(), "GET /slow")
+    master.advance(30.0)  # in the app all along, no heartbeat: not frozen
+    assert worker.signals == []
+    worker.proto.scoreboard.leave()
+    master.advance(2.9)  # out of the app: a whole window to speak again
+    master.heartbeat(worker)
+    master.advance(2.9)
+    assert worker.signals == []
+    master.advance(0.2)
+    assert worker.signals == [signal.SIGKILL]

@@ -403,3 +403,70 @@ def test_worker_stopped_before_it_has_a_pid_is_signalled_once_it_has_one() -> No
     assert sup.next_deadline() == 0.0  # overdue
     assert kills(sup.tick(0.2)) == [(4242, signal.SIGTERM)]
     assert halts(sup.exited(4242, 0, None, 0.3)) == [Halt(0, "all workers have exited")]
+
+
+def test_retire_detail_is_logged_not_counted() -> None:
+    sup, (a, _) = boot()
+    assert a.pid is not None
+    out = sup.retire(a.pid, "max-worker-rss", 10.0, "RSS 143 MiB > 100 MiB")
+    assert (
+        Log(
+            "info",
+            f"worker 0 (pid {a.pid}): max-worker-rss (RSS 143 MiB > 100 MiB); starting its replacement",
+        )
+        in out
+    )
+    assert len(spawns(out)) == 1
+    assert sup.restarts == {"max-worker-rss": 1}
+
+
+def test_liveness_off_has_no_deadline() -> None:
+    sup, _ = boot()
+    assert sup.next_deadline() is None
+    assert sup.tick(1000.0) == []
+
+
+def test_frozen_worker_is_killed_and_replaced_at_the_window() -> None:
+    sup, (a, b) = boot(liveness=5.0)  # ready at 1.0
+    assert a.pid is not None and b.pid is not None
+    assert sup.next_deadline() == 6.0
+    sup.heartbeat(b.pid, 5.0)
+    assert sup.tick(5.99) == []
+    out = sup.tick(6.0)
+    assert kills(out) == [(a.pid, signal.SIGKILL)]
+    (replacement,) = spawns(out)
+    assert (replacement.slot, replacement.generation) == (a.slot, a.generation)
+    assert [c.level for c in out if isinstance(c, Log)] == ["error"]
+    assert sup.restarts == {"frozen": 1}
+    assert sup.next_deadline() == 10.0  # b's window, from its heartbeat
+    # Its exit is expected and its slot is served already.
+    assert spawns(sup.exited(a.pid, None, signal.SIGKILL, 6.1)) == []
+
+
+def test_silent_inside_the_app_is_not_frozen_and_gets_a_new_window() -> None:
+    sup, (a,) = boot(procs=1, liveness=5.0)
+    assert a.pid is not None
+    assert sup.tick(6.0, in_app={a.pid}) == []
+    assert sup.next_deadline() == 11.0
+    assert kills(sup.tick(11.0)) == [(a.pid, signal.SIGKILL)]
+
+
+def test_no_liveness_while_starting_or_stopping() -> None:
+    sup = Supervisor(1, die_timeout=5, liveness=2.0)
+    (w,) = started(sup, sup.start(0.0))
+    assert sup.next_deadline() is None  # booting: not ready, no heartbeats yet
+    assert w.pid is not None
+    sup.ready(w.pid, 1.0)
+    sup.stop(2.0)
+    assert kills(sup.tick(3.0)) == []  # stopping: die-timeout governs
+
+
+def test_recycling_worker_that_freezes_is_replaced_once() -> None:
+    sup, (a, b) = boot(liveness=5.0)
+    assert a.pid is not None and b.pid is not None
+    (ra,) = started(sup, sup.retire(a.pid, "max-requests", 2.0))
+    sup.heartbeat(b.pid, 5.0)
+    out = sup.tick(6.0)
+    assert kills(out) == [(a.pid, signal.SIGKILL)]
+    assert spawns(out) == []  # its replacement is booting already
+    assert ra.state == "starting"

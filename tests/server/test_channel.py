@@ -10,6 +10,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from catalyzer.server.channel import ServerState
+from catalyzer.server.shedding import MIN_AGE, MIN_IDLE, RECHECK
 from catalyzer.testing import InMemoryServer
 from tests.helpers import GET, CountingIterable, Recorder, dechunk, hello, split_response, statuses
 
@@ -701,3 +702,93 @@ def test_malformed_proxy_header_is_a_debug_note_not_an_error(logged: list[str]) 
     assert out.startswith(b"HTTP/1.1 200 ")
     assert app.calls[0]["REMOTE_ADDR"] == "127.0.0.1"
     assert any("ignoring X-Forwarded-For" in line for line in logged)
+
+
+def test_a_flood_of_bad_requests_logs_one_line_and_a_count(logged: list[str]) -> None:
+    server = InMemoryServer(hello)
+    for _ in range(50):
+        conn = server.connect()
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+        assert statuses(conn.output()) == [400]
+    bad = [line for line in logged if line.startswith("400 to ")]
+    assert len(bad) == 1
+    server.clock.advance(10.0)
+    assert logged[-1] == "49 more bad requests in the last 10s (one line per kind every 10s)"
+
+
+def test_at_max_connections_the_least_advanced_is_shed_to_make_room(logged: list[str]) -> None:
+    server = InMemoryServer(hello, max_connections=3, keepalive_timeout=60)
+    port = FakePort()
+    server.state.listening_on([port])
+    idle = server.connect()
+    idle.send(GET)  # answered: now an idle keep-alive connection
+    server.clock.advance(1)
+    slow = server.connect()
+    slow.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    server.clock.advance(1)
+    busy = server.connect()
+    busy.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")  # body arriving
+    server.clock.advance(1)
+    assert port.reading  # at the limit, with connections that could go
+    newcomer = server.connect()
+    assert slow.closed and slow.transport.disconnecting
+    assert not idle.closed and not busy.closed and not newcomer.closed
+    assert any("closing a connection with an incomplete request" in line for line in logged)
+    newcomer.send(GET)
+    assert statuses(newcomer.output()) == [200]
+    slow.finish_close()
+    server.clock.advance(1)
+    second = server.connect()  # then the keep-alive connection idle longest
+    assert idle.closed
+    assert not busy.closed and not newcomer.closed and not second.closed
+
+
+def test_at_max_connections_with_nothing_to_shed_accepting_pauses() -> None:
+    server = InMemoryServer(hello, max_connections=2)
+    port = FakePort()
+    server.state.listening_on([port])
+    a = server.connect()
+    a.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n1")
+    server.clock.advance(1)
+    b = server.connect()  # a is receiving a body, b is brand new: neither can go
+    assert not port.reading
+    assert not a.closed and not b.closed
+    a.lose()
+    assert port.reading
+
+
+def test_paused_at_max_connections_accepts_again_once_a_young_one_may_be_shed() -> None:
+    server = InMemoryServer(hello, max_connections=2)
+    port = FakePort()
+    server.state.listening_on([port])
+    first = server.connect()
+    server.clock.advance(0.05)
+    second = server.connect()  # both new and silent: neither can be shed yet
+    assert not port.reading
+    server.clock.advance(MIN_AGE - 0.05 - 0.01)
+    assert not port.reading
+    server.clock.advance(0.02)
+    assert port.reading  # the next connection will shed the older silent one
+    third = server.connect()
+    assert first.closed
+    assert not second.closed and not third.closed
+
+
+def test_paused_with_nothing_to_shed_looks_again_without_a_close() -> None:
+    """A request that ends and leaves its keep-alive connection idle makes room: the server
+    notices it on its own (every RECHECK) rather than waiting for a connection to close."""
+    server = InMemoryServer(hello, max_connections=1, keepalive_timeout=60)
+    port = FakePort()
+    server.state.listening_on([port])
+    conn = server.connect()
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n1")
+    server.clock.advance(MIN_AGE)
+    assert not port.reading  # its body is arriving: it cannot be shed
+    conn.send(b"2")  # answered: idle keep-alive from now on
+    server.clock.advance(MIN_IDLE - 0.05)
+    assert not port.reading
+    server.clock.advance(RECHECK)
+    assert port.reading
+    assert not conn.closed  # only the next connection in sheds it
+    server.connect()
+    assert conn.closed

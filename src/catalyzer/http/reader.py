@@ -19,6 +19,8 @@ read: a second request can never be smuggled behind a bad or final one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import tempfile
 from collections import deque
@@ -45,8 +47,13 @@ STATUS_REASONS: Final = {
     417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
+    503: "Service Unavailable",
     505: "HTTP Version Not Supported",
+    507: "Insufficient Storage",
 }
+# A body that cannot be written to the spool directory for lack of room: 507, the server's
+# storage is the problem; any other failure there (the directory gone, no permission): 503.
+_NO_ROOM: Final = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class Limits:
     max_body: int = 1024**3
     max_chunk_line: int = 4096
     body_spool_threshold: int = 1024**2
+    # Where bodies past body_spool_threshold are spooled; None: the system's temporary directory.
+    spool_dir: str | None = None
 
 
 class Request:
@@ -309,7 +318,10 @@ class RequestReader:
             if request.upload_id is not None and self._watcher is not None:
                 self._watcher.failed(request, status)
             if request.body is not None:
-                request.body.close()
+                # A spool file that could not be written fails its last flush again: the
+                # descriptor is closed all the same, and the error was answered already.
+                with contextlib.suppress(OSError):
+                    request.body.close()
         self._request = None
         self._phase = _IDLE
 
@@ -328,6 +340,11 @@ class RequestReader:
         if "Content-Length overflow" in text:
             return 413
         return 400
+
+    def _spool_failed(self, e: OSError) -> _Reject:
+        directory = self.limits.spool_dir or tempfile.gettempdir()
+        status = 507 if e.errno in _NO_ROOM else 503
+        return _Reject(status, f"cannot spool the request body to {directory}: {e.strerror or e}")
 
     def _enter(self, phase: int) -> None:
         self._phase = phase
@@ -425,7 +442,9 @@ class RequestReader:
         if length is not None and length <= self.limits.body_spool_threshold:
             request.body = io.BytesIO()
         else:
-            request.body = tempfile.SpooledTemporaryFile(self.limits.body_spool_threshold)  # noqa: SIM115
+            request.body = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+                self.limits.body_spool_threshold, dir=self.limits.spool_dir
+            )
         if request.expect_continue:
             self._events.append(SEND_CONTINUE)
         self._enter(_CHUNK_LINE if request.chunked else _BODY)
@@ -436,7 +455,10 @@ class RequestReader:
         request.body_length += len(data)
         if request.body_length > self.limits.max_body:
             raise _Reject(413, f"body exceeds {self.limits.max_body} bytes")
-        request.body.write(data)
+        try:
+            request.body.write(data)
+        except OSError as e:
+            raise self._spool_failed(e) from None
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
 
@@ -450,7 +472,10 @@ class RequestReader:
         request = self._request
         assert request is not None
         if request.body is not None:
-            request.body.seek(0)
+            try:
+                request.body.seek(0)  # flushes what a spooled file still buffers
+            except OSError as e:
+                raise self._spool_failed(e) from None
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.finished(request)
         self._request = None

@@ -99,10 +99,10 @@ class QueryProgress(amp.Command):
 
 
 class Retire(amp.Command):
-    """Worker -> master: replace me (max-requests reached). The master starts the replacement
-    first and sends TERM once it is ready."""
+    """Worker -> master: replace me (max-requests or max-worker-rss reached; ``detail`` gives
+    the figure). The master starts the replacement first and sends TERM once it is ready."""
 
-    arguments = [(b"reason", amp.Unicode())]
+    arguments = [(b"reason", amp.Unicode()), (b"detail", amp.Unicode(optional=True))]
     response = []
 
 

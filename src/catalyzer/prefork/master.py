@@ -124,6 +124,7 @@ class MasterControl(control.QuietAMP):
     @control.Heartbeat.responder
     def heartbeat(self, stats: str) -> dict[str, Any]:
         self.process.record.stats = json.loads(stats)
+        self.master.heartbeat(self.process)
         return {}
 
     @control.Watch.responder
@@ -142,8 +143,8 @@ class MasterControl(control.QuietAMP):
         return {"entry": json.dumps(self.master.progress.get(upload_id, self.master._now()))}
 
     @control.Retire.responder
-    def retire(self, reason: str) -> dict[str, Any]:
-        self.master.retire(self.process, reason)
+    def retire(self, reason: str, detail: str | None = None) -> dict[str, Any]:
+        self.master.retire(self.process, reason, detail or "")
         return {}
 
 
@@ -162,7 +163,9 @@ class MasterService(Service):
         self.endpoints = endpoints
         self.reactor = reactor
         self.at_exit = at_exit
-        self.supervisor = Supervisor(config.procs, die_timeout=config.die_timeout)
+        self.supervisor = Supervisor(
+            config.procs, die_timeout=config.die_timeout, liveness=config.worker_liveness
+        )
         self.executor = Executor(
             self.supervisor,
             reactor,
@@ -170,6 +173,7 @@ class MasterService(Service):
             kill=self._kill,
             log=_log,
             halt=self._halt,
+            in_app=self._in_app,
         )
         self.listeners: list[Listener] = []
         self.processes: dict[int, WorkerProcess] = {}  # record id -> process
@@ -261,9 +265,21 @@ class MasterService(Service):
             listener.close()
         self._run(self.supervisor.stop(self._now(), graceful=graceful))
 
-    def retire(self, process: WorkerProcess, reason: str) -> None:
+    def heartbeat(self, process: WorkerProcess) -> None:
         if process.record.pid is not None:
-            self._run(self.supervisor.retire(process.record.pid, reason, self._now()))
+            self.supervisor.heartbeat(process.record.pid, self._now())
+
+    def _in_app(self) -> set[int]:
+        """The pids whose scoreboard says they are inside the application now."""
+        return {
+            p.record.pid
+            for p in self.processes.values()
+            if p.record.pid is not None and p.scoreboard.read()[0]
+        }
+
+    def retire(self, process: WorkerProcess, reason: str, detail: str = "") -> None:
+        if process.record.pid is not None:
+            self._run(self.supervisor.retire(process.record.pid, reason, self._now(), detail))
 
     def dump(self) -> None:
         log.info("{dump}", dump=self.dump_text())

@@ -28,8 +28,10 @@ from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.prefork import control
 from catalyzer.prefork.fdpass import FdReader
+from catalyzer.prefork.recycling import RecyclePolicy
 from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
 from catalyzer.process.children import set_title
+from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import describe_connections
@@ -88,8 +90,8 @@ class Worker:
         limit = config.max_requests
         if limit:
             limit += random.randint(0, config.max_requests_jitter)
-        self.max_requests = limit
-        self.retiring = False
+        self.recycling = RecyclePolicy(limit, config.max_worker_rss * MIB)
+        self.memory = ResidentMemory() if config.max_worker_rss else None
         handoff_fd = spec.get("handoff_fd")
         self.handoff = None if handoff_fd is None else socket.socket(fileno=int(handoff_fd))
         if self.handoff is not None:
@@ -211,15 +213,11 @@ class Worker:
         return f"{text}\n{dispatchers}" if dispatchers else text
 
     def _count_response(self) -> None:
-        if (
-            self.max_requests
-            and not self.retiring
-            and (self.server.requests_served >= self.max_requests)
-        ):
-            self.retiring = True
-            proto = self.control
-            if proto is not None:
-                proto.callRemote(control.Retire, reason="max-requests")
+        policy = self.recycling
+        rss = self.memory.read() if self.memory is not None and policy.watches_memory else 0
+        decision = policy.after_response(self.server.requests_served, rss)
+        if decision is not None and self.control is not None:
+            self.control.callRemote(control.Retire, reason=decision.reason, detail=decision.detail)
 
     def stop(self, quick: bool = False) -> None:
         # The watchdog keeps going while we drain: a connection waiting behind a slow request is

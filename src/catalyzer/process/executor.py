@@ -10,7 +10,7 @@ something to do rather than on a poll.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import assert_never
 
 from twisted.internet.interfaces import IDelayedCall
@@ -29,7 +29,8 @@ class Executor:
     ``log(level, text)`` says something at ``debug``, ``info``, ``warn`` or ``error``;
     ``halt(status, reason)`` gives up: nothing can be started, or every worker has exited after
     a stop. ``after_tick`` runs after each deadline's commands (the dispatcher hands out queued
-    work then).
+    work then). ``in_app()`` names the pids inside the application at a tick (the master's
+    scoreboards), so that a worker silent in the app is not taken for a frozen one.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class Executor:
         log: Callable[[str, str], object],
         halt: Callable[[int, str], object],
         after_tick: Callable[[], object] | None = None,
+        in_app: Callable[[], Container[int]] | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.clock = clock
@@ -50,6 +52,7 @@ class Executor:
         self._log = log
         self._halt = halt
         self.after_tick = after_tick
+        self._in_app = in_app
         self._timer: IDelayedCall | None = None  # at _timer_at
         self._timer_at: float | None = None
 
@@ -103,7 +106,8 @@ class Executor:
         self._timer = None
         self._timer_at = None
         now = self._now()
-        self.run(self.supervisor.tick(now if at is None else max(now, at)))
+        in_app = self._in_app() if self._in_app is not None else ()
+        self.run(self.supervisor.tick(now if at is None else max(now, at), in_app))
         if self.after_tick is not None:
             self.after_tick()
         self.arm()

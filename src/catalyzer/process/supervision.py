@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -62,10 +63,13 @@ class WorkerRecord:
     state: str = STARTING
     ready_at: float | None = None
     stop_reason: str = ""
+    stop_detail: str = ""  # the figure behind stop_reason, for the log (an RSS)
     stop_deadline: float | None = None
     stats: dict[str, object] = field(default_factory=dict)
     # Stopped before the executor reported its pid: the signal to send once it has one.
     pending_signal: int | None = None
+    # The last sign of life of a ready worker: its Ready, a heartbeat, or being seen in the app.
+    heard_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,11 @@ class Supervisor:
         spawn_delay: float = 0.0,
         noun: str = "worker",
         kill_grace: float = KILL_GRACE,
+        liveness: float = 0.0,
     ) -> None:
         self.procs = procs
+        # A ready worker not heard from for this long, and not in the app, is frozen (0: off).
+        self.liveness = liveness
         self.noun = noun  # how log lines and reasons name a worker ("child" for the dispatcher)
         self.kill_grace = kill_grace  # after die_timeout, before KILL (see KILL_GRACE)
         self.initial = procs if initial is None else min(initial, procs)
@@ -161,6 +168,12 @@ class Supervisor:
         ]
         if self._growth_wanted and self._last_growth is not None:
             times.append(self._last_growth + self.spawn_delay)
+        if self.liveness and not self.stopping:
+            times += [
+                w.heard_at + self.liveness
+                for w in self.workers.values()
+                if w.state == READY and w.heard_at is not None
+            ]
         return min(times) if times else None
 
     def free_slots(self) -> list[int]:
@@ -222,6 +235,7 @@ class Supervisor:
             return []
         worker.state = READY
         worker.ready_at = now
+        worker.heard_at = now
         self.booted = True
         out: list[Command] = [Log("info", f"{self.noun} {worker.slot} (pid {pid}) ready")]
         if self.stopping:
@@ -303,8 +317,17 @@ class Supervisor:
             out.append(self._spawn(worker.slot, generation, now))
         return out + self._converge(now)
 
-    def tick(self, now: float) -> list[Command]:
-        out: list[Command] = []
+    def heartbeat(self, pid: int, now: float) -> None:
+        """A worker said it is alive (its reactor runs)."""
+        worker = self.by_pid(pid)
+        if worker is not None and worker.state == READY:
+            worker.heard_at = now
+
+    def tick(self, now: float, in_app: Container[int] = ()) -> list[Command]:
+        """Time has passed: respawns after back-off, KILLs after die-timeout, frozen workers.
+        ``in_app`` holds the pids of the workers inside the application right now (the
+        scoreboard's view): their silence is --timeout's business, not a freeze."""
+        out: list[Command] = self._frozen(now, in_app)
         if (
             self._growth_wanted
             and self._last_growth is not None
@@ -375,13 +398,15 @@ class Supervisor:
                 out.append(self._spawn(slot, self.generation, now))
         return out + self._converge(now)  # stops the workers of the slots removed
 
-    def retire(self, pid: int, reason: str, now: float) -> list[Command]:
-        """Recycle a worker (max-requests, a hung request): its replacement starts first, and only
-        one worker recycles at a time so capacity never dips."""
+    def retire(self, pid: int, reason: str, now: float, detail: str = "") -> list[Command]:
+        """Recycle a worker (max-requests, max-worker-rss): its replacement starts first, and
+        only one worker recycles at a time so capacity never dips. ``reason`` counts in
+        :attr:`restarts`; ``detail`` (a figure) is only logged."""
         worker = self.by_pid(pid)
         if worker is None or worker.state != READY or self.stopping or worker.stop_reason:
             return []
         worker.stop_reason = reason
+        worker.stop_detail = detail
         self._retire_queue.append(worker.id)
         return self._converge(now)
 
@@ -398,6 +423,40 @@ class Supervisor:
         return [Kill(worker.pid, signal.SIGKILL), *self._converge(now)]
 
     # -- helpers
+
+    def _frozen(self, now: float, in_app: Container[int]) -> list[Command]:
+        """Kill and replace each ready worker silent for ``liveness`` seconds outside the app
+        (stopped, a reactor stuck outside the app). A stopped process cannot write a stack, so
+        none is asked for: SIGKILL, and a new worker in its slot at once."""
+        if not self.liveness or self.stopping:
+            return []
+        out: list[Command] = []
+        for w in list(self.workers.values()):
+            if w.state != READY or w.heard_at is None or w.pid is None:
+                continue
+            if now < w.heard_at + self.liveness:
+                continue
+            if w.pid in in_app:
+                # Silent because the app holds its reactor: --timeout governs that. The window
+                # restarts, so that it gets a full one to speak once it leaves the app.
+                w.heard_at = now
+                continue
+            self._count("frozen")
+            out.append(
+                Log(
+                    "error",
+                    f"{self.noun} {w.slot} (pid {w.pid}) frozen: no heartbeat for "
+                    f"{now - w.heard_at:.1f}s outside the app (liveness {self.liveness:g}s); "
+                    "killing it and starting another",
+                )
+            )
+            w.state = STOPPING
+            w.stop_reason = "frozen"
+            w.stop_deadline = None
+            out.append(Kill(w.pid, signal.SIGKILL))
+            if self._members(w.slot, w.generation) < self._wanted(w.slot, w.generation):
+                out.append(self._spawn(w.slot, w.generation, now))
+        return out
 
     def _reload_failed(
         self, worker: WorkerRecord, how: str, detail: str, now: float
@@ -539,10 +598,11 @@ class Supervisor:
 
     def _start_replacement(self, worker: WorkerRecord, now: float) -> list[Command]:
         self._count(worker.stop_reason)
+        detail = f" ({worker.stop_detail})" if worker.stop_detail else ""
         return [
             Log(
                 "info",
-                f"{self.noun} {worker.slot} (pid {worker.pid}): {worker.stop_reason}; "
+                f"{self.noun} {worker.slot} (pid {worker.pid}): {worker.stop_reason}{detail}; "
                 "starting its replacement",
             ),
             self._spawn(worker.slot, worker.generation, now),

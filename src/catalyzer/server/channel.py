@@ -30,7 +30,7 @@ from twisted.internet import interfaces, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -40,10 +40,14 @@ from catalyzer.http.progress import ProgressRegistry, ProgressTracker, upload_id
 from catalyzer.http.reader import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
 from catalyzer.ops import trace
 from catalyzer.ops.accesslog import FileAccessLog
+from catalyzer.ops.floodlog import FloodLog
 from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
+from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
+from catalyzer.server.roommaker import RoomMaker
+from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
@@ -128,6 +132,7 @@ class ServerState:
             max_body=config.max_body,
             max_chunk_line=config.max_chunk_line,
             body_spool_threshold=config.body_spool_threshold,
+            spool_dir=config.spool_dir or None,
         )
         self.errors = WSGIErrors()
         self.trusted_proxies = TrustedProxies.parse(config.forwarded_allow_ips)
@@ -141,6 +146,20 @@ class ServerState:
         self.on_response = on_response
         self.channels: set[HTTPChannel] = set()
         self.ports: list[Any] = []
+        # Lines a client can cause at will (bad requests, timeouts, aborts, accept errors) are
+        # logged once per kind per interval, with a count.
+        self.flood = FloodLog(clock)
+        self.accept_guards: list[AcceptGuard] = []
+        # At max-connections: which connections to shed, when to accept again.
+        self.room = RoomMaker(
+            self.channels,
+            config.max_connections,
+            clock,
+            self.flood,
+            accepting=lambda: self.accepting,
+            stopping=lambda: self.draining,
+            set_accepting=self._set_accepting,
+        )
         self.accepting = True
         self.draining = False
         self.requests_served = 0
@@ -161,6 +180,7 @@ class ServerState:
             scoreboard=scoreboard,
             threadpool=threadpool,
             call_from_thread=call_from_thread,
+            flood=self.flood,
         )
         self.response_class = response_class(self.response_services)
 
@@ -220,19 +240,16 @@ class ServerState:
 
     def connection_made(self, channel: HTTPChannel) -> None:
         self.channels.add(channel)
-        if self.accepting and len(self.channels) >= self.config.max_connections:
-            self._set_accepting(False)
-            log.warn(
-                "{n} connections open (max-connections): not accepting until one closes",
-                n=len(self.channels),
-            )
+        if self.room.open_count() >= self.config.max_connections:
+            self.room.make_room()
 
     def connection_lost(self, channel: HTTPChannel) -> None:
         self.channels.discard(channel)
+        self.room.forget(channel)
         if (
             not self.accepting
             and not self.draining
-            and (len(self.channels) < self.config.max_connections)
+            and self.room.open_count() < self.config.max_connections
         ):
             self._set_accepting(True)
         if not self.channels and self._drained:
@@ -243,6 +260,13 @@ class ServerState:
     def listening_on(self, ports: list[Any]) -> None:
         """The ports whose accepting ``max-connections`` toggles (none once they are closed)."""
         self.ports = list(ports)
+        for guard in self.accept_guards:
+            guard.cancel()
+        self.accept_guards = [
+            AcceptGuard(port, self.flood, self.clock, lambda: self.accepting)
+            for port in self.ports
+            if twistedprivate.has_accept_log(port)
+        ]
 
     def _set_accepting(self, on: bool) -> None:
         self.accepting = on
@@ -286,6 +310,14 @@ class ServerState:
         for channel in list(self.channels):
             channel.abort("die-timeout reached")
 
+
+# How the flood log counts the errors a client can cause (see ops.floodlog).
+# A body the spool directory cannot hold is the operator's problem (a full disk): an error.
+_ERROR_KINDS = {
+    408: ("timeouts", LogLevel.info),
+    503: ("spool failures", LogLevel.error),
+    507: ("spool failures", LogLevel.error),
+}
 
 _OPEN = ConnState.OPEN
 _RESPONDING = ConnState.RESPONDING
@@ -646,8 +678,15 @@ class HTTPChannel(Protocol):
 
     def _protocol_error(self, error: ProtocolError) -> None:
         peer = self.info.remote_addr if self.info else "?"
-        log.info(
-            "{status} to {peer}: {detail}", status=error.status, peer=peer, detail=error.detail
+        kind, level = _ERROR_KINDS.get(error.status, ("bad requests", LogLevel.info))
+        self.server.flood.emit(
+            kind,
+            log,
+            level,
+            "{status} to {peer}: {detail}",
+            status=error.status,
+            peer=peer,
+            detail=error.detail,
         )
         body = f"{error.status} {error.reason}\n".encode()
         self.server.metrics.observe(error.status, 0.0, len(body))
@@ -717,6 +756,50 @@ class HTTPChannel(Protocol):
             self._close()
         # Otherwise a request is under way; _arm_idle starts a new wait after its response.
 
+    def shedding_candidate(self) -> Candidate[HTTPChannel] | None:
+        """How far this connection is from an answer, if it may be shed to make room."""
+        reader = self.reader
+        if self.state is not _OPEN or self.response is not None:
+            return None
+        if reader.in_body or reader.queued:
+            return None
+        if not self._got_data:
+            return Candidate(self, Standing.SILENT, self.opened)
+        if reader.in_headers:
+            return Candidate(self, Standing.HEADERS, self._idle_since or self.opened)
+        return Candidate(self, Standing.IDLE, self._idle_since)
+
+    def unread_bytes(self) -> bool:
+        """Whether the client has sent bytes the reactor has not read yet (plain TCP only: a
+        peek at the socket; a TLS connection says no)."""
+        sock = self._socket
+        if sock is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing waiting (EAGAIN), or the connection is broken
+            return False
+
+    def shed(self) -> None:
+        """Closed to make room at max-connections: a request still arriving is cut (the client
+        may have been trying for a while: it is the least advanced), an idle one is closed."""
+        if self.state is _CLOSED:
+            return
+        waiting = not self.requests or self.reader.in_headers
+        self.server.flood.emit(
+            "shed connections",
+            log,
+            LogLevel.info,
+            "max-connections: closing {what} from {peer} to make room",
+            what="a connection with an incomplete request" if waiting else "an idle connection",
+            peer=self.info.remote_addr if self.info else "?",
+        )
+        if waiting:
+            self._enter(_CLOSING)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            self._close()
+
     def _close(self) -> None:
         """Close after what has been written is flushed; abort if the client won't take it."""
         if self.state is _CLOSED:
@@ -752,7 +835,10 @@ class HTTPChannel(Protocol):
 
     def abort(self, why: str) -> None:
         if self.state is not _CLOSED:
-            log.info(
+            self.server.flood.emit(
+                "aborted connections",
+                log,
+                LogLevel.info,
                 "aborting connection from {peer}: {why}",
                 peer=self.info.remote_addr if self.info else "?",
                 why=why,

@@ -19,11 +19,14 @@ __all__ = [
     "HAProxyProtocolWrapper",
     "HAProxyWrappingFactory",
     "TCPBind",
+    "has_accept_log",
     "proxy_header_parsed",
+    "route_accept_log",
     "ssl_context_factory",
     "tcp_bind",
     "write_buffer_empty",
 ]
+from twisted.logger import ILogObserver, Logger
 
 
 def write_buffer_empty(transport: Any) -> bool:
@@ -90,3 +93,18 @@ def close_disowned(transport: Any) -> None:
     ``loseConnection`` nor the ``SO_LINGER`` 0 of ``abortConnection``, which would end the
     connection for every process holding it."""
     transport.socket.close()
+
+
+def has_accept_log(port: Any) -> bool:
+    """Whether ``port`` is a ``twisted.internet.tcp.Port`` (tcp, unix), whose ``doRead`` logs
+    accept errors through its ``_logger``."""
+    return isinstance(getattr(port, "_logger", None), Logger)
+
+
+def route_accept_log(port: Any, observer: ILogObserver) -> ILogObserver:
+    """Send the accept-related events of ``port`` (see :func:`has_accept_log`) to ``observer``
+    instead of the global log; returns where they went before. Twisted's ``Port.doRead`` buffers
+    its ``_logger``'s events during the accept loop and hands them to that logger's observer."""
+    current: Logger = port._logger
+    port._logger = Logger(namespace=current.namespace, source=port, observer=observer)
+    return current.observer

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from twisted.internet import interfaces
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from catalyzer.http.framing import ResponseFramer, simple_response
@@ -326,12 +326,12 @@ class WSGIResponse:
         """Abandon the response: the client left or stopped reading."""
         if self.done:
             return
-        log.info(
-            "{method} {path}: {why}",
-            method=self.request.method,
-            path=self.environ.get("PATH_INFO"),
-            why=why,
-        )
+        fields = {"method": self.request.method, "path": self.environ.get("PATH_INFO"), "why": why}
+        flood = self.services.flood
+        if flood is None:
+            log.info("{method} {path}: {why}", **fields)
+        else:  # a client can make this happen at will
+            flood.emit("aborted responses", log, LogLevel.info, "{method} {path}: {why}", **fields)
         self._end(False, connection_gone=True)
 
     def _stalled(self) -> None:

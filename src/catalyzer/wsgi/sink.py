@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from twisted.internet import interfaces
+from twisted.logger import Logger, LogLevel
 
 from catalyzer.wsgi.types import WSGIApp
 
@@ -21,6 +22,7 @@ __all__ = [
     "AppScoreboard",
     "CallInThread",
     "OnDone",
+    "RateLimitedLog",
     "ResponseOutcome",
     "ResponseServices",
     "ResponseSink",
@@ -77,6 +79,15 @@ class CallInThread(Protocol):
     def callInThread(self, f: Callable[..., object], /, *args: Any) -> None: ...
 
 
+class RateLimitedLog(Protocol):
+    """Where the log lines a client can trigger at will go: at most one per kind per interval
+    (:class:`catalyzer.ops.floodlog.FloodLog`)."""
+
+    def emit(
+        self, kind: str, logger: Logger, level: LogLevel, format: str, **fields: Any
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseServices:
     """What every response of one process shares: made once per process, passed to each one.
@@ -91,6 +102,7 @@ class ResponseServices:
     scoreboard: AppScoreboard | None = None
     threadpool: CallInThread | None = None
     call_from_thread: Callable[..., None] | None = None
+    flood: RateLimitedLog | None = None
 
 
 class ResponseOutcome(NamedTuple):

@@ -1,0 +1,151 @@
+"""Making room at ``max-connections``: the I/O shell around :mod:`catalyzer.server.shedding`.
+
+Each connection accepted at the limit sheds the connection making least progress; when none can
+go, accepting pauses and is looked at again when the first too-young connection may go, at the
+latest every :data:`~catalyzer.server.shedding.RECHECK` seconds, and whenever a connection
+closes (:class:`~catalyzer.server.channel.ServerState` asks :meth:`RoomMaker.open_count`).
+
+One wake-up of a listening socket may accept a long burst of connections: the order of the
+candidates is worked out once per reactor turn and consumed by each accept, not recomputed for
+each (which made a burst quadratic).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger, LogLevel
+
+from catalyzer.ops.floodlog import FloodLog
+from catalyzer.server.shedding import RECHECK, Candidate, Standing, eligible_at, order
+from catalyzer.server.timer import Timer
+
+if TYPE_CHECKING:
+    from catalyzer.server.channel import HTTPChannel
+
+__all__ = ["RoomMaker"]
+
+log = Logger(namespace="catalyzer.http")
+
+
+class RoomMaker:
+    """Sheds connections from ``channels`` (the server's own set) beyond ``limit``.
+    ``accepting()`` says whether the server accepts now, ``stopping()`` whether it is
+    draining (then it never accepts again); ``set_accepting(on)`` starts or stops its listening
+    ports."""
+
+    def __init__(
+        self,
+        channels: set[HTTPChannel],
+        limit: int,
+        clock: IReactorTime,
+        flood: FloodLog,
+        *,
+        accepting: Callable[[], bool],
+        stopping: Callable[[], bool],
+        set_accepting: Callable[[bool], None],
+    ) -> None:
+        self.channels = channels
+        self.limit = limit
+        self.clock = clock
+        self.flood = flood
+        self.accepting = accepting
+        self.stopping = stopping
+        self.set_accepting = set_accepting
+        self.shed: set[HTTPChannel] = set()  # shed, not gone yet: no longer counted
+        self._order: deque[Candidate[HTTPChannel]] | None = None  # this turn's order
+        self._candidates: list[Candidate[HTTPChannel]] = []  # and what it was made of
+        self._timer = Timer(clock, self._check)
+
+    def open_count(self) -> int:
+        """Connections that count towards the limit (those being shed do not)."""
+        return len(self.channels) - len(self.shed)
+
+    def forget(self, channel: HTTPChannel) -> None:
+        """``channel`` is gone."""
+        self.shed.discard(channel)
+
+    def make_room(self) -> None:
+        """A connection came in at the limit: shed as many as are over it; if no further one
+        could go for the next, stop accepting."""
+        over = self.open_count() - self.limit
+        while over > 0 and (victim := self._next_victim()) is not None:
+            self.shed.add(victim)
+            victim.shed()
+            over -= 1
+        if self._next_victim(consume=False) is not None:
+            return  # room for the next one: it will shed this one
+        if self.accepting():
+            self.set_accepting(False)
+            self.flood.emit(
+                "max-connections pauses",
+                log,
+                LogLevel.warn,
+                "{n} connections open (max-connections), none of them can be shed now: not "
+                "accepting until one closes or can be",
+                n=self.open_count(),
+            )
+        self._arm()
+
+    def _candidates_now(self) -> list[Candidate[HTTPChannel]]:
+        candidates = []
+        for c in self.channels:
+            if c not in self.shed:
+                candidate = c.shedding_candidate()
+                if candidate is not None:
+                    candidates.append(candidate)
+        return candidates
+
+    def _next_victim(self, consume: bool = True) -> HTTPChannel | None:
+        """The connection to shed next, least progress first, leaving out one whose client has
+        sent bytes not read yet (it is about to make progress) and any that changed since the
+        order was worked out this turn."""
+        queue = self._order
+        if queue is None:
+            self._candidates = self._candidates_now()
+            queue = self._order = deque(order(self._candidates, self.clock.seconds()))
+            self.clock.callLater(0, self._forget_order)
+        while queue:
+            candidate = queue[0]
+            channel = candidate.key
+            current = channel.shedding_candidate()
+            if (
+                channel in self.shed
+                or current is None
+                or current.standing is not candidate.standing
+                or (candidate.standing is not Standing.HEADERS and channel.unread_bytes())
+            ):
+                queue.popleft()
+                continue
+            if consume:
+                queue.popleft()
+            return channel
+        return None
+
+    def _forget_order(self) -> None:
+        self._order = None
+        self._candidates = []
+
+    def _arm(self) -> None:
+        """Accepting is paused: look again when the first connection too young to be shed may
+        go, and at the latest after RECHECK (connections accepted in the same burst, or a
+        keep-alive one gone idle, make room without any closing)."""
+        if self._timer.armed:
+            return
+        if self._order is None:
+            self._next_victim(consume=False)  # works out this turn's candidates
+        now = self.clock.seconds()
+        wake = eligible_at(self._candidates, now)
+        self._timer.start(RECHECK if wake is None else min(RECHECK, max(0.0, wake - now)))
+
+    def _check(self) -> None:
+        if self.accepting() or self.stopping():
+            return
+        self._forget_order()  # time has passed: some may be old enough now
+        if self.open_count() < self.limit or self._next_victim(consume=False) is not None:
+            self.set_accepting(True)  # the next connection in will make room for itself
+        else:
+            self._arm()

@@ -1,0 +1,112 @@
+"""Which connections to close to make room at ``max-connections``: the ones making least progress.
+
+Stopping accepting at the limit hands the server to whoever holds the connections: a slowloris
+client opening hundreds of connections and sending a header byte now and then (re-opening each
+one that is closed) keeps real clients waiting in the listen backlog. Instead, once the limit is
+reached, every new connection costs the connection that is furthest from being answered:
+
+1. one whose request headers have begun and are incomplete, oldest first;
+2. then an idle keep-alive connection, idle longest first;
+3. then one that has sent nothing yet, oldest first. It is a slowloris too (connect and wait),
+   but also what a client's new connection looks like until the server has read its request:
+   under load a worker's reactor may take a while to get to it, so these go last.
+
+A connection whose request is complete (its body arriving, its response being made or sent) is
+never chosen, nor one younger than ``min_age`` (it has had no time to send its request: a client
+connecting in the same instant as a burst of attackers), nor a keep-alive connection idle for
+less than ``min_idle`` (its client is between two requests). When nothing can be chosen, the server
+pauses accepting until a connection closes or, if some are only too young, until
+:func:`eligible_at` says the first of them may go.
+
+Pure: the channel describes itself as a :class:`Candidate`; :func:`choose` decides. The server
+walks :func:`order` itself when it must look at a socket: a silent or idle connection whose
+client has sent bytes the reactor has not read yet is skipped (the server peeks), since it is
+about to make progress.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+__all__ = [
+    "MIN_AGE",
+    "MIN_IDLE",
+    "RECHECK",
+    "Candidate",
+    "Standing",
+    "choose",
+    "eligible_at",
+    "order",
+]
+
+K = TypeVar("K")
+
+# How long a new connection is left alone, whatever it has sent.
+MIN_AGE: Final = 0.1
+# How long a keep-alive connection must have been idle to be shed: a client in the middle of a
+# series of requests is idle for an instant between a response and its next request.
+MIN_IDLE: Final = 1.0
+# While accepting is paused at the limit, how often the server looks for a connection to shed.
+RECHECK: Final = 0.1
+
+
+class Standing(enum.Enum):
+    """Which connections go first (lowest value first)."""
+
+    HEADERS = 1  # a request's header section has begun and is not complete
+    IDLE = 2  # keep-alive, between requests
+    SILENT = 3  # nothing received yet on this connection
+
+
+@dataclass(frozen=True)
+class Candidate(Generic[K]):
+    """A connection that may be shed: ``since`` is when it started waiting in that standing
+    (opened, or its last response ended)."""
+
+    key: K
+    standing: Standing
+    since: float
+
+
+def _wait(candidate: Candidate[K], min_age: float, min_idle: float) -> float:
+    return min_idle if candidate.standing is Standing.IDLE else min_age
+
+
+def order(
+    candidates: Iterable[Candidate[K]],
+    now: float,
+    min_age: float = MIN_AGE,
+    min_idle: float = MIN_IDLE,
+) -> list[Candidate[K]]:
+    """Every candidate old enough to be shed, in the order they should go."""
+    eligible = [c for c in candidates if now - c.since >= _wait(c, min_age, min_idle)]
+    eligible.sort(key=lambda c: (c.standing.value, c.since))
+    return eligible
+
+
+def choose(
+    candidates: Iterable[Candidate[K]],
+    count: int,
+    now: float,
+    min_age: float = MIN_AGE,
+    min_idle: float = MIN_IDLE,
+) -> list[K]:
+    """Up to ``count`` connections to shed, in the order they should go."""
+    if count <= 0:
+        return []
+    return [c.key for c in order(candidates, now, min_age, min_idle)[:count]]
+
+
+def eligible_at(
+    candidates: Iterable[Candidate[K]],
+    now: float,
+    min_age: float = MIN_AGE,
+    min_idle: float = MIN_IDLE,
+) -> float | None:
+    """When the first candidate too young to be chosen now becomes eligible (None: none is)."""
+    waits = [(c, _wait(c, min_age, min_idle)) for c in candidates]
+    times = [c.since + wait for c, wait in waits if now - c.since < wait]
+    return min(times) if times else None
