@@ -102,14 +102,14 @@ def main() -> None:
     parser.add_argument("--close", action="store_true", help="fast clients use Connection: close")
     args = parser.parse_args()
     port = procs.free_port()
+    log = Path(f"/tmp/catalyzer-slowloris-{port}.log")
     argv = [
-        *_catalyzer("hello", port, "hello_keepalive"),
+        *_catalyzer("hello", port, "hello_keepalive", log),
         "--max-connections",
         str(args.max_connections),
         "--procs",
         str(args.procs),
     ]
-    log = Path(f"/tmp/catalyzer-slowloris-{port}.log")
     server = procs.start_server("catalyzer", argv, port, log)
     extra = ("-H", "Connection: close") if args.close else ()
     try:
