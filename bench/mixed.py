@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,10 +175,25 @@ def _ms(value: float | None) -> str:
     return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
 
 
+def _runs(values: list[float | None], fmt: Callable[[float | None], str]) -> str:
+    """The median, then every run's figure in run order."""
+    known = [v for v in values if v is not None]
+    median = statistics.median(known) if known else None
+    if len(values) == 1:
+        return fmt(median)
+    return f"{fmt(median)} ({' / '.join(fmt(v) for v in values)})"
+
+
+def _rps(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    rows = {}
+    """One row per server, medians over its runs with every run's figure; errors and slow
+    requests summed over the runs."""
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in results:
-        rows.setdefault(r["label"], {})[r["mode"]] = r
+        rows.setdefault(r["label"], {}).setdefault(r["mode"], []).append(r)
     lines = [
         "| server | fast p99, keep-alive | fast req/s, keep-alive | errors | slow answered "
         "| fast p99, Connection: close | fast req/s, close | errors | slow answered |",
@@ -184,15 +202,15 @@ def table(results: list[dict[str, Any]]) -> str:
     for label, modes in rows.items():
         cells = [label]
         for mode in MODES:
-            r = modes.get(mode)
-            if r is None:
+            runs = modes.get(mode)
+            if not runs:
                 cells += ["-"] * 4
                 continue
             cells += [
-                _ms(r["fast_p99_ms"]),
-                f"{r['fast_rps']:,.0f}",
-                str(r["fast_errors"]),
-                f"{r['slow_answered']}/{r['slow_sent']}",
+                _runs([r["fast_p99_ms"] for r in runs], _ms),
+                _runs([r["fast_rps"] for r in runs], _rps),
+                str(sum(r["fast_errors"] for r in runs)),
+                f"{sum(r['slow_answered'] for r in runs)}/{sum(r['slow_sent'] for r in runs)}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -213,6 +231,7 @@ def main() -> int:
         default=None,
         help="extra catalyzer arguments, one run per occurrence (e.g. '--threads 1')",
     )
+    parser.add_argument("--runs", type=int, default=3, help="rounds, servers alternating (3)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -230,21 +249,33 @@ def main() -> int:
             variants.append((server, f"gunicorn sync -w {args.procs}", []))
     results = []
     with tempfile.TemporaryDirectory(prefix="cz-mixed-") as tmp:
+        installed = []
         for server, label, extra in variants:
             probe = SERVERS[server](0, args.procs, extra)[0]
-            if not Path(probe).exists():
+            if Path(probe).exists():
+                installed.append((server, label, extra))
+            else:
                 print(f"skipping {label}: {probe} is not installed", file=sys.stderr)
-                continue
-            for mode in args.modes.split(","):
-                port = procs.free_port()
-                argv = SERVERS[server](port, args.procs, extra)
-                print(f"{label}, {mode}: {args.duration}s ...", file=sys.stderr, flush=True)
-                result = measure(server, argv, port, mode, args, Path(tmp))
-                result["label"] = label
-                results.append(result)
+        for round_ in range(1, args.runs + 1):
+            for server, label, extra in installed:
+                for mode in args.modes.split(","):
+                    port = procs.free_port()
+                    argv = SERVERS[server](port, args.procs, extra)
+                    print(
+                        f"run {round_}/{args.runs}: {label}, {mode}: {args.duration}s ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    load_before = os.getloadavg()[0]
+                    result = measure(server, argv, port, mode, args, Path(tmp))
+                    result["label"] = label
+                    result["run"] = round_
+                    result["load_before"] = load_before
+                    results.append(result)
     print(
         f"\nOne /slow ({args.slow_seconds:g} s) every {args.slow_every:g} s plus "
-        f"{args.clients} wrk clients on /, {args.duration} s per run:\n"
+        f"{args.clients} wrk clients on /, {args.duration} s per run, {args.runs} runs (servers "
+        f"alternating; median, then each run):\n"
     )
     print(table(results))
     if args.json is not None:
