@@ -141,8 +141,9 @@ class ServerState:
         self.ports: list[Any] = []
         self.accepting = True
         self.draining = False
-        self.requests_served = 0
-        self.metrics = RequestMetrics()
+        # A prefork worker counts in its scoreboard, where the master reads the counters even
+        # after this process is gone (see catalyzer.ops.metrics).
+        self.metrics = RequestMetrics(scoreboard.counters() if scoreboard is not None else None)
         self._drained: list[Deferred[None]] = []
         self._date_second = -1
         self._date = ""
@@ -271,10 +272,15 @@ class ServerState:
             channel.drain()
         return d
 
+    @property
+    def requests_served(self) -> int:
+        """Requests the app answered in this process (what ``max-requests`` counts)."""
+        return self.metrics.requests
+
     def status(self) -> dict[str, Any]:
         """This process's numbers (the ``--stats`` status, and a prefork worker's heartbeat)."""
         return {
-            "requests": self.requests_served,
+            "requests": self.metrics.requests,
             "connections": len(self.channels),
             "in_flight": sum(1 for c in self.channels if c.response is not None),
             "metrics": self.metrics.snapshot(),
@@ -350,7 +356,7 @@ class HTTPChannel(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
-        self.server.metrics.bytes_in += len(data)
+        self.server.metrics.received(len(data))
         self.reader.receive_data(data)
         self._after_read()
 
@@ -636,7 +642,7 @@ class HTTPChannel(Protocol):
         if self.state is _RESPONDING:
             self._enter(_OPEN)
         server = self.server
-        server.requests_served += 1
+        server.metrics.served()
         keep_alive = outcome.keep_alive
         request = response.request
         if trace.ENABLED:
