@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 __all__ = [
     "BUCKETS",
@@ -120,7 +120,15 @@ class RequestMetrics:
         return snapshot_of(read_counts(self.counts))
 
 
-def read_counts(counts: memoryview) -> list[int]:
+class CounterVector(Protocol):
+    """What :func:`read_counts` reads: a ``memoryview`` of ``"Q"`` items (or a test's fake)."""
+
+    def tolist(self) -> list[Any]: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+def read_counts(counts: CounterVector) -> list[int]:
     """A consistent copy of a counter vector another process may be writing (see the module
     docstring)."""
     for _ in range(_READ_TRIES):

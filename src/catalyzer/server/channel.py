@@ -607,6 +607,7 @@ class HTTPChannel(Protocol):
         content_type: str = "text/plain; charset=utf-8",
     ) -> None:
         keep_alive = request.keep_alive and self.keep_alive_allowed
+        self.server.metrics.observe(status, 0.0, len(body))  # before it can reach the client
         self.write(
             simple_response(
                 status,
@@ -619,7 +620,6 @@ class HTTPChannel(Protocol):
                 head_only=request.method == "HEAD",
             )
         )
-        self.server.metrics.observe(status, 0.0, len(body))
         if not keep_alive:
             self._close()
 
@@ -636,13 +636,17 @@ class HTTPChannel(Protocol):
     def _response_done(self, outcome: ResponseOutcome) -> None:
         """The response's completion callback: it has sent its last byte, failed or been
         abandoned."""
+        server = self.server
+        # Counted first: the last bytes may have reached the client already (write() sends
+        # straight away), and until this line a SIGKILL would lose the response's counts.
+        now = server.clock.seconds()
+        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent)
+        server.metrics.served()
         response = self.response
         assert response is not None
         self.response = None
         if self.state is _RESPONDING:
             self._enter(_OPEN)
-        server = self.server
-        server.metrics.served()
         keep_alive = outcome.keep_alive
         request = response.request
         if trace.ENABLED:
@@ -657,8 +661,6 @@ class HTTPChannel(Protocol):
             server.on_response()
         if request.body is not None:
             request.body.close()
-        now = server.clock.seconds()
-        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent)
         access_log = server.access_log
         if access_log is not None:
             environ = response.environ
