@@ -259,8 +259,7 @@ def counting(worker: FakeProcess) -> RequestMetrics:
 def serve(worker: FakeProcess, n: int, status: int = 200) -> None:
     metrics = counting(worker)
     for _ in range(n):
-        metrics.observe(status, 0.001, 10)
-        metrics.served()
+        metrics.observe(status, 0.001, 10, app=True)
 
 
 def heartbeat(worker: FakeProcess, **stats: int) -> None:

@@ -67,6 +67,12 @@ BYTES_OUT: Final = BYTES_IN + 1
 REQUESTS: Final = BYTES_OUT + 1
 COUNT: Final = REQUESTS + 1
 SIZE: Final = COUNT * 8
+# observe()'s indices: the status class (status // 100, 0..9) -> its counter; plain ints.
+_CLASS_AT: Final = tuple(CLASS + min(max(k, 1), 5) - 1 for k in range(10))
+_BUCKET_AT: Final = int(BUCKET)
+_DURATION_AT: Final = int(DURATION_NS)
+_BYTES_OUT_AT: Final = int(BYTES_OUT)
+_REQUESTS_AT: Final = int(REQUESTS)
 
 # How often a live read starts over while the worker is writing (an update takes about a
 # microsecond; a reader still unlucky after this many tries finds a writer that is stopped).
@@ -92,24 +98,24 @@ class RequestMetrics:
     def __init__(self, counts: memoryview | None = None) -> None:
         self.counts = _vector(counts)
 
-    def observe(self, status: int, duration: float, bytes_out: int) -> None:
-        """One response ended (sent, failed or abandoned)."""
+    def observe(self, status: int, duration: float, bytes_out: int, app: bool = False) -> None:
+        """One response ended (sent, failed or abandoned); ``app``: the app made it (it counts
+        in ``REQUESTS`` too). On the path of every request: one call, locals only."""
         c = self.counts
-        seq = c[SEQ] + 1
-        c[SEQ] = seq  # odd: a reader retries
-        c[CLASS + min(max(status // 100, 1), 5) - 1] += 1
-        c[BUCKET + bisect_left(BUCKETS, duration)] += 1
+        seq = c[0] + 1  # SEQ
+        c[0] = seq  # odd: a reader retries
+        klass = status // 100
+        c[_CLASS_AT[klass] if klass < 10 else _CLASS_AT[9]] += 1
+        c[_BUCKET_AT + bisect_left(BUCKETS, duration)] += 1
         if duration > 0:
-            c[DURATION_NS] += int(duration * 1e9)
-        c[BYTES_OUT] += bytes_out
-        c[SEQ] = seq + 1
+            c[_DURATION_AT] += int(duration * 1e9)
+        c[_BYTES_OUT_AT] += bytes_out
+        if app:
+            c[_REQUESTS_AT] += 1
+        c[0] = seq + 1
 
     def received(self, size: int) -> None:
         self.counts[BYTES_IN] += size
-
-    def served(self) -> None:
-        """The app answered one more request."""
-        self.counts[REQUESTS] += 1
 
     @property
     def requests(self) -> int:

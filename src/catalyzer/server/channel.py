@@ -640,8 +640,7 @@ class HTTPChannel(Protocol):
         # Counted first: the last bytes may have reached the client already (write() sends
         # straight away), and until this line a SIGKILL would lose the response's counts.
         now = server.clock.seconds()
-        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent)
-        server.metrics.served()
+        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent, app=True)
         response = self.response
         assert response is not None
         self.response = None
