@@ -311,3 +311,18 @@ def test_dump_reads_the_requests_from_the_scoreboard() -> None:
     (worker,) = master.boot()
     serve(worker, 4)
     assert ", 4 requests, 0 connections" in master.service.dump_text()
+
+
+def test_unreadable_final_counts_keep_the_last_read_and_the_exit_goes_on(
+    logged: list[str],
+) -> None:
+    master = Master(procs=1)
+    (worker,) = master.boot()
+    serve(worker, 3)
+    assert master.service.status()["requests"] == 3
+    worker.proto.scoreboard.close()  # as if its memory were gone
+    worker.exit(signum=signal.SIGKILL)
+    assert master.service.status()["requests"] == 3
+    assert any("counters of an exited worker could not be read" in line for line in logged)
+    (replacement,) = master.live()  # the exit was handled: a replacement is starting
+    assert replacement is not worker

@@ -50,6 +50,7 @@ def test_close_releases_the_views() -> None:
     view = board.counters()
     assert board.counters() is view
     board.close()  # would raise BufferError with a view still exported
+    board.close()  # a second time: nothing (the fd is not closed twice)
     with pytest.raises(ValueError):
         view[0]
 
@@ -72,5 +73,15 @@ def test_counts_of_a_process_killed_with_sigkill_are_all_there() -> None:
         assert snap["by_class"]["2xx"] == 900 and snap["by_class"]["5xx"] == 100
         assert snap["requests"] == 1000 and snap["bytes_out"] == 100_000
         assert final[metrics.SEQ] == 2000  # even: no update was cut short
+    finally:
+        board.close()
+
+
+def test_its_size_is_sealed() -> None:
+    board = Scoreboard.create()
+    try:
+        for size in (0, SIZE * 2):
+            with pytest.raises(PermissionError):
+                os.ftruncate(board.fd, size)
     finally:
         board.close()

@@ -369,7 +369,7 @@ class MasterService(Service):
                 del self._upload_owner[upload_id]
                 self.progress.failed(upload_id, None, now)
         # Its final counts, whatever its end (nothing writes them any more): read once, here.
-        self.counters.exited(process.record.id, process.scoreboard.counters().tolist())
+        self.counters.exited(process.record.id, _final_counts(process.scoreboard))
         pid = process.record.pid
         if trace.ENABLED:
             trace.emit("exit", worker=process.record.slot, child=pid, status=status, signal=signum)
@@ -529,6 +529,17 @@ class MasterService(Service):
     def _now(self) -> float:
         now: float = self.reactor.seconds()
         return now
+
+
+def _final_counts(scoreboard: Scoreboard) -> list[int] | None:
+    """The counters an exited worker left (None if its memory cannot be read: then the last ones
+    read are kept, and the rest of the exit's handling goes on)."""
+    try:
+        final: list[int] = scoreboard.counters().tolist()
+    except (ValueError, BufferError) as e:  # a closed mapping
+        log.error("the counters of an exited worker could not be read: {e}", e=e)
+        return None
+    return final
 
 
 def _total(workers: list[dict[str, Any]], key: str) -> int:

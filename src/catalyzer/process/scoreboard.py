@@ -17,6 +17,7 @@ Layout (:data:`SIZE` bytes, the mapping is page-aligned):
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -38,8 +39,11 @@ class Scoreboard:
 
     @classmethod
     def create(cls) -> Scoreboard:
-        fd = os.memfd_create("catalyzer-scoreboard", 0)
+        fd = os.memfd_create("catalyzer-scoreboard", os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, SIZE)
+        # Its size is fixed for good: a worker (or its app) that truncated it would make the
+        # master's next read of the mapping a SIGBUS.
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         return cls(fd)
 
     def enter(self, now: float, what: str) -> None:
@@ -72,6 +76,9 @@ class Scoreboard:
         return self._views[0]
 
     def close(self) -> None:
+        """Unmap and close (once; again does nothing)."""
+        if self._map.closed:
+            return
         for view in self._views:  # an mmap with views exported cannot be closed
             view.release()
         self._views = []
