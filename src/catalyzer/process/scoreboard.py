@@ -5,7 +5,7 @@ inside the app (a hung request), which is exactly when a message over the contro
 not be sent, and once more after the worker has exited, whatever its end (even ``SIGKILL``): the
 master holds its own mapping of the ``memfd``, which outlives the worker.
 
-Layout (:data:`SIZE` bytes, the mapping is page-aligned):
+Layout (:data:`SIZE` bytes, sealed against shrinking and growing; the mapping is page-aligned):
 
 - bytes 0..1023, the request in the app: ``<d`` entered-at (wall clock seconds, 0.0 when not in
   the app), ``<H`` length, then the request line (method and path) in UTF-8;
