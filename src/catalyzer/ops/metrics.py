@@ -34,7 +34,15 @@ the status classes agree). A writer stopped in the middle (``SIGSTOP``) makes th
 after a few tries and take what is there, one response apart at most. After the worker has
 exited nothing writes any more, and its counters are read once, as they are; a worker killed with
 ``SIGKILL`` within the microsecond between a response's first and last store leaves that one
-response counted in some families and not yet in others.
+response counted in some families and not yet in others. The seqlock relies on the stores being
+seen in program order, which x86-64 guarantees; Python issues no memory barriers, so on a weaker
+model (aarch64) a live read may rarely be one response apart between families. The final read
+after the worker's exit is exact everywhere: the process's end orders all its stores.
+
+When a response is counted: as it ends in the server (``HTTPChannel._response_done``, first
+thing), which is just after its last bytes are handed to the kernel; the server's own answers
+(400s for bad requests and the like) are counted just before they are written. See
+``docs/operations.md`` ("What the counters guarantee") for what this means to a client.
 """
 
 from __future__ import annotations
