@@ -16,7 +16,7 @@ def status(ready: bool = True) -> dict[str, Any]:
     a.observe(200, 0.003, 10)
     a.observe(404, 0.2, 5)
     b.observe(503, 20.0, 0)
-    b.bytes_in = 99
+    b.received(99)
     return {
         "metrics": merge([a.snapshot(), b.snapshot()]),
         "in_flight": 1,

@@ -6,6 +6,7 @@ over its control channel (an AMP box), writing to its stderr and ending it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 
+from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.prefork import fdpass
 from catalyzer.prefork.master import MasterService
 from catalyzer.process.supervision import BOOT_FAILURE, KILL_GRACE, READY
@@ -401,3 +403,83 @@ def test_a_worker_silent_inside_the_app_is_left_to_timeout() -> None:
     assert worker.signals == []
     master.advance(0.2)
     assert worker.signals == [signal.SIGKILL]
+
+
+# -- counters: read from each worker's scoreboard, live and once after its end
+
+
+def counting(worker: FakeProcess) -> RequestMetrics:
+    """The worker's side of its scoreboard's counters (here: the master's own mapping)."""
+    return RequestMetrics(worker.proto.scoreboard.counters())
+
+
+def serve(worker: FakeProcess, n: int, status: int = 200) -> None:
+    metrics = counting(worker)
+    for _ in range(n):
+        metrics.observe(status, 0.001, 10, app=True)
+
+
+def heartbeat(worker: FakeProcess, **stats: int) -> None:
+    box = amp.Box({b"_command": b"Heartbeat", b"stats": json.dumps(stats).encode()})
+    worker.control.dataReceived(box.serialize())
+
+
+def test_counters_survive_every_end_and_gauges_drop_at_once() -> None:
+    master = Master(procs=2)
+    a, b = master.boot()
+    serve(a, 5)
+    serve(b, 7, status=500)
+    heartbeat(a, connections=3, in_flight=1)
+    heartbeat(b, connections=2, in_flight=1)
+    status = master.service.status()
+    assert status["requests"] == 12
+    assert status["metrics"]["by_class"]["2xx"] == 5
+    assert status["metrics"]["by_class"]["5xx"] == 7
+    assert [w["requests"] for w in status["workers"]] == [5, 7]
+    assert (status["connections"], status["in_flight"]) == (5, 2)
+
+    serve(a, 2)  # answered after the last read, then killed -9
+    a.exit(signum=signal.SIGKILL)
+    status = master.service.status()
+    assert status["requests"] == 14
+    assert status["metrics"]["duration_count"] == 14
+    assert (status["connections"], status["in_flight"]) == (2, 1)  # only b's now
+    (c,) = [p for p in master.live() if p is not b]
+    master.ready(c)
+    serve(c, 1)
+    assert master.service.status()["requests"] == 15
+
+    master.service.reload()  # HUP: b and c retire gracefully once the new ones are ready
+    master.ready(*master.generation(2))
+    serve(b, 3)
+    b.exit(0)
+    c.exit(signum=signal.SIGSEGV)  # a crash while retiring
+    status = master.service.status()
+    assert status["requests"] == 18
+    assert status["metrics"]["by_class"] == {"1xx": 0, "2xx": 11, "3xx": 0, "4xx": 0, "5xx": 7}
+    assert status["metrics"]["bytes_out"] == 180
+    assert (status["connections"], status["in_flight"]) == (0, 0)
+    assert status["workers_retired"] == 3
+    assert " 0 requests" in master.service.dump_text()
+
+
+def test_dump_reads_the_requests_from_the_scoreboard() -> None:
+    master = Master(procs=1)
+    (worker,) = master.boot()
+    serve(worker, 4)
+    assert ", 4 requests, 0 connections" in master.service.dump_text()
+
+
+def test_unreadable_final_counts_keep_the_last_read_and_the_exit_goes_on(
+    logged: list[str],
+) -> None:
+    master = Master(procs=1)
+    (worker,) = master.boot()
+    serve(worker, 3)
+    assert master.service.status()["requests"] == 3
+    worker.proto.scoreboard.close()  # as if its memory were gone
+    worker.exit(signum=signal.SIGKILL)
+    assert master.service.status()["requests"] == 3
+    assert any("counters of an exited worker could not be read" in line for line in logged)
+    (replacement,) = master.live()  # the exit was handled: a replacement is starting
+    assert replacement is not worker

@@ -2,8 +2,8 @@
 
 Routes: ``/metrics`` (Prometheus text format), ``/status`` (JSON: the USR1 state dump as data),
 ``/ready`` (200 while at least one worker can serve, else 503). The app is served by catalyzer's own
-engine, in the master when there is one (it aggregates every worker's numbers from their
-heartbeats).
+engine, in the master when there is one (it adds up every worker's counters, read from their
+shared memory, and their gauges, from their heartbeats).
 
 The exposition format is written by ``prometheus_client`` (its reference implementation), fed by
 a custom collector with the numbers we already have, rather than its own process-local registry.

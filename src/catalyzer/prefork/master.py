@@ -34,9 +34,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 
 from catalyzer.http.progress import ProgressRegistry
-from catalyzer.ops import trace
+from catalyzer.ops import metrics, trace
 from catalyzer.ops.introspection import registry as introspection
-from catalyzer.ops.metrics import RequestMetrics, merge
+from catalyzer.ops.metrics import CounterTotals, read_counts, snapshot_of
 from catalyzer.prefork import control, fdpass
 from catalyzer.prefork.fdpass import FdReader
 from catalyzer.prefork.handoff import Drop, HandoffRouter, WorkerView
@@ -102,10 +102,12 @@ class WorkerProcess(SupervisedChild):
         super().line_received(text)
 
     def ended(self, status: int | None, signum: int | None) -> None:
-        self.scoreboard.close()
         if self.handoff is not None:
             self.handoff.stop()
-        self.master.worker_exited(self, status, signum)
+        try:
+            self.master.worker_exited(self, status, signum)
+        finally:
+            self.scoreboard.close()
 
 
 class MasterControl(control.QuietAMP):
@@ -178,8 +180,9 @@ class MasterService(Service):
         self.listeners: list[Listener] = []
         self.processes: dict[int, WorkerProcess] = {}  # record id -> process
         self.halted: int | None = None
-        # Counters of workers that have exited, so that the totals never go down.
-        self._retired_metrics = RequestMetrics().snapshot()
+        # Every worker's request counters, read from its scoreboard: those of the workers alive,
+        # and the final ones of every worker that has exited, so that the totals never go down.
+        self.counters = CounterTotals()
         self._hang_check: Any = None  # the IDelayedCall of the next --timeout check
         self.watcher: FileWatcher | None = None
         self._reload_pending = False
@@ -296,6 +299,7 @@ class MasterService(Service):
             f"state of master pid {os.getpid()}: generation {self.supervisor.generation}, "
             f"{len(self.supervisor.workers)} workers, restarts {self.supervisor.restarts}"
         ]
+        self._read_counters()
         for record in self.supervisor.live():
             stats = record.stats
             process = self.processes.get(record.id)
@@ -307,7 +311,7 @@ class MasterService(Service):
             lines.append(
                 f"  worker {record.slot} pid {record.pid} gen {record.generation} "
                 f"{record.state} up {now - record.spawned_at:.0f}s, "
-                f"{stats.get('requests', 0)} requests, {stats.get('connections', 0)} connections, "
+                f"{self._requests_of(record)} requests, {stats.get('connections', 0)} connections, "
                 f"rss {int(stats.get('rss', 0)) // 1024} KiB{in_app}"  # type: ignore[call-overload]
             )
         dispatchers = (
@@ -321,11 +325,8 @@ class MasterService(Service):
         """The state dump as data, with every worker's numbers added up (for ``--stats``)."""
         now = self._now()
         workers = []
-        live: list[dict[str, Any]] = []
+        self._read_counters()
         for record in self.supervisor.live():
-            stats = record.stats
-            if isinstance(stats.get("metrics"), dict):
-                live.append(stats["metrics"])  # type: ignore[arg-type]
             workers.append(
                 {
                     "slot": record.slot,
@@ -333,20 +334,34 @@ class MasterService(Service):
                     "generation": record.generation,
                     "state": record.state,
                     "uptime": round(now - record.spawned_at, 3),
-                    **{k: v for k, v in stats.items() if k != "metrics"},
+                    **record.stats,
+                    "requests": self._requests_of(record),
                 }
             )
+        # Counters: every request answered, by the workers alive and those gone (their final
+        # counts); gauges: only the workers alive.
+        total = self.counters.total()
         return {
             "pid": os.getpid(),
             "generation": self.supervisor.generation,
             "workers": workers,
             "restarts": dict(self.supervisor.restarts),
-            "requests": _total(workers, "requests"),
+            "workers_retired": self.counters.workers_retired,
+            "requests": total[metrics.REQUESTS],
             "connections": _total(workers, "connections"),
             "in_flight": _total(workers, "in_flight"),
-            "metrics": merge([self._retired_metrics, *live]),
+            "metrics": snapshot_of(total),
             "progress_entries": len(self.progress.entries),
         }
+
+    def _read_counters(self) -> None:
+        """Each live worker's counters, from its scoreboard."""
+        for record_id, process in self.processes.items():
+            self.counters.reported(record_id, read_counts(process.scoreboard.counters()))
+
+    def _requests_of(self, record: Record) -> int:
+        counts = self.counters.of(record.id)
+        return counts[metrics.REQUESTS] if counts is not None else 0
 
     def record_progress(self, source: WorkerProcess, entries: dict[str, Any]) -> None:
         """News of a worker's uploads: the one view every worker's polls are answered from."""
@@ -384,9 +399,8 @@ class MasterService(Service):
             for upload_id in orphans:
                 del self._upload_owner[upload_id]
                 self.progress.failed(upload_id, None, now)
-        last = process.record.stats.get("metrics")
-        if isinstance(last, dict):
-            self._retired_metrics = merge([self._retired_metrics, last])
+        # Its final counts, whatever its end (nothing writes them any more): read once, here.
+        self.counters.exited(process.record.id, _final_counts(process.scoreboard))
         pid = process.record.pid
         if trace.ENABLED:
             trace.emit("exit", worker=process.record.slot, child=pid, status=status, signal=signum)
@@ -468,6 +482,7 @@ class MasterService(Service):
         if trace.ENABLED:
             trace.emit("spawn", worker=record.slot, generation=record.generation, child=pid)
         self.processes[record.id] = process
+        self.counters.started(record.id)
 
     # -- keep-alive hand-off: connections from workers stuck in the app to idle ones
 
@@ -608,6 +623,17 @@ class MasterService(Service):
     def _now(self) -> float:
         now: float = self.reactor.seconds()
         return now
+
+
+def _final_counts(scoreboard: Scoreboard) -> list[int] | None:
+    """The counters an exited worker left (None if its memory cannot be read: then the last ones
+    read are kept, and the rest of the exit's handling goes on)."""
+    try:
+        final: list[int] = scoreboard.counters().tolist()
+    except (ValueError, BufferError) as e:  # a closed mapping
+        log.error("the counters of an exited worker could not be read: {e}", e=e)
+        return None
+    return final
 
 
 def _total(workers: list[dict[str, Any]], key: str) -> int:

@@ -196,8 +196,10 @@ class Worker:
         server = self.server
         assert server.scoreboard is not None
         entered, what = server.scoreboard.read()
+        # Not the counters: the master reads them from the scoreboard itself.
+        numbers = {k: v for k, v in server.status().items() if k not in ("metrics", "requests")}
         return {
-            **server.status(),
+            **numbers,
             "in_app": what if entered else "",
             "in_app_since": entered,
             "rss": _rss(),

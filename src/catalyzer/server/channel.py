@@ -162,8 +162,9 @@ class ServerState:
         )
         self.accepting = True
         self.draining = False
-        self.requests_served = 0
-        self.metrics = RequestMetrics()
+        # A prefork worker counts in its scoreboard, where the master reads the counters even
+        # after this process is gone (see catalyzer.ops.metrics).
+        self.metrics = RequestMetrics(scoreboard.counters() if scoreboard is not None else None)
         self._drained: list[Deferred[None]] = []
         self._date_second = -1
         self._date = ""
@@ -297,10 +298,15 @@ class ServerState:
             channel.drain()
         return d
 
+    @property
+    def requests_served(self) -> int:
+        """Requests the app answered in this process (what ``max-requests`` counts)."""
+        return self.metrics.requests
+
     def status(self) -> dict[str, Any]:
         """This process's numbers (the ``--stats`` status, and a prefork worker's heartbeat)."""
         return {
-            "requests": self.requests_served,
+            "requests": self.metrics.requests,
             "connections": len(self.channels),
             "in_flight": sum(1 for c in self.channels if c.response is not None),
             "metrics": self.metrics.snapshot(),
@@ -407,7 +413,7 @@ class HTTPChannel(Protocol):
             self._got_data = True
             if self._proxied:
                 self.info = _connection_info(self.transport)
-        self.server.metrics.bytes_in += len(data)
+        self.server.metrics.received(len(data))
         self.reader.receive_data(data)
         self._after_read()
 
@@ -660,6 +666,7 @@ class HTTPChannel(Protocol):
         content_type: str = "text/plain; charset=utf-8",
     ) -> None:
         keep_alive = request.keep_alive and self.keep_alive_allowed
+        self.server.metrics.observe(status, 0.0, len(body))  # before it can reach the client
         self.write(
             simple_response(
                 status,
@@ -672,7 +679,6 @@ class HTTPChannel(Protocol):
                 head_only=request.method == "HEAD",
             )
         )
-        self.server.metrics.observe(status, 0.0, len(body))
         if not keep_alive:
             self._close()
 
@@ -696,6 +702,11 @@ class HTTPChannel(Protocol):
     def _response_done(self, outcome: ResponseOutcome) -> None:
         """The response's completion callback: it has sent its last byte, failed or been
         abandoned."""
+        server = self.server
+        # Counted first: the last bytes may have reached the client already (write() sends
+        # straight away), and until this line a SIGKILL would lose the response's counts.
+        now = server.clock.seconds()
+        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent, app=True)
         response = self.response
         assert response is not None
         # Set before response is cleared: another thread that sees no response sees this too.
@@ -703,8 +714,6 @@ class HTTPChannel(Protocol):
         self.response = None
         if self.state is _RESPONDING:
             self._enter(_OPEN)
-        server = self.server
-        server.requests_served += 1
         keep_alive = outcome.keep_alive
         request = response.request
         if trace.ENABLED:
@@ -719,7 +728,6 @@ class HTTPChannel(Protocol):
             server.on_response()
         if request.body is not None:
             request.body.close()
-        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent)
         access_log = server.access_log
         if access_log is not None:
             environ = response.environ
