@@ -212,7 +212,32 @@ SETTINGS: tuple[Setting, ...] = (
         help="Where to accept connections, in Twisted's endpoint syntax: 'tcp:8080', "
         "'tcp6:8080:interface=\\:\\:1', 'unix:/run/app.sock', "
         "'ssl:8443:privateKey=key.pem:certKey=cert.pem', 'systemd:domain=INET:index=0'. "
-        "Repeat to listen on several.",
+        "Repeat to listen on several. Not listened on by default when uwsgi or fastcgi is given.",
+    ),
+    Setting(
+        "uwsgi",
+        [],
+        str,
+        section="Listening",
+        metavar="ENDPOINT",
+        repeatable=True,
+        help="Where to accept the uwsgi protocol from a web server in front (nginx uwsgi_pass), "
+        "same endpoint syntax as listen; repeatable. The variable block may hold at most "
+        "max-request-line + max-header-bytes bytes (65535 at most, the protocol's limit); "
+        "bigger: 431. Trusts the peer with REMOTE_ADDR and the scheme: reachable by the web "
+        "server only. See docs/deploying.md.",
+    ),
+    Setting(
+        "fastcgi",
+        [],
+        str,
+        section="Listening",
+        metavar="ENDPOINT",
+        repeatable=True,
+        help="Where to accept FastCGI (responder role) from a web server in front (nginx "
+        "fastcgi_pass), same endpoint syntax as listen; repeatable. One request at a time per "
+        "connection (FCGI_MPXS_CONNS=0), FCGI_KEEP_CONN honoured; the params stream is limited "
+        "like uwsgi's variable block. Trusts the peer like uwsgi. See docs/deploying.md.",
     ),
     Setting(
         "backlog",
@@ -448,6 +473,8 @@ class Config:
     max_requests_jitter: int
     timeout: float
     listen: tuple[str, ...]
+    uwsgi: tuple[str, ...]
+    fastcgi: tuple[str, ...]
     backlog: int
     max_connections: int
     max_request_line: int

@@ -19,6 +19,7 @@ from twisted.python import usage
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.faces import Face, describe
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
@@ -83,6 +84,8 @@ class Options(usage.Options):
                     values[setting.name] = setting.coerce(raw)
                 except SettingError as e:
                     raise _fail(str(e)) from None
+        if "listen" not in values and (values.get("uwsgi") or values.get("fastcgi")):
+            values["listen"] = []  # behind a web server: no HTTP port unless asked for
         if not values.get("app"):
             raise _fail("--app MODULE:CALLABLE is required (e.g. --app myapp:app)")
         try:
@@ -91,7 +94,13 @@ class Options(usage.Options):
             raise _fail(str(e)) from None
         from twisted.internet import reactor
 
-        for description in self.config.listen:
+        described = [(Face.HTTP, d) for d in self.config.listen]
+        described += [(Face.UWSGI, d) for d in self.config.uwsgi]
+        described += [(Face.FASTCGI, d) for d in self.config.fastcgi]
+        if not described:
+            raise _fail("nothing to listen on: give --listen, --uwsgi or --fastcgi")
+        for face, description in described:
+            option = "--listen" if face is Face.HTTP else f"--{face.value}"
             try:
                 endpoint = endpoints.serverFromString(
                     reactor, with_backlog(description, self.config.backlog)
@@ -100,12 +109,12 @@ class Options(usage.Options):
                 if not description.startswith("systemd:"):
                     raise
                 raise _fail(
-                    f"--listen {description!r}: no socket at that index was passed by systemd "
+                    f"{option} {description!r}: no socket at that index was passed by systemd "
                     "(LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES describe the sockets it passes)"
                 ) from None
             except Exception as e:  # the endpoint parsers raise a variety of types
-                raise _fail(f"--listen {description!r}: {e or type(e).__name__}") from None
-            self.endpoints.append((description, endpoint))
+                raise _fail(f"{option} {description!r}: {e or type(e).__name__}") from None
+            self.endpoints.append((describe(face, description), endpoint))
 
 
 def with_backlog(description: str, backlog: int) -> str:

@@ -79,6 +79,8 @@ def echo(environ: Environ, start_response: StartResponse) -> list[bytes]:
         "server_name": environ.get("SERVER_NAME"),
         "server_port": environ.get("SERVER_PORT"),
         "server_protocol": environ.get("SERVER_PROTOCOL"),
+        "http_host": environ.get("HTTP_HOST"),
+        "script_name": environ.get("SCRIPT_NAME"),
         "multithread": environ.get("wsgi.multithread"),
         "pid": os.getpid(),
     }

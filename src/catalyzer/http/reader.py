@@ -19,8 +19,6 @@ read: a second request can never be smuggled behind a bad or final one.
 
 from __future__ import annotations
 
-import io
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from typing import IO, Final, Protocol
@@ -28,6 +26,7 @@ from typing import IO, Final, Protocol
 import httptools
 
 from catalyzer.http.progress import upload_id_from
+from catalyzer.http.spool import body_file
 
 __all__ = [
     "Limits",
@@ -417,10 +416,7 @@ class RequestReader:
             request.expect_continue = False
             self._enter(_BODY)
             return
-        if length is not None and length <= self.limits.body_spool_threshold:
-            request.body = io.BytesIO()
-        else:
-            request.body = tempfile.SpooledTemporaryFile(self.limits.body_spool_threshold)  # noqa: SIM115
+        request.body = body_file(length, self.limits.body_spool_threshold)
         if request.expect_continue:
             self._events.append(SEND_CONTINUE)
         self._enter(_CHUNK_LINE if request.chunked else _BODY)

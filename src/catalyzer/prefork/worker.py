@@ -219,7 +219,9 @@ class _Adopted:
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
 
-        description = str(self.listener["description"])
+        from catalyzer.server.faces import split_face
+
+        description = split_face(str(self.listener["description"]))[1]
         if description.startswith("ssl:"):
             from twisted.internet import endpoints
             from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -22,6 +22,7 @@ import io
 import json
 import socket
 import threading
+import typing
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -52,7 +53,7 @@ from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
 
-__all__ = ["HTTPChannel", "HTTPFactory", "ServerState"]
+__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -86,6 +87,25 @@ class WSGIErrors(io.StringIO):
         if self._partial:
             line, self._partial = self._partial, ""
             self._log.warn("{line}", line=line)
+
+
+class Connection(typing.Protocol):
+    """A client connection as :class:`ServerState` counts, drains and lists it: the HTTP face's
+    :class:`HTTPChannel` and the gateway faces' channels (:mod:`catalyzer.server.gateway`)."""
+
+    info: ConnectionInfo | None
+    opened: float
+    requests: int
+    response: WSGIResponse | None
+
+    @property
+    def receiving(self) -> bool:
+        """A request is arriving."""
+        ...
+
+    def drain(self) -> None: ...
+
+    def abort(self, why: str) -> None: ...
 
 
 class ServerState:
@@ -137,7 +157,7 @@ class ServerState:
         self.progress_source = progress_source
         self.scoreboard = scoreboard
         self.on_response = on_response
-        self.channels: set[HTTPChannel] = set()
+        self.channels: set[Connection] = set()
         self.ports: list[Any] = []
         self.accepting = True
         self.draining = False
@@ -216,7 +236,7 @@ class ServerState:
 
     # -- connection accounting
 
-    def connection_made(self, channel: HTTPChannel) -> None:
+    def connection_made(self, channel: Connection) -> None:
         self.channels.add(channel)
         if self.accepting and len(self.channels) >= self.config.max_connections:
             self._set_accepting(False)
@@ -225,7 +245,7 @@ class ServerState:
                 n=len(self.channels),
             )
 
-    def connection_lost(self, channel: HTTPChannel) -> None:
+    def connection_lost(self, channel: Connection) -> None:
         self.channels.discard(channel)
         if (
             not self.accepting
@@ -334,6 +354,10 @@ class HTTPChannel(Protocol):
     @property
     def disconnected(self) -> bool:
         return self.state is _CLOSED
+
+    @property
+    def receiving(self) -> bool:
+        return self.reader.in_headers or self.reader.in_body
 
     # -- Protocol
 
@@ -745,7 +769,7 @@ def describe_connections(server: ServerState) -> str:
                 f"responding to {response.request.method} {response.environ['RAW_URI']} "
                 f"for {now - response.started:.1f}s"
             )
-        elif channel.reader.in_headers or channel.reader.in_body:
+        elif channel.receiving:
             state = "receiving a request"
         else:
             state = "idle"

@@ -1,0 +1,143 @@
+"""catalyzer behind a real nginx over uwsgi and FastCGI, with the configurations that
+docs/deploying.md shows (see tests/integration/nginx.py), in single-process and prefork mode."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration import apps
+from tests.integration.conftest import CLIENT_TIMEOUT, Launcher, ServerProcess
+from tests.integration.nginx import (
+    documented_blocks,
+    established,
+    free_port,
+    placed,
+    require_nginx,
+    running_nginx,
+)
+
+pytestmark = pytest.mark.integration
+
+FACES = ("uwsgi", "fastcgi")
+HOST = "app.example.test"
+
+
+@dataclass
+class Front:
+    face: str
+    port: int  # nginx's
+    backend: int  # catalyzer's
+    server: ServerProcess
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes, int]:
+        """``(status, headers, body, client port)`` of one request on a new connection."""
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body, headers={"Host": HOST})
+            assert conn.sock is not None
+            client_port = conn.sock.getsockname()[1]
+            response = conn.getresponse()
+            return response.status, response.headers, response.read(), client_port
+        finally:
+            conn.close()
+
+
+@pytest.fixture(params=FACES)
+def front(
+    request: pytest.FixtureRequest, start_server: Launcher, tmp_path: Path
+) -> Iterator[Front]:
+    require_nginx()
+    face: str = request.param
+    block = documented_blocks().get(face)
+    assert block is not None, f"docs/deploying.md has no '# tested: {face}' nginx block"
+    server = start_server(f"--{face}", "tcp:0:interface=127.0.0.1", "--access-log", "-", listen=())
+    backend = server.port
+    port = free_port()
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    with running_nginx(directory, placed(block, port, f"127.0.0.1:{backend}"), port):
+        yield Front(face, port, backend, server)
+
+
+def test_get_environ(front: Front) -> None:
+    status, _, body, client_port = front.request("GET", "/echo?x=1&y=%20")
+    assert status == 200, body
+    info: dict[str, Any] = json.loads(body)
+    assert info["method"] == "GET"
+    assert info["path"] == "/echo"
+    assert info["query"] == "x=1&y=%20"
+    assert info["script_name"] == ""
+    # Who the client is, as nginx saw it: its address and port, not nginx's upstream socket.
+    assert info["remote_addr"] == "127.0.0.1"
+    assert info["remote_port"] == str(client_port)
+    assert info["url_scheme"] == "http"
+    assert info["http_host"] == HOST
+    assert info["server_port"] == str(front.port)
+    assert info["server_protocol"] == "HTTP/1.1"
+    assert info["body_length"] == 0
+    # The access log has the request, as the HTTP face would log it.
+    front.server.wait_for_log(r'"GET /echo\?x=1&y=%20 HTTP/1\.1" 200 ')
+
+
+def test_post_body(front: Front) -> None:
+    payload = os.urandom(1024 * 1024)
+    status, _, body, _ = front.request("POST", "/echo", body=payload)
+    assert status == 200, body
+    info = json.loads(body)
+    assert info["method"] == "POST"
+    assert info["body_length"] == len(payload)
+    assert info["content_length"] == str(len(payload))
+    assert info["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+def test_large_streamed_response(front: Front) -> None:
+    n, size = 256, 16384  # 4 MiB, no Content-Length: chunked by nginx to the client
+    status, headers, body, _ = front.request("GET", f"/stream?n={n}&size={size}")
+    assert status == 200
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert len(body) == n * size
+    assert body == b"".join(apps.stream_chunk(i, size) for i in range(n))
+
+
+def test_status_and_head(front: Front) -> None:
+    status, _, body, _ = front.request("GET", "/nowhere")
+    assert (status, body) == (404, b"not found\n")
+    status, headers, body, _ = front.request("HEAD", "/hello")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Length"] == "6"
+
+
+def test_keep_alive_between_nginx_and_catalyzer(front: Front) -> None:
+    """FastCGI: nginx keeps one connection for successive requests (fastcgi_keep_conn). uwsgi:
+    nginx cannot keep one, and catalyzer closes each after its response."""
+    conn = front.connection()
+    try:
+        for i in range(5):
+            conn.request("GET", f"/hello?i={i}", headers={"Host": HOST})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"hello\n")
+        open_now = established(front.backend)
+        if front.face == "fastcgi":
+            assert open_now == 1
+        else:
+            deadline = time.monotonic() + 5
+            while established(front.backend) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the close is on its way; bounded wait for the kernel to see it
+            assert established(front.backend) == 0
+    finally:
+        conn.close()
