@@ -129,11 +129,12 @@ def stdout_records(request_id: int, data: bytes) -> list[bytes]:
 
 
 def end_request(
-    request_id: int, protocol_status: int = REQUEST_COMPLETE, app_status: int = 0
+    request_id: int, protocol_status: int = REQUEST_COMPLETE, *, stdout: bool = True
 ) -> bytes:
-    """The end of ``FCGI_STDOUT`` (for a completed request) and the ``FCGI_END_REQUEST`` record."""
-    end = record(END_REQUEST, request_id, _END.pack(app_status, protocol_status))
-    if protocol_status == REQUEST_COMPLETE:
+    """The ``FCGI_END_REQUEST`` record, after the empty record that ends ``FCGI_STDOUT`` when a
+    response was sent (``stdout``, only for a completed request)."""
+    end = record(END_REQUEST, request_id, _END.pack(0, protocol_status))
+    if stdout and protocol_status == REQUEST_COMPLETE:
         return _HEADER.pack(VERSION, STDOUT, request_id, 0, 0) + end
     return end
 
@@ -399,7 +400,9 @@ class FastCGIParser:
             self._events.append(Abort(self._request_id))
             return
         self._drop(None)
-        self._events.append(Reply(end_request(self._request_id), close=not self._keep_conn))
+        self._events.append(
+            Reply(end_request(self._request_id, stdout=False), close=not self._keep_conn)
+        )
         self._phase = Phase.IDLE
         self._request_id = 0
 
