@@ -53,7 +53,7 @@ from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
 
-__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
+__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState", "send_now"]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -407,30 +407,7 @@ class HTTPChannel(Protocol):
     # -- ResponseSink
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` now if the transport has nothing queued, else queue it.
-
-        Twisted's ``write`` always queues and sends on the next reactor turn: for a small
-        response that is an epoll registration, a wake-up and a deregistration per request.
-        When the transport's buffer is empty, sending straight away keeps the order and saves
-        all that; whatever the socket does not take goes through ``transport.write`` as usual.
-        """
-        transport: Any = self.transport
-        sock = self._socket
-        if (
-            sock is not None
-            and twistedprivate.write_buffer_empty(transport)
-            and not transport.disconnecting
-        ):
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # let the transport meet the error and report it its own way
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        send_now(self.transport, self._socket, data)
 
     def write_sequence(self, data: list[bytes]) -> None:
         self.transport.writeSequence(data)  # type: ignore[union-attr]
@@ -754,6 +731,32 @@ class HTTPChannel(Protocol):
                 why=why,
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def send_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
+    """Send ``data`` now if the transport has nothing queued, else queue it.
+
+    Twisted's ``write`` always queues and sends on the next reactor turn: for a small
+    response that is an epoll registration, a wake-up and a deregistration per request.
+    When the transport's buffer is empty, sending straight away keeps the order and saves
+    all that; whatever the socket does not take goes through ``transport.write`` as usual.
+    ``sock`` is the plain TCP socket under ``transport`` (None for TLS and others: queued).
+    """
+    if (
+        sock is not None
+        and twistedprivate.write_buffer_empty(transport)
+        and not transport.disconnecting
+    ):
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # let the transport meet the error and report it its own way
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def describe_connections(server: ServerState) -> str:

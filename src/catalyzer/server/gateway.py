@@ -33,7 +33,7 @@ from catalyzer.http.framing import simple_response
 from catalyzer.http.progress import ProgressTracker, upload_id_from
 from catalyzer.http.reader import STATUS_REASONS
 from catalyzer.ops import trace
-from catalyzer.server.channel import ServerState, _connection_info
+from catalyzer.server.channel import ServerState, _connection_info, send_now
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
 from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
@@ -414,7 +414,7 @@ class GatewayChannel(Protocol):
     # -- the sink for faces that write the response as it is (uwsgi)
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        send_now(self.transport, self._socket, data)
 
     def write_sequence(self, data: list[bytes]) -> None:
         self.transport.writeSequence(data)  # type: ignore[union-attr]
@@ -474,10 +474,11 @@ class FastCGIStdout:
     """The :class:`~catalyzer.wsgi.sink.ResponseSink` of one FastCGI request: the response's
     bytes as ``FCGI_STDOUT`` records, its status line turned into a CGI ``Status:`` header."""
 
-    __slots__ = ("_head_sent", "closed", "registered", "request_id", "transport")
+    __slots__ = ("_head_sent", "_socket", "closed", "registered", "request_id", "transport")
 
-    def __init__(self, transport: Any, request_id: int) -> None:
+    def __init__(self, transport: Any, sock: socket.socket | None, request_id: int) -> None:
         self.transport = transport
+        self._socket = sock
         self.request_id = request_id
         self._head_sent = False
         self.registered = False
@@ -495,7 +496,11 @@ class FastCGIStdout:
 
     def write(self, data: bytes) -> None:
         if not self.closed and data:
-            self.transport.writeSequence(self._records(data))
+            records = self._records(data)
+            if len(records) == 2 and len(data) <= 16384:
+                send_now(self.transport, self._socket, records[0] + records[1])
+            else:
+                self.transport.writeSequence(records)
 
     def write_sequence(self, data: list[bytes]) -> None:
         if not self.closed:
@@ -549,7 +554,7 @@ class FastCGIChannel(GatewayChannel):
         )
 
     def _sink_for(self, request_id: int) -> ResponseSink:
-        self._sink = FastCGIStdout(self.transport, request_id)
+        self._sink = FastCGIStdout(self.transport, self._socket, request_id)
         return self._sink
 
     def _request_over(self, request_id: int, keep_conn: bool, ok: bool) -> None:
