@@ -3,6 +3,7 @@ docs/deploying.md shows (see tests/integration/nginx.py), in single-process and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -57,21 +58,37 @@ class Front:
             conn.close()
 
 
-@pytest.fixture(params=FACES)
-def front(
-    request: pytest.FixtureRequest, start_server: Launcher, tmp_path: Path
-) -> Iterator[Front]:
+@contextlib.contextmanager
+def fronted(face: str, start_server: Launcher, tmp_path: Path, *args: str) -> Iterator[Front]:
+    """catalyzer serving ``face`` (with ``args``) behind nginx configured as the docs say."""
     require_nginx()
-    face: str = request.param
     block = documented_blocks().get(face)
     assert block is not None, f"docs/deploying.md has no '# tested: {face}' nginx block"
-    server = start_server(f"--{face}", "tcp:0:interface=127.0.0.1", "--access-log", "-", listen=())
+    server = start_server(
+        f"--{face}", "tcp:0:interface=127.0.0.1", "--access-log", "-", *args, listen=()
+    )
     backend = server.port
     port = free_port()
     directory = tmp_path / "nginx"
     directory.mkdir()
     with running_nginx(directory, placed(block, port, f"127.0.0.1:{backend}"), port):
         yield Front(face, port, backend, server)
+
+
+@pytest.fixture(params=FACES)
+def front(
+    request: pytest.FixtureRequest, start_server: Launcher, tmp_path: Path
+) -> Iterator[Front]:
+    with fronted(request.param, start_server, tmp_path) as served:
+        yield served
+
+
+@pytest.fixture(params=FACES)
+def threaded_front(
+    request: pytest.FixtureRequest, start_server: Launcher, tmp_path: Path
+) -> Iterator[Front]:
+    with fronted(request.param, start_server, tmp_path, "--threads", "4") as served:
+        yield served
 
 
 def test_get_environ(front: Front) -> None:
@@ -141,3 +158,49 @@ def test_keep_alive_between_nginx_and_catalyzer(front: Front) -> None:
             assert established(front.backend) == 0
     finally:
         conn.close()
+
+
+def test_chunked_upload(front: Front) -> None:
+    """nginx reads a chunked request body whole and sends it with its length."""
+    payload = os.urandom(300_000)
+    conn = front.connection()
+    try:
+        pieces = (payload[i : i + 70_000] for i in range(0, len(payload), 70_000))
+        conn.request("POST", "/echo", body=pieces, headers={"Host": HOST}, encode_chunked=True)
+        response = conn.getresponse()
+        info = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200
+    assert info["body_length"] == len(payload)
+    assert info["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+def test_client_gone_mid_response(front: Front) -> None:
+    """The client hangs up during an endless response: nginx drops its connection to catalyzer,
+    whose response is abandoned (the app's iterable closed) instead of running on."""
+    conn = front.connection()
+    conn.request("GET", "/stream?n=100000000&size=65536", headers={"Host": HOST})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert len(response.read(1 << 20)) == 1 << 20
+    conn.close()
+    front.server.wait_for_log(
+        r"GET /stream: (client disconnected|the web server closed the connection) before the "
+        r"response (was complete|ended)",
+        deadline=30,
+    )
+
+
+def test_threads(threaded_front: Front) -> None:
+    """--threads: the app runs in a pool; the faces' sinks are written from the reactor only."""
+    payload = os.urandom(200_000)
+    status, _, body, _ = threaded_front.request("POST", "/echo", body=payload)
+    assert status == 200
+    info = json.loads(body)
+    assert info["multithread"] is True
+    assert info["body_sha256"] == hashlib.sha256(payload).hexdigest()
+    n, size = 64, 32768
+    status, _, body, _ = threaded_front.request("GET", f"/stream?n={n}&size={size}")
+    assert status == 200
+    assert body == b"".join(apps.stream_chunk(i, size) for i in range(n))
