@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,10 +153,12 @@ def test_keep_alive_between_nginx_and_catalyzer(front: Front) -> None:
         if front.face == "fastcgi":
             assert open_now == 1
         else:
-            deadline = time.monotonic() + 5
-            while established(front.backend) and time.monotonic() < deadline:
-                time.sleep(0.05)  # the close is on its way; bounded wait for the kernel to see it
-            assert established(front.backend) == 0
+            # The close is on its way: wait (bounded) for the kernel to see it.
+            front.server.wait_until(
+                lambda: True if established(front.backend) == 0 else None,
+                5.0,
+                "every uwsgi connection closed",
+            )
     finally:
         conn.close()
 
@@ -204,3 +207,24 @@ def test_threads(threaded_front: Front) -> None:
     status, _, body, _ = threaded_front.request("GET", f"/stream?n={n}&size={size}")
     assert status == 200
     assert body == b"".join(apps.stream_chunk(i, size) for i in range(n))
+
+
+def test_graceful_reload(front: Front, server_mode: str) -> None:
+    """--procs 2, SIGHUP: the new workers take over the same gateway sockets; every request
+    through nginx meanwhile is answered."""
+    if server_mode != "prefork":
+        pytest.skip("a reload needs the prefork master")
+    server = front.server
+    first = set(server.worker_pids())
+    server.send_signal(signal.SIGHUP)
+    statuses = []
+    deadline = time.monotonic() + 30
+    while "generation 2 ready" not in server.log():
+        assert time.monotonic() < deadline, f"no reload within 30s\n{server.log()}"
+        statuses.append(front.request("GET", "/hello")[0])
+    for _ in range(20):
+        status, _, body, _ = front.request("GET", "/echo")
+        statuses.append(status)
+    assert set(statuses) == {200}
+    # The last answers came from the new generation.
+    assert json.loads(body)["pid"] not in first
