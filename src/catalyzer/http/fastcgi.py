@@ -152,29 +152,31 @@ def parse_pairs(data: bytes) -> dict[bytes, bytes]:
     pairs: dict[bytes, bytes] = {}
     pos = 0
     end = len(data)
-    sizes = [0, 0]
-    while pos < end:
-        for i in range(2):
-            if pos >= end:
-                raise ValueError("name-value pair ends inside a length")
-            first = data[pos]
-            if first < 128:
-                sizes[i] = first
+    unpack = _U32.unpack_from
+    try:
+        while pos < end:
+            # Straight-line rather than a loop over the two lengths: this runs per request.
+            name_size = data[pos]
+            if name_size < 128:
                 pos += 1
             else:
-                if pos + 4 > end:
-                    raise ValueError("name-value pair ends inside a length")
-                sizes[i] = _U32.unpack_from(data, pos)[0] & 0x7FFFFFFF
+                name_size = unpack(data, pos)[0] & 0x7FFFFFFF
                 pos += 4
-        name_size, value_size = sizes
-        if pos + name_size + value_size > end:
-            raise ValueError("name-value pair longer than its stream")
-        if not name_size:
-            raise ValueError("empty name")
-        name = data[pos : pos + name_size]
-        pos += name_size
-        pairs[name] = data[pos : pos + value_size]
-        pos += value_size
+            value_size = data[pos]
+            if value_size < 128:
+                pos += 1
+            else:
+                value_size = unpack(data, pos)[0] & 0x7FFFFFFF
+                pos += 4
+            if not name_size:
+                raise ValueError("empty name")
+            stop = pos + name_size + value_size
+            if stop > end:
+                raise ValueError("name-value pair longer than its stream")
+            pairs[data[pos : pos + name_size]] = data[pos + name_size : stop]
+            pos = stop
+    except (IndexError, struct.error):
+        raise ValueError("name-value pair ends inside a length") from None
     return pairs
 
 
@@ -185,6 +187,9 @@ class Phase(enum.Enum):
     HANDED = "handed"  # the request is with the application until request_done()
     REFUSED = "refused"  # refused while arriving: its remaining records are ignored
     BROKEN = "broken"  # the peer broke the protocol: nothing more is read
+
+
+_BROKEN: Final = Phase.BROKEN
 
 
 class FastCGIParser:
@@ -249,14 +254,14 @@ class FastCGIParser:
     # -- input
 
     def receive_data(self, data: bytes) -> None:
-        if self._phase is Phase.BROKEN or not data:
+        if self.stopped or not data:
             return
         buffer = self._buffer
         buffer += data
         pos = 0
         size = len(buffer)
         header = _HEADER.size
-        while size - pos >= header and not self.stopped:
+        while size - pos >= header and self._phase is not _BROKEN:
             version, kind, request_id, length, padding = _HEADER.unpack_from(buffer, pos)
             if version != VERSION:
                 self._malformed(f"FastCGI record of version {version}")

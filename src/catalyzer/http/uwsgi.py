@@ -55,24 +55,21 @@ def parse_vars(block: bytes) -> dict[bytes, bytes]:
     variables: dict[bytes, bytes] = {}
     pos = 0
     end = len(block)
-    unpack = _U16.unpack_from
-    while pos < end:
-        if pos + 2 > end:
-            raise ValueError("variable block ends inside a key size")
-        (size,) = unpack(block, pos)
-        pos += 2
-        key = block[pos : pos + size]
-        pos += size
-        if pos + 2 > end:
-            raise ValueError("variable block ends inside a key or a value size")
-        (size,) = unpack(block, pos)
-        pos += 2
-        if pos + size > end:
-            raise ValueError("variable block ends inside a value")
-        if not key:
-            raise ValueError("empty variable name")
-        variables[key] = block[pos : pos + size]
-        pos += size
+    try:
+        while pos < end:
+            size = block[pos] | block[pos + 1] << 8
+            key = block[pos + 2 : pos + 2 + size]
+            pos += 2 + size
+            size = block[pos] | block[pos + 1] << 8
+            pos += 2
+            if pos + size > end:
+                raise ValueError("variable block ends inside a value")
+            if not key:
+                raise ValueError("empty variable name")
+            variables[key] = block[pos : pos + size]
+            pos += size
+    except IndexError:
+        raise ValueError("variable block ends inside a size") from None
     return variables
 
 

@@ -140,6 +140,8 @@ def build_environ(
 
 # Variables a gateway sends whose value the environ computes itself or must not carry twice.
 _CGI_SKIP: Final = frozenset((b"HTTP_CONTENT_LENGTH", b"HTTP_CONTENT_TYPE"))
+# Variable names seen, decoded once (bounded: names are the web server's and the client's).
+_CGI_NAMES: dict[bytes, str] = {}
 
 
 def build_cgi_environ(
@@ -176,10 +178,16 @@ def build_cgi_environ(
     variables = request.variables
     req = request.request
     environ: dict[str, Any] = {}
+    names = _CGI_NAMES
     for key, value in variables.items():
-        if key in _CGI_SKIP:
-            continue
-        environ[key.decode("latin-1")] = value.decode("latin-1")
+        name = names.get(key)
+        if name is None:
+            if key in _CGI_SKIP:
+                continue
+            name = key.decode("latin-1")
+            if len(names) < 4096:
+                names[key] = name
+        environ[name] = value.decode("latin-1")
     target = req.target
     path_part, _, query = target.partition(b"?")
     path_info = environ.get("PATH_INFO")
