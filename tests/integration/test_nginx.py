@@ -228,3 +228,14 @@ def test_graceful_reload(front: Front, server_mode: str) -> None:
     assert set(statuses) == {200}
     # The last answers came from the new generation.
     assert json.loads(body)["pid"] not in first
+
+
+def test_file_wrapper(front: Front, tmp_path: Path) -> None:
+    """wsgi.file_wrapper: sendfile on the uwsgi socket, FCGI_STDOUT records for FastCGI."""
+    path = tmp_path / "blob.bin"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path.write_bytes(data)
+    for length in ("1", "0"):  # with and without the app's Content-Length
+        status, _, body, _ = front.request("GET", f"/file?path={path}&length={length}")
+        assert status == 200
+        assert body == data
