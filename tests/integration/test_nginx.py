@@ -60,35 +60,58 @@ class Front:
 
 
 @contextlib.contextmanager
-def fronted(face: str, start_server: Launcher, tmp_path: Path, *args: str) -> Iterator[Front]:
+def fronted(face: str, launcher: Launcher, directory: Path, *args: str) -> Iterator[Front]:
     """catalyzer serving ``face`` (with ``args``) behind nginx configured as the docs say."""
     require_nginx()
     block = documented_blocks().get(face)
     assert block is not None, f"docs/deploying.md has no '# tested: {face}' nginx block"
-    server = start_server(
+    server = launcher(
         f"--{face}", "tcp:0:interface=127.0.0.1", "--access-log", "-", *args, listen=()
     )
     backend = server.port
     port = free_port()
-    directory = tmp_path / "nginx"
     directory.mkdir()
     with running_nginx(directory, placed(block, port, f"127.0.0.1:{backend}"), port):
         yield Front(face, port, backend, server)
 
 
-@pytest.fixture(params=FACES)
-def front(
-    request: pytest.FixtureRequest, start_server: Launcher, tmp_path: Path
+@contextlib.contextmanager
+def shared_front(
+    face: str, server_mode: str, factory: pytest.TempPathFactory, *args: str
 ) -> Iterator[Front]:
-    with fronted(request.param, start_server, tmp_path) as served:
+    """One nginx and catalyzer for the tests of this module that leave the processes as they
+    found them."""
+    directory = factory.mktemp(f"front-{face}")
+    launcher = Launcher(server_mode, directory)
+    try:
+        with fronted(face, launcher, directory / "nginx", *args) as served:
+            yield served
+    finally:
+        launcher.close()
+
+
+@pytest.fixture(scope="module", params=FACES)
+def front(
+    request: pytest.FixtureRequest, server_mode: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Front]:
+    with shared_front(request.param, server_mode, tmp_path_factory) as served:
+        yield served
+
+
+@pytest.fixture(scope="module", params=FACES)
+def threaded_front(
+    request: pytest.FixtureRequest, server_mode: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Front]:
+    with shared_front(request.param, server_mode, tmp_path_factory, "--threads", "4") as served:
         yield served
 
 
 @pytest.fixture(params=FACES)
-def threaded_front(
+def own_front(
     request: pytest.FixtureRequest, start_server: Launcher, tmp_path: Path
 ) -> Iterator[Front]:
-    with fronted(request.param, start_server, tmp_path, "--threads", "4") as served:
+    """A fresh nginx and catalyzer, for a test that counts connections or reloads."""
+    with fronted(request.param, start_server, tmp_path / "nginx") as served:
         yield served
 
 
@@ -140,9 +163,10 @@ def test_status_and_head(front: Front) -> None:
     assert headers["Content-Length"] == "6"
 
 
-def test_keep_alive_between_nginx_and_catalyzer(front: Front) -> None:
+def test_keep_alive_between_nginx_and_catalyzer(own_front: Front) -> None:
     """FastCGI: nginx keeps one connection for successive requests (fastcgi_keep_conn). uwsgi:
     nginx cannot keep one, and catalyzer closes each after its response."""
+    front = own_front
     conn = front.connection()
     try:
         for i in range(5):
@@ -209,11 +233,19 @@ def test_threads(threaded_front: Front) -> None:
     assert body == b"".join(apps.stream_chunk(i, size) for i in range(n))
 
 
-def test_graceful_reload(front: Front, server_mode: str) -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_graceful_reload(
+    face: str, server_mode: str, start_server: Launcher, tmp_path: Path
+) -> None:
     """--procs 2, SIGHUP: the new workers take over the same gateway sockets; every request
     through nginx meanwhile is answered."""
     if server_mode != "prefork":
         pytest.skip("a reload needs the prefork master")
+    with fronted(face, start_server, tmp_path / "nginx") as front:
+        reload_under_requests(front)
+
+
+def reload_under_requests(front: Front) -> None:
     server = front.server
     first = set(server.worker_pids())
     server.send_signal(signal.SIGHUP)
