@@ -42,7 +42,9 @@ WORKERS = 2
 CONNECTIONS = 32
 SCENARIOS = {"hello": ("hello", ()), "post1m": ("echo", ("-s", POST_SCRIPT))}
 
-_BLOCK = re.compile(r"^```nginx\n# tested: (?P<name>\S+)\n(?P<body>.*?)^```$", re.M | re.S)
+_BLOCK = re.compile(
+    r"^<!-- tested-config: (?P<name>\S+) -->\n```nginx\n(?P<body>.*?)^```$", re.M | re.S
+)
 HTTP_BLOCK = """
 upstream catalyzer_http {
     server 127.0.0.1:9002;

@@ -45,6 +45,8 @@ def test_parse_size(text: str, value: int) -> None:
         ("script-name", "app/", "start with '/'"),
         ("app", "nocolon", "module:callable"),
         ("max-headers", True, "expected"),
+        ("forwarded-allow-ips", "127.0.0.1,localhost", "'localhost' is not an address, a network"),
+        ("forwarded-allow-ips", "10.0.0.0/40", "is not an address, a network"),
     ],
 )
 def test_bad_values_name_setting_value_and_rule(name: str, raw: object, fragment: str) -> None:
@@ -58,3 +60,7 @@ def test_config_defaults_and_unknown_key() -> None:
     assert config.listen == ("tcp:8080:interface=127.0.0.1",)
     with pytest.raises(SettingError, match="unknown setting 'no-such'"):
         Config.from_values({"app": "a:b", "no-such": 1})
+
+
+def test_forwarded_allow_ips_normalised() -> None:
+    assert BY_NAME["forwarded-allow-ips"].coerce(" 10.0.0.0/8 , ::1,") == "10.0.0.0/8,::1"

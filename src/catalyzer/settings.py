@@ -97,6 +97,13 @@ def _script_name(text: str) -> str:
     return text
 
 
+def _allow_ips(text: str) -> str:
+    from catalyzer.wsgi.forwarded import TrustedProxies
+
+    TrustedProxies.parse(text)
+    return ",".join(part.strip() for part in text.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its name on the command line and in config files, its type and its rules."""
@@ -212,6 +219,8 @@ SETTINGS: tuple[Setting, ...] = (
         help="Where to accept connections, in Twisted's endpoint syntax: 'tcp:8080', "
         "'tcp6:8080:interface=\\:\\:1', 'unix:/run/app.sock', "
         "'ssl:8443:privateKey=key.pem:certKey=cert.pem', 'systemd:domain=INET:index=0'. "
+        "'haproxy:' in front of a tcp, tcp6, unix or systemd endpoint expects a PROXY protocol "
+        "(v1 or v2) header on each connection, and REMOTE_ADDR is the client it names. "
         "Repeat to listen on several. Not listened on by default when uwsgi or fastcgi is given.",
     ),
     Setting(
@@ -224,8 +233,9 @@ SETTINGS: tuple[Setting, ...] = (
         help="Where to accept the uwsgi protocol from a web server in front (nginx uwsgi_pass), "
         "same endpoint syntax as listen; repeatable. The variable block may hold at most "
         "max-request-line + max-header-bytes bytes (65535 at most, the protocol's limit); "
-        "bigger: 431. Trusts the peer with REMOTE_ADDR and the scheme: reachable by the web "
-        "server only. See docs/deploying.md.",
+        "bigger: 431. Trusts the peer with REMOTE_ADDR and the scheme (so reachable by the web "
+        "server only); forwarded-allow-ips then judges the REMOTE_ADDR it sent. See "
+        "docs/deploying.md.",
     ),
     Setting(
         "fastcgi",
@@ -238,6 +248,18 @@ SETTINGS: tuple[Setting, ...] = (
         "fastcgi_pass), same endpoint syntax as listen; repeatable. One request at a time per "
         "connection (FCGI_MPXS_CONNS=0), FCGI_KEEP_CONN honoured; the params stream is limited "
         "like uwsgi's variable block. Trusts the peer like uwsgi. See docs/deploying.md.",
+    ),
+    Setting(
+        "forwarded-allow-ips",
+        "127.0.0.1,::1,unix",
+        _allow_ips,
+        section="Listening",
+        metavar="LIST",
+        help="Peers whose Forwarded and X-Forwarded-For/-Proto/-Host/-Port/-Prefix headers are "
+        "believed (REMOTE_ADDR, wsgi.url_scheme, HTTP_HOST, SERVER_PORT, SCRIPT_NAME come from "
+        "them): comma-separated addresses and networks ('10.0.0.0/8'), 'unix' for Unix-socket "
+        "peers, or '*' for everyone (warned about at start-up). From any other peer these "
+        "headers are removed before the application sees them. See docs/deploying.md.",
     ),
     Setting(
         "backlog",
@@ -475,6 +497,7 @@ class Config:
     listen: tuple[str, ...]
     uwsgi: tuple[str, ...]
     fastcgi: tuple[str, ...]
+    forwarded_allow_ips: str
     backlog: int
     max_connections: int
     max_request_line: int

@@ -20,6 +20,7 @@ from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.server.channel import ServerState, describe_connections
 from catalyzer.server.faces import Face, describe
+from catalyzer.server.proxyheader import ProxiedEndpoint, split_proxied
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import SETTINGS, Config, Setting, SettingError
@@ -101,12 +102,20 @@ class Options(usage.Options):
             raise _fail("nothing to listen on: give --listen, --uwsgi or --fastcgi")
         for face, description in described:
             option = "--listen" if face is Face.HTTP else f"--{face.value}"
+            proxied, inner = split_proxied(description)
+            if proxied and inner.split(":", 1)[0].lower() not in ("tcp", "tcp6", "unix", "systemd"):
+                raise _fail(
+                    f"{option} {description!r}: the PROXY protocol is supported on tcp, tcp6, unix "
+                    "and systemd endpoints (it comes before TLS: terminate TLS in the proxy)"
+                )
             try:
                 endpoint = endpoints.serverFromString(
-                    reactor, with_backlog(description, self.config.backlog)
+                    reactor, with_backlog(inner, self.config.backlog)
                 )
+                if proxied:
+                    endpoint = ProxiedEndpoint(endpoint, reactor)
             except IndexError:
-                if not description.startswith("systemd:"):
+                if not inner.startswith("systemd:"):
                     raise
                 raise _fail(
                     f"{option} {description!r}: no socket at that index was passed by systemd "
@@ -137,6 +146,12 @@ def makeService(options: Options) -> Service:
     assert config is not None
     from twisted.internet import reactor
 
+    if "*" in config.forwarded_allow_ips.split(","):
+        log.warn(
+            "--forwarded-allow-ips '*': every client can set REMOTE_ADDR, the scheme and the "
+            "host with Forwarded/X-Forwarded-* headers; list your proxies' addresses instead "
+            "unless only a proxy can reach this server"
+        )
     if config.procs > 1 or config.reload:
         # The master never imports the app: a broken app cannot take it down.
         from catalyzer.prefork.master import MasterService

@@ -80,7 +80,9 @@ def echo(environ: Environ, start_response: StartResponse) -> list[bytes]:
         "server_port": environ.get("SERVER_PORT"),
         "server_protocol": environ.get("SERVER_PROTOCOL"),
         "http_host": environ.get("HTTP_HOST"),
+        "https": environ.get("HTTPS"),
         "script_name": environ.get("SCRIPT_NAME"),
+        "proxy_headers": {k: v for k, v in environ.items() if "FORWARDED" in k},
         "multithread": environ.get("wsgi.multithread"),
         "pid": os.getpid(),
     }

@@ -1,7 +1,7 @@
 """A real nginx in front of catalyzer, for the integration tests of the gateway faces.
 
-The server blocks are the ones ``docs/deploying.md`` shows: every fenced ``nginx`` block whose
-first line is ``# tested: NAME`` is used as it stands, but for its two addresses (``listen 80`` and
+The server blocks are the ones ``docs/deploying.md`` shows: the fenced ``nginx`` block after each
+``<!-- tested-config: NAME -->`` comment is used as it stands, but for its two addresses (``listen 80`` and
 the upstream's ``server 127.0.0.1:PORT``), which become free loopback ports. The rest of the
 configuration (pid file, logs, temporary directories) lives in a temporary directory.
 """
@@ -28,7 +28,9 @@ DEPLOYING = REPO / "docs" / "deploying.md"
 START_DEADLINE = 10.0
 STOP_DEADLINE = 10.0
 
-_BLOCK = re.compile(r"^```nginx\n# tested: (?P<name>\S+)\n(?P<body>.*?)^```$", re.M | re.S)
+_BLOCK = re.compile(
+    r"^<!-- tested-config: (?P<name>\S+) -->\n```nginx\n(?P<body>.*?)^```$", re.M | re.S
+)
 _UPSTREAM_SERVER = re.compile(r"(\n\s*server )127\.0\.0\.1:\d+;")
 
 

@@ -151,6 +151,10 @@ def test_missing_app() -> None:
     [
         pytest.param("nonsense:1", "--listen 'nonsense:1'", id="unknown-type"),
         pytest.param("tcp:notaport", "--listen 'tcp:notaport'", id="bad-port"),
+        pytest.param(
+            "haproxy:ssl:0:privateKey=k.pem", "terminate TLS in the proxy", id="proxy-over-tls"
+        ),
+        pytest.param("haproxy:tcp:notaport", "--listen 'haproxy:tcp:notaport'", id="proxy-bad"),
     ],
 )
 def test_bad_listen(endpoint: str, must_contain: str) -> None:
@@ -229,6 +233,9 @@ def test_unwritable_access_log(tmp_path: Path, kind: str) -> None:
         pytest.param(["--threads", "-1"], "'threads'", id="threads-negative"),
         pytest.param(["--die-timeout", "nan"], "'die-timeout'", id="die-timeout-nan"),
         pytest.param(["--script-name", "app/"], "'script-name'", id="script-name-slash"),
+        pytest.param(
+            ["--forwarded-allow-ips", "localhost"], "'forwarded-allow-ips'", id="allow-ips-name"
+        ),
     ],
 )
 def test_bad_setting_value(args: list[str], must_contain: str) -> None:

@@ -32,6 +32,10 @@ pytestmark = pytest.mark.integration
 
 FACES = ("uwsgi", "fastcgi")
 HOST = "app.example.test"
+# Clients reach nginx from this address: not catalyzer's own peer (nginx, 127.0.0.1), and not in
+# the default --forwarded-allow-ips, so what the application sees can only come from nginx.
+CLIENT = "127.0.0.3"
+SPOOF = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "Forwarded": "for=6.6.6.6"}
 
 
 @dataclass
@@ -41,16 +45,23 @@ class Front:
     backend: int  # catalyzer's
     server: ServerProcess
 
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT)
+    def connection(self, source: str = CLIENT) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=CLIENT_TIMEOUT, source_address=(source, 0)
+        )
 
     def request(
-        self, method: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        source: str = CLIENT,
     ) -> tuple[int, http.client.HTTPMessage, bytes, int]:
         """``(status, headers, body, client port)`` of one request on a new connection."""
-        conn = self.connection()
+        conn = self.connection(source)
         try:
-            conn.request(method, path, body=body, headers={"Host": HOST})
+            conn.request(method, path, body=body, headers={"Host": HOST, **(headers or {})})
             assert conn.sock is not None
             client_port = conn.sock.getsockname()[1]
             response = conn.getresponse()
@@ -64,7 +75,7 @@ def fronted(face: str, launcher: Launcher, directory: Path, *args: str) -> Itera
     """catalyzer serving ``face`` (with ``args``) behind nginx configured as the docs say."""
     require_nginx()
     block = documented_blocks().get(face)
-    assert block is not None, f"docs/deploying.md has no '# tested: {face}' nginx block"
+    assert block is not None, f"docs/deploying.md has no 'tested-config: {face}' nginx block"
     server = launcher(
         f"--{face}", "tcp:0:interface=127.0.0.1", "--access-log", "-", *args, listen=()
     )
@@ -116,7 +127,7 @@ def own_front(
 
 
 def test_get_environ(front: Front) -> None:
-    status, _, body, client_port = front.request("GET", "/echo?x=1&y=%20")
+    status, _, body, client_port = front.request("GET", "/echo?x=1&y=%20", headers=SPOOF)
     assert status == 200, body
     info: dict[str, Any] = json.loads(body)
     assert info["method"] == "GET"
@@ -124,15 +135,28 @@ def test_get_environ(front: Front) -> None:
     assert info["query"] == "x=1&y=%20"
     assert info["script_name"] == ""
     # Who the client is, as nginx saw it: its address and port, not nginx's upstream socket.
-    assert info["remote_addr"] == "127.0.0.1"
+    assert info["remote_addr"] == CLIENT
     assert info["remote_port"] == str(client_port)
     assert info["url_scheme"] == "http"
+    # The client is not a trusted proxy: what it claims is removed, not believed.
+    assert info["proxy_headers"] == {}
     assert info["http_host"] == HOST
     assert info["server_port"] == str(front.port)
     assert info["server_protocol"] == "HTTP/1.1"
     assert info["body_length"] == 0
     # The access log has the request, as the HTTP face would log it.
     front.server.wait_for_log(r'"GET /echo\?x=1&y=%20 HTTP/1\.1" 200 ')
+
+
+def test_forwarded_from_a_trusted_client(front: Front) -> None:
+    """A client nginx reports as 127.0.0.1 (a proxy in front of nginx, as far as catalyzer can
+    tell) is in the default --forwarded-allow-ips: its X-Forwarded-* are believed, on this face
+    as on HTTP."""
+    status, _, body, _ = front.request("GET", "/echo", headers=SPOOF, source="127.0.0.1")
+    assert status == 200
+    info = json.loads(body)
+    assert info["remote_addr"] == "6.6.6.6"
+    assert info["url_scheme"] == "https"
 
 
 def test_post_body(front: Front) -> None:

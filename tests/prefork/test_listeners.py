@@ -73,3 +73,16 @@ def test_unix_is_one_shared_socket(tmp_path: Path) -> None:
         assert path.exists()
     finally:
         listener.close()
+
+
+def test_proxy_protocol_listener_binds_its_inner_endpoint() -> None:
+    from catalyzer.server.proxyheader import ProxiedEndpoint
+
+    reactor = MemoryReactor()
+    proxied = ProxiedEndpoint(tcp(reactor), reactor)  # type: ignore[arg-type]
+    listener = listen("haproxy:tcp:0:interface=127.0.0.1", proxied, 2)
+    try:
+        # The same per-slot sockets as plain TCP: each worker wraps what it adopts.
+        assert listener.family == "INET" and sorted(listener.slots) == [0, 1]
+    finally:
+        listener.close()

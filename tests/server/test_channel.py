@@ -662,3 +662,42 @@ def test_http_service_stops_keep_alive_before_its_listeners_close() -> None:
     closing.callback(None)
     conn.finish_close()
     assert stopped.called
+
+
+# -- proxy headers: believed from trusted peers, removed from the others
+
+
+SPOOF = (
+    b"GET /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.7\r\n"
+    b"X-Forwarded-Proto: https\r\nForwarded: for=198.51.100.1\r\n\r\n"
+)
+
+
+def test_trusted_peer_headers_believed() -> None:
+    app = Recorder()
+    server = InMemoryServer(app)  # the in-memory peer is 127.0.0.1: trusted by default
+    server.request(SPOOF.replace(b"Forwarded: for=198.51.100.1\r\n", b""))
+    call = app.calls[0]
+    assert (call["REMOTE_ADDR"], call["wsgi.url_scheme"], call["HTTPS"]) == (
+        "203.0.113.7",
+        "https",
+        "on",
+    )
+
+
+def test_untrusted_peer_headers_removed() -> None:
+    app = Recorder()
+    server = InMemoryServer(app, forwarded_allow_ips="10.0.0.1")
+    server.request(SPOOF)
+    call = app.calls[0]
+    assert (call["REMOTE_ADDR"], call["wsgi.url_scheme"]) == ("127.0.0.1", "http")
+    assert not [k for k in call if "FORWARDED" in k]
+
+
+def test_malformed_proxy_header_is_a_debug_note_not_an_error(logged: list[str]) -> None:
+    app = Recorder()
+    server = InMemoryServer(app)
+    out = server.request(b"GET /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: evil.example\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert app.calls[0]["REMOTE_ADDR"] == "127.0.0.1"
+    assert any("ignoring X-Forwarded-For" in line for line in logged)

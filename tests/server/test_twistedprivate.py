@@ -39,3 +39,18 @@ def test_write_buffer_empty_follows_queued_writes() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_proxy_header_parsed_once_the_header_is_in() -> None:
+    from twisted.internet.protocol import Factory
+    from twisted.internet.testing import StringTransport
+
+    wrapper = twistedprivate.HAProxyWrappingFactory(Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    wrapper.makeConnection(StringTransport())
+    wrapper.dataReceived(b"PROXY TCP4 203.0.113.5 127.0.0.1 5555 ")
+    assert not twistedprivate.proxy_header_parsed(wrapper)
+    wrapper.dataReceived(b"8080\r\n")
+    assert twistedprivate.proxy_header_parsed(wrapper)
+    assert wrapper.getPeer().host == "203.0.113.5"  # type: ignore[attr-defined]

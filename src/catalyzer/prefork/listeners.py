@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from catalyzer.server import twistedprivate
 from catalyzer.server.listening import listen_now
+from catalyzer.server.proxyheader import inner_endpoint
 
 __all__ = ["Listener", "listen"]
 
@@ -112,6 +113,8 @@ class Listener:
 def listen(description: str, endpoint: Any, slots: int) -> Listener:
     """Bind ``endpoint`` for ``slots`` workers; raises the bind's error (see
     :func:`catalyzer.server.listening.listen_all`, which turns it into one line)."""
+    # A PROXY protocol listener's socket is its inner endpoint's; each worker wraps it.
+    endpoint = inner_endpoint(endpoint)
     if type(endpoint) in _TCP_ENDPOINTS:
         return Listener.reuseport(description, endpoint, slots)
     port = listen_now(endpoint, _NoAccept())

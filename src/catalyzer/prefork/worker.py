@@ -31,6 +31,7 @@ from catalyzer.process.children import set_title
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import describe_connections
+from catalyzer.server.proxyheader import ProxyHeaderFactory, RejectionLog, split_proxied
 from catalyzer.settings import Config
 
 log = Logger(namespace="catalyzer.prefork.worker")
@@ -215,13 +216,15 @@ class _Adopted:
     def __init__(self, reactor: Any, listener: Mapping[str, Any]) -> None:
         self.reactor = reactor
         self.listener = listener
+        self.rejections = RejectionLog(reactor)
 
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
 
         from catalyzer.server.faces import split_face
 
-        description = split_face(str(self.listener["description"]))[1]
+        # "uwsgi:haproxy:tcp:9000": the face first, then the PROXY wrapper, then the endpoint.
+        proxied, description = split_proxied(split_face(str(self.listener["description"]))[1])
         if description.startswith("ssl:"):
             from twisted.internet import endpoints
             from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -231,6 +234,9 @@ class _Adopted:
             factory = TLSMemoryBIOFactory(
                 twistedprivate.ssl_context_factory(endpoint), False, factory
             )
+        if proxied:
+            # Outermost: the PROXY header comes before anything else on the connection.
+            factory = ProxyHeaderFactory(factory, self.rejections)
         fd = int(self.listener["fd"])
         port = self.reactor.adoptStreamPort(fd, control.FAMILIES[self.listener["family"]], factory)
         os.close(fd)  # adoptStreamPort made its own copy
@@ -256,6 +262,7 @@ def main() -> None:
 
     from catalyzer.ops.logfmt import plain_observer
     from catalyzer.process import signals
+    from catalyzer.process.heap import freeze_startup_heap
 
     spec = json.loads(os.environ.pop(control.ENV_KEY))
     globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
@@ -263,6 +270,7 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     worker = Worker(spec, reactor)
     reactor.callWhenRunning(worker.start)
+    reactor.callWhenRunning(freeze_startup_heap)
     reactor.callWhenRunning(
         signals.install,
         reactor,

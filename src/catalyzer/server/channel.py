@@ -49,6 +49,7 @@ from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.forwarded import TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
@@ -149,6 +150,7 @@ class ServerState:
             body_spool_threshold=config.body_spool_threshold,
         )
         self.errors = WSGIErrors()
+        self.trusted_proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self.progress: ProgressTracker | None = None
         if config.progress_path:
             registry = ProgressRegistry(config.progress_ttl, config.progress_entries)
@@ -339,6 +341,7 @@ class HTTPChannel(Protocol):
         self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
         self._drain_timer = Timer(clock, self._drain_idle)
         self._socket: socket.socket | None = None
+        self._proxied = False
 
     def _enter(self, new: ConnState) -> None:
         # check_transition inlined: this runs twice a request.
@@ -365,15 +368,22 @@ class HTTPChannel(Protocol):
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
         self.info = _connection_info(transport)
-        if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
-            self._socket = transport.socket
+        # Behind a PROXY protocol wrapper the addresses are known once the header is in (the
+        # first dataReceived); the socket is the wrapped transport's.
+        self._proxied = isinstance(transport, twistedprivate.HAProxyProtocolWrapper)
+        inner = transport.transport if self._proxied else transport
+        if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
+            self._socket = inner.socket
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
         self._header_timer.start(self.server.config.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        self._got_data = True
+        if not self._got_data:
+            self._got_data = True
+            if self._proxied:
+                self.info = _connection_info(self.transport)
         self.server.metrics.bytes_in += len(data)
         self.reader.receive_data(data)
         self._after_read()
@@ -441,16 +451,17 @@ class HTTPChannel(Protocol):
     # -- reading side
 
     def _after_read(self) -> None:
+        # Twice per request: the timers are usually not armed, so test before calling.
         reader = self.reader
         if reader.in_headers:
             self._header_timer.start(self.server.config.header_timeout)
-        elif self._got_data:
+        elif self._got_data and self._header_timer.pending is not None:
             self._header_timer.cancel()
         if reader.in_body:
-            if not self._body_timer.armed:
+            if self._body_timer.pending is None:
                 self._body_mark = 0
                 self._body_timer.start(self.server.config.body_timeout)
-        else:
+        elif self._body_timer.pending is not None:
             self._body_timer.cancel()
         if self.response is None:
             self._next()
@@ -545,6 +556,7 @@ class HTTPChannel(Protocol):
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
             return
+        apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
         self._enter(_RESPONDING)
@@ -757,6 +769,10 @@ def send_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def _proxy_header_note(text: str) -> None:
+    log.debug("{text}", text=text)
 
 
 def describe_connections(server: ServerState) -> str:

@@ -33,11 +33,12 @@ from catalyzer.http.framing import simple_response
 from catalyzer.http.progress import ProgressTracker, upload_id_from
 from catalyzer.http.reader import STATUS_REASONS
 from catalyzer.ops import trace
-from catalyzer.server.channel import ServerState, _connection_info, send_now
+from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note, send_now
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
 from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.forwarded import apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseSink
 
@@ -225,6 +226,9 @@ class GatewayChannel(Protocol):
             multiprocess=server.multiprocess,
             file_wrapper=FileWrapper,
         )
+        # REMOTE_ADDR is the web server's word for the client: --forwarded-allow-ips judges
+        # whether that client's X-Forwarded-* / Forwarded headers are believed, as on HTTP.
+        apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
         if server.progress is not None and (
             request.target.partition(b"?")[0] == server.progress_path
         ):

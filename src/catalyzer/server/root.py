@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.process import signals
 from catalyzer.process.children import exit_at_interpreter_exit
+from catalyzer.process.heap import freeze_startup_heap
 from catalyzer.server.channel import ServerState, describe_connections
 from catalyzer.server.service import HTTPService
 
@@ -68,6 +69,7 @@ class SingleProcessRoot(MultiService):
 
     def startService(self) -> None:
         MultiService.startService(self)
+        self.reactor.callWhenRunning(freeze_startup_heap)
         self.reactor.callWhenRunning(
             signals.install,
             self.reactor,

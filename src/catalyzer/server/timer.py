@@ -12,40 +12,42 @@ __all__ = ["Timer"]
 class Timer:
     """Calls ``callback`` once ``delay`` seconds after :meth:`start`, unless cancelled first.
 
-    ``armed`` is false again once the callback has been called, so the callback may re-arm it."""
+    ``armed`` is false again once the callback has been called, so the callback may re-arm it.
+    ``pending`` (the delayed call, or None) is public so that a hot path can skip a call to
+    :meth:`cancel` on a timer that is not armed."""
 
-    __slots__ = ("_call", "_callback", "_clock")
+    __slots__ = ("_callback", "_clock", "pending")
 
     def __init__(self, clock: interfaces.IReactorTime, callback: Callable[[], object]) -> None:
         self._clock = clock
         self._callback = callback
-        self._call: interfaces.IDelayedCall | None = None
+        self.pending: interfaces.IDelayedCall | None = None
 
     @property
     def armed(self) -> bool:
-        return self._call is not None
+        return self.pending is not None
 
     def start(self, delay: float) -> None:
         """Arm the timer unless it is armed already (an armed timer keeps its deadline)."""
-        if self._call is None:
-            self._call = self._clock.callLater(delay, self._fire)
+        if self.pending is None:
+            self.pending = self._clock.callLater(delay, self._fire)
 
     def restart(self, delay: float) -> None:
         """Arm the timer to fire ``delay`` from now, pushing back a pending deadline (cheaper
         than cancelling and arming again)."""
-        call = self._call
+        call = self.pending
         if call is None:
-            self._call = self._clock.callLater(delay, self._fire)
+            self.pending = self._clock.callLater(delay, self._fire)
         else:
             call.reset(delay)
 
     def cancel(self) -> None:
-        call = self._call
+        call = self.pending
         if call is not None:
-            self._call = None
+            self.pending = None
             if call.active():
                 call.cancel()
 
     def _fire(self) -> None:
-        self._call = None
+        self.pending = None
         self._callback()
