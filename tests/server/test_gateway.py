@@ -122,12 +122,23 @@ def test_uwsgi_get() -> None:
     assert (call.method, call.path, call.query) == ("GET", "/a b/c", "x=1")
     assert call.environ["REMOTE_ADDR"] == "203.0.113.7"
     assert call.environ["wsgi.url_scheme"] == "https"
+    # 203.0.113.7 is no trusted proxy: its X-Forwarded-For is removed (--forwarded-allow-ips).
+    assert "HTTP_X_FORWARDED_FOR" not in call.environ
     assert state.requests_served == 1
     assert state.metrics.snapshot()["duration_count"] == 1
     assert state.metrics.snapshot()["bytes_in"] == len(uw(NGINX_UWSGI))
     conn.lose()
     assert state.channels == set()
     assert errors == []
+
+
+def test_uwsgi_forwarded_headers_of_a_trusted_client_are_believed() -> None:
+    app = RecordingApp()
+    conn = Conn(make_state(app, forwarded_allow_ips="203.0.113.0/24"), UwsgiChannel)
+    conn.send(uw({**NGINX_UWSGI, "HTTP_X_FORWARDED_PROTO": "http"}))
+    (call,) = app.calls
+    assert call.environ["REMOTE_ADDR"] == "198.51.100.1"
+    assert call.environ["wsgi.url_scheme"] == "http"
 
 
 def test_uwsgi_streamed_body_bytewise() -> None:
