@@ -19,6 +19,12 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# The peers the benchmark measures against (gunicorn, waitress, granian, uWSGI, ampoule). uWSGI
+# has no wheel: pip builds it, which needs a C compiler and the Python headers.
+$(VENV)/.bench-installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
 demo: $(VENV)/.demo-installed
 	$(BIN)/twistd -n --pidfile= catalyzer --app examples.hello:app --listen tcp:8080:interface=127.0.0.1
 
@@ -53,8 +59,11 @@ docs: $(VENV)/.demo-installed
 	$(BIN)/python -m catalyzer.settings > docs/settings.md
 	$(BIN)/python -c 'from catalyzer.dispatch.settings import write_page; write_page("docs/dispatch.md")'
 
-bench: $(VENV)/.test-installed
-	bash bench/run.sh
+# The whole suite, 3 interleaved runs of 8 s per measurement (about 35 minutes), rewriting
+# docs/benchmarks.md. Options of bench/run.py go in BENCH_ARGS, e.g.
+#   make bench BENCH_ARGS="--only hello_keepalive,catalyzer,twistd-web --doc /tmp/bench.md"
+bench: $(VENV)/.bench-installed
+	bash bench/run.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

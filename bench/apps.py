@@ -64,3 +64,18 @@ def stream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """1 GiB from a generator in 64 KiB chunks, without Content-Length."""
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return _stream_body()
+
+
+SLOW_SECONDS = 1.0
+
+
+def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """``/slow`` blocks ``?seconds=`` (default 1 s: a report, an export); every other path says
+    hello at once. The mixed-load scenario (bench/mixed.py)."""
+    if environ.get("PATH_INFO") == "/slow":
+        query = environ.get("QUERY_STRING", "")
+        seconds = SLOW_SECONDS
+        if query.startswith("seconds="):
+            seconds = float(query.partition("=")[2])
+        time.sleep(seconds)
+    return hello(environ, start_response)

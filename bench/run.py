@@ -1,12 +1,17 @@
 """The benchmark suite: catalyzer against other WSGI servers, driven by wrk.
 
-    .venv/bin/python bench/run.py [--quick] [--only NAME[,NAME...]] [--render RESULTS.json]
+    .venv/bin/python bench/run.py [--runs N] [--duration SECONDS | --quick] [--wrk-threads N]
+                                  [--only NAME[,NAME...]] [--doc [PATH]] [--render RESULTS.json]
 
-Every server runs as a subprocess on 127.0.0.1 on a free port, with access logs off. For each
-scenario and server: start the server, poll until it answers, run wrk while sampling the RSS of
-the server's process tree every 100 ms, stop the server by PID. Raw results go to
-``bench/results/`` as JSON; ``docs/benchmarks.md`` is rendered from that JSON (a run restricted
-with ``--only`` writes the doc only when ``--doc`` is given).
+Every server runs as a subprocess on 127.0.0.1 on a free port, configured as its users run it:
+access logs off where the server can turn them off, twistd web logging to a file in the run's
+log directory. Each (scenario, server) is measured ``--runs`` times (default 3), interleaved:
+round 1 measures every server of the scenario once, then round 2, and so on. One measurement:
+start the server, poll until it answers, check its answer, run wrk while sampling the RSS of the
+server's process tree every 100 ms, stop the server by PID. Raw results, every run's included,
+go to ``bench/results/`` as JSON and server logs to ``bench/results/logs/RUN_ID/``;
+``docs/benchmarks.md`` is rendered from that JSON with the median and every run's figure (a run
+restricted with ``--only`` writes the doc only when ``--doc`` is given).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import errno
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -23,9 +29,9 @@ import select
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +52,10 @@ KEPT_SECTIONS = ("## Task dispatch (bench/dispatch.py)",)
 POST_SCRIPT = "bench/post1m.lua"  # wrk runs in the repository root
 BIN = procs.VENV_BIN
 
-WRK_THREADS = 2
+WRK_THREADS = 2  # default of --wrk-threads
+RUNS = 3  # default of --runs
+DURATION = 8  # seconds per measurement, default of --duration
+QUICK_DURATION = 3  # with --quick
 SLOW_CLIENTS = 300
 SLOW_TRICKLE_SECONDS = 2.0  # one more header byte per slow client this often
 SLOW_HEADER_TIMEOUT = 60  # seconds, for servers that bound header reception by default
@@ -54,8 +63,12 @@ SLOW_PARTIAL = b"GET / HTTP/1.1\r\nHost: x\r\nX-a: "
 
 # -- servers
 
+# (app, port, scenario, logfile) -> argv. ``logfile`` is a file in the run's log directory for a
+# server that has to log its requests somewhere (twistd web); the others log none.
+ArgvFactory = Callable[[str, int, str, Path], list[str]]
 
-def _catalyzer(app: str, port: int, scenario: str) -> list[str]:
+
+def _catalyzer(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
     argv = [
         str(BIN / "twistd"),
         "-n",
@@ -75,8 +88,8 @@ def _catalyzer(app: str, port: int, scenario: str) -> list[str]:
     return argv
 
 
-def _gunicorn(worker_class: str) -> Callable[[str, int, str], list[str]]:
-    def argv(app: str, port: int, scenario: str) -> list[str]:
+def _gunicorn(worker_class: str) -> ArgvFactory:
+    def argv(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
         # gunicorn writes no access log unless --access-logfile is given.
         args = [
             str(BIN / "gunicorn"),
@@ -94,7 +107,7 @@ def _gunicorn(worker_class: str) -> Callable[[str, int, str], list[str]]:
     return argv
 
 
-def _waitress(app: str, port: int, scenario: str) -> list[str]:
+def _waitress(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
     # waitress has no access log; its default is 4 threads and a 120 s channel timeout.
     argv = [str(BIN / "waitress-serve"), f"--listen={procs.HOST}:{port}"]
     if scenario == "slow_clients":
@@ -104,10 +117,11 @@ def _waitress(app: str, port: int, scenario: str) -> list[str]:
     return [*argv, f"bench.apps:{app}"]
 
 
-def _twistd_web(app: str, port: int, scenario: str) -> list[str]:
-    # twistd web has no switch to turn its access log off: it goes to a scratch file. (Never
-    # /dev/null: twistd rotates its log files by renaming them, and would rename /dev/null.)
-    scratch = Path(tempfile.gettempdir()) / f"catalyzer-bench-twistd-web-{port}.log"
+def _twistd_web(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
+    # twistd web has no switch to turn its access log off; its users log to a file (twistd.log,
+    # twistd's default when it daemonizes), so it logs to a file in the run's log directory,
+    # rotated by twistd at 1 MB as by default. (Never /dev/null: twistd rotates its log files by
+    # renaming them, and would rename /dev/null.)
     return [
         str(BIN / "twistd"),
         "-n",
@@ -118,18 +132,18 @@ def _twistd_web(app: str, port: int, scenario: str) -> list[str]:
         "--listen",
         f"tcp:{port}:interface={procs.HOST}",
         "--logfile",
-        str(scratch),
+        str(logfile),
     ]
 
 
-def _catalyzer_prefork(n: int, *extra: str) -> Callable[[str, int, str], list[str]]:
-    def argv(app: str, port: int, scenario: str) -> list[str]:
-        return [*_catalyzer(app, port, scenario), "--procs", str(n), *extra]
+def _catalyzer_prefork(n: int, *extra: str) -> ArgvFactory:
+    def argv(app: str, port: int, scenario: str, logfile: Path) -> list[str]:
+        return [*_catalyzer(app, port, scenario, logfile), "--procs", str(n), *extra]
 
     return argv
 
 
-def _granian(app: str, port: int, scenario: str, workers: int = 1) -> list[str]:
+def _granian(app: str, port: int, scenario: str, logfile: Path, workers: int = 1) -> list[str]:
     argv = [
         str(BIN / "granian"),
         "--interface",
@@ -152,7 +166,7 @@ def _granian(app: str, port: int, scenario: str, workers: int = 1) -> list[str]:
     return [*argv, f"bench.apps:{app}"]
 
 
-def _uwsgi(app: str, port: int, scenario: str, processes: int = 1) -> list[str]:
+def _uwsgi(app: str, port: int, scenario: str, logfile: Path, processes: int = 1) -> list[str]:
     # --http-socket never keeps a connection alive in uWSGI 2.0 (and --http-keepalive belongs to
     # the --http router); --http11-socket is the keep-alive variant of the HTTP socket. But
     # --http11-socket ignores a request's "Connection: close" (it answers without "Connection:
@@ -180,7 +194,7 @@ def _uwsgi(app: str, port: int, scenario: str, processes: int = 1) -> list[str]:
 class ServerSpec:
     name: str
     label: str
-    argv: Callable[[str, int, str], list[str]]
+    argv: ArgvFactory
     package: str
 
 
@@ -208,20 +222,26 @@ CATALYZER_PREFORK = ServerSpec(
     _catalyzer_prefork(MULTI_PROCS),
     "catalyzer",
 )
+GRANIAN2 = "granian-workers2"
+UWSGI2 = "uwsgi-procs2"
 MULTI_SERVERS: tuple[ServerSpec, ...] = (
     CATALYZER_PREFORK,
     GUNICORN_SYNC,
     GUNICORN_GTHREAD,
     ServerSpec(
-        "uwsgi-procs2",
+        UWSGI2,
         f"uWSGI, {MULTI_PROCS} processes",
-        lambda app, port, scenario: _uwsgi(app, port, scenario, processes=MULTI_PROCS),
+        lambda app, port, scenario, logfile: _uwsgi(
+            app, port, scenario, logfile, processes=MULTI_PROCS
+        ),
         "uwsgi",
     ),
     ServerSpec(
-        "granian-workers2",
+        GRANIAN2,
         f"granian wsgi, {MULTI_PROCS} workers",
-        lambda app, port, scenario: _granian(app, port, scenario, workers=MULTI_PROCS),
+        lambda app, port, scenario, logfile: _granian(
+            app, port, scenario, logfile, workers=MULTI_PROCS
+        ),
         "granian",
     ),
 )
@@ -346,6 +366,15 @@ MULTI_SCENARIOS: tuple[Scenario, ...] = (
         section="multi",
         kind="big_response",
     ),
+    Scenario(
+        "procs2_post_1m",
+        f"{MULTI_PROCS} processes: 1 MiB POST body to echo, 10 connections",
+        "echo",
+        10,
+        ("-s", POST_SCRIPT),
+        section="multi",
+        kind="post_1m",
+    ),
 )
 BY_SCENARIO = {s.name: s for s in (*SCENARIOS, *MULTI_SCENARIOS)}
 
@@ -389,11 +418,15 @@ def parse_wrk(text: str) -> dict[str, Any]:
 
 
 def run_wrk(
-    port: int, connections: int, duration: int, extra: tuple[str, ...] = ()
+    port: int,
+    connections: int,
+    duration: int,
+    extra: tuple[str, ...] = (),
+    threads: int = WRK_THREADS,
 ) -> dict[str, Any]:
     argv = [
         "wrk",
-        f"-t{WRK_THREADS}",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{duration}s",
         "--latency",
@@ -632,14 +665,25 @@ class SlowClients:
 # -- running
 
 
+@dataclass(frozen=True)
+class Method:
+    """How each measurement is made: the same for every server in a run."""
+
+    duration: int = DURATION  # seconds of wrk per measurement
+    runs: int = RUNS  # measurements of each (scenario, server), interleaved
+    wrk_threads: int = WRK_THREADS
+
+
 @contextlib.contextmanager
 def serving(
-    spec: ServerSpec, scenario: Scenario, log_dir: Path, record: dict[str, Any]
+    spec: ServerSpec, scenario: Scenario, log_dir: Path, record: dict[str, Any], run: int = 1
 ) -> Iterator[tuple[procs.Server, procs.RssSampler]]:
     port = procs.free_port()
-    argv = spec.argv(scenario.app, port, scenario.base)
-    record["command"] = shlex.join(argv).replace(str(port), "PORT")
-    server = procs.start_server(spec.name, argv, port, log_dir / f"{spec.name}-{scenario.name}.log")
+    stem = f"{spec.name}-{scenario.name}-run{run}"
+    logfile = log_dir / f"{stem}.access.log"
+    argv = spec.argv(scenario.app, port, scenario.base, logfile)
+    record["command"] = shlex.join(argv).replace(str(port), "PORT").replace(str(logfile), "RUNLOG")
+    server = procs.start_server(spec.name, argv, port, log_dir / f"{stem}.log")
     try:
         record["ready_seconds"] = round(procs.wait_ready(server), 2)
         with procs.RssSampler(server.pid) as sampler:
@@ -662,7 +706,7 @@ def measure(
     server: procs.Server,
     sampler: procs.RssSampler,
     scenario: Scenario,
-    duration: int,
+    method: Method,
     watch_backlog: bool = True,
 ) -> dict[str, Any]:
     sampler.reset()
@@ -673,7 +717,9 @@ def measure(
     )
     if watch_backlog:
         watcher.start()
-    result = run_wrk(server.port, scenario.connections, duration, scenario.wrk_extra)
+    result = run_wrk(
+        server.port, scenario.connections, method.duration, scenario.wrk_extra, method.wrk_threads
+    )
     stop.set()
     if watcher.is_alive():
         watcher.join(timeout=5)
@@ -686,10 +732,13 @@ def measure(
     return result
 
 
-def run_one(spec: ServerSpec, scenario: Scenario, duration: int, log_dir: Path) -> dict[str, Any]:
-    record: dict[str, Any] = {"server": spec.name}
+def run_one(
+    spec: ServerSpec, scenario: Scenario, method: Method, log_dir: Path, run: int = 1
+) -> dict[str, Any]:
+    """One measurement: a fresh server, the checks, wrk; the server stopped by PID."""
+    record: dict[str, Any] = {"server": spec.name, "run": run, "loadavg": os.getloadavg()}
     try:
-        with serving(spec, scenario, log_dir, record) as (server, sampler):
+        with serving(spec, scenario, log_dir, record, run) as (server, sampler):
             record["check"] = check_app(server.port, scenario.app)
             if scenario.base == "hello_keepalive":
                 record["keepalive"] = check_keepalive(server.port)
@@ -702,15 +751,15 @@ def run_one(spec: ServerSpec, scenario: Scenario, duration: int, log_dir: Path) 
                     # Per-worker request counts (SIGUSR1 state dumps) around the measurement.
                     prefork.wait_for(server, prefork.READY, MULTI_PROCS, 30)
                     before = prefork.usr1_dump(server)
-                record.update(measure(server, sampler, scenario, duration, watch))
+                record.update(measure(server, sampler, scenario, method, watch))
                 if spec.name == CATALYZER_PREFORK.name:
                     record["split"] = prefork.split(before, prefork.usr1_dump(server))
             else:
-                undisturbed = measure(server, sampler, scenario, duration)
+                undisturbed = measure(server, sampler, scenario, method)
                 slow = SlowClients(server.port, SLOW_CLIENTS, SLOW_TRICKLE_SECONDS)
                 try:
                     slow.open()
-                    disturbed = measure(server, sampler, scenario, duration)
+                    disturbed = measure(server, sampler, scenario, method)
                 finally:
                     record["slow_clients"] = slow.close()
                 record["undisturbed"] = undisturbed
@@ -722,6 +771,77 @@ def run_one(spec: ServerSpec, scenario: Scenario, duration: int, log_dir: Path) 
     except Exception as e:
         record["error"] = f"{type(e).__name__}: {e}"
     return record
+
+
+# -- repeated runs: every run kept, medians for the tables and the targets
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _split_key(split: dict[str, Any]) -> float:
+    ratio = split.get("ratio")
+    return math.inf if ratio is None else float(ratio)  # None: a worker served nothing
+
+
+def median_split(splits: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The run whose busiest/least ratio is the median (the lower one of an even count), with
+    every run's split under ``runs``: its worker counts stay those of one real run."""
+    measured = [s for s in splits if s and not s.get("error")]
+    if not measured:
+        return next((s for s in splits if s), None)
+    chosen = sorted(measured, key=_split_key)[(len(measured) - 1) // 2]
+    return {**chosen, "runs": splits}
+
+
+def aggregate(server: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's result in one scenario from its runs (each kept whole under ``runs``):
+    req/s, p50, p99 and the slow-client share are medians over the runs that did not fail;
+    requests and errors are summed; peak RSS and backlog are the highest of any run."""
+    out: dict[str, Any] = {"server": server, "runs": runs}
+    if runs and runs[0].get("command"):
+        out["command"] = runs[0]["command"]
+    done = [r for r in runs if not r.get("error")]
+    if not done:
+        out["error"] = runs[0].get("error", "not run") if runs else "not run"
+        return out
+    out["failed_runs"] = [r.get("run") for r in runs if r.get("error")]
+    for key in ("rps", "p50_ms", "p99_ms"):
+        out[key] = _median([r.get(key) for r in done])
+    out["requests"] = sum(r.get("requests", 0) for r in done)
+    errors: dict[str, int] = {}
+    for r in done:
+        for name, count in r.get("errors", {}).items():
+            errors[name] = errors.get(name, 0) + count
+    out["errors"] = errors
+    out["error_total"] = sum(errors.values())
+    out["peak_rss"] = max(r.get("peak_rss") or 0 for r in done)
+    backlogs = [r["max_accept_queue"] for r in done if r.get("max_accept_queue") is not None]
+    if backlogs:
+        out["max_accept_queue"] = max(backlogs)
+    if any("undisturbed" in r for r in done):
+        out["undisturbed"] = {"rps": _median([r["undisturbed"].get("rps") for r in done])}
+        out["ratio"] = _median([r.get("ratio") for r in done])
+    if any("split" in r for r in done):
+        out["split"] = median_split([r.get("split") for r in done])
+    return out
+
+
+def runs_of(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run behind a result (results saved before --runs existed are their own run)."""
+    runs: list[dict[str, Any]] = r.get("runs") or [r]
+    return runs
+
+
+def round_order(specs: list[ServerSpec], run: int) -> list[ServerSpec]:
+    """Round ``run`` (1-based) measures every server once, starting one server further on each
+    round, so that no server is always measured first (or right after a given other one)."""
+    if not specs:
+        return []
+    shift = (run - 1) % len(specs)
+    return [*specs[shift:], *specs[:shift]]
 
 
 # -- prefork: reload and recycling under load, request split
@@ -737,7 +857,9 @@ PREFORK_RUNS = ("reload_hup", "max_requests", "split_paced")
 
 def _start_prefork(name: str, extra: tuple[str, ...], log_dir: Path) -> procs.Server:
     port = procs.free_port()
-    argv = _catalyzer_prefork(MULTI_PROCS, *extra)("hello", port, "hello_keepalive")
+    argv = _catalyzer_prefork(MULTI_PROCS, *extra)(
+        "hello", port, "hello_keepalive", log_dir / f"{CATALYZER_PREFORK.name}-{name}.access.log"
+    )
     server = procs.start_server(
         CATALYZER_PREFORK.name, argv, port, log_dir / f"{CATALYZER_PREFORK.name}-{name}.log"
     )
@@ -759,7 +881,11 @@ def _log_summary(server: procs.Server) -> dict[str, Any]:
 
 
 def run_prefork_load(
-    name: str, extra: tuple[str, ...], hup_at: float | None, log_dir: Path
+    name: str,
+    extra: tuple[str, ...],
+    hup_at: float | None,
+    log_dir: Path,
+    wrk_threads: int = WRK_THREADS,
 ) -> dict[str, Any]:
     """catalyzer --procs 2 under a bounded wrk run (hello, keep-alive); with ``hup_at``, SIGHUP
     to the master (by PID) that many seconds into it, from a timer thread."""
@@ -788,7 +914,7 @@ def run_prefork_load(
             if timer is not None:
                 timer.daemon = True
                 timer.start()
-            result = run_wrk(server.port, PREFORK_CONNECTIONS, PREFORK_SECONDS)
+            result = run_wrk(server.port, PREFORK_CONNECTIONS, PREFORK_SECONDS, threads=wrk_threads)
             if timer is not None:
                 timer.cancel()
                 # The old generation leaves once the new one is ready and its responses are
@@ -953,6 +1079,21 @@ def _errors(r: dict[str, Any]) -> str:
     return "0" if not parts else f"{r['error_total']:,} ({', '.join(parts)})"
 
 
+def _with_runs(
+    r: dict[str, Any], value: Callable[[dict[str, Any]], float | None], fmt: Callable[..., str]
+) -> str:
+    """``median (run 1 / run 2 / ...)``; a failed run shows as "failed"; one run: the figure."""
+    runs = runs_of(r)
+    text = fmt(value(r))
+    if len(runs) > 1:
+        text += (
+            " ("
+            + " / ".join("failed" if run.get("error") else fmt(value(run)) for run in runs)
+            + ")"
+        )
+    return text
+
+
 def _find(results: list[dict[str, Any]], server: str) -> dict[str, Any] | None:
     return next((r for r in results if r["server"] == server), None)
 
@@ -985,30 +1126,58 @@ def _scenario_table(scn: dict[str, Any]) -> list[str]:
         p99 = _fmt_ms(r["p99_ms"] if served else None)
         if not r.get("check", {}).get("ok", True):
             label += " (wrong answer!)"
+        rps = _with_runs(r, lambda x: x.get("rps"), _fmt_rps)
         if slow:
-            sc = r.get("slow_clients", {})
-            held = f"{sc.get('still_open', 0)}/{sc.get('requested', 0)}"
-            if sc.get("answered"):
-                held += f", {sc['answered']} answered"
-            if sc.get("connect_failed"):
-                held += f", {sc['connect_failed']} not connected"
+            held = "; ".join(
+                _slow_held(run.get("slow_clients", {}))
+                for run in runs_of(r)
+                if not run.get("error")
+            )
+            alone = _with_runs(r, lambda x: x.get("undisturbed", {}).get("rps"), _fmt_rps)
+            share = _with_runs(r, lambda x: x.get("ratio"), _fmt_pct)
             lines.append(
-                f"| {label} | {_fmt_rps(r['undisturbed']['rps'])} | {_fmt_rps(r['rps'])} | "
-                f"{_fmt_pct(r.get('ratio'))} | {vs} | "
+                f"| {label} | {alone} | {rps} | {share} | {vs} | "
                 f"{p50} | {p99} | {_errors(r)} | "
                 f"{_fmt_mib(r['peak_rss'])} | {held} |"
             )
         else:
             backlog = r.get("max_accept_queue")
             lines.append(
-                f"| {label} | {_fmt_rps(r['rps'])} | {vs} | {p50} | {p99} | {_errors(r)} | "
+                f"| {label} | {rps} | {vs} | {p50} | {p99} | {_errors(r)} | "
                 f"{_fmt_mib(r['peak_rss'])} | "
                 f"{'-' if backlog is None else backlog} |"
             )
     return lines
 
 
-def _target(label: str, value: float | None, goal: float, fmt: Callable[[float], str]) -> str:
+def _slow_held(sc: dict[str, Any]) -> str:
+    held = f"{sc.get('still_open', 0)}/{sc.get('requested', 0)}"
+    if sc.get("answered"):
+        held += f", {sc['answered']} answered"
+    if sc.get("connect_failed"):
+        held += f", {sc['connect_failed']} not connected"
+    return held
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``a / b`` from the medians, and the same ratio within each round (run n of a over run n
+    of b, measured in the same round when a and b are in the same scenario)."""
+
+    median: float | None
+    rounds: tuple[float | None, ...] = ()
+
+
+def _target(
+    label: str,
+    value: float | Ratio | None,
+    goal: float,
+    fmt: Callable[[float], str],
+) -> str:
+    rounds: tuple[float | None, ...] = ()
+    if isinstance(value, Ratio):
+        rounds = value.rounds
+        value = value.median
     if value is None:
         return f"- **not measured** — {label}"
     met = value >= goal
@@ -1016,42 +1185,59 @@ def _target(label: str, value: float | None, goal: float, fmt: Callable[[float],
     line = f"- {verdict} — {label}: {fmt(value)} (target {fmt(goal)})"
     if not met:
         line += f"; short by {fmt(goal - value)}, i.e. at {value / goal:.0%} of the target"
+    if len(rounds) > 1:
+        line += "; per round " + " / ".join("-" if v is None else fmt(v) for v in rounds)
     return line
+
+
+def _measured(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if r is None or r.get("error") else r
+
+
+def rps_ratio(
+    data: dict[str, Any], a: tuple[str, str], b: tuple[str, str], key: str = "rps"
+) -> Ratio:
+    """(scenario, server) ``a`` over ``b``: the ratio of their medians, and round by round."""
+    by = {s["name"]: s["results"] for s in data["scenarios"]}
+    ra = _measured(_find(by.get(a[0], []), a[1]))
+    rb = _measured(_find(by.get(b[0], []), b[1]))
+    if ra is None or rb is None or ra.get(key) is None or not rb.get(key):
+        return Ratio(None)
+    runs_b = {run.get("run", i): run for i, run in enumerate(runs_of(rb), start=1)}
+    rounds = []
+    for i, run_a in enumerate(runs_of(ra), start=1):
+        run_b = runs_b.get(run_a.get("run", i))
+        va = None if run_a.get("error") else run_a.get(key)
+        vb = None if run_b is None or run_b.get("error") else run_b.get(key)
+        rounds.append(None if va is None or not vb else va / vb)
+    return Ratio(ra[key] / rb[key], tuple(rounds))
 
 
 def targets(data: dict[str, Any]) -> list[str]:
     by = {s["name"]: s["results"] for s in data["scenarios"]}
-
-    def rps(scenario: str, server: str) -> float | None:
-        r = _find(by.get(scenario, []), server)
-        return None if r is None or r.get("error") else r.get("rps")
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return None if a is None or not b else a / b
-
-    cat = rps("hello_keepalive", "catalyzer")
     x = "{:.2f}x".format
     lines = [
         _target(
             "catalyzer hello keep-alive vs `twistd web --wsgi`",
-            ratio(cat, rps("hello_keepalive", "twistd-web")),
+            rps_ratio(data, ("hello_keepalive", "catalyzer"), ("hello_keepalive", "twistd-web")),
             10.0,
             x,
         ),
         _target(
             "catalyzer hello keep-alive vs gunicorn sync (2 workers)",
-            ratio(cat, rps("hello_keepalive", "gunicorn-sync")),
+            rps_ratio(data, ("hello_keepalive", "catalyzer"), ("hello_keepalive", "gunicorn-sync")),
             3.0,
             x,
         ),
     ]
-    slow = _find(by.get("slow_clients", []), "catalyzer")
-    slow_ratio = None if slow is None or slow.get("error") else slow.get("ratio")
+    slow = _measured(_find(by.get("slow_clients", []), "catalyzer"))
     lines.append(
         _target(
             f"catalyzer fast-client throughput with {SLOW_CLIENTS} slow clients, as a share "
-            "of undisturbed",
-            slow_ratio,
+            "of undisturbed (median of the runs' shares)",
+            None
+            if slow is None
+            else Ratio(slow.get("ratio"), tuple(r.get("ratio") for r in runs_of(slow))),
             0.95,
             "{:.1%}".format,
         )
@@ -1070,22 +1256,74 @@ def targets(data: dict[str, Any]) -> list[str]:
                 f"- **missed** — 1 GiB stream peak RSS: {_fmt_mib(peak)} (target < "
                 f"{_fmt_mib(goal)}); over by {_fmt_mib(peak - goal + 1)}"
             )
-    cat2 = rps("procs2_hello_keepalive", CATALYZER_PREFORK.name)
+    cat2 = CATALYZER_PREFORK.name
+    n = MULTI_PROCS
     lines += [
         _target(
-            f"catalyzer --procs {MULTI_PROCS} hello keep-alive vs granian --workers {MULTI_PROCS}",
-            ratio(cat2, rps("procs2_hello_keepalive", "granian-workers2")),
+            f"catalyzer --procs {n} hello keep-alive vs granian --workers {n}",
+            rps_ratio(data, ("procs2_hello_keepalive", cat2), ("procs2_hello_keepalive", GRANIAN2)),
             1.0,
             x,
         ),
         _target(
-            f"catalyzer --procs {MULTI_PROCS} hello keep-alive vs gunicorn sync (2 workers, "
+            f"catalyzer --procs {n} hello keep-alive vs gunicorn sync (2 workers, "
             "multi-process section)",
-            ratio(cat2, rps("procs2_hello_keepalive", "gunicorn-sync")),
+            rps_ratio(
+                data, ("procs2_hello_keepalive", cat2), ("procs2_hello_keepalive", "gunicorn-sync")
+            ),
             4.0,
             x,
         ),
+        _target(
+            f"catalyzer --procs {n} hello Connection: close vs granian --workers {n}",
+            rps_ratio(data, ("procs2_hello_close", cat2), ("procs2_hello_close", GRANIAN2)),
+            1.0,
+            x,
+        ),
     ]
+    big = ("procs2_big_response", cat2), ("procs2_big_response", GRANIAN2)
+    p99 = rps_ratio(data, big[1], big[0], key="p99_ms")  # granian's p99 over ours: >= 1 is met
+    lines += [
+        _target(
+            f"catalyzer --procs {n} 1 MiB response vs granian --workers {n}",
+            rps_ratio(data, *big),
+            1.0,
+            x,
+        ),
+        _target(
+            f"catalyzer --procs {n} 1 MiB response p99 no worse than granian --workers {n}'s "
+            "(granian's median p99 over ours)",
+            p99,
+            1.0,
+            x,
+        ),
+        _target(
+            f"catalyzer --procs {n} 1 MiB POST vs granian --workers {n}",
+            rps_ratio(data, ("procs2_post_1m", cat2), ("procs2_post_1m", GRANIAN2)),
+            1.0,
+            x,
+        ),
+        _target(
+            f"catalyzer --procs {n} 1 MiB POST vs uWSGI {n} processes",
+            rps_ratio(data, ("procs2_post_1m", cat2), ("procs2_post_1m", UWSGI2)),
+            1.0,
+            x,
+        ),
+    ]
+    for kind, what in (
+        ("hello_keepalive", "hello keep-alive"),
+        ("hello_close", "hello Connection: close"),
+        ("big_response", "1 MiB response"),
+        ("post_1m", "1 MiB POST"),
+    ):
+        lines.append(
+            _target(
+                f"catalyzer --procs {n} vs 1 process, {what} (never slower)",
+                rps_ratio(data, (f"procs2_{kind}", cat2), (kind, "catalyzer")),
+                1.0,
+                x,
+            )
+        )
     pf = data.get("prefork", {})
     lines.append(
         _zero_errors_target(
@@ -1141,12 +1379,13 @@ def _split_target(label: str, split: dict[str, Any] | None) -> str:
         return f"- **not measured** — {label}"
     ratio = split.get("ratio")
     counts = "/".join(f"{w['requests']:,}" for w in split["workers"])
+    rounds = _split_rounds(split)
     if ratio is None:
-        return f"- **missed** — {label}: {counts}, a worker served nothing (target <= 2:1)"
+        return f"- **missed** — {label}: {counts}, a worker served nothing (target <= 2:1{rounds})"
     if ratio <= 2.0:
-        return f"- **met** — {label}: {ratio:.2f}:1 ({counts}; target <= 2:1)"
+        return f"- **met** — {label}: {ratio:.2f}:1 ({counts}; target <= 2:1{rounds})"
     return (
-        f"- **missed** — {label}: {ratio:.2f}:1 ({counts}; target <= 2:1); over by "
+        f"- **missed** — {label}: {ratio:.2f}:1 ({counts}; target <= 2:1{rounds}); over by "
         f"{ratio - 2.0:.2f}"
     )
 
@@ -1193,14 +1432,15 @@ def _scenario_section(scn: dict[str, Any]) -> list[str]:
     split = next((r["split"] for r in scn["results"] if r.get("split")), None)
     if split:
         lines += [
-            f"catalyzer --procs {MULTI_PROCS}, requests per worker during this measurement "
-            f"(SIGUSR1 state dumps before and after): {_fmt_split(split)}.",
+            f"catalyzer --procs {MULTI_PROCS}, requests per worker during "
+            + ("the median run" if len(split.get("runs") or ()) > 1 else "this measurement")
+            + f" (SIGUSR1 state dumps before and after): {_fmt_split(split)}.",
             "",
         ]
     return lines
 
 
-def _multi_intro() -> list[str]:
+def _multi_intro(wrk_threads: int) -> list[str]:
     return [
         f"## Multi-process: {MULTI_PROCS} processes per server",
         "",
@@ -1213,7 +1453,7 @@ def _multi_intro() -> list[str]:
         "`--workers 2`. waitress and twistd web have no multi-process mode and are not in this "
         "section. *peak RSS* sums every process of the server (master or arbiter included). "
         f"*vs catalyzer* divides by catalyzer `--procs {MULTI_PROCS}` in the same scenario. "
-        f"With {MULTI_PROCS} server processes and wrk's {WRK_THREADS} threads on the same "
+        f"With {MULTI_PROCS} server processes and wrk's {wrk_threads} threads on the same "
         "2 cores, a second process can only add what wrk leaves of the CPU.",
         "",
     ]
@@ -1231,14 +1471,30 @@ def _split_of(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def _fmt_split_ratio(split: dict[str, Any] | None) -> str:
+    if not split or split.get("error"):
+        return "not measured"
+    ratio = split.get("ratio")
+    return "a worker served nothing" if ratio is None else f"{ratio:.2f}:1"
+
+
+def _split_rounds(split: dict[str, Any]) -> str:
+    """Every run's busiest/least ratio, when the split is the median of several runs."""
+    runs = split.get("runs") or []
+    if len(runs) < 2:
+        return ""
+    every = " / ".join(_fmt_split_ratio(s) for s in runs)
+    return f"; the median of {len(runs)} runs, each run: {every}"
+
+
 def _fmt_split(split: dict[str, Any]) -> str:
     if split.get("error"):
         return f"not measured ({split['error']})"
     counts = " / ".join(f"worker {w['slot']}: {w['requests']:,}" for w in split["workers"])
     ratio = split.get("ratio")
     if ratio is None:
-        return f"{counts} (a worker served nothing)"
-    return f"{counts} (busiest/least {ratio:.2f}:1)"
+        return f"{counts} (a worker served nothing{_split_rounds(split)})"
+    return f"{counts} (busiest/least {ratio:.2f}:1{_split_rounds(split)})"
 
 
 def _prefork_errors(r: dict[str, Any]) -> str:
@@ -1316,7 +1572,8 @@ def _prefork_section(data: dict[str, Any]) -> list[str]:
         lines += [
             f"Each run: a fresh `--procs {MULTI_PROCS}` server with `bench.apps:hello`, and one "
             f"{PREFORK_SECONDS} s wrk run (keep-alive, {PREFORK_CONNECTIONS} connections: "
-            f"`wrk -t{WRK_THREADS} -c{PREFORK_CONNECTIONS} -d{PREFORK_SECONDS}s --latency`) as "
+            f"`wrk -t{data.get('wrk_threads', WRK_THREADS)} -c{PREFORK_CONNECTIONS} "
+            f"-d{PREFORK_SECONDS}s --latency`) as "
             f"the load. *HUP*: a timer thread sends SIGHUP to the master's PID {HUP_AT:g} s into "
             "the run. *max-requests*: the server runs with "
             f"`--max-requests {MAX_REQUESTS}` and gets no signal. The log was tailed every "
@@ -1414,27 +1671,90 @@ def _analysis() -> list[str]:
     return [*path.read_text().rstrip().split("\n"), ""] if path.exists() else []
 
 
+def _method(data: dict[str, Any]) -> list[str]:
+    """The header: how this run measured, so that a reader can judge (and repeat) it."""
+    m = data["machine"]
+    runs = int(data.get("runs", 1))
+    threads = data.get("wrk_threads", WRK_THREADS)
+    duration = data["duration"]
+    kind = "quick run" if data.get("quick") else "partial run" if data.get("only") else "full run"
+    if data.get("only"):
+        kind += ", restricted to " + ", ".join(f"`{n}`" for n in data["only"])
+    if data.get("log_dir"):
+        twistd_log = (
+            "**it logged every request to a file in the run's log directory** "
+            f"(`{data['log_dir']}/`, given with `--logfile`, rotated by twistd at 1 MB as by "
+            "default), as its users run it"
+        )
+    else:  # results saved before the log went to the run's log directory
+        twistd_log = "its access log went to a scratch file"
+    if runs > 1:
+        repeat = (
+            f"Each scenario measured every server {runs} times, interleaved: round 1 measured "
+            "each server once, then round 2 (starting one server further on), and so on, every "
+            "measurement with a freshly started server, so that a change in the machine's load "
+            f"spreads over all servers. **Every req/s figure is the median of the {runs} runs, "
+            "followed by each run's figure in run order**, e.g. `25,487 (25,327 / 25,487 / "
+            "25,562)`; p50 and p99 are the medians of the runs' percentiles, errors are summed "
+            "over the runs, peak RSS and max backlog are the highest of any run. **Target ratios "
+            "divide medians**; each target also gives the ratio within each round."
+        )
+    else:
+        repeat = (
+            "Each figure is a single measurement (`--runs 1`): on this small shared machine two "
+            "runs can differ by tens of percent for some servers."
+        )
+    return [
+        f"Run {data['id']} ({kind}, {runs} run{'s' if runs != 1 else ''} of {duration} s per "
+        f"measurement; {data['elapsed_seconds']:.0f} s in all).",
+        "",
+        f"**Method.** Every server ran on 127.0.0.1 and wrk measured it with {threads} "
+        f"thread{'s' if threads != 1 else ''}, `--latency` and {duration} s per measurement. "
+        f"{repeat} The prefork reload, recycling and paced-split runs and the 1 GiB stream ran "
+        "once: their targets count errors and bytes, not requests per second.",
+        "",
+        "**Servers as their users run them.** catalyzer, granian and uWSGI ran with their access "
+        "logs off (`--access-log off`, `--no-access-log`, `--disable-logging`); gunicorn and "
+        "waitress write none unless told to. twistd web has no switch to turn its access log "
+        f"off: {twistd_log}. The other options each server got are under *Server command "
+        "lines* and in each scenario's notes.",
+        "",
+        f"**The load generator and the server share the same {m['nproc']} cores**, so a server "
+        "that needs less CPU per request also leaves more to wrk: absolute numbers are low and "
+        "only the ratios within one run mean something. **The machine may be shared**: other "
+        "work may have been running on the same cores (see the load averages below); rerun "
+        "(`make bench`, or `bench/run.py --only NAME`) before reading much into a ratio close "
+        "to its target.",
+        "",
+    ]
+
+
+def _loadavg_line(data: dict[str, Any]) -> list[str]:
+    """The 1-minute load average as each measurement started (recorded since --runs)."""
+    values = [
+        run["loadavg"][0]
+        for scn in data["scenarios"]
+        for r in scn["results"]
+        for run in runs_of(r)
+        if run.get("loadavg")
+    ]
+    if not values:
+        return []
+    return [
+        f"- 1-minute load average as each of the {len(values)} measurements started: lowest "
+        f"{min(values):.2f}, median {statistics.median(values):.2f}, highest {max(values):.2f}"
+    ]
+
+
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
-    kind = "quick run (3 s per measurement)" if data.get("quick") else "full run"
     lines = [
         "# Benchmarks",
         "",
         "<!-- Generated by `make bench` (bench/run.py) from "
         f"bench/results/{data['id']}.json; do not edit by hand. -->",
         "",
-        f"Run {data['id']} ({kind}, {data['elapsed_seconds']:.0f} s in all). "
-        f"Every server ran on 127.0.0.1, **with access logs off** (twistd web has no off switch: "
-        "its access log went to a scratch file). wrk used "
-        f"{WRK_THREADS} threads, `--latency` and {data['duration']} s per measurement. **The load "
-        f"generator and the server share the same {m['nproc']} cores**, so a server that "
-        "needs less CPU per request also leaves more to wrk: absolute numbers are low and only "
-        "the ratios within one run mean something. Each figure is a single measurement, and on "
-        "this small shared machine two runs can differ by tens of percent for some servers: "
-        "rerun (`make bench`, or `bench/run.py --only NAME`) before reading much into a ratio "
-        "close to its target. **The machine is shared**: other test suites may have been "
-        "running on the same cores during the run (see the load average below).",
-        "",
+        *_method(data),
         "## Machine",
         "",
         f"- CPU: {m['cpu']}, nproc = {m['nproc']}; memory {m['memory']}; Linux {m['kernel']}",
@@ -1444,19 +1764,26 @@ def render(data: dict[str, Any]) -> str:
         + ", ".join(f"{v:.2f}" for v in m.get("loadavg_before", ()))
         + "; after: "
         + ", ".join(f"{v:.2f}" for v in m.get("loadavg_after", ())),
+        *_loadavg_line(data),
         "- Versions: " + ", ".join(f"{name} {ver}" for name, ver in m["versions"].items()),
         "",
         "## Targets",
         "",
-        "Checked as ratios from this run.",
+        "Checked as ratios from this run"
+        + (
+            f", each the ratio of two medians of {data['runs']} runs."
+            if int(data.get("runs", 1)) > 1
+            else "."
+        ),
         "",
         *targets(data),
         "",
         *_analysis(),
         "## Scenarios",
         "",
-        "Columns: req/s and p50/p99 latency as wrk reports them; *vs catalyzer* is the server's "
-        "req/s divided by catalyzer's in the same scenario; *errors* adds wrk's socket errors "
+        "Columns: req/s and p50/p99 latency as wrk reports them (medians, and each run's req/s, "
+        "when there were several runs); *vs catalyzer* is the server's median req/s divided by "
+        "catalyzer's in the same scenario; *errors* adds wrk's socket errors "
         "(connect, read, write, timeout) and non-2xx responses; *peak RSS* is the highest sum "
         "of VmRSS over the server process and its children, sampled every 100 ms during the "
         "measurement; *max backlog* is the longest accept queue of the listening socket(s) "
@@ -1504,7 +1831,7 @@ def render(data: dict[str, Any]) -> str:
             lines += [f"Failed: {st.get('error', 'unknown error')}", ""]
     multi = [scn for scn in data["scenarios"] if scn.get("section") == "multi"]
     if multi:
-        lines += _multi_intro()
+        lines += _multi_intro(data.get("wrk_threads", WRK_THREADS))
         for scn in multi:
             lines += _scenario_section(scn)
     if data.get("prefork") or any(_split_of(data, n) for n in ("hello_keepalive", "hello_close")):
@@ -1513,62 +1840,82 @@ def render(data: dict[str, Any]) -> str:
         "## Server command lines",
         "",
         "Run from the repository root with `PYTHONPATH` set to it. `PORT` is a free port "
-        "picked for each run; `APP` is the application in `bench/apps.py`.",
+        "picked for each run; `APP` is the application in `bench/apps.py`; `RUNLOG` is a file "
+        "in the run's log directory, one per measurement.",
         "",
     ]
     lines += _commands(data)
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _run_notes(scn: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """What one run of one server showed beyond its figures (checks, exits, backlog)."""
+    notes: list[str] = []
+    if r.get("error"):
+        return [f"failed: {str(r['error']).splitlines()[0]}"]
+    check = r.get("check")
+    if check and not check.get("ok"):
+        notes.append(f"the answer checked before the measurement was wrong: {check}")
+    ka = r.get("keepalive")
+    if ka is not None and not (ka["keeps_alive"] and ka["serves_second_connection"]):
+        what = []
+        if not ka["keeps_alive"]:
+            what.append("closes the connection after each response")
+        if not ka["serves_second_connection"]:
+            what.append(
+                "does not answer a second connection while a first keep-alive connection "
+                "is open and idle, so most of wrk's connections wait in the listen backlog"
+            )
+        notes.append("; ".join(what) + " (checked with two raw sockets).")
+    backlog = r.get("max_accept_queue") or 0
+    conns = BY_SCENARIO[scn["name"]].connections if scn["name"] in BY_SCENARIO else 0
+    if conns and backlog >= conns / 2 and scn["name"] != "slow_clients":
+        notes.append(
+            "many connections waited in the listen backlog, not accepted: the server works "
+            "on fewer connections at a time than wrk opens, and its latency percentiles only "
+            "cover the requests it did take."
+        )
+    close = r.get("close")
+    if close is not None and not close["closes"]:
+        notes.append(
+            "keeps the connection open after answering a request with `Connection: close`, so "
+            "wrk reuses it: this row measures keep-alive."
+        )
+    elif close is not None and "close" not in close.get("connection_header", "").lower():
+        notes.append(
+            "closes the connection after each response without saying so (no `Connection: "
+            "close` in the response); wrk expects the connection to stay open and counts each "
+            "close as a read error, so its read errors here are not failed requests."
+        )
+    if r.get("server_exited") is not None:
+        notes.append("the server exited during the measurement.")
+    if r.get("stop", {}).get("signal") == "SIGKILL":
+        notes.append(f"did not exit within {procs.STOP_TIMEOUT:g} s of SIGTERM; killed.")
+    return notes
+
+
 def _scenario_notes(scn: dict[str, Any]) -> list[str]:
     notes: list[str] = []
     for r in scn["results"]:
         label = BY_SERVER[r["server"]].label if r["server"] in BY_SERVER else r["server"]
-        check = r.get("check")
-        if check and not check.get("ok"):
-            notes.append(f"- {label}: the answer checked before the measurement was wrong: {check}")
-        ka = r.get("keepalive")
-        if ka is not None and not (ka["keeps_alive"] and ka["serves_second_connection"]):
-            what = []
-            if not ka["keeps_alive"]:
-                what.append("closes the connection after each response")
-            if not ka["serves_second_connection"]:
-                what.append(
-                    "does not answer a second connection while a first keep-alive connection "
-                    "is open and idle, so most of wrk's connections wait in the listen backlog"
-                )
-            notes.append(f"- {label}: " + "; ".join(what) + " (checked with two raw sockets).")
-        backlog = r.get("max_accept_queue") or 0
-        conns = BY_SCENARIO[scn["name"]].connections if scn["name"] in BY_SCENARIO else 0
-        if conns and backlog >= conns / 2 and scn["name"] != "slow_clients":
-            notes.append(
-                f"- {label}: up to {backlog} connections waited in the listen backlog, not "
-                "accepted: the server works on fewer connections at a time than wrk opens, and "
-                "its latency percentiles only cover the requests it did take."
-            )
-        close = r.get("close")
-        if close is not None and not close["closes"]:
-            notes.append(
-                f"- {label}: keeps the connection open after answering a request with "
-                "`Connection: close`, so wrk reuses it: this row measures keep-alive."
-            )
-        elif close is not None and "close" not in close.get("connection_header", "").lower():
-            notes.append(
-                f"- {label}: closes the connection after each response without saying so "
-                "(no `Connection: close` in the response); wrk expects the connection to stay "
-                "open and counts each close as a read error, so its read errors here are not "
-                "failed requests."
-            )
-        if r.get("server_exited") is not None:
-            notes.append(f"- {label}: the server exited during the measurement.")
-        if r.get("stop", {}).get("signal") == "SIGKILL":
-            notes.append(
-                f"- {label}: did not exit within {procs.STOP_TIMEOUT:g} s of SIGTERM; killed."
-            )
+        runs = runs_of(r)
+        seen: dict[str, list[int]] = {}
+        for i, run in enumerate(runs, start=1):
+            for note in _run_notes(scn, run):
+                seen.setdefault(note, []).append(run.get("run", i))
+        backlog = r.get("max_accept_queue")
+        for note, where in seen.items():
+            text = note
+            if note.startswith("many connections"):
+                text = f"up to {backlog} connections" + note[len("many connections") :]
+            if len(runs) > 1 and len(where) < len(runs):
+                which = ", ".join(str(n) for n in where)
+                text += f" (run{'s' if len(where) > 1 else ''} {which} of {len(runs)})"
+            notes.append(f"- {label}: {text}")
     if scn["name"] == "slow_clients":
         notes.append(
             "- *slow clients open at end*: how many of the slow connections the server "
-            "still held, neither answered nor closed, when the measurement ended."
+            "still held, neither answered nor closed, when the measurement ended (each run)."
         )
     for spec in ALL_SERVERS:
         if spec.name in scn.get("skipped", []):
@@ -1579,24 +1926,150 @@ def _scenario_notes(scn: dict[str, Any]) -> list[str]:
 # -- main
 
 
+PREFORK_ESTIMATE = 2 * (PREFORK_SECONDS + 8) + PACED_SECONDS + 5  # seconds, run once each
+STREAM_ESTIMATE = 45  # seconds for stream_rss (20 s slow reader, 1 GiB fast, start and stop)
+OVERHEAD_ESTIMATE = 1.5  # seconds per measurement besides wrk: start, checks, stop (measured ~1)
+
+
+def plan(scenarios: list[Scenario], servers: set[str]) -> list[tuple[Scenario, list[ServerSpec]]]:
+    """The (scenario, servers) pairs a run measures, in order."""
+    out = []
+    for scenario in scenarios:
+        specs = [
+            spec
+            for spec in SECTION_SERVERS[scenario.section]
+            if spec.name in servers and spec.name not in scenario.skip
+        ]
+        out.append((scenario, specs))
+    return out
+
+
+def estimate_seconds(
+    planned: list[tuple[Scenario, list[ServerSpec]]], method: Method, extras: set[str]
+) -> int:
+    """A rough duration for the run, said before it starts (and in the README's terms)."""
+    measurements = sum(
+        len(specs) * (2 if scenario.base == "slow_clients" else 1) for scenario, specs in planned
+    )
+    starts = sum(len(specs) for _, specs in planned)
+    total = method.runs * (measurements * method.duration + starts * OVERHEAD_ESTIMATE)
+    total += PREFORK_ESTIMATE * len(extras & {"reload_hup", "max_requests", "split_paced"}) // 3
+    total += STREAM_ESTIMATE if "stream_rss" in extras else 0
+    return int(total)
+
+
+def measure_scenario(
+    scenario: Scenario,
+    specs: list[ServerSpec],
+    method: Method,
+    log_dir: Path,
+    started: float,
+) -> dict[str, Any]:
+    """Every server of the scenario ``method.runs`` times, interleaved: round 1 measures each
+    server once, then round 2, and so on, so that drift in the machine's load spreads over all
+    servers instead of landing on whichever was measured last."""
+    scn: dict[str, Any] = {
+        "name": scenario.name,
+        "title": scenario.title,
+        "section": scenario.section,
+        "reference": SECTION_REFERENCE[scenario.section],
+        "skipped": list(scenario.skip),
+        "runs": method.runs,
+        "results": [],
+    }
+    by_server: dict[str, list[dict[str, Any]]] = {spec.name: [] for spec in specs}
+    for run in range(1, method.runs + 1):
+        for spec in round_order(specs, run):
+            print(
+                f"[{time.monotonic() - started:6.0f}s] {scenario.name} / {spec.name} "
+                f"(run {run}/{method.runs}) ...",
+                flush=True,
+            )
+            r = run_one(spec, scenario, method, log_dir, run)
+            by_server[spec.name].append(r)
+            scn.setdefault("wrk_argv", r.get("wrk_argv"))
+            summary = r.get("error") or (
+                f"{r['rps']:,.0f} req/s, p99 {_fmt_ms(r['p99_ms'])}, errors {r['error_total']}, "
+                f"peak RSS {_fmt_mib(r['peak_rss'])}"
+                + (f", ratio {r['ratio']:.2f}" if r.get("ratio") is not None else "")
+            )
+            if r.get("split") and not r.get("error"):
+                summary += f"; split {_fmt_split(r['split'])}"
+            print(f"         {summary.splitlines()[0]}", flush=True)
+    scn["results"] = [aggregate(spec.name, by_server[spec.name]) for spec in specs]
+    return scn
+
+
+def _full_run_minutes() -> int:
+    everything = plan([*SCENARIOS, *MULTI_SCENARIOS], set(BY_SERVER))
+    return round(estimate_seconds(everything, Method(), {"stream_rss", *PREFORK_RUNS}) / 60)
+
+
+def write_doc(path: Path, data: dict[str, Any]) -> None:
+    """The page rendered from ``data``, with the sections other scripts wrote into DOC kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(data) + _kept_sections())
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s per measurement instead of 8")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"A full run with the defaults takes about {_full_run_minutes()} minutes.",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=RUNS,
+        help=f"measurements of each (scenario, server), interleaved; the tables show their "
+        f"median and every run (default {RUNS})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        metavar="SECONDS",
+        help=f"seconds of wrk per measurement (default {DURATION}, {QUICK_DURATION} with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_DURATION} s per measurement instead of {DURATION}",
+    )
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=WRK_THREADS,
+        metavar="N",
+        help=f"wrk's -t (default {WRK_THREADS})",
+    )
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated server and/or scenario names (stream_rss and the prefork runs "
+        help="comma-separated server and/or scenario names; a run with no server name measures "
+        "every server, with no scenario name every scenario (stream_rss and the prefork runs "
         f"are scenarios); servers: {', '.join(BY_SERVER)}; scenarios: {', '.join(BY_SCENARIO)}, "
         f"stream_rss, {', '.join(PREFORK_RUNS)}",
     )
-    parser.add_argument("--doc", action="store_true", help="write docs/benchmarks.md with --only")
+    parser.add_argument(
+        "--doc",
+        nargs="?",
+        const=str(DOC),
+        metavar="PATH",
+        help=f"where to write the page (default {DOC.relative_to(procs.ROOT)}); a full run "
+        "writes it without --doc, a run with --only only with --doc",
+    )
     parser.add_argument("--render", metavar="JSON", help="only render the doc from saved results")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.duration is not None and args.duration < 1:
+        parser.error("--duration must be at least 1")
+    if args.wrk_threads < 1:
+        parser.error("--wrk-threads must be at least 1")
+    doc = Path(args.doc) if args.doc else DOC
 
     if args.render:
-        data = json.loads(Path(args.render).read_text())
-        DOC.write_text(render(data) + _kept_sections())
-        print(f"wrote {DOC}")
+        write_doc(doc, json.loads(Path(args.render).read_text()))
         return 0
 
     only = {n.strip() for n in args.only.split(",") if n.strip()}
@@ -1609,7 +2082,24 @@ def main(argv: list[str] | None = None) -> int:
         *BY_SCENARIO,
         *extra_runs,
     }
-    duration = 3 if args.quick else 8
+    duration = args.duration or (QUICK_DURATION if args.quick else DURATION)
+    method = Method(duration=duration, runs=args.runs, wrk_threads=args.wrk_threads)
+    planned = plan(
+        [s for s in (*SCENARIOS, *MULTI_SCENARIOS) if s.name in pick_scenarios],
+        pick_servers,
+    )
+    extras = set(pick_scenarios & extra_runs)
+    if CATALYZER_PREFORK.name not in pick_servers:
+        extras -= set(PREFORK_RUNS)
+    if "catalyzer" not in pick_servers:
+        extras.discard("stream_rss")
+    expected = estimate_seconds(planned, method, extras)
+    print(
+        f"{method.runs} run(s) of {method.duration} s per (scenario, server), wrk "
+        f"-t{method.wrk_threads}; about "
+        + (f"{expected / 60:.0f} minutes" if expected >= 120 else f"{expected} s"),
+        flush=True,
+    )
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     log_dir = RESULTS / "logs" / run_id
     started = time.monotonic()
@@ -1617,40 +2107,15 @@ def main(argv: list[str] | None = None) -> int:
         "id": run_id,
         "quick": args.quick,
         "only": sorted(only),
-        "duration": duration,
+        "duration": method.duration,
+        "runs": method.runs,
+        "wrk_threads": method.wrk_threads,
+        "log_dir": str(log_dir.relative_to(procs.ROOT)),
         "machine": machine(),
         "scenarios": [],
     }
-    for scenario in (*SCENARIOS, *MULTI_SCENARIOS):
-        if scenario.name not in pick_scenarios:
-            continue
-        scn: dict[str, Any] = {
-            "name": scenario.name,
-            "title": scenario.title,
-            "section": scenario.section,
-            "reference": SECTION_REFERENCE[scenario.section],
-            "skipped": list(scenario.skip),
-            "results": [],
-        }
-        data["scenarios"].append(scn)
-        for spec in SECTION_SERVERS[scenario.section]:
-            if spec.name not in pick_servers or spec.name in scenario.skip:
-                continue
-            print(
-                f"[{time.monotonic() - started:6.0f}s] {scenario.name} / {spec.name} ...",
-                flush=True,
-            )
-            r = run_one(spec, scenario, duration, log_dir)
-            scn["results"].append(r)
-            scn.setdefault("wrk_argv", r.get("wrk_argv"))
-            summary = r.get("error") or (
-                f"{r['rps']:,.0f} req/s, p99 {_fmt_ms(r['p99_ms'])}, errors {r['error_total']}, "
-                f"peak RSS {_fmt_mib(r['peak_rss'])}"
-                + (f", ratio {r['ratio']:.2f}" if r.get("ratio") is not None else "")
-            )
-            if r.get("split") and not r.get("error"):
-                summary += f"; split {_fmt_split(r['split'])}"
-            print(f"         {summary.splitlines()[0]}", flush=True)
+    for scenario, specs in planned:
+        data["scenarios"].append(measure_scenario(scenario, specs, method, log_dir, started))
     if CATALYZER_PREFORK.name in pick_servers:
         pf: dict[str, Any] = {}
         for name, extra, hup_at in (
@@ -1660,7 +2125,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in pick_scenarios:
                 continue
             print(f"[{time.monotonic() - started:6.0f}s] {name} / {CATALYZER_PREFORK.name} ...")
-            r = run_prefork_load(name, extra, hup_at, log_dir)
+            r = run_prefork_load(name, extra, hup_at, log_dir, method.wrk_threads)
             pf[name] = r
             print(f"         {_prefork_summary(r)}", flush=True)
         if "split_paced" in pick_scenarios:
@@ -1699,9 +2164,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "latest.json").write_text(json.dumps(data, indent=2))
     print(f"results: {out}")
     if not only or args.doc:
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(render(data) + _kept_sections())
-        print(f"wrote {DOC}")
+        write_doc(doc, data)
     print("\n".join(targets(data)))
     return 0
 

@@ -198,6 +198,27 @@ SETTINGS: tuple[Setting, ...] = (
         "together.",
     ),
     Setting(
+        "reuse-port",
+        False,
+        parse_bool,
+        section="Processes",
+        flag=True,
+        help="With procs >= 2: give each worker its own SO_REUSEPORT socket on a TCP endpoint "
+        "instead of one socket all workers accept from. The kernel then hashes new connections "
+        "to workers whether or not they are busy in the app: only for apps whose every request "
+        "is fast (see docs/prefork.md).",
+    ),
+    Setting(
+        "handoff-after",
+        0.05,
+        _non_negative_seconds,
+        section="Processes",
+        metavar="SECONDS",
+        help="With procs >= 2 and threads 0: once a worker has been this long in the app on one "
+        "request, its idle keep-alive connections with a new request waiting are passed to an "
+        "idle worker, which answers them (0: never).",
+    ),
+    Setting(
         "timeout",
         0.0,
         _non_negative_seconds,
@@ -493,6 +514,8 @@ class Config:
     procs: int
     max_requests: int
     max_requests_jitter: int
+    reuse_port: bool
+    handoff_after: float
     timeout: float
     listen: tuple[str, ...]
     uwsgi: tuple[str, ...]

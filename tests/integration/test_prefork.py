@@ -627,15 +627,21 @@ def test_usr1_dumps_state(prefork: Callable[..., ServerProcess]) -> None:
     assert serving in pids
 
 
-# Each TCP connection lands on a worker by the kernel's SO_REUSEPORT hash: a binomial split.
-# With 100 connections a 2:1 imbalance (67 or more on one worker) happens about once in 1,500
-# runs; with the 20 of an earlier version of this test it happened one run in nine.
+# With --reuse-port each TCP connection lands on a worker by the kernel's hash: a binomial split,
+# where with 100 connections a 2:1 imbalance (67 or more on one worker) happens about once in
+# 1,500 runs. By default both workers accept from one shared socket, one connection per wake-up,
+# so a burst alternates between the workers awake (200:200 on an idle machine); on a loaded one a
+# worker that is not scheduled takes fewer, so the bound there is 3:1 (taking every queued
+# connection at each wake-up, as Twisted does by itself, gave up to 19:1).
 SPREAD_CONNECTIONS = 100
 SPREAD_REQUESTS = 4
 
 
-def test_requests_spread_over_workers(prefork: Callable[..., ServerProcess]) -> None:
-    server = prefork("--access-log", "off")
+@pytest.mark.parametrize(("args", "least"), [((), 1 / 4), (("--reuse-port",), 1 / 3)])
+def test_requests_spread_over_workers(
+    prefork: Callable[..., ServerProcess], args: tuple[str, ...], least: float
+) -> None:
+    server = prefork("--access-log", "off", *args)
     pids = server.worker_pids()
     conns = [server.connection() for _ in range(SPREAD_CONNECTIONS)]
     served: Counter[int] = Counter()
@@ -655,7 +661,7 @@ def test_requests_spread_over_workers(prefork: Callable[..., ServerProcess]) -> 
     assert sum(served.values()) == total, served
     counts = [served[pid] for pid in pids]
     print(f"requests per worker: {counts}")
-    assert min(counts) >= total // 3, f"requests per worker: {counts}"
+    assert min(counts) >= int(total * least), f"requests per worker: {counts}"
 
 
 def test_master_exit_leaves_no_worker(prefork: Callable[..., ServerProcess]) -> None:

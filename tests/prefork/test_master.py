@@ -6,7 +6,9 @@ over its control channel (an AMP box), writing to its stderr and ending it.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 
+from catalyzer.prefork import fdpass
 from catalyzer.prefork.master import MasterService
 from catalyzer.process.supervision import BOOT_FAILURE, KILL_GRACE, READY
 from catalyzer.settings import Config
@@ -244,3 +247,108 @@ def test_timeout_check_follows_the_request_not_a_poll() -> None:
     worker.proto.scoreboard.leave()
     master.advance(1.5)
     assert worker.signals == []
+
+
+# -- keep-alive hand-off: the master's routing, on real descriptors
+
+
+def _handoff_ends(master: Master, workers: list[FakeProcess]) -> list[socket.socket]:
+    """Give each fake worker a real hand-off channel; the test holds the workers' ends."""
+    ends = []
+    for worker in workers:
+        ours, theirs = fdpass.pair()
+        worker.proto.handoff.stop()
+        worker.proto.handoff = fdpass.FdReader(master.reactor, ours, lambda fd: None)
+        ends.append(theirs)
+    master.advance(10)  # a scoreboard entry at time 0.0 would read as "not in the app"
+    return ends
+
+
+def test_a_connection_from_a_busy_worker_goes_to_an_idle_one() -> None:
+    master = Master(procs=2)
+    busy, idle = master.boot()
+    busy_end, idle_end = _handoff_ends(master, [busy, idle])
+    client, server = socket.socketpair()
+    try:
+        busy.proto.scoreboard.enter(master.reactor.seconds(), "GET /slow")
+        master.service._handed_over(busy.proto, os.dup(server.fileno()))
+        fds, _ = fdpass.receive_fds(idle_end)
+        assert len(fds) == 1
+        assert os.fstat(fds[0]).st_ino == os.fstat(server.fileno()).st_ino
+        os.close(fds[0])
+        assert fdpass.receive_fds(busy_end) == ([], False)
+        assert master.service.handoffs.holding == 0
+    finally:
+        for sock in (client, server, busy_end, idle_end):
+            sock.close()
+
+
+def test_with_every_worker_busy_it_waits_then_goes_back_to_its_source() -> None:
+    master = Master(procs=2)
+    source, other = master.boot()
+    source_end, other_end = _handoff_ends(master, [source, other])
+    client, server = socket.socketpair()
+    try:
+        now = master.reactor.seconds()
+        source.proto.scoreboard.enter(now, "GET /slow")
+        other.proto.scoreboard.enter(now, "GET /slow")
+        master.service._handed_over(source.proto, os.dup(server.fileno()))
+        master.reactor.pump([0.005] * 100)  # half a second: still held
+        assert master.service.handoffs.holding == 1
+        assert fdpass.receive_fds(other_end) == ([], False)
+        master.reactor.pump([0.005] * 101)
+        fds, _ = fdpass.receive_fds(source_end)
+        assert len(fds) == 1
+        os.close(fds[0])
+        assert master.service.handoffs.holding == 0
+        # Nothing held: the master stops looking.
+        retry = master.service._route_handoffs
+        assert not any(call.func == retry for call in master.reactor.getDelayedCalls())
+    finally:
+        for sock in (client, server, source_end, other_end):
+            sock.close()
+
+
+def test_held_connections_are_closed_when_the_master_stops() -> None:
+    master = Master(procs=1)
+    (worker,) = master.boot()
+    (end,) = _handoff_ends(master, [worker])
+    client, server = socket.socketpair()
+    try:
+        worker.proto.scoreboard.enter(master.reactor.seconds(), "GET /slow")
+        fd = os.dup(server.fileno())
+        master.service._handed_over(worker.proto, fd)
+        assert master.service.handoffs.holding == 1
+        master.service.stopService()
+        assert master.service.handoffs.holding == 0
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        for sock in (client, server, end):
+            sock.close()
+
+
+def test_one_retry_timer_however_many_arrive_while_every_worker_is_busy() -> None:
+    master = Master(procs=1)
+    (worker,) = master.boot()
+    (end,) = _handoff_ends(master, [worker])
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        worker.proto.scoreboard.enter(master.reactor.seconds(), "GET /slow")
+        for _, server in pairs:
+            master.service._handed_over(worker.proto, os.dup(server.fileno()))
+        retry = master.service._route_handoffs
+        timers = [c for c in master.reactor.getDelayedCalls() if c.func == retry]
+        assert len(timers) == 1
+        assert master.service.handoffs.holding == 3
+        worker.proto.scoreboard.leave()  # out of the app: it takes them back
+        master.reactor.pump([0.005])
+        fds, _ = fdpass.receive_fds(end)
+        assert len(fds) == 3
+        for fd in fds:
+            os.close(fd)
+    finally:
+        end.close()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.protocol import Protocol
@@ -54,3 +55,31 @@ def test_proxy_header_parsed_once_the_header_is_in() -> None:
     wrapper.dataReceived(b"8080\r\n")
     assert twistedprivate.proxy_header_parsed(wrapper)
     assert wrapper.getPeer().host == "203.0.113.5"  # type: ignore[attr-defined]
+
+
+class _Kept(Protocol):
+    pass
+
+
+def test_accept_one_per_wakeup_takes_one_connection_per_do_read() -> None:
+    from twisted.internet.protocol import Factory
+    from twisted.internet.tcp import Port
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    factory = Factory.forProtocol(_Kept)
+    port = Port(0, factory, 50, "127.0.0.1", memory)
+    port.startListening()
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    accepted: list[Any] = []
+    try:
+        twistedprivate.accept_one_per_wakeup(port)
+        original = factory.buildProtocol
+        factory.buildProtocol = lambda addr: accepted.append(addr) or original(addr)  # type: ignore[method-assign, func-returns-value]
+        for expected in (1, 2, 3):
+            port.doRead()  # three connections wait: Twisted alone would take them all at once
+            assert len(accepted) == expected
+    finally:
+        for client in clients:
+            client.close()
+        port.connectionLost(None)

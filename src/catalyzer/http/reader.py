@@ -196,6 +196,11 @@ class RequestReader:
         return self._phase in (_BODY, _CHUNK_LINE)
 
     @property
+    def between_requests(self) -> bool:
+        """Nothing of a next request has been read, nothing waits to be taken, more may come."""
+        return self._phase == _IDLE and not self._events and not self._stopped
+
+    @property
     def current(self) -> Request | None:
         """The request whose bytes are being read, if any."""
         return self._request

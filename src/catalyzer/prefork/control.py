@@ -26,6 +26,7 @@ def worker_environment(
     listeners: list[dict[str, Any]],
     control_fd: int,
     scoreboard_fd: int,
+    handoff_fd: int | None = None,
 ) -> str:
     """The JSON the master hands a worker."""
     values = {s.name: getattr(config, s.attr) for s in BY_NAME.values()}
@@ -39,6 +40,8 @@ def worker_environment(
             "listeners": listeners,
             "control_fd": control_fd,
             "scoreboard_fd": scoreboard_fd,
+            # Connections passed between workers through the master (prefork.fdpass).
+            "handoff_fd": handoff_fd,
         }
     )
 

@@ -1,10 +1,11 @@
 """The prefork master's listening sockets, as its workers inherit them.
 
 The master binds every ``--listen`` endpoint itself and never accepts; each worker gets the
-sockets as file descriptors. A TCP endpoint (tcp, tcp6, ssl) gets one ``SO_REUSEPORT`` socket per
-worker slot, so the kernel spreads new connections evenly over the workers, where with one shared
-socket the worker that wakes first takes most of a burst. Other endpoints (unix, systemd) are one
-socket shared by every worker.
+sockets as file descriptors. By default an endpoint is ONE socket shared by every worker, and each
+worker accepts one connection per wake-up: a worker busy in the app does not accept, so new
+connections go to the workers that are free (the kernel's accept queue is the fair queue). With
+``--reuse-port`` a TCP endpoint (tcp, tcp6, ssl) gets one ``SO_REUSEPORT`` socket per worker slot
+instead: the kernel spreads connections evenly by hash, busy or not (see docs/prefork.md).
 """
 
 from __future__ import annotations
@@ -110,12 +111,12 @@ class Listener:
         self.slots = {}
 
 
-def listen(description: str, endpoint: Any, slots: int) -> Listener:
+def listen(description: str, endpoint: Any, slots: int, reuse_port: bool = False) -> Listener:
     """Bind ``endpoint`` for ``slots`` workers; raises the bind's error (see
     :func:`catalyzer.server.listening.listen_all`, which turns it into one line)."""
     # A PROXY protocol listener's socket is its inner endpoint's; each worker wraps it.
     endpoint = inner_endpoint(endpoint)
-    if type(endpoint) in _TCP_ENDPOINTS:
+    if reuse_port and type(endpoint) in _TCP_ENDPOINTS:
         return Listener.reuseport(description, endpoint, slots)
     port = listen_now(endpoint, _NoAccept())
     port.stopReading()  # type: ignore[attr-defined]  # the master never accepts

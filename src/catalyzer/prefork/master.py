@@ -37,7 +37,9 @@ from catalyzer.http.progress import ProgressRegistry
 from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.metrics import RequestMetrics, merge
-from catalyzer.prefork import control
+from catalyzer.prefork import control, fdpass
+from catalyzer.prefork.fdpass import FdReader
+from catalyzer.prefork.handoff import Drop, HandoffRouter, WorkerView
 from catalyzer.prefork.listeners import Listener, listen
 from catalyzer.prefork.reloader import FileWatcher
 from catalyzer.process import signals
@@ -68,6 +70,11 @@ def _log(level: str, text: str) -> None:
 
 # How long a worker hung past --timeout gets to write its stack (SIGUSR2) before its KILL.
 _KILL_AFTER_DUMP = 0.5
+# How long a connection handed over waits for a worker out of the app before it goes back to
+# the one it came from (which answers it once its own app call is over), and how often the
+# master looks for one meanwhile.
+_HANDOFF_HOLD = 1.0
+_HANDOFF_RETRY = 0.005
 # How faulthandler's dump of a thread begins ("Current thread 0x... (most recent call first):").
 _STACK_HEADER = "(most recent call first):"
 
@@ -83,6 +90,8 @@ class WorkerProcess(SupervisedChild):
         # Set once the worker has been in the app past --timeout and asked for its stack.
         self.hung_since: float | None = None
         self.stack_seen = False
+        # Our end of its connection hand-off channel (prefork.fdpass), once spawned.
+        self.handoff: FdReader | None = None
 
     def _label(self) -> str:
         return f"worker {self.record.slot} pid {self.record.pid}"
@@ -94,6 +103,8 @@ class WorkerProcess(SupervisedChild):
 
     def ended(self, status: int | None, signum: int | None) -> None:
         self.scoreboard.close()
+        if self.handoff is not None:
+            self.handoff.stop()
         self.master.worker_exited(self, status, signum)
 
 
@@ -171,13 +182,16 @@ class MasterService(Service):
         self.progress = ProgressRegistry(config.progress_ttl, config.progress_entries)
         self._upload_owner: dict[str, int] = {}  # upload id -> record id of the receiving worker
         self._devnull = os.open(os.devnull, os.O_RDWR)
+        # Keep-alive connections given away by workers stuck in the app (prefork.handoff).
+        self.handoffs = HandoffRouter(hold_limit=_HANDOFF_HOLD)
+        self._handoff_retry: Any = None
 
     # -- start
 
     def privilegedStartService(self) -> None:
         self.listeners = listen_all(
             [(description, (description, endpoint)) for description, endpoint in self.endpoints],
-            lambda named: listen(*named, self.config.procs),
+            lambda named: listen(*named, self.config.procs, self.config.reuse_port),
             logger=log,
             close=Listener.close,
             address=lambda listener: listener.address,
@@ -214,6 +228,7 @@ class MasterService(Service):
             self.watcher.stop()
         self.executor.cancel()
         self._cancel_hang_check()
+        self._close_handoffs()
         # The reactor is stopping for a reason other than our own orderly exit: leave no orphans.
         for process in list(self.processes.values()):
             process.signal(signal.SIGKILL)
@@ -397,9 +412,18 @@ class MasterService(Service):
         control_fd = 3 + len(self.listeners)
         scoreboard_fd = control_fd + 1
         child_fds[scoreboard_fd] = scoreboard.fd
+        handoff_fd = scoreboard_fd + 1
+        ours, theirs = fdpass.pair()
+        child_fds[handoff_fd] = theirs.fileno()
         env = dict(os.environ)
         env[control.ENV_KEY] = control.worker_environment(
-            self.config, record.slot, record.generation, listeners, control_fd, scoreboard_fd
+            self.config,
+            record.slot,
+            record.generation,
+            listeners,
+            control_fd,
+            scoreboard_fd,
+            handoff_fd,
         )
         process = WorkerProcess(self, record, scoreboard)
         try:
@@ -415,12 +439,66 @@ class MasterService(Service):
             )
         except OSError as e:
             scoreboard.close()
+            ours.close()
             self._run(self.supervisor.spawn_failed(record, f"{sys.executable}: {e}", self._now()))
             return
+        finally:
+            theirs.close()
+        process.handoff = fdpass.FdReader(
+            self.reactor, ours, lambda fd: self._handed_over(process, fd)
+        )
+        process.handoff.start()
         self.supervisor.spawned(record, pid)
         if trace.ENABLED:
             trace.emit("spawn", worker=record.slot, generation=record.generation, child=pid)
         self.processes[record.id] = process
+
+    # -- keep-alive hand-off: connections from workers stuck in the app to idle ones
+
+    def _handed_over(self, source: WorkerProcess, fd: int) -> None:
+        # Also while stopping: the worker that takes it answers with Connection: close.
+        self.handoffs.received(fd, source.record.id, self._now())
+        if trace.ENABLED:
+            trace.emit("handoff", worker=source.record.slot, held=self.handoffs.holding)
+        self._route_handoffs()
+
+    def _route_handoffs(self) -> None:
+        if self._handoff_retry is not None and self._handoff_retry.active():
+            self._handoff_retry.cancel()  # a new arrival: one look now, one timer after
+        self._handoff_retry = None
+        now = self._now()
+        views = [
+            WorkerView(
+                id=record_id,
+                ready=process.record.state == READY and process.handoff is not None,
+                in_app=bool(process.scoreboard.read()[0]),
+            )
+            for record_id, process in self.processes.items()
+        ]
+        for command in self.handoffs.route(views, now):
+            if isinstance(command, Drop):
+                log.warn("a keep-alive connection handed over was closed: {r}", r=command.reason)
+                os.close(command.token)
+                continue
+            target = self.processes.get(command.worker)
+            reader = target.handoff if target is not None else None
+            if reader is not None and fdpass.send_fd(reader.sock, command.token):
+                os.close(command.token)  # the worker has its own copy now
+                continue
+            dropped = self.handoffs.undelivered(command, now)
+            if dropped is not None:
+                log.warn("a keep-alive connection handed over was closed: {r}", r=dropped.reason)
+                os.close(dropped.token)
+        if self.handoffs.holding:
+            # Every worker is in the app: look again soon (scoreboards cannot call us).
+            self._handoff_retry = self.reactor.callLater(_HANDOFF_RETRY, self._route_handoffs)
+
+    def _close_handoffs(self) -> None:
+        if self._handoff_retry is not None and self._handoff_retry.active():
+            self._handoff_retry.cancel()
+        self._handoff_retry = None
+        for fd in self.handoffs.forget_all():
+            os.close(fd)
 
     def _control_for(self, process: WorkerProcess) -> MasterControl:
         process.control = MasterControl(self, process)

@@ -27,6 +27,8 @@ from twisted.protocols import amp
 from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.prefork import control
+from catalyzer.prefork.fdpass import FdReader
+from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
 from catalyzer.process.children import set_title
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
@@ -88,6 +90,15 @@ class Worker:
             limit += random.randint(0, config.max_requests_jitter)
         self.max_requests = limit
         self.retiring = False
+        handoff_fd = spec.get("handoff_fd")
+        self.handoff = None if handoff_fd is None else socket.socket(fileno=int(handoff_fd))
+        if self.handoff is not None:
+            self.handoff.setblocking(False)
+        # Keep-alive rescue (prefork.rescue): only when the app runs in the reactor thread, the
+        # one case where a worker in the app cannot read its other connections.
+        rescue = self.handoff is not None and not config.threads and config.handoff_after > 0
+        scoreboard_fd = int(spec["scoreboard_fd"])
+        scoreboard = GatedScoreboard(scoreboard_fd) if rescue else Scoreboard(scoreboard_fd)
         # Uploads' progress goes to the master and polls are answered from its view of every
         # worker's uploads (_send_progress, _query_progress).
         self.server = ServerState.from_config(
@@ -95,7 +106,7 @@ class Worker:
             config,
             reactor,
             multiprocess=True,
-            scoreboard=Scoreboard(int(spec["scoreboard_fd"])),
+            scoreboard=scoreboard,
             on_response=self._count_response,
             progress_source=self._query_progress,
             share_progress=True,
@@ -104,6 +115,12 @@ class Worker:
         for listener in spec["listeners"]:
             endpoints.append((listener["description"], _Adopted(reactor, listener)))
         self.service = HTTPService(self.server, endpoints, reactor)
+        self.watchdog: Watchdog | None = None
+        if rescue:
+            assert isinstance(scoreboard, GatedScoreboard) and self.handoff is not None
+            self.watchdog = Watchdog(
+                reactor, self.server, scoreboard, self.handoff, config.handoff_after
+            )
         self.control: amp.AMP | None = None
         self._modules_seen = 0
         self._control_fd = int(spec["control_fd"])
@@ -112,16 +129,23 @@ class Worker:
         self.service.privilegedStartService()
         self.service.startService()
         for port in self.service.ports:
-            # One accept per wake-up, for sockets all workers share (unix, systemd): a burst is
-            # spread over the workers awake instead of going to the first. (TCP endpoints have a
-            # socket per worker slot: see master._Listener.)
-            if hasattr(port, "numberAccepts"):
-                port.numberAccepts = 1
+            # One accept per wake-up on the socket all workers share: a burst is spread over the
+            # workers awake, and a worker stuck in the app takes nothing (see prefork.listeners).
+            twistedprivate.accept_one_per_wakeup(port)
         ctl = protocol.Factory()
         ctl.buildProtocol = lambda addr: WorkerControl(self)  # type: ignore[method-assign]
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
         os.close(self._control_fd)
         self.reactor.callLater(0, self._say_ready)
+        if self.handoff is not None:
+            from catalyzer.server.channel import HTTPFactory
+
+            factory = HTTPFactory(self.server)
+            FdReader(
+                self.reactor, self.handoff, lambda fd: adopt(self.reactor, factory, fd)
+            ).start()
+        if self.watchdog is not None:
+            self.watchdog.start()
         if self.server.progress is not None:
             # Our uploads' progress goes to the master ten times a second.
             sender = LoopingCall(self._send_progress)
@@ -175,6 +199,8 @@ class Worker:
             "in_app": what if entered else "",
             "in_app_since": entered,
             "rss": _rss(),
+            # Keep-alive connections given to other workers while this one was in the app.
+            "handed_off": self.watchdog.moved if self.watchdog is not None else 0,
         }
 
     def describe(self) -> str:
@@ -196,6 +222,8 @@ class Worker:
                 proto.callRemote(control.Retire, reason="max-requests")
 
     def stop(self, quick: bool = False) -> None:
+        # The watchdog keeps going while we drain: a connection waiting behind a slow request is
+        # better answered by another worker now than with Connection: close after it.
         if quick:
             self.service.hurry()
         # Now, not once the reactor's shutdown has begun: responses starting meanwhile are the
@@ -270,7 +298,6 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     worker = Worker(spec, reactor)
     reactor.callWhenRunning(worker.start)
-    reactor.callWhenRunning(freeze_startup_heap)
     reactor.callWhenRunning(
         signals.install,
         reactor,
@@ -285,6 +312,8 @@ def main() -> None:
         # even when the app runs in this (the reactor's) thread.
         at_once={signal.SIGTERM: worker.server.stop_keep_alive},
     )
+    # After the signal handlers: a full collection at start-up takes a while.
+    reactor.callWhenRunning(freeze_startup_heap)
     stopped: list[bool] = []
     reactor.addSystemEventTrigger("before", "shutdown", _stop_service, worker, stopped)
     reactor.run()

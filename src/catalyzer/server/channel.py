@@ -329,6 +329,9 @@ class HTTPChannel(Protocol):
         self.info: ConnectionInfo | None = None
         self.requests = 0
         self.opened = 0.0
+        # When the last response ended: a prefork worker's watchdog thread reads it to tell the
+        # connection the app is serving from the others (catalyzer.prefork.handoff.movable).
+        self.ended_at = 0.0
         self._reading_paused = False
         self._got_data = False
         self._in_next = False
@@ -361,6 +364,18 @@ class HTTPChannel(Protocol):
     @property
     def receiving(self) -> bool:
         return self.reader.in_headers or self.reader.in_body
+
+    @property
+    def between_requests(self) -> bool:
+        """Idle between requests with nothing read: no response running, nothing of the next
+        request parsed or queued, reading not paused (the next request, if any, is still in the
+        kernel's buffer)."""
+        return (
+            self.state is _OPEN
+            and self.response is None
+            and not self._reading_paused
+            and self.reader.between_requests
+        )
 
     # -- Protocol
 
@@ -645,6 +660,8 @@ class HTTPChannel(Protocol):
         abandoned."""
         response = self.response
         assert response is not None
+        # Set before response is cleared: another thread that sees no response sees this too.
+        self.ended_at = now = self.server.clock.seconds()
         self.response = None
         if self.state is _RESPONDING:
             self._enter(_OPEN)
@@ -664,7 +681,6 @@ class HTTPChannel(Protocol):
             server.on_response()
         if request.body is not None:
             request.body.close()
-        now = server.clock.seconds()
         server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent)
         access_log = server.access_log
         if access_log is not None:

@@ -69,7 +69,6 @@ class SingleProcessRoot(MultiService):
 
     def startService(self) -> None:
         MultiService.startService(self)
-        self.reactor.callWhenRunning(freeze_startup_heap)
         self.reactor.callWhenRunning(
             signals.install,
             self.reactor,
@@ -82,6 +81,8 @@ class SingleProcessRoot(MultiService):
             # even when the app runs in the reactor's thread.
             at_once={signal.SIGTERM: self.http.server.stop_keep_alive},
         )
+        # After the signal handlers: a full collection at start-up takes a while.
+        self.reactor.callWhenRunning(freeze_startup_heap)
 
     def _dump(self) -> None:
         text = with_dispatchers(describe_connections(self.http.server))

@@ -1,0 +1,256 @@
+"""Mixed load (issue 10): one slow request every ``--slow-every`` seconds plus wrk's clients on
+a fast endpoint, against ``catalyzer --procs N`` and ``gunicorn sync -w N``, with keep-alive and
+with ``Connection: close``. Prints the issue's table: fast p99, fast req/s, errors, and how many
+slow requests were answered.
+
+    .venv/bin/python bench/mixed.py                      # the issue's scenario, 10 s per run
+    .venv/bin/python bench/mixed.py --duration 2 --servers catalyzer   # a quick check
+    .venv/bin/python bench/mixed.py --catalyzer-args '--reuse-port --handoff-after 0'  # before
+
+The slow requests come from this process: each on a new connection (``Connection: close``), sent
+on a fixed schedule whatever the server does, and each waited for (bounded) after wrk ends.
+gunicorn needs the bench extra (``pip install gunicorn``); a server that is not installed is
+skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import procs
+from bench.run import run_wrk
+
+SLOW_PATH = "/slow"
+SLOW_GRACE = (
+    30.0  # how long a slow request may take beyond its own duration before it counts as lost
+)
+
+
+@dataclass
+class SlowDriver:
+    """Sends ``GET /slow`` every ``every`` seconds, each on its own connection and thread."""
+
+    port: int
+    every: float
+    seconds: float
+    sent: int = 0
+    answered: int = 0
+    failed: list[str] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        self._pacer = threading.Thread(target=self._pace, daemon=True)
+        self._pacer.start()
+
+    def _pace(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            thread = threading.Thread(target=self._one, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self.sent += 1
+            next_at += self.every
+
+    def _one(self) -> None:
+        request = (
+            f"GET {SLOW_PATH}?seconds={self.seconds:g} HTTP/1.1\r\nHost: {procs.HOST}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        try:
+            with socket.create_connection(
+                (procs.HOST, self.port), timeout=self.seconds + SLOW_GRACE
+            ) as s:
+                s.sendall(request)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            status = data.split(b"\r\n", 1)[0]
+            if b" 200 " not in status:
+                raise ValueError(f"status line {status!r}")
+        except (OSError, ValueError) as e:
+            with self._lock:
+                self.failed.append(f"{type(e).__name__}: {e}")
+            return
+        with self._lock:
+            self.answered += 1
+
+    def finish(self) -> None:
+        """Stop sending; wait (bounded) for every slow request sent."""
+        self._stop.set()
+        self._pacer.join(self.every + 1)
+        deadline = time.monotonic() + self.seconds + SLOW_GRACE
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def catalyzer_argv(port: int, procs_n: int, extra: list[str]) -> list[str]:
+    return [
+        str(procs.VENV_BIN / "twistd"),
+        "-n",
+        "--pidfile=",
+        "catalyzer",
+        "--app",
+        "bench.apps:mixed",
+        "--listen",
+        f"tcp:{port}:interface={procs.HOST}",
+        "--access-log",
+        "off",
+        "--procs",
+        str(procs_n),
+        *extra,
+    ]
+
+
+def gunicorn_argv(port: int, procs_n: int, extra: list[str]) -> list[str]:
+    return [
+        str(procs.VENV_BIN / "gunicorn"),
+        "--bind",
+        f"{procs.HOST}:{port}",
+        "--workers",
+        str(procs_n),
+        "--worker-class",
+        "sync",
+        # The slow request must not be killed by gunicorn's default 30 s worker timeout either.
+        "--timeout",
+        "120",
+        *extra,
+        "bench.apps:mixed",
+    ]
+
+
+SERVERS = {"catalyzer": catalyzer_argv, "gunicorn": gunicorn_argv}
+MODES = {"keep-alive": (), "close": ("-H", "Connection: close")}
+
+
+def measure(
+    server: str, argv: list[str], port: int, mode: str, args: argparse.Namespace, logs: Path
+) -> dict[str, Any]:
+    running = procs.start_server(server, argv, port, logs / f"{server}-{mode}.log")
+    try:
+        procs.wait_ready(running)
+        slow = SlowDriver(port, args.slow_every, args.slow_seconds)
+        slow.start()
+        wrk = run_wrk(port, args.clients, args.duration, MODES[mode])
+        slow.finish()
+    finally:
+        stopped = procs.stop_server(running)
+    return {
+        "server": server,
+        "argv": shlex.join(argv).replace(str(port), "PORT"),
+        "mode": mode,
+        "fast_p99_ms": wrk["p99_ms"],
+        "fast_p50_ms": wrk["p50_ms"],
+        "fast_rps": wrk["rps"],
+        "fast_errors": wrk["error_total"],
+        "fast_error_detail": wrk["errors"],
+        "wrk": wrk["wrk_argv"],
+        "slow_sent": slow.sent,
+        "slow_answered": slow.answered,
+        "slow_failed": slow.failed[:5],
+        "stop": stopped,
+    }
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = {}
+    for r in results:
+        rows.setdefault(r["label"], {})[r["mode"]] = r
+    lines = [
+        "| server | fast p99, keep-alive | fast req/s, keep-alive | errors | slow answered "
+        "| fast p99, Connection: close | fast req/s, close | errors | slow answered |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for label, modes in rows.items():
+        cells = [label]
+        for mode in MODES:
+            r = modes.get(mode)
+            if r is None:
+                cells += ["-"] * 4
+                continue
+            cells += [
+                _ms(r["fast_p99_ms"]),
+                f"{r['fast_rps']:,.0f}",
+                str(r["fast_errors"]),
+                f"{r['slow_answered']}/{r['slow_sent']}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--procs", type=int, default=4, help="workers of each server (4)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per run (10)")
+    parser.add_argument("--clients", type=int, default=16, help="wrk connections (16)")
+    parser.add_argument("--slow-every", type=float, default=0.5, help="seconds between slows")
+    parser.add_argument("--slow-seconds", type=float, default=1.0, help="each slow's duration")
+    parser.add_argument("--servers", default="catalyzer,gunicorn", help="comma-separated")
+    parser.add_argument("--modes", default="keep-alive,close", help="comma-separated")
+    parser.add_argument(
+        "--catalyzer-args",
+        action="append",
+        default=None,
+        help="extra catalyzer arguments, one run per occurrence (e.g. '--threads 1')",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed", file=sys.stderr)
+        return 2
+    variants: list[tuple[str, str, list[str]]] = []
+    for server in args.servers.split(","):
+        if server not in SERVERS:
+            parser.error(f"unknown server {server!r} (known: {', '.join(SERVERS)})")
+        if server == "catalyzer":
+            for extra in args.catalyzer_args or [""]:
+                label = f"catalyzer --procs {args.procs} {extra}".strip()
+                variants.append((server, label, shlex.split(extra)))
+        else:
+            variants.append((server, f"gunicorn sync -w {args.procs}", []))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cz-mixed-") as tmp:
+        for server, label, extra in variants:
+            probe = SERVERS[server](0, args.procs, extra)[0]
+            if not Path(probe).exists():
+                print(f"skipping {label}: {probe} is not installed", file=sys.stderr)
+                continue
+            for mode in args.modes.split(","):
+                port = procs.free_port()
+                argv = SERVERS[server](port, args.procs, extra)
+                print(f"{label}, {mode}: {args.duration}s ...", file=sys.stderr, flush=True)
+                result = measure(server, argv, port, mode, args, Path(tmp))
+                result["label"] = label
+                results.append(result)
+    print(
+        f"\nOne /slow ({args.slow_seconds:g} s) every {args.slow_every:g} s plus "
+        f"{args.clients} wrk clients on /, {args.duration} s per run:\n"
+    )
+    print(table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Keep-alive hand-off decisions: which connections a worker stuck in the app gives away, and
+which worker the master passes each one to. Pure: plain values in, plain values out.
+
+A worker running its app in the reactor thread (``threads 0``) cannot read its other
+connections while one request is in the app. Once that request has been there ``handoff-after``
+seconds, the worker's watchdog thread (:mod:`catalyzer.prefork.rescue`) gives every connection
+that is idle between requests and has a request waiting unread in the kernel to the master, which
+passes it to a worker that is not in the app. No byte moves in user space: only connections with
+nothing read and nothing queued move, so nothing can be lost or reordered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Iterable, Sequence
+from typing import NamedTuple
+
+__all__ = [
+    "Candidate",
+    "Drop",
+    "HandoffRouter",
+    "Send",
+    "WorkerView",
+    "due",
+    "movable",
+]
+
+
+class Candidate(NamedTuple):
+    """One connection of a worker as the watchdog sees it while the app holds the reactor."""
+
+    key: Hashable
+    idle: bool  # OPEN, no response, nothing parsed or queued, reading not paused
+    ended_at: float  # when its last response ended (0.0: none yet)
+    write_empty: bool  # nothing queued for the client
+    plain: bool  # a plain stream socket (TLS keeps state in user space: it cannot move)
+
+
+def due(entered: float, now: float, after: float) -> bool:
+    """Whether a worker in the app since ``entered`` (0.0: not in the app) should give its
+    waiting connections away (``after`` 0: never)."""
+    return after > 0 and entered > 0 and now - entered >= after
+
+
+def movable(candidates: Iterable[Candidate], entered: float) -> list[Hashable]:
+    """The keys of the connections that may move while the app call that began at ``entered``
+    is running.
+
+    A connection whose last response ended at or after ``entered`` is the one the app call is
+    for (a streamed response that finished inside this call): the reactor thread is still
+    running its code, so it stays. Every other connection was idle before the call began and
+    the reactor thread cannot touch it until the call returns."""
+    return [
+        c.key for c in candidates if c.idle and c.write_empty and c.plain and c.ended_at < entered
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerView:
+    """A worker as the master sees it when routing: its record id, whether it serves, and
+    whether its scoreboard says it is in the app."""
+
+    id: int
+    ready: bool
+    in_app: bool
+
+
+class Send(NamedTuple):
+    """Pass the connection ``token`` to worker ``worker`` (it came from ``source`` at
+    ``since``)."""
+
+    token: int
+    worker: int
+    source: int
+    since: float
+
+
+class Drop(NamedTuple):
+    """Close the connection ``token``: no worker is left to take it."""
+
+    token: int
+    reason: str
+
+
+@dataclasses.dataclass
+class _Held:
+    source: int
+    since: float
+
+
+class HandoffRouter:
+    """The master's side: connections given away by busy workers wait here until a worker that
+    is not in the app takes them, in arrival order, spread round-robin over the idle workers.
+
+    A connection held ``hold_limit`` seconds (every worker busy all along) goes back to the
+    worker it came from, which answers it once its app call is over, as it would have without
+    the hand-off; if that worker is gone, to any ready worker; with none, it is dropped."""
+
+    def __init__(self, hold_limit: float) -> None:
+        self.hold_limit = hold_limit
+        self._held: dict[int, _Held] = {}
+        self._turn = 0
+
+    @property
+    def holding(self) -> int:
+        return len(self._held)
+
+    def received(self, token: int, source: int, now: float) -> None:
+        """A worker gave the connection ``token`` away."""
+        self._held[token] = _Held(source, now)
+
+    def undelivered(self, send: Send, now: float) -> Drop | None:
+        """Carrying out ``send`` failed (the worker's socket was full, or it is gone): hold the
+        connection again, still counted from when it first arrived, unless it has waited twice
+        ``hold_limit`` already."""
+        if now - send.since >= 2 * self.hold_limit:
+            return Drop(send.token, "no worker took it in time")
+        self._held[send.token] = _Held(send.source, send.since)
+        return None
+
+    def route(self, workers: Sequence[WorkerView], now: float) -> list[Send | Drop]:
+        """What to do with every held connection now; the ones not named stay held."""
+        ready = [w for w in workers if w.ready]
+        idle = [w for w in ready if not w.in_app]
+        commands: list[Send | Drop] = []
+        for token, held in list(self._held.items()):
+            target: int | None = None
+            if idle:
+                target = idle[self._turn % len(idle)].id
+                self._turn += 1
+            elif now - held.since >= self.hold_limit:
+                if any(w.id == held.source for w in ready):
+                    target = held.source
+                elif ready:
+                    target = ready[0].id
+                else:
+                    del self._held[token]
+                    commands.append(Drop(token, "no worker is left to take it"))
+                    continue
+            if target is not None:
+                del self._held[token]
+                commands.append(Send(token, target, held.source, held.since))
+        return commands
+
+    def forget_all(self) -> list[int]:
+        """Stopping: every held token, to be closed."""
+        tokens = list(self._held)
+        self._held.clear()
+        return tokens

@@ -1,0 +1,207 @@
+"""A worker's keep-alive rescue: while the app holds the reactor thread (``threads 0``), a
+watchdog thread gives the worker's waiting keep-alive connections to the master, which passes them
+to an idle worker (decisions: :mod:`catalyzer.prefork.handoff`; descriptors:
+:mod:`catalyzer.prefork.fdpass`).
+
+Nothing is added to a request's path but one attribute read when it leaves the app. The thread
+wakes every ``handoff-after / 2`` seconds and reads the scoreboard; only when one app call has
+lasted ``handoff-after`` does it touch anything.
+
+The race with the reactor thread, and why it is safe:
+
+- *The gate.* The watchdog acts only while the reactor thread is inside the app call it saw
+  (scoreboard entry unchanged). It takes the gate's lock, sets ``claimed``, then reads the
+  scoreboard again; the reactor thread, leaving the app, clears the scoreboard and then reads
+  ``claimed``, waiting on the lock if it is set. Both sides write then read (the GIL orders them),
+  so either the watchdog sees the app left and does nothing, or the reactor thread sees the claim
+  and waits until the watchdog is done: it cannot poll, read or write any connection meanwhile.
+- *The connection the app is serving.* Inside an app call the reactor thread runs code for one
+  connection only, the one whose request is in the app; a streamed response can finish inside the
+  call and make that connection look idle. Its ``ended_at`` is then at or after the call's entry,
+  and :func:`~catalyzer.prefork.handoff.movable` leaves it alone (``ended_at`` is written before
+  ``response`` is cleared, so a thread that sees no response sees the time).
+- *The reactor's own structures.* The watchdog removes the moved socket from the reactor
+  (``removeReader``/``removeWriter``: a dict, a set and ``epoll_ctl``, each atomic under the GIL;
+  the reactor thread inside the app touches only its own connection's entries). Events of the
+  current poll batch for the moved descriptor find no selectable and are skipped; the descriptor
+  stays open (its number cannot be reused) until the reactor thread closes it after the batch.
+- *Closing.* The watchdog makes the transport inert at once
+  (:func:`~catalyzer.server.twistedprivate.disown_transport`): a timer of that connection firing
+  before the clean-up (the app call may itself be a timed call) can no longer send, shut down or
+  reset it. The reactor thread then closes the socket with a bare ``close(2)``: no
+  ``shutdown(2)`` and no ``SO_LINGER`` 0, which would end the connection for the worker that now
+  serves it (:func:`~catalyzer.server.twistedprivate.close_disowned`), and tells the protocol.
+- *Bytes.* Only a connection with nothing read of its next request moves, and only once a
+  request is waiting in the kernel (``MSG_PEEK``): the new worker reads it whole. Pipelined bytes
+  already read stay with the old worker, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet import error, interfaces, tcp
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from catalyzer.prefork.fdpass import send_fd
+from catalyzer.prefork.handoff import Candidate, due, movable
+from catalyzer.process.scoreboard import Scoreboard
+from catalyzer.server import twistedprivate
+from catalyzer.server.channel import HTTPChannel, ServerState
+
+__all__ = ["GatedScoreboard", "Watchdog", "adopt"]
+
+log = Logger(namespace="catalyzer.prefork.rescue")
+
+
+class GatedScoreboard(Scoreboard):
+    """The worker's scoreboard, whose ``leave`` waits while the watchdog is moving
+    connections (see the module's docstring)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.claimed = False
+        self._gate = threading.Lock()
+
+    def leave(self) -> None:
+        super().leave()
+        if self.claimed:
+            with self._gate:
+                pass
+
+    def claim(self, entered: float) -> bool:
+        """Hold the reactor thread at its next ``leave``, if it is still in the app call that
+        began at ``entered``; True if so (then :meth:`release` it)."""
+        self._gate.acquire()
+        self.claimed = True
+        if self.read()[0] != entered:
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        self.claimed = False
+        self._gate.release()
+
+
+class Watchdog:
+    """Gives away the waiting keep-alive connections of a worker whose app call has lasted
+    ``after`` seconds, over ``sock`` (the worker's end of its fd channel to the master)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: ServerState,
+        scoreboard: GatedScoreboard,
+        sock: socket.socket,
+        after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.scoreboard = scoreboard
+        self.sock = sock
+        self.after = after
+        self.clock = clock
+        self.moved = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="catalyzer-handoff", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        interval = max(self.after / 2, 0.005)
+        while not self._stopping.wait(interval):
+            try:
+                self.check()
+            except Exception:
+                log.failure("the hand-off watchdog")
+
+    def check(self) -> int:
+        """One look (the thread's loop body): how many connections were given away."""
+        entered = self.scoreboard.read()[0]
+        if not due(entered, self.clock(), self.after):
+            return 0
+        if not self.scoreboard.claim(entered):
+            return 0
+        try:
+            return self._give_away(entered)
+        finally:
+            self.scoreboard.release()
+
+    def _give_away(self, entered: float) -> int:
+        # HTTP connections only: a uwsgi connection carries one request, and a kept FastCGI one
+        # would need its face's factory on the adopting side.
+        channels: dict[Hashable, HTTPChannel] = {
+            id(c): c for c in list(self.server.channels) if isinstance(c, HTTPChannel)
+        }
+        moved = 0
+        for key in movable([_candidate(c) for c in channels.values()], entered):
+            channel = channels[key]
+            transport: Any = channel.transport
+            if not _request_waiting(transport.socket):
+                continue
+            if not send_fd(self.sock, transport.fileno()):
+                break  # the master is not keeping up: the rest stay here
+            self.reactor.removeReader(transport)
+            self.reactor.removeWriter(transport)
+            # Inert from now on: a timer of this connection that fires before _forget runs
+            # (the app call may be a timed call, with others due after it) cannot touch it.
+            twistedprivate.disown_transport(transport)
+            self.reactor.callFromThread(_forget, channel)
+            moved += 1
+        self.moved += moved
+        return moved
+
+
+def _candidate(channel: HTTPChannel) -> Candidate:
+    transport: Any = channel.transport
+    plain = isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport)
+    return Candidate(
+        key=id(channel),
+        idle=channel.between_requests,
+        ended_at=channel.ended_at,
+        write_empty=plain
+        and not transport.disconnecting
+        and twistedprivate.write_buffer_empty(transport),
+        plain=plain,
+    )
+
+
+def _request_waiting(sock: socket.socket) -> bool:
+    """Bytes of a request wait unread in the kernel (not an end of stream, not nothing)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
+def _forget(channel: HTTPChannel) -> None:
+    """In the reactor thread, once the app call is over: the connection now belongs to another
+    worker."""
+    twistedprivate.close_disowned(channel.transport)
+    channel.connectionLost(Failure(error.ConnectionDone("handed to another worker")))
+
+
+def adopt(reactor: Any, factory: Any, fd: int) -> None:
+    """Serve a connection another worker handed over (``fd`` is ours and is closed here)."""
+    try:
+        probe = socket.socket(fileno=fd)
+        family = probe.family
+        probe.detach()
+        reactor.adoptStreamConnection(fd, family, factory)
+    except OSError as e:
+        log.warn("a connection handed over could not be taken: {e}", e=e)
+    finally:
+        os.close(fd)
