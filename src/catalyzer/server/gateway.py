@@ -550,6 +550,16 @@ class FastCGIChannel(GatewayChannel):
         super().__init__(server)
         self._sink: FastCGIStdout | None = None
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # A response ends with a second small write (FCGI_END_REQUEST) right behind its body on
+        # a connection that stays open: with Nagle's algorithm it would wait for the web
+        # server's delayed ACK (40 ms on Linux), which the web server delays because it is
+        # waiting for that very record.
+        set_no_delay: Any = getattr(self.transport, "setTcpNoDelay", None)
+        if self._socket is not None and set_no_delay is not None:
+            set_no_delay(True)
+
     def _new_parser(self) -> Any:
         from catalyzer.http.fastcgi import FastCGIParser
 
