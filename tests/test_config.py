@@ -74,3 +74,26 @@ def test_cli_reports_config_errors_as_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         parse("--config", str(tmp_path / "missing.toml"), "--app", "examples.hello:app")
     assert "No such file" in str(e.value)
+
+
+def test_gateway_faces_replace_the_default_listen(tmp_path: Path) -> None:
+    options = parse("--app", "x:app", "--uwsgi", "tcp:0", "--fastcgi", "unix:/tmp/cz.fcgi")
+    assert options.config is not None
+    assert options.config.listen == ()
+    assert [d for d, _ in options.endpoints] == ["uwsgi:tcp:0", "fastcgi:unix:/tmp/cz.fcgi"]
+    # Asked for, HTTP is listened on too; and the file can name the faces.
+    path = write(tmp_path, 'uwsgi = ["tcp:9000"]\n')
+    options = parse("--config", path, "--app", "x:app", "--listen", "tcp:0")
+    assert [d for d, _ in options.endpoints] == ["tcp:0", "uwsgi:tcp:9000"]
+
+
+def test_bad_gateway_endpoint_is_named() -> None:
+    with pytest.raises(SystemExit) as e:
+        parse("--app", "x:app", "--fastcgi", "nonsense:1")
+    assert "--fastcgi 'nonsense:1'" in str(e.value)
+
+
+def test_nothing_to_listen_on(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse("--app", "x:app", "--config", write(tmp_path, "listen = []\n"))
+    assert "nothing to listen on" in str(e.value)

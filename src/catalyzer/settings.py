@@ -262,7 +262,33 @@ SETTINGS: tuple[Setting, ...] = (
         "'ssl:8443:privateKey=key.pem:certKey=cert.pem', 'systemd:domain=INET:index=0'. "
         "'haproxy:' in front of a tcp, tcp6, unix or systemd endpoint expects a PROXY protocol "
         "(v1 or v2) header on each connection, and REMOTE_ADDR is the client it names. "
-        "Repeat to listen on several.",
+        "Repeat to listen on several. Not listened on by default when uwsgi or fastcgi is given.",
+    ),
+    Setting(
+        "uwsgi",
+        [],
+        str,
+        section="Listening",
+        metavar="ENDPOINT",
+        repeatable=True,
+        help="Where to accept the uwsgi protocol from a web server in front (nginx uwsgi_pass), "
+        "same endpoint syntax as listen; repeatable. The variable block may hold at most "
+        "max-request-line + max-header-bytes bytes (65535 at most, the protocol's limit); "
+        "bigger: 431. Trusts the peer with REMOTE_ADDR and the scheme (so reachable by the web "
+        "server only); forwarded-allow-ips then judges the REMOTE_ADDR it sent. See "
+        "docs/deploying.md.",
+    ),
+    Setting(
+        "fastcgi",
+        [],
+        str,
+        section="Listening",
+        metavar="ENDPOINT",
+        repeatable=True,
+        help="Where to accept FastCGI (responder role) from a web server in front (nginx "
+        "fastcgi_pass), same endpoint syntax as listen; repeatable. One request at a time per "
+        "connection (FCGI_MPXS_CONNS=0), FCGI_KEEP_CONN honoured; the params stream is limited "
+        "like uwsgi's variable block. Trusts the peer like uwsgi. See docs/deploying.md.",
     ),
     Setting(
         "forwarded-allow-ips",
@@ -527,6 +553,8 @@ class Config:
     timeout: float
     worker_liveness: float
     listen: tuple[str, ...]
+    uwsgi: tuple[str, ...]
+    fastcgi: tuple[str, ...]
     forwarded_allow_ips: str
     backlog: int
     max_connections: int

@@ -19,6 +19,7 @@ from twisted.python import usage
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.faces import Face, describe
 from catalyzer.server.proxyheader import ProxiedEndpoint, split_proxied
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
@@ -84,6 +85,8 @@ class Options(usage.Options):
                     values[setting.name] = setting.coerce(raw)
                 except SettingError as e:
                     raise _fail(str(e)) from None
+        if "listen" not in values and (values.get("uwsgi") or values.get("fastcgi")):
+            values["listen"] = []  # behind a web server: no HTTP port unless asked for
         if not values.get("app"):
             raise _fail("--app MODULE:CALLABLE is required (e.g. --app myapp:app)")
         try:
@@ -100,12 +103,18 @@ class Options(usage.Options):
             raise _fail(f"--spool-dir {spool_dir!r}: not a directory this process can write to")
         from twisted.internet import reactor
 
-        for description in self.config.listen:
+        described = [(Face.HTTP, d) for d in self.config.listen]
+        described += [(Face.UWSGI, d) for d in self.config.uwsgi]
+        described += [(Face.FASTCGI, d) for d in self.config.fastcgi]
+        if not described:
+            raise _fail("nothing to listen on: give --listen, --uwsgi or --fastcgi")
+        for face, description in described:
+            option = "--listen" if face is Face.HTTP else f"--{face.value}"
             proxied, inner = split_proxied(description)
             if proxied and inner.split(":", 1)[0].lower() not in ("tcp", "tcp6", "unix", "systemd"):
                 raise _fail(
-                    f"--listen {description!r}: the PROXY protocol is supported on tcp, tcp6, unix and "
-                    "systemd endpoints (it comes before TLS: terminate TLS in the proxy)"
+                    f"{option} {description!r}: the PROXY protocol is supported on tcp, tcp6, unix "
+                    "and systemd endpoints (it comes before TLS: terminate TLS in the proxy)"
                 )
             try:
                 endpoint = endpoints.serverFromString(
@@ -114,15 +123,15 @@ class Options(usage.Options):
                 if proxied:
                     endpoint = ProxiedEndpoint(endpoint, reactor)
             except IndexError:
-                if not description.startswith("systemd:"):
+                if not inner.startswith("systemd:"):
                     raise
                 raise _fail(
-                    f"--listen {description!r}: no socket at that index was passed by systemd "
+                    f"{option} {description!r}: no socket at that index was passed by systemd "
                     "(LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES describe the sockets it passes)"
                 ) from None
             except Exception as e:  # the endpoint parsers raise a variety of types
-                raise _fail(f"--listen {description!r}: {e or type(e).__name__}") from None
-            self.endpoints.append((description, endpoint))
+                raise _fail(f"{option} {description!r}: {e or type(e).__name__}") from None
+            self.endpoints.append((describe(face, description), endpoint))
 
 
 def with_backlog(description: str, backlog: int) -> str:

@@ -93,7 +93,9 @@ class ServerProcess:
     def __init__(self, args: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
         self.args = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
         self.log_path = log_path
-        self.expected_listens = max(1, sum(1 for a in args if a in ("--listen", "-l")))
+        self.expected_listens = max(
+            1, sum(1 for a in args if a in ("--listen", "-l", "--uwsgi", "--fastcgi"))
+        )
         self.procs = _procs(args)
         self._children: dict[int, int] = {}  # worker pid -> start time (prefork mode)
         with open(log_path, "wb") as out:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import IO, Final, Protocol
 import httptools
 
 from catalyzer.http.progress import upload_id_from
+from catalyzer.http.spool import body_file
 
 __all__ = [
     "Limits",
@@ -439,12 +439,7 @@ class RequestReader:
             request.expect_continue = False
             self._enter(_BODY)
             return
-        if length is not None and length <= self.limits.body_spool_threshold:
-            request.body = io.BytesIO()
-        else:
-            request.body = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-                self.limits.body_spool_threshold, dir=self.limits.spool_dir
-            )
+        request.body = body_file(length, self.limits.body_spool_threshold, self.limits.spool_dir)
         if request.expect_continue:
             self._events.append(SEND_CONTINUE)
         self._enter(_CHUNK_LINE if request.chunked else _BODY)

@@ -30,7 +30,8 @@ def worker_environment(
 ) -> str:
     """The JSON the master hands a worker."""
     values = {s.name: getattr(config, s.attr) for s in BY_NAME.values()}
-    values["listen"] = list(config.listen)
+    for name in ("listen", "uwsgi", "fastcgi"):
+        values[name] = list(getattr(config, name))
     return json.dumps(
         {
             "settings": values,

@@ -141,7 +141,11 @@ class Watchdog:
             self.scoreboard.release()
 
     def _give_away(self, entered: float) -> int:
-        channels: dict[Hashable, HTTPChannel] = {id(c): c for c in list(self.server.channels)}
+        # HTTP connections only: a uwsgi connection carries one request, and a kept FastCGI one
+        # would need its face's factory on the adopting side.
+        channels: dict[Hashable, HTTPChannel] = {
+            id(c): c for c in list(self.server.channels) if isinstance(c, HTTPChannel)
+        }
         moved = 0
         for key in movable([_candidate(c) for c in channels.values()], entered):
             channel = channels[key]

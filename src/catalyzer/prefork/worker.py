@@ -249,7 +249,10 @@ class _Adopted:
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
 
-        proxied, description = split_proxied(str(self.listener["description"]))
+        from catalyzer.server.faces import split_face
+
+        # "uwsgi:haproxy:tcp:9000": the face first, then the PROXY wrapper, then the endpoint.
+        proxied, description = split_proxied(split_face(str(self.listener["description"]))[1])
         if description.startswith("ssl:"):
             from twisted.internet import endpoints
             from twisted.protocols.tls import TLSMemoryBIOFactory

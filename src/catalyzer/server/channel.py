@@ -22,6 +22,7 @@ import io
 import json
 import socket
 import threading
+import typing
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -57,7 +58,7 @@ from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
 
-__all__ = ["HTTPChannel", "HTTPFactory", "ServerState"]
+__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState", "send_now"]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -91,6 +92,29 @@ class WSGIErrors(io.StringIO):
         if self._partial:
             line, self._partial = self._partial, ""
             self._log.warn("{line}", line=line)
+
+
+class Connection(typing.Protocol):
+    """A client connection as :class:`ServerState` counts, drains and lists it: the HTTP face's
+    :class:`HTTPChannel` and the gateway faces' channels (:mod:`catalyzer.server.gateway`)."""
+
+    info: ConnectionInfo | None
+    opened: float
+    requests: int
+    response: WSGIResponse | None
+
+    @property
+    def receiving(self) -> bool:
+        """A request is arriving."""
+        ...
+
+    def drain(self) -> None: ...
+
+    def abort(self, why: str) -> None: ...
+
+    def shedding_candidate(self) -> Candidate[HTTPChannel] | None:
+        """How far this connection is from an answer, if it may be shed at max-connections."""
+        ...
 
 
 class ServerState:
@@ -144,7 +168,7 @@ class ServerState:
         self.progress_source = progress_source
         self.scoreboard = scoreboard
         self.on_response = on_response
-        self.channels: set[HTTPChannel] = set()
+        self.channels: set[Connection] = set()
         self.ports: list[Any] = []
         # Lines a client can cause at will (bad requests, timeouts, aborts, accept errors) are
         # logged once per kind per interval, with a count.
@@ -239,12 +263,12 @@ class ServerState:
 
     # -- connection accounting
 
-    def connection_made(self, channel: HTTPChannel) -> None:
+    def connection_made(self, channel: Connection) -> None:
         self.channels.add(channel)
         if self.room.open_count() >= self.config.max_connections:
             self.room.make_room()
 
-    def connection_lost(self, channel: HTTPChannel) -> None:
+    def connection_lost(self, channel: Connection) -> None:
         self.channels.discard(channel)
         self.room.forget(channel)
         if (
@@ -380,6 +404,10 @@ class HTTPChannel(Protocol):
         return self.state is _CLOSED
 
     @property
+    def receiving(self) -> bool:
+        return self.reader.in_headers or self.reader.in_body
+
+    @property
     def between_requests(self) -> bool:
         """Idle between requests with nothing read: no response running, nothing of the next
         request parsed or queued, reading not paused (the next request, if any, is still in the
@@ -446,30 +474,7 @@ class HTTPChannel(Protocol):
     # -- ResponseSink
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` now if the transport has nothing queued, else queue it.
-
-        Twisted's ``write`` always queues and sends on the next reactor turn: for a small
-        response that is an epoll registration, a wake-up and a deregistration per request.
-        When the transport's buffer is empty, sending straight away keeps the order and saves
-        all that; whatever the socket does not take goes through ``transport.write`` as usual.
-        """
-        transport: Any = self.transport
-        sock = self._socket
-        if (
-            sock is not None
-            and twistedprivate.write_buffer_empty(transport)
-            and not transport.disconnecting
-        ):
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # let the transport meet the error and report it its own way
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        send_now(self.transport, self._socket, data)
 
     def write_sequence(self, data: list[bytes]) -> None:
         self.transport.writeSequence(data)  # type: ignore[union-attr]
@@ -710,7 +715,7 @@ class HTTPChannel(Protocol):
         response = self.response
         assert response is not None
         # Set before response is cleared: another thread that sees no response sees this too.
-        self.ended_at = now = self.server.clock.seconds()
+        self.ended_at = now
         self.response = None
         if self.state is _RESPONDING:
             self._enter(_OPEN)
@@ -854,6 +859,32 @@ class HTTPChannel(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
 
 
+def send_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
+    """Send ``data`` now if the transport has nothing queued, else queue it.
+
+    Twisted's ``write`` always queues and sends on the next reactor turn: for a small
+    response that is an epoll registration, a wake-up and a deregistration per request.
+    When the transport's buffer is empty, sending straight away keeps the order and saves
+    all that; whatever the socket does not take goes through ``transport.write`` as usual.
+    ``sock`` is the plain TCP socket under ``transport`` (None for TLS and others: queued).
+    """
+    if (
+        sock is not None
+        and twistedprivate.write_buffer_empty(transport)
+        and not transport.disconnecting
+    ):
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # let the transport meet the error and report it its own way
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 def _proxy_header_note(text: str) -> None:
     log.debug("{text}", text=text)
 
@@ -871,7 +902,7 @@ def describe_connections(server: ServerState) -> str:
                 f"responding to {response.request.method} {response.environ['RAW_URI']} "
                 f"for {now - response.started:.1f}s"
             )
-        elif channel.reader.in_headers or channel.reader.in_body:
+        elif channel.receiving:
             state = "receiving a request"
         else:
             state = "idle"

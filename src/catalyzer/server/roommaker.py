@@ -24,7 +24,7 @@ from catalyzer.server.shedding import RECHECK, Candidate, Standing, eligible_at,
 from catalyzer.server.timer import Timer
 
 if TYPE_CHECKING:
-    from catalyzer.server.channel import HTTPChannel
+    from catalyzer.server.channel import Connection, HTTPChannel
 
 __all__ = ["RoomMaker"]
 
@@ -39,7 +39,7 @@ class RoomMaker:
 
     def __init__(
         self,
-        channels: set[HTTPChannel],
+        channels: set[Connection],
         limit: int,
         clock: IReactorTime,
         flood: FloodLog,
@@ -55,7 +55,7 @@ class RoomMaker:
         self.accepting = accepting
         self.stopping = stopping
         self.set_accepting = set_accepting
-        self.shed: set[HTTPChannel] = set()  # shed, not gone yet: no longer counted
+        self.shed: set[Connection] = set()  # shed, not gone yet: no longer counted
         self._order: deque[Candidate[HTTPChannel]] | None = None  # this turn's order
         self._candidates: list[Candidate[HTTPChannel]] = []  # and what it was made of
         self._timer = Timer(clock, self._check)
@@ -64,7 +64,7 @@ class RoomMaker:
         """Connections that count towards the limit (those being shed do not)."""
         return len(self.channels) - len(self.shed)
 
-    def forget(self, channel: HTTPChannel) -> None:
+    def forget(self, channel: Connection) -> None:
         """``channel`` is gone."""
         self.shed.discard(channel)
 

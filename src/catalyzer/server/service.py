@@ -10,7 +10,8 @@ from twisted.internet import defer, interfaces, task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from catalyzer.server.channel import HTTPFactory, ServerState
+from catalyzer.server.channel import ServerState
+from catalyzer.server.faces import factory_for, split_face
 from catalyzer.server.listening import ListenError, listen_all, listen_now
 
 __all__ = ["HTTPService", "ListenError"]
@@ -44,8 +45,14 @@ class HTTPService(Service):
         self._flusher: LoopingCall | None = None
 
     def privilegedStartService(self) -> None:
-        factory = HTTPFactory(self.server)
-        self.ports = listen_all(self.endpoints, lambda e: listen_now(e, factory), logger=log)
+        # A gateway endpoint (--uwsgi, --fastcgi) is told apart by its description.
+        factories = {}
+        for description, _ in self.endpoints:
+            face = split_face(description)[0]
+            if face not in factories:
+                factories[face] = factory_for(face, self.server)
+        listening = [(d, (e, factories[split_face(d)[0]])) for d, e in self.endpoints]
+        self.ports = listen_all(listening, lambda ef: listen_now(*ef), logger=log)
         self.server.listening_on(self.ports)
         Service.privilegedStartService(self)
 

@@ -10,9 +10,10 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from catalyzer.http.cgi import CGIRequest
 from catalyzer.http.reader import Request
 
-__all__ = ["ConnectionInfo", "build_environ", "split_target"]
+__all__ = ["ConnectionInfo", "build_cgi_environ", "build_environ", "split_target"]
 
 _EMPTY: Final = b""
 
@@ -134,4 +135,105 @@ def build_environ(
         environ["CONTENT_LENGTH"] = str(request.body_length)
     if authority is not None:
         environ["HTTP_HOST"] = authority.decode("latin-1")
+    return environ
+
+
+# Variables a gateway sends whose value the environ computes itself or must not carry twice.
+_CGI_SKIP: Final = frozenset((b"HTTP_CONTENT_LENGTH", b"HTTP_CONTENT_TYPE"))
+# Variable names seen, decoded once (bounded: names are the web server's and the client's).
+_CGI_NAMES: dict[bytes, str] = {}
+
+
+def build_cgi_environ(
+    request: CGIRequest,
+    conn: ConnectionInfo,
+    *,
+    script_name: str = "",
+    errors: IO[str] | None = None,
+    multithread: bool = False,
+    multiprocess: bool = False,
+    file_wrapper: Any = None,
+) -> dict[str, Any]:
+    """The environ of a request that came as CGI variables (uwsgi, FastCGI).
+
+    Every variable is passed on as sent (latin-1 text), except:
+
+    - ``PATH_INFO``: the ``PATH_INFO`` variable if sent (nginx's ``uwsgi_params``: ``$document_uri``);
+      else ``DOCUMENT_URI`` (nginx's ``fastcgi_params``); else the percent-decoded path of
+      ``REQUEST_URI``. ``SCRIPT_NAME`` is kept only when ``PATH_INFO`` was sent too (a split the web
+      server made, e.g. with ``fastcgi_split_path_info``): nginx's default ``fastcgi_params`` send
+      ``SCRIPT_NAME $fastcgi_script_name``, which without a split is the whole path. Without a sent
+      ``SCRIPT_NAME``, ``--script-name`` is taken off ``PATH_INFO`` as on the HTTP face.
+    - ``wsgi.url_scheme``: ``REQUEST_SCHEME`` if http or https, else https when ``HTTPS`` is
+      ``on``/``1``, else the connection's own scheme.
+    - missing ``SERVER_NAME``/``SERVER_PORT``/``REMOTE_ADDR``/``REMOTE_PORT`` come from the socket;
+      an empty ``CONTENT_LENGTH``/``CONTENT_TYPE`` is left out; ``CONTENT_LENGTH`` is the body's
+      real size when there is one.
+
+    The web server in front is trusted with ``REMOTE_ADDR`` and the scheme: that is what these
+    protocols are for, so their sockets must be reachable by the web server only. ``HTTP_*``
+    variables (``HTTP_X_FORWARDED_FOR`` ...) are the client's headers and are no more trusted here
+    than on the HTTP face.
+    """
+    variables = request.variables
+    req = request.request
+    environ: dict[str, Any] = {}
+    names = _CGI_NAMES
+    for key, value in variables.items():
+        name = names.get(key)
+        if name is None:
+            if key in _CGI_SKIP:
+                continue
+            name = key.decode("latin-1")
+            if len(names) < 4096:
+                names[key] = name
+        environ[name] = value.decode("latin-1")
+    target = req.target
+    path_part, _, query = target.partition(b"?")
+    path_info = environ.get("PATH_INFO")
+    if path_info is None:
+        environ.pop("SCRIPT_NAME", None)
+        document_uri = environ.get("DOCUMENT_URI")
+        if document_uri is not None:
+            path_info = document_uri
+        else:
+            if b"%" in path_part:
+                path_part = unquote_to_bytes(path_part)
+            path_info = path_part.decode("latin-1")
+    if not environ.get("SCRIPT_NAME"):
+        environ["SCRIPT_NAME"] = script_name
+        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+            path_info = path_info[len(script_name) :]
+    environ["PATH_INFO"] = path_info
+    environ["REQUEST_METHOD"] = req.method
+    environ.setdefault("QUERY_STRING", query.decode("latin-1"))
+    environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
+    if not environ.get("SERVER_NAME"):
+        environ["SERVER_NAME"] = conn.server_name
+    if not environ.get("SERVER_PORT"):
+        environ["SERVER_PORT"] = conn.server_port
+    if not environ.get("REMOTE_ADDR"):
+        environ["REMOTE_ADDR"] = conn.remote_addr
+        environ["REMOTE_PORT"] = conn.remote_port
+    environ.setdefault("REMOTE_PORT", "")
+    environ["RAW_URI"] = target.decode("latin-1")
+    for name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+        if name in environ and not environ[name]:
+            del environ[name]
+    body = req.body
+    if body is not None:
+        environ["CONTENT_LENGTH"] = str(req.body_length)
+    scheme = environ.get("REQUEST_SCHEME", "").lower()
+    if scheme not in ("http", "https"):
+        scheme = "https" if environ.get("HTTPS", "").lower() in ("on", "1") else conn.url_scheme
+    environ["wsgi.version"] = (1, 0)
+    environ["wsgi.url_scheme"] = scheme
+    environ["wsgi.input"] = body if body is not None else io.BytesIO(_EMPTY)
+    environ["wsgi.errors"] = errors if errors is not None else sys.stderr
+    environ["wsgi.multithread"] = multithread
+    environ["wsgi.multiprocess"] = multiprocess
+    environ["wsgi.run_once"] = False
+    environ["wsgi.input_terminated"] = True
+    if file_wrapper is not None:
+        environ["wsgi.file_wrapper"] = file_wrapper
     return environ

@@ -1,0 +1,618 @@
+"""The Twisted side of the gateway faces (``--uwsgi``, ``--fastcgi``): bytes from the web server
+in front into a sans-I/O parser (:mod:`catalyzer.http.uwsgi`, :mod:`catalyzer.http.fastcgi`), each
+complete request to the same :class:`~catalyzer.wsgi.response.WSGIResponse` the HTTP face uses,
+written to a :class:`~catalyzer.wsgi.sink.ResponseSink` of the face's own.
+
+The response frames an HTTP/1.0-style response that ends with its connection or record stream
+(never chunked). uwsgi carries it as it is (nginx's ``uwsgi_pass`` reads an HTTP status line and
+headers, then the body until the connection closes); FastCGI's sink turns the status line into a
+CGI ``Status:`` header and wraps everything in ``FCGI_STDOUT`` records.
+
+Timers, as on the HTTP face: the variables must arrive within ``header-timeout`` (counted from
+the connection's start for the first request), every ``body-timeout`` window of a body must bring
+``body-min-rate`` bytes/s, a kept FastCGI connection with nothing to do closes after
+``keepalive-timeout``, and a closing connection that does not drain within ``write-timeout`` is
+aborted. A late or malformed peer gets one log line and a closed connection; nothing is answered
+to a peer that broke the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any, ClassVar
+
+from twisted.internet import interfaces, tcp
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from catalyzer.http.cgi import CGIRequest, Malformed, Refused
+from catalyzer.http.fastcgi import Abort, Reply, end_request, stdout_records
+from catalyzer.http.framing import simple_response
+from catalyzer.http.progress import ProgressTracker, upload_id_from
+from catalyzer.http.reader import STATUS_REASONS
+from catalyzer.ops import trace
+from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note, send_now
+from catalyzer.server.connstate import ConnState, check_transition
+from catalyzer.server.timer import Timer
+from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
+from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.forwarded import apply_forwarded
+from catalyzer.wsgi.response import WSGIResponse
+from catalyzer.wsgi.sink import ResponseOutcome, ResponseSink
+
+__all__ = [
+    "FastCGIChannel",
+    "FastCGIStdout",
+    "GatewayChannel",
+    "GatewayFactory",
+    "UwsgiChannel",
+]
+
+log = Logger(namespace="catalyzer.gateway")
+
+_OPEN = ConnState.OPEN
+_RESPONDING = ConnState.RESPONDING
+_AWAITING = ConnState.AWAITING
+_CLOSING = ConnState.CLOSING
+_CLOSED = ConnState.CLOSED
+
+
+class GatewayChannel(Protocol):
+    """One connection from the web server: one request at a time, each answered through the sink
+    :meth:`_sink_for` makes. Subclasses give the parser, the sink and what ends a request."""
+
+    face: ClassVar[str] = "gateway"
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+        self.parser: Any = self._new_parser()
+        self.state = _OPEN
+        self.response: WSGIResponse | None = None
+        self.info: ConnectionInfo | None = None
+        self.requests = 0
+        self.opened = 0.0
+        self._socket: socket.socket | None = None
+        self._in_next = False
+        self._paused = False
+        clock = server.clock
+        self._header_timer = Timer(clock, self._header_timeout)
+        self._body_timer = Timer(clock, self._body_check)
+        self._body_mark = 0
+        self._idle_timer = Timer(clock, self._idle)
+        self._linger_timer = Timer(clock, lambda: self.abort("web server did not read"))
+
+    # -- for subclasses
+
+    def _new_parser(self) -> Any:
+        raise NotImplementedError
+
+    def _sink_for(self, request_id: int) -> ResponseSink:
+        raise NotImplementedError
+
+    def _request_over(self, request_id: int, keep_conn: bool, ok: bool) -> None:
+        """The response to ``request_id`` is complete (``ok``) or was cut: end it on the wire and
+        close the connection or wait for the next request."""
+        raise NotImplementedError
+
+    def _other_event(self, event: object) -> None:
+        raise NotImplementedError
+
+    # -- state
+
+    def _enter(self, new: ConnState) -> None:
+        if new not in self.state.successors:  # type: ignore[attr-defined]
+            check_transition(self.state, new)
+        self.state = new
+
+    @property
+    def closing(self) -> bool:
+        return self.state is _CLOSING or self.state is _CLOSED
+
+    @property
+    def disconnected(self) -> bool:
+        return self.state is _CLOSED
+
+    @property
+    def receiving(self) -> bool:
+        """A request is arriving (for the connection list in the state dump)."""
+        return bool(self.parser.in_head or self.parser.in_body)
+
+    # -- Protocol
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.opened = self.server.clock.seconds()
+        self.info = _connection_info(transport)
+        if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
+            self._socket = transport.socket
+        self.server.connection_made(self)
+        self._header_timer.start(self.server.config.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.server.metrics.received(len(data))
+        self._idle_timer.cancel()
+        self.parser.receive_data(data)
+        self._after_read()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._enter(_CLOSED)
+        for timer in (self._header_timer, self._body_timer, self._idle_timer, self._linger_timer):
+            timer.cancel()
+        if self.response is not None:
+            self.response.abort("the web server closed the connection before the response ended")
+        self.parser.receive_eof()
+        while (event := self.parser.next_event()) is not None:
+            if isinstance(event, CGIRequest) and event.request.body is not None:
+                event.request.body.close()
+        self.server.connection_lost(self)
+
+    # -- reading
+
+    def _after_read(self) -> None:
+        parser = self.parser
+        config = self.server.config
+        if parser.in_head:
+            self._header_timer.start(config.header_timeout)
+        else:
+            self._header_timer.cancel()
+        if parser.in_body:
+            if not self._body_timer.armed:
+                self._body_mark = 0
+                self._body_timer.start(config.body_timeout)
+        else:
+            self._body_timer.cancel()
+        self._next()
+
+    def _header_timeout(self) -> None:
+        if self.response is None and not self.parser.in_body:
+            self._broken(
+                f"{self.face} request not received within {self.server.config.header_timeout:g}s"
+            )
+
+    def _body_check(self) -> None:
+        parser = self.parser
+        if not parser.in_body:
+            return
+        received = parser.body_received - self._body_mark
+        window = self.server.config.body_timeout
+        wanted = max(1, int(self.server.config.body_min_rate * window))
+        if received < wanted:
+            self._broken(f"{self.face} request body slower than {wanted} bytes in {window:g}s")
+            return
+        self._body_mark = parser.body_received
+        self._body_timer.start(window)
+
+    def _next(self) -> None:
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while not self.closing:
+                event = self.parser.next_event()
+                if event is None:
+                    return
+                if isinstance(event, CGIRequest):
+                    self._start(event)
+                elif isinstance(event, Refused):
+                    self._refuse(event)
+                elif isinstance(event, Malformed):
+                    self._broken(event.detail)
+                else:
+                    self._other_event(event)
+        finally:
+            self._in_next = False
+
+    def _pause_reading(self) -> None:
+        transport: Any = self.transport
+        if not self._paused and self.state is not _CLOSED and not transport.disconnecting:
+            self._paused = True
+            transport.pauseProducing()
+
+    # -- requests
+
+    def _start(self, cgi: CGIRequest) -> None:
+        self.requests += 1
+        server = self.server
+        request = cgi.request
+        assert self.info is not None
+        environ = build_cgi_environ(
+            cgi,
+            self.info,
+            script_name=server.config.script_name,
+            errors=server.errors,
+            multithread=server.threadpool is not None,
+            multiprocess=server.multiprocess,
+            file_wrapper=FileWrapper,
+        )
+        # REMOTE_ADDR is the web server's word for the client: --forwarded-allow-ips judges
+        # whether that client's X-Forwarded-* / Forwarded headers are believed, as on HTTP.
+        apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
+        if server.progress is not None and (
+            request.target.partition(b"?")[0] == server.progress_path
+        ):
+            self._answer_progress(cgi, server.progress)
+            return
+        if trace.ENABLED:
+            trace.emit("request-start", method=request.method, target=request.target)
+        self._enter(_RESPONDING)
+        sink = self._sink_for(cgi.request_id)
+
+        def done(outcome: ResponseOutcome) -> None:
+            self._response_done(cgi, environ, outcome)
+
+        response = self.response = server.response_class(
+            server.response_services, sink, request, environ, done
+        )
+        response.run()
+
+    def _response_done(
+        self, cgi: CGIRequest, environ: dict[str, Any], outcome: ResponseOutcome
+    ) -> None:
+        server = self.server
+        # Counted first, as on the HTTP face (HTTPChannel._response_done says why).
+        now = server.clock.seconds()
+        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent, app=True)
+        response = self.response
+        assert response is not None
+        self.response = None
+        if self.state is _RESPONDING:
+            self._enter(_OPEN)
+        request = cgi.request
+        if trace.ENABLED:
+            trace.emit(
+                "request-end",
+                method=request.method,
+                status=outcome.status,
+                bytes=outcome.bytes_sent,
+            )
+        if server.on_response is not None:
+            server.on_response()
+        if request.body is not None:
+            request.body.close()
+        access_log = server.access_log
+        if access_log is not None:
+            access_log.log(
+                environ["REMOTE_ADDR"] or "-",
+                f"{request.method} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+                outcome.status,
+                outcome.bytes_sent,
+                environ.get("HTTP_REFERER", ""),
+                environ.get("HTTP_USER_AGENT", ""),
+                now - outcome.started,
+                now,
+            )
+        if self.state is _CLOSED:
+            return
+        framer = response.framer
+        ok = response.status != 0 and (framer is None or framer.error is None)
+        # A response cut short (the app failed mid-body) has aborted the connection already.
+        self._request_over(cgi.request_id, cgi.keep_conn, ok and not self.transport.disconnecting)  # type: ignore[union-attr]
+
+    def _respond_directly(
+        self,
+        request_id: int,
+        keep_conn: bool,
+        status: int,
+        body: bytes,
+        extra: str = "",
+        content_type: str = "text/plain; charset=utf-8",
+        head_only: bool = False,
+    ) -> None:
+        sink = self._sink_for(request_id)
+        reason = STATUS_REASONS.get(status, "OK" if status == 200 else "Bad Request")
+        sink.write(
+            simple_response(
+                status,
+                reason,
+                self.server.date(),
+                body,
+                close=True,
+                extra=extra,
+                content_type=content_type,
+                head_only=head_only,
+            )
+        )
+        self.server.metrics.observe(status, 0.0, len(body))
+        self._request_over(request_id, keep_conn, status < 400)
+
+    def _refuse(self, refused: Refused) -> None:
+        peer = self.info.remote_addr if self.info else "?"
+        log.info(
+            "{face}: {status} to {peer}: {detail}",
+            face=self.face,
+            status=refused.status,
+            peer=peer,
+            detail=refused.detail,
+        )
+        reason = STATUS_REASONS.get(refused.status, "Bad Request")
+        body = f"{refused.status} {reason}\n".encode()
+        self._respond_directly(refused.request_id, False, refused.status, body)
+
+    def _answer_progress(self, cgi: CGIRequest, progress: ProgressTracker) -> None:
+        request = cgi.request
+        upload_id = upload_id_from(request.target, request.headers)
+        source = self.server.progress_source
+        if upload_id is None:
+            self._send_progress(cgi, {"state": "error", "received": 0, "size": None, "status": 400})
+        elif source is None:
+            self._send_progress(cgi, progress.registry.get(upload_id, self.server.clock.seconds()))
+        else:
+            self._enter(_AWAITING)
+            d = source(upload_id)
+            d.addErrback(lambda f: {"state": "error", "received": 0, "size": None, "status": 503})
+            d.addCallback(lambda entry: self._progress_arrived(cgi, entry))
+
+    def _progress_arrived(self, cgi: CGIRequest, entry: dict[str, object]) -> None:
+        if self.state is _CLOSED:
+            return
+        if self.state is _AWAITING:
+            self._enter(_OPEN)
+        self._send_progress(cgi, entry)
+        self._next()
+
+    def _send_progress(self, cgi: CGIRequest, entry: dict[str, object]) -> None:
+        self._respond_directly(
+            cgi.request_id,
+            cgi.keep_conn,
+            200,
+            json.dumps(entry).encode(),
+            "Cache-Control: no-store\r\n",
+            content_type="application/json",
+            head_only=cgi.request.method == "HEAD",
+        )
+
+    # -- closing
+
+    def _broken(self, detail: str) -> None:
+        """The peer broke the protocol or is too slow: one log line, and the connection goes."""
+        peer = self.info.remote_addr if self.info else "?"
+        log.info(
+            "{face}: closing the connection from {peer}: {detail}",
+            face=self.face,
+            peer=peer,
+            detail=detail,
+        )
+        if self.response is not None:
+            self.response.abort(f"{self.face} connection closed: {detail}")
+        self._close()
+
+    def _arm_idle(self) -> None:
+        self._idle_timer.restart(self.server.config.keepalive_timeout)
+
+    def _idle(self) -> None:
+        if self.response is None and not self.receiving:
+            self._close()
+
+    def _close(self) -> None:
+        if self.state is _CLOSED:
+            return
+        if self.state is not _CLOSING:
+            self._enter(_CLOSING)
+        self._header_timer.cancel()
+        self._body_timer.cancel()
+        self._idle_timer.cancel()
+        self._pause_reading()
+        transport: Any = self.transport
+        if transport.disconnecting:
+            return
+        transport.loseConnection()
+        self._linger_timer.start(self.server.config.write_timeout)
+
+    def drain(self) -> None:
+        """Server shutdown: finish the request in hand, close an idle connection now."""
+        if self.response is None and not self.receiving and self.state is not _AWAITING:
+            self._close()
+
+    def shedding_candidate(self) -> None:
+        """Never shed at max-connections: a proxy's connection carries many clients' requests
+        (the proxy, not us, faces the slow clients)."""
+        return None
+
+    def abort(self, why: str) -> None:
+        if self.state is not _CLOSED:
+            log.info(
+                "aborting {face} connection from {peer}: {why}",
+                face=self.face,
+                peer=self.info.remote_addr if self.info else "?",
+                why=why,
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- the sink for faces that write the response as it is (uwsgi)
+
+    def write(self, data: bytes) -> None:
+        send_now(self.transport, self._socket, data)
+
+    def write_sequence(self, data: list[bytes]) -> None:
+        self.transport.writeSequence(data)  # type: ignore[union-attr]
+
+    def register_producer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregister_producer(self) -> None:
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def start_writing(self) -> None:
+        transport: Any = self.transport
+        transport.startWriting()
+
+    def abort_connection(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def sendfile_socket(self) -> socket.socket | None:
+        return self._socket
+
+    @property
+    def keep_alive_allowed(self) -> bool:
+        # The HTTP-level answer: the response is framed to end with the connection or record
+        # stream; whether the connection carries another request is the face's business.
+        return False
+
+
+class UwsgiChannel(GatewayChannel):
+    """``--uwsgi``: one request per connection (nginx keeps no uwsgi connection alive), the
+    response written as it is, closing the connection ends it."""
+
+    face = "uwsgi"
+
+    def _new_parser(self) -> Any:
+        from catalyzer.http.uwsgi import UwsgiParser
+
+        return UwsgiParser(self.server.limits, self.server.progress)
+
+    def _after_read(self) -> None:
+        super()._after_read()
+        if self.parser.stopped and not self.closing:
+            # Nothing follows a uwsgi request: read no more (the response's writes still see
+            # the web server go).
+            self._pause_reading()
+
+    def _sink_for(self, request_id: int) -> ResponseSink:
+        return self
+
+    def _request_over(self, request_id: int, keep_conn: bool, ok: bool) -> None:
+        self._close()
+
+    def _other_event(self, event: object) -> None:
+        raise AssertionError(f"unexpected uwsgi event {event!r}")
+
+
+class FastCGIStdout:
+    """The :class:`~catalyzer.wsgi.sink.ResponseSink` of one FastCGI request: the response's
+    bytes as ``FCGI_STDOUT`` records, its status line turned into a CGI ``Status:`` header."""
+
+    __slots__ = ("_head_sent", "_socket", "closed", "registered", "request_id", "transport")
+
+    def __init__(self, transport: Any, sock: socket.socket | None, request_id: int) -> None:
+        self.transport = transport
+        self._socket = sock
+        self.request_id = request_id
+        self._head_sent = False
+        self.registered = False
+        self.closed = False  # the request ended: late writes (a thread's) are dropped
+
+    @property
+    def keep_alive_allowed(self) -> bool:
+        return False
+
+    def _records(self, data: bytes) -> list[bytes]:
+        if not self._head_sent:
+            self._head_sent = True
+            data = cgi_head(data)
+        return stdout_records(self.request_id, data)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and data:
+            records = self._records(data)
+            if len(records) == 2 and len(data) <= 16384:
+                send_now(self.transport, self._socket, records[0] + records[1])
+            else:
+                self.transport.writeSequence(records)
+
+    def write_sequence(self, data: list[bytes]) -> None:
+        if not self.closed:
+            records: list[bytes] = []
+            for piece in data:
+                if piece:
+                    records += self._records(piece)
+            self.transport.writeSequence(records)
+
+    def register_producer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+        self.registered = True
+
+    def unregister_producer(self) -> None:
+        if self.registered:
+            self.registered = False
+            self.transport.unregisterProducer()
+
+    def start_writing(self) -> None:
+        self.transport.startWriting()
+
+    def abort_connection(self) -> None:
+        self.transport.abortConnection()
+
+    def sendfile_socket(self) -> socket.socket | None:
+        return None  # the file's bytes must go inside records
+
+
+def cgi_head(data: bytes) -> bytes:
+    """``HTTP/1.1 200 OK\r\n...`` -> ``Status: 200 OK\r\n...``: a CGI response head."""
+    if not data.startswith(b"HTTP/1."):
+        raise AssertionError(f"a response head must come first, not {data[:20]!r}")
+    return b"Status:" + data[8:]
+
+
+class FastCGIChannel(GatewayChannel):
+    """``--fastcgi``: requests one at a time, the connection kept when the web server asks
+    (``FCGI_KEEP_CONN``), each response ended by ``FCGI_END_REQUEST``."""
+
+    face = "fastcgi"
+
+    def __init__(self, server: ServerState) -> None:
+        super().__init__(server)
+        self._sink: FastCGIStdout | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # A response ends with a second small write (FCGI_END_REQUEST) right behind its body on
+        # a connection that stays open: with Nagle's algorithm it would wait for the web
+        # server's delayed ACK (40 ms on Linux), which the web server delays because it is
+        # waiting for that very record.
+        set_no_delay: Any = getattr(self.transport, "setTcpNoDelay", None)
+        if self._socket is not None and set_no_delay is not None:
+            set_no_delay(True)
+
+    def _new_parser(self) -> Any:
+        from catalyzer.http.fastcgi import FastCGIParser
+
+        return FastCGIParser(
+            self.server.limits, self.server.progress, self.server.config.max_connections
+        )
+
+    def _sink_for(self, request_id: int) -> ResponseSink:
+        self._sink = FastCGIStdout(self.transport, self._socket, request_id)
+        return self._sink
+
+    def _request_over(self, request_id: int, keep_conn: bool, ok: bool) -> None:
+        sink = self._sink
+        self._sink = None
+        if sink is not None:
+            sink.closed = True
+            # An abandoned response (FCGI_ABORT_REQUEST) leaves its producer registered.
+            sink.unregister_producer()
+        self.parser.request_done()
+        if self.state is _CLOSED or self.transport.disconnecting:  # type: ignore[union-attr]
+            return
+        self.write(end_request(request_id))
+        if keep_conn and ok and not self.server.draining and not self.closing:
+            self._arm_idle()
+            self._next()
+        else:
+            self._close()
+
+    def _other_event(self, event: object) -> None:
+        if isinstance(event, Reply):
+            self.write(event.data)
+            if event.close and self.response is None:
+                self._close()
+        elif isinstance(event, Abort):
+            if self.response is not None:
+                self.response.abort("the web server aborted the request (FCGI_ABORT_REQUEST)")
+        else:
+            raise AssertionError(f"unexpected FastCGI event {event!r}")
+
+
+class GatewayFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: ServerState, channel: type[GatewayChannel]) -> None:
+        self.server = server
+        self.channel = channel
+
+    def buildProtocol(self, addr: object) -> GatewayChannel:
+        channel = self.channel(self.server)
+        channel.factory = self
+        return channel

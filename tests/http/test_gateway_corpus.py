@@ -1,0 +1,177 @@
+"""The uwsgi and FastCGI corpus (``gateway_corpus.py``) fed to the bare parsers, three ways: whole
+(one read), bytewise (one byte per read) and ``more`` (the case followed by more input: for uwsgi,
+bytes nothing may read; for FastCGI, an FCGI_GET_VALUES record, answered unless the peer broke the
+protocol)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import pytest
+
+from catalyzer.http import fastcgi as f
+from catalyzer.http.cgi import CGIRequest, Malformed, Refused
+from catalyzer.http.fastcgi import Abort, FastCGIParser, Reply
+from catalyzer.http.reader import Limits
+from catalyzer.http.uwsgi import UwsgiParser
+from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
+from tests.http.gateway_corpus import (
+    FASTCGI_INVALID,
+    FASTCGI_VALID,
+    GET_VALUES,
+    UWSGI_INVALID,
+    UWSGI_VALID,
+    Case,
+)
+
+MODES = ("whole", "bytewise", "more")
+CONN = ConnectionInfo("127.0.0.1", "9000", "127.0.0.1", "40000")
+
+
+def kind(event: object) -> str:
+    if isinstance(event, CGIRequest):
+        return "request"
+    if isinstance(event, Refused):
+        return f"refused:{event.status}"
+    if isinstance(event, Malformed):
+        return "malformed"
+    if isinstance(event, Abort):
+        return "abort"
+    if isinstance(event, Reply):
+        kind_ = event.data[1]
+        if kind_ == f.END_REQUEST:
+            return f"reply:{kind_}:{event.data[12]}"
+        return f"reply:{kind_}"
+    raise AssertionError(event)
+
+
+def limits(case: Case) -> Limits:
+    return dataclasses.replace(Limits(), **case.limits)
+
+
+def feed(parser: Any, data: bytes, mode: str) -> list[object]:
+    events: list[object] = []
+    pieces = [data[i : i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
+    for piece in pieces:
+        parser.receive_data(piece)
+        while (event := parser.next_event()) is not None:
+            events.append(event)  # no request_done(): each response is still running
+    return events
+
+
+def check_requests(case: Case, events: list[object]) -> None:
+    got = [e for e in events if isinstance(e, CGIRequest)]
+    assert len(got) == len(case.requests)
+    for cgi, want in zip(got, case.requests, strict=True):
+        request = cgi.request
+        assert request.method == want["method"]
+        assert request.target == want["target"].encode("latin-1")
+        body = request.body.read() if request.body is not None else b""
+        assert body == want.get("body", b"")
+        assert request.body_length == len(body)
+        if request.body is not None:
+            request.body.seek(0)
+            if case.limits.get("body_spool_threshold", 1 << 20) < len(body):
+                assert not isinstance(request.body, io.BytesIO)
+        environ = build_cgi_environ(cgi, CONN)
+        for key, value in want.get("environ", {}).items():
+            assert environ.get(key) == value, key
+        for key in want.get("absent", []):
+            assert key not in environ, key
+        assert environ["wsgi.input"].read() == body
+
+
+def close_bodies(events: list[object]) -> None:
+    for event in events:
+        if isinstance(event, CGIRequest) and event.request.body is not None:
+            event.request.body.close()
+
+
+def ids(cases: list[Case]) -> list[Any]:
+    return [pytest.param(c, m, id=f"{c.name}-{m}") for c in cases for m in MODES]
+
+
+# -- uwsgi
+
+
+@pytest.mark.parametrize(("case", "mode"), ids(UWSGI_VALID + UWSGI_INVALID))
+def test_uwsgi(case: Case, mode: str) -> None:
+    parser = UwsgiParser(limits(case))
+    wire = case.wire + (b"GET / HTTP/1.1\r\n\r\n" * 3 if mode == "more" else b"")
+    events = feed(parser, wire, mode)
+    try:
+        if case.more is not None and mode == "more":
+            assert [kind(e) for e in events] == case.more
+            return
+        assert [kind(e) for e in events] == case.events
+        check_requests(case, events)
+        if case.events:
+            assert parser.stopped
+            parser.receive_data(case.wire)  # nothing follows a uwsgi request
+            assert parser.next_event() is None
+        else:
+            assert not parser.stopped
+            parser.receive_eof()
+            assert parser.next_event() is None
+            assert parser.stopped
+    finally:
+        close_bodies(events)
+
+
+def test_uwsgi_corpus_size() -> None:
+    assert len(UWSGI_VALID) >= 10 and len(UWSGI_INVALID) >= 15
+
+
+# -- FastCGI
+
+
+@pytest.mark.parametrize(("case", "mode"), ids(FASTCGI_VALID + FASTCGI_INVALID))
+def test_fastcgi(case: Case, mode: str) -> None:
+    parser = FastCGIParser(limits(case), max_conns=7)
+    wire = case.wire + (GET_VALUES if mode == "more" else b"")
+    events = feed(parser, wire, mode)
+    try:
+        expected = list(case.events)
+        if mode == "more" and "malformed" not in expected and expected:
+            expected.append("reply:10")
+        if case.more is not None and mode == "more":
+            assert [kind(e) for e in events] == case.more
+            return
+        assert [kind(e) for e in events] == expected
+        check_requests(case, events)
+        if "malformed" in expected:
+            assert parser.stopped
+            parser.receive_data(GET_VALUES)
+            assert parser.next_event() is None
+        if not case.events:
+            parser.receive_eof()
+            assert parser.next_event() is None
+    finally:
+        close_bodies(events)
+
+
+def test_fastcgi_get_values_answer() -> None:
+    parser = FastCGIParser(max_conns=7)
+    parser.receive_data(GET_VALUES)
+    event = parser.next_event()
+    assert isinstance(event, Reply)
+    assert event.data[1] == f.GET_VALUES_RESULT
+    length = int.from_bytes(event.data[4:6], "big")
+    pairs = f.parse_pairs(event.data[8 : 8 + length])
+    # Only the names it knows; FCGI_X is not answered.
+    assert pairs == {b"FCGI_MAX_CONNS": b"7", b"FCGI_MPXS_CONNS": b"0"}
+
+
+def test_fastcgi_corpus_size() -> None:
+    assert len(FASTCGI_VALID) >= 15 and len(FASTCGI_INVALID) >= 15
+
+
+def test_stdout_records_split_at_65535() -> None:
+    data = bytes(range(256)) * 600  # 153600 bytes
+    records = f.stdout_records(3, data)
+    lengths = [int.from_bytes(h[4:6], "big") for h in records[::2]]
+    assert lengths == [65535, 65535, 153600 - 2 * 65535]
+    assert b"".join(records[1::2]) == data
+    assert f.end_request(3)[:8] == bytes((1, f.STDOUT, 0, 3, 0, 0, 0, 0))
