@@ -51,9 +51,9 @@ from catalyzer.server.roommaker import RoomMaker
 from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
 from catalyzer.settings import Config
-from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ
+from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
-from catalyzer.wsgi.forwarded import TrustedProxies, apply_forwarded
+from catalyzer.wsgi.forwarded import PROXY_KEYS, TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
@@ -386,6 +386,7 @@ class HTTPChannel(Protocol):
         self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
         self._drain_timer = Timer(clock, self._drain_idle)
         self._socket: socket.socket | None = None
+        self._environ_base: dict[str, Any] | None = None  # base_environ, once per connection
         self._proxied = False
 
     def _enter(self, new: ConnState) -> None:
@@ -601,19 +602,22 @@ class HTTPChannel(Protocol):
             return
         assert self.info is not None
         try:
-            environ = build_environ(
-                request,
-                self.info,
-                script_name=server.config.script_name,
-                errors=server.errors,
-                multithread=server.threadpool is not None,
-                multiprocess=server.multiprocess,
-                file_wrapper=FileWrapper,
-            )
+            base = self._environ_base
+            if base is None:  # built at the first request: the PROXY header has been read
+                base = self._environ_base = base_environ(
+                    self.info,
+                    script_name=server.config.script_name,
+                    errors=server.errors,
+                    multithread=server.threadpool is not None,
+                    multiprocess=server.multiprocess,
+                    file_wrapper=FileWrapper,
+                )
+            environ = build_environ(request, self.info, base=base)
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
             return
-        apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
+        if not environ.keys().isdisjoint(PROXY_KEYS):  # apply_forwarded's own fast path, inlined
+            apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
         self._enter(_RESPONDING)

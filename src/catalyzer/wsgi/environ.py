@@ -13,7 +13,13 @@ import httptools
 from catalyzer.http.cgi import CGIRequest
 from catalyzer.http.reader import Request
 
-__all__ = ["ConnectionInfo", "build_cgi_environ", "build_environ", "split_target"]
+__all__ = [
+    "ConnectionInfo",
+    "base_environ",
+    "build_cgi_environ",
+    "build_environ",
+    "split_target",
+]
 
 _EMPTY: Final = b""
 
@@ -80,6 +86,37 @@ def _environ_key(name: bytes) -> str | None:
     return key
 
 
+def base_environ(
+    conn: ConnectionInfo,
+    *,
+    script_name: str = "",
+    errors: IO[str] | None = None,
+    multithread: bool = False,
+    multiprocess: bool = False,
+    file_wrapper: Any = None,
+) -> dict[str, Any]:
+    """The entries of ``environ`` that are the same for every request on one connection: a
+    connection builds them once and each request starts from a copy (one C-level dict copy
+    instead of a dozen lookups per request)."""
+    base: dict[str, Any] = {
+        "SCRIPT_NAME": script_name,
+        "SERVER_NAME": conn.server_name,
+        "SERVER_PORT": conn.server_port,
+        "REMOTE_ADDR": conn.remote_addr,
+        "REMOTE_PORT": conn.remote_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": conn.url_scheme,
+        "wsgi.errors": errors if errors is not None else sys.stderr,
+        "wsgi.multithread": multithread,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    if file_wrapper is not None:
+        base["wsgi.file_wrapper"] = file_wrapper
+    return base
+
+
 def build_environ(
     request: Request,
     conn: ConnectionInfo,
@@ -89,7 +126,21 @@ def build_environ(
     multithread: bool = False,
     multiprocess: bool = False,
     file_wrapper: Any = None,
+    base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The environ of ``request``; ``base`` is :func:`base_environ` for its connection (the
+    keyword arguments are then ignored), built here when not given."""
+    if base is None:
+        base = base_environ(
+            conn,
+            script_name=script_name,
+            errors=errors,
+            multithread=multithread,
+            multiprocess=multiprocess,
+            file_wrapper=file_wrapper,
+        )
+    else:
+        script_name = base["SCRIPT_NAME"]
     path, query, authority = split_target(request.target)
     if b"%" in path:
         path = unquote_to_bytes(path)
@@ -97,28 +148,13 @@ def build_environ(
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
     body = request.body
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "SCRIPT_NAME": script_name,
-        "PATH_INFO": path_info,
-        "QUERY_STRING": query.decode("latin-1"),
-        "SERVER_NAME": conn.server_name,
-        "SERVER_PORT": conn.server_port,
-        "SERVER_PROTOCOL": "HTTP/" + request.version,
-        "REMOTE_ADDR": conn.remote_addr,
-        "REMOTE_PORT": conn.remote_port,
-        "RAW_URI": request.target.decode("latin-1"),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": conn.url_scheme,
-        "wsgi.input": body if body is not None else io.BytesIO(_EMPTY),
-        "wsgi.errors": errors if errors is not None else sys.stderr,
-        "wsgi.multithread": multithread,
-        "wsgi.multiprocess": multiprocess,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
-    }
-    if file_wrapper is not None:
-        environ["wsgi.file_wrapper"] = file_wrapper
+    environ = base.copy()
+    environ["REQUEST_METHOD"] = request.method
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    environ["RAW_URI"] = request.target.decode("latin-1")
+    environ["wsgi.input"] = body if body is not None else io.BytesIO(_EMPTY)
     for name, value in request.headers:
         key = _environ_key(name)
         if key is None:

@@ -354,7 +354,9 @@ class WSGIResponse:
             self.sink.unregister_producer()
         self._registered = False
         self._release_app()
-        self.on_done(ResponseOutcome(self.status, self.bytes_sent, keep_alive, self.started))
+        framer = self.framer
+        sent = framer.sent if framer is not None else self._direct_bytes  # bytes_sent, inlined
+        self.on_done(ResponseOutcome(self.status, sent, keep_alive, self.started))
 
     def _release_app(self) -> None:
         """The response is over: let go of the app's iterable."""
