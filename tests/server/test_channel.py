@@ -504,6 +504,10 @@ def test_drain_closes_idle_now_and_busy_after_response() -> None:
     busy.transport.producer.resumeProducing()
     while body.closed == 0:
         server.clock.advance(0)
+    # Its head went out before the drain and promised keep-alive: the client may be sending its
+    # next request already, so the connection gets an idle one's grace rather than a close.
+    assert not busy.closed
+    server.clock.advance(1)
     assert busy.closed
     busy.finish_close()
     assert fired == [None]
@@ -585,6 +589,44 @@ def test_drain_gives_just_idle_connection_a_grace_then_closes() -> None:
     assert quiet.closed
 
 
+def test_drain_gives_a_new_connection_its_grace_to_send_its_first_request() -> None:
+    """A connection accepted just before the drain has its request on the way (or unread in the
+    socket): closing it at once would reset it under the client."""
+    server = InMemoryServer(hello)
+    fresh = server.connect()
+    server.state.drain()
+    assert not fresh.closed
+    fresh.send(GET)
+    out = fresh.new_output()
+    assert statuses(out) == [200] and b"Connection: close\r\n" in out
+    assert fresh.closed
+
+    server = InMemoryServer(hello)
+    silent = server.connect()
+    server.state.drain()
+    server.clock.advance(0.9)
+    assert not silent.closed
+    server.clock.advance(0.1)  # DRAIN_IDLE_GRACE after it was opened, and nothing came
+    assert silent.closed
+
+
+def test_drain_never_closes_a_connection_with_unread_bytes() -> None:
+    server = InMemoryServer(hello)
+    conn = server.connect()
+    conn.send(GET)
+    assert statuses(conn.new_output()) == [200]
+    server.clock.advance(2)  # idle past the grace: closed at once, unless bytes wait unread
+    channel = next(iter(server.state.channels))
+    channel.unread_bytes = lambda: True  # type: ignore[method-assign]
+    server.state.drain()
+    assert not conn.closed
+    server.clock.advance(1)
+    assert not conn.closed
+    conn.send(GET)  # the reactor reads them: their response is the last, and closes it
+    assert statuses(conn.new_output()) == [200]
+    assert conn.closed
+
+
 class HeldPool:
     """A thread pool stand-in that runs work only when the test says so."""
 
@@ -624,7 +666,9 @@ def test_drain_makes_a_response_whose_head_is_not_sent_the_last_one() -> None:
 
 
 def test_head_sent_before_the_stop_keeps_its_framing() -> None:
-    """A response whose head went out before the stop finishes as announced, then closes."""
+    """A response whose head went out before the stop finishes as announced; the connection it
+    promised to keep is then drained like an idle one (a grace for the next request, then a
+    close), never cut under a request already on its way."""
     body = CountingIterable(chunks=500)
     server = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1])
     conn = server.connect()
@@ -637,6 +681,11 @@ def test_head_sent_before_the_stop_keeps_its_framing() -> None:
     while body.closed == 0:
         server.clock.advance(0)
     assert b"Connection: close" not in conn.output()
+    assert not conn.closed
+    conn.send(GET)  # the request the client sent meanwhile is answered, and is the last
+    out = conn.output()
+    assert out.count(b"HTTP/1.1 200 OK") == 2
+    assert out.endswith(b"Connection: close\r\n\r\n")
     assert conn.closed
 
 

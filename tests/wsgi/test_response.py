@@ -130,3 +130,82 @@ def test_threaded_kind_only_with_a_pool() -> None:
     outcomes: list[ResponseOutcome] = []
     ThreadedWSGIResponse(threaded, sink, one_request(), {"RAW_URI": "/"}, outcomes.append).run()
     assert [o.status for o in outcomes] == [200] and sink.data.endswith(b"hello")
+
+
+# -- counted before the bytes that complete the response are written (issue 14: a worker killed
+# between its last write and its count must not lose an answered request)
+
+
+class OrderedCounter:
+    """Counts responses into the same event list the sink writes to, to see the order."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.observed: list[tuple[int, int]] = []
+
+    def observe(self, status: int, duration: float, bytes_out: int, app: bool = False) -> None:
+        self.observed.append((status, bytes_out))
+        self.events.append("count")
+
+
+class OrderedSink(RecordingSink):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.events.append("write")
+
+    def write_sequence(self, data: list[bytes]) -> None:
+        super().write_sequence(data)
+        self.events.append("write")
+
+
+def counted_run(app: Any) -> tuple[list[str], OrderedCounter, list[ResponseOutcome], bytes]:
+    events: list[str] = []
+    counter = OrderedCounter(events)
+    sink = OrderedSink(events)
+    clock = Clock()
+    outcomes: list[ResponseOutcome] = []
+    svc = services(app, clock)
+    svc = ResponseServices(**{**{f: getattr(svc, f) for f in svc.__slots__}, "metrics": counter})
+    response = WSGIResponse(svc, sink, one_request(), {"RAW_URI": "/p"}, outcomes.append)
+    response.run()
+    clock.advance(1)  # a streamed body goes out a few items per reactor turn
+    return events, counter, outcomes, sink.data
+
+
+def streamed_with_length(environ: Any, start_response: Any) -> Any:
+    start_response("200 OK", [("Content-Length", "6")])
+    yield b"abc"
+    yield b"def"
+
+
+def chunked(environ: Any, start_response: Any) -> Any:
+    start_response("200 OK", [])
+    yield b"abc"
+    yield b"def"
+
+
+def failing(environ: Any, start_response: Any) -> Any:
+    raise RuntimeError("boom")
+
+
+def test_a_response_is_counted_once_before_its_last_write() -> None:
+    for app, status, body, ending in (
+        (hello, 200, 5, b"hello"),
+        (streamed_with_length, 200, 6, b"abcdef"),
+        (chunked, 200, 6, b"def\r\n0\r\n\r\n"),
+        (failing, 500, len(b"Internal Server Error\n"), b"Internal Server Error\n"),
+    ):
+        events, counter, outcomes, data = counted_run(app)
+        assert counter.observed == [(status, body)], app
+        assert events.count("count") == 1 and events[-1] == "write", (app, events)
+        assert outcomes[0].counted is True
+        assert data.endswith(ending), (app, data)
+
+
+def test_without_a_counter_the_outcome_says_not_counted() -> None:
+    outcomes = run(hello, RecordingSink())
+    assert outcomes[0].counted is False

@@ -206,6 +206,7 @@ class ServerState:
             threadpool=threadpool,
             call_from_thread=call_from_thread,
             flood=self.flood,
+            metrics=self.metrics,
         )
         self.response_class = response_class(self.response_services)
 
@@ -715,7 +716,10 @@ class HTTPChannel(Protocol):
         # Counted first: the last bytes may have reached the client already (write() sends
         # straight away), and until this line a SIGKILL would lose the response's counts.
         now = server.clock.seconds()
-        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent, app=True)
+        if not outcome.counted:  # the response counts itself before its last write when it can
+            server.metrics.observe(
+                outcome.status, now - outcome.started, outcome.bytes_sent, app=True
+            )
         response = self.response
         assert response is not None
         # Set before response is cleared: another thread that sees no response sees this too.
@@ -753,11 +757,17 @@ class HTTPChannel(Protocol):
         state = self.state
         if state is _CLOSED:
             return
-        if state is not _OPEN or not keep_alive or server.draining:
+        if state is not _OPEN or not keep_alive:
             self._close()
-        else:
-            self._idle_since = now
-            self._next()
+            return
+        self._idle_since = now
+        self._next()
+        if server.draining and self.response is None and self.state is _OPEN:
+            # Its head promised keep-alive (the drain began while it was being sent: a TERM is
+            # seen inside its signal handler, between any two lines): the client may be sending
+            # its next request already. Closing now would cut that request; drain it as an
+            # idle connection instead (the next request, if any comes, is the last).
+            self.drain()
 
     # -- keep-alive, closing, draining
 
@@ -835,20 +845,30 @@ class HTTPChannel(Protocol):
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an
-        idle connection now, or once it has been idle for DRAIN_IDLE_GRACE."""
+        idle connection once it has been idle for DRAIN_IDLE_GRACE (a new one: since it was
+        opened) and has nothing unread.
+
+        Closing a connection the moment it looks idle races with its client: a request may be in
+        the socket's receive buffer, not read yet (a connection accepted just before the drain
+        has sent its first request, a keep-alive client its next one), and closing a socket with
+        unread bytes makes the kernel answer with a reset, which the client sees as an error."""
         reader = self.reader
         if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
             return  # keep_alive_allowed is now false: the response closes the connection
-        idle_for = self.server.clock.seconds() - self._idle_since
-        if not self.requests or idle_for >= DRAIN_IDLE_GRACE:
+        since = self._idle_since if self.requests else self.opened
+        idle_for = self.server.clock.seconds() - since
+        if idle_for >= DRAIN_IDLE_GRACE and not self.unread_bytes():
             self._close()
         else:
-            self._drain_timer.start(DRAIN_IDLE_GRACE - idle_for)
+            self._drain_timer.start(max(0.0, DRAIN_IDLE_GRACE - idle_for))
 
     def _drain_idle(self) -> None:
         reader = self.reader
-        if not (self.response is not None or reader.in_headers or reader.in_body or reader.queued):
-            self._close()
+        if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
+            return
+        if self.unread_bytes():  # read this turn: its response will close the connection
+            return
+        self._close()
 
     def abort(self, why: str) -> None:
         if self.state is not _CLOSED:

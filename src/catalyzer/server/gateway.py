@@ -253,7 +253,10 @@ class GatewayChannel(Protocol):
         server = self.server
         # Counted first, as on the HTTP face (HTTPChannel._response_done says why).
         now = server.clock.seconds()
-        server.metrics.observe(outcome.status, now - outcome.started, outcome.bytes_sent, app=True)
+        if not outcome.counted:  # the response counts itself before its last write when it can
+            server.metrics.observe(
+                outcome.status, now - outcome.started, outcome.bytes_sent, app=True
+            )
         response = self.response
         assert response is not None
         self.response = None

@@ -99,6 +99,7 @@ class WSGIResponse:
         self.status = 0
         self._direct_bytes = 0
         self.done = False
+        self.counted = False  # by _answered, before the bytes that complete it are written
         self._iterable: Iterable[bytes] | None = None
         self._iterator: Iterator[bytes] | None = None
         self._closed_iterable = False
@@ -166,10 +167,15 @@ class WSGIResponse:
         framer = self.framer
         if framer is None:
             framer = self._begin(None)
-            self.sink.write(framer.head + framer.body(data))
+            out = framer.head + framer.body(data)
+            if framer.remaining == 0:
+                self._answered()
+            self.sink.write(out)
         else:
             out = framer.body(data)
             if out:
+                if framer.remaining == 0:  # the Content-Length is complete with this piece
+                    self._answered()
                 self.sink.write(out)
         if framer.error is not None:
             self._finish()
@@ -201,9 +207,13 @@ class WSGIResponse:
             self._fail("the application's response is invalid")
             return
         if len(body) <= 65536:
-            self.sink.write(framer.head + framer.body(body) + framer.end())
+            out = framer.head + framer.body(body) + framer.end()
+            self._answered()
+            self.sink.write(out)
         else:  # don't copy a large body just to put the head in front of it
-            self.sink.write_sequence([framer.head, framer.body(body), framer.end()])
+            pieces = [framer.head, framer.body(body), framer.end()]
+            self._answered()
+            self.sink.write_sequence(pieces)
         self._finish()
 
     def _produce(self) -> None:
@@ -276,8 +286,10 @@ class WSGIResponse:
         try:
             if framer is None:
                 framer = self._begin(0)
+                self._answered()
                 self.sink.write(framer.head)
             end = framer.end()
+            self._answered()
             if end:
                 self.sink.write(end)
         except AppResponseError:
@@ -312,6 +324,7 @@ class WSGIResponse:
             keep_alive = self.request.keep_alive and self.sink.keep_alive_allowed
             body = b"Internal Server Error\n"
             self._direct_bytes = len(body)
+            self._answered()
             self.sink.write(
                 simple_response(
                     500, "Internal Server Error", self.services.date(), body, close=not keep_alive
@@ -342,6 +355,23 @@ class WSGIResponse:
         self.abort(f"client read nothing for {timeout:g}s; response abandoned")
         self.sink.abort_connection()
 
+    def _answered(self) -> None:
+        """The bytes about to be written complete the response: count it now, before they go.
+
+        Counted in the other order, a worker killed between the write and the count would have
+        answered a request its counters never see (a prefork worker's counters are in shared
+        memory for that reason: see :mod:`catalyzer.ops.metrics`). A kill after the count but
+        before the write counts one response its client did not get in full, the lesser error."""
+        if self.counted:
+            return
+        metrics = self.services.metrics
+        if metrics is None:
+            return
+        self.counted = True
+        framer = self.framer
+        sent = framer.sent if framer is not None else self._direct_bytes
+        metrics.observe(self.status, self.services.clock.seconds() - self.started, sent, app=True)
+
     def _end(self, keep_alive: bool, connection_gone: bool = False) -> None:
         self.done = True
         if self._stall is not None:
@@ -356,7 +386,7 @@ class WSGIResponse:
         self._release_app()
         framer = self.framer
         sent = framer.sent if framer is not None else self._direct_bytes  # bytes_sent, inlined
-        self.on_done(ResponseOutcome(self.status, sent, keep_alive, self.started))
+        self.on_done(ResponseOutcome(self.status, sent, keep_alive, self.started, self.counted))
 
     def _release_app(self) -> None:
         """The response is over: let go of the app's iterable."""

@@ -23,6 +23,7 @@ __all__ = [
     "CallInThread",
     "OnDone",
     "RateLimitedLog",
+    "ResponseCounter",
     "ResponseOutcome",
     "ResponseServices",
     "ResponseSink",
@@ -73,6 +74,12 @@ class AppScoreboard(Protocol):
     def leave_if(self, entered: float) -> None: ...
 
 
+class ResponseCounter(Protocol):
+    """Where a response is counted (:class:`catalyzer.ops.metrics.RequestMetrics`)."""
+
+    def observe(self, status: int, duration: float, bytes_out: int, app: bool = False) -> None: ...
+
+
 class CallInThread(Protocol):
     """A thread pool, as far as a response uses one."""
 
@@ -103,6 +110,7 @@ class ResponseServices:
     threadpool: CallInThread | None = None
     call_from_thread: Callable[..., None] | None = None
     flood: RateLimitedLog | None = None
+    metrics: ResponseCounter | None = None
 
 
 class ResponseOutcome(NamedTuple):
@@ -112,6 +120,7 @@ class ResponseOutcome(NamedTuple):
     bytes_sent: int
     keep_alive: bool  # the connection may carry the next request
     started: float  # clock time when the response began
+    counted: bool = False  # already given to ResponseServices.metrics, before its last bytes
 
 
 OnDone = Callable[[ResponseOutcome], None]
