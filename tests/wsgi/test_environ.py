@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from catalyzer.http.reader import Request
-from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, build_environ, split_target
+from catalyzer.wsgi.environ import (
+    BadTarget,
+    ConnectionInfo,
+    base_environ,
+    build_environ,
+    split_target,
+)
 
 # -- environ
 
@@ -21,7 +27,7 @@ def make_request(target: bytes, headers: list[tuple[bytes, bytes]] | None = None
 
 
 def test_environ_paths_and_query() -> None:
-    env = build_environ(make_request(b"/a%20b/%C3%A9?x=%20&y"), INFO)
+    env = build_environ(make_request(b"/a%20b/%C3%A9?x=%20&y"), base_environ(INFO))
     assert env["PATH_INFO"] == "/a b/\xc3\xa9"  # bytes decoded as latin-1, per PEP 3333
     assert env["QUERY_STRING"] == "x=%20&y"  # raw
     assert env["RAW_URI"] == "/a%20b/%C3%A9?x=%20&y"
@@ -34,14 +40,14 @@ def test_environ_paths_and_query() -> None:
 
 
 def test_environ_script_name() -> None:
-    env = build_environ(make_request(b"/app/x"), INFO, script_name="/app")
+    env = build_environ(make_request(b"/app/x"), base_environ(INFO, script_name="/app"))
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/x")
-    env = build_environ(make_request(b"/application"), INFO, script_name="/app")
+    env = build_environ(make_request(b"/application"), base_environ(INFO, script_name="/app"))
     assert env["PATH_INFO"] == "/application"
 
 
 def test_environ_absolute_form_overrides_host() -> None:
-    env = build_environ(make_request(b"http://other.test:81/p?q=1"), INFO)
+    env = build_environ(make_request(b"http://other.test:81/p?q=1"), base_environ(INFO))
     assert (env["PATH_INFO"], env["QUERY_STRING"], env["HTTP_HOST"]) == (
         "/p",
         "q=1",
@@ -60,7 +66,7 @@ def test_environ_headers_joined_underscores_dropped() -> None:
         (b"Content-Type", b"text/plain"),
         (b"Content-Length", b"3"),
     ]
-    env = build_environ(make_request(b"/", headers), INFO)
+    env = build_environ(make_request(b"/", headers), base_environ(INFO))
     assert env["HTTP_X_A"] == "1,2"
     assert env["HTTP_COOKIE"] == "a=1; b=2"
     assert "HTTP_X_FORWARDED_FOR" not in env

@@ -613,7 +613,7 @@ class HTTPChannel(Protocol):
                     multiprocess=server.multiprocess,
                     file_wrapper=FileWrapper,
                 )
-            environ = build_environ(request, self.info, base=base)
+            environ = build_environ(request, base)
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
             return

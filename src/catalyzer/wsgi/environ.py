@@ -117,30 +117,10 @@ def base_environ(
     return base
 
 
-def build_environ(
-    request: Request,
-    conn: ConnectionInfo,
-    *,
-    script_name: str = "",
-    errors: IO[str] | None = None,
-    multithread: bool = False,
-    multiprocess: bool = False,
-    file_wrapper: Any = None,
-    base: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The environ of ``request``; ``base`` is :func:`base_environ` for its connection (the
-    keyword arguments are then ignored), built here when not given."""
-    if base is None:
-        base = base_environ(
-            conn,
-            script_name=script_name,
-            errors=errors,
-            multithread=multithread,
-            multiprocess=multiprocess,
-            file_wrapper=file_wrapper,
-        )
-    else:
-        script_name = base["SCRIPT_NAME"]
+def build_environ(request: Request, base: dict[str, Any]) -> dict[str, Any]:
+    """The environ of ``request``, starting from ``base``: :func:`base_environ` for its
+    connection."""
+    script_name = base["SCRIPT_NAME"]
     path, query, authority = split_target(request.target)
     if b"%" in path:
         path = unquote_to_bytes(path)
