@@ -32,3 +32,9 @@ def test_rss_past_the_limit_gives_the_figure() -> None:
 def test_requests_limit_wins_when_both_are_reached() -> None:
     policy = RecyclePolicy(5, 10 * MIB)
     assert policy.after_response(5, 20 * MIB) == Recycle("max-requests")
+
+
+def test_the_logged_figure_is_never_rounded_down_to_the_limit() -> None:
+    policy = RecyclePolicy(0, 150 * MIB)
+    decision = policy.after_response(1, 150 * MIB + 400 * 1024)
+    assert decision == Recycle("max-worker-rss", "RSS 151 MiB > 150 MiB")

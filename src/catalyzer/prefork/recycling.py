@@ -50,6 +50,7 @@ class RecyclePolicy:
             self.decided = True
             return Recycle(
                 "max-worker-rss",
-                f"RSS {rss / MIB:.0f} MiB > {self.max_rss / MIB:.0f} MiB",
+                # Rounded up: 150.4 MiB over a 150 MiB limit reads "151 > 150", never "150 > 150".
+                f"RSS {-(-rss // MIB)} MiB > {self.max_rss / MIB:.0f} MiB",
             )
         return None
