@@ -16,7 +16,7 @@ from catalyzer.http.cgi import CGIRequest, Malformed, Refused
 from catalyzer.http.fastcgi import Abort, FastCGIParser, Reply
 from catalyzer.http.reader import Limits
 from catalyzer.http.uwsgi import UwsgiParser
-from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
+from catalyzer.wsgi.environ import ConnectionInfo, base_environ, build_cgi_environ
 from tests.http.gateway_corpus import (
     FASTCGI_INVALID,
     FASTCGI_VALID,
@@ -75,7 +75,7 @@ def check_requests(case: Case, events: list[object]) -> None:
             request.body.seek(0)
             if case.limits.get("body_spool_threshold", 1 << 20) < len(body):
                 assert not isinstance(request.body, io.BytesIO)
-        environ = build_cgi_environ(cgi, CONN)
+        environ = build_cgi_environ(cgi, base_environ(CONN))
         for key, value in want.get("environ", {}).items():
             assert environ.get(key) == value, key
         for key in want.get("absent", []):

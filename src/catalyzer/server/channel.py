@@ -30,7 +30,7 @@ from typing import Any
 from twisted.internet import interfaces, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -50,6 +50,7 @@ from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.roommaker import RoomMaker
 from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
+from catalyzer.server.transportsink import TransportSink
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
@@ -58,7 +59,7 @@ from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 from catalyzer.wsgi.types import WSGIApp
 
-__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState", "send_now"]
+__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -323,6 +324,17 @@ class ServerState:
             channel.drain()
         return d
 
+    def environ_base(self, info: ConnectionInfo) -> dict[str, Any]:
+        """The environ entries every request on a connection shares (a connection keeps it)."""
+        return base_environ(
+            info,
+            script_name=self.config.script_name,
+            errors=self.errors,
+            multithread=self.threadpool is not None,
+            multiprocess=self.multiprocess,
+            file_wrapper=FileWrapper,
+        )
+
     @property
     def requests_served(self) -> int:
         """Requests the app answered in this process (what ``max-requests`` counts)."""
@@ -358,7 +370,7 @@ _CLOSED = ConnState.CLOSED
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
-class HTTPChannel(Protocol):
+class HTTPChannel(TransportSink):
     """One client connection: the :class:`~catalyzer.wsgi.sink.ResponseSink` of its responses.
 
     Its state (:class:`~catalyzer.server.connstate.ConnState`) changes only through
@@ -386,7 +398,7 @@ class HTTPChannel(Protocol):
         self._idle_since = 0.0
         self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
         self._drain_timer = Timer(clock, self._drain_idle)
-        self._socket: socket.socket | None = None
+        self._socket = None
         self._environ_base: dict[str, Any] | None = None  # base_environ, once per connection
         self._proxied = False
 
@@ -473,29 +485,7 @@ class HTTPChannel(Protocol):
                 event.body.close()
         self.server.connection_lost(self)
 
-    # -- ResponseSink
-
-    def write(self, data: bytes) -> None:
-        send_now(self.transport, self._socket, data)
-
-    def write_sequence(self, data: list[bytes]) -> None:
-        self.transport.writeSequence(data)  # type: ignore[union-attr]
-
-    def register_producer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
-
-    def unregister_producer(self) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def start_writing(self) -> None:
-        transport: Any = self.transport
-        transport.startWriting()
-
-    def abort_connection(self) -> None:
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def sendfile_socket(self) -> socket.socket | None:
-        return self._socket
+    # -- ResponseSink (the rest is TransportSink's)
 
     @property
     def keep_alive_allowed(self) -> bool:
@@ -605,14 +595,7 @@ class HTTPChannel(Protocol):
         try:
             base = self._environ_base
             if base is None:  # built at the first request: the PROXY header has been read
-                base = self._environ_base = base_environ(
-                    self.info,
-                    script_name=server.config.script_name,
-                    errors=server.errors,
-                    multithread=server.threadpool is not None,
-                    multiprocess=server.multiprocess,
-                    file_wrapper=FileWrapper,
-                )
+                base = self._environ_base = server.environ_base(self.info)
             environ = build_environ(request, base)
         except BadTarget as e:
             self._protocol_error(ProtocolError(400, str(e)))
@@ -881,32 +864,6 @@ class HTTPChannel(Protocol):
                 why=why,
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
-
-
-def send_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
-    """Send ``data`` now if the transport has nothing queued, else queue it.
-
-    Twisted's ``write`` always queues and sends on the next reactor turn: for a small
-    response that is an epoll registration, a wake-up and a deregistration per request.
-    When the transport's buffer is empty, sending straight away keeps the order and saves
-    all that; whatever the socket does not take goes through ``transport.write`` as usual.
-    ``sock`` is the plain TCP socket under ``transport`` (None for TLS and others: queued).
-    """
-    if (
-        sock is not None
-        and twistedprivate.write_buffer_empty(transport)
-        and not transport.disconnecting
-    ):
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = 0  # let the transport meet the error and report it its own way
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 def _proxy_header_note(text: str) -> None:

@@ -23,7 +23,7 @@ import socket
 from typing import Any, ClassVar
 
 from twisted.internet import interfaces, tcp
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,11 +33,11 @@ from catalyzer.http.framing import simple_response
 from catalyzer.http.progress import ProgressTracker, upload_id_from
 from catalyzer.http.reader import STATUS_REASONS
 from catalyzer.ops import trace
-from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note, send_now
+from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
+from catalyzer.server.transportsink import TransportSink, send_now
 from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
-from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.forwarded import apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseSink
@@ -59,7 +59,7 @@ _CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
 
-class GatewayChannel(Protocol):
+class GatewayChannel(TransportSink):
     """One connection from the web server: one request at a time, each answered through the sink
     :meth:`_sink_for` makes. Subclasses give the parser, the sink and what ends a request."""
 
@@ -73,7 +73,8 @@ class GatewayChannel(Protocol):
         self.info: ConnectionInfo | None = None
         self.requests = 0
         self.opened = 0.0
-        self._socket: socket.socket | None = None
+        self._socket = None
+        self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
         self._in_next = False
         self._paused = False
         clock = server.clock
@@ -217,15 +218,10 @@ class GatewayChannel(Protocol):
         server = self.server
         request = cgi.request
         assert self.info is not None
-        environ = build_cgi_environ(
-            cgi,
-            self.info,
-            script_name=server.config.script_name,
-            errors=server.errors,
-            multithread=server.threadpool is not None,
-            multiprocess=server.multiprocess,
-            file_wrapper=FileWrapper,
-        )
+        base = self._environ_base
+        if base is None:
+            base = self._environ_base = server.environ_base(self.info)
+        environ = build_cgi_environ(cgi, base)
         # REMOTE_ADDR is the web server's word for the client: --forwarded-allow-ips judges
         # whether that client's X-Forwarded-* / Forwarded headers are believed, as on HTTP.
         apply_forwarded(environ, server.trusted_proxies, _proxy_header_note)
@@ -423,29 +419,7 @@ class GatewayChannel(Protocol):
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
 
-    # -- the sink for faces that write the response as it is (uwsgi)
-
-    def write(self, data: bytes) -> None:
-        send_now(self.transport, self._socket, data)
-
-    def write_sequence(self, data: list[bytes]) -> None:
-        self.transport.writeSequence(data)  # type: ignore[union-attr]
-
-    def register_producer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
-
-    def unregister_producer(self) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def start_writing(self) -> None:
-        transport: Any = self.transport
-        transport.startWriting()
-
-    def abort_connection(self) -> None:
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def sendfile_socket(self) -> socket.socket | None:
-        return self._socket
+    # -- the sink for faces that write the response as it is (uwsgi): TransportSink's, and
 
     @property
     def keep_alive_allowed(self) -> bool:

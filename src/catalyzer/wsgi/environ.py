@@ -160,16 +160,7 @@ _CGI_SKIP: Final = frozenset((b"HTTP_CONTENT_LENGTH", b"HTTP_CONTENT_TYPE"))
 _CGI_NAMES: dict[bytes, str] = {}
 
 
-def build_cgi_environ(
-    request: CGIRequest,
-    conn: ConnectionInfo,
-    *,
-    script_name: str = "",
-    errors: IO[str] | None = None,
-    multithread: bool = False,
-    multiprocess: bool = False,
-    file_wrapper: Any = None,
-) -> dict[str, Any]:
+def build_cgi_environ(request: CGIRequest, base: dict[str, Any]) -> dict[str, Any]:
     """The environ of a request that came as CGI variables (uwsgi, FastCGI).
 
     Every variable is passed on as sent (latin-1 text), except:
@@ -182,7 +173,9 @@ def build_cgi_environ(
       ``SCRIPT_NAME``, ``--script-name`` is taken off ``PATH_INFO`` as on the HTTP face.
     - ``wsgi.url_scheme``: ``REQUEST_SCHEME`` if http or https, else https when ``HTTPS`` is
       ``on``/``1``, else the connection's own scheme.
-    - missing ``SERVER_NAME``/``SERVER_PORT``/``REMOTE_ADDR``/``REMOTE_PORT`` come from the socket;
+    - missing ``SERVER_NAME``/``SERVER_PORT``/``REMOTE_ADDR``/``REMOTE_PORT`` come from the socket
+      (``base``: :func:`base_environ` for the connection, as on the HTTP face, which also gives the
+      ``wsgi.*`` entries; a variable named ``wsgi.*`` is dropped);
       an empty ``CONTENT_LENGTH``/``CONTENT_TYPE`` is left out; ``CONTENT_LENGTH`` is the body's
       real size when there is one.
 
@@ -194,11 +187,12 @@ def build_cgi_environ(
     variables = request.variables
     req = request.request
     environ: dict[str, Any] = {}
+    script_name: str = base["SCRIPT_NAME"]
     names = _CGI_NAMES
     for key, value in variables.items():
         name = names.get(key)
         if name is None:
-            if key in _CGI_SKIP:
+            if key in _CGI_SKIP or key.startswith(b"wsgi."):
                 continue
             name = key.decode("latin-1")
             if len(names) < 4096:
@@ -225,12 +219,12 @@ def build_cgi_environ(
     environ.setdefault("QUERY_STRING", query.decode("latin-1"))
     environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
     if not environ.get("SERVER_NAME"):
-        environ["SERVER_NAME"] = conn.server_name
+        environ["SERVER_NAME"] = base["SERVER_NAME"]
     if not environ.get("SERVER_PORT"):
-        environ["SERVER_PORT"] = conn.server_port
+        environ["SERVER_PORT"] = base["SERVER_PORT"]
     if not environ.get("REMOTE_ADDR"):
-        environ["REMOTE_ADDR"] = conn.remote_addr
-        environ["REMOTE_PORT"] = conn.remote_port
+        environ["REMOTE_ADDR"] = base["REMOTE_ADDR"]
+        environ["REMOTE_PORT"] = base["REMOTE_PORT"]
     environ.setdefault("REMOTE_PORT", "")
     environ["RAW_URI"] = target.decode("latin-1")
     for name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
@@ -241,15 +235,11 @@ def build_cgi_environ(
         environ["CONTENT_LENGTH"] = str(req.body_length)
     scheme = environ.get("REQUEST_SCHEME", "").lower()
     if scheme not in ("http", "https"):
-        scheme = "https" if environ.get("HTTPS", "").lower() in ("on", "1") else conn.url_scheme
-    environ["wsgi.version"] = (1, 0)
-    environ["wsgi.url_scheme"] = scheme
-    environ["wsgi.input"] = body if body is not None else io.BytesIO(_EMPTY)
-    environ["wsgi.errors"] = errors if errors is not None else sys.stderr
-    environ["wsgi.multithread"] = multithread
-    environ["wsgi.multiprocess"] = multiprocess
-    environ["wsgi.run_once"] = False
-    environ["wsgi.input_terminated"] = True
-    if file_wrapper is not None:
-        environ["wsgi.file_wrapper"] = file_wrapper
-    return environ
+        scheme = (
+            "https" if environ.get("HTTPS", "").lower() in ("on", "1") else base["wsgi.url_scheme"]
+        )
+    result = base.copy()
+    result.update(environ)
+    result["wsgi.url_scheme"] = scheme
+    result["wsgi.input"] = body if body is not None else io.BytesIO(_EMPTY)
+    return result
