@@ -17,11 +17,9 @@ Timers (each one :class:`~catalyzer.server.timer.Timer` armed on entering a stat
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import socket
-import threading
 import typing
 from collections.abc import Callable
 from email.utils import formatdate
@@ -33,7 +31,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from catalyzer.http.framing import simple_response
@@ -57,6 +54,7 @@ from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.forwarded import PROXY_KEYS, TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
+from catalyzer.wsgi.threads import AppThreads
 from catalyzer.wsgi.types import WSGIApp
 
 __all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
@@ -135,7 +133,7 @@ class ServerState:
         clock: interfaces.IReactorTime,
         *,
         call_from_thread: Callable[..., None] | None = None,
-        threadpool: ThreadPool | None = None,
+        threadpool: AppThreads | None = None,
         access_log: FileAccessLog | None = None,
         multiprocess: bool = False,
         scoreboard: Scoreboard | None = None,
@@ -229,12 +227,8 @@ class ServerState:
         threadpool = None
         call_from_thread = None
         if config.threads:
-            threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
-            # A thread stuck in the app must not keep the process alive past die-timeout.
-            threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
-                threading.Thread, daemon=True
-            )
-            call_from_thread = reactor.callFromThread
+            threadpool = AppThreads(config.threads, reactor.callFromThread)
+            call_from_thread = threadpool.call_from_thread
         return cls(
             app,
             config,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
@@ -446,6 +445,11 @@ class ThreadedWSGIResponse(WSGIResponse):
     - ``_outstanding`` and ``_aborted`` are shared and only touched holding ``_cond``; ``_paused``
       is written by the reactor and read by the thread before each hand-off, under ``_cond`` or
       followed by a ``notify_all`` on it, so a waiting thread always sees the change.
+
+    ``_cond`` is the process's one ``services.handoff``, not a condition per response: a
+    ``Condition`` is eight objects for the garbage collector, made for every request, while a
+    thread waits on it only when its client is slow. A ``notify_all`` then also wakes the (at
+    most ``--threads``) threads waiting for other responses; each re-checks its own predicate.
     """
 
     def __init__(
@@ -460,12 +464,13 @@ class ThreadedWSGIResponse(WSGIResponse):
         assert services.threadpool is not None and services.call_from_thread is not None
         self._threadpool = services.threadpool
         self._call = services.call_from_thread
-        self._cond = threading.Condition()
+        self._cond = services.handoff
         self._outstanding = 0
         self._aborted = False
 
     def run(self) -> None:
-        self._register()
+        # Registered as a producer at the first streamed piece (_deliver), not here: a list
+        # body, the common case, arrives whole and needs no back-pressure.
         self._threadpool.callInThread(self._thread_main)
 
     def _write(self, data: bytes) -> None:
@@ -546,6 +551,8 @@ class ThreadedWSGIResponse(WSGIResponse):
             cond.notify_all()
         if self.done:
             return
+        if not self._registered:
+            self._register()
         try:
             if data:
                 self._emit(data)
