@@ -75,6 +75,10 @@ class _Aborted(Exception):
     """The response was abandoned (client gone, timeout, error): the worker thread stops."""
 
 
+def _write_after_end(data: bytes) -> None:
+    raise _Aborted("the response is already finished")
+
+
 @implementer(interfaces.IPushProducer)
 class WSGIResponse:
     """One request's trip through the application and back to the client, in the reactor thread."""
@@ -382,6 +386,10 @@ class WSGIResponse:
         if self._registered and not connection_gone:
             self.sink.unregister_producer()
         self._registered = False
+        # Break the response -> start_response -> bound _write -> response cycle: left to the
+        # garbage collector, it and all it holds (request, environ, framer: ~11 objects a
+        # request) filled generation 0 and made the collector about 7% of a hello request.
+        self.start_response.write = _write_after_end
         self._release_app()
         framer = self.framer
         sent = framer.sent if framer is not None else self._direct_bytes  # bytes_sent, inlined
