@@ -475,6 +475,8 @@ class ThreadedWSGIResponse(WSGIResponse):
         self._cond = services.handoff
         self._outstanding = 0
         self._aborted = False
+        # Set (reactor thread) by the last call the pool thread posts: it then waits on nothing.
+        self._thread_over = False
 
     def run(self) -> None:
         # Registered as a producer at the first streamed piece (_deliver), not here: a list
@@ -491,6 +493,8 @@ class ThreadedWSGIResponse(WSGIResponse):
             self._cond.notify_all()
 
     def _release_app(self) -> None:
+        if self._thread_over:  # the usual end: nobody to wake, the thread closed the iterable
+            return
         # The iterable belongs to the pool thread, which closes it once it sees _aborted.
         with self._cond:
             self._aborted = True
@@ -570,10 +574,12 @@ class ThreadedWSGIResponse(WSGIResponse):
             self._fail("the application's response is invalid")
 
     def _deliver_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+        self._thread_over = True
         if not self.done:
             self._send_all(chunks)
 
     def _finish_from_thread(self) -> None:
+        self._thread_over = True
         if not self.done:
             self._finish()
 
