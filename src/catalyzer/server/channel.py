@@ -390,7 +390,7 @@ class HTTPChannel(TransportSink):
         self._body_mark = 0
         self._idle_timer = Timer(clock, self._idle)
         self._idle_since = 0.0
-        self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
+        self._linger_timer = Timer(clock, self._linger_expired)
         self._drain_timer = Timer(clock, self._drain_idle)
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # base_environ, once per connection
@@ -463,21 +463,30 @@ class HTTPChannel(TransportSink):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._enter(_CLOSED)
-        for timer in (
+        timers = (
             self._header_timer,
             self._body_timer,
             self._idle_timer,
             self._linger_timer,
             self._drain_timer,
-        ):
+        )
+        for timer in timers:
             timer.cancel()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
-        self.reader.receive_eof()
+        # close(), not receive_eof(): with the timers' retirement below, this leaves no reference
+        # cycle through the channel, so it is freed at once instead of by the garbage collector
+        # (~30 objects a connection, 9% of a Connection: close request's instructions).
+        self.reader.close()
         while (event := self.reader.next_event()) is not None:
             if isinstance(event, Request) and event.body is not None:
                 event.body.close()
         self.server.connection_lost(self)
+        for timer in timers:
+            timer.retire()
+
+    def _linger_expired(self) -> None:
+        self.abort("client did not read")
 
     # -- ResponseSink (the rest is TransportSink's)
 
