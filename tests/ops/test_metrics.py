@@ -100,7 +100,7 @@ def test_merge_and_snapshot_agree() -> None:
     a.observe(200, 0.001, 1)
     b.observe(500, 1.0, 2)
     b.observe(200, 0.5, 0, app=True)
-    total = [x + y for x, y in zip(a.counts.tolist(), b.counts.tolist(), strict=True)]
+    total = [x + y for x, y in zip(a.counts, b.counts, strict=True)]
     assert merge([a.snapshot(), b.snapshot()]) == snapshot_of(total)
 
 

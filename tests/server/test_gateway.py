@@ -3,8 +3,10 @@ web server, a Clock for time, the same ServerState (and WSGI response) as the HT
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -130,6 +132,22 @@ def test_uwsgi_get() -> None:
     conn.lose()
     assert state.channels == set()
     assert errors == []
+
+
+def test_a_closed_uwsgi_connection_is_freed_without_the_garbage_collector() -> None:
+    """nginx opens a uwsgi connection per request: no reference cycle may outlive it."""
+    state = make_state(lambda e, s: (s("200 OK", []), [b"ok"])[1])
+    gc.disable()
+    try:
+        conn = Conn(state, UwsgiChannel)
+        conn.send(uw(NGINX_UWSGI))
+        assert conn.closed
+        conn.lose()
+        freed = weakref.ref(conn.channel)
+        del conn
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_uwsgi_forwarded_headers_of_a_trusted_client_are_believed() -> None:

@@ -52,3 +52,15 @@ def test_callback_may_rearm() -> None:
     clock.advance(2)
     clock.advance(2)
     assert fired == [2.0, 4.0, 6.0]
+
+
+def test_retire_cancels_and_lets_go_of_the_callback() -> None:
+    clock = Clock()
+    fired: list[int] = []
+    timer = Timer(clock, lambda: fired.append(1))
+    timer.start(1.0)
+    timer.retire()
+    assert not timer.armed and clock.getDelayedCalls() == []
+    timer.start(1.0)  # an owner that is gone arms nothing it could be called back for
+    clock.advance(1.0)
+    assert fired == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import socket
+import weakref
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 
 from catalyzer.http.reader import RequestReader
@@ -209,3 +212,29 @@ def test_a_response_is_counted_once_before_its_last_write() -> None:
 def test_without_a_counter_the_outcome_says_not_counted() -> None:
     outcomes = run(hello, RecordingSink())
     assert outcomes[0].counted is False
+
+
+@pytest.mark.parametrize("body", [[b"hello"], iter([b"hel", b"lo"])], ids=["list", "iterator"])
+def test_a_finished_response_is_freed_without_the_garbage_collector(body: Any) -> None:
+    """No reference cycle outlives a response: one would leave it, its request and its environ to
+    the collector, a dozen objects per request (issue 11)."""
+    clock = Clock()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return body
+
+    outcomes: list[ResponseOutcome] = []
+    gc.disable()
+    try:
+        response = WSGIResponse(
+            services(app, clock), RecordingSink(), one_request(), {"RAW_URI": "/"}, outcomes.append
+        )
+        response.run()
+        assert response.done
+        freed = weakref.ref(response)
+        del response
+        assert freed() is None
+    finally:
+        gc.enable()
+    assert [o.status for o in outcomes] == [200]

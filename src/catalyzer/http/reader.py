@@ -150,6 +150,8 @@ class _Reject(Exception):
 
 
 _SLICE: Final = 1024
+# Stands in for a closed reader's parser; never fed (a stopped reader ignores data).
+_CLOSED_PARSER: Final = httptools.HttpRequestParser(object())
 
 # Phases whose bytes llhttp or httptools buffer without a callback telling us how many.
 _IDLE, _HEAD, _BODY, _CHUNK_LINE = range(4)
@@ -305,6 +307,12 @@ class RequestReader:
     def receive_eof(self) -> None:
         """The peer finished sending. A request cut short is dropped: nobody is left to answer."""
         self._stop()
+
+    def close(self) -> None:
+        """The connection is gone: as :meth:`receive_eof`, and the parser is let go. It holds this
+        reader's methods as its callbacks, a cycle that only the garbage collector would free."""
+        self._stop()
+        self._parser = _CLOSED_PARSER
 
     def fail(self, status: int, detail: str) -> None:
         """End reading with an error decided outside the parser (a timeout, for instance)."""

@@ -17,11 +17,9 @@ Timers (each one :class:`~catalyzer.server.timer.Timer` armed on entering a stat
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import socket
-import threading
 import typing
 from collections.abc import Callable
 from email.utils import formatdate
@@ -33,7 +31,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from catalyzer.http.framing import simple_response
@@ -57,6 +54,7 @@ from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.forwarded import PROXY_KEYS, TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
+from catalyzer.wsgi.threads import AppThreads
 from catalyzer.wsgi.types import WSGIApp
 
 __all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
@@ -135,7 +133,7 @@ class ServerState:
         clock: interfaces.IReactorTime,
         *,
         call_from_thread: Callable[..., None] | None = None,
-        threadpool: ThreadPool | None = None,
+        threadpool: AppThreads | None = None,
         access_log: FileAccessLog | None = None,
         multiprocess: bool = False,
         scoreboard: Scoreboard | None = None,
@@ -229,12 +227,8 @@ class ServerState:
         threadpool = None
         call_from_thread = None
         if config.threads:
-            threadpool = ThreadPool(config.threads, config.threads, "catalyzer-app")
-            # A thread stuck in the app must not keep the process alive past die-timeout.
-            threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
-                threading.Thread, daemon=True
-            )
-            call_from_thread = reactor.callFromThread
+            threadpool = AppThreads(config.threads, reactor.callFromThread)
+            call_from_thread = threadpool.call_from_thread
         return cls(
             app,
             config,
@@ -396,7 +390,7 @@ class HTTPChannel(TransportSink):
         self._body_mark = 0
         self._idle_timer = Timer(clock, self._idle)
         self._idle_since = 0.0
-        self._linger_timer = Timer(clock, lambda: self.abort("client did not read"))
+        self._linger_timer = Timer(clock, self._linger_expired)
         self._drain_timer = Timer(clock, self._drain_idle)
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # base_environ, once per connection
@@ -469,21 +463,30 @@ class HTTPChannel(TransportSink):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._enter(_CLOSED)
-        for timer in (
+        timers = (
             self._header_timer,
             self._body_timer,
             self._idle_timer,
             self._linger_timer,
             self._drain_timer,
-        ):
+        )
+        for timer in timers:
             timer.cancel()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
-        self.reader.receive_eof()
+        # close(), not receive_eof(): with the timers' retirement below, this leaves no reference
+        # cycle through the channel, so it is freed at once instead of by the garbage collector
+        # (~30 objects a connection, 9% of a Connection: close request's instructions).
+        self.reader.close()
         while (event := self.reader.next_event()) is not None:
             if isinstance(event, Request) and event.body is not None:
                 event.body.close()
         self.server.connection_lost(self)
+        for timer in timers:
+            timer.retire()
+
+    def _linger_expired(self) -> None:
+        self.abort("client did not read")
 
     # -- ResponseSink (the rest is TransportSink's)
 

@@ -48,6 +48,16 @@ class Timer:
             if call.active():
                 call.cancel()
 
+    def retire(self) -> None:
+        """Cancel for good: the owner is gone. Drops the callback, usually a bound method of the
+        owner, which holds this timer: a cycle that only the garbage collector would free."""
+        self.cancel()
+        self._callback = _nothing
+
     def _fire(self) -> None:
         self.pending = None
         self._callback()
+
+
+def _nothing() -> None:
+    pass

@@ -9,8 +9,9 @@ driven by anything that takes bytes and back-pressure (a test double, a later HT
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from twisted.internet import interfaces
@@ -99,7 +100,9 @@ class RateLimitedLog(Protocol):
 class ResponseServices:
     """What every response of one process shares: made once per process, passed to each one.
 
-    ``threadpool`` and ``call_from_thread`` are set together, in thread-pool mode only."""
+    ``threadpool`` and ``call_from_thread`` are set together, in thread-pool mode only.
+    ``handoff`` is the one condition every threaded response of the process waits on and
+    notifies (see :class:`~catalyzer.wsgi.response.ThreadedWSGIResponse`)."""
 
     app: WSGIApp
     clock: interfaces.IReactorTime
@@ -111,6 +114,7 @@ class ResponseServices:
     call_from_thread: Callable[..., None] | None = None
     flood: RateLimitedLog | None = None
     metrics: ResponseCounter | None = None
+    handoff: threading.Condition = field(default_factory=threading.Condition)
 
 
 class ResponseOutcome(NamedTuple):

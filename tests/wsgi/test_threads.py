@@ -1,0 +1,86 @@
+"""The --threads pool: calls run in its threads, answers come back to the reactor in batches."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from catalyzer.wsgi.threads import AppThreads
+
+DEADLINE = 10.0  # seconds a thread may take to answer before the test fails
+
+
+class HeldWakes:
+    """The reactor's callFromThread, held until the test runs what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[Callable[[], None]] = []
+
+    def __call__(self, f: Callable[[], None]) -> None:
+        self.calls.append(f)
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for f in calls:
+            f()
+
+
+def test_answers_share_one_wake_up_until_the_reactor_takes_them() -> None:
+    wakes = HeldWakes()
+    pool = AppThreads(2, wakes)
+    ran: list[int] = []
+    for n in range(3):
+        pool.call_from_thread(ran.append, n)
+    assert len(wakes.calls) == 1 and ran == []
+    wakes.run()
+    assert ran == [0, 1, 2]
+    pool.call_from_thread(ran.append, 3)  # taken: the next answer wakes the reactor again
+    assert len(wakes.calls) == 1
+    wakes.run()
+    assert ran == [0, 1, 2, 3]
+
+
+def test_an_answer_that_raises_leaves_the_others_to_a_further_wake_up() -> None:
+    wakes = HeldWakes()
+    pool = AppThreads(1, wakes)
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("answer failed")
+
+    pool.call_from_thread(boom)
+    pool.call_from_thread(ran.append, "after")
+    with pytest.raises(RuntimeError):
+        wakes.run()  # the reactor logs it
+    assert ran == [] and len(wakes.calls) == 1
+    wakes.run()
+    assert ran == ["after"]
+
+
+def test_calls_run_in_the_pool_threads_even_after_one_raises() -> None:
+    pool = AppThreads(2, HeldWakes(), name="test-app")
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def boom() -> None:
+        raise RuntimeError("call failed")
+
+    pool.start()
+    try:
+        for _ in range(2):  # one failure per thread: both must live on
+            pool.callInThread(boom)
+        for _ in range(4):
+            pool.callInThread(lambda: done.put(threading.current_thread().name))
+        names = {done.get(timeout=DEADLINE) for _ in range(4)}
+    finally:
+        pool.stop()
+    assert names <= {"test-app-0", "test-app-1"}
+    assert threading.current_thread().name not in names
+    assert pool.threads == []
+
+
+def test_a_pool_needs_a_thread() -> None:
+    with pytest.raises(ValueError):
+        AppThreads(0, HeldWakes())
