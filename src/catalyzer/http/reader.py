@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -155,6 +156,26 @@ _SLICE: Final = 1024
 _IDLE, _HEAD, _BODY, _CHUNK_LINE = range(4)
 
 _ALLOWED_VERSIONS: Final = frozenset(("1.1", "1.0"))
+# RFC 9110 5.6.2.
+_TCHAR: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# A method llhttp has not refused yet is a prefix of one it knows: never longer than this.
+_METHOD_CARRY: Final = 64
+# RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ).
+# llhttp refuses the BWS; a line that matches this with it reaches llhttp without its extensions
+# (which are ignored anyway), and any other line reaches it unchanged, for llhttp to judge.
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE_WITH_EXT: Final = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*"
+    + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + _TOKEN
+    + rb"|"
+    + _QUOTED
+    + rb"))?)+\r\n"
+)
 _HOST_CHARS: Final = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+;=:[]%"
 )
@@ -179,8 +200,19 @@ class RequestReader:
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
+        # "HTTP/0.9" was seen in the request line, read in pieces.
+        self._spelled_09 = False
+        self._version_tail = b""
         # Set once nothing more may be read: after an error or a connection-closing request.
         self._stopped = False
+        # The bytes of a method llhttp has accepted so far, while a read ends inside it.
+        self._method_carry = b""
+        # Set when llhttp refused a method and more bytes must say whether it was well formed.
+        self._judging: bytearray | None = None
+        # A chunk-size line read so far: it goes to llhttp whole, once its line end is in.
+        self._chunk_line = b""
+        # What llhttp is being fed, for the callbacks that must look at the bytes themselves.
+        self._feeding: bytes | memoryview = b""
         self.completed_requests = 0
 
     # -- public
@@ -221,10 +253,13 @@ class RequestReader:
     def receive_data(self, data: bytes) -> None:
         if self._stopped or not data:
             return
+        if self._judging is not None:
+            self._judge_more(data)
+            return
         size = len(data)
-        if self._phase == _IDLE and size <= self._small:
-            # The common case: a read too small for any header section or chunk-size line in
-            # it to break a limit.
+        if self._phase == _IDLE and size <= self._small and not _mentions_chunked(data):
+            # The common case: a read too small for any header section in it to break a limit,
+            # and with no chunk-size line in it to be read whole first.
             self._feed(data)
             self._after_small_read(data)
             return
@@ -240,22 +275,25 @@ class RequestReader:
             request = self._request
             if phase == _BODY and request is not None and not request.chunked:
                 end = pos + max(1, (request.content_length or 0) - request.body_length)
+            elif phase == _CHUNK_LINE:
+                pos = self._read_chunk_line(data, pos)
+                continue
             elif phase == _IDLE and size - pos <= self._small:
-                self._feed(view[pos:])
-                self._after_small_read(data[pos:])
-                return
+                rest = data[pos:]
+                if not _mentions_chunked(rest):
+                    self._feed(rest)
+                    self._after_small_read(rest)
+                    return
+                nl = find(b"\n", pos, pos + _SLICE)
+                end = nl + 1 if nl >= 0 else pos + _SLICE
             else:
                 nl = find(b"\n", pos, pos + _SLICE)
                 end = nl + 1 if nl >= 0 else pos + _SLICE
             n = min(end, size) - pos
             if phase == _IDLE:
                 self._phase_bytes = 0
-            if phase in (_IDLE, _HEAD):
-                if self._phase_bytes + n > self._head_limit:
-                    self._fail(431, "header section too large")
-                    return
-            elif phase == _CHUNK_LINE and self._phase_bytes + n > self.limits.max_chunk_line:
-                self._fail(400, "chunk-size line too long")
+            if phase in (_IDLE, _HEAD) and self._phase_bytes + n > self._head_limit:
+                self._fail(431, "header section too large")
                 return
             self._phase_bytes += n
             self._feed(view[pos : pos + n])
@@ -265,25 +303,48 @@ class RequestReader:
             if self._phase == _HEAD and data[pos - 1] == 10:  # a line ended
                 self._check_version()
 
+    def _read_chunk_line(self, data: bytes, pos: int) -> int:
+        """Takes a chunk-size line's bytes from ``data[pos:]``; returns where they end."""
+        nl = data.find(b"\n", pos)
+        end = nl + 1 if nl >= 0 else len(data)
+        if len(self._chunk_line) + end - pos > self.limits.max_chunk_line:
+            self._fail(400, "chunk-size line too long")
+            return len(data)
+        line = self._chunk_line + data[pos:end]
+        if nl < 0:
+            self._chunk_line = line
+            return end
+        self._chunk_line = b""
+        if b";" in line and (m := _CHUNK_LINE_WITH_EXT.fullmatch(line)) is not None:
+            line = m[1] + b"\r\n"
+        self._feed(line)
+        return end
+
     def _after_small_read(self, data: bytes) -> None:
-        phase = self._phase
-        if phase == _HEAD:
+        if self._phase == _HEAD:
             # Over-counts by what preceded the message in this read: at most one small read.
             self._phase_bytes = len(data)
             if data[-1:] == b"\n":
                 self._check_version()
-        elif phase == _CHUNK_LINE:
-            # A chunk-size line starts after a line end: exact.
-            self._phase_bytes = len(data) - data.rfind(b"\n") - 1
 
     def _check_version(self) -> None:
-        if self._header_count == 0 and self._parser.get_http_version() == "0.0":
-            # "GET /" with no version (HTTP/0.9): llhttp would wait for headers that never come.
-            self._fail(505, "HTTP/0.9 is not supported")
+        if self._header_count == 0:
+            version = self._parser.get_http_version()
+            if version == "0.0":
+                # "GET /" with no version: llhttp would wait for headers that never come. A
+                # request line without a version is malformed (no HTTP/0.9 spoken here).
+                self._fail(400, "request line without an HTTP version")
 
     def _feed(self, data: bytes | memoryview) -> None:
+        phase = self._phase
+        completed = self.completed_requests
+        self._feeding = data
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            if not self._stopped:
+                self._bad_method(bytes(data), phase, completed)
+            return
         except httptools.HttpParserUpgrade:
             # llhttp stops at the end of an Upgrade or CONNECT request. The request was queued by
             # on_message_complete; a WSGI server does not switch protocols, so it is the last one.
@@ -299,6 +360,49 @@ class RequestReader:
         except httptools.HttpParserError as e:
             if not self._stopped:
                 self._fail(self._status_for(e), _describe(e))
+            return
+        finally:
+            self._feeding = b""
+        if self._phase == _HEAD and self._header_count == 0 and not self._stopped:
+            # A read ended in the request line (or the first header): llhttp says version 0.9
+            # both for "HTTP/0.9" and for no version at all, so the bytes tell them apart.
+            seen = self._version_tail + bytes(data)
+            self._spelled_09 = self._spelled_09 or b"HTTP/0.9" in seen
+            self._version_tail = seen[-8:]
+        if self._phase == _HEAD and self._url_bytes == 0 and not self._stopped:
+            # The read ended inside a method (or just after it): keep what llhttp took of it, in
+            # case the bytes that follow make llhttp refuse it.
+            run = _tchar_tail(data)
+            if run == len(data) and phase == _HEAD:
+                self._method_carry = (self._method_carry + bytes(data))[-_METHOD_CARRY:]
+            else:
+                self._method_carry = bytes(data[len(data) - run :])[-_METHOD_CARRY:]
+
+    def _bad_method(self, data: bytes, phase: int, completed: int) -> None:
+        """llhttp refused a method: 501 if it is a well-formed one we do not know, else 400."""
+        if phase != _IDLE:
+            line = self._method_carry + data
+        elif self.completed_requests == completed:
+            line = data
+        else:
+            line = data[_message_start(data, self.completed_requests - completed) :]
+        self._method_carry = b""
+        self._judging = bytearray()
+        # A request with a refused method has begun: the header timeout applies to it.
+        self._phase = _HEAD
+        self._judge_more(line)
+
+    def _judge_more(self, data: bytes) -> None:
+        assert self._judging is not None
+        self._judging += data
+        verdict = _method_verdict(self._judging)
+        if verdict is None and len(self._judging) > self.limits.max_request_line:
+            verdict = 400
+        if verdict is not None:
+            method = bytes(self._judging.lstrip(b"\r\n")[:40])
+            self._judging = None
+            detail = "not implemented" if verdict == 501 else "malformed request line, method"
+            self._fail(verdict, f"{detail} {method!r}")
 
     def receive_eof(self) -> None:
         """The peer finished sending. A request cut short is dropped: nobody is left to answer."""
@@ -324,14 +428,14 @@ class RequestReader:
                     request.body.close()
         self._request = None
         self._phase = _IDLE
+        self._judging = None
+        self._chunk_line = b""
 
     def _fail(self, status: int, detail: str) -> None:
         self._stop(status)
         self._events.append(ProtocolError(status, detail))
 
     def _status_for(self, e: httptools.HttpParserError) -> int:
-        if isinstance(e, httptools.HttpParserInvalidMethodError):
-            return 501
         text = str(e)
         if text == "Invalid HTTP version" or "PRI" in text:
             # "HTTP/1.2" and the HTTP/2 preface are versions we do not speak; anything else
@@ -356,6 +460,8 @@ class RequestReader:
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
+        self._spelled_09 = False
+        self._version_tail = b""
         self._enter(_HEAD)
 
     def on_url(self, piece: bytes) -> None:
@@ -409,6 +515,9 @@ class RequestReader:
         assert request is not None
         parser = self._parser
         version = parser.get_http_version()
+        if version == "0.9" and not (self._spelled_09 or b"HTTP/0.9" in bytes(self._feeding)):
+            # llhttp reads a request line without a version as HTTP/0.9: it is malformed.
+            raise _Reject(400, "request line without an HTTP version")
         if version not in _ALLOWED_VERSIONS:
             raise _Reject(505, f"HTTP/{version} is not supported")
         request.version = version
@@ -480,6 +589,57 @@ class RequestReader:
         if not request.keep_alive or request.upgrade:
             # Whatever follows is not read: llhttp would refuse it as data after close anyway.
             self._stopped = True
+
+
+def _mentions_chunked(data: bytes) -> bool:
+    """The read may hold a chunked request's header section and chunk-size lines after it."""
+    return b"hunked" in data or b"HUNKED" in data or b"chunked" in data.lower()
+
+
+def _tchar_tail(data: bytes | memoryview) -> int:
+    """How many bytes at the end of ``data`` are token characters."""
+    n = len(data)
+    i = n
+    while i > 0 and data[i - 1] in _TCHAR and n - i < _METHOD_CARRY:
+        i -= 1
+    return n - i
+
+
+def _method_verdict(line: bytes | bytearray) -> int | None:
+    """The status for a request line starting with a method llhttp refused, None until the bytes
+    in hand decide: 501 for a well-formed token followed by a space, 400 for anything else."""
+    i = 0
+    n = len(line)
+    while i < n and line[i] in (13, 10):  # empty lines before a request are ignored
+        i += 1
+    j = i
+    while j < n and line[j] in _TCHAR:
+        j += 1
+    if j == n:
+        return None
+    return 501 if j > i and line[j] == 32 else 400
+
+
+class _Completions:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
+def _message_start(data: bytes, completed: int) -> int:
+    """Where in ``data`` (read from a message boundary) the message after the first
+    ``completed`` ones begins. llhttp does not say, so a fresh parser is fed byte by byte: only
+    after a refused method, with at most one small read."""
+    counter = _Completions()
+    parser = httptools.HttpRequestParser(counter)
+    for i in range(len(data)):
+        with contextlib.suppress(httptools.HttpParserError):
+            parser.feed_data(data[i : i + 1])
+        if counter.count >= completed:
+            return i + 1
+    return len(data)
 
 
 def _describe(e: Exception) -> str:
