@@ -79,3 +79,22 @@ def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             seconds = float(query.partition("=")[2])
         time.sleep(seconds)
     return hello(environ, start_response)
+
+
+HUGE = b"h" * (16 * 1024 * 1024)
+HUGE_PIECES = [HUGE[i : i + 1024 * 1024] for i in range(0, len(HUGE), 1024 * 1024)]
+
+
+def huge(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """16 MiB in one bytes object (made once, at import), with Content-Length."""
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(HUGE)))],
+    )
+    return [HUGE]
+
+
+def huge_list(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The same 16 MiB as a list of sixteen 1 MiB bytes objects, without Content-Length."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return list(HUGE_PIECES)

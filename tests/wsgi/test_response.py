@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
 
@@ -40,6 +40,9 @@ class RecordingSink:
         self.aborted = True
 
     def sendfile_socket(self) -> socket.socket | None:
+        return None
+
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
         return None
 
 
@@ -209,3 +212,144 @@ def test_a_response_is_counted_once_before_its_last_write() -> None:
 def test_without_a_counter_the_outcome_says_not_counted() -> None:
     outcomes = run(hello, RecordingSink())
     assert outcomes[0].counted is False
+
+
+# -- a large list body sent from the application's objects (sendmsg on a plain socket)
+
+
+class SocketSink(RecordingSink):
+    """A sink over a fake plain socket: each ``send_direct`` takes at most ``room`` bytes, or
+    says something is queued ahead (``queued``), or fails with ``error``."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.queued = False
+        self.error: OSError | None = None
+        # Per call, per piece: the object it is a view of, its first bytes and its size.
+        self.calls: list[list[tuple[object, bytes, int]]] = []
+        self.writing = 0
+        self.unregistered = 0
+
+    def sendfile_socket(self) -> socket.socket | None:
+        return cast(socket.socket, self)  # only "not None" counts: a plain socket is there
+
+    def register_producer(self, producer: Any, streaming: bool) -> None:
+        super().register_producer(producer, streaming)
+        if not streaming:  # as a Twisted transport does
+            producer.resumeProducing()
+
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        if self.queued:
+            return None
+        if self.error is not None:
+            raise self.error
+        self.calls.append([(p.obj, bytes(p[:200]), p.nbytes) for p in pieces])
+        taken = b"".join(bytes(p) for p in pieces)[: self.room]
+        self.data += taken
+        return len(taken)
+
+    def start_writing(self) -> None:
+        self.writing += 1
+
+    def unregister_producer(self) -> None:
+        self.unregistered += 1
+        super().unregister_producer()
+
+
+BIG = b"b" * 300_000
+
+
+def big_app(body: list[bytes]) -> Any:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    return app
+
+
+def test_large_body_goes_with_its_head_in_one_sendmsg_without_a_copy() -> None:
+    sink = SocketSink(room=10**9)
+    outcomes = run(big_app([BIG]), sink)
+    assert len(sink.calls) == 1
+    head, body = sink.calls[0]
+    assert head[1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: 300000\r\n" in head[1]
+    assert body[0] is BIG and body[2] == len(BIG)  # the app's object itself, not a copy
+    assert outcomes == [ResponseOutcome(200, 300_000, True, 0.0)]
+    assert sink.producer is None and sink.unregistered == 1
+
+
+def test_partial_sends_queue_only_the_tail_and_wait_for_the_socket() -> None:
+    clock = Clock()
+    sink = SocketSink(room=100_000)
+    pieces = [b"1" * 70_000, b"2" * 70_000, b"3" * 70_000]
+    outcomes = run(big_app(pieces), sink, clock)
+    assert outcomes == []
+    assert sink.writing == 1  # asked to be resumed when the socket can take more
+    producer = sink.producer
+    assert producer is not None
+    for _ in range(10):
+        if outcomes:
+            break
+        producer.resumeProducing()
+    assert len(outcomes) == 1 and outcomes[0].bytes_sent == 210_000
+    head_end = sink.data.index(b"\r\n\r\n") + 4
+    assert sink.data[head_end:] == b"".join(pieces)
+    # Every call after the first starts where the socket stopped, still on the app's objects.
+    assert all(call[-1][0] is pieces[-1] for call in sink.calls)
+    assert clock.getDelayedCalls() == []  # the stall timer was disarmed
+
+
+def test_queued_output_is_waited_for_before_sending() -> None:
+    sink = SocketSink(room=10**9)
+    sink.queued = True
+    outcomes = run(big_app([BIG]), sink)
+    assert outcomes == [] and sink.data == b"" and sink.writing == 1
+    sink.queued = False
+    sink.producer.resumeProducing()
+    assert len(outcomes) == 1 and sink.data.endswith(BIG)
+
+
+def test_a_client_that_stops_reading_is_abandoned_after_write_timeout() -> None:
+    clock = Clock()
+    sink = SocketSink(room=1000)
+    outcomes = run(big_app([BIG]), sink, clock)
+    clock.advance(9.9)
+    assert outcomes == []
+    clock.advance(0.1)
+    assert len(outcomes) == 1 and outcomes[0].keep_alive is False and sink.aborted
+
+
+def test_a_send_error_aborts_the_connection() -> None:
+    sink = SocketSink(room=1000)
+    outcomes = run(big_app([BIG]), sink)
+    sink.error = BrokenPipeError(32, "Broken pipe")
+    sink.producer.resumeProducing()
+    assert len(outcomes) == 1 and outcomes[0].keep_alive is False and sink.aborted
+
+
+def test_the_client_going_away_abandons_the_response() -> None:
+    sink = SocketSink(room=1000)
+    outcomes = run(big_app([BIG]), sink)
+    sink.producer.stopProducing()
+    assert len(outcomes) == 1 and outcomes[0].keep_alive is False
+    sink.producer.resumeProducing()  # a late resume sends nothing more
+    assert len(sink.calls) == 1
+
+
+def test_small_list_body_is_joined_and_written_at_once() -> None:
+    sink = SocketSink(room=10**9)
+    run(big_app([b"a" * 100, b"b" * 100]), sink)
+    assert sink.calls == []
+    assert sink.data.endswith(b"a" * 100 + b"b" * 100)
+
+
+def test_large_body_without_a_plain_socket_goes_to_the_transport_in_pieces() -> None:
+    sink = RecordingSink()
+    pieces: list[list[bytes]] = []
+    sink.write_sequence = pieces.append  # type: ignore[method-assign]
+    outcomes = run(big_app([BIG, BIG]), sink)
+    assert len(outcomes) == 1
+    assert [p for p in pieces[0] if p][1:] == [BIG, BIG]
+    assert pieces[0][1] is BIG

@@ -514,6 +514,9 @@ class FastCGIStdout:
     def sendfile_socket(self) -> socket.socket | None:
         return None  # the file's bytes must go inside records
 
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        return None  # the bytes must go inside records
+
 
 def cgi_head(data: bytes) -> bytes:
     """``HTTP/1.1 200 OK\r\n...`` -> ``Status: 200 OK\r\n...``: a CGI response head."""

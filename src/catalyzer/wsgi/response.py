@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from catalyzer.http.framing import ResponseFramer, simple_response
 from catalyzer.http.headers import AppResponseError, ResponseHead, check_response_head
+from catalyzer.http.pending import PendingBytes
 from catalyzer.http.reader import Request
 from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.sink import OnDone, ResponseOutcome, ResponseServices, ResponseSink
@@ -44,6 +45,9 @@ _ITEMS_PER_TURN: Final = 64
 # Bytes a worker thread may have handed to the reactor and not yet seen written.
 _THREAD_HIGH_WATER: Final = 256 * 1024
 _SENDFILE_BLOCK: Final = 1024 * 1024
+# A list body up to this size is joined with its head and written at once; a larger one is sent
+# from the application's own objects (see _MemoryProducer).
+_JOIN_LIMIT: Final = 65536
 
 
 class StartResponse:
@@ -192,29 +196,46 @@ class WSGIResponse:
             self.sink.write(self._begin(None).head)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
-        """A list body is already in memory: frame it and send it in one write."""
+        """A list body is already in memory: frame it and send it without copying it."""
         try:
+            total = 0
             for chunk in chunks:
                 if type(chunk) is not bytes:
                     raise TypeError(f"response items must be bytes, not {type(chunk).__name__}")
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                total += len(chunk)
             if self.framer is not None:  # write() already sent the head
-                self._emit(body) if body else None
+                for chunk in chunks:
+                    if self.done:
+                        return
+                    if chunk:
+                        self._emit(chunk)
                 self._finish()
                 return
-            framer = self._begin(len(body))
+            framer = self._begin(total)
         except Exception:
             self._fail("the application's response is invalid")
             return
-        if len(body) <= 65536:
+        if total <= _JOIN_LIMIT:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             out = framer.head + framer.body(body) + framer.end()
             self._answered()
             self.sink.write(out)
-        else:  # don't copy a large body just to put the head in front of it
-            pieces = [framer.head, framer.body(body), framer.end()]
-            self._answered()
+            self._finish()
+            return
+        pieces = [framer.head]
+        for chunk in chunks:
+            pieces.append(framer.body(chunk))
+        pieces.append(framer.end())
+        self._answered()
+        if self.sink.sendfile_socket() is None:
+            # TLS or records: the transport takes (and copies) the pieces.
             self.sink.write_sequence(pieces)
-        self._finish()
+            self._finish()
+            return
+        if self._registered:  # a threaded response registers itself before the app runs
+            self._registered = False
+            self.sink.unregister_producer()
+        _MemoryProducer(self, PendingBytes(pieces)).start()
 
     def _produce(self) -> None:
         scoreboard = self.services.scoreboard
@@ -627,3 +648,47 @@ class _SendfileProducer:
 
     def stopProducing(self) -> None:
         self.response.abort("client disconnected during sendfile")
+
+
+@implementer(interfaces.IPullProducer)
+class _MemoryProducer:
+    """Sends a response already in memory (head, body pieces) straight from the application's
+    objects with ``sendmsg``, whenever the socket can take more: nothing is copied, nothing is
+    queued in the transport. As a pull producer it is resumed when the transport's own buffer is
+    empty (and once when registered: then ``send_direct`` says whether anything is queued)."""
+
+    def __init__(self, response: WSGIResponse, pending: PendingBytes) -> None:
+        self.response = response
+        self.pending = pending
+
+    def start(self) -> None:
+        self.response.sink.register_producer(self, False)
+
+    def resumeProducing(self) -> None:
+        response = self.response
+        if response.done:
+            self.pending.clear()
+            return
+        response.resumeProducing()  # progress: disarm the stall timer
+        pending = self.pending
+        try:
+            sent = response.sink.send_direct(pending.views())
+        except OSError as e:
+            pending.clear()
+            response.abort(f"send failed: {e.strerror or e}")
+            response.sink.abort_connection()
+            return
+        if sent:
+            pending.advance(sent)
+        if pending.left:
+            # Resumed once the socket can take more (doWrite finds the buffer empty and resumes
+            # its pull producer); until then the stall timer runs.
+            response.pauseProducing()
+            response.sink.start_writing()
+            return
+        response.sink.unregister_producer()
+        response._finish()
+
+    def stopProducing(self) -> None:
+        self.pending.clear()
+        self.response.abort("client disconnected before the response was complete")

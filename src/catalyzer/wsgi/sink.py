@@ -63,6 +63,12 @@ class ResponseSink(Protocol):
         """The plain (not TLS) socket under the connection, for ``os.sendfile``; None if none."""
         ...
 
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        """Send ``pieces`` on the plain socket in one ``sendmsg`` if nothing is queued ahead of
+        them: the bytes the socket took (0 when it is full). None when something is queued or
+        there is no plain socket (see :meth:`sendfile_socket`). Raises the socket's ``OSError``."""
+        ...
+
 
 class AppScoreboard(Protocol):
     """Where a prefork worker publishes the request it is running (see process.scoreboard)."""
