@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -81,20 +82,30 @@ def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     return hello(environ, start_response)
 
 
-HUGE = b"h" * (16 * 1024 * 1024)
-HUGE_PIECES = [HUGE[i : i + 1024 * 1024] for i in range(0, len(HUGE), 1024 * 1024)]
+HUGE_SIZE = 16 * 1024 * 1024
+
+
+@functools.cache
+def _huge() -> bytes:
+    # Made on first use, so that the other scenarios' servers do not carry 16 MiB.
+    return b"h" * HUGE_SIZE
+
+
+@functools.cache
+def _huge_pieces() -> tuple[bytes, ...]:
+    return tuple(b"h" * (1024 * 1024) for _ in range(HUGE_SIZE // (1024 * 1024)))
 
 
 def huge(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """16 MiB in one bytes object (made once, at import), with Content-Length."""
+    """16 MiB in one bytes object (made once), with Content-Length."""
     start_response(
         "200 OK",
-        [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(HUGE)))],
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(HUGE_SIZE))],
     )
-    return [HUGE]
+    return [_huge()]
 
 
 def huge_list(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """The same 16 MiB as a list of sixteen 1 MiB bytes objects, without Content-Length."""
+    """16 MiB as a list of sixteen 1 MiB bytes objects (made once), without Content-Length."""
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    return list(HUGE_PIECES)
+    return list(_huge_pieces())
