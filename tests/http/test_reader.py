@@ -829,3 +829,62 @@ def test_chunk_line_limit_counts_a_line_read_in_pieces() -> None:
     assert reader.next_event() is None
     reader.receive_data(b"b" * 10)
     assert [kind(e) for e in drain(reader)] == ["error:400"]
+
+
+# -- Content-Length bodies taken from the read buffer, without llhttp
+
+
+def test_body_in_a_reused_buffer_is_copied_before_the_buffer_is_reused() -> None:
+    reader = RequestReader()
+    reader.receive_data(post(b"/", b"Content-Length: 10\r\n", b""))
+    buffer = bytearray(b"01234")
+    reader.receive_data(memoryview(buffer))
+    buffer[:] = b"xxxxx"
+    tail = bytearray(b"56789" + SECOND)
+    reader.receive_data(memoryview(tail))
+    tail[:] = b"y" * len(tail)
+    events = drain(reader)
+    assert [kind(e) for e in events] == ["request", "request"]
+    assert body_of(events[0]) == b"0123456789"
+    assert events[1].target == b"/second"
+    close_bodies(events)
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+def test_a_fresh_parser_reads_what_follows_a_body_taken_directly(pieces: int) -> None:
+    body = bytes(range(256)) * 40
+    reader = RequestReader(Limits(body_spool_threshold=1000))
+    reader.receive_data(post(b"/up", b"Content-Length: %d\r\n" % len(body), b""))
+    step = len(body) // pieces + 1
+    for i in range(0, len(body), step):
+        reader.receive_data(body[i : i + step])
+    reader.receive_data(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    events = drain(reader)
+    assert [e.target for e in events] == [b"/up", b"/after"]
+    assert body_of(events[0]) == body and events[0].body_length == len(body)
+    assert reader.stopped and reader.completed_requests == 2
+    close_bodies(events)
+
+
+def test_a_body_taken_directly_reports_progress_and_completion() -> None:
+    seen: list[tuple[str, int]] = []
+
+    class Watcher:
+        def started(self, request: Request) -> None:
+            seen.append(("started", 0))
+
+        def progress(self, request: Request, received: int) -> None:
+            seen.append(("progress", received))
+
+        def finished(self, request: Request) -> None:
+            seen.append(("finished", request.body_length))
+
+        def failed(self, request: Request, status: int | None) -> None:
+            seen.append(("failed", status or 0))
+
+    reader = RequestReader(watcher=Watcher())
+    reader.receive_data(post(b"/?X-Progress-ID=abc", b"Content-Length: 6\r\n", b""))
+    reader.receive_data(memoryview(b"abc"))
+    reader.receive_data(memoryview(b"def"))
+    assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
+    close_bodies(drain(reader))

@@ -250,9 +250,20 @@ class RequestReader:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Takes one read. A ``memoryview`` (of a reused buffer) is not kept: the bytes of a
+        Content-Length body go from it straight to the body file, the rest is copied."""
         if self._stopped or not data:
             return
+        if self._phase == _BODY and self._judging is None:
+            request = self._request
+            if request is not None and not request.chunked and request.body is not None:
+                taken = self._take_body(request, data)
+                if taken == len(data) or self._stopped:
+                    return
+                data = data[taken:]
+        if type(data) is not bytes:
+            data = bytes(data)
         if self._judging is not None:
             self._judge_more(data)
             return
@@ -274,7 +285,10 @@ class RequestReader:
             phase = self._phase
             request = self._request
             if phase == _BODY and request is not None and not request.chunked:
-                end = pos + max(1, (request.content_length or 0) - request.body_length)
+                if request.body is not None:
+                    pos += self._take_body(request, view[pos:])
+                    continue
+                end = pos + 1
             elif phase == _CHUNK_LINE:
                 pos = self._read_chunk_line(data, pos)
                 continue
@@ -302,6 +316,31 @@ class RequestReader:
                 self._phase_bytes = 0
             if self._phase == _HEAD and data[pos - 1] == 10:  # a line ended
                 self._check_version()
+
+    def _take_body(self, request: Request, data: bytes | memoryview) -> int:
+        """Writes the next bytes of a Content-Length body from ``data`` to its file, without
+        llhttp (which would hand them over as a new ``bytes``); returns how many were taken.
+
+        llhttp never sees the rest of this body: once it is complete, a fresh parser reads the
+        next request (the request's head, all llhttp was needed for, is read already)."""
+        assert request.body is not None and request.content_length is not None
+        n = min(len(data), request.content_length - request.body_length)
+        request.body_length += n
+        try:
+            request.body.write(data[:n] if n < len(data) else data)
+        except OSError as e:
+            reject = self._spool_failed(e)
+            self._fail(reject.status, reject.detail)
+            return n
+        if request.upload_id is not None and self._watcher is not None:
+            self._watcher.progress(request, request.body_length)
+        if request.body_length == request.content_length:
+            self._parser = httptools.HttpRequestParser(self)
+            try:
+                self.on_message_complete()
+            except _Reject as e:
+                self._fail(e.status, e.detail)
+        return n
 
     def _read_chunk_line(self, data: bytes, pos: int) -> int:
         """Takes a chunk-size line's bytes from ``data[pos:]``; returns where they end."""
