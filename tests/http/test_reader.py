@@ -888,3 +888,15 @@ def test_a_body_taken_directly_reports_progress_and_completion() -> None:
     reader.receive_data(memoryview(b"def"))
     assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
     close_bodies(drain(reader))
+
+
+@pytest.mark.parametrize("before", [0, 1, 2])
+def test_chunked_request_behind_others_in_one_small_read_is_read_in_slices(before: int) -> None:
+    # The whole read goes to llhttp at once until a chunked head appears; then the read is fed
+    # again from where that request starts, whatever came before it in the read.
+    chunked = post(b"/c", b"Transfer-Encoding: chunked\r\n", b"5 ; a = b\r\nhello\r\n0\r\n\r\n")
+    wire = get(b"/a") * before + chunked + get(b"/z")
+    events = feed(RequestReader(), wire)
+    assert [e.target for e in events] == [b"/a"] * before + [b"/c", b"/z"]
+    assert body_of(events[before]) == b"hello"
+    close_bodies(events)

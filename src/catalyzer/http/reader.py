@@ -150,6 +150,12 @@ class _Reject(Exception):
         self.detail = detail
 
 
+class _Reslice(Exception):
+    """Raised from a callback to stop llhttp at a chunked request's head in a read fed whole."""
+
+
+_RESLICE: Final = _Reslice()
+
 _SLICE: Final = 1024
 
 # Phases whose bytes llhttp or httptools buffer without a callback telling us how many.
@@ -211,8 +217,8 @@ class RequestReader:
         self._judging: bytearray | None = None
         # A chunk-size line read so far: it goes to llhttp whole, once its line end is in.
         self._chunk_line = b""
-        # What llhttp is being fed, for the callbacks that must look at the bytes themselves.
-        self._feeding: bytes | memoryview = b""
+        # The read being fed whole (see _feed_whole), None otherwise.
+        self._whole: bytes | None = None
         self.completed_requests = 0
 
     # -- public
@@ -267,17 +273,29 @@ class RequestReader:
         if self._judging is not None:
             self._judge_more(data)
             return
-        size = len(data)
-        if self._phase == _IDLE and size <= self._small and not _mentions_chunked(data):
-            # The common case: a read too small for any header section in it to break a limit,
-            # and with no chunk-size line in it to be read whole first.
-            self._feed(data)
+        if self._phase == _IDLE and len(data) <= self._small:
+            self._feed_whole(data)
+        else:
+            self._feed_sliced(data)
+
+    def _feed_whole(self, data: bytes) -> None:
+        # The common case: a read too small for any header section in it to break a limit.
+        # Chunk-size lines must be read whole first (see _read_chunk_line): a chunked request's
+        # head stops the feed (on_headers_complete), and the read is fed again in slices.
+        self._whole = data
+        self._feed(data)
+        if self._whole is not None:
+            self._whole = None
             self._after_small_read(data)
-            return
+
+    def _feed_sliced(self, data: bytes, whole_after: int = 0) -> None:
+        """``data`` fed in slices; at the end, a rest that fits in a small read is fed whole, once
+        ``completed_requests`` has reached ``whole_after``."""
         # llhttp does not say where in the input a phase begins, so the input is cut after
         # every line end (and every _SLICE bytes): each request line, header line and chunk-size
         # line then starts a slice, and limits are checked exactly before the bytes go in. A
         # Content-Length body goes through in one piece, sized exactly.
+        size = len(data)
         view = memoryview(data)
         find = data.find
         pos = 0
@@ -292,14 +310,13 @@ class RequestReader:
             elif phase == _CHUNK_LINE:
                 pos = self._read_chunk_line(data, pos)
                 continue
-            elif phase == _IDLE and size - pos <= self._small:
-                rest = data[pos:]
-                if not _mentions_chunked(rest):
-                    self._feed(rest)
-                    self._after_small_read(rest)
-                    return
-                nl = find(b"\n", pos, pos + _SLICE)
-                end = nl + 1 if nl >= 0 else pos + _SLICE
+            elif (
+                phase == _IDLE
+                and size - pos <= self._small
+                and self.completed_requests >= whole_after
+            ):
+                self._feed_whole(data[pos:])
+                return
             else:
                 nl = find(b"\n", pos, pos + _SLICE)
                 end = nl + 1 if nl >= 0 else pos + _SLICE
@@ -316,6 +333,18 @@ class RequestReader:
                 self._phase_bytes = 0
             if self._phase == _HEAD and data[pos - 1] == 10:  # a line ended
                 self._check_version()
+
+    def _reslice(self, data: bytes, completed: int) -> None:
+        """A chunked request's head ended inside a read fed whole: feed that read again from
+        where the request began, in slices, with a fresh parser (nothing of the request was
+        acted on yet)."""
+        self._whole = None
+        done = self.completed_requests - completed
+        start = _message_start(data, done) if done else 0
+        self._parser = httptools.HttpRequestParser(self)
+        self._request = None
+        self._phase = _IDLE
+        self._feed_sliced(data[start:], whole_after=self.completed_requests + 1)
 
     def _take_body(self, request: Request, data: bytes | memoryview) -> int:
         """Writes the next bytes of a Content-Length body from ``data`` to its file, without
@@ -377,7 +406,7 @@ class RequestReader:
     def _feed(self, data: bytes | memoryview) -> None:
         phase = self._phase
         completed = self.completed_requests
-        self._feeding = data
+        reslice = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserInvalidMethodError:
@@ -391,24 +420,32 @@ class RequestReader:
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, _Reject):
-                self._fail(cause.status, cause.detail)
-            elif not self._stopped:
-                raise
-            return
+            if cause is not _RESLICE:
+                if isinstance(cause, _Reject):
+                    self._fail(cause.status, cause.detail)
+                elif not self._stopped:
+                    raise
+                return
+            reslice = True
         except httptools.HttpParserError as e:
             if not self._stopped:
                 self._fail(self._status_for(e), _describe(e))
             return
-        finally:
-            self._feeding = b""
-        if self._phase == _HEAD and self._header_count == 0 and not self._stopped:
+        if reslice:
+            # Outside the except clause: what the new feed raises is not chained to this.
+            self._reslice(bytes(data), completed)
+            return
+        if self._phase == _HEAD and not self._stopped:
+            self._ended_in_head(data, phase)
+
+    def _ended_in_head(self, data: bytes | memoryview, phase: int) -> None:
+        if self._header_count == 0:
             # A read ended in the request line (or the first header): llhttp says version 0.9
             # both for "HTTP/0.9" and for no version at all, so the bytes tell them apart.
             seen = self._version_tail + bytes(data)
             self._spelled_09 = self._spelled_09 or b"HTTP/0.9" in seen
             self._version_tail = seen[-8:]
-        if self._phase == _HEAD and self._url_bytes == 0 and not self._stopped:
+        if self._url_bytes == 0:
             # The read ended inside a method (or just after it): keep what llhttp took of it, in
             # case the bytes that follow make llhttp refuse it.
             run = _tchar_tail(data)
@@ -552,9 +589,11 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         request = self._request
         assert request is not None
+        if request.chunked and self._whole is not None:
+            raise _RESLICE
         parser = self._parser
         version = parser.get_http_version()
-        if version == "0.9" and not (self._spelled_09 or b"HTTP/0.9" in bytes(self._feeding)):
+        if version == "0.9" and not (self._spelled_09 or b"HTTP/0.9" in (self._whole or b"")):
             # llhttp reads a request line without a version as HTTP/0.9: it is malformed.
             raise _Reject(400, "request line without an HTTP version")
         if version not in _ALLOWED_VERSIONS:
@@ -628,11 +667,6 @@ class RequestReader:
         if not request.keep_alive or request.upgrade:
             # Whatever follows is not read: llhttp would refuse it as data after close anyway.
             self._stopped = True
-
-
-def _mentions_chunked(data: bytes) -> bool:
-    """The read may hold a chunked request's header section and chunk-size lines after it."""
-    return b"hunked" in data or b"HUNKED" in data or b"chunked" in data.lower()
 
 
 def _tchar_tail(data: bytes | memoryview) -> int:
