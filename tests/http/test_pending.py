@@ -55,3 +55,11 @@ def test_clear_lets_go_of_everything() -> None:
     pending.clear()
     assert pending.left == 0
     assert pending.views() == []
+
+
+def test_extend_adds_behind_what_is_pending() -> None:
+    pending = PendingBytes([b"abc"])
+    pending.advance(1)
+    pending.extend([b"", b"de", b"f"])
+    assert pending.left == 5
+    assert joined(pending) == b"bcdef"

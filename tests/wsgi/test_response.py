@@ -45,6 +45,9 @@ class RecordingSink:
     def send_direct(self, pieces: list[memoryview]) -> int | None:
         return None
 
+    def resume_when_writable(self) -> None:
+        raise AssertionError("nothing was sent directly")
+
 
 def one_request(raw: bytes = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n") -> Any:
     reader = RequestReader()
@@ -252,6 +255,9 @@ class SocketSink(RecordingSink):
     def start_writing(self) -> None:
         self.writing += 1
 
+    def resume_when_writable(self) -> None:
+        self.writing += 1
+
     def unregister_producer(self) -> None:
         self.unregistered += 1
         super().unregister_producer()
@@ -353,3 +359,95 @@ def test_large_body_without_a_plain_socket_goes_to_the_transport_in_pieces() -> 
     assert len(outcomes) == 1
     assert [p for p in pieces[0] if p][1:] == [BIG, BIG]
     assert pieces[0][1] is BIG
+
+
+# -- large pieces of an iterable, sent from the app's objects
+
+
+def generator_app(pieces: list[bytes], headers: list[tuple[str, str]] | None = None) -> Any:
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", headers or [])
+        yield from pieces
+
+    return app
+
+
+def dechunk(data: bytes) -> bytes:
+    body = data[data.index(b"\r\n\r\n") + 4 :]
+    out = b""
+    for _ in range(1000):
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n"
+            return out
+        out += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    raise AssertionError("no last chunk")
+
+
+def start(app: Any, sink: RecordingSink, clock: Clock) -> tuple[WSGIResponse, list[Any]]:
+    outcomes: list[ResponseOutcome] = []
+    response = WSGIResponse(
+        services(app, clock), sink, one_request(), {"RAW_URI": "/"}, outcomes.append
+    )
+    response.run()
+    return response, outcomes
+
+
+def test_large_pieces_of_a_generator_go_out_without_copies() -> None:
+    pieces = [b"a" * 200_000, b"b" * 10, b"c" * 300_000]
+    sink = SocketSink(room=10**9)
+    _, outcomes = start(generator_app(pieces), sink, Clock())
+    assert len(outcomes) == 1 and outcomes[0].keep_alive
+    assert dechunk(sink.data) == b"".join(pieces)
+    # The head, then each large piece between its chunk-size line and CRLF, as the app's object.
+    assert [p[0] for p in sink.calls[0]][2] is pieces[0]
+    assert [p[0] for p in sink.calls[1]][1] is pieces[2]
+    assert len(sink.calls) == 2  # the small piece went the usual way
+
+
+def test_unsent_tail_pauses_the_generator_until_the_socket_takes_it() -> None:
+    clock = Clock()
+    pieces = [bytes([65 + i]) * 150_000 for i in range(4)]
+    advanced: list[int] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        for i, piece in enumerate(pieces):
+            advanced.append(i)
+            yield piece
+
+    sink = SocketSink(room=100_000)
+    response, outcomes = start(app, sink, clock)
+    assert advanced == [0] and sink.writing == 1  # paused on the first piece's tail
+    assert clock.getDelayedCalls()  # the stall timer runs while paused
+    for _ in range(50):
+        if outcomes:
+            break
+        response.resumeProducing()  # what the transport does once the socket is writable
+    assert len(outcomes) == 1 and outcomes[0].keep_alive
+    assert dechunk(sink.data) == b"".join(pieces)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_body_cut_at_its_length_ends_after_its_tail() -> None:
+    sink = SocketSink(room=100_000)
+    response, outcomes = start(
+        generator_app([b"z" * 300_000], [("Content-Length", "250000")]), sink, Clock()
+    )
+    for _ in range(50):
+        if outcomes:
+            break
+        response.resumeProducing()
+    assert len(outcomes) == 1 and not outcomes[0].keep_alive
+    assert sink.data.endswith(b"\r\n\r\n" + b"z" * 250_000)
+
+
+def test_a_send_error_on_a_tail_aborts() -> None:
+    sink = SocketSink(room=1000)
+    response, outcomes = start(generator_app([b"q" * 300_000]), sink, Clock())
+    sink.error = ConnectionResetError(104, "Connection reset by peer")
+    response.resumeProducing()
+    assert len(outcomes) == 1 and not outcomes[0].keep_alive and sink.aborted

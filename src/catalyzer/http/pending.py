@@ -26,6 +26,14 @@ class PendingBytes:
         self._views: deque[memoryview] = deque(memoryview(p) for p in pieces if p)
         self.left = sum(v.nbytes for v in self._views)
 
+    def extend(self, pieces: Iterable[bytes]) -> None:
+        """More pieces, after those already pending."""
+        for piece in pieces:
+            if piece:
+                view = memoryview(piece)
+                self._views.append(view)
+                self.left += view.nbytes
+
     def views(self, max_pieces: int = MAX_PIECES) -> list[memoryview]:
         """The next pieces to send, in order (all of them, up to ``max_pieces``)."""
         views = self._views

@@ -42,6 +42,9 @@ class TransportSink(Protocol):
     def sendfile_socket(self) -> socket.socket | None:
         return self._socket
 
+    def resume_when_writable(self) -> None:
+        twistedprivate.resume_producer_when_drained(self.transport)
+
     def send_direct(self, pieces: list[memoryview]) -> int | None:
         sock = self._socket
         transport: Any = self.transport

@@ -25,6 +25,7 @@ __all__ = [
     "has_accept_log",
     "proxy_header_parsed",
     "read_into",
+    "resume_producer_when_drained",
     "route_accept_log",
     "ssl_context_factory",
     "tcp_bind",
@@ -127,6 +128,15 @@ def read_into(
         return None
 
     transport.doRead = do_read
+
+
+def resume_producer_when_drained(transport: Any) -> None:
+    """Have a ``FileDescriptor`` transport resume its registered push producer the next time its
+    ``doWrite`` finds its buffer empty, as if the transport had paused it: the producer paused
+    itself to send bytes of its own when the socket is writable (``producerPaused`` is what
+    ``doWrite`` looks at; ``startWriting`` makes sure it is called)."""
+    transport.producerPaused = True
+    transport.startWriting()
 
 
 def has_accept_log(port: Any) -> bool:

@@ -84,6 +84,9 @@ class _Aborted(Exception):
 class WSGIResponse:
     """One request's trip through the application and back to the client, in the reactor thread."""
 
+    # Large pieces of an iterable are sent from the app's objects (_emit_direct).
+    _direct_chunks = True
+
     def __init__(
         self,
         services: ResponseServices,
@@ -111,6 +114,9 @@ class WSGIResponse:
         self._registered = False
         self._next_turn: interfaces.IDelayedCall | None = None
         self._stall: interfaces.IDelayedCall | None = None
+        # Body bytes of this response the socket has not taken yet (see _emit_direct).
+        self._tail: PendingBytes | None = None
+        self._finish_after_tail = False
 
     # -- starting
 
@@ -169,7 +175,11 @@ class WSGIResponse:
     def _emit(self, data: bytes) -> None:
         """Send one non-empty piece of body, with the head first if it has not gone yet."""
         framer = self.framer
-        if framer is None:
+        if self._tail is not None or (
+            len(data) > _JOIN_LIMIT and self._registered and self._direct_chunks
+        ):
+            self._emit_direct(data)
+        elif framer is None:
             framer = self._begin(None)
             out = framer.head + framer.body(data)
             if framer.remaining == 0:
@@ -181,8 +191,48 @@ class WSGIResponse:
                 if framer.remaining == 0:  # the Content-Length is complete with this piece
                     self._answered()
                 self.sink.write(out)
-        if framer.error is not None:
+        if self.framer is not None and self.framer.error is not None:
             self._finish()
+
+    def _emit_direct(self, data: bytes) -> None:
+        """A large piece goes out from the app's object with ``sendmsg`` when nothing is queued
+        ahead of it; what the socket does not take is kept as views (``_tail``) and the
+        response pauses until it is sent (``_flush_tail``)."""
+        framer = self.framer
+        pieces: list[bytes] = []
+        if framer is None:
+            framer = self._begin(None)
+            pieces.append(framer.head)
+        pieces += framer.body_parts(data)
+        if framer.remaining == 0:
+            self._answered()
+        if self._tail is not None:
+            self._tail.extend(pieces)  # behind what is still waiting
+            return
+        if self.sink.sendfile_socket() is None:
+            self.sink.write_sequence(pieces)
+            return
+        self._tail = PendingBytes(pieces)
+        self._flush_tail()
+
+    def _flush_tail(self) -> bool:
+        """Send what the socket takes of ``_tail``; True once it is all gone."""
+        tail = self._tail
+        assert tail is not None
+        try:
+            sent = self.sink.send_direct(tail.views())
+        except OSError as e:
+            self.abort(f"send failed: {e.strerror or e}")
+            self.sink.abort_connection()
+            return False
+        if sent:
+            tail.advance(sent)
+        if not tail.left:
+            self._tail = None
+            return True
+        self.pauseProducing()
+        self.sink.resume_when_writable()
+        return False
 
     def _write(self, data: bytes) -> None:
         """The legacy ``write()`` callable returned by ``start_response``."""
@@ -291,6 +341,11 @@ class WSGIResponse:
         self._resumed()
 
     def _resumed(self) -> None:
+        if self._tail is not None and not self._flush_tail():
+            return
+        if self._finish_after_tail:
+            self._finish()
+            return
         if self._iterator is not None and self._next_turn is None:
             self._produce()
 
@@ -302,6 +357,11 @@ class WSGIResponse:
 
     def _finish(self) -> None:
         if self.done:
+            return
+        if self._tail is not None:
+            # A body cut at its Content-Length while its last bytes wait for the socket: end
+            # the response once they are out.
+            self._finish_after_tail = True
             return
         framer = self.framer
         try:
@@ -395,6 +455,9 @@ class WSGIResponse:
 
     def _end(self, keep_alive: bool, connection_gone: bool = False) -> None:
         self.done = True
+        if self._tail is not None:
+            self._tail.clear()
+            self._tail = None
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -468,6 +531,10 @@ class ThreadedWSGIResponse(WSGIResponse):
       is written by the reactor and read by the thread before each hand-off, under ``_cond`` or
       followed by a ``notify_all`` on it, so a waiting thread always sees the change.
     """
+
+    # The pool thread hands pieces over while earlier ones are still going out: they go
+    # through the transport, in order, under the byte count of _post.
+    _direct_chunks = False
 
     def __init__(
         self,
