@@ -900,3 +900,19 @@ def test_chunked_request_behind_others_in_one_small_read_is_read_in_slices(befor
     assert [e.target for e in events] == [b"/a"] * before + [b"/c", b"/z"]
     assert body_of(events[before]) == b"hello"
     close_bodies(events)
+
+
+def test_large_read_with_heads_and_bodies_in_a_reused_buffer() -> None:
+    # A 1 MiB read can hold the end of one body, the next request's head and most of its body.
+    first, second = pattern(300_000), pattern(500_000)
+    wire = post(b"/1", b"Content-Length: %d\r\n" % len(first), first)
+    wire += post(b"/2", b"Content-Length: %d\r\n" % len(second), second) + SECOND
+    reader = RequestReader(Limits(body_spool_threshold=100_000))
+    buffer = bytearray(wire)
+    reader.receive_data(memoryview(buffer)[:1000])
+    reader.receive_data(memoryview(buffer)[1000:])
+    buffer[:] = bytes(len(buffer))
+    events = drain(reader)
+    assert [e.target for e in events] == [b"/1", b"/2", b"/second"]
+    assert body_of(events[0]) == first and body_of(events[1]) == second
+    close_bodies(events)

@@ -157,6 +157,8 @@ class _Reslice(Exception):
 _RESLICE: Final = _Reslice()
 
 _SLICE: Final = 1024
+# A read given as a memoryview is copied to bytes (for llhttp and find) this much at a time.
+_VIEW_PIECE: Final = 65536
 
 # Phases whose bytes llhttp or httptools buffer without a callback telling us how many.
 _IDLE, _HEAD, _BODY, _CHUNK_LINE = range(4)
@@ -269,6 +271,12 @@ class RequestReader:
                     return
                 data = data[taken:]
         if type(data) is not bytes:
+            if len(data) > _VIEW_PIECE:
+                # A large read that starts with a head: copy no more of it than may be head
+                # before a Content-Length body begins, the rest goes to the body file from the view.
+                self.receive_data(bytes(data[:_VIEW_PIECE]))
+                self.receive_data(data[_VIEW_PIECE:])
+                return
             data = bytes(data)
         if self._judging is not None:
             self._judge_more(data)
