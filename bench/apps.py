@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -79,3 +80,32 @@ def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             seconds = float(query.partition("=")[2])
         time.sleep(seconds)
     return hello(environ, start_response)
+
+
+HUGE_SIZE = 16 * 1024 * 1024
+
+
+@functools.cache
+def _huge() -> bytes:
+    # Made on first use, so that the other scenarios' servers do not carry 16 MiB.
+    return b"h" * HUGE_SIZE
+
+
+@functools.cache
+def _huge_pieces() -> tuple[bytes, ...]:
+    return tuple(b"h" * (1024 * 1024) for _ in range(HUGE_SIZE // (1024 * 1024)))
+
+
+def huge(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """16 MiB in one bytes object (made once), with Content-Length."""
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(HUGE_SIZE))],
+    )
+    return [_huge()]
+
+
+def huge_list(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """16 MiB as a list of sixteen 1 MiB bytes objects (made once), without Content-Length."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return list(_huge_pieces())

@@ -708,3 +708,211 @@ def test_server_answers_a_body_it_cannot_spool_and_keeps_serving(tmp_path: Path)
     small = server.connect()
     small.send(post(b"/", b"Content-Length: 10\r\n", pattern(10)))
     assert [r.status for r in parse_responses(small.output())] == [200]
+
+
+# -- malformed request lines: 400; a well-formed method we do not know: 501
+
+
+@pytest.mark.parametrize(
+    ("first", "status"),
+    [
+        (b"BREW / HTTP/1.1\r\n", 501),
+        (b"G@T / HTTP/1.1\r\n", 400),
+        (b"BREW\t/ HTTP/1.1\r\n", 400),
+        (b" / HTTP/1.1\r\n", 400),
+        (b"\x16\x03\x01\x00\xc4", 400),
+    ],
+)
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_refused_method_after_pipelined_requests_is_judged_on_its_own_bytes(
+    first: bytes, status: int, bytewise: bool
+) -> None:
+    # The good requests ahead of it in the same read must not be mistaken for its start: a
+    # POST body of token characters comes right before it.
+    wire = get(b"/a") + post(b"/b", b"Content-Length: 3\r\n", b"XYZ") + first + b"Host: x\r\n\r\n"
+    events = (feed_bytewise if bytewise else feed)(RequestReader(), wire)
+    assert [kind(e) for e in events] == ["request", "request", f"error:{status}"]
+    close_bodies(events)
+
+
+@pytest.mark.parametrize("cut", range(1, 6))
+def test_method_cut_across_reads_is_judged_whole(cut: int) -> None:
+    # llhttp may take the first bytes of a method it refuses later: those kept from earlier reads
+    # are judged with the rest.
+    line = b"\r\nBREW / HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader = RequestReader()
+    reader.receive_data(line[:cut])
+    reader.receive_data(line[cut:])
+    assert [kind(e) for e in drain(reader)] == ["error:501"]
+
+
+def test_refused_method_waits_for_the_byte_after_the_token() -> None:
+    reader = RequestReader()
+    reader.receive_data(b"BRE")
+    assert reader.next_event() is None
+    assert reader.in_headers  # the header timeout applies while the verdict waits
+    reader.receive_data(b"W")
+    assert reader.next_event() is None
+    reader.receive_data(b"\t")
+    assert [kind(e) for e in drain(reader)] == ["error:400"]
+
+
+def test_refused_method_cut_short_is_dropped() -> None:
+    reader = RequestReader()
+    reader.receive_data(b"BREW")
+    reader.receive_eof()
+    assert reader.next_event() is None
+    assert reader.stopped
+
+
+def test_endless_token_is_malformed() -> None:
+    reader = RequestReader(Limits(max_request_line=100))
+    reader.receive_data(b"X" * 50)
+    assert reader.next_event() is None
+    reader.receive_data(b"X" * 60)
+    assert [kind(e) for e in drain(reader)] == ["error:400"]
+
+
+@pytest.mark.parametrize(
+    ("wire", "status"),
+    [
+        (b"GET / HTTP/0.9\r\n\r\n", 505),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET /\r\nA: HTTP/0.8\r\n\r\n", 400),
+    ],
+)
+@pytest.mark.parametrize("cut", [0, 3, 8, 12, 14, 15, 16])
+def test_version_spelled_09_is_unsupported_and_missing_is_malformed(
+    wire: bytes, status: int, cut: int
+) -> None:
+    reader = RequestReader()
+    if cut:
+        reader.receive_data(wire[:cut])
+    reader.receive_data(wire[cut:])
+    assert [kind(e) for e in drain(reader)] == [f"error:{status}"]
+
+
+# -- chunk extensions with optional whitespace (RFC 9112 7.1.1)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"5; a=b",
+        b"5 ;a = b",
+        b'5\t;\ta\t=\t"q ; \\" "',
+        b"5;a;b=c ; d",
+        b"5;a=b",
+    ],
+)
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_chunk_extension_whitespace_is_accepted(line: bytes, bytewise: bool) -> None:
+    wire = post(b"/", b"Transfer-Encoding: chunked\r\n", line + b"\r\nhello\r\n0\r\n\r\n")
+    events = (feed_bytewise if bytewise else feed)(RequestReader(), wire + SECOND)
+    assert [kind(e) for e in events] == ["request", "request"]
+    assert isinstance(events[0], Request)
+    assert body_of(events[0]) == b"hello"
+    close_bodies(events)
+
+
+@pytest.mark.parametrize(
+    "line", [b"5 ", b" 5", b"5 ; ", b"5;a =", b"5;a=b ", b"5;\x0ba", b"5 a", b'5;a="x', b"5;a b"]
+)
+def test_chunk_line_stays_strict_otherwise(line: bytes) -> None:
+    wire = post(b"/", b"Transfer-Encoding: chunked\r\n", line + b"\r\nhello\r\n0\r\n\r\n")
+    assert [kind(e) for e in feed(RequestReader(), wire)] == ["error:400"]
+
+
+def test_chunk_line_limit_counts_a_line_read_in_pieces() -> None:
+    reader = RequestReader(Limits(max_chunk_line=20))
+    reader.receive_data(post(b"/", b"Transfer-Encoding: chunked\r\n", b"5;a=" + b"b" * 10))
+    assert reader.next_event() is None
+    reader.receive_data(b"b" * 10)
+    assert [kind(e) for e in drain(reader)] == ["error:400"]
+
+
+# -- Content-Length bodies taken from the read buffer, without llhttp
+
+
+def test_body_in_a_reused_buffer_is_copied_before_the_buffer_is_reused() -> None:
+    reader = RequestReader()
+    reader.receive_data(post(b"/", b"Content-Length: 10\r\n", b""))
+    buffer = bytearray(b"01234")
+    reader.receive_data(memoryview(buffer))
+    buffer[:] = b"xxxxx"
+    tail = bytearray(b"56789" + SECOND)
+    reader.receive_data(memoryview(tail))
+    tail[:] = b"y" * len(tail)
+    events = drain(reader)
+    assert [kind(e) for e in events] == ["request", "request"]
+    assert body_of(events[0]) == b"0123456789"
+    assert events[1].target == b"/second"
+    close_bodies(events)
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+def test_a_fresh_parser_reads_what_follows_a_body_taken_directly(pieces: int) -> None:
+    body = bytes(range(256)) * 40
+    reader = RequestReader(Limits(body_spool_threshold=1000))
+    reader.receive_data(post(b"/up", b"Content-Length: %d\r\n" % len(body), b""))
+    step = len(body) // pieces + 1
+    for i in range(0, len(body), step):
+        reader.receive_data(body[i : i + step])
+    reader.receive_data(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    events = drain(reader)
+    assert [e.target for e in events] == [b"/up", b"/after"]
+    assert body_of(events[0]) == body and events[0].body_length == len(body)
+    assert reader.stopped and reader.completed_requests == 2
+    close_bodies(events)
+
+
+def test_a_body_taken_directly_reports_progress_and_completion() -> None:
+    seen: list[tuple[str, int]] = []
+
+    class Watcher:
+        def started(self, request: Request) -> None:
+            seen.append(("started", 0))
+
+        def progress(self, request: Request, received: int) -> None:
+            seen.append(("progress", received))
+
+        def finished(self, request: Request) -> None:
+            seen.append(("finished", request.body_length))
+
+        def failed(self, request: Request, status: int | None) -> None:
+            seen.append(("failed", status or 0))
+
+    reader = RequestReader(watcher=Watcher())
+    reader.receive_data(post(b"/?X-Progress-ID=abc", b"Content-Length: 6\r\n", b""))
+    reader.receive_data(memoryview(b"abc"))
+    reader.receive_data(memoryview(b"def"))
+    assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
+    close_bodies(drain(reader))
+
+
+@pytest.mark.parametrize("before", [0, 1, 2])
+def test_chunked_request_behind_others_in_one_small_read_is_read_in_slices(before: int) -> None:
+    # The whole read goes to llhttp at once until a chunked head appears; then the read is fed
+    # again from where that request starts, whatever came before it in the read.
+    chunked = post(b"/c", b"Transfer-Encoding: chunked\r\n", b"5 ; a = b\r\nhello\r\n0\r\n\r\n")
+    wire = get(b"/a") * before + chunked + get(b"/z")
+    events = feed(RequestReader(), wire)
+    assert [e.target for e in events] == [b"/a"] * before + [b"/c", b"/z"]
+    assert body_of(events[before]) == b"hello"
+    close_bodies(events)
+
+
+def test_large_read_with_heads_and_bodies_in_a_reused_buffer() -> None:
+    # A 1 MiB read can hold the end of one body, the next request's head and most of its body.
+    first, second = pattern(300_000), pattern(500_000)
+    wire = post(b"/1", b"Content-Length: %d\r\n" % len(first), first)
+    wire += post(b"/2", b"Content-Length: %d\r\n" % len(second), second) + SECOND
+    reader = RequestReader(Limits(body_spool_threshold=100_000))
+    buffer = bytearray(wire)
+    reader.receive_data(memoryview(buffer)[:1000])
+    reader.receive_data(memoryview(buffer)[1000:])
+    buffer[:] = bytes(len(buffer))
+    events = drain(reader)
+    assert [e.target for e in events] == [b"/1", b"/2", b"/second"]
+    assert body_of(events[0]) == first and body_of(events[1]) == second
+    close_bodies(events)

@@ -45,6 +45,20 @@ def test_framer_length_overflow_and_underflow() -> None:
     assert f.error and "shorter" in f.error and not f.keep_alive
 
 
+def test_framer_body_parts_keep_the_data_object_and_frame_like_body() -> None:
+    data = b"x" * 100
+    f = framer()
+    parts = f.body_parts(data)
+    assert parts == (b"64\r\n", data, b"\r\n") and parts[1] is data
+    assert f.sent == 100
+    assert f.body_parts(b"") == ()
+    f = framer(headers=[("Content-Length", "150")])
+    assert f.body_parts(data)[0] is data
+    assert f.body_parts(data) == (b"x" * 50,) and f.error and f.sent == 150
+    f = framer(method="HEAD")
+    assert f.body_parts(data) == ()
+
+
 def test_framer_modes() -> None:
     f = framer()
     assert b"Transfer-Encoding: chunked" in f.head and f.body(b"ab") == b"2\r\nab\r\n"

@@ -103,6 +103,15 @@ def stream(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
         yield stream_chunk(i, size)
 
 
+def blob(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """A list body of ``n`` pieces of ``size`` bytes (:func:`stream_chunk`), no Content-Length:
+    the server computes it and sends the pieces as they are."""
+    q = _query(environ)
+    n, size = int(q.get("n", "4")), int(q.get("size", "1048576"))
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [stream_chunk(i, size) for i in range(n)]
+
+
 def file(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """The file named by ``?path=`` through ``wsgi.file_wrapper``."""
     path = _query(environ)["path"]
@@ -197,6 +206,7 @@ ROUTES: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
     "/hello": hello,
     "/echo": echo,
     "/stream": stream,
+    "/blob": blob,
     "/file": file,
     "/boom": boom,
     "/slow": slow,

@@ -83,3 +83,66 @@ def test_accept_one_per_wakeup_takes_one_connection_per_do_read() -> None:
         for client in clients:
             client.close()
         port.connectionLost(None)
+
+
+class _FakeSocket:
+    """recv_into from a script: bytes to give, or an error to raise."""
+
+    def __init__(self, script: list[bytes | OSError]) -> None:
+        self.script = script
+        self.sizes: list[int] = []
+
+    def recv_into(self, buffer: memoryview, nbytes: int) -> int:
+        self.sizes.append(nbytes)
+        step = self.script.pop(0)
+        if isinstance(step, OSError):
+            raise step
+        data = step[:nbytes]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def test_read_into_gives_views_of_the_one_buffer_and_keeps_doreads_meaning() -> None:
+    import errno
+    from types import SimpleNamespace
+
+    from twisted.internet import main
+
+    sock = _FakeSocket([b"first", b"second read", OSError(errno.EWOULDBLOCK, "again"), b"", b"x"])
+    transport = SimpleNamespace(socket=sock)
+    buffer = memoryview(bytearray(64))
+    got: list[bytes] = []
+    views: list[memoryview] = []
+
+    def receive(view: memoryview) -> None:
+        views.append(view)
+        got.append(bytes(view))
+
+    twistedprivate.read_into(transport, buffer, lambda: 8, receive)
+    assert transport.doRead() is None
+    assert transport.doRead() is None
+    assert got == [b"first", b"second r"]  # at most size() bytes per read
+    assert all(v.obj is buffer.obj for v in views)  # no new bytes object per read
+    assert transport.doRead() is None  # EWOULDBLOCK: nothing happened
+    assert transport.doRead() is main.CONNECTION_DONE
+    sock.script = [OSError(errno.ECONNRESET, "reset")]
+    assert transport.doRead() is main.CONNECTION_LOST
+    assert sock.sizes == [8, 8, 8, 8, 8]
+    assert len(got) == 2
+
+
+def test_read_into_replaces_a_real_transports_doread() -> None:
+    left, right = socket.socketpair()
+    try:
+        left.setblocking(False)
+        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        got: list[bytes] = []
+        twistedprivate.read_into(
+            transport, memoryview(bytearray(16)), lambda: 16, lambda v: got.append(bytes(v))
+        )
+        right.sendall(b"hello")
+        transport.doRead()
+        assert got == [b"hello"]
+    finally:
+        left.close()
+        right.close()

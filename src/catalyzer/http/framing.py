@@ -97,6 +97,15 @@ class ResponseFramer:
             return data
         return b""
 
+    def body_parts(self, data: bytes) -> tuple[bytes, ...]:
+        """:meth:`body` as pieces to send in order, ``data`` itself among them (no copy of it
+        for the chunk's framing)."""
+        if self._mode == self.CHUNKED and data:
+            self._sent += len(data)
+            return (b"%x\r\n" % len(data), data, b"\r\n")
+        out = self.body(data)
+        return (out,) if out else ()
+
     def end(self) -> bytes:
         """The bytes that finish the body; sets :attr:`error` if it fell short."""
         if self._mode == self.CHUNKED:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -149,14 +150,42 @@ class _Reject(Exception):
         self.detail = detail
 
 
+class _Reslice(Exception):
+    """Raised from a callback to stop llhttp at a chunked request's head in a read fed whole."""
+
+
+_RESLICE: Final = _Reslice()
+
 _SLICE: Final = 1024
 # Stands in for a closed reader's parser; never fed (a stopped reader ignores data).
 _CLOSED_PARSER: Final = httptools.HttpRequestParser(object())
+# A read given as a memoryview is copied to bytes (for llhttp and find) this much at a time.
+_VIEW_PIECE: Final = 65536
 
 # Phases whose bytes llhttp or httptools buffer without a callback telling us how many.
 _IDLE, _HEAD, _BODY, _CHUNK_LINE = range(4)
 
 _ALLOWED_VERSIONS: Final = frozenset(("1.1", "1.0"))
+# RFC 9110 5.6.2.
+_TCHAR: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# A method llhttp has not refused yet is a prefix of one it knows: never longer than this.
+_METHOD_CARRY: Final = 64
+# RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ).
+# llhttp refuses the BWS; a line that matches this with it reaches llhttp without its extensions
+# (which are ignored anyway), and any other line reaches it unchanged, for llhttp to judge.
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE_WITH_EXT: Final = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*"
+    + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + _TOKEN
+    + rb"|"
+    + _QUOTED
+    + rb"))?)+\r\n"
+)
 _HOST_CHARS: Final = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+;=:[]%"
 )
@@ -181,8 +210,19 @@ class RequestReader:
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
+        # "HTTP/0.9" was seen in the request line, read in pieces.
+        self._spelled_09 = False
+        self._version_tail = b""
         # Set once nothing more may be read: after an error or a connection-closing request.
         self._stopped = False
+        # The bytes of a method llhttp has accepted so far, while a read ends inside it.
+        self._method_carry = b""
+        # Set when llhttp refused a method and more bytes must say whether it was well formed.
+        self._judging: bytearray | None = None
+        # A chunk-size line read so far: it goes to llhttp whole, once its line end is in.
+        self._chunk_line = b""
+        # The read being fed whole (see _feed_whole), None otherwise.
+        self._whole: bytes | None = None
         self.completed_requests = 0
 
     # -- public
@@ -222,20 +262,52 @@ class RequestReader:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Takes one read. A ``memoryview`` (of a reused buffer) is not kept: the bytes of a
+        Content-Length body go from it straight to the body file, the rest is copied."""
         if self._stopped or not data:
             return
-        size = len(data)
-        if self._phase == _IDLE and size <= self._small:
-            # The common case: a read too small for any header section or chunk-size line in
-            # it to break a limit.
-            self._feed(data)
-            self._after_small_read(data)
+        if self._phase == _BODY and self._judging is None:
+            request = self._request
+            if request is not None and not request.chunked and request.body is not None:
+                taken = self._take_body(request, data)
+                if taken == len(data) or self._stopped:
+                    return
+                data = data[taken:]
+        if type(data) is not bytes:
+            if len(data) > _VIEW_PIECE:
+                # A large read that starts with a head: copy no more of it than may be head
+                # before a Content-Length body begins, the rest goes to the body file from the view.
+                self.receive_data(bytes(data[:_VIEW_PIECE]))
+                self.receive_data(data[_VIEW_PIECE:])
+                return
+            data = bytes(data)
+        if self._judging is not None:
+            self._judge_more(data)
             return
+        if self._phase == _IDLE and len(data) <= self._small:
+            self._feed_whole(data)
+        else:
+            self._feed_sliced(data)
+
+    def _feed_whole(self, data: bytes) -> None:
+        # The common case: a read too small for any header section in it to break a limit.
+        # Chunk-size lines must be read whole first (see _read_chunk_line): a chunked request's
+        # head stops the feed (on_headers_complete), and the read is fed again in slices.
+        self._whole = data
+        self._feed(data)
+        if self._whole is not None:
+            self._whole = None
+            self._after_small_read(data)
+
+    def _feed_sliced(self, data: bytes, whole_after: int = 0) -> None:
+        """``data`` fed in slices; at the end, a rest that fits in a small read is fed whole, once
+        ``completed_requests`` has reached ``whole_after``."""
         # llhttp does not say where in the input a phase begins, so the input is cut after
         # every line end (and every _SLICE bytes): each request line, header line and chunk-size
         # line then starts a slice, and limits are checked exactly before the bytes go in. A
         # Content-Length body goes through in one piece, sized exactly.
+        size = len(data)
         view = memoryview(data)
         find = data.find
         pos = 0
@@ -243,10 +315,19 @@ class RequestReader:
             phase = self._phase
             request = self._request
             if phase == _BODY and request is not None and not request.chunked:
-                end = pos + max(1, (request.content_length or 0) - request.body_length)
-            elif phase == _IDLE and size - pos <= self._small:
-                self._feed(view[pos:])
-                self._after_small_read(data[pos:])
+                if request.body is not None:
+                    pos += self._take_body(request, view[pos:])
+                    continue
+                end = pos + 1
+            elif phase == _CHUNK_LINE:
+                pos = self._read_chunk_line(data, pos)
+                continue
+            elif (
+                phase == _IDLE
+                and size - pos <= self._small
+                and self.completed_requests >= whole_after
+            ):
+                self._feed_whole(data[pos:])
                 return
             else:
                 nl = find(b"\n", pos, pos + _SLICE)
@@ -254,12 +335,8 @@ class RequestReader:
             n = min(end, size) - pos
             if phase == _IDLE:
                 self._phase_bytes = 0
-            if phase in (_IDLE, _HEAD):
-                if self._phase_bytes + n > self._head_limit:
-                    self._fail(431, "header section too large")
-                    return
-            elif phase == _CHUNK_LINE and self._phase_bytes + n > self.limits.max_chunk_line:
-                self._fail(400, "chunk-size line too long")
+            if phase in (_IDLE, _HEAD) and self._phase_bytes + n > self._head_limit:
+                self._fail(431, "header section too large")
                 return
             self._phase_bytes += n
             self._feed(view[pos : pos + n])
@@ -269,25 +346,85 @@ class RequestReader:
             if self._phase == _HEAD and data[pos - 1] == 10:  # a line ended
                 self._check_version()
 
+    def _reslice(self, data: bytes, completed: int) -> None:
+        """A chunked request's head ended inside a read fed whole: feed that read again from
+        where the request began, in slices, with a fresh parser (nothing of the request was
+        acted on yet)."""
+        self._whole = None
+        done = self.completed_requests - completed
+        start = _message_start(data, done) if done else 0
+        self._parser = httptools.HttpRequestParser(self)
+        self._request = None
+        self._phase = _IDLE
+        self._feed_sliced(data[start:], whole_after=self.completed_requests + 1)
+
+    def _take_body(self, request: Request, data: bytes | memoryview) -> int:
+        """Writes the next bytes of a Content-Length body from ``data`` to its file, without
+        llhttp (which would hand them over as a new ``bytes``); returns how many were taken.
+
+        llhttp never sees the rest of this body: once it is complete, a fresh parser reads the
+        next request (the request's head, all llhttp was needed for, is read already)."""
+        assert request.body is not None and request.content_length is not None
+        n = min(len(data), request.content_length - request.body_length)
+        request.body_length += n
+        try:
+            request.body.write(data[:n] if n < len(data) else data)
+        except OSError as e:
+            reject = self._spool_failed(e)
+            self._fail(reject.status, reject.detail)
+            return n
+        if request.upload_id is not None and self._watcher is not None:
+            self._watcher.progress(request, request.body_length)
+        if request.body_length == request.content_length:
+            self._parser = httptools.HttpRequestParser(self)
+            try:
+                self.on_message_complete()
+            except _Reject as e:
+                self._fail(e.status, e.detail)
+        return n
+
+    def _read_chunk_line(self, data: bytes, pos: int) -> int:
+        """Takes a chunk-size line's bytes from ``data[pos:]``; returns where they end."""
+        nl = data.find(b"\n", pos)
+        end = nl + 1 if nl >= 0 else len(data)
+        if len(self._chunk_line) + end - pos > self.limits.max_chunk_line:
+            self._fail(400, "chunk-size line too long")
+            return len(data)
+        line = self._chunk_line + data[pos:end]
+        if nl < 0:
+            self._chunk_line = line
+            return end
+        self._chunk_line = b""
+        if b";" in line and (m := _CHUNK_LINE_WITH_EXT.fullmatch(line)) is not None:
+            line = m[1] + b"\r\n"
+        self._feed(line)
+        return end
+
     def _after_small_read(self, data: bytes) -> None:
-        phase = self._phase
-        if phase == _HEAD:
+        if self._phase == _HEAD:
             # Over-counts by what preceded the message in this read: at most one small read.
             self._phase_bytes = len(data)
             if data[-1:] == b"\n":
                 self._check_version()
-        elif phase == _CHUNK_LINE:
-            # A chunk-size line starts after a line end: exact.
-            self._phase_bytes = len(data) - data.rfind(b"\n") - 1
 
     def _check_version(self) -> None:
-        if self._header_count == 0 and self._parser.get_http_version() == "0.0":
-            # "GET /" with no version (HTTP/0.9): llhttp would wait for headers that never come.
-            self._fail(505, "HTTP/0.9 is not supported")
+        if self._header_count == 0:
+            version = self._parser.get_http_version()
+            if version == "0.0":
+                # "GET /" with no version: llhttp would wait for headers that never come. A
+                # request line without a version is malformed (no HTTP/0.9 spoken here).
+                self._fail(400, "request line without an HTTP version")
 
     def _feed(self, data: bytes | memoryview) -> None:
+        phase = self._phase
+        completed = self.completed_requests
+        reslice = False
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            if not self._stopped:
+                self._bad_method(bytes(data), phase, completed)
+            return
         except httptools.HttpParserUpgrade:
             # llhttp stops at the end of an Upgrade or CONNECT request. The request was queued by
             # on_message_complete; a WSGI server does not switch protocols, so it is the last one.
@@ -295,14 +432,65 @@ class RequestReader:
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, _Reject):
-                self._fail(cause.status, cause.detail)
-            elif not self._stopped:
-                raise
-            return
+            if cause is not _RESLICE:
+                if isinstance(cause, _Reject):
+                    self._fail(cause.status, cause.detail)
+                elif not self._stopped:
+                    raise
+                return
+            reslice = True
         except httptools.HttpParserError as e:
             if not self._stopped:
                 self._fail(self._status_for(e), _describe(e))
+            return
+        if reslice:
+            # Outside the except clause: what the new feed raises is not chained to this.
+            self._reslice(bytes(data), completed)
+            return
+        if self._phase == _HEAD and not self._stopped:
+            self._ended_in_head(data, phase)
+
+    def _ended_in_head(self, data: bytes | memoryview, phase: int) -> None:
+        if self._header_count == 0:
+            # A read ended in the request line (or the first header): llhttp says version 0.9
+            # both for "HTTP/0.9" and for no version at all, so the bytes tell them apart.
+            seen = self._version_tail + bytes(data)
+            self._spelled_09 = self._spelled_09 or b"HTTP/0.9" in seen
+            self._version_tail = seen[-8:]
+        if self._url_bytes == 0:
+            # The read ended inside a method (or just after it): keep what llhttp took of it, in
+            # case the bytes that follow make llhttp refuse it.
+            run = _tchar_tail(data)
+            if run == len(data) and phase == _HEAD:
+                self._method_carry = (self._method_carry + bytes(data))[-_METHOD_CARRY:]
+            else:
+                self._method_carry = bytes(data[len(data) - run :])[-_METHOD_CARRY:]
+
+    def _bad_method(self, data: bytes, phase: int, completed: int) -> None:
+        """llhttp refused a method: 501 if it is a well-formed one we do not know, else 400."""
+        if phase != _IDLE:
+            line = self._method_carry + data
+        elif self.completed_requests == completed:
+            line = data
+        else:
+            line = data[_message_start(data, self.completed_requests - completed) :]
+        self._method_carry = b""
+        self._judging = bytearray()
+        # A request with a refused method has begun: the header timeout applies to it.
+        self._phase = _HEAD
+        self._judge_more(line)
+
+    def _judge_more(self, data: bytes) -> None:
+        assert self._judging is not None
+        self._judging += data
+        verdict = _method_verdict(self._judging)
+        if verdict is None and len(self._judging) > self.limits.max_request_line:
+            verdict = 400
+        if verdict is not None:
+            method = bytes(self._judging.lstrip(b"\r\n")[:40])
+            self._judging = None
+            detail = "not implemented" if verdict == 501 else "malformed request line, method"
+            self._fail(verdict, f"{detail} {method!r}")
 
     def receive_eof(self) -> None:
         """The peer finished sending. A request cut short is dropped: nobody is left to answer."""
@@ -334,14 +522,14 @@ class RequestReader:
                     request.body.close()
         self._request = None
         self._phase = _IDLE
+        self._judging = None
+        self._chunk_line = b""
 
     def _fail(self, status: int, detail: str) -> None:
         self._stop(status)
         self._events.append(ProtocolError(status, detail))
 
     def _status_for(self, e: httptools.HttpParserError) -> int:
-        if isinstance(e, httptools.HttpParserInvalidMethodError):
-            return 501
         text = str(e)
         if text == "Invalid HTTP version" or "PRI" in text:
             # "HTTP/1.2" and the HTTP/2 preface are versions we do not speak; anything else
@@ -366,6 +554,8 @@ class RequestReader:
         self._url_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
+        self._spelled_09 = False
+        self._version_tail = b""
         self._enter(_HEAD)
 
     def on_url(self, piece: bytes) -> None:
@@ -417,8 +607,13 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         request = self._request
         assert request is not None
+        if request.chunked and self._whole is not None:
+            raise _RESLICE
         parser = self._parser
         version = parser.get_http_version()
+        if version == "0.9" and not (self._spelled_09 or b"HTTP/0.9" in (self._whole or b"")):
+            # llhttp reads a request line without a version as HTTP/0.9: it is malformed.
+            raise _Reject(400, "request line without an HTTP version")
         if version not in _ALLOWED_VERSIONS:
             raise _Reject(505, f"HTTP/{version} is not supported")
         request.version = version
@@ -490,6 +685,52 @@ class RequestReader:
         if not request.keep_alive or request.upgrade:
             # Whatever follows is not read: llhttp would refuse it as data after close anyway.
             self._stopped = True
+
+
+def _tchar_tail(data: bytes | memoryview) -> int:
+    """How many bytes at the end of ``data`` are token characters."""
+    n = len(data)
+    i = n
+    while i > 0 and data[i - 1] in _TCHAR and n - i < _METHOD_CARRY:
+        i -= 1
+    return n - i
+
+
+def _method_verdict(line: bytes | bytearray) -> int | None:
+    """The status for a request line starting with a method llhttp refused, None until the bytes
+    in hand decide: 501 for a well-formed token followed by a space, 400 for anything else."""
+    i = 0
+    n = len(line)
+    while i < n and line[i] in (13, 10):  # empty lines before a request are ignored
+        i += 1
+    j = i
+    while j < n and line[j] in _TCHAR:
+        j += 1
+    if j == n:
+        return None
+    return 501 if j > i and line[j] == 32 else 400
+
+
+class _Completions:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
+def _message_start(data: bytes, completed: int) -> int:
+    """Where in ``data`` (read from a message boundary) the message after the first
+    ``completed`` ones begins. llhttp does not say, so a fresh parser is fed byte by byte: only
+    after a refused method, with at most one small read."""
+    counter = _Completions()
+    parser = httptools.HttpRequestParser(counter)
+    for i in range(len(data)):
+        with contextlib.suppress(httptools.HttpParserError):
+            parser.feed_data(data[i : i + 1])
+        if counter.count >= completed:
+            return i + 1
+    return len(data)
 
 
 def _describe(e: Exception) -> str:

@@ -62,6 +62,9 @@ __all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
 log = Logger(namespace="catalyzer.http")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Bytes per read of a plain connection (Twisted's own size), and while a body is arriving.
+_READ = 65536
+_BODY_READ = 1024 * 1024
 # On drain, a keep-alive connection idle for less than this may have a request on its way: it is
 # given this long to send one (answered with Connection: close) before it is closed. Clients
 # that send on a just-closed idle connection see an error (wrk does); this makes it rare.
@@ -158,6 +161,10 @@ class ServerState:
             spool_dir=config.spool_dir or None,
         )
         self.errors = WSGIErrors()
+        # Every plain connection of this process reads into this one buffer (the reactor thread
+        # handles one read at a time, and the reader copies what it keeps): no new bytes object
+        # per read. Its pages are touched only as far as reads fill it.
+        self.read_buffer = memoryview(bytearray(_BODY_READ))
         self.trusted_proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self.progress: ProgressTracker | None = None
         if config.progress_path:
@@ -439,10 +446,26 @@ class HTTPChannel(TransportSink):
         inner = transport.transport if self._proxied else transport
         if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
             self._socket = inner.socket
+            if not self._proxied:
+                twistedprivate.read_into(
+                    inner, self.server.read_buffer, self._read_size, self._read
+                )
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
         self._header_timer.start(self.server.config.header_timeout)
+
+    def _read_size(self) -> int:
+        # A body arriving is read in large reads: fewer wake-ups, and its bytes go from the
+        # buffer to the body file directly (see RequestReader.receive_data).
+        return _BODY_READ if self.reader.in_body else _READ
+
+    def _read(self, data: memoryview) -> None:
+        """A read of a plain connection, into the shared buffer (see twistedprivate.read_into)."""
+        self._got_data = True
+        self.server.metrics.received(len(data))
+        self.reader.receive_data(data)
+        self._after_read()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._got_data:

@@ -522,6 +522,12 @@ class FastCGIStdout:
     def sendfile_socket(self) -> socket.socket | None:
         return None  # the file's bytes must go inside records
 
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        return None  # the bytes must go inside records
+
+    def resume_when_writable(self) -> None:
+        raise AssertionError("a FastCGI response never holds bytes of its own")
+
 
 def cgi_head(data: bytes) -> bytes:
     """``HTTP/1.1 200 OK\r\n...`` -> ``Status: 200 OK\r\n...``: a CGI response head."""

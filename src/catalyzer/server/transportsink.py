@@ -42,6 +42,23 @@ class TransportSink(Protocol):
     def sendfile_socket(self) -> socket.socket | None:
         return self._socket
 
+    def resume_when_writable(self) -> None:
+        twistedprivate.resume_producer_when_drained(self.transport)
+
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        sock = self._socket
+        transport: Any = self.transport
+        if (
+            sock is None
+            or transport.disconnecting
+            or not twistedprivate.write_buffer_empty(transport)
+        ):
+            return None
+        try:
+            return sock.sendmsg(pieces)
+        except BlockingIOError:
+            return 0
+
 
 def send_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
     """Send ``data`` now if the transport has nothing queued, else queue it.

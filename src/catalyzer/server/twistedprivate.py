@@ -11,8 +11,11 @@ installed Twisted, so an upgrade that renames one fails that test instead of a w
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from twisted.internet import main
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 
 __all__ = [
@@ -21,6 +24,8 @@ __all__ = [
     "TCPBind",
     "has_accept_log",
     "proxy_header_parsed",
+    "read_into",
+    "resume_producer_when_drained",
     "route_accept_log",
     "ssl_context_factory",
     "tcp_bind",
@@ -93,6 +98,45 @@ def close_disowned(transport: Any) -> None:
     ``loseConnection`` nor the ``SO_LINGER`` 0 of ``abortConnection``, which would end the
     connection for every process holding it."""
     transport.socket.close()
+
+
+def read_into(
+    transport: Any,
+    buffer: memoryview,
+    size: Callable[[], int],
+    receive: Callable[[memoryview], object],
+) -> None:
+    """Make a connected ``twisted.internet.tcp.Server`` read with ``recv_into`` into ``buffer``
+    (at most ``size()`` bytes per read) and give each read to ``receive`` as a view of it,
+    instead of ``recv`` of a new ``bytes`` and ``protocol.dataReceived``.
+
+    ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
+    ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
+    ``receive`` must not keep the view: the next read overwrites it."""
+    recv_into = transport.socket.recv_into
+
+    def do_read() -> Any:
+        try:
+            n = recv_into(buffer, size())
+        except OSError as e:
+            if e.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not n:
+            return main.CONNECTION_DONE
+        receive(buffer[:n])
+        return None
+
+    transport.doRead = do_read
+
+
+def resume_producer_when_drained(transport: Any) -> None:
+    """Have a ``FileDescriptor`` transport resume its registered push producer the next time its
+    ``doWrite`` finds its buffer empty, as if the transport had paused it: the producer paused
+    itself to send bytes of its own when the socket is writable (``producerPaused`` is what
+    ``doWrite`` looks at; ``startWriting`` makes sure it is called)."""
+    transport.producerPaused = True
+    transport.startWriting()
 
 
 def has_accept_log(port: Any) -> bool:

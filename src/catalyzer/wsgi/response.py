@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from catalyzer.http.framing import ResponseFramer, simple_response
 from catalyzer.http.headers import AppResponseError, ResponseHead, check_response_head
+from catalyzer.http.pending import PendingBytes
 from catalyzer.http.reader import Request
 from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.sink import OnDone, ResponseOutcome, ResponseServices, ResponseSink
@@ -43,6 +44,9 @@ _ITEMS_PER_TURN: Final = 64
 # Bytes a worker thread may have handed to the reactor and not yet seen written.
 _THREAD_HIGH_WATER: Final = 256 * 1024
 _SENDFILE_BLOCK: Final = 1024 * 1024
+# A list body up to this size is joined with its head and written at once; a larger one is sent
+# from the application's own objects (see _MemoryProducer).
+_JOIN_LIMIT: Final = 65536
 
 
 class StartResponse:
@@ -83,6 +87,9 @@ def _write_after_end(data: bytes) -> None:
 class WSGIResponse:
     """One request's trip through the application and back to the client, in the reactor thread."""
 
+    # Large pieces of an iterable are sent from the app's objects (_emit_direct).
+    _direct_chunks = True
+
     def __init__(
         self,
         services: ResponseServices,
@@ -110,6 +117,9 @@ class WSGIResponse:
         self._registered = False
         self._next_turn: interfaces.IDelayedCall | None = None
         self._stall: interfaces.IDelayedCall | None = None
+        # Body bytes of this response the socket has not taken yet (see _emit_direct).
+        self._tail: PendingBytes | None = None
+        self._finish_after_tail = False
 
     # -- starting
 
@@ -168,7 +178,11 @@ class WSGIResponse:
     def _emit(self, data: bytes) -> None:
         """Send one non-empty piece of body, with the head first if it has not gone yet."""
         framer = self.framer
-        if framer is None:
+        if self._tail is not None or (
+            len(data) > _JOIN_LIMIT and self._registered and self._direct_chunks
+        ):
+            self._emit_direct(data)
+        elif framer is None:
             framer = self._begin(None)
             out = framer.head + framer.body(data)
             if framer.remaining == 0:
@@ -180,8 +194,48 @@ class WSGIResponse:
                 if framer.remaining == 0:  # the Content-Length is complete with this piece
                     self._answered()
                 self.sink.write(out)
-        if framer.error is not None:
+        if self.framer is not None and self.framer.error is not None:
             self._finish()
+
+    def _emit_direct(self, data: bytes) -> None:
+        """A large piece goes out from the app's object with ``sendmsg`` when nothing is queued
+        ahead of it; what the socket does not take is kept as views (``_tail``) and the
+        response pauses until it is sent (``_flush_tail``)."""
+        framer = self.framer
+        pieces: list[bytes] = []
+        if framer is None:
+            framer = self._begin(None)
+            pieces.append(framer.head)
+        pieces += framer.body_parts(data)
+        if framer.remaining == 0:
+            self._answered()
+        if self._tail is not None:
+            self._tail.extend(pieces)  # behind what is still waiting
+            return
+        if self.sink.sendfile_socket() is None:
+            self.sink.write_sequence(pieces)
+            return
+        self._tail = PendingBytes(pieces)
+        self._flush_tail()
+
+    def _flush_tail(self) -> bool:
+        """Send what the socket takes of ``_tail``; True once it is all gone."""
+        tail = self._tail
+        assert tail is not None
+        try:
+            sent = self.sink.send_direct(tail.views())
+        except OSError as e:
+            self.abort(f"send failed: {e.strerror or e}")
+            self.sink.abort_connection()
+            return False
+        if sent:
+            tail.advance(sent)
+        if not tail.left:
+            self._tail = None
+            return True
+        self.pauseProducing()
+        self.sink.resume_when_writable()
+        return False
 
     def _write(self, data: bytes) -> None:
         """The legacy ``write()`` callable returned by ``start_response``."""
@@ -195,29 +249,46 @@ class WSGIResponse:
             self.sink.write(self._begin(None).head)
 
     def _send_all(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
-        """A list body is already in memory: frame it and send it in one write."""
+        """A list body is already in memory: frame it and send it without copying it."""
         try:
+            total = 0
             for chunk in chunks:
                 if type(chunk) is not bytes:
                     raise TypeError(f"response items must be bytes, not {type(chunk).__name__}")
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                total += len(chunk)
             if self.framer is not None:  # write() already sent the head
-                self._emit(body) if body else None
+                for chunk in chunks:
+                    if self.done:
+                        return
+                    if chunk:
+                        self._emit(chunk)
                 self._finish()
                 return
-            framer = self._begin(len(body))
+            framer = self._begin(total)
         except Exception:
             self._fail("the application's response is invalid")
             return
-        if len(body) <= 65536:
+        if total <= _JOIN_LIMIT:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             out = framer.head + framer.body(body) + framer.end()
             self._answered()
             self.sink.write(out)
-        else:  # don't copy a large body just to put the head in front of it
-            pieces = [framer.head, framer.body(body), framer.end()]
-            self._answered()
+            self._finish()
+            return
+        pieces = [framer.head]
+        for chunk in chunks:
+            pieces.append(framer.body(chunk))
+        pieces.append(framer.end())
+        self._answered()
+        if self.sink.sendfile_socket() is None:
+            # TLS or records: the transport takes (and copies) the pieces.
             self.sink.write_sequence(pieces)
-        self._finish()
+            self._finish()
+            return
+        if self._registered:  # a threaded response registers itself before the app runs
+            self._registered = False
+            self.sink.unregister_producer()
+        _MemoryProducer(self, PendingBytes(pieces)).start()
 
     def _produce(self) -> None:
         scoreboard = self.services.scoreboard
@@ -273,6 +344,11 @@ class WSGIResponse:
         self._resumed()
 
     def _resumed(self) -> None:
+        if self._tail is not None and not self._flush_tail():
+            return
+        if self._finish_after_tail:
+            self._finish()
+            return
         if self._iterator is not None and self._next_turn is None:
             self._produce()
 
@@ -284,6 +360,11 @@ class WSGIResponse:
 
     def _finish(self) -> None:
         if self.done:
+            return
+        if self._tail is not None:
+            # A body cut at its Content-Length while its last bytes wait for the socket: end
+            # the response once they are out.
+            self._finish_after_tail = True
             return
         framer = self.framer
         try:
@@ -377,6 +458,9 @@ class WSGIResponse:
 
     def _end(self, keep_alive: bool, connection_gone: bool = False) -> None:
         self.done = True
+        if self._tail is not None:
+            self._tail.clear()
+            self._tail = None
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -459,6 +543,10 @@ class ThreadedWSGIResponse(WSGIResponse):
     thread waits on it only when its client is slow. A ``notify_all`` then also wakes the (at
     most ``--threads``) threads waiting for other responses; each re-checks its own predicate.
     """
+
+    # The pool thread hands pieces over while earlier ones are still going out: they go
+    # through the transport, in order, under the byte count of _post.
+    _direct_chunks = False
 
     def __init__(
         self,
@@ -648,3 +736,47 @@ class _SendfileProducer:
 
     def stopProducing(self) -> None:
         self.response.abort("client disconnected during sendfile")
+
+
+@implementer(interfaces.IPullProducer)
+class _MemoryProducer:
+    """Sends a response already in memory (head, body pieces) straight from the application's
+    objects with ``sendmsg``, whenever the socket can take more: nothing is copied, nothing is
+    queued in the transport. As a pull producer it is resumed when the transport's own buffer is
+    empty (and once when registered: then ``send_direct`` says whether anything is queued)."""
+
+    def __init__(self, response: WSGIResponse, pending: PendingBytes) -> None:
+        self.response = response
+        self.pending = pending
+
+    def start(self) -> None:
+        self.response.sink.register_producer(self, False)
+
+    def resumeProducing(self) -> None:
+        response = self.response
+        if response.done:
+            self.pending.clear()
+            return
+        response.resumeProducing()  # progress: disarm the stall timer
+        pending = self.pending
+        try:
+            sent = response.sink.send_direct(pending.views())
+        except OSError as e:
+            pending.clear()
+            response.abort(f"send failed: {e.strerror or e}")
+            response.sink.abort_connection()
+            return
+        if sent:
+            pending.advance(sent)
+        if pending.left:
+            # Resumed once the socket can take more (doWrite finds the buffer empty and resumes
+            # its pull producer); until then the stall timer runs.
+            response.pauseProducing()
+            response.sink.start_writing()
+            return
+        response.sink.unregister_producer()
+        response._finish()
+
+    def stopProducing(self) -> None:
+        self.pending.clear()
+        self.response.abort("client disconnected before the response was complete")

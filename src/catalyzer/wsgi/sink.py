@@ -64,6 +64,17 @@ class ResponseSink(Protocol):
         """The plain (not TLS) socket under the connection, for ``os.sendfile``; None if none."""
         ...
 
+    def resume_when_writable(self) -> None:
+        """The registered push producer paused itself with bytes of its own still to send:
+        have it resumed (``resumeProducing``) once the socket can take more."""
+        ...
+
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        """Send ``pieces`` on the plain socket in one ``sendmsg`` if nothing is queued ahead of
+        them: the bytes the socket took (0 when it is full). None when something is queued or
+        there is no plain socket (see :meth:`sendfile_socket`). Raises the socket's ``OSError``."""
+        ...
+
 
 class AppScoreboard(Protocol):
     """Where a prefork worker publishes the request it is running (see process.scoreboard)."""
