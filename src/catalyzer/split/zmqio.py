@@ -1,0 +1,213 @@
+"""ZeroMQ in a Twisted reactor, without txZMQ: the only module of catalyzer that imports ``zmq``.
+
+A ZeroMQ socket exposes one file descriptor (``FD``) that is *edge*-triggered and says only "the
+socket's ``EVENTS`` may have changed". So :class:`ZmqConnection` registers that descriptor as a
+reader and, when it fires, drains: it receives while ``EVENTS`` says POLLIN, at most ``batch``
+messages per reactor turn (a flood from one peer cannot starve the reactor; the rest is taken on
+the next turn, because the descriptor will not fire again for messages already queued). A send
+can consume the edge too, so ``EVENTS`` is checked again after every send and a drain scheduled if
+a message is waiting.
+
+:func:`front_socket` and :func:`handler_socket` make the two ends with the options split mode
+depends on: the front's ROUTER refuses to drop a message for an unknown peer silently
+(``ROUTER_MANDATORY``: the send fails and the front treats the handler as lost), lets a handler
+that reconnects with its identity take its route back (``ROUTER_HANDOVER``), and both ends run
+ZMTP heartbeats so a dead TCP peer is noticed by libzmq too, with a maximum message size.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import zmq
+from twisted.internet import interfaces
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = [
+    "MAX_FRAME",
+    "SendResult",
+    "ZmqConnection",
+    "front_socket",
+    "handler_socket",
+    "new_context",
+]
+
+log = Logger(namespace="catalyzer.split")
+
+# Messages taken per reactor turn before the rest waits for the next one.
+BATCH: Final = 64
+# The largest frame a peer may send (libzmq drops the connection of a peer that sends more).
+# Bodies travel in frames of at most FRAME_SIZE; the metadata frame holds the request's headers.
+MAX_FRAME: Final = 4 * 1024 * 1024
+# Messages queued per peer before a send would block (then the peer is treated as lost).
+HIGH_WATER: Final = 100_000
+
+
+class SendResult(enum.Enum):
+    SENT = "sent"
+    UNREACHABLE = "no route to that peer"
+    FULL = "the peer's queue is full"
+
+
+def new_context() -> zmq.Context[Any]:
+    return zmq.Context()
+
+
+def _common(sock: zmq.Socket[Any], heartbeat: float, liveness: float) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME + 65536)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(heartbeat * 1000)))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(liveness * 1000)))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, int(liveness * 1000)))
+
+
+def front_socket(
+    context: zmq.Context[Any], endpoint: str, *, heartbeat: float, liveness: float
+) -> zmq.Socket[Any]:
+    """The front's ROUTER, bound to ``endpoint`` (zmq.ZMQError if it cannot be)."""
+    sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+    try:
+        _common(sock, heartbeat, liveness)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close()
+        raise
+    return sock
+
+
+def handler_socket(
+    context: zmq.Context[Any],
+    endpoint: str,
+    identity: bytes,
+    *,
+    heartbeat: float,
+    liveness: float,
+) -> zmq.Socket[Any]:
+    """A handler's DEALER, connecting to ``endpoint`` (libzmq reconnects on its own until the
+    front is there; what is sent meanwhile waits in the socket)."""
+    sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
+    try:
+        _common(sock, heartbeat, liveness)
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close()
+        raise
+    return sock
+
+
+@implementer(interfaces.IReadDescriptor)
+class ZmqConnection:
+    """One ZeroMQ socket as a reader in ``reactor``: each message received is passed to
+    ``on_message`` as its list of frames (a ROUTER's first frame is the peer's identity)."""
+
+    def __init__(
+        self,
+        sock: Any,
+        reactor: Any,
+        on_message: Callable[[list[bytes]], None],
+        batch: int = BATCH,
+    ) -> None:
+        self.sock = sock
+        self.reactor = reactor
+        self.on_message = on_message
+        self.batch = batch
+        self._fd: int = sock.getsockopt(zmq.FD)
+        self._pending: interfaces.IDelayedCall | None = None
+        self._reading = False
+        self.received = 0
+        self.sent = 0
+
+    # -- IReadDescriptor
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "zmq"
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._reading = False
+
+    def doRead(self) -> None:
+        self._drain()
+
+    # -- life
+
+    def start(self) -> None:
+        self._reading = True
+        self.reactor.addReader(self)
+        # Messages may have arrived before we listened: the edge for them is gone already.
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close(0)
+
+    # -- reading
+
+    def _schedule(self) -> None:
+        if self._pending is None and self._reading:
+            self._pending = self.reactor.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        self._pending = None
+        sock = self.sock
+        for _ in range(self.batch):
+            if not self._reading:
+                return
+            try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.error("receiving from the ZeroMQ socket failed: {error}", error=e)
+                return
+            self.received += 1
+            try:
+                self.on_message(frames)
+            except Exception:
+                log.failure("a split-mode message could not be handled", Failure())
+        # The batch is used up and more may be waiting: the descriptor will not fire for it.
+        self._schedule()
+
+    # -- writing
+
+    def send(self, frames: Sequence[bytes | memoryview]) -> SendResult:
+        """Send one message without blocking. After a send the socket's edge may have been
+        consumed: a waiting message is then taken on the next turn."""
+        sock = self.sock
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            result = SendResult.SENT
+            self.sent += 1
+        except zmq.Again:
+            result = SendResult.FULL
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            result = SendResult.UNREACHABLE
+        try:
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._schedule()
+        except zmq.ZMQError:
+            pass
+        return result
