@@ -544,3 +544,14 @@ def test_status_rows() -> None:
     status = router.status(0.5)
     (row,) = status["handlers"]  # type: ignore[misc]
     assert row["tag"] == "v1" and row["in_flight"] == 1 and row["credit"] == 1
+
+
+def test_end_with_abort_cuts_the_client() -> None:
+    router = new()
+    a = Peer(router, b"a", 1)
+    a.hello()
+    rid = respond(router, a)
+    out = a.say(0.5, Kind.END, rid, ((b"st", b"200"), (b"ab", b"1")))
+    assert [c.cid for c in only(out, Abort)] == [1]  # type: ignore[attr-defined]
+    assert only(out, End) == []
+    assert router.handlers[b"a"].errors == 1

@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import Final
 
 __all__ = [
+    "FORWARDED_RESULT",
     "FROM_FRONT",
     "FROM_HANDLER",
     "PROTOCOL_VERSION",
@@ -79,6 +80,19 @@ FROM_FRONT: Final = frozenset(
 )
 
 Meta = tuple[tuple[bytes, bytes], ...]
+
+# The environ entries the front's judgement of proxy headers (apply_forwarded) may set: a REQ
+# carries their final values (``e`` pairs), which the handler's environ takes as they are.
+FORWARDED_RESULT: Final = (
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "wsgi.url_scheme",
+    "HTTPS",
+    "HTTP_HOST",
+    "SCRIPT_NAME",
+)
 
 
 @dataclass(frozen=True, slots=True)

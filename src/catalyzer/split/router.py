@@ -562,8 +562,16 @@ class Router:
             self._enqueue(now, pending, front=True)
             return self._dispatch(now)
         # END after HEAD
-        handler.served += 1
         self._answer(pending)
+        if msg.get(b"ab") == b"1":
+            # The response failed part-way at the handler (the app's iterable raised, a length
+            # that does not match): the client must not take what it got as whole.
+            handler.errors += 1
+            return [
+                Abort(pending.cid, "the handler cut the response (see its log)"),
+                *self._dispatch(now),
+            ]
+        handler.served += 1
         status = msg.get_int(b"st")
         return [
             End(pending.cid, status, msg.get(b"ka") == b"1"),
