@@ -90,8 +90,14 @@ class Listening:
 class ServerProcess:
     """One ``twistd -n catalyzer`` process, its output captured in a file."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self.args = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        command: str = "catalyzer",
+    ) -> None:
+        self.args = [twistd_path(), "-n", "--pidfile=", command, *args]
         self.log_path = log_path
         self.expected_listens = max(
             1, sum(1 for a in args if a in ("--listen", "-l", "--uwsgi", "--fastcgi"))

@@ -197,14 +197,12 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     front = SplitFront(router, reactor, config.script_name)
     context = new_context()
     try:
-        sock = front_socket(
+        sock, bound = front_socket(
             context,
-            config.handlers[0],
+            config.handlers,
             heartbeat=config.heartbeat_interval,
             liveness=config.handler_liveness,
         )
-        for more in config.handlers[1:]:
-            sock.bind(more)
     except Exception as e:  # zmq.ZMQError, named where zmq may be imported
         context.term()
         raise _fail(command, f"--handlers {list(config.handlers)!r}: {e}") from None
@@ -220,7 +218,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     reactor.callWhenRunning(
         log.info,
         "front: handlers connect to {where}",
-        where=", ".join(config.handlers),
+        where=" ".join(bound),
     )
 
     def close() -> None:

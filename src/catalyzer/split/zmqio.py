@@ -68,19 +68,23 @@ def _common(sock: zmq.Socket[Any], heartbeat: float, liveness: float) -> None:
 
 
 def front_socket(
-    context: zmq.Context[Any], endpoint: str, *, heartbeat: float, liveness: float
-) -> zmq.Socket[Any]:
-    """The front's ROUTER, bound to ``endpoint`` (zmq.ZMQError if it cannot be)."""
+    context: zmq.Context[Any], endpoints: Sequence[str], *, heartbeat: float, liveness: float
+) -> tuple[zmq.Socket[Any], list[str]]:
+    """The front's ROUTER, bound to every one of ``endpoints`` (zmq.ZMQError if one cannot be),
+    and the endpoints as bound (``tcp://127.0.0.1:*`` becomes the port the system chose)."""
     sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+    bound = []
     try:
         _common(sock, heartbeat, liveness)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.bind(endpoint)
+        for endpoint in endpoints:
+            sock.bind(endpoint)
+            bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     except zmq.ZMQError:
         sock.close()
         raise
-    return sock
+    return sock, bound
 
 
 def handler_socket(
