@@ -58,7 +58,7 @@ class Split:
         self.front = front
         return front
 
-    def start_handler(self, *args: str) -> ServerProcess:
+    def start_handler(self, *args: str, joins: int = 1) -> ServerProcess:
         assert self.front is not None
         joined = len(re.findall(JOINED, self.front.log()))
         handler = ServerProcess(
@@ -68,7 +68,7 @@ class Split:
             command="catalyzer-handler",
         )
         self.processes.append(handler)
-        self.front.wait_for_log(JOINED, deadline=20.0, count=joined + 1)
+        self.front.wait_for_log(JOINED, deadline=20.0, count=joined + joins)
         return handler
 
     def journal_lines(self) -> list[tuple[str, str, int]]:
@@ -273,3 +273,36 @@ def test_no_handler_connected_is_503_after_the_grace(split: Split) -> None:
     assert headers["Retry-After"] == "1"
     assert body == b"503 Service Unavailable\n"
     assert "no handler is connected" in front.log() or front.wait_for_log("no handler")
+
+
+def test_handler_procs_hup_swaps_generations_under_load_with_zero_errors(split: Split) -> None:
+    front = split.start_front()
+    handler = split.start_handler("--threads", "2", "--procs", "2", joins=2)
+    first = {int(pid) for pid in re.findall(JOINED, front.log())}
+    plan = mixed_plan(600, seed=3, query="?sleep=0.005")
+    bodies = {rid: body for rid, _, body in plan}
+    started = threading.Event()
+    result: list[list[Outcome]] = []
+    load = threading.Thread(
+        target=lambda: result.append(
+            run_load(front.port, plan, workers=8, on_answer=started, answers_before_event=100)
+        )
+    )
+    load.start()
+    assert started.wait(timeout=120)
+    handler.send_signal(signal.SIGHUP)
+    handler.wait_for_log(r"generation 2 ready: retiring 1", deadline=20.0)
+    load.join(timeout=200)
+    (outcomes,) = result
+    assert [o for o in outcomes if o.status != 200] == []
+    assert sorted(o.rid for o in outcomes) == sorted(bodies)
+    for o in outcomes:
+        check_body(o, bodies[o.rid])
+    # The old generation drained and left in order; the new one serves.
+    handler.wait_for_log(r"exited \(exit status 0\) after reload", count=2, deadline=20.0)
+    second = {int(pid) for pid in re.findall(JOINED, front.log())} - first
+    assert len(second) == 2
+    status, _, body = front.request("GET", "/after", headers={"X-Request-Id": "after"})
+    assert status == 200
+    assert int(body.split()[1]) in second
+    assert handler.terminate() == 0

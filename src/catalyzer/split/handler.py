@@ -216,6 +216,7 @@ class HandlerSession:
         self.errors = errors
         self.multiprocess = multiprocess
         self.on_idle = on_idle
+        self.on_welcome: Callable[[], None] | None = None
         self.epoch = 0
         self.welcomed = False
         self.draining = False
@@ -365,6 +366,8 @@ class HandlerSession:
             self.welcomed = True
             self.seq_in = msg.seq + 1
             log.info("joined the front ({slots} slots)", slots=self.slots)
+            if self.on_welcome is not None:
+                self.on_welcome()
             if self.draining:
                 self._leave()
             return

@@ -9,29 +9,23 @@ before anything is served.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import uuid
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
 from catalyzer.configfile import load_config_file
-from catalyzer.process import signals
-from catalyzer.process.children import exit_at_interpreter_exit
 from catalyzer.server.channel import ServerState
 from catalyzer.server.root import SingleProcessRoot
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import BY_NAME, SPLIT_SECTION, Config, Setting, SettingError
 from catalyzer.split.front import SplitFront
-from catalyzer.split.handler import HandlerSession
+from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
 from catalyzer.split.router import Router, RouterSettings
-from catalyzer.split.zmqio import ZmqConnection, front_socket, handler_socket, new_context
+from catalyzer.split.zmqio import ZmqConnection, front_socket, new_context
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 from catalyzer.wsgi.types import Environ, StartResponse
 
@@ -53,6 +47,9 @@ FRONT_SETTINGS = (
 HANDLER_SETTINGS = (
     "app",
     "threads",
+    "procs",
+    "timeout",
+    "worker-liveness",
     "connect",
     "tag",
     "weight",
@@ -230,79 +227,6 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     return root
 
 
-class HandlerService(MultiService):
-    """The handler process: its sessions with the fronts, its app threads, its signals.
-
-    TERM drains (DRAIN, unstarted work returned, started work finished, BYE) and exits 0, or 1 if
-    die-timeout had to cut; INT stops at once."""
-
-    def __init__(self, server: ServerState, sessions: list[HandlerSession], reactor: Any) -> None:
-        MultiService.__init__(self)
-        self.server = server
-        self.sessions = sessions
-        self.reactor = reactor
-        self._left = 0
-        self._stopping = False
-        self._cut: Any = None
-        self._flusher: LoopingCall | None = None
-
-    def startService(self) -> None:
-        MultiService.startService(self)
-        if self.server.threadpool is not None:
-            self.server.threadpool.start()
-        if self.server.access_log is not None:
-            self._flusher = LoopingCall(self.server.access_log.flush)
-            self._flusher.clock = self.reactor
-            self._flusher.start(1.0, now=False)
-        for session in self.sessions:
-            session.on_idle = self._session_left
-            session.start()
-        self.reactor.callWhenRunning(
-            signals.install,
-            self.reactor,
-            {signal.SIGTERM: self._drain, signal.SIGINT: self._quick},
-        )
-
-    def _drain(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        log.info("SIGTERM: returning queued work, finishing started work, then leaving")
-        self._cut = self.reactor.callLater(self.server.config.die_timeout, self._die_timeout)
-        for session in self.sessions:
-            session.drain()
-
-    def _quick(self) -> None:
-        log.info("SIGINT: stopping now")
-        exit_at_interpreter_exit(1)
-        self.reactor.stop()
-
-    def _die_timeout(self) -> None:
-        self._cut = None
-        log.warn("die-timeout reached with requests still running: cutting them")
-        exit_at_interpreter_exit(1)
-        self.reactor.stop()
-
-    def _session_left(self) -> None:
-        self._left += 1
-        if self._left == len(self.sessions):
-            if self._cut is not None and self._cut.active():
-                self._cut.cancel()
-            # A turn later: the BYEs are queued in libzmq; LINGER 0 would drop them at close.
-            self.reactor.callLater(0.2, self.reactor.stop)
-
-    def stopService(self) -> Any:
-        if self._flusher is not None and self._flusher.running:
-            self._flusher.stop()
-        if self.server.access_log is not None:
-            self.server.access_log.flush()
-        for session in self.sessions:
-            session.stop()
-        if self.server.threadpool is not None:
-            self.server.threadpool.stop()
-        return MultiService.stopService(self)
-
-
 def makeHandlerService(options: _SettingsOptions) -> Service:
     config = options.config
     assert config is not None
@@ -310,7 +234,16 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
 
     command = "catalyzer-handler"
     slots = max(1, config.threads)
-    config = config.replace(threads=slots)
+    config = config.replace(threads=slots, listen=())
+    if config.procs > 1:
+        # The prefork master, unchanged, supervising handler processes instead of HTTP workers
+        # (HUP generations gated on readiness, --timeout stack dumps, max-requests, TERM).
+        from catalyzer.prefork.master import MasterService
+
+        master = MasterService(config, [], reactor, worker_module="catalyzer.split.worker")
+        root = MultiService()
+        Service.setServiceParent(master, root)
+        return root
     try:
         app = load_app(config.app, os.getcwd())
     except AppSpecError as e:
@@ -319,42 +252,9 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
         server = ServerState.from_config(app, config, reactor)
     except OSError as e:
         raise _fail(command, f"--access-log {config.access_log!r}: {e.strerror or e}") from None
-    context = new_context()
-    host = socket.gethostname()
-    hello = (
-        (b"host", host.encode("utf-8", "replace")),
-        (b"pid", b"%d" % os.getpid()),
-        (b"tag", config.tag.encode("utf-8", "replace")),
-        (b"gen", b"1"),
-        (b"weight", b"%g" % config.weight),
-    )
-    sessions = []
-    for endpoint in config.connect:
-        identity = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
-        try:
-            sock = handler_socket(
-                context,
-                endpoint,
-                identity,
-                heartbeat=config.heartbeat_interval,
-                liveness=config.handler_liveness,
-            )
-        except Exception as e:  # zmq.ZMQError
-            context.term()
-            raise _fail(command, f"--connect {endpoint!r}: {e}") from None
-        connection = ZmqConnection(sock, reactor, lambda frames: None)
-        sessions.append(
-            HandlerSession(
-                connection,
-                reactor,
-                server.response_services,
-                slots=slots,
-                hello=hello,
-                heartbeat=config.heartbeat_interval,
-                liveness=config.handler_liveness,
-                access_log=server.access_log,
-                errors=server.errors,
-            )
-        )
-    reactor.addSystemEventTrigger("after", "shutdown", context.term)
-    return HandlerService(server, sessions, reactor)
+    try:
+        service = HandlerService.build(config, server, reactor, generation=1)
+    except HandlerSetupError as e:
+        raise _fail(command, str(e)) from None
+    service.install_signals = True
+    return service
