@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import http.client
+import json
 import random
 import re
 import signal
@@ -306,3 +307,29 @@ def test_handler_procs_hup_swaps_generations_under_load_with_zero_errors(split: 
     assert status == 200
     assert int(body.split()[1]) in second
     assert handler.terminate() == 0
+
+
+def test_front_stats_show_a_row_per_handler(split: Split) -> None:
+    front = split.start_front("--stats", "tcp:0:interface=127.0.0.1")
+    stats_port = int(front.wait_for_log(r"listening on \S+ \(.*port=(\d+)", count=2).group(1))
+    assert stats_port != front.port
+    split.start_handler("--threads", "3", "--tag", "v42")
+    status, _, _ = front.request("GET", "/x", headers={"X-Request-Id": "s1"})
+    assert status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", stats_port, timeout=15)
+    try:
+        conn.request("GET", "/status")
+        data = json.loads(conn.getresponse().read())
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        conn.request("GET", "/ready")
+        ready = conn.getresponse().status
+    finally:
+        conn.close()
+    (row,) = data["split"]["handlers"]
+    assert (row["tag"], row["slots"], row["served"]) == ("v42", 3, 1)
+    assert data["split"]["counters"]["dispatched"] == 1
+    assert re.search(
+        r'catalyzer_split_handler_served\{host="[^"]+",pid="\d+",tag="v42"\} 1\.0', metrics
+    )
+    assert ready == 200

@@ -18,8 +18,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from catalyzer.configfile import load_config_file
+from catalyzer.ops.statusapp import make_status_app
 from catalyzer.server.channel import ServerState
-from catalyzer.server.root import SingleProcessRoot
+from catalyzer.server.root import SingleProcessRoot, SingleStatus
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import BY_NAME, SPLIT_SECTION, Config, Setting, SettingError
 from catalyzer.split.front import SplitFront
@@ -37,6 +38,7 @@ _ENGINE_SECTIONS = ("Listening", "Limits", "Timeouts", "Upload progress", "Loggi
 _NOT_FRONT = {"uwsgi", "fastcgi", "connect", "tag", "weight"}
 FRONT_SETTINGS = (
     "script-name",
+    "stats",
     *(
         s.name
         for s in BY_NAME.values()
@@ -177,6 +179,22 @@ def _no_local_app(environ: Environ, start_response: StartResponse) -> list[bytes
     raise RuntimeError("a split-mode front runs no application: its handlers do")
 
 
+class FrontStatus:
+    """``--stats`` of a front: the engine's numbers and, under ``split``, the router's (a row
+    per handler, the queue, its counters). Ready while listening with a handler connected."""
+
+    def __init__(self, server: ServerState, front: SplitFront) -> None:
+        self.single = SingleStatus(server)
+        self.server = server
+        self.front = front
+
+    def status(self) -> dict[str, Any]:
+        return {**self.single.status(), "split": self.front.status()}
+
+    def ready(self) -> bool:
+        return self.single.ready() and bool(self.front.router.handlers)
+
+
 def makeFrontService(options: _SettingsOptions) -> Service:
     config = options.config
     assert config is not None
@@ -211,6 +229,17 @@ def makeFrontService(options: _SettingsOptions) -> Service:
         raise _fail(command, f"--access-log {config.access_log!r}: {e.strerror or e}") from None
     http = HTTPService(server, listen, reactor)
     root = SingleProcessRoot(http, reactor)
+    if config.stats:
+        try:
+            endpoint = endpoints.serverFromString(reactor, config.stats)
+        except Exception as e:
+            raise _fail(command, f"--stats {config.stats!r}: {e or type(e).__name__}") from None
+        stats = ServerState(
+            make_status_app(FrontStatus(server, front)),
+            config.replace(access_log="off", threads=0),
+            reactor,
+        )
+        Service.setServiceParent(HTTPService(stats, [(config.stats, endpoint)], reactor), root)
     reactor.callWhenRunning(connection.start)
     reactor.callWhenRunning(
         log.info,
