@@ -162,13 +162,18 @@ class FrontResponse:
         self._end(keep_alive)
 
     def reply(self, status: int, detail: str, retry_after: int | None) -> None:
-        log.info(
-            "{method} {path}: {status}: {detail}",
-            method=self.request.method,
-            path=self.environ.get("PATH_INFO"),
-            status=status,
-            detail=detail,
-        )
+        fields = {
+            "method": self.request.method,
+            "path": self.environ.get("PATH_INFO"),
+            "status": status,
+            "detail": detail,
+        }
+        text = "{method} {path}: {status}: {detail}"
+        flood = self.services.flood
+        if flood is None:
+            log.info(text, **fields)
+        else:  # a burst of clients with no handler to take them: one line per interval
+            flood.emit(f"split {status}s", log, LogLevel.info, text, **fields)
         keep_alive = self.request.keep_alive and self.sink.keep_alive_allowed
         body = f"{status} {_REASONS.get(status, 'Error')}\n".encode()
         extra = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
