@@ -561,6 +561,42 @@ SETTINGS: tuple[Setting, ...] = (
         "('tcp://front:5560'); repeat to serve several fronts. Required.",
     ),
     Setting(
+        "curve-key",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="PATH",
+        help="Both: this side's CURVE key pair, a '.key_secret' file made by 'python -m "
+        "catalyzer.split.keys DIR NAME'. Encrypts the front-handler traffic; the front then "
+        "needs handler-keys and a handler front-key.",
+    ),
+    Setting(
+        "handler-keys",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="DIR",
+        help="catalyzer-front, with curve-key: a directory of the public keys ('*.key') of the "
+        "handlers allowed to connect; any other key is refused (one log line each).",
+    ),
+    Setting(
+        "front-key",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="PATH",
+        help="catalyzer-handler, with curve-key: the front's public key file ('front.key').",
+    ),
+    Setting(
+        "insecure-handlers",
+        False,
+        parse_bool,
+        section=SPLIT_SECTION,
+        flag=True,
+        help="catalyzer-front: bind a handlers endpoint that is not loopback or ipc without "
+        "CURVE keys (anyone who can reach it can serve your traffic). Refused otherwise.",
+    ),
+    Setting(
         "tag",
         "",
         str,
@@ -731,6 +767,10 @@ class Config:
     watch: tuple[str, ...]
     handlers: tuple[str, ...]
     connect: tuple[str, ...]
+    curve_key: str
+    handler_keys: str
+    front_key: str
+    insecure_handlers: bool
     tag: str
     weight: float
     queue_length: int

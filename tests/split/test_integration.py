@@ -10,6 +10,8 @@ import json
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ServerProcess, child_env
+from tests.integration.conftest import ServerProcess, child_env, twistd_path
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +335,83 @@ def test_front_stats_show_a_row_per_handler(split: Split) -> None:
         r'catalyzer_split_handler_served\{host="[^"]+",pid="\d+",tag="v42"\} 1\.0', metrics
     )
     assert ready == 200
+
+
+def make_keys(directory: Path, name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "catalyzer.split.keys", str(directory), name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (directory / f"{name}.key").exists()
+    assert (directory / f"{name}.key_secret").stat().st_mode & 0o077 == 0
+
+
+def test_curve_keys_admit_listed_handlers_only(split: Split, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for name in ("front", "good", "bad"):
+        make_keys(keys, name)
+    (allowed / "good.key").write_bytes((keys / "good.key").read_bytes())
+    front = split.start_front(
+        "--curve-key", str(keys / "front.key_secret"), "--handler-keys", str(allowed)
+    )
+    secure = ["--front-key", str(keys / "front.key"), "--threads", "2"]
+    split.start_handler("--curve-key", str(keys / "good.key_secret"), *secure)
+    status, _, body = front.request("GET", "/secure", headers={"X-Request-Id": "c1"})
+    assert (status, body.split()[0]) == (200, b"c1")
+    # A handler with a key the front does not list never joins.
+    bad = ServerProcess(
+        [
+            "--app",
+            APP,
+            "--connect",
+            split.endpoint,
+            "--curve-key",
+            str(keys / "bad.key_secret"),
+            *secure,
+            *FAST,
+        ],
+        tmp_path / "bad.log",
+        child_env(),
+        command="catalyzer-handler",
+    )
+    split.processes.append(bad)
+    front.wait_for_log(r"refused a handler from \S+: its key is not in handler-keys")
+    assert len(re.findall(JOINED, front.log())) == 1
+
+
+def run_front_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            twistd_path(),
+            "-n",
+            "--pidfile=",
+            "catalyzer-front",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=child_env(),
+        check=False,
+    )
+
+
+def test_front_refuses_an_open_handlers_endpoint_without_keys(tmp_path: Path) -> None:
+    done = run_front_cli(tmp_path, "--handlers", "tcp://0.0.0.0:5999")
+    assert done.returncode != 0
+    assert "catalyzer-front: error: --handlers 'tcp://0.0.0.0:5999' is reachable from other" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+    done = run_front_cli(tmp_path, "--handlers", "tcp://127.0.0.1:*", "--curve-key", "/nope")
+    assert done.returncode != 0
+    assert "--curve-key needs --handler-keys" in done.stderr

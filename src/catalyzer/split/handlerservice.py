@@ -20,7 +20,13 @@ from catalyzer.process.children import exit_at_interpreter_exit
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.handler import HandlerSession
-from catalyzer.split.zmqio import ZmqConnection, handler_socket, new_context
+from catalyzer.split.zmqio import (
+    ZmqConnection,
+    handler_socket,
+    load_key_pair,
+    load_public_key,
+    new_context,
+)
 
 __all__ = ["HandlerService", "HandlerSetupError"]
 
@@ -28,7 +34,8 @@ log = Logger(namespace="catalyzer.split")
 
 
 class HandlerSetupError(Exception):
-    """A ``--connect`` endpoint ZeroMQ refuses; the text says which and why."""
+    """A ``--connect`` endpoint ZeroMQ refuses, or keys that do not go together; the text says
+    which and why."""
 
 
 class HandlerService(MultiService):
@@ -66,6 +73,15 @@ class HandlerService(MultiService):
         cls, config: Config, server: ServerState, reactor: Any, *, generation: int
     ) -> HandlerService:
         """One session per ``--connect`` front, sharing ``server``'s app threads."""
+        curve = None
+        if config.curve_key or config.front_key:
+            if not (config.curve_key and config.front_key):
+                raise HandlerSetupError(
+                    "--curve-key and --front-key go together (this handler's key pair, the "
+                    "front's public key)"
+                )
+            public, secret = load_key_pair(config.curve_key)
+            curve = (public, secret, load_public_key(config.front_key))
         context = new_context()
         host = socket.gethostname()
         hello = (
@@ -85,6 +101,7 @@ class HandlerService(MultiService):
                     identity,
                     heartbeat=config.heartbeat_interval,
                     liveness=config.handler_liveness,
+                    curve=curve,
                 )
             except Exception as e:  # zmq.ZMQError
                 for session in sessions:

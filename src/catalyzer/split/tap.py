@@ -26,7 +26,15 @@ from catalyzer.settings import BY_NAME, SPLIT_SECTION, Config, Setting, SettingE
 from catalyzer.split.front import SplitFront
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
 from catalyzer.split.router import Router, RouterSettings
-from catalyzer.split.zmqio import ZmqConnection, front_socket, new_context
+from catalyzer.split.zmqio import (
+    KeyFileError,
+    ZapHandler,
+    ZmqConnection,
+    front_socket,
+    load_allowed_keys,
+    load_key_pair,
+    new_context,
+)
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 from catalyzer.wsgi.types import Environ, StartResponse
 
@@ -35,7 +43,7 @@ __all__ = ["FrontOptions", "HandlerOptions", "makeFrontService", "makeHandlerSer
 log = Logger(namespace="catalyzer.split")
 
 _ENGINE_SECTIONS = ("Listening", "Limits", "Timeouts", "Upload progress", "Logging")
-_NOT_FRONT = {"uwsgi", "fastcgi", "connect", "tag", "weight"}
+_NOT_FRONT = {"uwsgi", "fastcgi", "connect", "tag", "weight", "front-key"}
 FRONT_SETTINGS = (
     "script-name",
     "stats",
@@ -50,6 +58,8 @@ HANDLER_SETTINGS = (
     "app",
     "threads",
     "procs",
+    "curve-key",
+    "front-key",
     "timeout",
     "worker-liveness",
     "connect",
@@ -179,6 +189,18 @@ def _no_local_app(environ: Environ, start_response: StartResponse) -> list[bytes
     raise RuntimeError("a split-mode front runs no application: its handlers do")
 
 
+_LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
+
+
+def local_endpoint(endpoint: str) -> bool:
+    """Whether only this host can reach ``endpoint``: ipc, or tcp on a loopback address."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rpartition(":")[0]
+    return host.startswith(_LOOPBACK_HOSTS)
+
+
 class FrontStatus:
     """``--stats`` of a front: the engine's numbers and, under ``split``, the router's (a row
     per handler, the queue, its counters). Ready while listening with a handler connected."""
@@ -210,15 +232,40 @@ def makeFrontService(options: _SettingsOptions) -> Service:
             raise _fail(command, f"--listen {description!r}: {e or type(e).__name__}") from None
     router = Router(router_settings(config))
     front = SplitFront(router, reactor, config.script_name)
+    curve = None
+    allowed: set[bytes] = set()
+    try:
+        if config.curve_key:
+            if not config.handler_keys:
+                raise KeyFileError("--curve-key needs --handler-keys DIR (the allowed handlers)")
+            curve = load_key_pair(config.curve_key)
+            allowed = load_allowed_keys(config.handler_keys)
+        elif config.handler_keys:
+            raise KeyFileError("--handler-keys needs --curve-key (the front's own key pair)")
+    except KeyFileError as e:
+        raise _fail(command, str(e)) from None
+    if curve is None and not config.insecure_handlers:
+        for endpoint in config.handlers:
+            if not local_endpoint(endpoint):
+                raise _fail(
+                    command,
+                    f"--handlers {endpoint!r} is reachable from other hosts: give --curve-key "
+                    "and --handler-keys (python -m catalyzer.split.keys makes them), or "
+                    "--insecure-handlers",
+                )
     context = new_context()
+    zap = ZapHandler(context, reactor, allowed) if curve is not None else None
     try:
         sock, bound = front_socket(
             context,
             config.handlers,
             heartbeat=config.heartbeat_interval,
             liveness=config.handler_liveness,
+            curve=curve,
         )
     except Exception as e:  # zmq.ZMQError, named where zmq may be imported
+        if zap is not None:
+            zap.close()
         context.term()
         raise _fail(command, f"--handlers {list(config.handlers)!r}: {e}") from None
     connection = ZmqConnection(sock, reactor, front.received)
@@ -240,6 +287,8 @@ def makeFrontService(options: _SettingsOptions) -> Service:
             reactor,
         )
         Service.setServiceParent(HTTPService(stats, [(config.stats, endpoint)], reactor), root)
+    if zap is not None:
+        reactor.callWhenRunning(zap.start)
     reactor.callWhenRunning(connection.start)
     reactor.callWhenRunning(
         log.info,
@@ -250,6 +299,8 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     def close() -> None:
         front.stop()
         connection.close()
+        if zap is not None:
+            zap.close()
         context.term()
 
     reactor.addSystemEventTrigger("after", "shutdown", close)
@@ -283,7 +334,7 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
         raise _fail(command, f"--access-log {config.access_log!r}: {e.strerror or e}") from None
     try:
         service = HandlerService.build(config, server, reactor, generation=1)
-    except HandlerSetupError as e:
+    except (HandlerSetupError, KeyFileError) as e:
         raise _fail(command, str(e)) from None
     service.install_signals = True
     return service

@@ -28,6 +28,7 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
+from catalyzer.split.zmqio import KeyFileError
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer.split.worker")
@@ -78,7 +79,7 @@ class HandlerWorker:
             self.service = HandlerService.build(
                 config, self.server, reactor, generation=self.generation
             )
-        except HandlerSetupError as e:
+        except (HandlerSetupError, KeyFileError) as e:
             sys.stderr.write(f"{e}\n")
             sys.stderr.flush()
             os._exit(3)

@@ -18,21 +18,30 @@ ZMTP heartbeats so a dead TCP peer is noticed by libzmq too, with a maximum mess
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import zmq
+import zmq.auth
 from twisted.internet import interfaces
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zmq.utils import z85
 from zope.interface import implementer
 
 __all__ = [
     "MAX_FRAME",
+    "KeyFileError",
     "SendResult",
+    "ZapHandler",
     "ZmqConnection",
+    "create_keys",
     "front_socket",
     "handler_socket",
+    "load_allowed_keys",
+    "load_key_pair",
+    "load_public_key",
     "new_context",
 ]
 
@@ -68,16 +77,27 @@ def _common(sock: zmq.Socket[Any], heartbeat: float, liveness: float) -> None:
 
 
 def front_socket(
-    context: zmq.Context[Any], endpoints: Sequence[str], *, heartbeat: float, liveness: float
+    context: zmq.Context[Any],
+    endpoints: Sequence[str],
+    *,
+    heartbeat: float,
+    liveness: float,
+    curve: tuple[bytes, bytes] | None = None,
 ) -> tuple[zmq.Socket[Any], list[str]]:
     """The front's ROUTER, bound to every one of ``endpoints`` (zmq.ZMQError if one cannot be),
-    and the endpoints as bound (``tcp://127.0.0.1:*`` becomes the port the system chose)."""
+    and the endpoints as bound (``tcp://127.0.0.1:*`` becomes the port the system chose).
+    ``curve`` is the front's (public, secret) key pair: every connection is then encrypted and
+    its key judged by the context's :class:`ZapHandler`."""
     sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
     bound = []
     try:
         _common(sock, heartbeat, liveness)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if curve is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
         for endpoint in endpoints:
             sock.bind(endpoint)
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -94,18 +114,101 @@ def handler_socket(
     *,
     heartbeat: float,
     liveness: float,
+    curve: tuple[bytes, bytes, bytes] | None = None,
 ) -> zmq.Socket[Any]:
     """A handler's DEALER, connecting to ``endpoint`` (libzmq reconnects on its own until the
-    front is there; what is sent meanwhile waits in the socket)."""
+    front is there; what is sent meanwhile waits in the socket). ``curve`` is (the handler's
+    public key, its secret key, the front's public key)."""
     sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
     try:
         _common(sock, heartbeat, liveness)
         sock.setsockopt(zmq.ROUTING_ID, identity)
+        if curve is not None:
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
+            sock.setsockopt(zmq.CURVE_SERVERKEY, curve[2])
         sock.connect(endpoint)
     except zmq.ZMQError:
         sock.close()
         raise
     return sock
+
+
+class KeyFileError(ValueError):
+    """A key file that cannot be used; the text names it and says why."""
+
+
+def create_keys(directory: str, name: str) -> tuple[str, str]:
+    """Write a CURVE key pair: ``name.key`` (public: give it to the other side) and
+    ``name.key_secret`` (keep it); returns their paths."""
+    public, secret = zmq.auth.create_certificates(directory, name)
+    return str(public), str(secret)
+
+
+def load_key_pair(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise KeyFileError(f"{path}: {e}") from None
+    if secret is None:
+        raise KeyFileError(f"{path}: holds no secret key (give the .key_secret file)")
+    return public, secret
+
+
+def load_public_key(path: str) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise KeyFileError(f"{path}: {e}") from None
+    return public
+
+
+def load_allowed_keys(directory: str) -> set[bytes]:
+    """The public keys (z85) of every ``*.key`` file in ``directory``."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".key"))
+    except OSError as e:
+        raise KeyFileError(f"{directory}: {e.strerror or e}") from None
+    if not names:
+        raise KeyFileError(f"{directory}: no handler public keys (*.key files) in it")
+    return {load_public_key(os.path.join(directory, n)) for n in names}
+
+
+class ZapHandler:
+    """Judges every CURVE handshake on ``context`` (ZeroMQ's ZAP, RFC 27): a handler whose public
+    key is in ``allowed`` may connect, any other is refused and logged. Runs on the reactor like
+    any other socket, so nothing here needs a thread."""
+
+    def __init__(self, context: zmq.Context[Any], reactor: Any, allowed: set[bytes]) -> None:
+        self.allowed = {z85.decode(key) for key in allowed}
+        self.refused = 0
+        sock: zmq.Socket[Any] = context.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind("inproc://zeromq.zap.01")
+        self.connection = ZmqConnection(sock, reactor, self._request)
+
+    def start(self) -> None:
+        self.connection.start()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def _request(self, frames: list[bytes]) -> None:
+        if len(frames) < 6:
+            return
+        version, request_id, _domain, address, _identity, mechanism = frames[:6]
+        key = frames[6] if len(frames) > 6 else b""
+        if mechanism == b"CURVE" and key in self.allowed:
+            reply = [version, request_id, b"200", b"OK", z85.encode(key), b""]
+        else:
+            self.refused += 1
+            log.warn(
+                "refused a handler from {address}: its key is not in handler-keys",
+                address=address.decode("latin-1", "replace"),
+            )
+            reply = [version, request_id, b"400", b"key not allowed", b"", b""]
+        self.connection.send(reply)
 
 
 @implementer(interfaces.IReadDescriptor)
