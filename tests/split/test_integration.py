@@ -415,3 +415,27 @@ def test_front_refuses_an_open_handlers_endpoint_without_keys(tmp_path: Path) ->
     done = run_front_cli(tmp_path, "--handlers", "tcp://127.0.0.1:*", "--curve-key", "/nope")
     assert done.returncode != 0
     assert "--curve-key needs --handler-keys" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [("catalyzer-front", "FRONT_SETTINGS"), ("catalyzer-handler", "HANDLER_SETTINGS")],
+)
+def test_help_lists_the_commands_settings(tmp_path: Path, command: str, names: str) -> None:
+    from catalyzer.settings import BY_NAME
+    from catalyzer.split import tap
+
+    done = subprocess.run(
+        [twistd_path(), command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=child_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in getattr(tap, names):
+        flag = BY_NAME[name].flag
+        assert (f"--{name} " if flag else f"--{name}=") in done.stdout, name
+    assert ("--app=" in done.stdout) is (command == "catalyzer-handler")
