@@ -439,3 +439,44 @@ def test_help_lists_the_commands_settings(tmp_path: Path, command: str, names: s
         flag = BY_NAME[name].flag
         assert (f"--{name} " if flag else f"--{name}=") in done.stdout, name
     assert ("--app=" in done.stdout) is (command == "catalyzer-handler")
+
+
+def test_frozen_handler_is_replaced_within_liveness_and_rejoins_when_thawed(
+    split: Split,
+) -> None:
+    front = split.start_front()
+    frozen = split.start_handler("--threads", "2")
+    # A GET that is started on the handler about to freeze (the only one connected now).
+    result: list[tuple[int, bytes]] = []
+
+    def slow_get() -> None:
+        status, _, body = front.request("GET", "/slow?sleep=2", headers={"X-Request-Id": "slow"})
+        result.append((status, body))
+
+    getter = threading.Thread(target=slow_get)
+    getter.start()
+    front.wait_until(
+        lambda: True if any(rid == "slow" for rid, _, _ in split.journal_lines()) else None,
+        20.0,
+        "the slow GET in the app",
+    )
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        other = split.start_handler("--threads", "2")
+        front.wait_for_log(rf"handler \S+ pid {frozen.pid} lost: silent for 1.5s")
+        # Work sent meanwhile goes to the live handler; the started GET was re-dispatched there
+        # (nothing of it had reached the client).
+        plan = mixed_plan(200, seed=21)
+        bodies = {rid: body for rid, _, body in plan}
+        outcomes = run_load(front.port, plan, workers=4)
+        assert [o for o in outcomes if o.status != 200] == []
+        assert {check_body(o, bodies[o.rid]) for o in outcomes} == {other.pid}
+        getter.join(timeout=30)
+        ((status, body),) = result
+        assert status == 200
+        assert int(body.split()[1]) == other.pid
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    # Thawed, it finds its session gone, says HELLO again and serves.
+    front.wait_for_log(rf"handler \S+ pid {frozen.pid} tag \S+ joined with", count=2)
+    assert frozen.proc.poll() is None
