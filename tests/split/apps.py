@@ -31,3 +31,12 @@ def journal(environ: Environ, start_response: StartResponse) -> list[bytes]:
     headers: list[tuple[str, Any]] = [("Content-Type", "text/plain")]
     start_response("200 OK", headers)
     return [out, b"x" * size]
+
+
+def stream(environ: Environ, start_response: StartResponse) -> Any:
+    """``?mib=N``: N MiB of response in 64 KiB pieces, made as they are asked for."""
+    query = dict(p.partition("=")[::2] for p in environ["QUERY_STRING"].split("&") if p)
+    pieces = int(query.get("mib", "1")) * 16
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    piece = b"s" * 65536
+    return (piece for _ in range(pieces))

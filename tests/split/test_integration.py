@@ -480,3 +480,38 @@ def test_frozen_handler_is_replaced_within_liveness_and_rejoins_when_thawed(
     # Thawed, it finds its session gone, says HELLO again and serves.
     front.wait_for_log(rf"handler \S+ pid {frozen.pid} tag \S+ joined with", count=2)
     assert frozen.proc.poll() is None
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_a_large_response_keeps_front_and_handler_memory_bounded(split: Split) -> None:
+    # With --window 1G the front took 65 MiB here: the window is what bounds it.
+    front = split.start_front()
+    handler = split.start_handler("--threads", "1", "--app", "tests.split.apps:stream")
+    status, _, body = front.request("GET", "/?mib=2")  # warm up both sides
+    assert (status, len(body)) == (200, 2 * 1024 * 1024)
+    base = {front.pid: rss(front.pid), handler.pid: rss(handler.pid)}
+    peak = dict(base)
+    conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=30)
+    try:
+        conn.request("GET", "/?mib=128")
+        response = conn.getresponse()
+        assert response.status == 200
+        total = 0
+        while chunk := response.read(1024 * 1024):
+            total += len(chunk)
+            # The client is slower than the handler: between two reads both processes sit with
+            # whatever the window and the socket buffers let through, no more.
+            for pid, seen in peak.items():
+                peak[pid] = max(seen, rss(pid))
+    finally:
+        conn.close()
+    assert total == 128 * 1024 * 1024
+    growth = {pid: (peak[pid] - base[pid]) // (1024 * 1024) for pid in peak}
+    assert all(mib < 32 for mib in growth.values()), growth
