@@ -40,3 +40,15 @@ def stream(environ: Environ, start_response: StartResponse) -> Any:
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     piece = b"s" * 65536
     return (piece for _ in range(pieces))
+
+
+def upload(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Reads the body in 64 KiB pieces (never whole) and answers its length and digest."""
+    digest = hashlib.sha1()
+    total = 0
+    stream = environ["wsgi.input"]
+    while piece := stream.read(65536):
+        digest.update(piece)
+        total += len(piece)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{total} {digest.hexdigest()}\n".encode()]

@@ -72,15 +72,39 @@ def test_a_request_goes_to_the_handler_and_its_answer_to_the_client() -> None:
     assert [m.kind for m in s.conn.take()] == [Kind.REQ]
 
 
-def test_request_body_travels_in_frames() -> None:
+def test_a_small_body_travels_with_the_request() -> None:
     s = Setup()
     s.hello()
     client = s.client()
-    body = b"b" * 300_000
+    body = b"b" * 200_000
     client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     (req,) = s.conn.take()
     assert b"".join(req.body) == body
-    assert len(req.body) == 2  # FRAME_SIZE pieces
+    assert req.get_int(b"bl") == len(body)
+
+
+def test_a_large_body_is_pulled_by_the_handler_piece_by_piece() -> None:
+    s = Setup()
+    s.hello()
+    client = s.client()
+    body = bytes(range(256)) * 4000  # 1,024,000 bytes
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    (req,) = s.conn.take()
+    assert req.body == () and req.get_int(b"bl") == len(body)
+    s.say(Kind.START, req.rid)
+    s.conn.take()  # GO
+    s.say(Kind.BODYREQ, req.rid, ((b"o", b"1000"), (b"n", b"5000")))
+    (piece,) = s.conn.take()
+    assert (piece.kind, piece.rid, piece.get_int(b"o")) == (Kind.BODY, req.rid, 1000)
+    assert b"".join(piece.body) == body[1000:6000]
+    # Past the end: only what there is.
+    s.say(Kind.BODYREQ, req.rid, ((b"o", b"1023000"), (b"n", b"5000")))
+    (piece,) = s.conn.take()
+    assert b"".join(piece.body) == body[1023000:]
+    # A request beyond the body is a protocol error: the handler is lost, the POST answered.
+    s.say(Kind.BODYREQ, req.rid, ((b"o", b"2000000"), (b"n", b"1")))
+    assert s.router.handlers == {}
+    assert client.output().startswith(b"HTTP/1.1 502 ")
 
 
 def test_no_handler_503_with_retry_after_after_the_grace() -> None:

@@ -3,6 +3,7 @@ run synchronously (the pool thread's calls made in line)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -238,3 +239,35 @@ def test_malformed_request_metadata_starts_a_new_session() -> None:
     front.welcome()
     front.say(Kind.REQ, 1, ((b"m", b"GET"), (b"h", b"no-colon")))
     assert [m.kind for m in front.conn.take()] == [Kind.HELLO]
+
+
+def test_streamed_body_is_asked_for_piece_by_piece_from_another_thread() -> None:
+    import threading
+
+    from catalyzer.split.handler import BodyCancelled, StreamedBody
+
+    asked: list[tuple[int, int]] = []
+    body = bytes(range(256)) * 2000
+    box: list[StreamedBody] = []
+
+    def ask(offset: int, n: int) -> None:
+        asked.append((offset, n))
+        box[0].feed(offset, body[offset : offset + n])
+
+    stream = StreamedBody(len(body), ask, lambda f, *a: f(*a))
+    box.append(stream)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(io.BufferedReader(stream).read()))
+    reader.start()
+    reader.join(timeout=30)
+    assert got == [body]
+    assert asked[0] == (0, min(len(body), 256 * 1024))
+    failing = StreamedBody(
+        10, lambda o, n: failing.fail("cancelled by the front"), lambda f, *a: f(*a)
+    )
+    try:
+        failing.read(5)
+    except BodyCancelled as e:
+        assert "cancelled" in str(e)
+    else:
+        raise AssertionError("a cancelled body must not read as empty")

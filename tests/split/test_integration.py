@@ -515,3 +515,44 @@ def test_a_large_response_keeps_front_and_handler_memory_bounded(split: Split) -
     assert total == 128 * 1024 * 1024
     growth = {pid: (peak[pid] - base[pid]) // (1024 * 1024) for pid in peak}
     assert all(mib < 32 for mib in growth.values()), growth
+
+
+def test_a_large_upload_streams_to_the_app_with_memory_bounded(split: Split) -> None:
+    front = split.start_front()
+    handler = split.start_handler("--threads", "1", "--app", "tests.split.apps:upload")
+    status, _, _ = front.request("POST", "/", body=b"warm" * 100_000)  # streamed already
+    assert status == 200
+    base = {front.pid: rss(front.pid), handler.pid: rss(handler.pid)}
+    peak = dict(base)
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    size = 128 * len(piece)
+    expected = hashlib.sha1()
+    for _ in range(128):
+        expected.update(piece)
+    answer: list[tuple[int, bytes]] = []
+
+    def send() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=60)
+        try:
+            conn.request(
+                "POST",
+                "/upload",
+                body=(piece for _ in range(128)),
+                headers={"Content-Length": str(size)},
+            )
+            response = conn.getresponse()
+            answer.append((response.status, response.read()))
+        finally:
+            conn.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    while sender.is_alive():
+        for pid, seen in peak.items():
+            peak[pid] = max(seen, rss(pid))
+        sender.join(timeout=0.01)
+    ((status, body),) = answer
+    assert status == 200
+    assert body.split() == [str(size).encode(), expected.hexdigest().encode()]
+    growth = {pid: (peak[pid] - base[pid]) // (1024 * 1024) for pid in peak}
+    assert all(mib < 32 for mib in growth.values()), growth

@@ -555,3 +555,22 @@ def test_end_with_abort_cuts_the_client() -> None:
     assert [c.cid for c in only(out, Abort)] == [1]  # type: ignore[attr-defined]
     assert only(out, End) == []
     assert router.handlers[b"a"].errors == 1
+
+
+def test_bodyreq_reads_from_the_spooled_body_within_its_length() -> None:
+    from catalyzer.split.router import ReadBody
+
+    router = new()
+    a = Peer(router, b"a", 1)
+    a.hello()
+    out = router.request(0, 1, "POST", ((b"m", b"POST"),), (), body_length=1000)
+    (rid,) = reqs_to(out, a)
+    a.say(0.1, Kind.START, rid)
+    out = a.say(0.2, Kind.BODYREQ, rid, ((b"o", b"900"), (b"n", b"500")))
+    assert only(out, ReadBody) == [ReadBody(1, 900, 100)]
+    (body,) = sends(router.body_chunk(0.3, 1, 900, b"z" * 100), Kind.BODY)
+    assert (body.rid, body.get_int(b"o"), body.body) == (rid, 900, (b"z" * 100,))
+    out = a.say(0.4, Kind.BODYREQ, rid, ((b"o", b"1001"), (b"n", b"1")))
+    assert b"a" not in router.handlers  # a protocol error: lost
+    assert [r.status for r in only(out, Reply)] == [502]  # type: ignore[attr-defined]
+    assert router.body_chunk(0.5, 1, 0, b"late") == []

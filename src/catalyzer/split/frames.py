@@ -59,6 +59,8 @@ class Kind(IntEnum):
     HB = 14  # both: heartbeat
     DRAIN = 15  # h->f: send me no more work
     BYE = 16  # h->f: everything I had is finished; I am leaving
+    BODYREQ = 17  # h->f: the app reads the request body: send n bytes from offset o
+    BODY = 18  # f->h: request body bytes from offset o
 
 
 FROM_HANDLER: Final = frozenset(
@@ -73,10 +75,20 @@ FROM_HANDLER: Final = frozenset(
         Kind.HB,
         Kind.DRAIN,
         Kind.BYE,
+        Kind.BODYREQ,
     }
 )
 FROM_FRONT: Final = frozenset(
-    {Kind.WELCOME, Kind.RESET, Kind.REQ, Kind.GO, Kind.WIN, Kind.CANCEL, Kind.HB}
+    {
+        Kind.WELCOME,
+        Kind.RESET,
+        Kind.REQ,
+        Kind.GO,
+        Kind.WIN,
+        Kind.CANCEL,
+        Kind.HB,
+        Kind.BODY,
+    }
 )
 
 Meta = tuple[tuple[bytes, bytes], ...]

@@ -37,6 +37,7 @@ from catalyzer.split.router import (
     End,
     Head,
     Log,
+    ReadBody,
     Reply,
     Router,
     Send,
@@ -52,6 +53,9 @@ log = Logger(namespace="catalyzer.split")
 
 # Request bodies travel in frames of at most this many bytes.
 FRAME_SIZE: Final = 256 * 1024
+# A body up to this size goes with its request; a larger one is pulled by the handler as the app
+# reads it (BODYREQ/BODY), so neither side holds it whole in memory.
+INLINE_BODY: Final = 256 * 1024
 
 _REASONS: Final = {
     502: "Bad Gateway",
@@ -86,7 +90,7 @@ def request_meta(request: Request, environ: Environ, keep_alive: bool, script_na
 
 def _body_frames(request: Request) -> tuple[bytes, ...]:
     body = request.body
-    if body is None or not request.body_length:
+    if body is None or not request.body_length or request.body_length > INLINE_BODY:
         return ()
     body.seek(0)
     frames = []
@@ -127,11 +131,18 @@ class FrontResponse:
 
     def run(self) -> None:
         keep_alive = self.request.keep_alive and self.sink.keep_alive_allowed
-        self.front.submit(
-            self,
-            request_meta(self.request, self.environ, keep_alive, self.front.script_name),
-            _body_frames(self.request),
-        )
+        meta = request_meta(self.request, self.environ, keep_alive, self.front.script_name)
+        length = self.request.body_length if self.request.body is not None else 0
+        if length:
+            meta = (*meta, (b"bl", b"%d" % length))
+        self.front.submit(self, meta, _body_frames(self.request), length)
+
+    def read_body(self, offset: int, n: int) -> bytes:
+        body = self.request.body
+        if body is None:
+            return b""
+        body.seek(offset)
+        return body.read(n)
 
     def abort(self, why: str) -> None:
         """The client left or its connection is being cut."""
@@ -281,10 +292,13 @@ class SplitFront:
 
     # -- events
 
-    def submit(self, response: FrontResponse, meta: Meta, body: tuple[bytes, ...]) -> None:
+    def submit(
+        self, response: FrontResponse, meta: Meta, body: tuple[bytes, ...], body_length: int
+    ) -> None:
         self.responses[response.cid] = response
         now = self.reactor.seconds()
-        self._run(self.router.request(now, response.cid, response.request.method, meta, body))
+        method = response.request.method
+        self._run(self.router.request(now, response.cid, method, meta, body, body_length))
 
     def client_gone(self, cid: int) -> None:
         self.responses.pop(cid, None)
@@ -332,6 +346,10 @@ class SplitFront:
                 response.reply(command.status, command.detail, command.retry_after)
             elif isinstance(command, Abort):
                 response.cut(command.why)
+            elif isinstance(command, ReadBody):
+                data = response.read_body(command.offset, command.n)
+                now = self.reactor.seconds()
+                self._run(self.router.body_chunk(now, command.cid, command.offset, data))
         self._arm()
 
     def _send(self, command: Send) -> None:

@@ -21,6 +21,7 @@ import io
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import IO, Any, Final
 
@@ -175,6 +176,71 @@ class SplitSink:
         self.session.request_over(self.rid)
 
 
+# Body bytes asked for at a time as the app reads a body the front did not send whole.
+BODY_CHUNK: Final = 256 * 1024
+
+
+class BodyCancelled(OSError):
+    """The request's body can no longer arrive: the front cancelled it or the session is gone."""
+
+
+class StreamedBody(io.RawIOBase):
+    """``wsgi.input`` for a body pulled from the front as the app reads it.
+
+    The app's pool thread calls :meth:`readinto`, which asks the front for the next piece
+    (BODYREQ, sent from the reactor thread through ``call_from_thread``) and waits for
+    :meth:`feed` (the reactor thread, on BODY). Only one piece is ever in memory."""
+
+    def __init__(self, length: int, ask: Callable[[int, int], None], call: Callable[..., None]):
+        super().__init__()
+        self.length = length
+        self.position = 0
+        self._ask = ask
+        self._call = call
+        self._cond = threading.Condition()
+        self._piece = b""
+        self._piece_at = 0
+        self._waiting = False
+        self._failed: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.position >= self.length or not len(view):
+            return 0
+        with self._cond:
+            if not self._piece:
+                want = min(BODY_CHUNK, self.length - self.position)
+                self._waiting = True
+                self._call(self._ask, self.position, want)
+                while not self._piece and self._failed is None:
+                    self._cond.wait()
+                self._waiting = False
+            if self._failed is not None and not self._piece:
+                raise BodyCancelled(self._failed)
+            n = min(len(view), len(self._piece))
+            view[:n] = self._piece[:n]
+            self._piece = self._piece[n:]
+            self.position += n
+            return n
+
+    def feed(self, offset: int, data: bytes) -> None:
+        """Body bytes from the front (reactor thread)."""
+        with self._cond:
+            if offset != self.position or not data:
+                self._failed = f"the front sent body bytes at {offset}, wanted {self.position}"
+            else:
+                self._piece = data
+            self._cond.notify_all()
+
+    def fail(self, why: str) -> None:
+        with self._cond:
+            self._failed = why
+            self._cond.notify_all()
+
+
 class _Waiting:
     """A request sent to us whose app has not been called: waiting for GO, or for a thread."""
 
@@ -184,6 +250,7 @@ class _Waiting:
         self.environ = environ
         self.sink = sink
         self.response: ThreadedWSGIResponse | None = None
+        self.stream: StreamedBody | None = None
 
 
 class HandlerSession:
@@ -308,6 +375,8 @@ class HandlerSession:
         log.warn("session with the front lost ({why}); joining again", why=why)
         for waiting in self.requests.values():
             waiting.sink.closed = True
+            if waiting.stream is not None:
+                waiting.stream.fail(f"the front's session was lost ({why})")
             if waiting.response is not None:
                 waiting.response.abort(f"the front's session was lost ({why})")
             else:
@@ -397,7 +466,12 @@ class HandlerSession:
                 self._run(waiting)
         elif kind is Kind.WIN:
             waiting.sink.grant(msg.get_int(b"n"))
+        elif kind is Kind.BODY:
+            if waiting.stream is not None:
+                waiting.stream.feed(msg.get_int(b"o"), b"".join(msg.body))
         elif kind is Kind.CANCEL:
+            if waiting.stream is not None:
+                waiting.stream.fail("cancelled by the front")
             if waiting.response is not None:
                 waiting.sink.cancelled = True
                 waiting.response.abort("cancelled by the front")
@@ -427,7 +501,7 @@ class HandlerSession:
             headers.append((field, value))
         request.headers = headers
         request.body_length = msg.body_length
-        request.body = self._body(msg.body) if msg.body else None
+        request.body = None
         final: dict[str, str] = {}
         for pair in msg.get_all(b"e"):
             name, sep, text = pair.decode("latin-1").partition("=")
@@ -442,6 +516,18 @@ class HandlerSession:
             final.get("wsgi.url_scheme", "http"),
         )
         sink = SplitSink(self, rid, self.epoch, msg.get_int(b"w"), request.keep_alive)
+        length = msg.get_int(b"bl", 0)
+        stream: StreamedBody | None = None
+        if length > msg.body_length:
+            stream = StreamedBody(
+                length,
+                lambda offset, n: self._ask_body(sink, stream, offset, n),
+                self.services.call_from_thread or (lambda f, *a: f(*a)),
+            )
+            request.body_length = length
+            request.body = io.BufferedReader(stream, buffer_size=BODY_CHUNK)
+        elif msg.body:
+            request.body = self._body(msg.body)
         base = base_environ(
             info,
             script_name=msg.get_text(b"sn"),
@@ -466,11 +552,19 @@ class HandlerSession:
             else:
                 environ.pop(key, None)
         waiting = _Waiting(rid, request, environ, sink)
+        waiting.stream = stream
         self.requests[rid] = waiting
         self._send(Kind.START, rid)
         if request.method in RETRYABLE_METHODS:
             self._run(waiting)
         # Other methods wait for GO: the front may have given the request to another handler.
+
+    def _ask_body(self, sink: SplitSink, stream: StreamedBody | None, offset: int, n: int) -> None:
+        if sink.closed or sink.epoch != self.epoch or sink.rid not in self.requests:
+            if stream is not None:
+                stream.fail("the request is over (cancelled, or its session lost)")
+            return
+        self.send_for(sink, Kind.BODYREQ, ((b"o", b"%d" % offset), (b"n", b"%d" % n)))
 
     def _refuse(
         self, sink: SplitSink, request: Request, status: int, reason: str, detail: str

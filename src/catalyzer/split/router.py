@@ -42,6 +42,7 @@ __all__ = [
     "HandlerState",
     "Head",
     "Log",
+    "ReadBody",
     "Reply",
     "Router",
     "RouterSettings",
@@ -126,12 +127,25 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class ReadBody:
+    """The handler running ``cid`` wants ``n`` body bytes from ``offset``: read them from the
+    request's spooled body and pass them to :meth:`Router.body_chunk`."""
+
+    cid: int
+    offset: int
+    n: int
+
+
+@dataclass(frozen=True)
 class Log:
     level: str
     text: str
 
 
-Command = Send | Reply | Head | Data | End | Abort | Log
+Command = Send | Reply | Head | Data | End | Abort | ReadBody | Log
+
+# The most body bytes one BODYREQ may ask for.
+MAX_BODY_CHUNK: Final = 1024 * 1024
 
 
 # -- state
@@ -146,6 +160,7 @@ class Pending:
     meta: Meta
     body: tuple[bytes, ...]
     arrived: float
+    body_length: int = 0  # the whole body's, which the handler pulls past what REQ carried
     state: str = QUEUED
     rid: int = 0  # the wire id of its current dispatch
     handler: bytes | None = None
@@ -257,14 +272,21 @@ class Router:
     # -- client events
 
     def request(
-        self, now: float, cid: int, method: str, meta: Meta, body: tuple[bytes, ...] = ()
+        self,
+        now: float,
+        cid: int,
+        method: str,
+        meta: Meta,
+        body: tuple[bytes, ...] = (),
+        body_length: int = 0,
     ) -> list[Command]:
-        """A complete request from a client, to be answered exactly once."""
+        """A complete request from a client, to be answered exactly once. ``body`` travels with
+        the request; past it, up to ``body_length``, the handler asks for the body (BODYREQ)."""
         self.counters["requests"] += 1
         if len(self.queue) >= self.settings.queue_length:
             self.counters["queue_full"] += 1
             return [Reply(cid, 503, "the front's queue is full", self._retry_after())]
-        pending = Pending(cid, method, meta, body, now)
+        pending = Pending(cid, method, meta, body, now, body_length)
         self.requests[cid] = pending
         self._enqueue(now, pending)
         return self._dispatch(now)
@@ -291,6 +313,17 @@ class Router:
         if pending.state == RESPONDING:
             self._arm(pending, now + self.settings.stall_timeout)
         return [self._send(now, handler, Kind.WIN, pending.rid, ((b"n", b"%d" % n),))]
+
+    def body_chunk(self, now: float, cid: int, offset: int, data: bytes) -> list[Command]:
+        """Body bytes for the handler running ``cid`` (a :class:`ReadBody` carried out)."""
+        pending = self.requests.get(cid)
+        if pending is None or pending.handler is None or pending.state == QUEUED:
+            return []
+        handler = self.handlers.get(pending.handler)
+        if handler is None:
+            return []
+        meta = ((b"o", b"%d" % offset),)
+        return [self._send(now, handler, Kind.BODY, pending.rid, meta, (data,))]
 
     def set_tag_weight(self, now: float, tag: str, weight: float) -> list[Command]:
         self.tag_weights[tag] = weight
@@ -534,6 +567,13 @@ class Router:
             pending.state = GO
             self._arm(pending, now + s.first_byte_timeout)
             return [self._send(now, handler, Kind.GO, rid)]
+        if kind is Kind.BODYREQ:
+            offset, n = msg.get_int(b"o"), msg.get_int(b"n")
+            if not (0 <= offset <= pending.body_length and 0 < n <= MAX_BODY_CHUNK):
+                raise FrameError(
+                    f"BODYREQ: {n} bytes at {offset} of a {pending.body_length}-byte body"
+                )
+            return [ReadBody(pending.cid, offset, min(n, pending.body_length - offset))]
         if kind is Kind.HEAD:
             status = msg.get_int(b"st")
             pending.state = RESPONDING
