@@ -556,3 +556,34 @@ def test_a_large_upload_streams_to_the_app_with_memory_bounded(split: Split) -> 
     assert body.split() == [str(size).encode(), expected.hexdigest().encode()]
     growth = {pid: (peak[pid] - base[pid]) // (1024 * 1024) for pid in peak}
     assert all(mib < 32 for mib in growth.values()), growth
+
+
+def test_blue_green_with_weight_and_drain_commands(split: Split) -> None:
+    front = split.start_front("--stats", "tcp:0:interface=127.0.0.1")
+    stats_port = int(front.wait_for_log(r"listening on \S+ \(.*port=(\d+)", count=2).group(1))
+    blue = split.start_handler("--threads", "2", "--tag", "v42")
+    green = split.start_handler("--threads", "2", "--tag", "v43")
+
+    def command(path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", stats_port, timeout=15)
+        try:
+            conn.request("POST", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def served_by(seed: int) -> set[int]:
+        plan = mixed_plan(60, seed=seed)
+        bodies = {rid: body for rid, _, body in plan}
+        outcomes = run_load(front.port, plan, workers=4)
+        assert [o for o in outcomes if o.status != 200] == []
+        return {check_body(o, bodies[o.rid]) for o in outcomes}
+
+    assert command("/split/weight?tag=v43&weight=0") == (200, b"weight 0 for tag v43 (1)\n")
+    assert served_by(1) == {blue.pid}
+    assert command("/split/weight?tag=v43&weight=1")[0] == 200
+    assert command("/split/drain?tag=v42") == (200, b"drained 1 handlers tagged v42\n")
+    assert served_by(2) == {green.pid}
+    assert command("/split/weight?tag=v43&weight=x")[0] == 400
+    assert command("/split/drain")[0] == 400

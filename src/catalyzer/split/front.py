@@ -323,6 +323,16 @@ class SplitFront:
     def status(self) -> dict[str, object]:
         return self.router.status(self.reactor.seconds())
 
+    def drain_tag(self, tag: str) -> int:
+        """Operator command: no new work for the handlers tagged ``tag``; how many there are."""
+        self._run(self.router.drain_tag(self.reactor.seconds(), tag))
+        return sum(1 for h in self.router.handlers.values() if h.tag == tag)
+
+    def set_weight(self, tag: str, weight: float) -> int:
+        """Operator command: the share of new work the handlers tagged ``tag`` get."""
+        self._run(self.router.set_tag_weight(self.reactor.seconds(), tag, weight))
+        return sum(1 for h in self.router.handlers.values() if h.tag == tag)
+
     # -- carrying out
 
     def _run(self, commands: list[Command]) -> None:

@@ -325,6 +325,16 @@ class Router:
         meta = ((b"o", b"%d" % offset),)
         return [self._send(now, handler, Kind.BODY, pending.rid, meta, (data,))]
 
+    def drain_tag(self, now: float, tag: str) -> list[Command]:
+        """Send no more work to the handlers tagged ``tag`` (they finish what they have and stay
+        connected: stop them when their in-flight count is 0)."""
+        out: list[Command] = []
+        for h in self.handlers.values():
+            if h.tag == tag and not h.draining:
+                h.draining = True
+                out.append(Log("info", f"handler {h.host} pid {h.pid} (tag {tag}): drained"))
+        return out
+
     def set_tag_weight(self, now: float, tag: str, weight: float) -> list[Command]:
         self.tag_weights[tag] = weight
         for h in self.handlers.values():

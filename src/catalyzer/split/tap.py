@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
@@ -217,6 +218,43 @@ class FrontStatus:
         return self.single.ready() and bool(self.front.router.handlers)
 
 
+def front_control_app(front: SplitFront, status_app: Any) -> Any:
+    """The stats endpoint's app with the front's commands added (no signals needed):
+    ``POST /split/drain?tag=T`` (no new work for tag T) and ``POST /split/weight?tag=T&weight=W``
+    (blue/green: start v43 handlers, weight them 0.1, compare, drain v42)."""
+
+    def app(environ: Environ, start_response: StartResponse) -> Any:
+        path = environ["PATH_INFO"]
+        if not path.startswith("/split/"):
+            return status_app(environ, start_response)
+        query = dict(parse_qsl(environ.get("QUERY_STRING", "")))
+        if environ["REQUEST_METHOD"] != "POST":
+            return _answer(start_response, "405 Method Not Allowed", "use POST\n")
+        tag = query.get("tag")
+        if tag is None:
+            return _answer(start_response, "400 Bad Request", "tag=T is required\n")
+        if path == "/split/drain":
+            n = front.drain_tag(tag)
+            return _answer(start_response, "200 OK", f"drained {n} handlers tagged {tag}\n")
+        if path == "/split/weight":
+            try:
+                weight = float(query.get("weight", ""))
+                if not 0 <= weight < float("inf"):
+                    raise ValueError
+            except ValueError:
+                return _answer(start_response, "400 Bad Request", "weight=W, 0 or more\n")
+            n = front.set_weight(tag, weight)
+            return _answer(start_response, "200 OK", f"weight {weight:g} for tag {tag} ({n})\n")
+        return _answer(start_response, "404 Not Found", "/split/drain or /split/weight\n")
+
+    return app
+
+
+def _answer(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [text.encode()]
+
+
 def makeFrontService(options: _SettingsOptions) -> Service:
     config = options.config
     assert config is not None
@@ -282,7 +320,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
         except Exception as e:
             raise _fail(command, f"--stats {config.stats!r}: {e or type(e).__name__}") from None
         stats = ServerState(
-            make_status_app(FrontStatus(server, front)),
+            front_control_app(front, make_status_app(FrontStatus(server, front))),
             config.replace(access_log="off", threads=0),
             reactor,
         )
