@@ -96,8 +96,11 @@ class ServerProcess:
         log_path: Path,
         env: Mapping[str, str],
         command: str = "catalyzer",
+        prefix: Sequence[str] = (),
     ) -> None:
-        self.args = [twistd_path(), "-n", "--pidfile=", command, *args]
+        # ``prefix`` runs it through another command that execs it (ip netns exec NS): the pid
+        # is still the server's.
+        self.args = [*prefix, twistd_path(), "-n", "--pidfile=", command, *args]
         self.log_path = log_path
         self.expected_listens = max(
             1, sum(1 for a in args if a in ("--listen", "-l", "--uwsgi", "--fastcgi"))
