@@ -271,3 +271,15 @@ def test_streamed_body_is_asked_for_piece_by_piece_from_another_thread() -> None
         assert "cancelled" in str(e)
     else:
         raise AssertionError("a cancelled body must not read as empty")
+
+
+def test_resets_that_arrive_while_joining_again_are_ignored() -> None:
+    front = Front(Recorder())
+    front.welcome()
+    front.say(Kind.RESET)  # answers a late message: join again
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]
+    front.say(Kind.RESET)  # sent before our HELLO reached the front: no second HELLO
+    front.say(Kind.RESET)
+    assert front.conn.take() == []
+    front.welcome()
+    assert front.session.welcomed

@@ -347,7 +347,7 @@ class HandlerSession:
         self.seq_out += 1
         self.last_sent = self.reactor.seconds()
         result = self.connection.send(encode(message))
-        if result is not SendResult.SENT:
+        if result is not SendResult.SENT and self.welcomed:
             # Nothing reaches the front now; it will count us lost and we will say HELLO again.
             log.warn("cannot send to the front: {why}", why=result.value)
 
@@ -426,7 +426,9 @@ class HandlerSession:
             return
         self.last_heard = self.reactor.seconds()
         if msg.kind is Kind.RESET:
-            if not self.left:
+            # RESETs answer messages of an older session; those that arrive while we are
+            # joining again were sent before our HELLO reached the front (one pipe, in order).
+            if self.welcomed and not self.left:
                 self._new_session("the front does not know this session")
             return
         if msg.kind is Kind.WELCOME:

@@ -361,7 +361,14 @@ class Router:
         if msg.kind is Kind.HELLO:
             out: list[Command] = []
             if handler is not None:
-                out += self._lose(now, handler, "it said HELLO again (a new session)")
+                # A new session: what the old one held is lost (a HELLO repeated before our
+                # WELCOME reached it holds nothing, and is logged as a plain rejoin).
+                out += self._lose(
+                    now,
+                    handler,
+                    "it said HELLO again (a new session)",
+                    orderly=not handler.in_flight,
+                )
             try:
                 out += self._hello(now, identity, msg)
             except FrameError as e:

@@ -117,12 +117,15 @@ def handler_socket(
     curve: tuple[bytes, bytes, bytes] | None = None,
 ) -> zmq.Socket[Any]:
     """A handler's DEALER, connecting to ``endpoint`` (libzmq reconnects on its own until the
-    front is there; what is sent meanwhile waits in the socket). ``curve`` is (the handler's
+    front is there; until then a send fails at once). ``curve`` is (the handler's
     public key, its secret key, the front's public key)."""
     sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
     try:
         _common(sock, heartbeat, liveness)
         sock.setsockopt(zmq.ROUTING_ID, identity)
+        # Nothing is queued for a front not connected: HELLOs repeated while it is away would
+        # all arrive together when it comes.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         if curve is not None:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
             sock.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
