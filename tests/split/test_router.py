@@ -574,3 +574,17 @@ def test_bodyreq_reads_from_the_spooled_body_within_its_length() -> None:
     assert b"a" not in router.handlers  # a protocol error: lost
     assert [r.status for r in only(out, Reply)] == [502]  # type: ignore[attr-defined]
     assert router.body_chunk(0.5, 1, 0, b"late") == []
+
+
+def test_the_deadline_heap_keeps_no_more_than_a_few_entries_per_live_request() -> None:
+    router = new(RouterSettings(queue_length=10_000, liveness=1e9, heartbeat=1e9))
+    a = Peer(router, b"a", 1)
+    a.hello()
+    for cid in range(1, 2001):
+        (rid,) = reqs_to(get(router, cid), a)
+        a.say(0.0, Kind.START, rid)
+        a.say(0.0, Kind.HEAD, rid, ((b"st", b"200"),), (b"x",))
+        a.say(0.0, Kind.END, rid, ((b"st", b"200"), (b"ka", b"1")))
+    assert router.requests == {}
+    assert len(router._heap) <= 64 + 4
+    assert router.next_deadline() is not None  # heartbeats and liveness remain

@@ -425,7 +425,15 @@ class Router:
         pending.token = next(self._tokens)
         pending.deadline = when
         if when is not None:
-            heapq.heappush(self._heap, (when, pending.token, pending.cid))
+            heap = self._heap
+            heapq.heappush(heap, (when, pending.token, pending.cid))
+            if len(heap) > 4 * len(self.requests) + 64:
+                # Stale entries leave only as they reach the top: keep the live ones.
+                requests = self.requests
+                heap[:] = [
+                    e for e in heap if (p := requests.get(e[2])) is not None and p.token == e[1]
+                ]
+                heapq.heapify(heap)
 
     def _enqueue(self, now: float, pending: Pending, front: bool = False) -> None:
         pending.state = QUEUED
