@@ -45,9 +45,16 @@ def test_testing_public_names() -> None:
 
 def test_twistd_plugins_name_their_modules() -> None:
     makers = {m.tapname: m for m in getPlugins(IServiceMaker) if m.tapname.startswith("catalyzer")}
-    assert sorted(makers) == ["catalyzer", "catalyzer-dispatch"]
+    assert sorted(makers) == [
+        "catalyzer",
+        "catalyzer-dispatch",
+        "catalyzer-front",
+        "catalyzer-handler",
+    ]
     assert makers["catalyzer"].module == "catalyzer.tap"
     assert makers["catalyzer-dispatch"].module == "catalyzer.dispatch.tap"
+    assert makers["catalyzer-front"].module == "catalyzer.split.fronttap"
+    assert makers["catalyzer-handler"].module == "catalyzer.split.handlertap"
     for maker in makers.values():
         module = importlib.import_module(maker.module)
         assert callable(module.Options)

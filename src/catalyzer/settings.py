@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+# The settings of split mode's two commands only (twistd catalyzer-front, catalyzer-handler).
+SPLIT_SECTION = "Split mode"
 
 
 class SettingError(ValueError):
@@ -75,6 +77,20 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise ValueError("must be a number of seconds above 0")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number, 0 or more")
+    return value
+
+
+def _zmq_endpoint(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("tcp", "ipc") or not rest:
+        raise ValueError("expected a ZeroMQ endpoint such as tcp://127.0.0.1:5560 or ipc:///run/x")
+    return text
 
 
 def _app_spec(text: str) -> str:
@@ -522,6 +538,175 @@ SETTINGS: tuple[Setting, ...] = (
         help="With reload: more files to watch: a file, a directory (everything below it) or a "
         "glob such as 'templates/**/*.html'. Repeatable.",
     ),
+    # -- split mode
+    Setting(
+        "handlers",
+        [],
+        _zmq_endpoint,
+        section=SPLIT_SECTION,
+        metavar="ZMQ-ENDPOINT",
+        repeatable=True,
+        help="catalyzer-front: where handlers connect, a ZeroMQ endpoint to bind "
+        "('tcp://127.0.0.1:5560', 'tcp://0.0.0.0:5560', 'ipc:///run/app/handlers'); repeatable. "
+        "Required.",
+    ),
+    Setting(
+        "connect",
+        [],
+        _zmq_endpoint,
+        section=SPLIT_SECTION,
+        metavar="ZMQ-ENDPOINT",
+        repeatable=True,
+        help="catalyzer-handler: a front's handlers endpoint to connect to "
+        "('tcp://front:5560'); repeat to serve several fronts. Required.",
+    ),
+    Setting(
+        "curve-key",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="PATH",
+        help="Both: this side's CURVE key pair, a '.key_secret' file made by 'python -m "
+        "catalyzer.split.keys DIR NAME'. Encrypts the front-handler traffic; the front then "
+        "needs handler-keys and a handler front-key.",
+    ),
+    Setting(
+        "handler-keys",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="DIR",
+        help="catalyzer-front, with curve-key: a directory of the public keys ('*.key') of the "
+        "handlers allowed to connect; any other key is refused (one log line each).",
+    ),
+    Setting(
+        "front-key",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="PATH",
+        help="catalyzer-handler, with curve-key: the front's public key file ('front.key').",
+    ),
+    Setting(
+        "insecure-handlers",
+        False,
+        parse_bool,
+        section=SPLIT_SECTION,
+        flag=True,
+        help="catalyzer-front: bind a handlers endpoint that is not loopback or ipc without "
+        "CURVE keys (anyone who can reach it can serve your traffic). Refused otherwise.",
+    ),
+    Setting(
+        "tag",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="TAG",
+        help="catalyzer-handler: a label for this handler's version ('v42'), shown per handler "
+        "by the front.",
+    ),
+    Setting(
+        "weight",
+        1.0,
+        _non_negative_float,
+        section=SPLIT_SECTION,
+        metavar="W",
+        help="catalyzer-handler: its share of the work relative to other handlers (the front "
+        "gives each request to the handler with credit whose in-flight count per slot and "
+        "weight is lowest); 0 takes no new work.",
+    ),
+    Setting(
+        "queue-length",
+        1024,
+        _positive_int,
+        section=SPLIT_SECTION,
+        metavar="N",
+        help="catalyzer-front: requests waiting for a handler's credit. A request past it is "
+        "answered 503 with Retry-After at once.",
+    ),
+    Setting(
+        "queue-timeout",
+        30.0,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="catalyzer-front: a request no handler took within this time of its arrival is "
+        "answered 503 with Retry-After.",
+    ),
+    Setting(
+        "no-handler-grace",
+        2.0,
+        _non_negative_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="catalyzer-front: with no handler connected, a request waits this long for one to "
+        "join before it is answered 503 with Retry-After.",
+    ),
+    Setting(
+        "start-timeout",
+        5.0,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="catalyzer-front: a handler that has not started a request this long after it was "
+        "sent is told to drop it (CANCEL), and the request goes to another handler. It also "
+        "travels with the request: a handler never starts one older than this.",
+    ),
+    Setting(
+        "first-byte-timeout",
+        60.0,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="catalyzer-front: a started request whose response has not begun within this "
+        "time is answered 504 and cancelled at the handler.",
+    ),
+    Setting(
+        "stall-timeout",
+        30.0,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="catalyzer-front: a response whose handler sends nothing for this long while the "
+        "client is ready for more is cut (the client's connection is aborted).",
+    ),
+    Setting(
+        "retries",
+        1,
+        _non_negative_int,
+        section=SPLIT_SECTION,
+        metavar="N",
+        help="catalyzer-front: how many times a GET, HEAD or OPTIONS request is sent to another "
+        "handler after the handler running it was lost before any of its response reached "
+        "the client. Other methods are never run twice: 502.",
+    ),
+    Setting(
+        "window",
+        256 * 1024,
+        _positive_size,
+        section=SPLIT_SECTION,
+        metavar="BYTES",
+        help="catalyzer-front: response bytes a handler may send ahead of what the client has "
+        "taken; more are granted as the client reads.",
+    ),
+    Setting(
+        "heartbeat-interval",
+        1.0,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="Both: a heartbeat goes to the other side after this long without a message.",
+    ),
+    Setting(
+        "handler-liveness",
+        5.0,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="Both: a peer silent for this long is lost. The front re-dispatches what the "
+        "handler had not started (and retryable requests with nothing sent yet) and answers "
+        "the rest 502; the handler says HELLO again.",
+    ),
     # -- logging
     Setting(
         "access-log",
@@ -580,6 +765,24 @@ class Config:
     progress_entries: int
     reload: bool
     watch: tuple[str, ...]
+    handlers: tuple[str, ...]
+    connect: tuple[str, ...]
+    curve_key: str
+    handler_keys: str
+    front_key: str
+    insecure_handlers: bool
+    tag: str
+    weight: float
+    queue_length: int
+    queue_timeout: float
+    no_handler_grace: float
+    start_timeout: float
+    first_byte_timeout: float
+    stall_timeout: float
+    retries: int
+    window: int
+    heartbeat_interval: float
+    handler_liveness: float
     access_log: str
 
     @classmethod
@@ -626,7 +829,16 @@ def render_markdown(settings: Iterable[Setting] = SETTINGS) -> str:
     for s in settings:
         if s.section != section:
             section = s.section
-            lines += ["", f"## {section}", "", "| option | default | meaning |", "|---|---|---|"]
+            lines += ["", f"## {section}", ""]
+            if section == SPLIT_SECTION:
+                lines += [
+                    "Options of `twistd -n catalyzer-front` and `twistd -n catalyzer-handler` "
+                    "(see [split.md](split.md)), not of `catalyzer`. The front also takes every "
+                    "listening, limit, timeout and logging setting above; the handler the "
+                    "application ones.",
+                    "",
+                ]
+            lines += ["| option | default | meaning |", "|---|---|---|"]
         default = ", ".join(s.default) if s.repeatable else s.default
         if default == "":
             default = "(none)"

@@ -23,10 +23,14 @@ from catalyzer.server.faces import Face, describe
 from catalyzer.server.proxyheader import ProxiedEndpoint, split_proxied
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
-from catalyzer.settings import SETTINGS, Config, Setting, SettingError
+from catalyzer.settings import SETTINGS as ALL_SETTINGS
+from catalyzer.settings import SPLIT_SECTION, Config, Setting, SettingError
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer")
+
+# Split mode's settings belong to catalyzer-front and catalyzer-handler (catalyzer.split.tap).
+SETTINGS = tuple(s for s in ALL_SETTINGS if s.section != SPLIT_SECTION)
 
 
 def _fail(message: str) -> SystemExit:

@@ -90,8 +90,17 @@ class Listening:
 class ServerProcess:
     """One ``twistd -n catalyzer`` process, its output captured in a file."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
-        self.args = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        command: str = "catalyzer",
+        prefix: Sequence[str] = (),
+    ) -> None:
+        # ``prefix`` runs it through another command that execs it (ip netns exec NS): the pid
+        # is still the server's.
+        self.args = [*prefix, twistd_path(), "-n", "--pidfile=", command, *args]
         self.log_path = log_path
         self.expected_listens = max(
             1, sum(1 for a in args if a in ("--listen", "-l", "--uwsgi", "--fastcgi"))

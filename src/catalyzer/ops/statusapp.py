@@ -107,6 +107,42 @@ class _Collector(Collector):
         for reason, n in sorted(status["restarts"].items()):
             restarts.add_metric([reason], n)
         yield restarts
+        split = status.get("split")
+        if split is not None:
+            yield from _split_metrics(split)
+
+
+def _split_metrics(split: Mapping[str, Any]) -> Iterable[Metric]:
+    """A split-mode front's numbers (catalyzer.split.router.Router.status): per handler, the
+    queue, and the router's counters by reason."""
+    labels = ["host", "pid", "tag"]
+    families = {
+        key: GaugeMetricFamily(f"catalyzer_split_handler_{key}", text, labels=labels)
+        for key, text in (
+            ("slots", "Slots (app threads) of each connected handler."),
+            ("credit", "Requests each handler may still be sent."),
+            ("in_flight", "Requests at each handler now."),
+            ("served", "Responses each handler completed this session."),
+            ("redispatched", "Requests each handler gave back or lost unstarted."),
+            ("errors", "Responses each handler cut or ended without an answer."),
+        )
+    }
+    for row in split["handlers"]:
+        values = [str(row["host"]), str(row["pid"]), str(row["tag"])]
+        for key, family in families.items():
+            family.add_metric(values, row[key])
+    yield from families.values()
+    yield GaugeMetricFamily(
+        "catalyzer_split_queued", "Requests waiting for a handler's credit.", value=split["queued"]
+    )
+    events = CounterMetricFamily(
+        "catalyzer_split_events",
+        "What the front's router did: dispatches, re-dispatches, timeouts, losses, by kind.",
+        labels=["kind"],
+    )
+    for kind, n in sorted(split["counters"].items()):
+        events.add_metric([kind], n)
+    yield events
 
 
 def make_status_app(source: StatusSource) -> Callable[[Environ, Any], list[bytes]]:

@@ -158,9 +158,13 @@ class MasterService(Service):
         reactor: Any,
         *,
         at_exit: Callable[[int], object] = exit_at_interpreter_exit,
+        worker_module: str = "catalyzer.prefork.worker",
     ) -> None:
         """``reactor`` spawns the workers and times everything; ``at_exit(status)`` makes the
-        process exit with a halt's non-zero status once twistd is done."""
+        process exit with a halt's non-zero status once twistd is done. ``worker_module`` is
+        what a worker runs (``python -m``): split mode's handler workers speak the same control
+        contract (:mod:`catalyzer.prefork.control`)."""
+        self.worker_module = worker_module
         self.config = config
         self.endpoints = endpoints
         self.reactor = reactor
@@ -460,7 +464,7 @@ class MasterService(Service):
             pid = spawn_child(
                 self.reactor,
                 process,
-                [sys.executable, "-m", "catalyzer.prefork.worker"],
+                [sys.executable, "-m", self.worker_module],
                 env=env,
                 child_fds=child_fds,
                 control_fd=control_fd,

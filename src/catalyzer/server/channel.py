@@ -1,6 +1,7 @@
 """The Twisted side of an HTTP connection: bytes from the transport into a :class:`RequestReader`,
-complete requests to a :class:`WSGIResponse`, one at a time and in order, and every wait bounded
-by a named timer. The connection's states and their transitions are in
+complete requests to a :class:`~catalyzer.wsgi.sink.Responder` (a
+:class:`~catalyzer.wsgi.response.WSGIResponse` unless split mode's front gives another), one at
+a time and in order, and every wait bounded by a named timer. The connection's states and their transitions are in
 :mod:`catalyzer.server.connstate`.
 
 Timers (each one :class:`~catalyzer.server.timer.Timer` armed on entering a state and cancelled on leaving it):
@@ -52,8 +53,8 @@ from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.forwarded import PROXY_KEYS, TrustedProxies, apply_forwarded
-from catalyzer.wsgi.response import WSGIResponse, response_class
-from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
+from catalyzer.wsgi.response import response_class
+from catalyzer.wsgi.sink import Responder, ResponderFactory, ResponseOutcome, ResponseServices
 from catalyzer.wsgi.threads import AppThreads
 from catalyzer.wsgi.types import WSGIApp
 
@@ -103,7 +104,11 @@ class Connection(typing.Protocol):
     info: ConnectionInfo | None
     opened: float
     requests: int
-    response: WSGIResponse | None
+
+    @property
+    def response(self) -> Responder | None:
+        """What is answering the connection's current request, if any."""
+        ...
 
     @property
     def receiving(self) -> bool:
@@ -126,8 +131,10 @@ class ServerState:
     Its collaborators are all given here, never assigned later: ``scoreboard`` (prefork workers:
     where the master watches for requests stuck in the app), ``on_response`` (called after each
     response; prefork workers count towards max-requests), ``progress_source`` (prefork workers:
-    upload progress polls are answered from the master's view, a Deferred entry) and
-    ``share_progress`` (report this process's uploads for the master to collect)."""
+    upload progress polls are answered from the master's view, a Deferred entry),
+    ``share_progress`` (report this process's uploads for the master to collect) and
+    ``responder`` (what answers each request of the HTTP face instead of the app in this
+    process: split mode's front)."""
 
     def __init__(
         self,
@@ -143,6 +150,7 @@ class ServerState:
         on_response: Callable[[], None] | None = None,
         progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None,
         share_progress: bool = False,
+        responder: ResponderFactory | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -215,6 +223,7 @@ class ServerState:
             metrics=self.metrics,
         )
         self.response_class = response_class(self.response_services)
+        self.responder: ResponderFactory = responder or self.response_class
 
     @classmethod
     def from_config(
@@ -228,6 +237,7 @@ class ServerState:
         on_response: Callable[[], None] | None = None,
         progress_source: Callable[[str], Deferred[dict[str, object]]] | None = None,
         share_progress: bool = False,
+        responder: ResponderFactory | None = None,
     ) -> ServerState:
         """The state of a process that serves ``app``: its access log opened (OSError if it
         cannot be) and, with ``threads``, its thread pool made."""
@@ -248,6 +258,7 @@ class ServerState:
             on_response=on_response,
             progress_source=progress_source,
             share_progress=share_progress,
+            responder=responder,
         )
 
     def date(self) -> str:
@@ -381,7 +392,7 @@ class HTTPChannel(TransportSink):
         self.server = server
         self.reader = RequestReader(server.limits, server.progress)
         self.state = _OPEN
-        self.response: WSGIResponse | None = None
+        self.response: Responder | None = None
         self.info: ConnectionInfo | None = None
         self.requests = 0
         self.opened = 0.0
@@ -631,7 +642,7 @@ class HTTPChannel(TransportSink):
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
         self._enter(_RESPONDING)
-        response = self.response = server.response_class(
+        response = self.response = server.responder(
             server.response_services, self, request, environ, self._response_done
         )
         response.run()

@@ -17,13 +17,16 @@ from typing import Any, NamedTuple, Protocol
 from twisted.internet import interfaces
 from twisted.logger import Logger, LogLevel
 
-from catalyzer.wsgi.types import WSGIApp
+from catalyzer.http.reader import Request
+from catalyzer.wsgi.types import Environ, WSGIApp
 
 __all__ = [
     "AppScoreboard",
     "CallInThread",
     "OnDone",
     "RateLimitedLog",
+    "Responder",
+    "ResponderFactory",
     "ResponseCounter",
     "ResponseOutcome",
     "ResponseServices",
@@ -139,3 +142,23 @@ class ResponseOutcome(NamedTuple):
 
 
 OnDone = Callable[[ResponseOutcome], None]
+
+
+class Responder(Protocol):
+    """What answers one request on the HTTP face: :class:`~catalyzer.wsgi.response.WSGIResponse`
+    (the app in this process), or split mode's front response (the app in a handler process,
+    :mod:`catalyzer.split.front`). It writes to its :class:`ResponseSink` and reports its end
+    once through ``on_done``; the connection only starts it, aborts it and reads these fields for
+    the access log and the state dump."""
+
+    request: Request
+    environ: Environ
+    started: float
+
+    def run(self) -> None: ...
+
+    def abort(self, why: str) -> None: ...
+
+
+ResponderFactory = Callable[[ResponseServices, ResponseSink, Request, Environ, OnDone], Responder]
+"""How a connection makes the :class:`Responder` of each request."""

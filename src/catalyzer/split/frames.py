@@ -1,0 +1,233 @@
+"""The split-mode wire: one message is a list of ZeroMQ frames (pure: no Twisted, no ZeroMQ).
+
+Frame 0 is a fixed 18-byte header: protocol version (1 byte), message kind (1 byte), the sender's
+per-session sequence number (8 bytes) and the request id (8 bytes; 0 when the message is about no
+request). Frame 1, present when there is metadata or a body, is the metadata: pairs of a short key
+(1-byte length) and a value (4-byte length), in order and repeatable (request headers travel as
+repeated ``h`` pairs). Every further frame is body bytes, passed through untouched, so a body
+chunk is never copied into a bigger buffer to be framed.
+
+:func:`decode` turns any list of frames into a :class:`Message` or raises :class:`FrameError`
+with a message that says what was wrong: nothing else escapes it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+__all__ = [
+    "FORWARDED_RESULT",
+    "FROM_FRONT",
+    "FROM_HANDLER",
+    "PROTOCOL_VERSION",
+    "FrameError",
+    "Kind",
+    "Message",
+    "decode",
+    "encode",
+]
+
+PROTOCOL_VERSION: Final = 1
+_HEADER: Final = struct.Struct(">BBQQ")
+_VALUE_LENGTH: Final = struct.Struct(">I")
+_MAX_SEQ: Final = 2**64 - 1
+
+
+class FrameError(ValueError):
+    """A message that is not a well-formed split-mode message; the text says why."""
+
+
+class Kind(IntEnum):
+    HELLO = 1  # h->f: join (host, pid, tag, generation, slots)
+    WELCOME = 2  # f->h: joined (session parameters: heartbeat interval, liveness, window)
+    RESET = 3  # f->h: unknown session, say HELLO again
+    CREDIT = 4  # h->f: n more requests may be sent
+    REQ = 5  # f->h: a request (metadata + body frames)
+    START = 6  # h->f: about to call the app
+    GO = 7  # f->h: you may (methods that are not retried)
+    HEAD = 8  # h->f: the response began (status); its body frames are the first bytes
+    DATA = 9  # h->f: more response bytes
+    END = 10  # h->f: the response is over (returns the credit)
+    WIN = 11  # f->h: n more response bytes may be sent
+    CANCEL = 12  # f->h: client gone or deadline passed
+    RETURN = 13  # h->f: a request given back unstarted (returns the credit)
+    HB = 14  # both: heartbeat
+    DRAIN = 15  # h->f: send me no more work
+    BYE = 16  # h->f: everything I had is finished; I am leaving
+    BODYREQ = 17  # h->f: the app reads the request body: send n bytes from offset o
+    BODY = 18  # f->h: request body bytes from offset o
+
+
+FROM_HANDLER: Final = frozenset(
+    {
+        Kind.HELLO,
+        Kind.CREDIT,
+        Kind.START,
+        Kind.HEAD,
+        Kind.DATA,
+        Kind.END,
+        Kind.RETURN,
+        Kind.HB,
+        Kind.DRAIN,
+        Kind.BYE,
+        Kind.BODYREQ,
+    }
+)
+FROM_FRONT: Final = frozenset(
+    {
+        Kind.WELCOME,
+        Kind.RESET,
+        Kind.REQ,
+        Kind.GO,
+        Kind.WIN,
+        Kind.CANCEL,
+        Kind.HB,
+        Kind.BODY,
+    }
+)
+
+Meta = tuple[tuple[bytes, bytes], ...]
+
+# The environ entries the front's judgement of proxy headers (apply_forwarded) may set: a REQ
+# carries their final values (``e`` pairs), which the handler's environ takes as they are.
+FORWARDED_RESULT: Final = (
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "wsgi.url_scheme",
+    "HTTPS",
+    "HTTP_HOST",
+    "SCRIPT_NAME",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: Kind
+    seq: int = 0
+    rid: int = 0
+    meta: Meta = ()
+    body: tuple[bytes, ...] = ()
+
+    def get(self, key: bytes) -> bytes | None:
+        """The first value of ``key``, or None."""
+        for k, v in self.meta:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, key: bytes) -> list[bytes]:
+        return [v for k, v in self.meta if k == key]
+
+    def get_text(self, key: bytes, default: str = "") -> str:
+        value = self.get(key)
+        return default if value is None else value.decode("latin-1")
+
+    def get_int(self, key: bytes, default: int | None = None) -> int:
+        """The value of ``key`` as a decimal integer; FrameError if absent (with no default) or
+        not an integer."""
+        value = self.get(key)
+        if value is None:
+            if default is None:
+                raise FrameError(f"{self.kind.name}: missing {key.decode('latin-1')!r}")
+            return default
+        if not value or len(value) > 20 or not value.lstrip(b"-").isdigit():
+            raise FrameError(f"{self.kind.name}: {key.decode('latin-1')!r} is not an integer")
+        return int(value)
+
+    def get_float(self, key: bytes, default: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise FrameError(
+                f"{self.kind.name}: {key.decode('latin-1')!r} is not a number"
+            ) from None
+        if not math.isfinite(number):
+            raise FrameError(f"{self.kind.name}: {key.decode('latin-1')!r} is not finite")
+        return number
+
+    @property
+    def body_length(self) -> int:
+        return sum(len(b) for b in self.body)
+
+
+def _encode_meta(meta: Meta) -> bytes:
+    parts: list[bytes] = []
+    for key, value in meta:
+        if not 0 < len(key) < 256:
+            raise ValueError(f"metadata key {key!r}: 1 to 255 bytes")
+        parts.append(bytes((len(key),)))
+        parts.append(key)
+        parts.append(_VALUE_LENGTH.pack(len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def encode(message: Message) -> list[bytes]:
+    """The frames of ``message``. ValueError for what no peer could decode (a key too long, a
+    sequence number or request id out of range): a bug of the sender, not bad input."""
+    if not 0 <= message.seq <= _MAX_SEQ or not 0 <= message.rid <= _MAX_SEQ:
+        raise ValueError(f"sequence number or request id out of range: {message!r}")
+    frames = [_HEADER.pack(PROTOCOL_VERSION, message.kind, message.seq, message.rid)]
+    if message.meta or message.body:
+        frames.append(_encode_meta(message.meta))
+        frames.extend(message.body)
+    return frames
+
+
+def _decode_meta(data: bytes) -> Meta:
+    pairs: list[tuple[bytes, bytes]] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        klen = data[pos]
+        if klen == 0:
+            raise FrameError(f"metadata: empty key at byte {pos}")
+        pos += 1
+        if pos + klen + 4 > end:
+            raise FrameError(f"metadata: truncated key at byte {pos - 1}")
+        key = data[pos : pos + klen]
+        pos += klen
+        (vlen,) = _VALUE_LENGTH.unpack_from(data, pos)
+        pos += 4
+        if pos + vlen > end:
+            raise FrameError(
+                f"metadata: value of {key.decode('latin-1')!r} claims {vlen} bytes, "
+                f"{end - pos} left"
+            )
+        pairs.append((key, data[pos : pos + vlen]))
+        pos += vlen
+    return tuple(pairs)
+
+
+def decode(frames: Sequence[bytes]) -> Message:
+    """The message in ``frames``; FrameError, saying what is wrong, for anything else."""
+    if not frames:
+        raise FrameError("empty message")
+    try:
+        header = bytes(frames[0])
+        if len(header) != _HEADER.size:
+            raise FrameError(f"header frame of {len(header)} bytes, expected {_HEADER.size}")
+        version, kind, seq, rid = _HEADER.unpack(header)
+        if version != PROTOCOL_VERSION:
+            raise FrameError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+        try:
+            known = Kind(kind)
+        except ValueError:
+            raise FrameError(f"unknown message kind {kind}") from None
+        meta = _decode_meta(bytes(frames[1])) if len(frames) > 1 else ()
+        body = tuple(bytes(f) for f in frames[2:])
+    except FrameError:
+        raise
+    except (TypeError, ValueError, struct.error, IndexError) as e:  # frames that are not bytes
+        raise FrameError(f"malformed message: {e}") from None
+    return Message(known, seq, rid, meta, body)

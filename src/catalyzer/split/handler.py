@@ -1,0 +1,659 @@
+"""The split-mode handler: a WSGI host whose requests come from a front over ZeroMQ.
+
+A handler is a WSGI server like any other catalyzer process: the environ is built by
+:func:`catalyzer.wsgi.environ.build_environ` from the request as the front received it (what the front's
+:func:`~catalyzer.wsgi.forwarded.apply_forwarded` made of its proxy headers travels with it), the app runs in a :class:`~catalyzer.wsgi.response.ThreadedWSGIResponse` (one pool
+thread per slot, so the reactor keeps heartbeating and granting credit while the app works), with
+the same strict ``start_response`` and ``wsgi.file_wrapper``, and each response is written to a
+:class:`~catalyzer.wsgi.sink.ResponseSink`: :class:`SplitSink`, which turns the framed bytes into
+HEAD/DATA/END messages within the window the front grants.
+
+One :class:`HandlerSession` per front: HELLO (repeated each heartbeat until WELCOME), START for
+each request before its app is called (and, for methods the front does not retry, a wait for GO),
+heartbeats while idle, and a new HELLO when the front is silent past liveness, says RESET, or a
+sequence number is missing. On drain: DRAIN, the requests not started are RETURNed, the started
+ones finish, then BYE.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import IO, Any, Final
+
+from twisted.internet import interfaces
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from catalyzer.http.framing import simple_response
+from catalyzer.http.reader import Request
+from catalyzer.ops.accesslog import FileAccessLog
+from catalyzer.split.frames import (
+    FORWARDED_RESULT,
+    FROM_FRONT,
+    FrameError,
+    Kind,
+    Message,
+    Meta,
+    decode,
+    encode,
+)
+from catalyzer.split.router import RETRYABLE_METHODS
+from catalyzer.split.zmqio import SendResult, ZmqConnection
+from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
+from catalyzer.wsgi.filewrapper import FileWrapper
+from catalyzer.wsgi.forwarded import PROXY_KEYS
+from catalyzer.wsgi.response import ThreadedWSGIResponse
+from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
+
+__all__ = ["HandlerSession", "SplitSink"]
+
+log = Logger(namespace="catalyzer.split")
+
+# Response bytes per DATA frame at most.
+DATA_FRAME: Final = 256 * 1024
+# Request bodies past this are kept in a temporary file rather than memory.
+BODY_IN_MEMORY: Final = 1024 * 1024
+
+
+class SplitSink:
+    """Where one request's response goes: HEAD, then DATA within the granted window, then END.
+
+    The response (a push producer) is paused when the window is used up and resumed when WIN
+    grants more; bytes written past the window wait here (at most one app chunk)."""
+
+    def __init__(
+        self, session: HandlerSession, rid: int, epoch: int, window: int, keep_alive: bool
+    ) -> None:
+        self.session = session
+        self.rid = rid
+        self.epoch = epoch
+        self.window = window
+        self._keep_alive = keep_alive
+        self.response: ThreadedWSGIResponse | None = None
+        self.producer: Any = None
+        self.head_sent = False
+        self.pending: list[bytes] = []
+        self.end_owed: ResponseOutcome | None = None
+        self.aborted = False
+        self.cancelled = False
+        self.closed = False
+        self._paused = False
+
+    # -- ResponseSink
+
+    @property
+    def keep_alive_allowed(self) -> bool:
+        return self._keep_alive
+
+    def write(self, data: bytes) -> None:
+        if self.closed or not data:
+            return
+        self.pending.append(data)
+        self._flush()
+
+    def write_sequence(self, data: list[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def register_producer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregister_producer(self) -> None:
+        self.producer = None
+
+    def start_writing(self) -> None:
+        """Only a sendfile producer asks for this, and a handler has no socket for it."""
+
+    def abort_connection(self) -> None:
+        # The response failed part-way (or stalled): the front must cut its client, and what
+        # waits for window will never go.
+        self.aborted = True
+        if self.end_owed is not None and not self.closed:
+            self._send_end(self.end_owed)
+
+    def sendfile_socket(self) -> socket.socket | None:
+        return None
+
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        return None  # the bytes must go inside DATA messages
+
+    def resume_when_writable(self) -> None:
+        raise AssertionError("a split response never holds bytes of its own")
+
+    # -- the front's grants
+
+    def grant(self, n: int) -> None:
+        self.window += n
+        self._flush()
+
+    def _flush(self) -> None:
+        session = self.session
+        while self.pending and self.window > 0 and not self.closed:
+            data = self.pending[0]
+            size = min(len(data), self.window, DATA_FRAME)
+            piece = data[:size]
+            if size == len(data):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = data[size:]
+            self.window -= size
+            if not self.head_sent:
+                self.head_sent = True
+                status = self.response.status if self.response is not None else 0
+                session.send_for(self, Kind.HEAD, ((b"st", b"%d" % (status or 500)),), (piece,))
+            else:
+                session.send_for(self, Kind.DATA, (), (piece,))
+        if self.pending:
+            if not self._paused and self.producer is not None:
+                self._paused = True
+                self.producer.pauseProducing()
+        elif self._paused:
+            self._paused = False
+            if self.producer is not None:
+                self.producer.resumeProducing()
+        if not self.pending and self.end_owed is not None and not self.closed:
+            self._send_end(self.end_owed)
+
+    def finish(self, outcome: ResponseOutcome) -> None:
+        """The response is over: END once every byte before it has gone."""
+        if self.closed:
+            return
+        if self.pending and not (self.aborted or self.cancelled):
+            self.end_owed = outcome
+            return
+        self._send_end(outcome)
+
+    def _send_end(self, outcome: ResponseOutcome) -> None:
+        self.closed = True
+        self.pending.clear()
+        meta: list[tuple[bytes, bytes]] = [
+            (b"st", b"%d" % outcome.status),
+            (b"ka", b"1" if outcome.keep_alive else b"0"),
+            (b"ran", b"1"),
+        ]
+        if self.aborted or (not self.head_sent and outcome.status):
+            meta.append((b"ab", b"1"))
+        self.session.send_for(self, Kind.END, tuple(meta))
+        self.session.request_over(self.rid)
+
+
+# Body bytes asked for at a time as the app reads a body the front did not send whole.
+BODY_CHUNK: Final = 256 * 1024
+
+
+class BodyCancelled(OSError):
+    """The request's body can no longer arrive: the front cancelled it or the session is gone."""
+
+
+class StreamedBody(io.RawIOBase):
+    """``wsgi.input`` for a body pulled from the front as the app reads it.
+
+    The app's pool thread calls :meth:`readinto`, which asks the front for the next piece
+    (BODYREQ, sent from the reactor thread through ``call_from_thread``) and waits for
+    :meth:`feed` (the reactor thread, on BODY). Only one piece is ever in memory."""
+
+    def __init__(self, length: int, ask: Callable[[int, int], None], call: Callable[..., None]):
+        super().__init__()
+        self.length = length
+        self.position = 0
+        self._ask = ask
+        self._call = call
+        self._cond = threading.Condition()
+        self._piece = b""
+        self._piece_at = 0
+        self._waiting = False
+        self._failed: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.position >= self.length or not len(view):
+            return 0
+        with self._cond:
+            if not self._piece:
+                want = min(BODY_CHUNK, self.length - self.position)
+                self._waiting = True
+                self._call(self._ask, self.position, want)
+                while not self._piece and self._failed is None:
+                    self._cond.wait()
+                self._waiting = False
+            if self._failed is not None and not self._piece:
+                raise BodyCancelled(self._failed)
+            n = min(len(view), len(self._piece))
+            view[:n] = self._piece[:n]
+            self._piece = self._piece[n:]
+            self.position += n
+            return n
+
+    def feed(self, offset: int, data: bytes) -> None:
+        """Body bytes from the front (reactor thread)."""
+        with self._cond:
+            if offset != self.position or not data:
+                self._failed = f"the front sent body bytes at {offset}, wanted {self.position}"
+            else:
+                self._piece = data
+            self._cond.notify_all()
+
+    def fail(self, why: str) -> None:
+        with self._cond:
+            self._failed = why
+            self._cond.notify_all()
+
+
+class _Waiting:
+    """A request sent to us whose app has not been called: waiting for GO, or for a thread."""
+
+    def __init__(self, rid: int, request: Request, environ: dict[str, Any], sink: SplitSink):
+        self.rid = rid
+        self.request = request
+        self.environ = environ
+        self.sink = sink
+        self.response: ThreadedWSGIResponse | None = None
+        self.stream: StreamedBody | None = None
+
+
+class HandlerSession:
+    """This process's session with one front."""
+
+    def __init__(
+        self,
+        connection: ZmqConnection,
+        reactor: Any,
+        services: ResponseServices,
+        *,
+        slots: int,
+        hello: Meta,
+        heartbeat: float,
+        liveness: float,
+        access_log: FileAccessLog | None = None,
+        errors: IO[str] | None = None,
+        multiprocess: bool = False,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.connection = connection
+        connection.on_message = self.received
+        self.reactor = reactor
+        self.services = services
+        self.slots = slots
+        self.hello_meta = hello
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.access_log = access_log
+        self.errors = errors
+        self.multiprocess = multiprocess
+        self.on_idle = on_idle
+        self.on_welcome: Callable[[], None] | None = None
+        self.epoch = 0
+        self.welcomed = False
+        self.draining = False
+        self.left = False
+        self.seq_out = 0
+        self.seq_in = 0
+        self.last_sent = 0.0
+        self.last_heard = 0.0
+        self.requests: dict[int, _Waiting] = {}
+        self.served = 0
+        self.sessions = 0
+        self._timer: interfaces.IDelayedCall | None = None
+
+    # -- life
+
+    def start(self) -> None:
+        self.connection.start()
+        self._hello()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.connection.close()
+
+    def drain(self) -> None:
+        """Leave in order: no new work, the unstarted requests back to the front, the started
+        ones finished, then BYE (``on_idle`` is called once BYE is sent)."""
+        if self.draining:
+            return
+        self.draining = True
+        if not self.welcomed:
+            self._leave()
+            return
+        self._send(Kind.DRAIN)
+        for rid, waiting in list(self.requests.items()):
+            if waiting.response is None:
+                del self.requests[rid]
+                waiting.sink.closed = True
+                self._close_body(waiting.request)
+                self._send(Kind.RETURN, rid)
+        self._maybe_leave()
+
+    def _maybe_leave(self) -> None:
+        if self.draining and not self.requests and not self.left:
+            self._leave()
+
+    def _leave(self) -> None:
+        self.left = True
+        if self.welcomed:
+            self._send(Kind.BYE)
+        if self.on_idle is not None:
+            self.on_idle()
+
+    # -- sending
+
+    def _send(
+        self, kind: Kind, rid: int = 0, meta: Meta = (), body: tuple[bytes, ...] = ()
+    ) -> None:
+        message = Message(kind, self.seq_out, rid, meta, body)
+        self.seq_out += 1
+        self.last_sent = self.reactor.seconds()
+        result = self.connection.send(encode(message))
+        if result is not SendResult.SENT and self.welcomed:
+            # Nothing reaches the front now; it will count us lost and we will say HELLO again.
+            log.warn("cannot send to the front: {why}", why=result.value)
+
+    def send_for(
+        self, sink: SplitSink, kind: Kind, meta: Meta, body: tuple[bytes, ...] = ()
+    ) -> None:
+        """A message about ``sink``'s request, unless its session has been replaced since."""
+        if sink.epoch == self.epoch:
+            self._send(kind, sink.rid, meta, body)
+
+    def _hello(self) -> None:
+        self.epoch += 1
+        self.sessions += 1
+        self.welcomed = False
+        self.seq_out = 0
+        self.seq_in = 0
+        now = self.reactor.seconds()
+        self.last_heard = now
+        meta = (*self.hello_meta, (b"slots", b"%d" % self.slots))
+        self._send(Kind.HELLO, meta=meta)
+        self._arm()
+
+    def _new_session(self, why: str) -> None:
+        """The front lost us (or we it): what we had is abandoned, and we join again."""
+        log.warn("session with the front lost ({why}); joining again", why=why)
+        for waiting in self.requests.values():
+            waiting.sink.closed = True
+            if waiting.stream is not None:
+                waiting.stream.fail(f"the front's session was lost ({why})")
+            if waiting.response is not None:
+                waiting.response.abort(f"the front's session was lost ({why})")
+            else:
+                self._close_body(waiting.request)
+        self.requests.clear()
+        if self.draining:
+            self._leave()
+            return
+        self._hello()
+
+    # -- timers
+
+    def _arm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(self.heartbeat, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.left:
+            return
+        now = self.reactor.seconds()
+        if not self.welcomed:
+            if now - self.last_heard >= self.liveness:
+                self._hello()  # a fresh session: the front may have been restarted
+                return
+            meta = (*self.hello_meta, (b"slots", b"%d" % self.slots))
+            self.seq_out = 0
+            self._send(Kind.HELLO, meta=meta)
+        elif now - self.last_heard >= self.liveness:
+            self._new_session(f"the front was silent for {self.liveness:g}s")
+            return
+        elif now - self.last_sent >= self.heartbeat * 0.5:
+            self._send(Kind.HB)
+        self._arm()
+
+    # -- receiving
+
+    def received(self, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames)
+        except FrameError as e:
+            self._new_session(f"malformed message: {e}")
+            return
+        if msg.kind not in FROM_FRONT:
+            self._new_session(f"the front sent {msg.kind.name}")
+            return
+        self.last_heard = self.reactor.seconds()
+        if msg.kind is Kind.RESET:
+            # RESETs answer messages of an older session; those that arrive while we are
+            # joining again were sent before our HELLO reached the front (one pipe, in order).
+            if self.welcomed and not self.left:
+                self._new_session("the front does not know this session")
+            return
+        if msg.kind is Kind.WELCOME:
+            if self.welcomed:
+                return
+            self.welcomed = True
+            self.seq_in = msg.seq + 1
+            log.info("joined the front ({slots} slots)", slots=self.slots)
+            if self.on_welcome is not None:
+                self.on_welcome()
+            if self.draining:
+                self._leave()
+            return
+        if not self.welcomed:
+            return  # from a session before our HELLO: ignored
+        if msg.seq != self.seq_in:
+            self._new_session(f"sequence gap: expected {self.seq_in}, got {msg.seq}")
+            return
+        self.seq_in += 1
+        try:
+            self._handle(msg)
+        except FrameError as e:
+            self._new_session(f"malformed {msg.kind.name}: {e}")
+
+    def _handle(self, msg: Message) -> None:
+        kind = msg.kind
+        if kind is Kind.HB:
+            return
+        if kind is Kind.REQ:
+            self._request(msg)
+            return
+        waiting = self.requests.get(msg.rid)
+        if waiting is None:
+            return  # a request already over
+        if kind is Kind.GO:
+            if waiting.response is None:
+                self._run(waiting)
+        elif kind is Kind.WIN:
+            waiting.sink.grant(msg.get_int(b"n"))
+        elif kind is Kind.BODY:
+            if waiting.stream is not None:
+                waiting.stream.feed(msg.get_int(b"o"), b"".join(msg.body))
+        elif kind is Kind.CANCEL:
+            if waiting.stream is not None:
+                waiting.stream.fail("cancelled by the front")
+            if waiting.response is not None:
+                waiting.sink.cancelled = True
+                waiting.response.abort("cancelled by the front")
+            else:
+                del self.requests[msg.rid]
+                waiting.sink.closed = True
+                self._close_body(waiting.request)
+                self._send(Kind.END, msg.rid, ((b"r", b"cancelled"),))
+                self._maybe_leave()
+
+    def _request(self, msg: Message) -> None:
+        rid = msg.rid
+        if self.draining:
+            self._send(Kind.RETURN, rid)
+            return
+        request = Request()
+        request.method = msg.get_text(b"m")
+        request.target = msg.get(b"t") or b"/"
+        request.version = msg.get_text(b"v", "1.1")
+        request.keep_alive = msg.get(b"ka") == b"1"
+        request.chunked = msg.get(b"ch") == b"1"
+        headers = []
+        for raw in msg.get_all(b"h"):
+            field, colon, value = raw.partition(b":")
+            if not colon:
+                raise FrameError(f"REQ: header without a name: {raw[:40]!r}")
+            headers.append((field, value))
+        request.headers = headers
+        request.body_length = msg.body_length
+        request.body = None
+        final: dict[str, str] = {}
+        for pair in msg.get_all(b"e"):
+            name, sep, text = pair.decode("latin-1").partition("=")
+            if not sep or name not in FORWARDED_RESULT:
+                raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
+            final[name] = text
+        info = ConnectionInfo(
+            final.get("SERVER_NAME", ""),
+            final.get("SERVER_PORT", ""),
+            final.get("REMOTE_ADDR", ""),
+            final.get("REMOTE_PORT", ""),
+            final.get("wsgi.url_scheme", "http"),
+        )
+        sink = SplitSink(self, rid, self.epoch, msg.get_int(b"w"), request.keep_alive)
+        length = msg.get_int(b"bl", 0)
+        stream: StreamedBody | None = None
+        if length > msg.body_length:
+            stream = StreamedBody(
+                length,
+                lambda offset, n: self._ask_body(sink, stream, offset, n),
+                self.services.call_from_thread or (lambda f, *a: f(*a)),
+            )
+            request.body_length = length
+            request.body = io.BufferedReader(stream, buffer_size=BODY_CHUNK)
+        elif msg.body:
+            request.body = self._body(msg.body)
+        base = base_environ(
+            info,
+            script_name=msg.get_text(b"sn"),
+            errors=self.errors,
+            multithread=True,
+            multiprocess=self.multiprocess,
+            file_wrapper=FileWrapper,
+        )
+        try:
+            environ = build_environ(request, base)
+        except BadTarget as e:
+            self._refuse(sink, request, 400, "Bad Request", str(e))
+            return
+        # What the front's forwarded-allow-ips judgement made of the proxy headers, as it is.
+        kept = set(msg.get_text(b"pk").split(","))
+        for key in PROXY_KEYS:
+            if key not in kept:
+                environ.pop(key, None)
+        for key in ("HTTPS", "HTTP_HOST", "SCRIPT_NAME"):
+            if key in final:
+                environ[key] = final[key]
+            else:
+                environ.pop(key, None)
+        waiting = _Waiting(rid, request, environ, sink)
+        waiting.stream = stream
+        self.requests[rid] = waiting
+        self._send(Kind.START, rid)
+        if request.method in RETRYABLE_METHODS:
+            self._run(waiting)
+        # Other methods wait for GO: the front may have given the request to another handler.
+
+    def _ask_body(self, sink: SplitSink, stream: StreamedBody | None, offset: int, n: int) -> None:
+        if sink.closed or sink.epoch != self.epoch or sink.rid not in self.requests:
+            if stream is not None:
+                stream.fail("the request is over (cancelled, or its session lost)")
+            return
+        self.send_for(sink, Kind.BODYREQ, ((b"o", b"%d" % offset), (b"n", b"%d" % n)))
+
+    def _refuse(
+        self, sink: SplitSink, request: Request, status: int, reason: str, detail: str
+    ) -> None:
+        log.info(
+            "{status} for {target!r}: {detail}", status=status, target=request.target, detail=detail
+        )
+        self._send(Kind.START, sink.rid)
+        body = f"{status} {reason}\n".encode()
+        sink.head_sent = True
+        self._send(
+            Kind.HEAD,
+            sink.rid,
+            ((b"st", b"%d" % status),),
+            (simple_response(status, reason, self.services.date(), body),),
+        )
+        self._send(Kind.END, sink.rid, ((b"st", b"%d" % status), (b"ka", b"0"), (b"ran", b"1")))
+        self._close_body(request)
+
+    def _body(self, frames: tuple[bytes, ...]) -> IO[bytes]:
+        size = sum(len(f) for f in frames)
+        body: IO[bytes]
+        if size <= BODY_IN_MEMORY:
+            body = io.BytesIO(frames[0] if len(frames) == 1 else b"".join(frames))
+        else:
+            body = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the response ends)
+            for frame in frames:
+                body.write(frame)
+            body.seek(0)
+        return body
+
+    @staticmethod
+    def _close_body(request: Request) -> None:
+        if request.body is not None:
+            request.body.close()
+
+    def _run(self, waiting: _Waiting) -> None:
+        def done(outcome: ResponseOutcome) -> None:
+            self._response_done(waiting, outcome)
+
+        response = ThreadedWSGIResponse(
+            self.services, waiting.sink, waiting.request, waiting.environ, done
+        )
+        waiting.response = response
+        waiting.sink.response = response
+        response.run()
+
+    def _response_done(self, waiting: _Waiting, outcome: ResponseOutcome) -> None:
+        now = self.reactor.seconds()
+        self.served += 1
+        waiting.sink.finish(outcome)
+        self._close_body(waiting.request)
+        access_log = self.access_log
+        if access_log is not None:
+            environ = waiting.environ
+            request = waiting.request
+            try:
+                access_log.log(
+                    environ["REMOTE_ADDR"] or "-",
+                    f"{request.method} {environ['RAW_URI']} HTTP/{request.version}",
+                    outcome.status,
+                    outcome.bytes_sent,
+                    environ.get("HTTP_REFERER", ""),
+                    environ.get("HTTP_USER_AGENT", ""),
+                    now - outcome.started,
+                    now,
+                )
+            except Exception:
+                log.failure("the access log could not be written", Failure())
+
+    def request_over(self, rid: int) -> None:
+        """END has gone for ``rid``: its slot is free (the front counts the credit back)."""
+        self.requests.pop(rid, None)
+        self._maybe_leave()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "pid": os.getpid(),
+            "welcomed": self.welcomed,
+            "draining": self.draining,
+            "in_flight": len(self.requests),
+            "served": self.served,
+            "sessions": self.sessions,
+        }

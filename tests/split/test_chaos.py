@@ -1,0 +1,316 @@
+"""Split mode across hosts, on one machine: each process in a network namespace of its own,
+joined by a bridge in another namespace this test creates (never the root namespace, no default
+route, nothing leaves the machine). Needs root and iproute2; skipped with a message elsewhere.
+Everything created is torn down in a ``finally``.
+
+A handler is cut off by taking its link down mid-run (a partition, no process death): the front
+loses it within the liveness window and re-dispatches what it had not started; a third handler
+joins mid-run; the link comes back and the partitioned handler is reset and rejoins. The test
+app journals ``request-id method pid`` before any work: every request got exactly one answer and
+no POST ran twice. (``tc netem`` latency and loss need the sch_netem kernel module: that part is
+skipped with a message where the kernel lacks it.)"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, ServerProcess, child_env
+from tests.split.test_integration import APP, FAST, JOINED
+
+pytestmark = pytest.mark.integration
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
+
+
+def _netns_available() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs these as root)"
+    if shutil.which("ip") is None:
+        return "iproute2's ip is not installed"
+    probe = f"czprobe{uuid.uuid4().hex[:6]}"
+    if _ip("netns", "add", probe, check=False).returncode != 0:
+        return "cannot create network namespaces here"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
+class Net:
+    """Namespaces on one bridge: ``add(name)`` gives a namespace with an address on it."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:5]
+        self.tag = tag
+        self.subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
+        self.bridge = f"czb{tag}"
+        self.namespaces: list[str] = []
+        self._new(self.bridge)
+        self.run(self.bridge, "ip", "link", "add", "br0", "type", "bridge")
+        self.run(self.bridge, "ip", "link", "set", "br0", "up")
+        self.hosts = 0
+
+    def _new(self, name: str) -> None:
+        _ip("netns", "add", name)
+        self.namespaces.append(name)
+        self.run(name, "ip", "link", "set", "lo", "up")
+
+    def run(self, ns: str, *cmd: str) -> None:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, *cmd], check=True, timeout=20, capture_output=True
+        )
+
+    def add(self, role: str) -> tuple[str, str, str]:
+        """A namespace for ``role``: (its name, its address, its link's name in the bridge)."""
+        self.hosts += 1
+        ns = f"cz{role[:1]}{self.hosts}{self.tag}"
+        self._new(ns)
+        inner, outer = f"e{self.hosts}", f"p{self.hosts}{self.tag}"
+        self.run(ns, "ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
+        self.run(ns, "ip", "link", "set", outer, "netns", self.bridge)
+        self.run(self.bridge, "ip", "link", "set", outer, "master", "br0")
+        self.run(self.bridge, "ip", "link", "set", outer, "up")
+        address = f"{self.subnet}.{self.hosts}"
+        self.run(ns, "ip", "addr", "add", f"{address}/24", "dev", inner)
+        self.run(ns, "ip", "link", "set", inner, "up")
+        return ns, address, outer
+
+    def link(self, outer: str, up: bool) -> None:
+        self.run(self.bridge, "ip", "link", "set", outer, "up" if up else "down")
+
+    def destroy(self) -> None:
+        for ns in reversed(self.namespaces):
+            _ip("netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    why = _netns_available()
+    if why is not None:
+        pytest.skip(why)
+    n = Net()
+    try:
+        yield n
+    finally:
+        n.destroy()
+
+
+def test_partition_join_and_rejoin_lose_nothing(net: Net, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    processes: list[ServerProcess] = []
+    try:
+        front_ns, front_addr, _ = net.add("front")
+        front = ServerProcess(
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--handlers",
+                f"tcp://{front_addr}:5560",
+                "--insecure-handlers",
+                "--access-log",
+                "off",
+                *FAST,
+            ],
+            tmp_path / "front.log",
+            child_env(),
+            command="catalyzer-front",
+            prefix=["ip", "netns", "exec", front_ns],
+        )
+        processes.append(front)
+        front.wait_listening()
+
+        def handler(role: str) -> tuple[ServerProcess, str]:
+            ns, _, outer = net.add(role)
+            joined = len(re.findall(JOINED, front.log()))
+            process = ServerProcess(
+                [
+                    "--app",
+                    APP,
+                    "--connect",
+                    f"tcp://{front_addr}:5560",
+                    "--threads",
+                    "3",
+                    "--access-log",
+                    "off",
+                    *FAST,
+                ],
+                tmp_path / f"{role}.log",
+                child_env({"SPLIT_JOURNAL": str(journal)}),
+                command="catalyzer-handler",
+                prefix=["ip", "netns", "exec", ns],
+            )
+            processes.append(process)
+            front.wait_for_log(JOINED, deadline=20.0, count=joined + 1)
+            return process, outer
+
+        cut, cut_link = handler("h1")
+        handler("h2")
+        out = tmp_path / "outcomes.json"
+        load = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                front_ns,
+                sys.executable,
+                "-m",
+                "tests.split.loadgen",
+                str(front.port),
+                "1200",
+                "17",
+                "12",
+                str(out),
+            ],
+            cwd=REPO,
+            env=child_env(),
+        )
+        try:
+            front.wait_until(
+                lambda: (
+                    True if journal.exists() and journal.read_text().count("\n") > 150 else None
+                ),
+                60.0,
+                "the load under way",
+            )
+            net.link(cut_link, up=False)  # a partition: the process lives on
+            front.wait_for_log(rf"handler \S+ pid {cut.pid} lost: silent for 1.5s", deadline=20.0)
+            joiner, _ = handler("h3")  # joins mid-run
+            net.link(cut_link, up=True)
+            front.wait_for_log(
+                rf"handler \S+ pid {cut.pid} tag \S+ joined with", count=2, deadline=30.0
+            )
+            assert load.wait(timeout=240) == 0
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait(timeout=10)
+        rows = json.loads(out.read_text())
+        assert len(rows) == 1200
+        assert len({r["rid"] for r in rows}) == 1200  # one answer each
+        assert [r for r in rows if r["status"] is None] == []
+        assert [r for r in rows if r["pid"] == -1] == []
+        ran: dict[str, list[int]] = collections.defaultdict(list)
+        for line in journal.read_text().splitlines():
+            rid, _method, pid = line.split()
+            ran[rid].append(int(pid))
+        assert [rid for rid, pids in ran.items() if rid.startswith("p") and len(pids) > 1] == []
+        for r in rows:
+            if r["status"] != 200:
+                # Only a POST told to go on the partitioned handler: 502, run there at most once.
+                assert (r["status"], r["method"]) == (502, "POST"), r
+                assert ran[r["rid"]] in ([], [cut.pid])
+        served = collections.Counter(r["pid"] for r in rows if r["status"] == 200)
+        assert served[joiner.pid] > 0  # the handler that joined mid-run took work
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+
+
+def test_latency_and_loss_on_the_handler_links(net: Net, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    processes: list[ServerProcess] = []
+    try:
+        front_ns, front_addr, _ = net.add("front")
+        front = ServerProcess(
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--handlers",
+                f"tcp://{front_addr}:5560",
+                "--insecure-handlers",
+                "--access-log",
+                "off",
+                "--heartbeat-interval",
+                "0.5",
+                "--handler-liveness",
+                "5",
+            ],
+            tmp_path / "front.log",
+            child_env(),
+            command="catalyzer-front",
+            prefix=["ip", "netns", "exec", front_ns],
+        )
+        processes.append(front)
+        front.wait_listening()
+        for n in (1, 2):
+            ns, _, outer = net.add(f"h{n}")
+            try:
+                net.run(
+                    net.bridge,
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    outer,
+                    "root",
+                    "netem",
+                    "delay",
+                    "20ms",
+                    "5ms",
+                    "loss",
+                    "2%",
+                )
+            except subprocess.CalledProcessError as e:
+                pytest.skip(f"tc netem is not available here: {e.stderr.decode().strip()}")
+            processes.append(
+                ServerProcess(
+                    [
+                        "--app",
+                        APP,
+                        "--connect",
+                        f"tcp://{front_addr}:5560",
+                        "--threads",
+                        "3",
+                        "--access-log",
+                        "off",
+                        "--heartbeat-interval",
+                        "0.5",
+                        "--handler-liveness",
+                        "5",
+                    ],
+                    tmp_path / f"h{n}.log",
+                    child_env({"SPLIT_JOURNAL": str(journal)}),
+                    command="catalyzer-handler",
+                    prefix=["ip", "netns", "exec", ns],
+                )
+            )
+            front.wait_for_log(JOINED, deadline=30.0, count=n)
+        out = tmp_path / "outcomes.json"
+        done = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                front_ns,
+                sys.executable,
+                "-m",
+                "tests.split.loadgen",
+                str(front.port),
+                "400",
+                "23",
+                "8",
+                str(out),
+            ],
+            cwd=REPO,
+            env=child_env(),
+            timeout=240,
+            check=False,
+        )
+        assert done.returncode == 0
+        rows = json.loads(out.read_text())
+        assert len({r["rid"] for r in rows}) == 400
+        assert [r for r in rows if r["status"] != 200 or r["pid"] == -1] == []
+    finally:
+        for process in reversed(processes):
+            process.terminate()

@@ -1,0 +1,285 @@
+"""A handler session driven message by message: a fake ZeroMQ connection, a Clock, and the app
+run synchronously (the pool thread's calls made in line)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+
+from catalyzer.split.frames import Kind, Message, encode
+from catalyzer.split.handler import HandlerSession
+from catalyzer.wsgi.sink import ResponseServices
+from tests.split.fakes import FakeConnection
+
+
+class InlinePool:
+    def callInThread(self, f: Callable[..., object], /, *args: Any) -> None:
+        f(*args)
+
+
+class Front:
+    """The front's side of the conversation."""
+
+    def __init__(self, app: Any, slots: int = 2) -> None:
+        self.reactor = MemoryReactorClock()
+        self.conn = FakeConnection()
+        services = ResponseServices(
+            app=app,
+            clock=self.reactor,
+            write_timeout=30.0,
+            date=lambda: "Thu, 01 Jan 1970 00:00:00 GMT",
+            date_line=lambda: b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n",
+            threadpool=InlinePool(),
+            call_from_thread=lambda f, *a: f(*a),
+        )
+        self.idle = 0
+        self.session = HandlerSession(
+            self.conn,  # type: ignore[arg-type]
+            self.reactor,
+            services,
+            slots=slots,
+            hello=((b"host", b"h"), (b"pid", b"1")),
+            heartbeat=1.0,
+            liveness=5.0,
+            on_idle=self._idle,
+        )
+        self.seq = 0
+        self.session.start()
+
+    def _idle(self) -> None:
+        self.idle += 1
+
+    def say(self, kind: Kind, rid: int = 0, meta: Any = (), body: Any = ()) -> None:
+        self.conn.on_message(encode(Message(kind, self.seq, rid, tuple(meta), tuple(body))))
+        self.seq += 1
+
+    def welcome(self) -> None:
+        self.seq = 0
+        self.say(Kind.WELCOME)
+        self.conn.take()
+
+    def req(
+        self,
+        rid: int,
+        method: str = "GET",
+        target: bytes = b"/p?q=1",
+        body: bytes = b"",
+        window: int = 1 << 20,
+        extra: Any = (),
+    ) -> None:
+        meta = [
+            (b"m", method.encode()),
+            (b"t", target),
+            (b"v", b"1.1"),
+            (b"ka", b"1"),
+            (b"sn", b""),
+            (b"e", b"REMOTE_ADDR=10.1.2.3"),
+            (b"e", b"REMOTE_PORT=5555"),
+            (b"e", b"SERVER_NAME=front"),
+            (b"e", b"SERVER_PORT=8080"),
+            (b"e", b"wsgi.url_scheme=http"),
+            (b"e", b"HTTP_HOST=example"),
+            (b"pk", b""),
+            (b"h", b"host:example"),
+            (b"h", b"x-forwarded-for:6.6.6.6"),
+            (b"h", b"x-thing:yes"),
+            (b"w", b"%d" % window),
+            *extra,
+        ]
+        self.say(Kind.REQ, rid, meta, (body,) if body else ())
+
+
+class Recorder:
+    def __init__(self, body: list[bytes] | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.body = body or [b"hello"]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.calls.append({**environ, "body": environ["wsgi.input"].read()})
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return self.body
+
+
+def test_hello_is_repeated_until_welcome_then_heartbeats() -> None:
+    front = Front(Recorder())
+    (hello,) = front.conn.take()
+    assert hello.kind is Kind.HELLO and hello.seq == 0
+    assert hello.get_int(b"slots") == 2
+    front.reactor.advance(1.0)
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]
+    front.welcome()
+    front.reactor.advance(1.0)
+    (hb,) = front.conn.take()
+    assert hb.kind is Kind.HB and hb.seq == 1  # numbering restarted with the HELLO
+
+
+def test_get_runs_at_once_with_the_environ_of_the_http_face() -> None:
+    app = Recorder()
+    front = Front(app)
+    front.welcome()
+    front.req(7, body=b"")
+    start, head, end = front.conn.take()
+    assert (start.kind, start.rid) == (Kind.START, 7)
+    assert (head.kind, head.get_int(b"st")) == (Kind.HEAD, 200)
+    assert head.body[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head.body[0].endswith(b"hello")
+    assert (end.kind, end.get(b"ka"), end.get(b"ran"), end.get(b"ab")) == (
+        Kind.END,
+        b"1",
+        b"1",
+        None,
+    )
+    (environ,) = app.calls
+    assert environ["REMOTE_ADDR"] == "10.1.2.3"
+    assert environ["PATH_INFO"] == "/p" and environ["QUERY_STRING"] == "q=1"
+    assert environ["HTTP_X_THING"] == "yes"
+    # The front did not believe X-Forwarded-For (pk empty): the app does not see it.
+    assert "HTTP_X_FORWARDED_FOR" not in environ
+    assert environ["wsgi.multithread"] is True
+    assert "wsgi.file_wrapper" in environ
+
+
+def test_post_waits_for_go() -> None:
+    app = Recorder()
+    front = Front(app)
+    front.welcome()
+    front.req(3, "POST", body=b"payload", extra=((b"h", b"content-length:7"),))
+    assert [m.kind for m in front.conn.take()] == [Kind.START]
+    assert app.calls == []
+    front.say(Kind.GO, 3)
+    assert [m.kind for m in front.conn.take()] == [Kind.HEAD, Kind.END]
+    assert app.calls[0]["body"] == b"payload"
+    assert app.calls[0]["CONTENT_LENGTH"] == "7"
+
+
+def test_cancel_before_go_never_runs_the_app() -> None:
+    app = Recorder()
+    front = Front(app)
+    front.welcome()
+    front.req(3, "POST", body=b"x")
+    front.conn.take()
+    front.say(Kind.CANCEL, 3)
+    (end,) = front.conn.take()
+    assert (end.kind, end.get(b"r"), end.get(b"ran")) == (Kind.END, b"cancelled", None)
+    front.say(Kind.GO, 3)
+    assert app.calls == [] and front.conn.take() == []
+
+
+def test_response_bytes_wait_for_the_window() -> None:
+    front = Front(Recorder([b"a" * 100]))
+    front.welcome()
+    front.req(1, window=40)
+    _start, head = front.conn.take()
+    assert head.body_length == 40
+    front.say(Kind.WIN, 1, ((b"n", b"30"),))
+    (first,) = front.conn.take()
+    assert (first.kind, first.body_length) == (Kind.DATA, 30)
+    front.say(Kind.WIN, 1, ((b"n", b"1000"),))
+    rest, end = front.conn.take()
+    assert rest.kind is Kind.DATA and end.kind is Kind.END
+    total = head.body[0] + front_bytes(first) + front_bytes(rest)
+    assert b"Content-Length: 100\r\n" in total
+    assert total.endswith(b"\r\n\r\n" + b"a" * 100)
+
+
+def front_bytes(message: Message) -> bytes:
+    return b"".join(message.body)
+
+
+def test_app_error_is_a_500_from_the_handler() -> None:
+    def boom(environ: Any, start_response: Any) -> list[bytes]:
+        raise RuntimeError("on purpose")
+
+    front = Front(boom)
+    front.welcome()
+    front.req(1)
+    _start, head, end = front.conn.take()
+    assert head.get_int(b"st") == 500
+    assert end.get_int(b"st") == 500
+
+
+def test_reset_and_sequence_gap_and_silence_start_a_new_session() -> None:
+    front = Front(Recorder())
+    front.welcome()
+    front.say(Kind.RESET)
+    (hello,) = front.conn.take()
+    assert (hello.kind, hello.seq) == (Kind.HELLO, 0)
+    front.welcome()
+    front.seq += 1  # a message from the front was lost
+    front.say(Kind.HB)
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]
+    front.welcome()
+    for _ in range(5):
+        front.reactor.advance(1.0)
+    assert Kind.HELLO in [m.kind for m in front.conn.take()]
+
+
+def test_drain_returns_unstarted_work_finishes_the_rest_then_bye() -> None:
+    front = Front(Recorder([b"a" * 100]))
+    front.welcome()
+    front.req(1, window=10)  # started, waiting for window
+    front.req(2, "POST")  # waiting for GO
+    front.conn.take()
+    front.session.drain()
+    kinds = [(m.kind, m.rid) for m in front.conn.take()]
+    assert kinds == [(Kind.DRAIN, 0), (Kind.RETURN, 2)]
+    assert front.idle == 0
+    front.req(3)  # crossed with the DRAIN: given back
+    assert [(m.kind, m.rid) for m in front.conn.take()] == [(Kind.RETURN, 3)]
+    front.say(Kind.WIN, 1, ((b"n", b"1000"),))
+    assert [m.kind for m in front.conn.take()] == [Kind.DATA, Kind.END, Kind.BYE]
+    assert front.idle == 1
+
+
+def test_malformed_request_metadata_starts_a_new_session() -> None:
+    front = Front(Recorder())
+    front.welcome()
+    front.say(Kind.REQ, 1, ((b"m", b"GET"), (b"h", b"no-colon")))
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]
+
+
+def test_streamed_body_is_asked_for_piece_by_piece_from_another_thread() -> None:
+    import threading
+
+    from catalyzer.split.handler import BodyCancelled, StreamedBody
+
+    asked: list[tuple[int, int]] = []
+    body = bytes(range(256)) * 2000
+    box: list[StreamedBody] = []
+
+    def ask(offset: int, n: int) -> None:
+        asked.append((offset, n))
+        box[0].feed(offset, body[offset : offset + n])
+
+    stream = StreamedBody(len(body), ask, lambda f, *a: f(*a))
+    box.append(stream)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(io.BufferedReader(stream).read()))
+    reader.start()
+    reader.join(timeout=30)
+    assert got == [body]
+    assert asked[0] == (0, min(len(body), 256 * 1024))
+    failing = StreamedBody(
+        10, lambda o, n: failing.fail("cancelled by the front"), lambda f, *a: f(*a)
+    )
+    try:
+        failing.read(5)
+    except BodyCancelled as e:
+        assert "cancelled" in str(e)
+    else:
+        raise AssertionError("a cancelled body must not read as empty")
+
+
+def test_resets_that_arrive_while_joining_again_are_ignored() -> None:
+    front = Front(Recorder())
+    front.welcome()
+    front.say(Kind.RESET)  # answers a late message: join again
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]
+    front.say(Kind.RESET)  # sent before our HELLO reached the front: no second HELLO
+    front.say(Kind.RESET)
+    assert front.conn.take() == []
+    front.welcome()
+    assert front.session.welcomed

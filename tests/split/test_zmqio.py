@@ -1,0 +1,179 @@
+"""The ZeroMQ reader on a fake socket (edge-triggered draining, the per-turn batch, re-checks
+after sends) and the real sockets' options on loopback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+from twisted.internet.testing import MemoryReactorClock
+
+from catalyzer.split.zmqio import (
+    SendResult,
+    ZmqConnection,
+    front_socket,
+    handler_socket,
+    new_context,
+)
+
+
+class FakeSocket:
+    """The parts of a zmq.Socket the connection uses: a queue of incoming messages."""
+
+    def __init__(self) -> None:
+        self.incoming: list[list[bytes]] = []
+        self.outgoing: list[list[Any]] = []
+        self.send_error: Exception | None = None
+        self.arrive_on_send: list[bytes] | None = None
+        self.closed = False
+
+    def getsockopt(self, option: int) -> int:
+        if option == zmq.FD:
+            return 42
+        if option == zmq.EVENTS:
+            return zmq.POLLIN if self.incoming else 0
+        raise AssertionError(option)
+
+    def recv_multipart(self, flags: int) -> list[bytes]:
+        assert flags == zmq.NOBLOCK
+        if not self.incoming:
+            raise zmq.Again()
+        return self.incoming.pop(0)
+
+    def send_multipart(self, frames: list[Any], flags: int, copy: bool) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        self.outgoing.append(list(frames))
+        if self.arrive_on_send is not None:
+            # A reply arrives while we send: libzmq may report it on this call's edge only.
+            self.incoming.append(self.arrive_on_send)
+            self.arrive_on_send = None
+
+    def close(self, linger: int = 0) -> None:
+        self.closed = True
+
+
+def make(batch: int = 3) -> tuple[FakeSocket, MemoryReactorClock, ZmqConnection, list[list[bytes]]]:
+    sock = FakeSocket()
+    reactor = MemoryReactorClock()
+    got: list[list[bytes]] = []
+    conn = ZmqConnection(sock, reactor, got.append, batch=batch)
+    return sock, reactor, conn, got
+
+
+def turn(reactor: MemoryReactorClock) -> None:
+    """One reactor turn: the calls due now, not those they schedule."""
+    (call,) = reactor.getDelayedCalls()
+    reactor.calls.remove(call)  # type: ignore[arg-type]
+    call.func(*call.args, **call.kw)  # type: ignore[attr-defined]
+
+
+def test_start_registers_the_fd_and_drains_what_arrived_before() -> None:
+    sock, reactor, conn, got = make()
+    sock.incoming.append([b"early"])
+    conn.start()
+    assert conn in reactor.getReaders()
+    assert conn.fileno() == 42
+    assert got == []
+    reactor.advance(0)
+    assert got == [[b"early"]]
+
+
+def test_drains_at_most_a_batch_per_turn_then_continues_next_turn() -> None:
+    sock, reactor, conn, got = make(batch=3)
+    conn.start()
+    reactor.advance(0)
+    sock.incoming.extend([[b"%d" % i] for i in range(7)])
+    conn.doRead()
+    assert len(got) == 3  # the reactor gets its turn back
+    turn(reactor)
+    assert len(got) == 6
+    turn(reactor)
+    assert [m[0] for m in got] == [b"%d" % i for i in range(7)]
+    assert reactor.getDelayedCalls() == []  # nothing left: no busy loop
+
+
+def test_a_send_that_takes_the_edge_schedules_a_drain() -> None:
+    sock, reactor, conn, got = make()
+    conn.start()
+    reactor.advance(0)
+    sock.arrive_on_send = [b"reply"]
+    assert conn.send([b"id", b"hello"]) is SendResult.SENT
+    assert sock.outgoing == [[b"id", b"hello"]]
+    assert got == []
+    reactor.advance(0)
+    assert got == [[b"reply"]]
+
+
+def test_send_results() -> None:
+    sock, _reactor, conn, _got = make()
+    sock.send_error = zmq.Again()
+    assert conn.send([b"x"]) is SendResult.FULL
+    sock.send_error = zmq.ZMQError(zmq.EHOSTUNREACH)
+    assert conn.send([b"x"]) is SendResult.UNREACHABLE
+    sock.send_error = zmq.ZMQError(zmq.EINVAL)
+    with pytest.raises(zmq.ZMQError):
+        conn.send([b"x"])
+
+
+def test_a_failing_handler_does_not_stop_the_drain() -> None:
+    sock = FakeSocket()
+    reactor = MemoryReactorClock()
+    seen: list[bytes] = []
+
+    def on_message(frames: list[bytes]) -> None:
+        seen.append(frames[0])
+        if frames[0] == b"bad":
+            raise RuntimeError("boom")
+
+    conn = ZmqConnection(sock, reactor, on_message)
+    conn.start()
+    sock.incoming.extend([[b"bad"], [b"good"]])
+    conn.doRead()
+    assert seen == [b"bad", b"good"]
+
+
+def test_stop_removes_the_reader_and_the_pending_drain() -> None:
+    sock, reactor, conn, got = make()
+    conn.start()
+    conn.close()
+    assert conn not in reactor.getReaders()
+    assert reactor.getDelayedCalls() == []
+    assert sock.closed
+    sock.incoming.append([b"x"])
+    conn.doRead()
+    assert got == []
+
+
+def test_real_router_and_dealer_on_loopback() -> None:
+    """The option set is accepted by libzmq, and a message goes both ways; the ROUTER refuses
+    to route to an unknown identity instead of dropping silently."""
+    context = new_context()
+    try:
+        router, (endpoint,) = front_socket(
+            context, ["tcp://127.0.0.1:*"], heartbeat=1.0, liveness=3.0
+        )
+        assert not endpoint.endswith(":*")
+        dealer = handler_socket(context, endpoint, b"h1", heartbeat=1.0, liveness=3.0)
+        dealer.send_multipart([b"hi"])
+        assert router.poll(5000) == zmq.POLLIN
+        assert router.recv_multipart() == [b"h1", b"hi"]
+        router.send_multipart([b"h1", b"back"])
+        assert dealer.poll(5000) == zmq.POLLIN
+        assert dealer.recv_multipart() == [b"back"]
+        reader = ZmqConnection(router, MemoryReactorClock(), lambda f: None)
+        assert reader.send([b"nobody", b"x"]) is SendResult.UNREACHABLE
+        dealer.close(0)
+        router.close(0)
+    finally:
+        context.term()
+
+
+def test_binding_a_bad_endpoint_fails_cleanly() -> None:
+    context = new_context()
+    try:
+        with pytest.raises(zmq.ZMQError):
+            front_socket(context, ["tcp://256.0.0.1:1"], heartbeat=1.0, liveness=3.0)
+    finally:
+        context.term()
