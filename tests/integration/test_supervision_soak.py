@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 HUPS = 5
 REPLACING = re.compile(r"max-requests; starting its replacement$", re.M)
+LOAD_LIMIT = 500_000
 SETTLE = 15.0  # load stopped -> old workers drained (die-timeout 2) and the table settled
 
 
@@ -86,12 +87,15 @@ def test_reloads_overlapping_recycling_settle_at_procs_workers_of_newest_generat
         app=APP,
         env=env,
     )
-    running = Load(server.port, connections=8, limit=20000).start()
+    # The limit only bounds the run: reaching it before the last HUP would stop the recycling
+    # the test waits for (a quiet machine sends 20,000 requests in a few seconds).
+    running = Load(server.port, connections=8, limit=LOAD_LIMIT).start()
     try:
         for generation in range(2, 2 + HUPS):
             # HUP just as a worker starts recycling: with no jitter and the load spread over
             # both, the other one is usually queued for recycling too.
             running.wait_for(10, server)
+            assert not running.done(), f"the load ended early: {running.summary()}"
             recycled = len(REPLACING.findall(server.log()))
             server.wait_for_log(REPLACING.pattern, REPLACE, count=recycled + 1)
             server.send_signal(signal.SIGHUP)
