@@ -324,6 +324,10 @@ def run(system: str, total: int, clients: int, work_ms: int, keep: bool = False)
         for t in threads:
             t.join(ANSWER_TIMEOUT + 1)
     finally:
+        # mongrel2 goes on in a forked child: the PID to stop is the one its pid file names.
+        pid_file = workdir / "run" / "mongrel2.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
         for p in everyone:
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGTERM)
