@@ -805,6 +805,41 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def repeatable_option(setting: Setting) -> Callable[[Any, str], None]:
+    """The ``opt_NAME`` method by which twisted's ``usage.Options`` collects a repeatable
+    setting's values, in order, in the options' ``repeated`` dict."""
+
+    def opt(self: Any, value: str) -> None:
+        self.repeated.setdefault(setting.name, []).append(value)
+
+    opt.__doc__ = setting.help
+    return opt
+
+
+def command_line_values(
+    settings: Iterable[Setting],
+    opts: Mapping[str, object],
+    repeated: Mapping[str, list[str]],
+) -> dict[str, object]:
+    """The values of ``settings`` given on a command line: ``opts`` as twisted's ``usage.Options``
+    holds them, repeatable options' values in ``repeated``; an unset option is left out (the
+    config file or the default decides). Raises :class:`SettingError` for a bad value."""
+    values: dict[str, object] = {}
+    for setting in settings:
+        if setting.repeatable:
+            raw_list = repeated.get(setting.name)
+            if raw_list:
+                values[setting.name] = [setting.coerce(v) for v in raw_list]
+            continue
+        raw = opts.get(setting.name)
+        if setting.flag:
+            if raw:
+                values[setting.name] = True
+        elif raw is not None:
+            values[setting.name] = setting.coerce(raw)
+    return values
+
+
 def _check_config_matches_settings() -> None:
     names = [f.name for f in dataclasses.fields(Config)]
     if names != [s.attr for s in SETTINGS]:

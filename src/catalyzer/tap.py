@@ -24,7 +24,13 @@ from catalyzer.server.proxyheader import ProxiedEndpoint, split_proxied
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import SETTINGS as ALL_SETTINGS
-from catalyzer.settings import SPLIT_SECTION, Config, Setting, SettingError
+from catalyzer.settings import (
+    SPLIT_SECTION,
+    Config,
+    SettingError,
+    command_line_values,
+    repeatable_option,
+)
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer")
@@ -35,14 +41,6 @@ SETTINGS = tuple(s for s in ALL_SETTINGS if s.section != SPLIT_SECTION)
 
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"catalyzer: error: {message}")
-
-
-def _repeatable_option(setting: Setting) -> Any:
-    def opt(self: Options, value: str) -> None:
-        self.repeated.setdefault(setting.name, []).append(value)
-
-    opt.__doc__ = setting.help
-    return opt
 
 
 class Options(usage.Options):
@@ -74,21 +72,10 @@ class Options(usage.Options):
                 values.update(load_config_file(self.opts["config"]))
             except SettingError as e:
                 raise _fail(str(e)) from None
-        for setting in SETTINGS:
-            if setting.repeatable:
-                raw_list = self.repeated.get(setting.name)
-                if raw_list:
-                    values[setting.name] = [setting.coerce(v) for v in raw_list]
-                continue
-            raw = self.opts.get(setting.name)
-            if setting.flag:
-                if raw:
-                    values[setting.name] = True
-            elif raw is not None:
-                try:
-                    values[setting.name] = setting.coerce(raw)
-                except SettingError as e:
-                    raise _fail(str(e)) from None
+        try:
+            values.update(command_line_values(SETTINGS, self.opts, self.repeated))
+        except SettingError as e:
+            raise _fail(str(e)) from None
         if "listen" not in values and (values.get("uwsgi") or values.get("fastcgi")):
             values["listen"] = []  # behind a web server: no HTTP port unless asked for
         if not values.get("app"):
@@ -148,7 +135,7 @@ def with_backlog(description: str, backlog: int) -> str:
 
 for _setting in SETTINGS:
     if _setting.repeatable:
-        setattr(Options, "opt_" + _setting.attr, _repeatable_option(_setting))
+        setattr(Options, "opt_" + _setting.attr, repeatable_option(_setting))
         if _setting.short:
             setattr(Options, "opt_" + _setting.short, getattr(Options, "opt_" + _setting.attr))
 

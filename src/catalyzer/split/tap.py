@@ -23,7 +23,15 @@ from catalyzer.ops.statusapp import make_status_app
 from catalyzer.server.channel import ServerState
 from catalyzer.server.root import SingleProcessRoot, SingleStatus
 from catalyzer.server.service import HTTPService
-from catalyzer.settings import BY_NAME, SPLIT_SECTION, Config, Setting, SettingError
+from catalyzer.settings import (
+    BY_NAME,
+    SPLIT_SECTION,
+    Config,
+    Setting,
+    SettingError,
+    command_line_values,
+    repeatable_option,
+)
 from catalyzer.split.front import SplitFront
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
 from catalyzer.split.router import Router, RouterSettings
@@ -103,18 +111,7 @@ class _SettingsOptions(usage.Options):
                 raise _fail(self.command, str(e)) from None
             values.update({k: v for k, v in loaded.items() if k in self.names})
         try:
-            for setting in self.settings():
-                if setting.repeatable:
-                    raw_list = self.repeated.get(setting.name)
-                    if raw_list:
-                        values[setting.name] = [setting.coerce(v) for v in raw_list]
-                    continue
-                raw = self.opts.get(setting.name)
-                if setting.flag:
-                    if raw:
-                        values[setting.name] = True
-                elif raw is not None:
-                    values[setting.name] = setting.coerce(raw)
+            values.update(command_line_values(self.settings(), self.opts, self.repeated))
             self.config = Config.from_values(values)
         except SettingError as e:
             raise _fail(self.command, str(e)) from None
@@ -143,16 +140,8 @@ def _options_class(
     }
     for setting in table:
         if setting.repeatable:
-            attrs["opt_" + setting.attr] = _repeatable_option(setting)
+            attrs["opt_" + setting.attr] = repeatable_option(setting)
     return type(name, (_SettingsOptions,), attrs)
-
-
-def _repeatable_option(setting: Setting) -> Any:
-    def opt(self: _SettingsOptions, value: str) -> None:
-        self.repeated.setdefault(setting.name, []).append(value)
-
-    opt.__doc__ = setting.help
-    return opt
 
 
 FrontOptions = _options_class(
