@@ -9,7 +9,6 @@ The master passes its settings as JSON in ``CATALYZER_WORKER`` (see :func:`catal
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import random
@@ -26,7 +25,7 @@ from twisted.protocols import amp
 
 from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
-from catalyzer.prefork import control
+from catalyzer.prefork import boot, control
 from catalyzer.prefork.fdpass import FdReader
 from catalyzer.prefork.recycling import RecyclePolicy
 from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
@@ -280,53 +279,28 @@ def _rss() -> int:
 
 
 def main() -> None:
-    if control.ENV_KEY not in os.environ:
-        raise SystemExit(
-            "catalyzer.prefork.worker is started by the master (twistd catalyzer --procs N), "
-            f"not by hand (it reads its settings from {control.ENV_KEY})"
-        )
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
 
-    from catalyzer.ops.logfmt import plain_observer
-    from catalyzer.process import signals
     from catalyzer.process.heap import freeze_startup_heap
 
-    spec = json.loads(os.environ.pop(control.ENV_KEY))
-    globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
-    # The master asks for our stack with SIGUSR2 when a request hangs past --timeout.
-    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+    spec = boot.read_spec("catalyzer.prefork.worker", "twistd catalyzer --procs N")
     worker = Worker(spec, reactor)
-    reactor.callWhenRunning(worker.start)
-    reactor.callWhenRunning(
-        signals.install,
+    boot.run(
         reactor,
+        worker.start,
         {
             signal.SIGTERM: worker.stop,
             signal.SIGINT: lambda: worker.stop(quick=True),
             signal.SIGQUIT: lambda: worker.stop(quick=True),
-            signal.SIGHUP: lambda: None,  # reloads are the master's business
-            signal.SIGUSR1: lambda: None,
         },
+        worker.service.stopService,
+        lambda: 0 if worker.service.clean_exit else 1,
         # A response the app is making while TERM arrives already says Connection: close,
         # even when the app runs in this (the reactor's) thread.
         at_once={signal.SIGTERM: worker.server.stop_keep_alive},
+        # After the signal handlers: a full collection at start-up takes a while.
+        then=freeze_startup_heap,
     )
-    # After the signal handlers: a full collection at start-up takes a while.
-    reactor.callWhenRunning(freeze_startup_heap)
-    stopped: list[bool] = []
-    reactor.addSystemEventTrigger("before", "shutdown", _stop_service, worker, stopped)
-    reactor.run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0 if worker.service.clean_exit else 1)
-
-
-def _stop_service(worker: Worker, stopped: list[bool]) -> Any:
-    if stopped:
-        return None
-    stopped.append(True)
-    return worker.service.stopService()
 
 
 if __name__ == "__main__":

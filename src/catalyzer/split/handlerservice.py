@@ -59,6 +59,7 @@ class HandlerService(MultiService):
         self.reactor = reactor
         self.context = context
         self.install_signals = False
+        self.endpoints: list[str] = []  # the fronts, in the order of ``sessions``
         self.clean_exit = True
         # Called once every session has been welcomed (a prefork worker's Ready).
         self.on_ready: Callable[[], None] | None = None
@@ -123,7 +124,9 @@ class HandlerService(MultiService):
                     multiprocess=server.multiprocess,
                 )
             )
-        return cls(server, sessions, reactor, context)
+        service = cls(server, sessions, reactor, context)
+        service.endpoints = list(config.connect)
+        return service
 
     def startService(self) -> None:
         MultiService.startService(self)
@@ -152,6 +155,19 @@ class HandlerService(MultiService):
 
     def status(self) -> dict[str, object]:
         return {"sessions": [s.status() for s in self.sessions]}
+
+    def describe(self) -> str:
+        """The sessions as text, one line per front (the USR1 dump of a handler master)."""
+        lines = [f"{len(self.sessions)} sessions"]
+        for n, session in enumerate(self.sessions):
+            row = session.status()
+            where = self.endpoints[n] if n < len(self.endpoints) else f"front {n}"
+            state = "draining" if row["draining"] else "joined" if row["welcomed"] else "joining"
+            lines.append(
+                f"  {where}: {state}, {row['in_flight']} in flight, {row['served']} served, "
+                f"session {row['sessions']}"
+            )
+        return "\n".join(lines)
 
     def drain(self) -> None:
         if self._stopping:

@@ -10,9 +10,9 @@ and it exits 0, or 1 if die-timeout had to cut.
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -22,8 +22,10 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from catalyzer.prefork import control
+from catalyzer.prefork import boot, control
+from catalyzer.prefork.recycling import RecyclePolicy
 from catalyzer.process.children import set_title
+from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
@@ -45,7 +47,7 @@ class _Control(control.QuietAMP):
 
     @control.Dump.responder
     def dump(self) -> dict[str, str]:
-        return {"text": json.dumps(self.worker.service.status())}
+        return {"text": self.worker.describe()}
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
@@ -84,6 +86,11 @@ class HandlerWorker:
             sys.stderr.flush()
             os._exit(3)
         self.service.on_ready = self._say_ready
+        limit = config.max_requests
+        if limit:
+            limit += random.randint(0, config.max_requests_jitter)
+        self.recycling = RecyclePolicy(limit, config.max_worker_rss * MIB)
+        self.memory = ResidentMemory() if config.max_worker_rss else None
         self.control: amp.AMP | None = None
         self._control_fd = int(spec["control_fd"])
 
@@ -104,9 +111,33 @@ class HandlerWorker:
         proto = self.control
         if proto is None:
             return
-        stats = {**self.service.status(), "connections": 0, "in_flight": 0}
+        status = self.service.status()
+        rss = self.memory.read() if self.memory is not None else 0
+        stats = {**status, "connections": 0, "in_flight": 0, "rss": rss}
         proto.callRemote(control.Heartbeat, stats=json.dumps(stats))
+        self._check_recycling(rss)
         self.reactor.callLater(1.0, self._heartbeat)
+
+    def _check_recycling(self, rss: int) -> None:
+        """Asked once a second (with the heartbeat), not after every response: the per-request
+        path stays as it is, and a handler that is over its RSS while idle is replaced too. The
+        master starts the replacement first, then sends TERM: this worker drains (its unstarted
+        requests go back to the front, started ones finish), so no request fails."""
+        served = sum(session.served for session in self.service.sessions)
+        decision = self.recycling.after_response(served, rss)
+        if decision is not None and self.control is not None:
+            log.info(
+                "asking to be replaced ({reason}{detail}) after {served} requests",
+                reason=decision.reason,
+                detail=f": {decision.detail}" if decision.detail else "",
+                served=served,
+            )
+            self.control.callRemote(control.Retire, reason=decision.reason, detail=decision.detail)
+
+    def describe(self) -> str:
+        """This worker's sessions, for the master's USR1 dump."""
+        head = f"handler worker {self.slot} pid {os.getpid()} generation {self.generation}: "
+        return head + self.service.describe()
 
     def master_lost(self) -> None:
         if self.reactor.running:
@@ -115,46 +146,21 @@ class HandlerWorker:
 
 
 def main() -> None:
-    if control.ENV_KEY not in os.environ:
-        raise SystemExit(
-            "catalyzer.split.worker is started by the master (twistd catalyzer-handler "
-            f"--procs N), not by hand (it reads its settings from {control.ENV_KEY})"
-        )
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
 
-    from catalyzer.ops.logfmt import plain_observer
-    from catalyzer.process import signals
-
-    spec = json.loads(os.environ.pop(control.ENV_KEY))
-    globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
-    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+    spec = boot.read_spec("catalyzer.split.worker", "twistd catalyzer-handler --procs N")
     worker = HandlerWorker(spec, reactor)
-    reactor.callWhenRunning(worker.start)
-    reactor.callWhenRunning(
-        signals.install,
+    boot.run(
         reactor,
+        worker.start,
         {
             signal.SIGTERM: worker.service.drain,
             signal.SIGINT: worker.service.quick,
             signal.SIGQUIT: worker.service.quick,
-            signal.SIGHUP: lambda: None,  # reloads are the master's business
-            signal.SIGUSR1: lambda: None,
         },
+        worker.service.stopService,
+        lambda: 0 if worker.service.clean_exit else 1,
     )
-    stopped: list[bool] = []
-
-    def stop_service() -> Any:
-        if stopped:
-            return None
-        stopped.append(True)
-        return worker.service.stopService()
-
-    reactor.addSystemEventTrigger("before", "shutdown", stop_service)
-    reactor.run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0 if worker.service.clean_exit else 1)
 
 
 if __name__ == "__main__":
