@@ -6,11 +6,14 @@ teardown."""
 from __future__ import annotations
 
 import collections
+import http.client
+import json
 import re
 import threading
 
 import pytest
 
+from tests.integration.conftest import ServerProcess
 from tests.split.test_integration import (
     JOINED,
     Outcome,
@@ -50,3 +53,35 @@ def test_handler_workers_recycle_after_max_requests_with_zero_errors(split: Spli
     runs = collections.Counter((rid, method) for rid, method, _ in split.journal_lines())
     assert [k for k, n in runs.items() if k[1] == "POST" and n > 1] == []
     assert handler.terminate() == 0
+
+
+def stats_get(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def stats_port(front: ServerProcess) -> int:
+    return int(front.wait_for_log(r"listening on \S+ \(.*port=(\d+)", count=2).group(1))
+
+
+def test_round_trip_time_per_handler_in_status_and_metrics(split: Split) -> None:
+    front = split.start_front("--stats", "tcp:0:interface=127.0.0.1")
+    port = stats_port(front)
+    split.start_handler("--threads", "1", "--tag", "v42")
+
+    def measured() -> float | None:
+        (row,) = json.loads(stats_get(port, "/status"))["split"]["handlers"]
+        return row["rtt"]  # type: ignore[no-any-return]
+
+    # The first timed heartbeat goes one interval (0.2 s here) after the handler joined.
+    rtt = front.wait_until(measured, deadline=10.0, what="a round trip time in /status")
+    assert 0 < rtt < 1.5  # below liveness: a stamp older than that is not taken
+    metrics = stats_get(port, "/metrics").decode()
+    assert re.search(
+        r'catalyzer_split_handler_rtt_seconds\{host="[^"]+",pid="\d+",tag="v42"\} [0-9.e-]+',
+        metrics,
+    )

@@ -127,11 +127,19 @@ def _split_metrics(split: Mapping[str, Any]) -> Iterable[Metric]:
             ("errors", "Responses each handler cut or ended without an answer."),
         )
     }
+    rtt = GaugeMetricFamily(
+        "catalyzer_split_handler_rtt_seconds",
+        "Round trip time to each handler (heartbeat stamps, smoothed), once measured.",
+        labels=labels,
+    )
     for row in split["handlers"]:
         values = [str(row["host"]), str(row["pid"]), str(row["tag"])]
         for key, family in families.items():
             family.add_metric(values, row[key])
+        if row.get("rtt") is not None:
+            rtt.add_metric(values, row["rtt"])
     yield from families.values()
+    yield rtt
     yield GaugeMetricFamily(
         "catalyzer_split_queued", "Requests waiting for a handler's credit.", value=split["queued"]
     )

@@ -42,7 +42,7 @@ from catalyzer.split.frames import (
     decode,
     encode,
 )
-from catalyzer.split.router import RETRYABLE_METHODS
+from catalyzer.split.router import PING, RETRYABLE_METHODS
 from catalyzer.split.zmqio import SendResult, ZmqConnection
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
@@ -462,6 +462,10 @@ class HandlerSession:
     def _handle(self, msg: Message) -> None:
         kind = msg.kind
         if kind is Kind.HB:
+            stamp = msg.get(PING)
+            if stamp is not None:
+                # The front times its round trips with this: answer now, from this thread.
+                self._send(Kind.HB, meta=((PING, stamp),))
             return
         if kind is Kind.REQ:
             self._request(msg)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ GO: Final = "go"
 RESPONDING: Final = "responding"
 
 RETRYABLE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# The front's heartbeats carry its clock under this key; a handler sends the stamp straight back.
+PING: Final = b"p"
+# How much a new round-trip sample moves the smoothed figure (as TCP's SRTT: 1/8).
+RTT_WEIGHT: Final = 0.125
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,8 @@ class HandlerState:
     # wire request id -> client id, or None once the client is gone (its END is still owed).
     in_flight: dict[int, int | None] = field(default_factory=dict)
     last_dispatch: float = 0.0
+    last_ping: float = 0.0  # when the last timed heartbeat went to it
+    rtt: float | None = None  # round trip time (seconds), smoothed; None until measured
     served: int = 0
     redispatched: int = 0
     errors: int = 0
@@ -209,6 +217,7 @@ class HandlerState:
             "served": self.served,
             "redispatched": self.redispatched,
             "errors": self.errors,
+            "rtt": None if self.rtt is None else round(self.rtt, 6),
             "last_seen": round(now - self.last_heard, 3),
         }
 
@@ -258,7 +267,7 @@ class Router:
         s = self.settings
         for h in self.handlers.values():
             times.append(h.last_heard + s.liveness)
-            times.append(h.last_sent + s.heartbeat)
+            times.append(h.last_ping + s.heartbeat)
         return min(times) if times else None
 
     def status(self, now: float) -> dict[str, object]:
@@ -401,8 +410,8 @@ class Router:
         for handler in list(self.handlers.values()):
             if now >= handler.last_heard + s.liveness:
                 out += self._lose(now, handler, f"silent for {s.liveness:g}s")
-            elif now >= handler.last_sent + s.heartbeat:
-                out.append(self._send(now, handler, Kind.HB))
+            elif now >= handler.last_ping + s.heartbeat:
+                out.append(self._ping(now, handler))
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, token, cid = heapq.heappop(heap)
@@ -462,6 +471,24 @@ class Router:
         handler.seq_out += 1
         handler.last_sent = now
         return Send(handler.identity, Message(kind, seq, rid, meta, body))
+
+    def _ping(self, now: float, handler: HandlerState) -> Send:
+        """A heartbeat every interval, busy or idle, stamped with our clock: the handler echoes
+        the stamp at once from its reactor thread, so the round trip is the hop's (both
+        sockets, the network, both reactors' turns) and never the app's."""
+        handler.last_ping = now
+        return self._send(now, handler, Kind.HB, meta=((PING, repr(now).encode()),))
+
+    def _rtt_sample(self, now: float, handler: HandlerState, msg: Message) -> None:
+        try:
+            sent = msg.get_float(PING, math.nan)
+        except FrameError:
+            return  # a stamp we cannot read: no sample (the session goes on)
+        sample = now - sent  # nan without a stamp
+        if not 0 <= sample <= self.settings.liveness:
+            return  # not one of this session's stamps
+        old = handler.rtt
+        handler.rtt = sample if old is None else old + RTT_WEIGHT * (sample - old)
 
     def _pick(self) -> HandlerState | None:
         best: HandlerState | None = None
@@ -531,6 +558,7 @@ class Router:
             joined=now,
             last_heard=now,
             last_sent=now,
+            last_ping=now,
             credit=slots,
             seq_in=msg.seq + 1,
         )
@@ -558,6 +586,8 @@ class Router:
     def _handle(self, now: float, handler: HandlerState, msg: Message) -> list[Command]:
         kind = msg.kind
         if kind is Kind.HB:
+            if msg.meta:
+                self._rtt_sample(now, handler, msg)
             return []
         if kind is Kind.CREDIT:
             handler.credit += msg.get_int(b"n")
