@@ -9,11 +9,14 @@ import collections
 import http.client
 import json
 import re
+import signal
 import threading
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ServerProcess
+from tests.integration.test_manhole_server import Session
 from tests.split.test_integration import (
     JOINED,
     Outcome,
@@ -85,3 +88,42 @@ def test_round_trip_time_per_handler_in_status_and_metrics(split: Split) -> None
         r'catalyzer_split_handler_rtt_seconds\{host="[^"]+",pid="\d+",tag="v42"\} [0-9.e-]+',
         metrics,
     )
+
+
+def test_front_manhole_shows_handler_rows_and_runs_the_commands(
+    split: Split, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "manhole.sock")
+    front = split.start_front("--manhole", f"unix:{path}")
+    split.start_handler("--threads", "2", "--tag", "v42")
+    front.wait_until(lambda: Path(path).exists() or None, 10.0, "the manhole socket")
+    session = Session(path)
+    try:
+        banner = session.read_until(b">>> ")
+        assert b"handlers(), dump(), stats(), drain(), weight(), front" in banner
+        assert session.run("handlers()[0]['tag']").strip() == b"'v42'"
+        assert session.run("weight('v42', 0.5)").strip() == b"1"
+        assert session.run("handlers()[0]['weight']").strip() == b"0.5"
+        assert b"ValueError" in session.run("weight('v42', -1)")
+        text = session.run("print(dump())")
+        assert b"split front: 1 handlers" in text and b"tag v42 gen 1 ready" in text
+        assert session.run("drain('v42')").strip() == b"1"
+        assert session.run("handlers()[0]['state']").strip() == b"'draining'"
+    finally:
+        session.close()
+
+
+def test_usr1_dumps_show_handler_rows_and_sessions_as_text(split: Split) -> None:
+    front = split.start_front()
+    master = split.start_handler("--threads", "2", "--procs", "2", "--tag", "v7", joins=2)
+    single = split.start_handler("--threads", "1", "--tag", "v8")
+    front.send_signal(signal.SIGUSR1)
+    dump = front.wait_for_log(r"split front: 3 handlers, 0 queued, 0 at handlers\n((?:\s+\S.*\n)+)")
+    rows = dump.group(1)
+    assert rows.count(" tag v7 gen 1 ready: 2 slots, 2 credit, 0 in flight") == 2
+    assert rows.count(" tag v8 gen 1 ready: 1 slots, 1 credit, 0 in flight") == 1
+    master.send_signal(signal.SIGUSR1)
+    sessions = r"handler worker \d pid \d+ generation 1: 1 sessions\n\s+tcp://\S+: joined, 0 in"
+    master.wait_for_log(sessions, count=2)
+    single.send_signal(signal.SIGUSR1)
+    single.wait_for_log(r"state of handler pid \d+: 1 sessions\n\s+tcp://\S+: joined, 0 in")

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from catalyzer.http.framing import simple_response
 from catalyzer.http.reader import Request
+from catalyzer.split.describe import describe_front
 from catalyzer.split.frames import FORWARDED_RESULT, Meta, encode
 from catalyzer.split.router import (
     Abort,
@@ -323,13 +324,20 @@ class SplitFront:
     def status(self) -> dict[str, object]:
         return self.router.status(self.reactor.seconds())
 
+    def describe(self) -> str:
+        """The handler rows and the queue as text (the USR1 dump, the manhole)."""
+        return describe_front(self.status())
+
     def drain_tag(self, tag: str) -> int:
         """Operator command: no new work for the handlers tagged ``tag``; how many there are."""
         self._run(self.router.drain_tag(self.reactor.seconds(), tag))
         return sum(1 for h in self.router.handlers.values() if h.tag == tag)
 
     def set_weight(self, tag: str, weight: float) -> int:
-        """Operator command: the share of new work the handlers tagged ``tag`` get."""
+        """Operator command: the share of new work the handlers tagged ``tag`` get (0: none).
+        Raises ValueError for a weight that is negative or not a finite number."""
+        if not 0 <= weight < float("inf"):
+            raise ValueError(f"a weight is a number, 0 or more: {weight!r}")
         self._run(self.router.set_tag_weight(self.reactor.seconds(), tag, weight))
         return sum(1 for h in self.router.handlers.values() if h.tag == tag)
 

@@ -144,7 +144,11 @@ class HandlerService(MultiService):
             self.reactor.callWhenRunning(
                 signals.install,
                 self.reactor,
-                {signal.SIGTERM: self.drain, signal.SIGINT: self.quick},
+                {
+                    signal.SIGTERM: self.drain,
+                    signal.SIGINT: self.quick,
+                    signal.SIGUSR1: self._dump,
+                },
             )
 
     def _session_welcomed(self, n: int) -> None:
@@ -168,6 +172,9 @@ class HandlerService(MultiService):
                 f"session {row['sessions']}"
             )
         return "\n".join(lines)
+
+    def _dump(self) -> None:
+        log.info("state of handler pid {pid}: {text}", pid=os.getpid(), text=self.describe())
 
     def drain(self) -> None:
         if self._stopping:

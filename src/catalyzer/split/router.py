@@ -212,6 +212,7 @@ class HandlerState:
             "generation": self.generation,
             "state": "draining" if self.draining else "ready",
             "slots": self.slots,
+            "weight": self.weight,
             "credit": self.credit,
             "in_flight": len(self.in_flight),
             "served": self.served,

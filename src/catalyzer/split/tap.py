@@ -19,9 +19,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from catalyzer.configfile import load_config_file
+from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.statusapp import make_status_app
-from catalyzer.server.channel import ServerState
-from catalyzer.server.root import SingleProcessRoot, SingleStatus
+from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.root import SingleProcessRoot, SingleStatus, with_dispatchers
 from catalyzer.server.service import HTTPService
 from catalyzer.settings import (
     BY_NAME,
@@ -56,6 +57,8 @@ _NOT_FRONT = {"uwsgi", "fastcgi", "connect", "tag", "weight", "front-key"}
 FRONT_SETTINGS = (
     "script-name",
     "stats",
+    "manhole",
+    "manhole-keys",
     *(
         s.name
         for s in BY_NAME.values()
@@ -317,6 +320,18 @@ def makeFrontService(options: _SettingsOptions) -> Service:
             reactor,
         )
         Service.setServiceParent(HTTPService(stats, [(config.stats, endpoint)], reactor), root)
+    # The USR1 dump (SingleProcessRoot) lists what the registry holds: the handler rows.
+    introspection.add("split", front)
+    if config.manhole:
+        namespace: dict[str, object] = {
+            "handlers": lambda: front.status()["handlers"],
+            "dump": lambda: with_dispatchers(describe_connections(server)),
+            "stats": FrontStatus(server, front).status,
+            "drain": front.drain_tag,
+            "weight": front.set_weight,
+            "front": front,
+        }
+        _add_manhole(root, config, namespace, reactor, command)
     if zap is not None:
         reactor.callWhenRunning(zap.start)
     reactor.callWhenRunning(connection.start)
@@ -335,6 +350,24 @@ def makeFrontService(options: _SettingsOptions) -> Service:
 
     reactor.addSystemEventTrigger("after", "shutdown", close)
     return root
+
+
+def _add_manhole(
+    root: MultiService, config: Config, namespace: dict[str, object], reactor: Any, command: str
+) -> None:
+    try:
+        from catalyzer.ops.manhole import make_manhole_service
+
+        manhole = make_manhole_service(
+            config.manhole, namespace, reactor, config.manhole_keys or None
+        )
+    except ImportError as e:
+        raise _fail(
+            command, f"--manhole needs twisted.conch: pip install 'catalyzer[manhole]' ({e})"
+        ) from None
+    except SettingError as e:
+        raise _fail(command, str(e)) from None
+    manhole.setServiceParent(root)
 
 
 def makeHandlerService(options: _SettingsOptions) -> Service:
