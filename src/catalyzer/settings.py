@@ -65,6 +65,13 @@ def _positive_size(text: str) -> int:
     return value
 
 
+def _non_negative_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 0:
+        raise ValueError("must be 0 bytes or more")
+    return value
+
+
 def _non_negative_seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also rejects NaN
@@ -690,6 +697,16 @@ SETTINGS: tuple[Setting, ...] = (
         "taken; more are granted as the client reads.",
     ),
     Setting(
+        "buffer-budget",
+        64 * 1024 * 1024,
+        _non_negative_size,
+        section=SPLIT_SECTION,
+        metavar="BYTES",
+        help="catalyzer-front: response bytes handlers may send ahead of their clients, all "
+        "responses together (each within its window). When it is spent, windows are renewed "
+        "only as bytes drain to clients, and new responses wait for a share (0: no budget).",
+    ),
+    Setting(
         "heartbeat-interval",
         1.0,
         _positive_seconds,
@@ -706,6 +723,33 @@ SETTINGS: tuple[Setting, ...] = (
         help="Both: a peer silent for this long is lost. The front re-dispatches what the "
         "handler had not started (and retryable requests with nothing sent yet) and answers "
         "the rest 502; the handler says HELLO again.",
+    ),
+    Setting(
+        "profile",
+        "",
+        str,
+        section=SPLIT_SECTION,
+        metavar="DIR",
+        help="catalyzer-handler: profile one request in every profile-every with cProfile and "
+        "write its stats (pstats) to a file in DIR, created if missing (empty: off). Files are "
+        "named TIME-HOST-PID-N.pstats and only the newest profile-keep stay.",
+    ),
+    Setting(
+        "profile-every",
+        1000,
+        _positive_int,
+        section=SPLIT_SECTION,
+        metavar="N",
+        help="catalyzer-handler with profile: one request in N is profiled (in each worker).",
+    ),
+    Setting(
+        "profile-keep",
+        50,
+        _positive_int,
+        section=SPLIT_SECTION,
+        metavar="N",
+        help="catalyzer-handler with profile: how many profile files stay in DIR (the oldest "
+        "go first, whichever worker wrote them).",
     ),
     # -- logging
     Setting(
@@ -781,8 +825,12 @@ class Config:
     stall_timeout: float
     retries: int
     window: int
+    buffer_budget: int
     heartbeat_interval: float
     handler_liveness: float
+    profile: str
+    profile_every: int
+    profile_keep: int
     access_log: str
 
     @classmethod

@@ -8,16 +8,19 @@ from __future__ import annotations
 import collections
 import http.client
 import json
+import pstats
 import re
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, child_env, twistd_path
 from tests.integration.test_manhole_server import Session
 from tests.split.test_integration import (
+    APP,
     JOINED,
     Outcome,
     Split,
@@ -127,3 +130,39 @@ def test_usr1_dumps_show_handler_rows_and_sessions_as_text(split: Split) -> None
     master.wait_for_log(sessions, count=2)
     single.send_signal(signal.SIGUSR1)
     single.wait_for_log(r"state of handler pid \d+: 1 sessions\n\s+tcp://\S+: joined, 0 in")
+
+
+def test_profile_writes_a_pstats_file_per_n_requests_with_a_bounded_count(
+    split: Split, tmp_path: Path
+) -> None:
+    directory = tmp_path / "profiles"
+    front = split.start_front()
+    split.start_handler(
+        "--threads", "2", "--procs", "2", "--profile", str(directory), "--profile-every", "5",
+        "--profile-keep", "3", joins=2,
+    )  # fmt: skip
+    plan = [(f"g{i}", f"GET /get/{i}", b"") for i in range(60)]
+    outcomes = run_load(front.port, plan, workers=4)
+    assert [o for o in outcomes if o.status != 200] == []
+    # 60 requests over two workers: at least 10 profiles written, never more than 3 kept.
+    front.wait_until(
+        lambda: len(list(directory.iterdir())) == 3 or None, 10.0, "three profile files"
+    )
+    names = sorted(p.name for p in directory.iterdir())
+    assert all(re.fullmatch(r"\d{13}-.+-\d+-\d+\.pstats", n) for n in names), names
+    stats = pstats.Stats(*(str(directory / n) for n in names))
+    assert any(name == "journal" for (_f, _l, name) in stats.stats)  # type: ignore[attr-defined]
+
+
+def test_profile_into_a_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = subprocess.run(
+        [twistd_path(), "-n", "--pidfile=", "catalyzer-handler", "--app", APP, "--connect",
+         "tcp://127.0.0.1:9", "--profile", str(blocker / "sub")],
+        capture_output=True, text=True, timeout=60, env=child_env(), check=False,
+        cwd=Path(__file__).parents[2],  # where the test app is importable
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "catalyzer-handler: error: --profile" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

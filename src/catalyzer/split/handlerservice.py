@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from catalyzer.ops.profiling import ProfiledApp
 from catalyzer.process import signals
 from catalyzer.process.children import exit_at_interpreter_exit
 from catalyzer.server.channel import ServerState
@@ -28,7 +29,7 @@ from catalyzer.split.zmqio import (
     new_context,
 )
 
-__all__ = ["HandlerService", "HandlerSetupError"]
+__all__ = ["HandlerService", "HandlerSetupError", "with_profiling"]
 
 log = Logger(namespace="catalyzer.split")
 
@@ -36,6 +37,34 @@ log = Logger(namespace="catalyzer.split")
 class HandlerSetupError(Exception):
     """A ``--connect`` endpoint ZeroMQ refuses, or keys that do not go together; the text says
     which and why."""
+
+
+def with_profiling(app: Any, config: Config) -> Any:
+    """``app`` as it is, or with ``--profile DIR``: one request in ``profile-every`` profiled
+    into DIR (created if missing). Raises :class:`HandlerSetupError` if DIR cannot be made or
+    written."""
+    directory = config.profile
+    if not directory:
+        return app
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise HandlerSetupError(f"--profile {directory!r}: {e.strerror or e}") from None
+    log.info(
+        "profiling one request in {every} into {directory} (the newest {keep} files stay)",
+        every=config.profile_every,
+        directory=directory,
+        keep=config.profile_keep,
+    )
+    return ProfiledApp(
+        app,
+        directory,
+        config.profile_every,
+        config.profile_keep,
+        lambda text: log.error("{text}", text=text),
+    )
 
 
 class HandlerService(MultiService):

@@ -34,7 +34,7 @@ from catalyzer.settings import (
     repeatable_option,
 )
 from catalyzer.split.front import SplitFront
-from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
+from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
 from catalyzer.split.router import Router, RouterSettings
 from catalyzer.split.zmqio import (
     KeyFileError,
@@ -53,7 +53,17 @@ __all__ = ["FrontOptions", "HandlerOptions", "makeFrontService", "makeHandlerSer
 log = Logger(namespace="catalyzer.split")
 
 _ENGINE_SECTIONS = ("Listening", "Limits", "Timeouts", "Upload progress", "Logging")
-_NOT_FRONT = {"uwsgi", "fastcgi", "connect", "tag", "weight", "front-key"}
+_NOT_FRONT = {
+    "uwsgi",
+    "fastcgi",
+    "connect",
+    "tag",
+    "weight",
+    "front-key",
+    "profile",
+    "profile-every",
+    "profile-keep",
+}
 FRONT_SETTINGS = (
     "script-name",
     "stats",
@@ -85,6 +95,9 @@ HANDLER_SETTINGS = (
     "write-timeout",
     "die-timeout",
     "access-log",
+    "profile",
+    "profile-every",
+    "profile-keep",
 )
 
 
@@ -388,8 +401,8 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
         Service.setServiceParent(master, root)
         return root
     try:
-        app = load_app(config.app, os.getcwd())
-    except AppSpecError as e:
+        app = with_profiling(load_app(config.app, os.getcwd()), config)
+    except (AppSpecError, HandlerSetupError) as e:
         raise _fail(command, str(e)) from None
     try:
         server = ServerState.from_config(app, config, reactor)

@@ -29,7 +29,7 @@ from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
-from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
+from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
 from catalyzer.split.zmqio import KeyFileError
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
@@ -62,8 +62,8 @@ class HandlerWorker:
         config = Config.from_values(spec["settings"])
         set_title(f"catalyzer handler {self.slot} [{config.app}]")
         try:
-            app = load_app(config.app, os.getcwd())
-        except AppSpecError as e:
+            app = with_profiling(load_app(config.app, os.getcwd()), config)
+        except (AppSpecError, HandlerSetupError) as e:
             sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
             sys.stderr.flush()
             os._exit(3)
