@@ -26,6 +26,7 @@ from tests.split.test_integration import (
     Split,
     check_body,
     mixed_plan,
+    rss,
     run_load,
     split,
 )
@@ -166,3 +167,57 @@ def test_profile_into_a_directory_that_cannot_be_made_is_one_line(tmp_path: Path
     assert result.returncode != 0
     assert "catalyzer-handler: error: --profile" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_total_front_buffering_stays_within_the_budget(split: Split) -> None:
+    """Eight clients reading 32 MiB responses slower than the handlers send them, with 4 MiB
+    windows (32 MiB of windows in all) and a 2 MiB budget: the bytes the front holds for them
+    stay within the budget, and its memory within a few times it (each byte is in a libzmq
+    message, a Python bytes and a transport buffer on its way: +6 MiB measured here, +18 MiB
+    with a 6 MiB budget, +69 MiB without one)."""
+    budget = 2 * 1024 * 1024
+    front = split.start_front(
+        "--window", str(4 * 1024 * 1024), "--buffer-budget", str(budget),
+        "--stats", "tcp:0:interface=127.0.0.1",
+    )  # fmt: skip
+    port = stats_port(front)
+    split.start_handler("--threads", "8", "--app", "tests.split.apps:stream")
+    status, _, body = front.request("GET", "/?mib=4")  # warm up both sides
+    assert (status, len(body)) == (200, 4 * 1024 * 1024)
+    base = rss(front.pid)
+    peaks = {"rss": base, "buffered": 0, "waiting": 0}
+    lock = threading.Lock()
+    totals: list[int] = []
+
+    def client() -> None:
+        # Each read is followed by a look at the front's numbers: a client slower than the
+        # handler, so that the front holds whatever its windows and budget let through.
+        conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=60)
+        try:
+            conn.request("GET", "/?mib=32")
+            response = conn.getresponse()
+            total = 0
+            while chunk := response.read(256 * 1024):
+                total += len(chunk)
+                split_status = json.loads(stats_get(port, "/status"))["split"]
+                now_rss = rss(front.pid)
+                with lock:
+                    peaks["buffered"] = max(peaks["buffered"], split_status["buffered"])
+                    peaks["waiting"] = max(peaks["waiting"], split_status["waiting_for_budget"])
+                    peaks["rss"] = max(peaks["rss"], now_rss)
+        finally:
+            conn.close()
+        with lock:
+            totals.append(total)
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(timeout=240)
+        assert not t.is_alive(), "a client did not finish within 240 s"
+    growth = (peaks["rss"] - base) // (1024 * 1024)
+    assert totals == [32 * 1024 * 1024] * 8
+    assert peaks["waiting"] > 0  # the budget was spent: responses waited for it
+    assert peaks["buffered"] <= budget
+    assert growth < 4 * budget // (1024 * 1024) + 8, growth

@@ -144,6 +144,17 @@ def _split_metrics(split: Mapping[str, Any]) -> Iterable[Metric]:
     yield GaugeMetricFamily(
         "catalyzer_split_queued", "Requests waiting for a handler's credit.", value=split["queued"]
     )
+    if "buffered" in split:
+        yield GaugeMetricFamily(
+            "catalyzer_split_buffered_bytes",
+            "Response bytes handlers may send that clients have not taken (all responses).",
+            value=split["buffered"],
+        )
+        yield GaugeMetricFamily(
+            "catalyzer_split_waiting_for_budget",
+            "Responses whose window waits for the front-wide buffer budget.",
+            value=split["waiting_for_budget"],
+        )
     events = CounterMetricFamily(
         "catalyzer_split_events",
         "What the front's router did: dispatches, re-dispatches, timeouts, losses, by kind.",

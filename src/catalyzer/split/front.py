@@ -244,7 +244,13 @@ class FrontResponse:
         else:
             self.sink.write_sequence(list(body))
         self._owed += size
-        if not self._paused and not self.done and self._owed >= self.front.grant_batch:
+        if (
+            not self._paused
+            and not self.done
+            # While responses wait for the budget, every byte taken counts at once: a window
+            # smaller than a batch (a share of what was left) must not wait for a batch.
+            and (self._owed >= self.front.grant_batch or self.front.router.starved)
+        ):
             owed, self._owed = self._owed, 0
             self.front.drained(self.cid, owed)
 

@@ -73,6 +73,7 @@ class RouterSettings:
     stall_timeout: float = 30.0
     retries: int = 1
     window: int = 256 * 1024
+    budget: int = 0  # response bytes ahead of clients, all responses together (0: no limit)
     heartbeat: float = 1.0
     liveness: float = 5.0
     no_handler_grace: float = 2.0
@@ -172,6 +173,8 @@ class Pending:
     handler: bytes | None = None
     tries: int = 0  # re-dispatches after a start
     window_left: int = 0
+    exposure: int = 0  # bytes granted to its handler that its client has not taken yet
+    wanted: int = 0  # window the budget withheld: granted once bytes drain elsewhere
     deadline: float | None = None
     token: int = 0  # which heap entry is current
 
@@ -252,6 +255,10 @@ class Router:
         self._rids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._heap: list[tuple[float, int, int]] = []  # (deadline, token, cid)
+        # The front-wide budget: bytes granted to handlers that clients have not taken, and the
+        # responses waiting for a share of it, first come first served.
+        self.exposed = 0
+        self.starved: deque[int] = deque()
 
     # -- queries
 
@@ -276,6 +283,9 @@ class Router:
             "handlers": [h.row(now) for h in self.handlers.values()],
             "queued": len(self.queue),
             "in_flight": len(self.requests) - len(self.queue),
+            "buffered": self.exposed,
+            "budget": self.settings.budget,
+            "waiting_for_budget": len(self.starved),
             "counters": dict(self.counters),
         }
 
@@ -309,7 +319,8 @@ class Router:
         if pending.state == QUEUED:
             self.queue.remove(cid)
             return []
-        return self._cancel_dispatch(now, pending)
+        self._release(pending)
+        return self._cancel_dispatch(now, pending) + self._dispatch(now)
 
     def drained(self, now: float, cid: int, n: int) -> list[Command]:
         """The client took ``n`` more bytes of its response: the handler may send ``n`` more."""
@@ -319,10 +330,23 @@ class Router:
         handler = self.handlers.get(pending.handler)
         if handler is None:
             return []
-        pending.window_left += n
-        if pending.state == RESPONDING:
-            self._arm(pending, now + self.settings.stall_timeout)
-        return [self._send(now, handler, Kind.WIN, pending.rid, ((b"n", b"%d" % n),))]
+        taken = min(n, pending.exposure)
+        pending.exposure -= taken
+        self.exposed -= taken
+        if not self.settings.budget:
+            pending.exposure += n
+            self.exposed += n
+            pending.window_left += n
+            if pending.state == RESPONDING:
+                self._arm(pending, now + self.settings.stall_timeout)
+            return [self._send(now, handler, Kind.WIN, pending.rid, ((b"n", b"%d" % n),))]
+        # Within the budget: this window is renewed in its turn, behind those already waiting.
+        if not pending.wanted:
+            self.starved.append(cid)
+        pending.wanted += taken
+        if pending.state == RESPONDING and pending.window_left <= 0:
+            self._arm(pending, None)  # nothing may be sent: no stall until it may
+        return self._feed(now)
 
     def body_chunk(self, now: float, cid: int, offset: int, data: bytes) -> list[Command]:
         """Body bytes for the handler running ``cid`` (a :class:`ReadBody` carried out)."""
@@ -446,6 +470,7 @@ class Router:
                 heapq.heapify(heap)
 
     def _enqueue(self, now: float, pending: Pending, front: bool = False) -> None:
+        self._release(pending)  # a dispatch again: a new window
         pending.state = QUEUED
         pending.handler = None
         pending.rid = 0
@@ -491,6 +516,42 @@ class Router:
         old = handler.rtt
         handler.rtt = sample if old is None else old + RTT_WEIGHT * (sample - old)
 
+    def _release(self, pending: Pending) -> None:
+        """``pending``'s dispatch is over: what it held of the budget is free."""
+        self.exposed -= pending.exposure
+        pending.exposure = 0
+        pending.wanted = 0
+
+    def _feed(self, now: float) -> list[Command]:
+        """Renew the windows the budget withheld, first come first served, while it lasts."""
+        out: list[Command] = []
+        starved = self.starved
+        budget = self.settings.budget
+        while starved:
+            pending = self.requests.get(starved[0])
+            if pending is None or not pending.wanted or pending.state == QUEUED:
+                starved.popleft()
+                continue
+            free = budget - self.exposed
+            if free <= 0:
+                break
+            handler = self.handlers.get(pending.handler) if pending.handler is not None else None
+            if handler is None:
+                starved.popleft()
+                continue
+            grant = min(pending.wanted, free)
+            pending.wanted -= grant
+            pending.exposure += grant
+            self.exposed += grant
+            pending.window_left += grant
+            if pending.state == RESPONDING:
+                self._arm(pending, now + self.settings.stall_timeout)
+            out.append(self._send(now, handler, Kind.WIN, pending.rid, ((b"n", b"%d" % grant),)))
+            if pending.wanted:
+                break  # the budget is spent
+            starved.popleft()
+        return out
+
     def _pick(self) -> HandlerState | None:
         best: HandlerState | None = None
         best_key: tuple[float, float] | None = None
@@ -503,7 +564,8 @@ class Router:
         return best
 
     def _dispatch(self, now: float) -> list[Command]:
-        out: list[Command] = []
+        # Windows waiting for the budget come before new responses.
+        out: list[Command] = self._feed(now) if self.starved else []
         queue = self.queue
         while queue:
             handler = self._pick()
@@ -518,11 +580,23 @@ class Router:
             pending.state = SENT
             pending.rid = rid
             pending.handler = handler.identity
-            pending.window_left = self.settings.window
+            window = self.settings.window
+            budget = self.settings.budget
+            if budget:
+                # A new response's first window comes out of the budget too; what is missing
+                # is granted as bytes drain (before that, not even its head can come).
+                share = min(window, max(0, budget - self.exposed))
+                if share < window:
+                    pending.wanted = window - share
+                    self.starved.append(cid)
+                window = share
+            pending.window_left = window
+            pending.exposure = window
+            self.exposed += window
             start = self.settings.start_timeout
             self._arm(pending, now + start)
             self.counters["dispatched"] += 1
-            meta = (*pending.meta, (b"dl", b"%g" % start), (b"w", b"%d" % self.settings.window))
+            meta = (*pending.meta, (b"dl", b"%g" % start), (b"w", b"%d" % window))
             out.append(self._send(now, handler, Kind.REQ, rid, meta, pending.body))
         return out
 
@@ -540,6 +614,7 @@ class Router:
         """``pending`` has had (or is getting) its one answer: forget it."""
         self.requests.pop(pending.cid, None)
         pending.token = 0
+        self._release(pending)
 
     def _hello(self, now: float, identity: bytes, msg: Message) -> list[Command]:
         s = self.settings

@@ -188,6 +188,7 @@ def router_settings(config: Config) -> RouterSettings:
         stall_timeout=config.stall_timeout,
         retries=config.retries,
         window=config.window,
+        budget=config.buffer_budget,
         heartbeat=config.heartbeat_interval,
         liveness=config.handler_liveness,
         no_handler_grace=config.no_handler_grace,
