@@ -61,7 +61,9 @@ def test_twistd_plugins_name_their_modules() -> None:
         assert callable(module.makeService)
 
 
-@pytest.mark.parametrize("entry", ["catalyzer.prefork.worker", "catalyzer.dispatch.child"])
+@pytest.mark.parametrize(
+    "entry", ["catalyzer.prefork.worker", "catalyzer.split.worker", "catalyzer.dispatch.child"]
+)
 def test_child_entry_modules_have_main(entry: str) -> None:
     """The master and the dispatcher start ``python -m`` these; each has a ``main()``."""
     module = importlib.import_module(entry)

@@ -62,6 +62,22 @@ def test_handler_workers_recycle_after_max_requests_with_zero_errors(split: Spli
     assert handler.terminate() == 0
 
 
+def test_handler_workers_past_max_worker_rss_are_replaced_with_zero_errors(split: Split) -> None:
+    # 1 MiB: every worker is past it, so each is replaced in turn, one at a time, all along.
+    front = split.start_front()
+    handler = split.start_handler(
+        "--threads", "2", "--procs", "2", "--max-worker-rss", "1", joins=2
+    )
+    plan = mixed_plan(300, seed=12, query="?sleep=0.005")
+    outcomes = run_load(front.port, plan, workers=6)
+    assert [o for o in outcomes if o.status != 200] == []
+    assert len(outcomes) == len(plan)
+    handler.wait_for_log(r"exited \(exit status 0\) after max-worker-rss", count=2, deadline=30.0)
+    assert re.search(
+        r"asking to be replaced \(max-worker-rss: RSS \d+ MiB > 1 MiB\)", handler.log()
+    )
+
+
 def stats_get(port: int, path: str) -> bytes:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     try:
