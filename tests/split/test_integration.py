@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,9 +320,16 @@ def test_front_stats_show_a_row_per_handler(split: Split) -> None:
     status, _, _ = front.request("GET", "/x", headers={"X-Request-Id": "s1"})
     assert status == 200
     conn = http.client.HTTPConnection("127.0.0.1", stats_port, timeout=15)
-    try:
+
+    def served() -> dict[str, Any] | None:
+        # The client has its response when the handler's HEAD is written; the row counts it
+        # once the END behind it has arrived.
         conn.request("GET", "/status")
-        data = json.loads(conn.getresponse().read())
+        data: dict[str, Any] = json.loads(conn.getresponse().read())
+        return data if data["split"]["handlers"][0]["served"] else None
+
+    try:
+        data = front.wait_until(served, 10.0, "the response counted in /status")
         conn.request("GET", "/metrics")
         metrics = conn.getresponse().read().decode()
         conn.request("GET", "/ready")
