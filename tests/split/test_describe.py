@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from catalyzer.split.describe import describe_front, handler_line
 from catalyzer.split.router import Router
 from tests.split.test_router import SETTINGS, Peer, get
@@ -34,3 +36,16 @@ def test_unmeasured_rtt_untagged_weight_and_draining() -> None:
     assert "tag - " in line and "draining:" in line
     assert "rtt -," in line and ", weight 0.1," in line
     assert describe_front(router.status(1.0)).count("\n") == 1  # no counter is set
+
+
+def test_the_budget_in_the_summary_when_there_is_one() -> None:
+    router = Router(replace(SETTINGS, window=1000, budget=1500))
+    a = Peer(router, b"a", 2)
+    a.hello()
+    get(router, 1)
+    get(router, 2)
+    first = describe_front(router.status(0.0)).splitlines()[0]
+    assert first == (
+        "split front: 1 handlers, 0 queued, 2 at handlers, 1500 of 1500 budget bytes buffered, "
+        "1 waiting for it"
+    )

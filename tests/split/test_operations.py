@@ -138,7 +138,9 @@ def test_usr1_dumps_show_handler_rows_and_sessions_as_text(split: Split) -> None
     master = split.start_handler("--threads", "2", "--procs", "2", "--tag", "v7", joins=2)
     single = split.start_handler("--threads", "1", "--tag", "v8")
     front.send_signal(signal.SIGUSR1)
-    dump = front.wait_for_log(r"split front: 3 handlers, 0 queued, 0 at handlers\n((?:\s+\S.*\n)+)")
+    dump = front.wait_for_log(
+        r"split front: 3 handlers, 0 queued, 0 at handlers, 0 of 67108864 budget bytes buffered, 0 waiting for it\n((?:\s+\S.*\n)+)"
+    )
     rows = dump.group(1)
     assert rows.count(" tag v7 gen 1 ready: 2 slots, 2 credit, 0 in flight") == 2
     assert rows.count(" tag v8 gen 1 ready: 1 slots, 1 credit, 0 in flight") == 1
@@ -171,12 +173,15 @@ def test_profile_writes_a_pstats_file_per_n_requests_with_a_bounded_count(
     assert any(name == "journal" for (_f, _l, name) in stats.stats)  # type: ignore[attr-defined]
 
 
-def test_profile_into_a_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("procs", ["1", "2"])
+def test_profile_into_a_directory_that_cannot_be_made_is_one_line(
+    tmp_path: Path, procs: str
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = subprocess.run(
         [twistd_path(), "-n", "--pidfile=", "catalyzer-handler", "--app", APP, "--connect",
-         "tcp://127.0.0.1:9", "--profile", str(blocker / "sub")],
+         "tcp://127.0.0.1:9", "--procs", procs, "--profile", str(blocker / "sub")],
         capture_output=True, text=True, timeout=60, env=child_env(), check=False,
         cwd=Path(__file__).parents[2],  # where the test app is importable
     )  # fmt: skip

@@ -29,10 +29,16 @@ def describe_front(status: Mapping[str, Any]) -> str:
     """The router's :meth:`~catalyzer.split.router.Router.status` as a few lines: a summary,
     a line per handler, and the counters that are not zero."""
     handlers = status["handlers"]
-    lines = [
+    summary = (
         f"split front: {len(handlers)} handlers, {status['queued']} queued, "
         f"{status['in_flight']} at handlers"
-    ]
+    )
+    if status.get("budget"):
+        summary += (
+            f", {status['buffered']} of {status['budget']} budget bytes buffered, "
+            f"{status['waiting_for_budget']} waiting for it"
+        )
+    lines = [summary]
     lines += [f"  {handler_line(row)}" for row in handlers]
     counters = {k: v for k, v in status["counters"].items() if v}
     if counters:

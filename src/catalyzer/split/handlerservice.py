@@ -29,7 +29,7 @@ from catalyzer.split.zmqio import (
     new_context,
 )
 
-__all__ = ["HandlerService", "HandlerSetupError", "with_profiling"]
+__all__ = ["HandlerService", "HandlerSetupError", "check_profile_directory", "with_profiling"]
 
 log = Logger(namespace="catalyzer.split")
 
@@ -39,6 +39,20 @@ class HandlerSetupError(Exception):
     which and why."""
 
 
+def check_profile_directory(config: Config) -> None:
+    """With ``--profile DIR``: make DIR if missing; raise :class:`HandlerSetupError` if it
+    cannot be made or written (a master checks before it starts any worker)."""
+    directory = config.profile
+    if not directory:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        raise HandlerSetupError(f"--profile {directory!r}: {e.strerror or e}") from None
+
+
 def with_profiling(app: Any, config: Config) -> Any:
     """``app`` as it is, or with ``--profile DIR``: one request in ``profile-every`` profiled
     into DIR (created if missing). Raises :class:`HandlerSetupError` if DIR cannot be made or
@@ -46,12 +60,7 @@ def with_profiling(app: Any, config: Config) -> Any:
     directory = config.profile
     if not directory:
         return app
-    try:
-        os.makedirs(directory, exist_ok=True)
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise PermissionError(13, "not writable")
-    except OSError as e:
-        raise HandlerSetupError(f"--profile {directory!r}: {e.strerror or e}") from None
+    check_profile_directory(config)
     log.info(
         "profiling one request in {every} into {directory} (the newest {keep} files stay)",
         every=config.profile_every,

@@ -34,7 +34,12 @@ from catalyzer.settings import (
     repeatable_option,
 )
 from catalyzer.split.front import SplitFront
-from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
+from catalyzer.split.handlerservice import (
+    HandlerService,
+    HandlerSetupError,
+    check_profile_directory,
+    with_profiling,
+)
 from catalyzer.split.router import Router, RouterSettings
 from catalyzer.split.zmqio import (
     KeyFileError,
@@ -395,6 +400,10 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
     if config.procs > 1:
         # The prefork master, unchanged, supervising handler processes instead of HTTP workers
         # (HUP generations gated on readiness, --timeout stack dumps, max-requests, TERM).
+        try:
+            check_profile_directory(config)
+        except HandlerSetupError as e:
+            raise _fail(command, str(e)) from None
         from catalyzer.prefork.master import MasterService
 
         master = MasterService(config, [], reactor, worker_module="catalyzer.split.worker")
