@@ -12,6 +12,7 @@ import pytest
 
 from catalyzer.split.frames import Kind, Message
 from catalyzer.split.router import Command, Data, End, Head, Log, Router, Send
+from tests.split.test_front import Setup
 from tests.split.test_router import SETTINGS, Peer, get, sends
 
 BUDGETED = replace(SETTINGS, window=1000, budget=2500, queue_length=100)
@@ -201,3 +202,28 @@ def test_buffered_bytes_never_exceed_the_budget_and_every_response_completes(see
     assert all(clients[cid].received == sizes[cid] for cid in clients)
     assert router.exposed == 0
     assert max(starved_seen) > 0  # the budget was spent and windows waited for it
+
+
+def test_the_shell_reports_every_byte_taken_while_responses_wait_for_the_budget() -> None:
+    """With a share smaller than a batch (a quarter window), the front must not wait for a
+    batch: while any response waits for the budget, each write counts at once."""
+    s = Setup(window=1000, budget=1100)
+    s.hello(slots=2)
+    first, second = s.client(), s.client()
+    first.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    second.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    r1, r2 = s.conn.take()
+    assert (r1.get_int(b"w"), r2.get_int(b"w")) == (1000, 100)  # 2 waits for 900 more
+    s.say(Kind.START, r2.rid)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n"
+    s.say(Kind.HEAD, r2.rid, ((b"st", b"200"),), (head + b"x" * (100 - len(head)),))
+    # 100 bytes, under a batch of 250: reported at once, and the 100 they free come back to
+    # the one response waiting (the first holds the rest of the budget).
+    (win,) = s.conn.take()
+    assert (win.kind, win.rid, win.get_int(b"n")) == (Kind.WIN, r2.rid, 100)
+    # The first response ends: its share goes to the second, up to its window.
+    s.say(Kind.START, r1.rid)
+    s.say(Kind.END, r1.rid, ((b"st", b"204"), (b"ka", b"1"), (b"ran", b"1")))
+    (win,) = [m for m in s.conn.take() if m.kind is Kind.WIN]
+    assert (win.rid, win.get_int(b"n")) == (r2.rid, 900)
+    assert s.router.exposed == 1000 and not s.router.starved
