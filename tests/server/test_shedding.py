@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from catalyzer.server.shedding import MIN_AGE, MIN_IDLE, Candidate, Standing, choose, eligible_at
+from catalyzer.server.shedding import (
+    MIN_AGE,
+    MIN_IDLE,
+    Candidate,
+    ShedQueue,
+    Standing,
+    choose,
+    eligible_at,
+)
 
 HEADERS, IDLE, SILENT = Standing.HEADERS, Standing.IDLE, Standing.SILENT
 
@@ -52,3 +60,33 @@ def test_a_keep_alive_connection_between_two_requests_is_left_alone() -> None:
     assert choose(idle, 1, 10.0) == []
     assert eligible_at(idle, 10.0) == 10.0 + MIN_IDLE / 2
     assert choose(idle, 1, 10.0 + MIN_IDLE / 2) == ["just-answered"]
+
+
+def test_the_queue_takes_the_least_advanced_once_old_enough() -> None:
+    queue = ShedQueue(
+        [
+            Candidate("idle-old", IDLE, 1.0),
+            Candidate("slow-new", HEADERS, 9.5),
+            Candidate("slow-old", HEADERS, 2.0),
+            Candidate("silent", SILENT, 1.0),
+        ],
+        made=10.0,
+    )
+    assert len(queue) == 4
+    usable = lambda c: True  # noqa: E731
+    assert queue.next(10.0, usable, consume=False) == "slow-old"
+    assert queue.next(10.0, usable) == "slow-old"
+    # slow-new is 0.5 s old: too young, and so is every later one of its standing.
+    assert queue.next(10.0, usable) == "idle-old"
+    assert queue.next(10.0, usable) == "silent"
+    assert queue.next(10.0, usable) is None
+    assert queue.eligible_at(10.0) == 9.5 + MIN_AGE
+    assert queue.next(9.5 + MIN_AGE, usable) == "slow-new"
+    assert len(queue) == 0
+    assert queue.eligible_at(20.0) is None
+
+
+def test_the_queue_drops_a_candidate_that_is_no_longer_usable() -> None:
+    queue = ShedQueue([Candidate("moved-on", HEADERS, 1.0), Candidate("b", HEADERS, 2.0)], 10.0)
+    assert queue.next(10.0, lambda c: c.key != "moved-on") == "b"
+    assert queue.next(10.0, lambda c: True) is None  # dropped for good, not tried again
