@@ -204,7 +204,9 @@ def measured_wrk(
     return result
 
 
-def one_run(args: argparse.Namespace, extra_args: list[str]) -> dict[str, Any]:
+def one_run(
+    args: argparse.Namespace, extra_args: list[str], source: Path | None = None
+) -> dict[str, Any]:
     """Fast clients alone, then under the attack, on one server."""
     port = procs.free_port()
     log = Path(f"/tmp/catalyzer-slowloris-{port}.log")
@@ -216,7 +218,7 @@ def one_run(args: argparse.Namespace, extra_args: list[str]) -> dict[str, Any]:
         str(args.procs),
         *extra_args,
     ]
-    server = procs.start_server("catalyzer", argv, port, log)
+    server = procs.start_server("catalyzer", argv, port, log, source)
     extra = ("-H", "Connection: close") if args.close else ()
     attack: ReopeningSlowloris | None = None
     try:
@@ -238,6 +240,7 @@ def one_run(args: argparse.Namespace, extra_args: list[str]) -> dict[str, Any]:
     keys = ("rps", "p50_ms", "p99_ms", "errors", "cpu")
     return {
         "argv": extra_args,
+        "source": str(source or "installed"),
         "alone": {k: alone.get(k) for k in keys},
         "attacked": {k: attacked.get(k) for k in keys},
         "ratio": round(attacked["rps"] / alone["rps"], 3) if alone["rps"] else None,
@@ -279,20 +282,32 @@ def main() -> None:
         default=None,
         help="extra catalyzer arguments, one variant per occurrence",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run (alternating) the catalyzer package under this directory (an older "
+        "tree's src, e.g. from `git archive main src`), with the first --catalyzer-args",
+    )
     args = parser.parse_args()
-    variants = [shlex.split(v) for v in (args.catalyzer_args or [""])]
+    variants: list[tuple[Path | None, list[str]]] = [
+        (None, shlex.split(v)) for v in (args.catalyzer_args or [""])
+    ]
+    if args.baseline is not None:
+        variants.insert(0, (args.baseline.resolve(), variants[0][1]))
     results = []
     for round_ in range(1, args.runs + 1):
-        for extra_args in variants:
-            print(f"run {round_}/{args.runs}: {shlex.join(extra_args)}", file=sys.stderr)
-            result = one_run(args, extra_args)
+        for source, extra_args in variants:
+            label = f"{source or 'installed'} {shlex.join(extra_args)}".strip()
+            print(f"run {round_}/{args.runs}: {label}", file=sys.stderr)
+            result = one_run(args, extra_args, source)
             result["run"] = round_
             results.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
     summary = {}
-    for extra_args in variants:
-        mine = [r for r in results if r["argv"] == extra_args]
-        summary[shlex.join(extra_args) or "(defaults)"] = {
+    for source, extra_args in variants:
+        where = str(source or "installed")
+        mine = [r for r in results if r["argv"] == extra_args and r["source"] == where]
+        summary[f"{where} {shlex.join(extra_args)}".strip()] = {
             "ratio_median": statistics.median(r["ratio"] or 0 for r in mine),
             "ratios": [r["ratio"] for r in mine],
             "attacked_errors": [r["attacked"]["errors"] for r in mine],
