@@ -158,6 +158,10 @@ class ShedQueue(Generic[K]):
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues)
 
+    def __bool__(self) -> bool:
+        # Asked at every accept at the limit: cheaper than the length.
+        return any(self._queues)
+
     def next(
         self, now: float, usable: Callable[[Candidate[K]], bool], consume: bool = True
     ) -> K | None:
