@@ -225,6 +225,8 @@ def one_run(
         procs.wait_ready(server)
         if args.procs > 1:
             time.sleep(2)  # every worker ready (the bench does not parse the master's log)
+        if args.attack_only:
+            return attack_only(args, server.pid, port, extra_args, source)
         alone = measured_wrk(port, args.seconds, extra, server.pid, None)
         attack = ReopeningSlowloris(port, args.slow, process=args.attacker == "process")
         attack.start()
@@ -252,6 +254,32 @@ def one_run(
     }
 
 
+def attack_only(
+    args: argparse.Namespace, server_pid: int, port: int, extra_args: list[str], source: Any
+) -> dict[str, Any]:
+    """The attack with no fast clients: the server's CPU time per accept-and-shed cycle is its
+    CPU time over the attacker's re-opens, with nothing to subtract."""
+    attack = ReopeningSlowloris(port, args.slow, process=args.attacker == "process")
+    attack.start()
+    try:
+        time.sleep(min(5.0, args.seconds / 2))  # every slot taken
+        tree = procs.process_tree(server_pid)
+        before, reopened, started = cpu_seconds(tree), attack.reopened, time.monotonic()
+        time.sleep(args.seconds)
+        cpu, cycles = cpu_seconds(tree) - before, attack.reopened - reopened
+        elapsed = time.monotonic() - started
+    finally:
+        attack_stats = attack.stop()
+    return {
+        "argv": extra_args,
+        "source": str(source or "installed"),
+        "server_cores": round(cpu / elapsed, 3),
+        "reopens_per_s": round(cycles / elapsed),
+        "server_us_per_cycle": round(1e6 * cpu / cycles, 1) if cycles else None,
+        "attack": attack_stats,
+    }
+
+
 def _per_cycle(alone: dict[str, Any], attacked: dict[str, Any]) -> float | None:
     requests_alone = alone.get("requests") or 0
     cycles = attacked["cpu_seconds"]["reopened"]
@@ -274,6 +302,11 @@ def main() -> None:
         choices=("thread", "process"),
         default="process",
         help="run the attacker in a process of its own (default) or a thread of this one",
+    )
+    parser.add_argument(
+        "--attack-only",
+        action="store_true",
+        help="no wrk: the server's CPU time per accept-and-shed cycle under the attack alone",
     )
     parser.add_argument("--runs", type=int, default=1, help="rounds, variants alternating")
     parser.add_argument(
@@ -303,10 +336,17 @@ def main() -> None:
             result["run"] = round_
             results.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
-    summary = {}
+    summary: dict[str, Any] = {}
     for source, extra_args in variants:
         where = str(source or "installed")
         mine = [r for r in results if r["argv"] == extra_args and r["source"] == where]
+        if args.attack_only:
+            summary[f"{where} {shlex.join(extra_args)}".strip()] = {
+                "server_us_per_cycle": [r["server_us_per_cycle"] for r in mine],
+                "reopens_per_s": [r["reopens_per_s"] for r in mine],
+                "server_cores": [r["server_cores"] for r in mine],
+            }
+            continue
         summary[f"{where} {shlex.join(extra_args)}".strip()] = {
             "ratio_median": statistics.median(r["ratio"] or 0 for r in mine),
             "ratios": [r["ratio"] for r in mine],
