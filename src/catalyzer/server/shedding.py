@@ -18,10 +18,11 @@ less than ``min_idle`` (its client is between two requests). When nothing can be
 pauses accepting until a connection closes or, if some are only too young, until
 :func:`eligible_at` says the first of them may go.
 
-Pure: the channel describes itself as a :class:`Candidate`; :func:`choose` decides. The server
-walks :func:`order` itself when it must look at a socket: a silent or idle connection whose
-client has sent bytes the reactor has not read yet is skipped (the server peeks), since it is
-about to make progress.
+Pure: the channel describes itself as a :class:`Candidate`; :func:`order` (and :func:`choose`)
+define the order, and :class:`ShedQueue` gives the same order one connection at a time, cheaply,
+for the server to walk: it must look at a socket as it goes (a silent or idle connection whose
+client has sent bytes the reactor has not read yet is skipped: the server peeks, since it is
+about to make progress).
 """
 
 from __future__ import annotations
