@@ -12,7 +12,10 @@ prefork mode. One attacker (a process of its own by default), bounded in connect
 
 Each wrk run also reports the CPU time (in cores) the server, the attacker and wrk used, and the
 attacker's re-opens a second (each one an accept-and-shed cycle in the server); from those, the
-server's CPU time per cycle. Several ``--catalyzer-args`` variants alternate, run by run.
+server's CPU time per cycle. ``--attack-only`` leaves wrk out: the server's CPU time per cycle
+with nothing to subtract, and how long a new client (one a second) waits for its response.
+Several ``--catalyzer-args`` variants, and ``--baseline`` (an older tree's ``src``), alternate
+run by run.
 """
 
 from __future__ import annotations
@@ -265,7 +268,12 @@ def attack_only(
         time.sleep(min(5.0, args.seconds / 2))  # every slot taken
         tree = procs.process_tree(server_pid)
         before, reopened, started = cpu_seconds(tree), attack.reopened, time.monotonic()
-        time.sleep(args.seconds)
+        # A new client meanwhile, once a second: how long from connect() to its response (it
+        # waits in the listen queue behind the attacker's connections beyond the limit).
+        waits = []
+        for _ in range(args.seconds):
+            waits.append(new_client_wait(port))
+            time.sleep(max(0.0, started + len(waits) - time.monotonic()))
         cpu, cycles = cpu_seconds(tree) - before, attack.reopened - reopened
         elapsed = time.monotonic() - started
     finally:
@@ -276,8 +284,22 @@ def attack_only(
         "server_cores": round(cpu / elapsed, 3),
         "reopens_per_s": round(cycles / elapsed),
         "server_us_per_cycle": round(1e6 * cpu / cycles, 1) if cycles else None,
+        "new_client_s": {
+            "median": statistics.median(waits) if waits else None,
+            "max": max(waits) if waits else None,
+        },
         "attack": attack_stats,
     }
+
+
+def new_client_wait(port: int, timeout: float = 10.0) -> float:
+    """Seconds from connecting to the whole status line of a GET (``timeout`` if none came)."""
+    started = time.monotonic()
+    try:
+        procs.status_line(port, timeout=timeout)
+    except OSError:
+        return timeout
+    return round(time.monotonic() - started, 3)
 
 
 def _per_cycle(alone: dict[str, Any], attacked: dict[str, Any]) -> float | None:
@@ -345,6 +367,7 @@ def main() -> None:
                 "server_us_per_cycle": [r["server_us_per_cycle"] for r in mine],
                 "reopens_per_s": [r["reopens_per_s"] for r in mine],
                 "server_cores": [r["server_cores"] for r in mine],
+                "new_client_s": [r["new_client_s"] for r in mine],
             }
             continue
         summary[f"{where} {shlex.join(extra_args)}".strip()] = {
