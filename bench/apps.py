@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -79,6 +80,21 @@ def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if query.startswith("seconds="):
             seconds = float(query.partition("=")[2])
         time.sleep(seconds)
+    return hello(environ, start_response)
+
+
+_steady_calls = itertools.count()
+
+
+def steady(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Every request waits 10 to 50 ms (on simulated I/O), then says hello: an app with no fast
+    endpoint, to see what a short ``--handoff-after`` costs when every call outlasts it. The
+    waits cycle through 10, 27, 44, 20, 37, 13, ... ms (step 17 modulo 41: every value from 10
+    to 50 once per 41 calls), the same sequence in every run."""
+    if environ.get("PATH_INFO") == "/slow":
+        return mixed(environ, start_response)
+    n = next(_steady_calls)
+    time.sleep((10 + (n * 17) % 41) / 1000)
     return hello(environ, start_response)
 
 

@@ -6,6 +6,13 @@ slow requests were answered.
     .venv/bin/python bench/mixed.py                      # the issue's scenario, 10 s per run
     .venv/bin/python bench/mixed.py --duration 2 --servers catalyzer   # a quick check
     .venv/bin/python bench/mixed.py --catalyzer-args '--reuse-port --handoff-after 0'  # before
+    .venv/bin/python bench/mixed.py --app steady --slow-every 0 --servers catalyzer \
+        --catalyzer-args '--handoff-after 0.05' --catalyzer-args '--handoff-after 0.01'
+
+``--app steady`` serves every request in 10 to 50 ms (``bench.apps:steady``): what a short
+``--handoff-after`` costs when every app call outlasts it. For catalyzer the table also gives the
+keep-alive connections its workers handed over per 1,000 requests (from ``--stats``' ``/status``,
+read after wrk ends): a deterministic count of the hand-off churn.
 
 The slow requests come from this process: each on a new connection (``Connection: close``), sent
 on a fixed schedule whatever the server does, and each waited for (bounded) after wrk ends.
@@ -26,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +45,7 @@ from bench import procs
 from bench.run import run_wrk
 
 SLOW_PATH = "/slow"
+HEARTBEAT_WAIT = 1.5  # a worker's heartbeat (its hand-off count) comes every second
 SLOW_GRACE = (
     30.0  # how long a slow request may take beyond its own duration before it counts as lost
 )
@@ -62,6 +71,8 @@ class SlowDriver:
 
     def _pace(self) -> None:
         next_at = time.monotonic()
+        if self.every <= 0:
+            return  # no slow requests (--slow-every 0)
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             thread = threading.Thread(target=self._one, daemon=True)
             thread.start()
@@ -101,14 +112,14 @@ class SlowDriver:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def catalyzer_argv(port: int, procs_n: int, extra: list[str]) -> list[str]:
+def catalyzer_argv(port: int, procs_n: int, extra: list[str], app: str) -> list[str]:
     return [
         str(procs.VENV_BIN / "twistd"),
         "-n",
         "--pidfile=",
         "catalyzer",
         "--app",
-        "bench.apps:mixed",
+        f"bench.apps:{app}",
         "--listen",
         f"tcp:{port}:interface={procs.HOST}",
         "--access-log",
@@ -119,7 +130,7 @@ def catalyzer_argv(port: int, procs_n: int, extra: list[str]) -> list[str]:
     ]
 
 
-def gunicorn_argv(port: int, procs_n: int, extra: list[str]) -> list[str]:
+def gunicorn_argv(port: int, procs_n: int, extra: list[str], app: str) -> list[str]:
     return [
         str(procs.VENV_BIN / "gunicorn"),
         "--bind",
@@ -132,7 +143,7 @@ def gunicorn_argv(port: int, procs_n: int, extra: list[str]) -> list[str]:
         "--timeout",
         "120",
         *extra,
-        "bench.apps:mixed",
+        f"bench.apps:{app}",
     ]
 
 
@@ -143,13 +154,19 @@ MODES = {"keep-alive": (), "close": ("-H", "Connection: close")}
 def measure(
     server: str, argv: list[str], port: int, mode: str, args: argparse.Namespace, logs: Path
 ) -> dict[str, Any]:
+    stats_port = procs.free_port() if server == "catalyzer" else None
+    if stats_port is not None:
+        argv = [*argv, "--stats", f"tcp:{stats_port}:interface={procs.HOST}"]
     running = procs.start_server(server, argv, port, logs / f"{server}-{mode}.log")
+    handoffs: dict[str, int] | None = None
     try:
         procs.wait_ready(running)
         slow = SlowDriver(port, args.slow_every, args.slow_seconds)
         slow.start()
         wrk = run_wrk(port, args.clients, args.duration, MODES[mode])
         slow.finish()
+        if stats_port is not None:
+            handoffs = handoff_counts(stats_port)
     finally:
         stopped = procs.stop_server(running)
     return {
@@ -165,7 +182,24 @@ def measure(
         "slow_sent": slow.sent,
         "slow_answered": slow.answered,
         "slow_failed": slow.failed[:5],
+        "handoffs": handoffs,
         "stop": stopped,
+    }
+
+
+def handoff_counts(stats_port: int) -> dict[str, int] | None:
+    """Hand-offs and requests so far, from the master's ``/status``. The workers report their
+    hand-offs in their once-a-second heartbeat, so this waits for the next one."""
+    time.sleep(HEARTBEAT_WAIT)
+    try:
+        with urllib.request.urlopen(f"http://{procs.HOST}:{stats_port}/status", timeout=5) as r:
+            status = json.load(r)
+    except (OSError, ValueError) as e:
+        print(f"/status: {e}", file=sys.stderr)
+        return None
+    return {
+        "handed_off": sum(int(w.get("handed_off", 0)) for w in status["workers"]),
+        "requests": int(status["requests"]),
     }
 
 
@@ -188,6 +222,16 @@ def _rps(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _per_thousand(counts: dict[str, int] | None) -> float | None:
+    if not counts or not counts["requests"]:
+        return None
+    return 1000 * counts["handed_off"] / counts["requests"]
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """One row per server, medians over its runs with every run's figure; errors and slow
     requests summed over the runs."""
@@ -196,21 +240,24 @@ def table(results: list[dict[str, Any]]) -> str:
         rows.setdefault(r["label"], {}).setdefault(r["mode"], []).append(r)
     lines = [
         "| server | fast p99, keep-alive | fast req/s, keep-alive | errors | slow answered "
-        "| fast p99, Connection: close | fast req/s, close | errors | slow answered |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| hand-offs per 1,000 requests, keep-alive "
+        "| fast p99, Connection: close | fast req/s, close | errors | slow answered "
+        "| hand-offs per 1,000 requests, close |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for label, modes in rows.items():
         cells = [label]
         for mode in MODES:
             runs = modes.get(mode)
             if not runs:
-                cells += ["-"] * 4
+                cells += ["-"] * 5
                 continue
             cells += [
                 _runs([r["fast_p99_ms"] for r in runs], _ms),
                 _runs([r["fast_rps"] for r in runs], _rps),
                 str(sum(r["fast_errors"] for r in runs)),
                 f"{sum(r['slow_answered'] for r in runs)}/{sum(r['slow_sent'] for r in runs)}",
+                _runs([_per_thousand(r.get("handoffs")) for r in runs], _count),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -223,6 +270,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--slow-every", type=float, default=0.5, help="seconds between slows")
     parser.add_argument("--slow-seconds", type=float, default=1.0, help="each slow's duration")
+    parser.add_argument(
+        "--app",
+        default="mixed",
+        choices=("mixed", "steady"),
+        help="bench.apps:mixed (fast /, 1 s /slow) or :steady (every request 10-50 ms)",
+    )
     parser.add_argument("--servers", default="catalyzer,gunicorn", help="comma-separated")
     parser.add_argument("--modes", default="keep-alive,close", help="comma-separated")
     parser.add_argument(
@@ -251,7 +304,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cz-mixed-") as tmp:
         installed = []
         for server, label, extra in variants:
-            probe = SERVERS[server](0, args.procs, extra)[0]
+            probe = SERVERS[server](0, args.procs, extra, args.app)[0]
             if Path(probe).exists():
                 installed.append((server, label, extra))
             else:
@@ -260,7 +313,7 @@ def main() -> int:
             for server, label, extra in installed:
                 for mode in args.modes.split(","):
                     port = procs.free_port()
-                    argv = SERVERS[server](port, args.procs, extra)
+                    argv = SERVERS[server](port, args.procs, extra, args.app)
                     print(
                         f"run {round_}/{args.runs}: {label}, {mode}: {args.duration}s ...",
                         file=sys.stderr,
@@ -273,9 +326,14 @@ def main() -> int:
                     result["load_before"] = load_before
                     results.append(result)
     print(
-        f"\nOne /slow ({args.slow_seconds:g} s) every {args.slow_every:g} s plus "
-        f"{args.clients} wrk clients on /, {args.duration} s per run, {args.runs} runs (servers "
-        f"alternating; median, then each run):\n"
+        f"\nbench.apps:{args.app}; "
+        + (
+            f"one /slow ({args.slow_seconds:g} s) every {args.slow_every:g} s plus "
+            if args.slow_every > 0
+            else "no /slow; "
+        )
+        + f"{args.clients} wrk clients on /, {args.duration} s per run, {args.runs} runs "
+        "(servers alternating; median, then each run):\n"
     )
     print(table(results))
     if args.json is not None:

@@ -175,11 +175,15 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_server(name: str, argv: list[str], port: int, log_path: Path) -> Server:
+def start_server(
+    name: str, argv: list[str], port: int, log_path: Path, source: Path | None = None
+) -> Server:
+    """``source``: a directory whose ``catalyzer`` package the server imports instead of the
+    installed one (an older tree's ``src``, for an A/B run)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "wb")  # noqa: SIM115 (closed in stop_server)
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(ROOT) if source is None else f"{source}{os.pathsep}{ROOT}"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     proc = subprocess.Popen(
         argv,

@@ -239,7 +239,8 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="SECONDS",
         help="With procs >= 2 and threads 0: once a worker has been this long in the app on one "
         "request, its idle keep-alive connections with a new request waiting are passed to an "
-        "idle worker, which answers them (0: never).",
+        "idle worker, which answers them (0: never). Keep it above the app's ordinary call "
+        "time: calls that outlast it make connections move for nothing (docs/prefork.md).",
     ),
     Setting(
         "max-worker-rss",

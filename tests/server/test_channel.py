@@ -12,7 +12,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from catalyzer.server.channel import ServerState
-from catalyzer.server.shedding import MIN_AGE, MIN_IDLE, RECHECK
+from catalyzer.server.shedding import MIN_AGE, MIN_IDLE, REBUILD, RECHECK
 from catalyzer.testing import InMemoryServer
 from tests.helpers import GET, CountingIterable, Recorder, dechunk, hello, split_response, statuses
 
@@ -886,3 +886,41 @@ def test_a_closed_connection_is_freed_without_the_garbage_collector(how: str) ->
         assert freed() is None
     finally:
         gc.enable()
+
+
+def test_under_a_reopening_attack_the_order_is_worked_out_once_per_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each connection accepted at the limit sheds the oldest incomplete one as it comes of age;
+    the order (a look at every connection) is worked out again only after REBUILD, not each
+    time accepting paused for the next one to come of age."""
+    server = InMemoryServer(hello, max_connections=20)
+    port = FakePort()
+    server.state.listening_on([port])
+    room = server.state.room
+    scans = 0
+    scan = room._candidates_now
+
+    def counted() -> list[Any]:
+        nonlocal scans
+        scans += 1
+        return scan()
+
+    monkeypatch.setattr(room, "_candidates_now", counted)
+    attackers = []
+    for _ in range(20):
+        conn = server.connect()
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        attackers.append(conn)
+        server.clock.advance(MIN_AGE / 20)
+    scans = 0
+    shed = 0
+    for _ in range(20):  # one re-open each time one comes of age, over one REBUILD
+        assert port.reading
+        conn = server.connect()
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        shed += sum(1 for a in attackers if a.closed)
+        attackers = [a for a in attackers if not a.closed] + [conn]
+        server.clock.advance(REBUILD / 20)
+    assert shed == 20
+    assert scans <= 2

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from catalyzer.server.shedding import MIN_AGE, MIN_IDLE, Candidate, Standing, choose, eligible_at
+import random
+
+from catalyzer.server.shedding import (
+    MIN_AGE,
+    MIN_IDLE,
+    Candidate,
+    ShedQueue,
+    Standing,
+    choose,
+    eligible_at,
+    order,
+)
 
 HEADERS, IDLE, SILENT = Standing.HEADERS, Standing.IDLE, Standing.SILENT
 
@@ -52,3 +63,50 @@ def test_a_keep_alive_connection_between_two_requests_is_left_alone() -> None:
     assert choose(idle, 1, 10.0) == []
     assert eligible_at(idle, 10.0) == 10.0 + MIN_IDLE / 2
     assert choose(idle, 1, 10.0 + MIN_IDLE / 2) == ["just-answered"]
+
+
+def test_the_queue_takes_the_least_advanced_once_old_enough() -> None:
+    queue = ShedQueue(
+        [
+            Candidate("idle-old", IDLE, 1.0),
+            Candidate("slow-new", HEADERS, 9.5),
+            Candidate("slow-old", HEADERS, 2.0),
+            Candidate("silent", SILENT, 1.0),
+        ],
+        made=10.0,
+    )
+    assert len(queue) == 4
+    usable = lambda c: True  # noqa: E731
+    assert queue.next(10.0, usable, consume=False) == "slow-old"
+    assert queue.next(10.0, usable) == "slow-old"
+    # slow-new is 0.5 s old: too young, and so is every later one of its standing.
+    assert queue.next(10.0, usable) == "idle-old"
+    assert queue.next(10.0, usable) == "silent"
+    assert queue.next(10.0, usable) is None
+    assert queue.eligible_at(10.0) == 9.5 + MIN_AGE
+    assert queue.next(9.5 + MIN_AGE, usable) == "slow-new"
+    assert len(queue) == 0
+    assert queue.eligible_at(20.0) is None
+
+
+def test_the_queue_drops_a_candidate_that_is_no_longer_usable() -> None:
+    queue = ShedQueue([Candidate("moved-on", HEADERS, 1.0), Candidate("b", HEADERS, 2.0)], 10.0)
+    assert queue.next(10.0, lambda c: c.key != "moved-on") == "b"
+    assert queue.next(10.0, lambda c: True) is None  # dropped for good, not tried again
+
+
+def test_the_queue_gives_the_same_order_as_order() -> None:
+    """ShedQueue is the cheap way through the order that ``order`` defines, at any time."""
+    rng = random.Random(10)
+    for _ in range(200):
+        candidates = [
+            Candidate(n, rng.choice(list(Standing)), round(rng.uniform(0.0, 10.0), 2))
+            for n in range(rng.randint(0, 30))
+        ]
+        made = 10.0
+        now = made + rng.choice([0.0, 0.3, MIN_AGE / 2, MIN_AGE])
+        queue = ShedQueue(candidates, made)
+        taken = []
+        while (key := queue.next(now, lambda c: True)) is not None:
+            taken.append(key)
+        assert taken == [c.key for c in order(candidates, now)]

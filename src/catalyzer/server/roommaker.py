@@ -6,17 +6,19 @@ latest every :data:`~catalyzer.server.shedding.RECHECK` seconds, and whenever a 
 closes (:class:`~catalyzer.server.channel.ServerState` asks :meth:`RoomMaker.open_count`).
 
 Working out the order looks at every open connection, so it is worked out at most once per
-:data:`~catalyzer.server.shedding.RECHECK` and consumed by each accept in that time, not
-recomputed for each: a burst accepted in one wake-up, and a prefork worker accepting one
-connection per wake-up at the limit (1,000 connections each shedding one a millisecond made it
-quadratic: fast clients kept 11% of their throughput). Nothing is missed by keeping it that long:
-a connection accepted since is younger than ``MIN_AGE``, and a kept entry is used only if its
-connection still stands where it stood, since the same time.
+:data:`~catalyzer.server.shedding.REBUILD` (a :class:`~catalyzer.server.shedding.ShedQueue`)
+and consumed by each accept in that time, not recomputed for each: a burst accepted in one
+wake-up, and a prefork worker accepting one connection per wake-up at the limit (1,000
+connections each shedding one a millisecond made it quadratic: fast clients kept 11% of their
+throughput). Nothing is missed by keeping it that long: a connection accepted since is younger
+than ``MIN_AGE``, one busy then is idle for less than ``MIN_IDLE``, and a kept entry is used
+only if its connection still stands where it stood, since the same time. Under a re-opening
+attack, working it out again every ``RECHECK`` (each time accepting paused for a connection to
+come of age) was the largest part of the server's cost per accept-and-shed cycle.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from catalyzer.ops.floodlog import FloodLog
-from catalyzer.server.shedding import RECHECK, Candidate, Standing, eligible_at, order
+from catalyzer.server.shedding import REBUILD, RECHECK, Candidate, ShedQueue, Standing
 from catalyzer.server.timer import Timer
 
 if TYPE_CHECKING:
@@ -60,9 +62,7 @@ class RoomMaker:
         self.stopping = stopping
         self.set_accepting = set_accepting
         self.shed: set[Connection] = set()  # shed, not gone yet: no longer counted
-        self._order: deque[Candidate[HTTPChannel]] | None = None  # the order being consumed
-        self._candidates: list[Candidate[HTTPChannel]] = []  # and what it was made of
-        self._order_made = 0.0
+        self._order: ShedQueue[HTTPChannel] | None = None  # the order being consumed
         self._timer = Timer(clock, self._check)
 
     def open_count(self) -> int:
@@ -108,33 +108,24 @@ class RoomMaker:
         """The connection to shed next, least progress first, leaving out one whose client has
         sent bytes not read yet (it is about to make progress) and any that changed since the
         order was worked out."""
-        queue = self._order
         now = self.clock.seconds()
-        if queue is None or now - self._order_made >= RECHECK:
-            self._candidates = self._candidates_now()
-            queue = self._order = deque(order(self._candidates, now))
-            self._order_made = now
-        while queue:
-            candidate = queue[0]
-            channel = candidate.key
-            current = channel.shedding_candidate()
-            if (
-                channel in self.shed
-                or current is None
-                or current.standing is not candidate.standing
-                or current.since != candidate.since
-                or (candidate.standing is not Standing.HEADERS and channel.unread_bytes())
-            ):
-                queue.popleft()
-                continue
-            if consume:
-                queue.popleft()
-            return channel
-        return None
+        queue = self._order
+        # Also when it ran out: the connections accepted since it was made are all that is left.
+        if queue is None or now - queue.made >= REBUILD or (not queue and now > queue.made):
+            queue = self._order = ShedQueue(self._candidates_now(), now)
+        return queue.next(now, self._unchanged, consume)
 
-    def _forget_order(self) -> None:
-        self._order = None
-        self._candidates = []
+    def _unchanged(self, candidate: Candidate[HTTPChannel]) -> bool:
+        channel = candidate.key
+        if channel in self.shed:
+            return False
+        current = channel.shedding_candidate()
+        return not (
+            current is None
+            or current.standing is not candidate.standing
+            or current.since != candidate.since
+            or (candidate.standing is not Standing.HEADERS and channel.unread_bytes())
+        )
 
     def _arm(self) -> None:
         """Accepting is paused: look again when the first connection too young to be shed may
@@ -143,15 +134,15 @@ class RoomMaker:
         if self._timer.armed:
             return
         if self._order is None:
-            self._next_victim(consume=False)  # works out this turn's candidates
+            self._next_victim(consume=False)  # works out this turn's order
+        assert self._order is not None
         now = self.clock.seconds()
-        wake = eligible_at(self._candidates, now)
+        wake = self._order.eligible_at(now)
         self._timer.start(RECHECK if wake is None else min(RECHECK, max(0.0, wake - now)))
 
     def _check(self) -> None:
         if self.accepting() or self.stopping():
             return
-        self._forget_order()  # time has passed: some may be old enough now
         if self.open_count() < self.limit or self._next_victim(consume=False) is not None:
             self.set_accepting(True)  # the next connection in will make room for itself
         else:

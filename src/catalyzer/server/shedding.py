@@ -18,24 +18,28 @@ less than ``min_idle`` (its client is between two requests). When nothing can be
 pauses accepting until a connection closes or, if some are only too young, until
 :func:`eligible_at` says the first of them may go.
 
-Pure: the channel describes itself as a :class:`Candidate`; :func:`choose` decides. The server
-walks :func:`order` itself when it must look at a socket: a silent or idle connection whose
-client has sent bytes the reactor has not read yet is skipped (the server peeks), since it is
-about to make progress.
+Pure: the channel describes itself as a :class:`Candidate`; :func:`order` (and :func:`choose`)
+define the order, and :class:`ShedQueue` gives the same order one connection at a time, cheaply,
+for the server to walk: it must look at a socket as it goes (a silent or idle connection whose
+client has sent bytes the reactor has not read yet is skipped: the server peeks, since it is
+about to make progress).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 __all__ = [
     "MIN_AGE",
     "MIN_IDLE",
+    "REBUILD",
     "RECHECK",
     "Candidate",
+    "ShedQueue",
     "Standing",
     "choose",
     "eligible_at",
@@ -55,6 +59,10 @@ MIN_AGE: Final = 1.0
 MIN_IDLE: Final = 1.0
 # While accepting is paused at the limit, how often the server looks for a connection to shed.
 RECHECK: Final = 0.1
+# How long a ShedQueue may be used before it is worked out again. A connection that is not in
+# it (accepted since, or busy then and idle since) cannot be eligible before made + MIN_AGE or
+# made + MIN_IDLE, so using it this long misses none.
+REBUILD: Final = min(MIN_AGE, MIN_IDLE)
 
 
 class Standing(enum.Enum):
@@ -114,3 +122,70 @@ def eligible_at(
     waits = [(c, _wait(c, min_age, min_idle)) for c in candidates]
     times = [c.since + wait for c, wait in waits if now - c.since < wait]
     return min(times) if times else None
+
+
+class ShedQueue(Generic[K]):
+    """The candidates worked out at ``made``, in the order they should go, each one taken only
+    once it is old enough: one queue per standing, oldest first.
+
+    Working out the order looks at every open connection; an attacker re-opening every closed
+    connection makes the server shed one for each it accepts (some 1,300 a second per process
+    at max-connections 1000), and working the order out again at each look made the scans the
+    largest part of that churn. Kept for :data:`REBUILD`, the queue is worked out once a second
+    and each accept costs a look at the heads: within one standing the oldest is the first to
+    be old enough, so a head too young means the whole standing is.
+
+    ``usable(candidate)`` says whether the connection still stands where it stood (and is not
+    about to make progress); one that does not is dropped from the queue for good."""
+
+    def __init__(
+        self,
+        candidates: Iterable[Candidate[K]],
+        made: float,
+        min_age: float = MIN_AGE,
+        min_idle: float = MIN_IDLE,
+    ) -> None:
+        self.made = made
+        self.min_age = min_age
+        self.min_idle = min_idle
+        groups: dict[Standing, list[Candidate[K]]] = {s: [] for s in Standing}
+        for c in candidates:
+            groups[c.standing].append(c)
+        self._queues = [
+            deque(sorted(groups[s], key=lambda c: c.since))
+            for s in sorted(Standing, key=lambda s: s.value)
+        ]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues)
+
+    def __bool__(self) -> bool:
+        # Asked at every accept at the limit: cheaper than the length.
+        return any(self._queues)
+
+    def next(
+        self, now: float, usable: Callable[[Candidate[K]], bool], consume: bool = True
+    ) -> K | None:
+        """The connection to shed next (taken out of the queue unless ``consume`` is false), or
+        None if none may go now."""
+        for queue in self._queues:
+            while queue:
+                head = queue[0]
+                if not usable(head):
+                    queue.popleft()
+                    continue
+                if now - head.since < _wait(head, self.min_age, self.min_idle):
+                    break  # the rest of this standing is younger still
+                if consume:
+                    queue.popleft()
+                return head.key
+        return None
+
+    def eligible_at(self, now: float) -> float | None:
+        """When the first head too young to go now becomes eligible (None: none is)."""
+        times = [
+            q[0].since + _wait(q[0], self.min_age, self.min_idle)
+            for q in self._queues
+            if q and now - q[0].since < _wait(q[0], self.min_age, self.min_idle)
+        ]
+        return min(times) if times else None
