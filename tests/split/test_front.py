@@ -72,6 +72,29 @@ def test_a_request_goes_to_the_handler_and_its_answer_to_the_client() -> None:
     assert [m.kind for m in s.conn.take()] == [Kind.REQ]
 
 
+def test_the_access_log_and_metrics_count_the_body_the_handler_sent(tmp_path: Any) -> None:
+    s = Setup()
+    path = tmp_path / "access.log"
+    s.state = ServerState.from_config(
+        unused_app,
+        Config.from_values({"access-log": str(path)}),
+        s.reactor,
+        responder=s.front.responder,
+    )
+    s.hello()
+    client = s.client()
+    client.send(b"GET /x HTTP/1.1\r\nHost: example\r\n\r\n")
+    (req,) = s.conn.take()
+    s.say(Kind.START, req.rid)
+    s.say(Kind.HEAD, req.rid, ((b"st", b"200"),), (HEAD + b"hello",))
+    s.say(Kind.END, req.rid, ((b"st", b"200"), (b"ka", b"1"), (b"bs", b"5")))
+    assert client.output() == HEAD + b"hello"
+    assert s.state.metrics.snapshot()["bytes_out"] == 5
+    assert s.state.access_log is not None
+    s.state.access_log.close()
+    assert '"GET /x HTTP/1.1" 200 5 ' in path.read_text()
+
+
 def test_a_small_body_travels_with_the_request() -> None:
     s = Setup()
     s.hello()

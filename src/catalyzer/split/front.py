@@ -168,8 +168,12 @@ class FrontResponse:
     def data(self, body: Sequence[bytes]) -> None:
         self._write(body)
 
-    def end(self, status: int, keep_alive: bool) -> None:
+    def end(self, status: int, keep_alive: bool, body_bytes: int = -1) -> None:
         self.status = status
+        if body_bytes >= 0:
+            # What was written includes the head and any chunk framing; the access log and the
+            # metrics count the body, as for a response made in this process.
+            self.bytes_sent = body_bytes
         self._end(keep_alive)
 
     def reply(self, status: int, detail: str, retry_after: int | None) -> None:
@@ -351,7 +355,7 @@ class SplitFront:
             elif isinstance(command, Data):
                 response.data(command.body)
             elif isinstance(command, End):
-                response.end(command.status, command.keep_alive)
+                response.end(command.status, command.keep_alive, command.body_bytes)
             elif isinstance(command, Reply):
                 response.reply(command.status, command.detail, command.retry_after)
             elif isinstance(command, Abort):
