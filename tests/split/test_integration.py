@@ -415,6 +415,13 @@ def test_front_refuses_an_open_handlers_endpoint_without_keys(tmp_path: Path) ->
     done = run_front_cli(tmp_path, "--handlers", "tcp://127.0.0.1:*", "--curve-key", "/nope")
     assert done.returncode != 0
     assert "--curve-key needs --handler-keys" in done.stderr
+    # The front's --listen is the HTTP face's (catalyzer's PROXY protocol listener, its rules).
+    done = run_front_cli(
+        tmp_path, "--handlers", "tcp://127.0.0.1:*", "--listen", "haproxy:ssl:0:privateKey=k"
+    )
+    assert done.returncode != 0
+    assert "the PROXY protocol is supported on tcp, tcp6, unix and systemd" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(
