@@ -63,10 +63,6 @@ def test_sigterm_idle_exits_zero(start_server: Launcher) -> None:
     assert server.wait_exit(QUICK_EXIT) == 0, server.log()
 
 
-@pytest.mark.split_xfail(
-    "a response whose head the handler framed before the front's SIGTERM says keep-alive, not "
-    "Connection: close (the front closes the connection after it)"
-)
 @pytest.mark.parametrize("threads", ["0", "2"])
 def test_sigterm_finishes_request_in_flight(
     start_server: Launcher, server_mode: str, threads: str
