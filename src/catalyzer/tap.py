@@ -27,6 +27,7 @@ from catalyzer.server.endpointspec import (
 )
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
+from catalyzer.server.startchecks import spool_dir_problem
 from catalyzer.settings import SETTINGS as ALL_SETTINGS
 from catalyzer.settings import (
     SPLIT_SECTION,
@@ -93,9 +94,9 @@ class Options(usage.Options):
                 "--max-worker-rss needs a master to replace the worker: use --procs 2 or more "
                 "(with --procs 1 the twistd process itself serves, and nothing would replace it)"
             )
-        spool_dir = self.config.spool_dir
-        if spool_dir and not (os.path.isdir(spool_dir) and os.access(spool_dir, os.W_OK | os.X_OK)):
-            raise _fail(f"--spool-dir {spool_dir!r}: not a directory this process can write to")
+        problem = spool_dir_problem(self.config)
+        if problem is not None:
+            raise _fail(problem)
         from twisted.internet import reactor
 
         if not (self.config.listen or self.config.uwsgi or self.config.fastcgi):

@@ -498,6 +498,13 @@ def test_front_refuses_an_open_handlers_endpoint_without_keys(tmp_path: Path) ->
     assert done.returncode != 0
     assert "the PROXY protocol is supported on tcp, tcp6, unix and systemd" in done.stderr
     assert "Traceback" not in done.stderr
+    done = run_front_cli(
+        tmp_path, "--handlers", "tcp://127.0.0.1:*", "--spool-dir", str(tmp_path / "nowhere")
+    )
+    assert done.returncode != 0
+    assert "--spool-dir" in done.stderr and "not a directory this process can write to" in (
+        done.stderr
+    )
 
 
 @pytest.mark.parametrize(

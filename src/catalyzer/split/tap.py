@@ -29,6 +29,7 @@ from catalyzer.server.endpointspec import (
 from catalyzer.server.faces import Face
 from catalyzer.server.root import SingleProcessRoot, SingleStatus
 from catalyzer.server.service import HTTPService
+from catalyzer.server.startchecks import spool_dir_problem
 from catalyzer.settings import (
     BY_NAME,
     SPLIT_SECTION,
@@ -124,6 +125,9 @@ class _SettingsOptions(usage.Options):
         for name in self.required:
             if not values.get(name):
                 raise _fail(self.command, f"--{name} is required (see --help)")
+        problem = spool_dir_problem(self.config)
+        if problem is not None:
+            raise _fail(self.command, problem)
 
 
 def _options_class(
