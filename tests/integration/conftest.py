@@ -422,6 +422,14 @@ class SplitServer(ServerProcess):
             f"{self.joins} handler process(es) joined in the front's log",
         )
 
+    def ready_workers(self) -> list[tuple[int, int]]:
+        """The handler's workers (with ``--procs``): the processes that run the app. Noted, as
+        for a prefork master, for the teardown."""
+        return self.handler.ready_workers() if self.handler is not None else []
+
+    def kill_stray_workers(self) -> list[int]:
+        return self.handler.kill_stray_workers() if self.handler is not None else []
+
     def terminate(self, deadline: float = STOP_DEADLINE) -> int:
         status = super().terminate(deadline)
         if self.handler is not None:
