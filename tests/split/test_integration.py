@@ -641,11 +641,9 @@ def test_a_256_mib_response_to_an_8_mib_s_client_keeps_memory_bounded(split: Spl
             ahead = started + total / CLIENT_RATE - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
-        elapsed = time.monotonic() - started
     finally:
         conn.close()
     assert total == BIG
-    assert elapsed >= BIG / CLIENT_RATE * 0.95  # the client was the slow side throughout
     growth = peak.growth()
     assert all(n < RSS_BUDGET for n in growth.values()), in_mib(growth)
 
