@@ -19,10 +19,15 @@ from twisted.python import usage
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.server.channel import ServerState, describe_connections
-from catalyzer.server.faces import Face, describe
-from catalyzer.server.proxyheader import ProxiedEndpoint, split_proxied
+from catalyzer.server.endpointspec import (
+    EndpointSpecError,
+    open_forwarding_warning,
+    server_endpoints,
+    with_backlog,
+)
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, no_reload, with_dispatchers
 from catalyzer.server.service import HTTPService
+from catalyzer.server.startchecks import spool_dir_problem
 from catalyzer.settings import SETTINGS as ALL_SETTINGS
 from catalyzer.settings import (
     SPLIT_SECTION,
@@ -89,48 +94,17 @@ class Options(usage.Options):
                 "--max-worker-rss needs a master to replace the worker: use --procs 2 or more "
                 "(with --procs 1 the twistd process itself serves, and nothing would replace it)"
             )
-        spool_dir = self.config.spool_dir
-        if spool_dir and not (os.path.isdir(spool_dir) and os.access(spool_dir, os.W_OK | os.X_OK)):
-            raise _fail(f"--spool-dir {spool_dir!r}: not a directory this process can write to")
+        problem = spool_dir_problem(self.config)
+        if problem is not None:
+            raise _fail(problem)
         from twisted.internet import reactor
 
-        described = [(Face.HTTP, d) for d in self.config.listen]
-        described += [(Face.UWSGI, d) for d in self.config.uwsgi]
-        described += [(Face.FASTCGI, d) for d in self.config.fastcgi]
-        if not described:
+        if not (self.config.listen or self.config.uwsgi or self.config.fastcgi):
             raise _fail("nothing to listen on: give --listen, --uwsgi or --fastcgi")
-        for face, description in described:
-            option = "--listen" if face is Face.HTTP else f"--{face.value}"
-            proxied, inner = split_proxied(description)
-            if proxied and inner.split(":", 1)[0].lower() not in ("tcp", "tcp6", "unix", "systemd"):
-                raise _fail(
-                    f"{option} {description!r}: the PROXY protocol is supported on tcp, tcp6, unix "
-                    "and systemd endpoints (it comes before TLS: terminate TLS in the proxy)"
-                )
-            try:
-                endpoint = endpoints.serverFromString(
-                    reactor, with_backlog(inner, self.config.backlog)
-                )
-                if proxied:
-                    endpoint = ProxiedEndpoint(endpoint, reactor)
-            except IndexError:
-                if not inner.startswith("systemd:"):
-                    raise
-                raise _fail(
-                    f"{option} {description!r}: no socket at that index was passed by systemd "
-                    "(LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES describe the sockets it passes)"
-                ) from None
-            except Exception as e:  # the endpoint parsers raise a variety of types
-                raise _fail(f"{option} {description!r}: {e or type(e).__name__}") from None
-            self.endpoints.append((describe(face, description), endpoint))
-
-
-def with_backlog(description: str, backlog: int) -> str:
-    """``description`` with ``:backlog=N`` added when its endpoint type takes one and it has none."""
-    kind = description.split(":", 1)[0].lower()
-    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
-        return f"{description}:backlog={backlog}"
-    return description
+        try:
+            self.endpoints = server_endpoints(self.config, reactor)
+        except EndpointSpecError as e:
+            raise _fail(str(e)) from None
 
 
 for _setting in SETTINGS:
@@ -145,12 +119,9 @@ def makeService(options: Options) -> Service:
     assert config is not None
     from twisted.internet import reactor
 
-    if "*" in config.forwarded_allow_ips.split(","):
-        log.warn(
-            "--forwarded-allow-ips '*': every client can set REMOTE_ADDR, the scheme and the "
-            "host with Forwarded/X-Forwarded-* headers; list your proxies' addresses instead "
-            "unless only a proxy can reach this server"
-        )
+    warning = open_forwarding_warning(config)
+    if warning is not None:
+        log.warn(warning)
     if config.procs > 1 or config.reload:
         # The master never imports the app: a broken app cannot take it down.
         from catalyzer.prefork.master import MasterService

@@ -75,7 +75,7 @@ def test_framer_modes() -> None:
 
 
 def test_backlog_added_only_where_it_applies() -> None:
-    from catalyzer.tap import with_backlog
+    from catalyzer.server.endpointspec import with_backlog
 
     assert with_backlog("tcp:8080", 1024) == "tcp:8080:backlog=1024"
     assert with_backlog("unix:/run/a.sock", 7) == "unix:/run/a.sock:backlog=7"

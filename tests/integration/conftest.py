@@ -6,9 +6,16 @@ port guessing). Every process started is stopped in teardown: SIGTERM, then SIGK
 deadline, by PID.
 
 Every test that takes ``server_mode`` (directly or through ``start_server`` / ``served``) runs once
-per entry of :data:`MODES`, so adding ``"prefork": ["--procs", "2"]`` there runs the same tests
-against a pre-forking server: there the master logs ``listening on`` and, for each worker,
-``worker N (pid P) ready``; a server counts as started once all ``--procs`` workers are ready.
+per entry of :data:`KINDS`: each of :data:`MODES`, so adding ``"prefork": ["--procs", "2"]`` there
+runs the same tests against a pre-forking server: there the master logs ``listening on`` and, for
+each worker, ``worker N (pid P) ready``; a server counts as started once all ``--procs`` workers
+are ready. And ``"split"``: the same HTTP behaviour end to end through a ``catalyzer-front`` and
+one ``catalyzer-handler`` running the app (:class:`SplitServer`), started once the front says
+where handlers connect and counted as started once the handler has joined.
+
+A test that cannot apply to split mode says so with ``@pytest.mark.split_skip("why")``; one that
+shows a split-mode bug not fixed yet with ``@pytest.mark.split_xfail("exact reason")`` (strict:
+it fails the run the day the bug is fixed, so the mark goes with the fix).
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ LOCAL_TCP = "tcp:0:interface=127.0.0.1"
 
 # Mode name -> extra command-line arguments.
 MODES: dict[str, list[str]] = {"single": [], "prefork": ["--procs", "2"]}
+# Every server kind the behaviour suites run against: the modes of one ``catalyzer`` process, and
+# split mode (a front and a handler).
+KINDS: list[str] = [*MODES, "split"]
 
 START_DEADLINE = 20.0  # from exec to "listening on" (twistd imports take ~0.3 s when idle)
 STOP_DEADLINE = 10.0  # from SIGTERM to exit, before teardown falls back to SIGKILL
@@ -51,6 +61,10 @@ READY = re.compile(
     r"\[catalyzer\.prefork\.master#\w+\] worker (?P<slot>\d+) \(pid (?P<pid>\d+)\) ready$", re.M
 )
 _PORT = re.compile(r"port=(\d+)")
+# A split front's line naming the ZeroMQ endpoint its handlers connect to, and its line for each
+# handler that joined.
+HANDLERS_AT = r"front: handlers connect to (tcp://\S+)"
+JOINED = r"handler \S+ pid (\d+) tag \S+ joined with"
 _HOST = re.compile(r"host='([^']*)'")
 
 
@@ -123,9 +137,13 @@ class ServerProcess:
 
     # -- output
 
-    def log(self) -> str:
+    def own_log(self) -> str:
         """Everything the process wrote to stdout and stderr so far."""
         return self.log_path.read_bytes().decode("utf-8", "replace")
+
+    def log(self) -> str:
+        """What the tests read as the server's log (a split server adds its handler's)."""
+        return self.own_log()
 
     def _describe(self) -> str:
         status = self.proc.poll()
@@ -170,7 +188,7 @@ class ServerProcess:
         """The ``listening on`` lines of the process itself (not those its workers log)."""
         return [
             Listening(m.group("description"), m.group("address"))
-            for m in _LISTENING.finditer(self.log())
+            for m in _LISTENING.finditer(self.own_log())
             if not _WORKER_LINE.search(_line_of(m.string, m.start()))
         ]
 
@@ -300,6 +318,130 @@ class ServerProcess:
             conn.close()
 
 
+# Split mode: the options that are the handler's alone (the app and how it runs), and those both
+# sides take. Every other option is the front's; one neither takes is refused here, so a test
+# that needs it must be marked ``split_skip`` rather than silently run without it.
+_HANDLER_ONLY = frozenset(
+    ["--app", "--threads", "--procs", "-p", "--timeout", "--worker-liveness", "--tag", "--weight"]
+)
+_BOTH = frozenset(["--die-timeout", "--write-timeout"])
+_NEITHER = frozenset(
+    [
+        "--handoff-after",
+        "--manhole",
+        "--manhole-keys",
+        "--max-requests",
+        "--max-requests-jitter",
+        "--max-worker-rss",
+        "--reload",
+        "--watch",
+        "--reuse-port",
+        "--uwsgi",
+        "--fastcgi",
+    ]
+)
+_FLAGS = frozenset(["--reload", "--reuse-port", "--insecure-handlers"])
+# Heartbeats fast enough that a lost handler shows within the tests' deadlines.
+_SPLIT_TIMING = ["--heartbeat-interval", "0.2", "--handler-liveness", "1.5"]
+
+
+def split_arguments(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(front, handler)`` arguments from one ``catalyzer`` command line."""
+    front: list[str] = []
+    handler: list[str] = []
+    i = 0
+    while i < len(args):
+        name, eq, _ = args[i].partition("=")
+        takes_value = not eq and name not in _FLAGS
+        option = list(args[i : i + (2 if takes_value else 1)])
+        i += len(option)
+        if name in _NEITHER:
+            raise AssertionError(
+                f"split mode has no {name}: mark the test split_skip with the reason"
+            )
+        if name in _HANDLER_ONLY:
+            handler += option
+        elif name in _BOTH:
+            front += option
+            handler += option
+        else:
+            front += option
+    return front, handler
+
+
+class SplitServer(ServerProcess):
+    """A ``catalyzer-front`` and one ``catalyzer-handler`` connected to it, as one server.
+
+    It is the front for everything HTTP (pid, port, signals, exit status); its log is the
+    front's followed by the handler's, so app output (tracebacks, markers written to
+    ``wsgi.errors``) is found where the tests look for it. The access log is the front's (the
+    handler's own is turned off, or every request would be logged twice)."""
+
+    def __init__(
+        self, args: Sequence[str], directory: Path, env: Mapping[str, str], index: int
+    ) -> None:
+        front_args, handler_args = split_arguments(args)
+        super().__init__(
+            ["--handlers", "tcp://127.0.0.1:*", *_SPLIT_TIMING, *front_args],
+            directory / f"front-{index}.log",
+            env,
+            command="catalyzer-front",
+        )
+        self.procs = 1  # the front has no workers; the handler's --procs is the handler's
+        self.joins = max(1, _procs(handler_args))
+        self.handler: ServerProcess | None = None
+        # The front says where handlers connect as soon as it runs (it loads no app): the
+        # handler starts then, whether or not the caller waits for it to join.
+        try:
+            endpoint = self.wait_for_log(HANDLERS_AT, START_DEADLINE).group(1)
+        except BaseException:
+            self.kill()  # not the launcher's yet: it would not stop it
+            raise
+        self.handler = ServerProcess(
+            ["--connect", endpoint, "--access-log", "off", *_SPLIT_TIMING, *handler_args],
+            directory / f"handler-{index}.log",
+            env,
+            command="catalyzer-handler",
+        )
+
+    def log(self) -> str:
+        text = self.own_log()
+        if self.handler is not None:
+            text += "\n" + self.handler.own_log()
+        return text
+
+    def wait_listening(self, deadline: float = START_DEADLINE) -> None:
+        """Until the front listens and the handler has joined (each of its processes, with
+        ``--procs``)."""
+        end = time.monotonic() + deadline
+        super().wait_listening(deadline)
+        assert self.handler is not None
+        self.handler.wait_until(
+            lambda: True if len(re.findall(JOINED, self.own_log())) >= self.joins else None,
+            max(0.0, end - time.monotonic()),
+            f"{self.joins} handler process(es) joined in the front's log",
+        )
+
+    def ready_workers(self) -> list[tuple[int, int]]:
+        """The handler's workers (with ``--procs``): the processes that run the app. Noted, as
+        for a prefork master, for the teardown."""
+        return self.handler.ready_workers() if self.handler is not None else []
+
+    def kill_stray_workers(self) -> list[int]:
+        return self.handler.kill_stray_workers() if self.handler is not None else []
+
+    def terminate(self, deadline: float = STOP_DEADLINE) -> int:
+        status = super().terminate(deadline)
+        if self.handler is not None:
+            self.handler.terminate(deadline)
+        return status
+
+    def kill(self) -> None:
+        super().kill()
+        if self.handler is not None:
+            self.handler.kill()
+
+
 class Launcher:
     """Starts servers for a test (or a module) and stops them all afterwards."""
 
@@ -321,10 +463,14 @@ class Launcher:
             argv += ["--app", app]
         for endpoint in listen or ():
             argv += ["--listen", endpoint]
-        argv += MODES[self.mode]
+        argv += MODES.get(self.mode, [])
         argv += args
-        log_path = self.directory / f"server-{len(self.servers)}.log"
-        server = ServerProcess(argv, log_path, child_env(env))
+        server: ServerProcess
+        if self.mode == "split":
+            server = SplitServer(argv, self.directory, child_env(env), len(self.servers))
+        else:
+            log_path = self.directory / f"server-{len(self.servers)}.log"
+            server = ServerProcess(argv, log_path, child_env(env))
         self.servers.append(server)
         if wait:
             server.wait_listening()
@@ -383,7 +529,20 @@ def proc_title(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
-@pytest.fixture(scope="session", params=list(MODES))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In split mode, skip the tests marked ``split_skip`` and expect the ``split_xfail`` ones to
+    fail (strictly), each with its mark's reason."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("server_mode") != "split":
+            continue
+        for mark in item.iter_markers("split_skip"):
+            item.add_marker(pytest.mark.skip(reason=f"split mode: {mark.args[0]}"))
+        for mark in item.iter_markers("split_xfail"):
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"split mode: {mark.args[0]}"))
+
+
+@pytest.fixture(scope="session", params=KINDS)
 def server_mode(request: pytest.FixtureRequest) -> str:
     mode: str = request.param
     return mode

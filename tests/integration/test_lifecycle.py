@@ -22,7 +22,7 @@ QUICK_EXIT = 8.0
 HUNG_EXIT = 5.0
 
 # What the log says on SIGTERM, per mode.
-STOP_LINE = {"single": "SIGTERM", "prefork": "graceful stop"}
+STOP_LINE = {"single": "SIGTERM", "prefork": "graceful stop", "split": "SIGTERM"}
 
 
 def token() -> str:

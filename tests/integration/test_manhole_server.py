@@ -46,6 +46,7 @@ class Session:
         self.sock.close()
 
 
+@pytest.mark.split_skip("the front has no --manhole yet (docs/split.md, Not done yet)")
 def test_session_sees_live_server(
     tmp_path: Path, start_server: Callable[..., ServerProcess]
 ) -> None:

@@ -28,7 +28,10 @@ from tests.integration.nginx import (
     running_nginx,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.split_skip("a split front serves HTTP only: no --uwsgi or --fastcgi face"),
+]
 
 FACES = ("uwsgi", "fastcgi")
 HOST = "app.example.test"

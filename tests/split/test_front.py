@@ -10,7 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.frames import Kind, Message, encode
-from catalyzer.split.front import SplitFront
+from catalyzer.split.front import SplitFront, closing_head
 from catalyzer.split.router import Router, RouterSettings
 from catalyzer.split.zmqio import SendResult
 from catalyzer.testing import InMemoryConnection
@@ -70,6 +70,61 @@ def test_a_request_goes_to_the_handler_and_its_answer_to_the_client() -> None:
     # The connection carries the next request.
     client.send(b"GET /again HTTP/1.1\r\nHost: example\r\n\r\n")
     assert [m.kind for m in s.conn.take()] == [Kind.REQ]
+
+
+def test_the_access_log_and_metrics_count_the_body_the_handler_sent(tmp_path: Any) -> None:
+    s = Setup()
+    path = tmp_path / "access.log"
+    s.state = ServerState.from_config(
+        unused_app,
+        Config.from_values({"access-log": str(path)}),
+        s.reactor,
+        responder=s.front.responder,
+    )
+    s.hello()
+    client = s.client()
+    client.send(b"GET /x HTTP/1.1\r\nHost: example\r\n\r\n")
+    (req,) = s.conn.take()
+    s.say(Kind.START, req.rid)
+    s.say(Kind.HEAD, req.rid, ((b"st", b"200"),), (HEAD + b"hello",))
+    s.say(Kind.END, req.rid, ((b"st", b"200"), (b"ka", b"1"), (b"bs", b"5")))
+    assert client.output() == HEAD + b"hello"
+    assert s.state.metrics.snapshot()["bytes_out"] == 5
+    assert s.state.access_log is not None
+    s.state.access_log.close()
+    assert '"GET /x HTTP/1.1" 200 5 ' in path.read_text()
+
+
+def test_a_head_framed_for_keep_alive_before_the_stop_says_close() -> None:
+    s = Setup()
+    s.hello()
+    client = s.client()
+    client.send(b"GET /x HTTP/1.1\r\nHost: example\r\n\r\n")
+    (req,) = s.conn.take()
+    assert req.get(b"ka") == b"1"
+    s.state.stop_keep_alive()  # SIGTERM while the handler runs the app
+    s.say(Kind.START, req.rid)
+    s.say(Kind.HEAD, req.rid, ((b"st", b"200"),), (HEAD + b"hello",))
+    s.say(Kind.END, req.rid, ((b"st", b"200"), (b"ka", b"1")))
+    assert client.output() == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    )
+    assert client.closed
+
+
+def test_closing_head() -> None:
+    assert closing_head(
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nA: b\r\n\r\nbody", b"more")
+    ) == (
+        b"HTTP/1.0 200 OK\r\nA: b\r\nConnection: close\r\n\r\nbody",
+        b"more",
+    )
+    assert closing_head((b"HTTP/1.1 200 OK\r\n\r\n",)) == (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+    )
+    # Already closing, or a head cut by a small window: left as it is.
+    assert closing_head((b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",)) is None
+    assert closing_head((b"HTTP/1.1 200 OK\r\nA: b", b"\r\n\r\n")) is None
 
 
 def test_a_small_body_travels_with_the_request() -> None:

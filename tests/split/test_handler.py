@@ -132,6 +132,8 @@ def test_get_runs_at_once_with_the_environ_of_the_http_face() -> None:
         b"1",
         None,
     )
+    # The body's size, not what went on the wire: the front's access log counts bodies.
+    assert end.get_int(b"bs") == len(b"hello")
     (environ,) = app.calls
     assert environ["REMOTE_ADDR"] == "10.1.2.3"
     assert environ["PATH_INFO"] == "/p" and environ["QUERY_STRING"] == "q=1"

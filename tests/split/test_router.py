@@ -368,6 +368,15 @@ def test_response_flows_and_ends() -> None:
     assert router.handlers[b"a"].served == 1
 
 
+def test_end_carries_the_body_size_the_handler_counted() -> None:
+    router = new()
+    a = Peer(router, b"a", 1)
+    a.hello()
+    rid = respond(router, a)
+    out = a.say(0.4, Kind.END, rid, ((b"st", b"200"), (b"ka", b"1"), (b"bs", b"123")))
+    assert only(out, End) == [End(1, 200, True, 123)]
+
+
 def test_handler_lost_mid_response_aborts_the_client() -> None:
     router = new()
     a = Peer(router, b"a", 1)

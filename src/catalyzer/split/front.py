@@ -48,7 +48,7 @@ from catalyzer.wsgi.forwarded import PROXY_KEYS
 from catalyzer.wsgi.sink import OnDone, ResponseOutcome, ResponseServices, ResponseSink
 from catalyzer.wsgi.types import Environ
 
-__all__ = ["FRAME_SIZE", "FrontResponse", "SplitFront", "request_meta"]
+__all__ = ["FRAME_SIZE", "FrontResponse", "SplitFront", "closing_head", "request_meta"]
 
 log = Logger(namespace="catalyzer.split")
 
@@ -100,6 +100,23 @@ def _body_frames(request: Request) -> tuple[bytes, ...]:
     return tuple(frames)
 
 
+def closing_head(body: Sequence[bytes]) -> tuple[bytes, ...] | None:
+    """A HEAD message's frames with the head made to say ``Connection: close``; None when its
+    first frame does not hold the whole head (a window smaller than the head: the connection
+    still closes after the response) or the head says close already."""
+    first = body[0] if body else b""
+    end = first.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head, rest = first[: end + 2], first[end + 2 :]
+    if b"\r\nConnection: close\r\n" in head:
+        return None
+    # The handler's framing writes this line only for an HTTP/1.0 keep-alive (the app cannot
+    # set hop-by-hop headers); HTTP/1.1 keeps alive without it.
+    head = head.replace(b"\r\nConnection: keep-alive\r\n", b"\r\n")
+    return (head + b"Connection: close\r\n" + rest, *body[1:])
+
+
 @implementer(interfaces.IPushProducer)
 class FrontResponse:
     """One request's answer from a handler, written to the client's connection."""
@@ -127,11 +144,14 @@ class FrontResponse:
         self._registered = False
         self._paused = False
         self._owed = 0  # bytes the client took that are not granted back to the handler yet
+        self._promised_keep_alive = False  # what the REQ told the handler
+        self._closing = False  # the head was made to say Connection: close here
 
     # -- Responder
 
     def run(self) -> None:
         keep_alive = self.request.keep_alive and self.sink.keep_alive_allowed
+        self._promised_keep_alive = keep_alive
         meta = request_meta(self.request, self.environ, keep_alive, self.front.script_name)
         length = self.request.body_length if self.request.body is not None else 0
         if length:
@@ -162,6 +182,16 @@ class FrontResponse:
 
     def head(self, status: int, body: Sequence[bytes]) -> None:
         self.status = status
+        if self._promised_keep_alive and not self.sink.keep_alive_allowed:
+            # The process began stopping after the handler framed this head for keep-alive: as
+            # for a response made here, the head says the connection ends with it, so that the
+            # client sends no next request into the close.
+            closing = closing_head(body)
+            if closing is not None:
+                self._closing = True
+                # The handler is granted back what it sent, not the bytes added here.
+                self._owed -= sum(len(p) for p in closing) - sum(len(p) for p in body)
+                body = closing
         self.sink.register_producer(self, True)
         self._registered = True
         self._write(body)
@@ -169,8 +199,12 @@ class FrontResponse:
     def data(self, body: Sequence[bytes]) -> None:
         self._write(body)
 
-    def end(self, status: int, keep_alive: bool) -> None:
+    def end(self, status: int, keep_alive: bool, body_bytes: int = -1) -> None:
         self.status = status
+        if body_bytes >= 0:
+            # What was written includes the head and any chunk framing; the access log and the
+            # metrics count the body, as for a response made in this process.
+            self.bytes_sent = body_bytes
         self._end(keep_alive)
 
     def reply(self, status: int, detail: str, retry_after: int | None) -> None:
@@ -262,6 +296,7 @@ class FrontResponse:
         if self._registered and not connection_gone:
             self.sink.unregister_producer()
         self._registered = False
+        keep_alive = keep_alive and not self._closing
         self.on_done(ResponseOutcome(self.status, self.bytes_sent, keep_alive, self.started))
 
 
@@ -365,7 +400,7 @@ class SplitFront:
             elif isinstance(command, Data):
                 response.data(command.body)
             elif isinstance(command, End):
-                response.end(command.status, command.keep_alive)
+                response.end(command.status, command.keep_alive, command.body_bytes)
             elif isinstance(command, Reply):
                 response.reply(command.status, command.detail, command.retry_after)
             elif isinstance(command, Abort):

@@ -175,6 +175,7 @@ class SplitSink:
             (b"st", b"%d" % outcome.status),
             (b"ka", b"1" if outcome.keep_alive else b"0"),
             (b"ran", b"1"),
+            (b"bs", b"%d" % outcome.bytes_sent),
         ]
         if self.aborted or (not self.head_sent and outcome.status):
             meta.append((b"ab", b"1"))

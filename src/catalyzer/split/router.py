@@ -118,11 +118,14 @@ class Data:
 
 @dataclass(frozen=True)
 class End:
-    """The response is complete; ``keep_alive`` is the handler's framing decision."""
+    """The response is complete; ``keep_alive`` is the handler's framing decision. ``body_bytes``
+    is the body the app's response sent, as the handler counted it (-1 from a handler that does
+    not say), for the front's access log and metrics, which count bodies as the HTTP face does."""
 
     cid: int
     status: int
     keep_alive: bool
+    body_bytes: int = -1
 
 
 @dataclass(frozen=True)
@@ -745,7 +748,7 @@ class Router:
         handler.served += 1
         status = msg.get_int(b"st")
         return [
-            End(pending.cid, status, msg.get(b"ka") == b"1"),
+            End(pending.cid, status, msg.get(b"ka") == b"1", msg.get_int(b"bs", -1)),
             *self._dispatch(now),
         ]
 

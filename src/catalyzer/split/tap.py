@@ -22,8 +22,15 @@ from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.statusapp import make_status_app
 from catalyzer.server.channel import ServerState, describe_connections
+from catalyzer.server.endpointspec import (
+    EndpointSpecError,
+    open_forwarding_warning,
+    server_endpoints,
+)
+from catalyzer.server.faces import Face
 from catalyzer.server.root import SingleProcessRoot, SingleStatus, with_dispatchers
 from catalyzer.server.service import HTTPService
+from catalyzer.server.startchecks import spool_dir_problem
 from catalyzer.settings import (
     BY_NAME,
     SPLIT_SECTION,
@@ -142,6 +149,9 @@ class _SettingsOptions(usage.Options):
         for name in self.required:
             if not values.get(name):
                 raise _fail(self.command, f"--{name} is required (see --help)")
+        problem = spool_dir_problem(self.config)
+        if problem is not None:
+            raise _fail(self.command, problem)
 
 
 def _options_class(
@@ -276,12 +286,15 @@ def makeFrontService(options: _SettingsOptions) -> Service:
 
     command = "catalyzer-front"
     config = config.replace(threads=0, procs=1)
-    listen: list[tuple[str, Any]] = []
-    for description in config.listen:
-        try:
-            listen.append((description, endpoints.serverFromString(reactor, description)))
-        except Exception as e:
-            raise _fail(command, f"--listen {description!r}: {e or type(e).__name__}") from None
+    # The same endpoints as catalyzer's HTTP face (--backlog, catalyzer's PROXY protocol
+    # listener, systemd sockets), and the same warning for a forwarding judgement that trusts all.
+    try:
+        listen = server_endpoints(config, reactor, faces=(Face.HTTP,))
+    except EndpointSpecError as e:
+        raise _fail(command, str(e)) from None
+    warning = open_forwarding_warning(config)
+    if warning is not None:
+        log.warn(warning)
     router = Router(router_settings(config))
     front = SplitFront(router, reactor, config.script_name)
     curve = None
