@@ -322,17 +322,24 @@ class ServerProcess:
 # sides take. Every other option is the front's; one neither takes is refused here, so a test
 # that needs it must be marked ``split_skip`` rather than silently run without it.
 _HANDLER_ONLY = frozenset(
-    ["--app", "--threads", "--procs", "-p", "--timeout", "--worker-liveness", "--tag", "--weight"]
+    [
+        "--app",
+        "--threads",
+        "--procs",
+        "-p",
+        "--timeout",
+        "--worker-liveness",
+        "--tag",
+        "--weight",
+        "--max-requests",
+        "--max-requests-jitter",
+        "--max-worker-rss",
+    ]
 )
 _BOTH = frozenset(["--die-timeout", "--write-timeout"])
 _NEITHER = frozenset(
     [
         "--handoff-after",
-        "--manhole",
-        "--manhole-keys",
-        "--max-requests",
-        "--max-requests-jitter",
-        "--max-worker-rss",
         "--reload",
         "--watch",
         "--reuse-port",

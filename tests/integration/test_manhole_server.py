@@ -46,7 +46,9 @@ class Session:
         self.sock.close()
 
 
-@pytest.mark.split_skip("the front has no --manhole yet (docs/split.md, Not done yet)")
+@pytest.mark.split_skip(
+    "the front's manhole offers handlers(), not workers(): tests/split/test_operations.py"
+)
 def test_session_sees_live_server(
     tmp_path: Path, start_server: Callable[..., ServerProcess]
 ) -> None:

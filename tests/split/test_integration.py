@@ -586,7 +586,12 @@ CLIENT_RATE = 8 * MIB
 RSS_BUDGET = 32 * MIB
 
 
-def _status_kib(pid: int, field: str) -> int:
+def rss(pid: int) -> int:
+    """The resident memory of a process now, in bytes."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -606,18 +611,18 @@ class PeakRSS:
         for pid in pids:
             with open(f"/proc/{pid}/clear_refs", "w") as f:
                 f.write("5")  # reset the peak RSS to the current RSS
-            self.base[pid] = _status_kib(pid, "VmRSS")
+            self.base[pid] = rss(pid)
         self.peak = dict(self.base)
 
     def sample(self) -> None:
         for pid, seen in self.peak.items():
-            self.peak[pid] = max(seen, _status_kib(pid, "VmRSS"))
+            self.peak[pid] = max(seen, rss(pid))
 
     def growth(self) -> dict[int, int]:
         """Bytes of growth per pid, now that the work is done."""
         self.sample()
         for pid, seen in self.peak.items():
-            self.peak[pid] = max(seen, _status_kib(pid, "VmHWM"))
+            self.peak[pid] = max(seen, _status_bytes(pid, "VmHWM"))
         return {pid: self.peak[pid] - self.base[pid] for pid in self.peak}
 
 
