@@ -380,10 +380,14 @@ class SplitFront:
                 timer.cancel()
                 self._timer = None
             return
+        if timer is not None and timer.getTime() <= deadline:
+            # Early is harmless (tick finds nothing due and arms again), and moving the timer
+            # later on every message would cost more than the rare early tick.
+            return
         delay = max(0.0, deadline - self.reactor.seconds())
         if timer is None:
             self._timer = self.reactor.callLater(delay, self.tick)
-        elif timer.getTime() != deadline:
+        else:
             timer.reset(delay)
 
     def stop(self) -> None:

@@ -572,16 +572,30 @@ class Router:
             self.counters["late_dropped"] += 1
             return []
         cid = handler.in_flight[rid]
-        if kind is Kind.END or kind is Kind.RETURN:
+        over = kind is Kind.END or kind is Kind.RETURN or kind is Kind.REPLY
+        # Read before the request is over for the handler, so a bad one loses it with the rest.
+        status = msg.get_int(b"st") if kind is Kind.REPLY else 0
+        if over:
             del handler.in_flight[rid]
             handler.credit += 1
         pending = self.requests.get(cid) if cid is not None else None
         if pending is None or pending.rid != rid:
             # The client left, or the request was taken back (start timeout): drop the rest.
-            if kind not in (Kind.END, Kind.RETURN):
+            if not over:
                 self.counters["late_dropped"] += 1
-            return self._dispatch(now) if kind in (Kind.END, Kind.RETURN) else []
+            return self._dispatch(now) if over else []
         s = self.settings
+        if kind is Kind.REPLY:
+            # A whole response in one message (it implies START, HEAD and END).
+            self._answer(pending)
+            handler.served += 1
+            keep_alive = msg.get(b"ka") == b"1"
+            first: Command = (
+                Data(pending.cid, msg.body)
+                if pending.state == RESPONDING
+                else Head(pending.cid, status, msg.body)
+            )
+            return [first, End(pending.cid, status, keep_alive), *self._dispatch(now)]
         if kind is Kind.START:
             if pending.state != SENT:
                 return []

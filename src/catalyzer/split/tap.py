@@ -340,8 +340,7 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
     from twisted.internet import reactor
 
     command = "catalyzer-handler"
-    slots = max(1, config.threads)
-    config = config.replace(threads=slots, listen=())
+    config = config.replace(listen=())
     if config.procs > 1:
         # The prefork master, unchanged, supervising handler processes instead of HTTP workers
         # (HUP generations gated on readiness, --timeout stack dumps, max-requests, TERM).

@@ -1,0 +1,300 @@
+"""Split mode against the single-process engine: throughput ratios, CPU per request, the hop's
+latency and the scaling over handler processes (issue 13's Performance targets).
+
+    .venv/bin/python -m bench.split [--runs 3] [--duration 5] [--only hello,big,scale]
+                                    [--procs 1,2,4] [--tree DIR] [--json PATH]
+
+Every measurement starts its servers fresh on 127.0.0.1 (free ports), waits for a 2xx answer,
+runs ``wrk --latency`` against them and stops them by PID. Scenarios:
+
+- ``hello``: ``bench.apps:hello`` with keep-alive, single process (``catalyzer``, app in the
+  reactor) and front + one handler (``catalyzer-front`` + ``catalyzer-handler``), interleaved:
+  each run measures both, in alternating order. Reported: requests/s and the split/single ratio
+  of the medians, p50/p99 of each (the hop's latency is their difference), and the CPU time
+  each process spent per request (the sum over its threads of ``/proc/PID/task/*/schedstat``,
+  nanoseconds of run time, read before and after wrk: a count that does not depend on how busy
+  the shared machine is, unlike requests/s).
+- ``big``: the same with ``bench.apps:big`` (1 MiB responses).
+- ``scale``: ``bench.apps:sleep50`` (50 ms in the app) through front + a handler with
+  ``--procs N`` for each N of ``--procs``, 8 threads each, 64 connections.
+
+``--tree DIR`` runs the catalyzer of another checkout (its ``src`` first on PYTHONPATH, this
+venv's packages) for old-against-new comparisons: run this twice, or see docs/split.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import procs
+from bench.run import run_wrk
+
+TWISTD = str(procs.VENV_BIN / "twistd")
+CONNECTIONS = {"hello": 16, "big": 16, "scale": 64}
+APPS = {"hello": "hello", "big": "big", "scale": "sleep50"}
+SCALE_THREADS = 8
+
+
+def _pythonpath(tree: Path | None) -> str:
+    parts = [str(tree / "src")] if tree is not None else []
+    return os.pathsep.join([*parts, str(procs.ROOT)])
+
+
+def task_cpu_ns(pid: int) -> int:
+    """Nanoseconds of CPU every thread of ``pid`` and of its descendants has run (schedstat)."""
+    total = 0
+    for p in procs.process_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def context_switches(pid: int) -> int:
+    total = 0
+    for p in procs.process_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")):
+                            total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+    return total
+
+
+@contextmanager
+def serving(
+    kind: str, app: str, log_dir: Path, tree: Path | None, n_procs: int = 1, threads: int = 0
+) -> Iterator[tuple[int, dict[str, int]]]:
+    """Servers for one measurement: ``single`` or ``split``; yields the HTTP port and the PIDs
+    whose CPU is counted (by role)."""
+    port = procs.free_port()
+    listen = ["--listen", f"tcp:{port}:interface={procs.HOST}", "--access-log", "off"]
+    env_before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = _pythonpath(tree)
+    servers: list[procs.Server] = []
+    try:
+        with ExitStack() as stack:
+            if kind == "single":
+                argv = [TWISTD, "-n", "--pidfile=", "catalyzer", "--app", f"bench.apps:{app}"]
+                argv += listen
+                if threads:
+                    argv += ["--threads", str(threads)]
+                servers.append(procs.start_server("single", argv, port, log_dir / "single.log"))
+                pids = {"single": servers[0].pid}
+            else:
+                handlers_at = f"tcp://127.0.0.1:{procs.free_port()}"
+                front = [TWISTD, "-n", "--pidfile=", "catalyzer-front", "--handlers", handlers_at]
+                servers.append(
+                    procs.start_server("front", front + listen, port, log_dir / "front.log")
+                )
+                handler = [
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "catalyzer-handler",
+                    "--app",
+                    f"bench.apps:{app}",
+                    "--connect",
+                    handlers_at,
+                    "--access-log",
+                    "off",
+                    "--procs",
+                    str(n_procs),
+                ]
+                if threads:
+                    handler += ["--threads", str(threads)]
+                servers.append(procs.start_server("handler", handler, 0, log_dir / "handler.log"))
+                pids = {"front": servers[0].pid, "handler": servers[1].pid}
+            stack.callback(lambda: [procs.stop_server(s) for s in reversed(servers)])
+            procs.wait_ready(servers[0])
+            if kind == "split" and n_procs > 1:
+                _wait_handlers(port, n_procs)
+            yield port, pids
+    finally:
+        if env_before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = env_before
+
+
+def _wait_handlers(port: int, n: int, timeout: float = 30.0) -> None:
+    """The front answers once one handler has joined; with ``--procs N``, wait until its log
+    says N have."""
+    deadline = time.monotonic() + timeout
+    for _ in range(10_000):
+        if time.monotonic() > deadline:
+            raise procs.NotReady(f"{n} handlers did not join within {timeout:g}s")
+        if _joined(n):
+            return
+        time.sleep(0.1)  # polling interval, not synchronisation
+
+
+_FRONT_LOG: list[Path] = []
+
+
+def _joined(n: int) -> bool:
+    if not _FRONT_LOG:
+        return True
+    try:
+        text = _FRONT_LOG[0].read_text(errors="replace")
+    except OSError:
+        return False
+    return text.count(" joined with ") >= n
+
+
+def measure(
+    kind: str,
+    scenario: str,
+    duration: int,
+    log_dir: Path,
+    tree: Path | None,
+    n_procs: int = 1,
+) -> dict[str, Any]:
+    app = APPS[scenario]
+    threads = SCALE_THREADS if scenario == "scale" else 0
+    sub = log_dir / f"{scenario}-{kind}-{n_procs}-{time.monotonic_ns()}"
+    sub.mkdir(parents=True, exist_ok=True)
+    _FRONT_LOG[:] = [sub / "front.log"]
+    record: dict[str, Any] = {"kind": kind, "scenario": scenario, "procs": n_procs}
+    try:
+        with serving(kind, app, sub, tree, n_procs, threads) as (port, pids):
+            cpu0 = {role: task_cpu_ns(pid) for role, pid in pids.items()}
+            cs0 = {role: context_switches(pid) for role, pid in pids.items()}
+            result = run_wrk(port, CONNECTIONS[scenario], duration, threads=1)
+            cpu = {role: task_cpu_ns(pid) - cpu0[role] for role, pid in pids.items()}
+            cs = {role: context_switches(pid) - cs0[role] for role, pid in pids.items()}
+    except procs.NotReady as e:
+        record["error"] = str(e).splitlines()[0]
+        return record
+    n = max(1, result["requests"])
+    record.update(
+        rps=result["rps"],
+        requests=result["requests"],
+        p50_ms=result["p50_ms"],
+        p99_ms=result["p99_ms"],
+        errors=result["error_total"],
+        cpu_us_per_request={role: round(ns / n / 1000, 1) for role, ns in cpu.items()},
+        switches_per_request={role: round(c / n, 2) for role, c in cs.items()},
+    )
+    return record
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in records if "error" not in r]
+    out: dict[str, Any] = {
+        "runs": len(records),
+        "failed": len(records) - len(ok),
+        "rps": _median([r["rps"] for r in ok]),
+        "rps_each": [round(r["rps"]) for r in ok],
+        "p50_ms": _median([r["p50_ms"] for r in ok if r["p50_ms"] is not None]),
+        "p99_ms": _median([r["p99_ms"] for r in ok if r["p99_ms"] is not None]),
+        "errors": sum(r["errors"] for r in ok),
+    }
+    roles = sorted({role for r in ok for role in r["cpu_us_per_request"]})
+    out["cpu_us_per_request"] = {
+        role: _median([r["cpu_us_per_request"][role] for r in ok]) for role in roles
+    }
+    out["switches_per_request"] = {
+        role: _median([r["switches_per_request"][role] for r in ok]) for role in roles
+    }
+    return out
+
+
+def run(
+    scenarios: list[str], runs: int, duration: int, procs_list: list[int], tree: Path | None
+) -> dict[str, Any]:
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-split-{os.getpid()}"
+    data: dict[str, Any] = {
+        "method": f"{runs} interleaved runs of wrk -t1 --latency -d{duration}s, medians; "
+        "CPU from /proc/PID/task/*/schedstat over the wrk run",
+        "tree": str(tree) if tree else str(procs.ROOT),
+        "loadavg": os.getloadavg(),
+        "scenarios": {},
+    }
+    for scenario in scenarios:
+        if scenario == "scale":
+            by: dict[int, list[dict[str, Any]]] = {n: [] for n in procs_list}
+            for i in range(runs):
+                order = procs_list if i % 2 == 0 else list(reversed(procs_list))
+                for n in order:
+                    r = measure("split", scenario, duration, log_dir, tree, n)
+                    print(f"scale procs={n} run {i + 1}: {_line(r)}", flush=True)
+                    by[n].append(r)
+            data["scenarios"]["scale"] = {str(n): summarize(rs) for n, rs in by.items()}
+            continue
+        both: dict[str, list[dict[str, Any]]] = {"single": [], "split": []}
+        for i in range(runs):
+            for kind in ("single", "split") if i % 2 == 0 else ("split", "single"):
+                r = measure(kind, scenario, duration, log_dir, tree)
+                print(f"{scenario} {kind} run {i + 1}: {_line(r)}", flush=True)
+                both[kind].append(r)
+        summary = {kind: summarize(rs) for kind, rs in both.items()}
+        single, split = summary["single"]["rps"], summary["split"]["rps"]
+        summary["ratio"] = round(split / single, 3) if single and split else None
+        data["scenarios"][scenario] = summary
+        print(f"{scenario}: split/single {summary['ratio']}", flush=True)
+    return data
+
+
+def _line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"error: {r['error']}"
+    return (
+        f"{r['rps']:,.0f} req/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms errors {r['errors']} "
+        f"cpu us/req {r['cpu_us_per_request']} switches/req {r['switches_per_request']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, metavar="SECONDS")
+    parser.add_argument("--only", default="hello,big,scale")
+    parser.add_argument("--procs", default="1,2,4", help="handler processes for scale")
+    parser.add_argument("--tree", type=Path, help="another checkout's catalyzer (its src/)")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args(argv)
+    scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(scenarios) - set(APPS)
+    if unknown or args.runs < 1 or args.duration < 1:
+        parser.error(f"scenarios: {', '.join(APPS)}; --runs and --duration at least 1")
+    procs_list = [int(n) for n in args.procs.split(",")]
+    data = run(scenarios, args.runs, args.duration, procs_list, args.tree)
+    text = json.dumps(data, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
