@@ -353,3 +353,27 @@ def test_threads_0_spools_a_large_body_before_the_app_runs() -> None:
     kinds += [m.kind for m in front.conn.take()]
     assert kinds == [Kind.START, Kind.REPLY]
     assert app.calls[0]["body"] == body
+
+
+def test_headers_and_environ_entries_one_per_line_in_one_pair() -> None:
+    app = Recorder()
+    front = Front(app)
+    front.welcome()
+    meta = (
+        (b"m", b"GET"),
+        (b"t", b"/"),
+        (b"e", b"REMOTE_ADDR=10.9.9.9\nSERVER_NAME=front\nSERVER_PORT=80"),
+        (b"pk", b""),
+        (b"h", b"host:example\nx-a:1\nx-b:2"),
+        (b"w", b"1000"),
+    )
+    front.say(Kind.REQ, 1, meta)
+    assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
+    (environ,) = app.calls
+    assert (environ["REMOTE_ADDR"], environ["HTTP_X_A"], environ["HTTP_X_B"]) == (
+        "10.9.9.9",
+        "1",
+        "2",
+    )
+    front.say(Kind.REQ, 2, ((b"m", b"GET"), (b"h", b"host:x\nno colon"), (b"w", b"9")))
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]  # malformed: a new session

@@ -78,13 +78,18 @@ def request_meta(request: Request, environ: Environ, keep_alive: bool, script_na
     ]
     if request.chunked:
         meta.append((b"ch", b"1"))
-    for key in FORWARDED_RESULT:
-        value = environ.get(key)
-        if value is not None:
-            meta.append((b"e", f"{key}={value}".encode("latin-1")))
+    # The environ entries and the headers go as one pair each, a line per item: the HTTP
+    # parser refuses CR, LF and NUL in a request head, so no name or value holds a newline,
+    # and two pairs cost far less to encode and decode than twenty.
+    forwarded = [
+        f"{key}={value}" for key in FORWARDED_RESULT if (value := environ.get(key)) is not None
+    ]
+    if forwarded:
+        meta.append((b"e", "\n".join(forwarded).encode("latin-1")))
     kept = [key for key in PROXY_KEYS if key in environ]
     meta.append((b"pk", ",".join(kept).encode("latin-1")))
-    meta.extend((b"h", name + b":" + value) for name, value in request.headers)
+    if request.headers:
+        meta.append((b"h", b"\n".join([name + b":" + value for name, value in request.headers])))
     return tuple(meta)
 
 

@@ -561,20 +561,22 @@ class HandlerSession:
         request.keep_alive = msg.get(b"ka") == b"1"
         request.chunked = msg.get(b"ch") == b"1"
         headers = []
-        for raw in msg.get_all(b"h"):
-            field, colon, value = raw.partition(b":")
-            if not colon:
-                raise FrameError(f"REQ: header without a name: {raw[:40]!r}")
-            headers.append((field, value))
+        for lines in msg.get_all(b"h"):  # a header per line
+            for raw in lines.split(b"\n"):
+                field, colon, value = raw.partition(b":")
+                if not colon:
+                    raise FrameError(f"REQ: header without a name: {raw[:40]!r}")
+                headers.append((field, value))
         request.headers = headers
         request.body_length = msg.body_length
         request.body = None
         final: dict[str, str] = {}
-        for pair in msg.get_all(b"e"):
-            name, sep, text = pair.decode("latin-1").partition("=")
-            if not sep or name not in FORWARDED_RESULT:
-                raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
-            final[name] = text
+        for lines in msg.get_all(b"e"):  # an entry per line
+            for pair in lines.decode("latin-1").split("\n"):
+                name, sep, text = pair.partition("=")
+                if not sep or name not in FORWARDED_RESULT:
+                    raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
+                final[name] = text
         info = ConnectionInfo(
             final.get("SERVER_NAME", ""),
             final.get("SERVER_PORT", ""),
