@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "FORWARDED_RESULT",
@@ -30,6 +30,7 @@ __all__ = [
     "Message",
     "decode",
     "encode",
+    "encode_parts",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -95,6 +96,8 @@ FROM_FRONT: Final = frozenset(
 )
 
 Meta = tuple[tuple[bytes, bytes], ...]
+# A body frame as sent: bytes, or a view of part of a larger response (not copied to be sent).
+Frame = bytes | memoryview
 
 # Kind by number without Enum's call machinery (a few microseconds a message otherwise).
 _KINDS: Final[dict[int, Kind]] = {k.value: k for k in Kind}
@@ -181,12 +184,21 @@ def _encode_meta(meta: Meta) -> bytes:
 def encode(message: Message) -> list[bytes]:
     """The frames of ``message``. ValueError for what no peer could decode (a key too long, a
     sequence number or request id out of range): a bug of the sender, not bad input."""
-    if not 0 <= message.seq <= _MAX_SEQ or not 0 <= message.rid <= _MAX_SEQ:
-        raise ValueError(f"sequence number or request id out of range: {message!r}")
-    frames = [_HEADER.pack(PROTOCOL_VERSION, message.kind, message.seq, message.rid)]
-    if message.meta or message.body:
-        frames.append(_encode_meta(message.meta))
-        frames.extend(message.body)
+    frames: list[bytes] = encode_parts(message.kind, message.seq, message.rid, message.meta, ())
+    if message.body and len(frames) == 1:
+        frames.append(b"")
+    frames.extend(message.body)
+    return frames
+
+
+def encode_parts(kind: Kind, seq: int, rid: int, meta: Meta, body: Sequence[Frame]) -> list[Any]:
+    """:func:`encode` for body frames that may be views of a larger buffer (never copied)."""
+    if not 0 <= seq <= _MAX_SEQ or not 0 <= rid <= _MAX_SEQ:
+        raise ValueError(f"sequence number or request id out of range: {kind!r} {seq} {rid}")
+    frames: list[Any] = [_HEADER.pack(PROTOCOL_VERSION, kind, seq, rid)]
+    if meta or body:
+        frames.append(_encode_meta(meta))
+        frames.extend(body)
     return frames
 
 

@@ -23,7 +23,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any, Final
 
 from twisted.internet import interfaces
@@ -36,12 +36,13 @@ from catalyzer.ops.accesslog import FileAccessLog
 from catalyzer.split.frames import (
     FORWARDED_RESULT,
     FROM_FRONT,
+    Frame,
     FrameError,
     Kind,
     Message,
     Meta,
     decode,
-    encode,
+    encode_parts,
 )
 from catalyzer.split.router import RETRYABLE_METHODS
 from catalyzer.split.zmqio import SendResult, ZmqConnection
@@ -80,7 +81,7 @@ class SplitSink:
         self.response: WSGIResponse | None = None
         self.producer: Any = None
         self.head_sent = False
-        self.pending: list[bytes] = []
+        self.pending: list[Frame] = []
         self.end_owed: ResponseOutcome | None = None
         self.aborted = False
         self.cancelled = False
@@ -147,22 +148,32 @@ class SplitSink:
         self._flush()
 
     def _flush(self) -> None:
+        # As much as the window allows goes in one message (the head with the first body bytes),
+        # and a piece larger than that is sent as views of the app's bytes, never sliced copies.
         session = self.session
-        while self.pending and self.window > 0 and not self.closed:
-            data = self.pending[0]
-            size = min(len(data), self.window, DATA_FRAME)
-            piece = data[:size]
-            if size == len(data):
-                self.pending.pop(0)
-            else:
-                self.pending[0] = data[size:]
+        pending = self.pending
+        while pending and self.window > 0 and not self.closed:
+            room = min(self.window, DATA_FRAME)
+            frames: list[Frame] = []
+            size = 0
+            while pending and size < room:
+                data = pending[0]
+                n = min(len(data), room - size)
+                if n == len(data):
+                    frames.append(data)
+                    del pending[0]
+                else:
+                    view = memoryview(data)
+                    frames.append(view[:n])
+                    pending[0] = view[n:]
+                size += n
             self.window -= size
             if not self.head_sent:
                 self.head_sent = True
                 status = self.response.status if self.response is not None else 0
-                session.send_for(self, Kind.HEAD, ((b"st", b"%d" % (status or 500)),), (piece,))
+                session.send_for(self, Kind.HEAD, ((b"st", b"%d" % (status or 500)),), frames)
             else:
-                session.send_for(self, Kind.DATA, (), (piece,))
+                session.send_for(self, Kind.DATA, (), frames)
         if self.pending:
             if not self._paused and self.producer is not None:
                 self._paused = True
@@ -389,20 +400,16 @@ class HandlerSession:
 
     # -- sending
 
-    def _send(
-        self, kind: Kind, rid: int = 0, meta: Meta = (), body: tuple[bytes, ...] = ()
-    ) -> None:
-        message = Message(kind, self.seq_out, rid, meta, body)
+    def _send(self, kind: Kind, rid: int = 0, meta: Meta = (), body: Sequence[Frame] = ()) -> None:
+        frames = encode_parts(kind, self.seq_out, rid, meta, body)
         self.seq_out += 1
         self.last_sent = self.reactor.seconds()
-        result = self.connection.send(encode(message))
+        result = self.connection.send(frames)
         if result is not SendResult.SENT and self.welcomed:
             # Nothing reaches the front now; it will count us lost and we will say HELLO again.
             log.warn("cannot send to the front: {why}", why=result.value)
 
-    def send_for(
-        self, sink: SplitSink, kind: Kind, meta: Meta, body: tuple[bytes, ...] = ()
-    ) -> None:
+    def send_for(self, sink: SplitSink, kind: Kind, meta: Meta, body: Sequence[Frame] = ()) -> None:
         """A message about ``sink``'s request, unless its session has been replaced since."""
         if sink.epoch == self.epoch:
             self._starts_owed.discard(sink.rid)  # any message about it implies its START
