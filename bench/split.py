@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -44,6 +45,8 @@ TWISTD = str(procs.VENV_BIN / "twistd")
 CONNECTIONS = {"hello": 16, "big": 16, "scale": 64}
 APPS = {"hello": "hello", "big": "big", "scale": "sleep50"}
 SCALE_THREADS = 8
+# Extra front options for every run (``--front-args``), e.g. a larger ``--window``.
+FRONT_ARGS: list[str] = []
 
 
 def _pythonpath(tree: Path | None) -> str:
@@ -109,6 +112,7 @@ def serving(
             else:
                 handlers_at = f"tcp://127.0.0.1:{procs.free_port()}"
                 front = [TWISTD, "-n", "--pidfile=", "catalyzer-front", "--handlers", handlers_at]
+                front += FRONT_ARGS
                 servers.append(
                     procs.start_server("front", front + listen, port, log_dir / "front.log")
                 )
@@ -282,12 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", default="1,2,4", help="handler processes for scale")
     parser.add_argument("--tree", type=Path, help="another checkout's catalyzer (its src/)")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument(
+        "--front-args", default="", help="extra catalyzer-front options, e.g. '--window 1048576'"
+    )
     args = parser.parse_args(argv)
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(scenarios) - set(APPS)
     if unknown or args.runs < 1 or args.duration < 1:
         parser.error(f"scenarios: {', '.join(APPS)}; --runs and --duration at least 1")
     procs_list = [int(n) for n in args.procs.split(",")]
+    FRONT_ARGS[:] = shlex.split(args.front_args)
     data = run(scenarios, args.runs, args.duration, procs_list, args.tree)
     text = json.dumps(data, indent=2)
     print(text)
