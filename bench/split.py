@@ -306,3 +306,47 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The results as a docs/benchmarks.md section."""
+    lines = [
+        "### Split mode: front + handlers on one host (bench/split.py)",
+        "",
+        f"{data['method']}. `single` is `catalyzer` (app in the reactor), `split` is "
+        "`catalyzer-front` + one `catalyzer-handler` (default `--threads 0`); CPU is per request, "
+        "each process with all its threads (the front's includes libzmq's I/O thread).",
+        "",
+        "| scenario | single req/s | split req/s | split/single | p50 single/split | "
+        "p99 single/split | CPU us/req single | front | handler |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in data["scenarios"].items():
+        if name == "scale":
+            continue
+        one, two = s["single"], s["split"]
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        lines.append(
+            f"| {name} | {one['rps'] or 0:,.0f} | {two['rps'] or 0:,.0f} | {s['ratio']} | "
+            f"{ms(one['p50_ms'])} / {ms(two['p50_ms'])} ms | "
+            f"{ms(one['p99_ms'])} / {ms(two['p99_ms'])} ms | "
+            f"{one['cpu_us_per_request'].get('single')} | {two['cpu_us_per_request'].get('front')} "
+            f"| {two['cpu_us_per_request'].get('handler')} |"
+        )
+    scale = data["scenarios"].get("scale")
+    if scale:
+        lines += [
+            "",
+            f"`bench.apps:sleep50` (50 ms in the app), {CONNECTIONS['scale']} connections, "
+            f"handler `--procs N --threads {SCALE_THREADS}`:",
+            "",
+            "| handler processes | req/s (median) | each run | p99 |",
+            "|---:|---:|---|---:|",
+        ]
+        for n, s in scale.items():
+            each = " / ".join(f"{v:,}" for v in s["rps_each"])
+            lines.append(f"| {n} | {s['rps'] or 0:,.0f} | {each} | {s['p99_ms']} ms |")
+    return [*lines, ""]

@@ -635,3 +635,20 @@ def test_reply_without_a_status_loses_the_handler_and_redispatches() -> None:
     out = holder.say(0.1, Kind.REPLY, req.rid, ((b"ka", b"1"),), (b"x",))
     assert router.counters["malformed"] == 1
     assert len(reqs_to(out, other)) == 1  # never answered: it goes to the other handler
+
+
+def test_a_get_lost_before_its_start_more_than_retries_plus_one_times_is_502() -> None:
+    router = new()  # retries=1: two re-dispatches, then 502
+    get(router, 1)
+    now = 0.0
+    for turn in range(3):
+        peer = Peer(router, b"h%d" % turn, slots=1)
+        now += 1.0
+        out = peer.hello(now)
+        assert reqs_to(out, peer) == [router.requests[1].rid]  # never STARTed
+        out = router.handler_lost(now, peer.identity, "no route")
+        if turn < 2:
+            assert only(out, Reply) == [] and router.requests[1].state == "queued"
+    (reply,) = only(out, Reply)
+    assert isinstance(reply, Reply) and reply.status == 502 and 1 not in router.requests
+    assert router.counters["retries_exhausted"] == 1

@@ -165,6 +165,7 @@ class Pending:
     rid: int = 0  # the wire id of its current dispatch
     handler: bytes | None = None
     tries: int = 0  # re-dispatches after a start
+    unstarted_losses: int = 0  # handlers lost holding it before its START (retried methods)
     window_left: int = 0
     deadline: float | None = None
     token: int = 0  # which heap entry is current
@@ -723,7 +724,25 @@ class Router:
             if pending is None or pending.rid != rid:
                 continue
             state = pending.state
-            if state == SENT:
+            if state == SENT and pending.method in self.settings.retryable:
+                # A retried method sends START only when its response is slow to begin, so it
+                # may have run, and killed the handler: past retries + 1 such losses it is not
+                # sent to another one (a request that kills every handler would go round them).
+                pending.unstarted_losses += 1
+                if pending.unstarted_losses <= retries + 1:
+                    requeue.append(pending)
+                else:
+                    self.counters["retries_exhausted"] += 1
+                    self._answer(pending)
+                    out.append(
+                        Reply(
+                            cid,
+                            502,
+                            f"the handler was lost ({why}), the {pending.unstarted_losses}th "
+                            "to be lost holding this request",
+                        )
+                    )
+            elif state == SENT:
                 requeue.append(pending)
             elif state == STARTED and pending.tries < retries:
                 pending.tries += 1
