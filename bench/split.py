@@ -29,6 +29,7 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -52,6 +53,28 @@ FRONT_ARGS: list[str] = []
 def _pythonpath(tree: Path | None) -> str:
     parts = [str(tree / "src")] if tree is not None else []
     return os.pathsep.join([*parts, str(procs.ROOT)])
+
+
+def _start(
+    name: str, argv: list[str], port: int, log_path: Path, tree: Path | None
+) -> procs.Server:
+    """:func:`procs.start_server`, with ``tree``'s catalyzer first on the path (that function
+    sets PYTHONPATH to this checkout)."""
+    if tree is None:
+        return procs.start_server(name, argv, port, log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "wb")  # noqa: SIM115 (closed by procs.stop_server)
+    env = {**os.environ, "PYTHONPATH": _pythonpath(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen(
+        argv,
+        cwd=procs.ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return procs.Server(name, argv, port, proc, log_path, log_file)
 
 
 def task_cpu_ns(pid: int) -> int:
@@ -97,53 +120,48 @@ def serving(
     whose CPU is counted (by role)."""
     port = procs.free_port()
     listen = ["--listen", f"tcp:{port}:interface={procs.HOST}", "--access-log", "off"]
-    env_before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = _pythonpath(tree)
     servers: list[procs.Server] = []
-    try:
-        with ExitStack() as stack:
-            if kind == "single":
-                argv = [TWISTD, "-n", "--pidfile=", "catalyzer", "--app", f"bench.apps:{app}"]
-                argv += listen
-                if threads:
-                    argv += ["--threads", str(threads)]
-                servers.append(procs.start_server("single", argv, port, log_dir / "single.log"))
-                pids = {"single": servers[0].pid}
-            else:
-                handlers_at = f"tcp://127.0.0.1:{procs.free_port()}"
-                front = [TWISTD, "-n", "--pidfile=", "catalyzer-front", "--handlers", handlers_at]
-                front += FRONT_ARGS
-                servers.append(
-                    procs.start_server("front", front + listen, port, log_dir / "front.log")
-                )
-                handler = [
-                    TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "catalyzer-handler",
-                    "--app",
-                    f"bench.apps:{app}",
-                    "--connect",
-                    handlers_at,
-                    "--access-log",
-                    "off",
-                    "--procs",
-                    str(n_procs),
-                ]
-                if threads:
-                    handler += ["--threads", str(threads)]
-                servers.append(procs.start_server("handler", handler, 0, log_dir / "handler.log"))
-                pids = {"front": servers[0].pid, "handler": servers[1].pid}
-            stack.callback(lambda: [procs.stop_server(s) for s in reversed(servers)])
-            procs.wait_ready(servers[0])
-            if kind == "split" and n_procs > 1:
-                _wait_handlers(port, n_procs)
-            yield port, pids
-    finally:
-        if env_before is None:
-            os.environ.pop("PYTHONPATH", None)
+
+    def stop() -> None:
+        for server in reversed(servers):
+            procs.stop_server(server)
+
+    with ExitStack() as stack:
+        stack.callback(stop)
+        if kind == "single":
+            argv = [TWISTD, "-n", "--pidfile=", "catalyzer", "--app", f"bench.apps:{app}"]
+            argv += listen
+            if threads:
+                argv += ["--threads", str(threads)]
+            servers.append(_start("single", argv, port, log_dir / "single.log", tree))
+            pids = {"single": servers[0].pid}
         else:
-            os.environ["PYTHONPATH"] = env_before
+            handlers_at = f"tcp://127.0.0.1:{procs.free_port()}"
+            front = [TWISTD, "-n", "--pidfile=", "catalyzer-front", "--handlers", handlers_at]
+            front += FRONT_ARGS
+            servers.append(_start("front", front + listen, port, log_dir / "front.log", tree))
+            handler = [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "catalyzer-handler",
+                "--app",
+                f"bench.apps:{app}",
+                "--connect",
+                handlers_at,
+                "--access-log",
+                "off",
+                "--procs",
+                str(n_procs),
+            ]
+            if threads:
+                handler += ["--threads", str(threads)]
+            servers.append(_start("handler", handler, 0, log_dir / "handler.log", tree))
+            pids = {"front": servers[0].pid, "handler": servers[1].pid}
+        procs.wait_ready(servers[0])
+        if kind == "split" and n_procs > 1:
+            _wait_handlers(port, n_procs)
+        yield port, pids
 
 
 def _wait_handlers(port: int, n: int, timeout: float = 30.0) -> None:
