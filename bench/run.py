@@ -2156,7 +2156,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[{time.monotonic() - started:6.0f}s] split / catalyzer ...", flush=True)
         data["split"] = split.run(
-            ["hello", "big", "scale"], method.runs, method.duration, [1, 2, 4], None
+            ["hello", "big", "hop", "scale"], method.runs, method.duration, [1, 2, 4], None
         )
     if "stream_rss" in pick_scenarios and "catalyzer" in pick_servers:
         print(f"[{time.monotonic() - started:6.0f}s] stream_rss / catalyzer ...", flush=True)

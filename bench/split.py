@@ -15,6 +15,8 @@ runs ``wrk --latency`` against them and stops them by PID. Scenarios:
   nanoseconds of run time, read before and after wrk: a count that does not depend on how busy
   the shared machine is, unlike requests/s).
 - ``big``: the same with ``bench.apps:big`` (1 MiB responses).
+- ``hop``: the same as ``hello`` with one connection: the latency the hop to the handler adds,
+  without queueing (with 16 connections p50 and p99 are mostly waiting for the CPU).
 - ``scale``: ``bench.apps:sleep50`` (50 ms in the app) through front + a handler with
   ``--procs N`` for each N of ``--procs``, 8 threads each, 64 connections.
 
@@ -43,8 +45,8 @@ from bench import procs
 from bench.run import run_wrk
 
 TWISTD = str(procs.VENV_BIN / "twistd")
-CONNECTIONS = {"hello": 16, "big": 16, "scale": 64}
-APPS = {"hello": "hello", "big": "big", "scale": "sleep50"}
+CONNECTIONS = {"hello": 16, "big": 16, "hop": 1, "scale": 64}
+APPS = {"hello": "hello", "big": "big", "hop": "hello", "scale": "sleep50"}
 SCALE_THREADS = 8
 # Extra front options for every run (``--front-args``), e.g. a larger ``--window``.
 FRONT_ARGS: list[str] = []
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, metavar="SECONDS")
-    parser.add_argument("--only", default="hello,big,scale")
+    parser.add_argument("--only", default="hello,big,hop,scale")
     parser.add_argument("--procs", default="1,2,4", help="handler processes for scale")
     parser.add_argument("--tree", type=Path, help="another checkout's catalyzer (its src/)")
     parser.add_argument("--json", type=Path, help="write the results here too")

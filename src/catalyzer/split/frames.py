@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import Any, Final
 
 __all__ = [
+    "BATCH",
     "FORWARDED_RESULT",
     "FROM_FRONT",
     "FROM_HANDLER",
@@ -30,10 +31,15 @@ __all__ = [
     "Message",
     "decode",
     "encode",
+    "encode_batch",
     "encode_parts",
+    "split_batch",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+# The kind byte of a batch: several messages in one ZeroMQ message (never a Kind of its own).
+BATCH: Final = 0xFF
+_COUNT: Final = struct.Struct(">I")
 _HEADER: Final = struct.Struct(">BBQQ")
 _VALUE_LENGTH: Final = struct.Struct(">I")
 _MAX_SEQ: Final = 2**64 - 1
@@ -248,3 +254,36 @@ def decode(frames: Sequence[bytes]) -> Message:
     except (TypeError, ValueError, struct.error, IndexError) as e:  # frames that are not bytes
         raise FrameError(f"malformed message: {e}") from None
     return Message(known, seq, rid, meta, body)
+
+
+def encode_batch(messages: Sequence[Sequence[Frame]]) -> list[Any]:
+    """Several messages' frames as one ZeroMQ message: a header of kind :data:`BATCH`, a frame
+    with each message's frame count (4 bytes each), then every message's frames in order. One
+    send and one wake-up of each side's I/O thread, however many messages."""
+    frames: list[Any] = [
+        _HEADER.pack(PROTOCOL_VERSION, BATCH, 0, 0),
+        b"".join([_COUNT.pack(len(m)) for m in messages]),
+    ]
+    for message in messages:
+        frames.extend(message)
+    return frames
+
+
+def split_batch(frames: Sequence[bytes]) -> list[list[bytes]] | None:
+    """The messages of a batch, in order; None if ``frames`` is not a batch (a message of its
+    own), FrameError for a batch whose counts do not match its frames."""
+    if len(frames) < 2 or len(frames[0]) != _HEADER.size or frames[0][1] != BATCH:
+        return None
+    counts = frames[1]
+    if len(counts) % _COUNT.size or not counts:
+        raise FrameError(f"batch: a count frame of {len(counts)} bytes")
+    out: list[list[bytes]] = []
+    pos = 2
+    for (n,) in _COUNT.iter_unpack(counts):
+        if n < 1 or pos + n > len(frames):
+            raise FrameError(f"batch: a message of {n} frames at frame {pos} of {len(frames)}")
+        out.append(list(frames[pos : pos + n]))
+        pos += n
+    if pos != len(frames):
+        raise FrameError(f"batch: {len(frames) - pos} frames past its messages")
+    return out

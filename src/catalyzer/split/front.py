@@ -280,6 +280,7 @@ class SplitFront:
     def attach(self, connection: ZmqConnection) -> None:
         self.connection = connection
         connection.on_message = self.received
+        connection.on_send_failure = self._send_failed
 
     def new_cid(self) -> int:
         return next(self._cids)
@@ -373,9 +374,13 @@ class SplitFront:
             return
         result = connection.send([command.identity, *encode(command.message)])
         if result is not SendResult.SENT:
-            self.send_failures += 1
-            now = self.reactor.seconds()
-            self._run(self.router.handler_lost(now, command.identity, result.value))
+            self._send_failed(command.identity, result)
+
+    def _send_failed(self, identity: bytes | None, result: SendResult) -> None:
+        """A message could not be sent (now, or at the end of the turn it was batched in)."""
+        self.send_failures += 1
+        if identity is not None:
+            self._run(self.router.handler_lost(self.reactor.seconds(), identity, result.value))
 
     def _arm(self) -> None:
         deadline = self.router.next_deadline()

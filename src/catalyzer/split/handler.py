@@ -327,6 +327,7 @@ class HandlerSession:
     ) -> None:
         self.connection = connection
         connection.on_message = self.received
+        connection.on_send_failure = self._send_failed
         self.reactor = reactor
         self.services = services
         self.slots = slots
@@ -405,7 +406,11 @@ class HandlerSession:
         self.seq_out += 1
         self.last_sent = self.reactor.seconds()
         result = self.connection.send(frames)
-        if result is not SendResult.SENT and self.welcomed:
+        if result is not SendResult.SENT:
+            self._send_failed(None, result)
+
+    def _send_failed(self, peer: bytes | None, result: SendResult) -> None:
+        if self.welcomed:
             # Nothing reaches the front now; it will count us lost and we will say HELLO again.
             log.warn("cannot send to the front: {why}", why=result.value)
 

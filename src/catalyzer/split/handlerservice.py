@@ -113,7 +113,7 @@ class HandlerService(MultiService):
                     session.stop()
                 context.term()
                 raise HandlerSetupError(f"--connect {endpoint!r}: {e}") from None
-            connection = ZmqConnection(sock, reactor, lambda frames: None)
+            connection = ZmqConnection(sock, reactor, lambda frames: None, batching=True)
             sessions.append(
                 HandlerSession(
                     connection,

@@ -295,7 +295,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
             zap.close()
         context.term()
         raise _fail(command, f"--handlers {list(config.handlers)!r}: {e}") from None
-    connection = ZmqConnection(sock, reactor, front.received)
+    connection = ZmqConnection(sock, reactor, front.received, batching=True, routed=True)
     front.attach(connection)
     try:
         server = ServerState.from_config(_no_local_app, config, reactor, responder=front.responder)
