@@ -188,3 +188,16 @@ def test_timer_follows_the_router_deadline() -> None:
     assert call.getTime() == 1.0  # the next heartbeat
     s.reactor.advance(1.0)
     assert [m.kind for m in s.conn.take()] == [Kind.HB]
+
+
+def test_a_batched_send_failing_at_the_end_of_the_turn_loses_the_handler() -> None:
+    s = Setup()
+    s.hello()
+    client = s.client()
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.conn.kinds() == [Kind.REQ]
+    # The connection (batching) reports the failure of its end-of-turn send for h1.
+    s.front._send_failed(b"h1", SendResult.UNREACHABLE)
+    assert s.router.handlers == {} and s.front.send_failures == 1
+    s.reactor.advance(2.0)  # the request waits for another handler, then gets the no-handler 503
+    assert client.output().startswith(b"HTTP/1.1 503 ")
