@@ -1242,6 +1242,14 @@ def targets(data: dict[str, Any]) -> list[str]:
             "{:.1%}".format,
         )
     )
+    split_scenarios = (data.get("split") or {}).get("scenarios", {})
+    for name, label, goal in (
+        ("hello", "split mode (front + 1 handler) hello keep-alive vs one process", 0.5),
+        ("big", "split mode (front + 1 handler) 1 MiB response vs one process", 0.7),
+    ):
+        lines.append(
+            _target(label, (split_scenarios.get(name) or {}).get("ratio"), goal, "{:.0%}".format)
+        )
     st = data.get("stream_rss")
     if not st or "peak_rss" not in st:
         lines.append("- **not measured** — 1 GiB stream peak RSS < 64 MiB")
