@@ -377,3 +377,34 @@ def test_headers_and_environ_entries_one_per_line_in_one_pair() -> None:
     )
     front.say(Kind.REQ, 2, ((b"m", b"GET"), (b"h", b"host:x\nno colon"), (b"w", b"9")))
     assert [m.kind for m in front.conn.take()] == [Kind.HELLO]  # malformed: a new session
+
+
+def test_an_iterables_last_piece_is_not_held_while_the_app_goes_on() -> None:
+    box: list[Front] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "5")])
+        yield b"hello"  # the whole body: held for one REPLY...
+        # ...but the app keeps the iteration going: the bytes go without waiting for it.
+        box[0].reactor.advance(START_DELAY)
+        assert [m.kind for m in box[0].conn.take()] == [Kind.START, Kind.HEAD]
+
+    front = Front(app)
+    box.append(front)
+    front.welcome()
+    front.req(3)
+    (end,) = front.conn.take()
+    assert (end.kind, end.get_int(b"st"), end.get(b"ab")) == (Kind.END, 200, None)
+
+
+def test_an_iterable_that_ends_at_once_still_goes_as_one_reply() -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "5")])
+        yield b"hello"
+
+    front = Front(app)
+    front.welcome()
+    front.req(3)
+    assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
+    front.reactor.advance(START_DELAY)
+    assert front.conn.take() == []

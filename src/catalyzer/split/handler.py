@@ -104,8 +104,17 @@ class SplitSink:
             # all as one REPLY instead of HEAD and END (one message, one wake-up each side).
             self._held += len(data)
             if self._held <= min(self.window, DATA_FRAME):
+                if self.producer is not None:
+                    # An iterable's last piece: finish() waits for the app to end the
+                    # iteration (and close it), which may take a while; the bytes do not.
+                    self.session.release_later(self)
                 return
         self._flush()
+
+    def release(self) -> None:
+        """Send what is held for a REPLY now, as HEAD (END follows when the response ends)."""
+        if not self.closed and not self.head_sent and self.pending:
+            self._flush()
 
     def _whole(self) -> bool:
         response = self.response
@@ -351,6 +360,9 @@ class HandlerSession:
         # Retried requests whose START has not gone (see _request), and the one timer for them.
         self._starts_owed: set[int] = set()
         self._start_timer: interfaces.IDelayedCall | None = None
+        # Responses held for a REPLY whose iterable has not ended yet, and their one timer.
+        self._held: set[SplitSink] = set()
+        self._release_timer: interfaces.IDelayedCall | None = None
         self.served = 0
         self.sessions = 0
         self._timer: interfaces.IDelayedCall | None = None
@@ -365,9 +377,10 @@ class HandlerSession:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._start_timer is not None and self._start_timer.active():
-            self._start_timer.cancel()
-        self._start_timer = None
+        for timer in (self._start_timer, self._release_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._start_timer = self._release_timer = None
         self.connection.close()
 
     def drain(self) -> None:
@@ -419,6 +432,19 @@ class HandlerSession:
         if sink.epoch == self.epoch:
             self._starts_owed.discard(sink.rid)  # any message about it implies its START
             self._send(kind, sink.rid, meta, body)
+
+    def release_later(self, sink: SplitSink) -> None:
+        """Send ``sink``'s held response START_DELAY from now if it has not ended by then."""
+        self._held.add(sink)
+        if self._release_timer is None:
+            self._release_timer = self.reactor.callLater(START_DELAY, self._release_held)
+
+    def _release_held(self) -> None:
+        self._release_timer = None
+        held, self._held = self._held, set()
+        for sink in held:
+            if sink.epoch == self.epoch:
+                sink.release()
 
     def _owe_start(self, rid: int) -> None:
         self._starts_owed.add(rid)
