@@ -40,6 +40,7 @@ from catalyzer.split.zmqio import (
     ZapHandler,
     ZmqConnection,
     front_socket,
+    keep_message_buffers,
     load_allowed_keys,
     load_key_pair,
     new_context,
@@ -250,6 +251,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     from twisted.internet import reactor
 
     command = "catalyzer-front"
+    keep_message_buffers()
     config = config.replace(threads=0, procs=1)
     listen: list[tuple[str, Any]] = []
     for description in config.listen:
@@ -341,6 +343,7 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
 
     command = "catalyzer-handler"
     config = config.replace(listen=())
+    keep_message_buffers()
     if config.procs > 1:
         # The prefork master, unchanged, supervising handler processes instead of HTTP workers
         # (HUP generations gated on readiness, --timeout stack dumps, max-requests, TERM).

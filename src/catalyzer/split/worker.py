@@ -28,7 +28,7 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError
-from catalyzer.split.zmqio import KeyFileError
+from catalyzer.split.zmqio import KeyFileError, keep_message_buffers
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer.split.worker")
@@ -127,6 +127,7 @@ def main() -> None:
     from catalyzer.process import signals
 
     spec = json.loads(os.environ.pop(control.ENV_KEY))
+    keep_message_buffers()
     globalLogBeginner.beginLoggingTo([plain_observer(sys.stderr)], redirectStandardIO=False)
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     worker = HandlerWorker(spec, reactor)
