@@ -1242,6 +1242,14 @@ def targets(data: dict[str, Any]) -> list[str]:
             "{:.1%}".format,
         )
     )
+    split_scenarios = (data.get("split") or {}).get("scenarios", {})
+    for name, label, goal in (
+        ("hello", "split mode (front + 1 handler) hello keep-alive vs one process", 0.5),
+        ("big", "split mode (front + 1 handler) 1 MiB response vs one process", 0.7),
+    ):
+        lines.append(
+            _target(label, (split_scenarios.get(name) or {}).get("ratio"), goal, "{:.0%}".format)
+        )
     st = data.get("stream_rss")
     if not st or "peak_rss" not in st:
         lines.append("- **not measured** — 1 GiB stream peak RSS < 64 MiB")
@@ -1794,6 +1802,10 @@ def render(data: dict[str, Any]) -> str:
     for scn in data["scenarios"]:
         if scn.get("section", "single") == "single":
             lines += _scenario_section(scn)
+    if data.get("split"):
+        from bench import split
+
+        lines += split.markdown(data["split"])
     st = data.get("stream_rss")
     if st:
         lines += ["### 1 GiB streamed response: memory (bench/stream_rss.py)", ""]
@@ -1928,6 +1940,7 @@ def _scenario_notes(scn: dict[str, Any]) -> list[str]:
 
 PREFORK_ESTIMATE = 2 * (PREFORK_SECONDS + 8) + PACED_SECONDS + 5  # seconds, run once each
 STREAM_ESTIMATE = 45  # seconds for stream_rss (20 s slow reader, 1 GiB fast, start and stop)
+SPLIT_ESTIMATE = 80  # seconds per run of bench/split.py's scenarios at the default duration
 OVERHEAD_ESTIMATE = 1.5  # seconds per measurement besides wrk: start, checks, stop (measured ~1)
 
 
@@ -1955,6 +1968,7 @@ def estimate_seconds(
     total = method.runs * (measurements * method.duration + starts * OVERHEAD_ESTIMATE)
     total += PREFORK_ESTIMATE * len(extras & {"reload_hup", "max_requests", "split_paced"}) // 3
     total += STREAM_ESTIMATE if "stream_rss" in extras else 0
+    total += SPLIT_ESTIMATE * method.runs * method.duration // DURATION if "split" in extras else 0
     return int(total)
 
 
@@ -2002,7 +2016,9 @@ def measure_scenario(
 
 def _full_run_minutes() -> int:
     everything = plan([*SCENARIOS, *MULTI_SCENARIOS], set(BY_SERVER))
-    return round(estimate_seconds(everything, Method(), {"stream_rss", *PREFORK_RUNS}) / 60)
+    return round(
+        estimate_seconds(everything, Method(), {"stream_rss", "split", *PREFORK_RUNS}) / 60
+    )
 
 
 def write_doc(path: Path, data: dict[str, Any]) -> None:
@@ -2048,7 +2064,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated server and/or scenario names; a run with no server name measures "
         "every server, with no scenario name every scenario (stream_rss and the prefork runs "
         f"are scenarios); servers: {', '.join(BY_SERVER)}; scenarios: {', '.join(BY_SCENARIO)}, "
-        f"stream_rss, {', '.join(PREFORK_RUNS)}",
+        f"stream_rss, split, {', '.join(PREFORK_RUNS)}",
     )
     parser.add_argument(
         "--doc",
@@ -2073,7 +2089,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     only = {n.strip() for n in args.only.split(",") if n.strip()}
-    extra_runs = {"stream_rss", *PREFORK_RUNS}
+    extra_runs = {"stream_rss", "split", *PREFORK_RUNS}
     unknown = only - set(BY_SERVER) - set(BY_SCENARIO) - extra_runs
     if unknown:
         parser.error(f"unknown name(s): {', '.join(sorted(unknown))}")
@@ -2093,6 +2109,7 @@ def main(argv: list[str] | None = None) -> int:
         extras -= set(PREFORK_RUNS)
     if "catalyzer" not in pick_servers:
         extras.discard("stream_rss")
+        extras.discard("split")
     expected = estimate_seconds(planned, method, extras)
     print(
         f"{method.runs} run(s) of {method.duration} s per (scenario, server), wrk "
@@ -2142,6 +2159,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         if pf:
             data["prefork"] = pf
+    if "split" in pick_scenarios and "catalyzer" in pick_servers:
+        from bench import split  # it uses run_wrk from here
+
+        print(f"[{time.monotonic() - started:6.0f}s] split / catalyzer ...", flush=True)
+        data["split"] = split.run(
+            ["hello", "big", "hop", "scale"], method.runs, method.duration, [1, 2, 4], None
+        )
     if "stream_rss" in pick_scenarios and "catalyzer" in pick_servers:
         print(f"[{time.monotonic() - started:6.0f}s] stream_rss / catalyzer ...", flush=True)
         data["stream_rss"] = stream_rss.run(log_dir)

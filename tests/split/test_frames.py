@@ -18,6 +18,8 @@ from catalyzer.split.frames import (
     Message,
     decode,
     encode,
+    encode_batch,
+    split_batch,
 )
 
 keys = st.binary(min_size=1, max_size=255)
@@ -78,7 +80,8 @@ def _header(version: int = PROTOCOL_VERSION, kind: int = Kind.HB) -> bytes:
         ([], "empty message"),
         ([b"short"], "header frame of 5 bytes"),
         ([_header() + b"x"], "header frame of 19 bytes"),
-        ([_header(version=2)], "protocol version 2"),
+        ([_header(version=1)], "protocol version 1, expected 2"),
+        ([_header(kind=0xFF)], "unknown message kind 255"),  # a batch is taken apart first
         ([_header(kind=0)], "unknown message kind 0"),
         ([_header(kind=200)], "unknown message kind 200"),
         ([_header(), b"\x00"], "empty key"),
@@ -121,3 +124,32 @@ def test_encode_refuses_what_no_peer_could_read() -> None:
         encode(Message(Kind.HELLO, meta=((b"", b"x"),)))
     with pytest.raises(ValueError, match="out of range"):
         encode(Message(Kind.HB, seq=-1))
+
+
+message_frames = st.lists(st.binary(max_size=30), min_size=1, max_size=4)
+
+
+@given(st.lists(message_frames, min_size=1, max_size=5))
+def test_batch_round_trip(messages: list[list[bytes]]) -> None:
+    frames = [bytes(f) for f in encode_batch(messages)]
+    assert split_batch(frames) == messages
+
+
+def test_a_single_message_is_not_a_batch() -> None:
+    assert split_batch(encode(Message(Kind.HB))) is None
+    assert split_batch(encode(Message(Kind.REQ, meta=((b"m", b"GET"),)))) is None
+
+
+@pytest.mark.parametrize(
+    ("frames", "says"),
+    [
+        ([_header(kind=0xFF), b""], "count frame of 0 bytes"),
+        ([_header(kind=0xFF), b"\x00\x00\x01"], "count frame of 3 bytes"),
+        ([_header(kind=0xFF), struct.pack(">I", 2), b"a"], "a message of 2 frames"),
+        ([_header(kind=0xFF), struct.pack(">I", 0)], "a message of 0 frames"),
+        ([_header(kind=0xFF), struct.pack(">I", 1), b"a", b"b"], "1 frames past"),
+    ],
+)
+def test_malformed_batch(frames: list[bytes], says: str) -> None:
+    with pytest.raises(FrameError, match=says):
+        split_batch(frames)

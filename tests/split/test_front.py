@@ -58,9 +58,12 @@ def test_a_request_goes_to_the_handler_and_its_answer_to_the_client() -> None:
     assert req.kind is Kind.REQ
     assert (req.get(b"m"), req.get(b"t"), req.get(b"ka")) == (b"GET", b"/x?y=1", b"1")
     # Loopback is a trusted proxy by default: the front's judgement travels with the request.
-    assert b"REMOTE_ADDR=6.6.6.6" in req.get_all(b"e")
+    # One pair each for the environ entries and the headers, an item per line.
+    (entries,) = req.get_all(b"e")
+    assert "REMOTE_ADDR=6.6.6.6" in entries.decode().split("\n")
     assert req.get(b"pk") == b"HTTP_X_FORWARDED_FOR"
-    assert b"x-forwarded-for:6.6.6.6" in [h.lower() for h in req.get_all(b"h")]
+    (headers,) = req.get_all(b"h")
+    assert b"x-forwarded-for:6.6.6.6" in headers.lower().split(b"\n")
     s.say(Kind.START, req.rid)
     s.say(Kind.HEAD, req.rid, ((b"st", b"200"),), (HEAD + b"hello",))
     s.say(Kind.END, req.rid, ((b"st", b"200"), (b"ka", b"1")))
@@ -240,3 +243,16 @@ def test_timer_follows_the_router_deadline() -> None:
     assert call.getTime() == 1.0  # the next heartbeat
     s.reactor.advance(1.0)
     assert [m.kind for m in s.conn.take()] == [Kind.HB]
+
+
+def test_a_batched_send_failing_at_the_end_of_the_turn_loses_the_handler() -> None:
+    s = Setup()
+    s.hello()
+    client = s.client()
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.conn.kinds() == [Kind.REQ]
+    # The connection (batching) reports the failure of its end-of-turn send for h1.
+    s.front._send_failed(b"h1", SendResult.UNREACHABLE)
+    assert s.router.handlers == {} and s.front.send_failures == 1
+    s.reactor.advance(2.0)  # the request waits for another handler, then gets the no-handler 503
+    assert client.output().startswith(b"HTTP/1.1 503 ")

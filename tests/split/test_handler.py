@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 
 from catalyzer.split.frames import Kind, Message, encode
-from catalyzer.split.handler import HandlerSession
+from catalyzer.split.handler import START_DELAY, HandlerSession
 from catalyzer.wsgi.sink import ResponseServices
 from tests.split.fakes import FakeConnection
 
@@ -20,10 +20,26 @@ class InlinePool:
         f(*args)
 
 
-class Front:
-    """The front's side of the conversation."""
+class ManualPool:
+    """A pool whose threads run only when the test says so."""
 
-    def __init__(self, app: Any, slots: int = 2) -> None:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def callInThread(self, f: Callable[..., object], /, *args: Any) -> None:
+        self.calls.append((f, args))
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
+
+
+class Front:
+    """The front's side of the conversation (``pool``: None runs the app in the reactor, as
+    ``--threads 0`` does)."""
+
+    def __init__(self, app: Any, slots: int = 2, pool: Any = "inline") -> None:
         self.reactor = MemoryReactorClock()
         self.conn = FakeConnection()
         services = ResponseServices(
@@ -32,8 +48,8 @@ class Front:
             write_timeout=30.0,
             date=lambda: "Thu, 01 Jan 1970 00:00:00 GMT",
             date_line=lambda: b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n",
-            threadpool=InlinePool(),
-            call_from_thread=lambda f, *a: f(*a),
+            threadpool=InlinePool() if pool == "inline" else pool,
+            call_from_thread=None if pool is None else lambda f, *a: f(*a),
         )
         self.idle = 0
         self.session = HandlerSession(
@@ -121,19 +137,14 @@ def test_get_runs_at_once_with_the_environ_of_the_http_face() -> None:
     front = Front(app)
     front.welcome()
     front.req(7, body=b"")
-    start, head, end = front.conn.take()
-    assert (start.kind, start.rid) == (Kind.START, 7)
-    assert (head.kind, head.get_int(b"st")) == (Kind.HEAD, 200)
-    assert head.body[0].startswith(b"HTTP/1.1 200 OK\r\n")
-    assert head.body[0].endswith(b"hello")
-    assert (end.kind, end.get(b"ka"), end.get(b"ran"), end.get(b"ab")) == (
-        Kind.END,
-        b"1",
-        b"1",
-        None,
-    )
-    # The body's size, not what went on the wire: the front's access log counts bodies.
-    assert end.get_int(b"bs") == len(b"hello")
+    # Complete in one write: one REPLY, which implies START, HEAD and END.
+    (reply,) = front.conn.take()
+    assert (reply.kind, reply.rid, reply.get_int(b"st")) == (Kind.REPLY, 7, 200)
+    assert reply.body[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.body[-1].endswith(b"hello")
+    assert reply.get(b"ka") == b"1"
+    front.reactor.advance(START_DELAY)
+    assert front.conn.take() == []  # no START owed for a request already answered
     (environ,) = app.calls
     assert environ["REMOTE_ADDR"] == "10.1.2.3"
     assert environ["PATH_INFO"] == "/p" and environ["QUERY_STRING"] == "q=1"
@@ -152,7 +163,7 @@ def test_post_waits_for_go() -> None:
     assert [m.kind for m in front.conn.take()] == [Kind.START]
     assert app.calls == []
     front.say(Kind.GO, 3)
-    assert [m.kind for m in front.conn.take()] == [Kind.HEAD, Kind.END]
+    assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
     assert app.calls[0]["body"] == b"payload"
     assert app.calls[0]["CONTENT_LENGTH"] == "7"
 
@@ -174,8 +185,8 @@ def test_response_bytes_wait_for_the_window() -> None:
     front = Front(Recorder([b"a" * 100]))
     front.welcome()
     front.req(1, window=40)
-    _start, head = front.conn.take()
-    assert head.body_length == 40
+    (head,) = front.conn.take()
+    assert (head.kind, head.body_length) == (Kind.HEAD, 40)
     front.say(Kind.WIN, 1, ((b"n", b"30"),))
     (first,) = front.conn.take()
     assert (first.kind, first.body_length) == (Kind.DATA, 30)
@@ -198,7 +209,7 @@ def test_app_error_is_a_500_from_the_handler() -> None:
     front = Front(boom)
     front.welcome()
     front.req(1)
-    _start, head, end = front.conn.take()
+    head, end = front.conn.take()
     assert head.get_int(b"st") == 500
     assert end.get_int(b"st") == 500
 
@@ -285,3 +296,115 @@ def test_resets_that_arrive_while_joining_again_are_ignored() -> None:
     assert front.conn.take() == []
     front.welcome()
     assert front.session.welcomed
+
+
+def test_start_goes_only_for_a_get_not_answered_within_the_start_delay() -> None:
+    pool = ManualPool()
+    front = Front(Recorder(), pool=pool)
+    front.welcome()
+    front.req(4)
+    front.req(5)
+    assert front.conn.take() == []
+    front.reactor.advance(START_DELAY)
+    assert [(m.kind, m.rid) for m in front.conn.take()] == [(Kind.START, 4), (Kind.START, 5)]
+    pool.run()
+    assert [(m.kind, m.rid) for m in front.conn.take()] == [(Kind.REPLY, 4), (Kind.REPLY, 5)]
+    front.reactor.advance(START_DELAY)
+    assert front.conn.take() == []
+
+
+def test_threads_0_runs_the_app_in_the_reactor() -> None:
+    app = Recorder()
+    front = Front(app, pool=None)
+    front.welcome()
+    front.req(2)
+    assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
+    assert app.calls[0]["wsgi.multithread"] is False
+
+
+def test_threads_0_spools_a_large_body_before_the_app_runs() -> None:
+    app = Recorder()
+    front = Front(app, pool=None)
+    front.welcome()
+    body = bytes(range(256)) * 1200  # 300 KiB: more than one piece
+    first = body[:1000]
+    front.req(
+        6,
+        "POST",
+        body=first,
+        extra=((b"h", b"content-length:%d" % len(body)), (b"bl", b"%d" % len(body))),
+    )
+    offset = len(first)
+    kinds = []
+    for _ in range(10):
+        out = front.conn.take()
+        asks = [m for m in out if m.kind is Kind.BODYREQ]
+        kinds += [m.kind for m in out if m.kind is not Kind.BODYREQ]
+        if not asks:
+            break
+        (ask,) = asks
+        assert ask.get_int(b"o") == offset
+        n = ask.get_int(b"n")
+        assert app.calls == []  # nothing runs before the whole body is in
+        front.say(Kind.BODY, 6, ((b"o", b"%d" % offset),), (body[offset : offset + n],))
+        offset += n
+        if offset == len(body):
+            front.say(Kind.GO, 6)
+    kinds += [m.kind for m in front.conn.take()]
+    assert kinds == [Kind.START, Kind.REPLY]
+    assert app.calls[0]["body"] == body
+
+
+def test_headers_and_environ_entries_one_per_line_in_one_pair() -> None:
+    app = Recorder()
+    front = Front(app)
+    front.welcome()
+    meta = (
+        (b"m", b"GET"),
+        (b"t", b"/"),
+        (b"e", b"REMOTE_ADDR=10.9.9.9\nSERVER_NAME=front\nSERVER_PORT=80"),
+        (b"pk", b""),
+        (b"h", b"host:example\nx-a:1\nx-b:2"),
+        (b"w", b"1000"),
+    )
+    front.say(Kind.REQ, 1, meta)
+    assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
+    (environ,) = app.calls
+    assert (environ["REMOTE_ADDR"], environ["HTTP_X_A"], environ["HTTP_X_B"]) == (
+        "10.9.9.9",
+        "1",
+        "2",
+    )
+    front.say(Kind.REQ, 2, ((b"m", b"GET"), (b"h", b"host:x\nno colon"), (b"w", b"9")))
+    assert [m.kind for m in front.conn.take()] == [Kind.HELLO]  # malformed: a new session
+
+
+def test_an_iterables_last_piece_is_not_held_while_the_app_goes_on() -> None:
+    box: list[Front] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "5")])
+        yield b"hello"  # the whole body: held for one REPLY...
+        # ...but the app keeps the iteration going: the bytes go without waiting for it.
+        box[0].reactor.advance(START_DELAY)
+        assert [m.kind for m in box[0].conn.take()] == [Kind.START, Kind.HEAD]
+
+    front = Front(app)
+    box.append(front)
+    front.welcome()
+    front.req(3)
+    (end,) = front.conn.take()
+    assert (end.kind, end.get_int(b"st"), end.get(b"ab")) == (Kind.END, 200, None)
+
+
+def test_an_iterable_that_ends_at_once_still_goes_as_one_reply() -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "5")])
+        yield b"hello"
+
+    front = Front(app)
+    front.welcome()
+    front.req(3)
+    assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
+    front.reactor.advance(START_DELAY)
+    assert front.conn.take() == []

@@ -597,3 +597,67 @@ def test_the_deadline_heap_keeps_no_more_than_a_few_entries_per_live_request() -
     assert router.requests == {}
     assert len(router._heap) <= 64 + 4
     assert router.next_deadline() is not None  # heartbeats and liveness remain
+
+
+def test_reply_is_head_and_end_in_one_and_returns_the_credit() -> None:
+    router = new()
+    a = Peer(router, b"a", slots=1)
+    a.hello()
+    (req,) = sends(get(router, 1), Kind.REQ)
+    get(router, 2)  # waits for the credit
+    # No START first: a retried method's reply implies it.
+    out = a.say(0.1, Kind.REPLY, req.rid, ((b"st", b"200"), (b"ka", b"1")), (b"HTTP/1.1 ", b"x"))
+    assert only(out, Head) == [Head(1, 200, (b"HTTP/1.1 ", b"x"))]
+    assert only(out, End) == [End(1, 200, True)]
+    assert len(reqs_to(out, a)) == 1  # the credit came back with it
+    assert 1 not in router.requests
+    assert router.handlers[b"a"].served == 1
+
+
+def test_reply_after_go_and_late_reply_dropped() -> None:
+    router = new(RouterSettings(**{**SETTINGS.__dict__, "start_timeout": 1.0}))
+    a, b = Peer(router, b"a", slots=1), Peer(router, b"b", slots=1)
+    a.hello()
+    b.hello()
+    (req,) = sends(router.request(0.0, 1, "POST", ((b"m", b"POST"),)), Kind.REQ)
+    holder = a if router.requests[1].handler == b"a" else b
+    other = b if holder is a else a
+    out = router.tick(1.5)  # not started in time: cancelled, given to the other
+    (again,) = sends(out, Kind.REQ, other.identity)
+    (go,) = sends(other.say(1.6, Kind.START, again.rid), Kind.GO)
+    # The first handler's reply to the dispatch taken from it is late: dropped, credit back.
+    out = holder.say(1.7, Kind.REPLY, req.rid, ((b"st", b"200"), (b"ka", b"1")), (b"no",))
+    assert only(out, Head) == [] and only(out, End) == []
+    assert router.handlers[holder.identity].credit == 1
+    out = other.say(1.8, Kind.REPLY, go.rid, ((b"st", b"201"), (b"ka", b"0")), (b"yes",))
+    assert only(out, Head) == [Head(1, 201, (b"yes",))] and only(out, End) == [End(1, 201, False)]
+
+
+def test_reply_without_a_status_loses_the_handler_and_redispatches() -> None:
+    router = new()
+    a, b = Peer(router, b"a", slots=1), Peer(router, b"b", slots=1)
+    a.hello()
+    b.hello()
+    (req,) = sends(get(router, 1), Kind.REQ)
+    holder = a if router.requests[1].handler == b"a" else b
+    other = b if holder is a else a
+    out = holder.say(0.1, Kind.REPLY, req.rid, ((b"ka", b"1"),), (b"x",))
+    assert router.counters["malformed"] == 1
+    assert len(reqs_to(out, other)) == 1  # never answered: it goes to the other handler
+
+
+def test_a_get_lost_before_its_start_more_than_retries_plus_one_times_is_502() -> None:
+    router = new()  # retries=1: two re-dispatches, then 502
+    get(router, 1)
+    now = 0.0
+    for turn in range(3):
+        peer = Peer(router, b"h%d" % turn, slots=1)
+        now += 1.0
+        out = peer.hello(now)
+        assert reqs_to(out, peer) == [router.requests[1].rid]  # never STARTed
+        out = router.handler_lost(now, peer.identity, "no route")
+        if turn < 2:
+            assert only(out, Reply) == [] and router.requests[1].state == "queued"
+    (reply,) = only(out, Reply)
+    assert isinstance(reply, Reply) and reply.status == 502 and 1 not in router.requests
+    assert router.counters["retries_exhausted"] == 1

@@ -9,6 +9,7 @@ import pytest
 import zmq
 from twisted.internet.testing import MemoryReactorClock
 
+from catalyzer.split.frames import Kind, Message, encode, encode_batch, split_batch
 from catalyzer.split.zmqio import (
     SendResult,
     ZmqConnection,
@@ -177,3 +178,73 @@ def test_binding_a_bad_endpoint_fails_cleanly() -> None:
             front_socket(context, ["tcp://256.0.0.1:1"], heartbeat=1.0, liveness=3.0)
     finally:
         context.term()
+
+
+def batching(routed: bool) -> tuple[FakeSocket, MemoryReactorClock, ZmqConnection, list[Any]]:
+    sock = FakeSocket()
+    reactor = MemoryReactorClock()
+    got: list[list[bytes]] = []
+    conn = ZmqConnection(sock, reactor, got.append, batching=True, routed=routed)
+    return sock, reactor, conn, got
+
+
+def test_messages_sent_in_one_turn_leave_together_at_its_end() -> None:
+    sock, reactor, conn, _got = batching(routed=True)
+    one = encode(Message(Kind.REQ, 0, 1, ((b"m", b"GET"),)))
+    two = encode(Message(Kind.CANCEL, 1, 1))
+    alone = encode(Message(Kind.HB, 0))
+    assert conn.send([b"a", *one]) is SendResult.SENT
+    conn.send([b"b", *alone])
+    conn.send([b"a", *two])
+    assert sock.outgoing == []
+    reactor.advance(0)
+    (to_a, to_b) = sock.outgoing
+    assert to_a[0] == b"a" and split_batch(to_a[1:]) == [one, two]
+    assert to_b == [b"b", *alone]  # one message goes as it is
+    assert conn.batches_sent == 1
+
+
+def test_a_batch_received_is_delivered_message_by_message() -> None:
+    sock, reactor, conn, got = batching(routed=True)
+    one, two = encode(Message(Kind.START, 0, 1)), encode(Message(Kind.HB, 1))
+    sock.incoming.append([b"peer", *encode_batch([one, two])])
+    sock.incoming.append([b"peer", *one])
+    conn.start()
+    reactor.advance(0)
+    assert got == [[b"peer", *one], [b"peer", *two], [b"peer", *one]]
+
+
+def test_a_malformed_batch_is_delivered_whole_for_the_decoder_to_refuse() -> None:
+    sock, reactor, conn, got = batching(routed=False)
+    bad = [encode_batch([[b"x"]])[0], b"\x00\x00\x00\x05", b"x"]
+    sock.incoming.append(bad)
+    conn.start()
+    reactor.advance(0)
+    assert got == [bad]
+
+
+def test_a_send_failing_at_the_end_of_the_turn_is_reported() -> None:
+    sock, reactor, conn, _got = batching(routed=True)
+    failures: list[tuple[bytes | None, SendResult]] = []
+    conn.on_send_failure = lambda peer, why: failures.append((peer, why))
+    conn.send([b"gone", b"x"])
+    sock.send_error = zmq.ZMQError(zmq.EHOSTUNREACH)
+    reactor.advance(0)
+    assert failures == [(b"gone", SendResult.UNREACHABLE)]
+
+
+def test_close_sends_what_waits_for_the_end_of_the_turn() -> None:
+    sock, reactor, conn, _got = batching(routed=False)
+    conn.start()
+    conn.send([b"bye"])
+    conn.close()
+    assert sock.outgoing == [[b"bye"]] and sock.closed
+    assert reactor.getDelayedCalls() == []
+
+
+def test_keep_message_buffers_tunes_glibc_malloc_and_nothing_else() -> None:
+    import platform
+
+    from catalyzer.split.zmqio import keep_message_buffers
+
+    assert keep_message_buffers() is (platform.libc_ver()[0] == "glibc")

@@ -18,9 +18,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
+    "BATCH",
     "FORWARDED_RESULT",
     "FROM_FRONT",
     "FROM_HANDLER",
@@ -30,12 +31,19 @@ __all__ = [
     "Message",
     "decode",
     "encode",
+    "encode_batch",
+    "encode_parts",
+    "split_batch",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+# The kind byte of a batch: several messages in one ZeroMQ message (never a Kind of its own).
+BATCH: Final = 0xFF
+_COUNT: Final = struct.Struct(">I")
 _HEADER: Final = struct.Struct(">BBQQ")
 _VALUE_LENGTH: Final = struct.Struct(">I")
 _MAX_SEQ: Final = 2**64 - 1
+_KEY_LENGTHS: Final = tuple(bytes((n,)) for n in range(256))
 
 
 class FrameError(ValueError):
@@ -61,6 +69,7 @@ class Kind(IntEnum):
     BYE = 16  # h->f: everything I had is finished; I am leaving
     BODYREQ = 17  # h->f: the app reads the request body: send n bytes from offset o
     BODY = 18  # f->h: request body bytes from offset o
+    REPLY = 19  # h->f: a whole response in one message (START, HEAD and END in one)
 
 
 FROM_HANDLER: Final = frozenset(
@@ -76,6 +85,7 @@ FROM_HANDLER: Final = frozenset(
         Kind.DRAIN,
         Kind.BYE,
         Kind.BODYREQ,
+        Kind.REPLY,
     }
 )
 FROM_FRONT: Final = frozenset(
@@ -92,6 +102,11 @@ FROM_FRONT: Final = frozenset(
 )
 
 Meta = tuple[tuple[bytes, bytes], ...]
+# A body frame as sent: bytes, or a view of part of a larger response (not copied to be sent).
+Frame = bytes | memoryview
+
+# Kind by number without Enum's call machinery (a few microseconds a message otherwise).
+_KINDS: Final[dict[int, Kind]] = {k.value: k for k in Kind}
 
 # The environ entries the front's judgement of proxy headers (apply_forwarded) may set: a REQ
 # carries their final values (``e`` pairs), which the handler's environ takes as they are.
@@ -162,25 +177,34 @@ class Message:
 
 def _encode_meta(meta: Meta) -> bytes:
     parts: list[bytes] = []
+    append = parts.append
+    pack = _VALUE_LENGTH.pack
     for key, value in meta:
-        if not 0 < len(key) < 256:
+        n = len(key)
+        if not 0 < n < 256:
             raise ValueError(f"metadata key {key!r}: 1 to 255 bytes")
-        parts.append(bytes((len(key),)))
-        parts.append(key)
-        parts.append(_VALUE_LENGTH.pack(len(value)))
-        parts.append(value)
+        append(_KEY_LENGTHS[n] + key + pack(len(value)) + value)
     return b"".join(parts)
 
 
 def encode(message: Message) -> list[bytes]:
     """The frames of ``message``. ValueError for what no peer could decode (a key too long, a
     sequence number or request id out of range): a bug of the sender, not bad input."""
-    if not 0 <= message.seq <= _MAX_SEQ or not 0 <= message.rid <= _MAX_SEQ:
-        raise ValueError(f"sequence number or request id out of range: {message!r}")
-    frames = [_HEADER.pack(PROTOCOL_VERSION, message.kind, message.seq, message.rid)]
-    if message.meta or message.body:
-        frames.append(_encode_meta(message.meta))
-        frames.extend(message.body)
+    frames: list[bytes] = encode_parts(message.kind, message.seq, message.rid, message.meta, ())
+    if message.body and len(frames) == 1:
+        frames.append(b"")
+    frames.extend(message.body)
+    return frames
+
+
+def encode_parts(kind: Kind, seq: int, rid: int, meta: Meta, body: Sequence[Frame]) -> list[Any]:
+    """:func:`encode` for body frames that may be views of a larger buffer (never copied)."""
+    if not 0 <= seq <= _MAX_SEQ or not 0 <= rid <= _MAX_SEQ:
+        raise ValueError(f"sequence number or request id out of range: {kind!r} {seq} {rid}")
+    frames: list[Any] = [_HEADER.pack(PROTOCOL_VERSION, kind, seq, rid)]
+    if meta or body:
+        frames.append(_encode_meta(meta))
+        frames.extend(body)
     return frames
 
 
@@ -220,10 +244,9 @@ def decode(frames: Sequence[bytes]) -> Message:
         version, kind, seq, rid = _HEADER.unpack(header)
         if version != PROTOCOL_VERSION:
             raise FrameError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
-        try:
-            known = Kind(kind)
-        except ValueError:
-            raise FrameError(f"unknown message kind {kind}") from None
+        known = _KINDS.get(kind)
+        if known is None:
+            raise FrameError(f"unknown message kind {kind}")
         meta = _decode_meta(bytes(frames[1])) if len(frames) > 1 else ()
         body = tuple(bytes(f) for f in frames[2:])
     except FrameError:
@@ -231,3 +254,36 @@ def decode(frames: Sequence[bytes]) -> Message:
     except (TypeError, ValueError, struct.error, IndexError) as e:  # frames that are not bytes
         raise FrameError(f"malformed message: {e}") from None
     return Message(known, seq, rid, meta, body)
+
+
+def encode_batch(messages: Sequence[Sequence[Frame]]) -> list[Any]:
+    """Several messages' frames as one ZeroMQ message: a header of kind :data:`BATCH`, a frame
+    with each message's frame count (4 bytes each), then every message's frames in order. One
+    send and one wake-up of each side's I/O thread, however many messages."""
+    frames: list[Any] = [
+        _HEADER.pack(PROTOCOL_VERSION, BATCH, 0, 0),
+        b"".join([_COUNT.pack(len(m)) for m in messages]),
+    ]
+    for message in messages:
+        frames.extend(message)
+    return frames
+
+
+def split_batch(frames: Sequence[bytes]) -> list[list[bytes]] | None:
+    """The messages of a batch, in order; None if ``frames`` is not a batch (a message of its
+    own), FrameError for a batch whose counts do not match its frames."""
+    if len(frames) < 2 or len(frames[0]) != _HEADER.size or frames[0][1] != BATCH:
+        return None
+    counts = frames[1]
+    if len(counts) % _COUNT.size or not counts:
+        raise FrameError(f"batch: a count frame of {len(counts)} bytes")
+    out: list[list[bytes]] = []
+    pos = 2
+    for (n,) in _COUNT.iter_unpack(counts):
+        if n < 1 or pos + n > len(frames):
+            raise FrameError(f"batch: a message of {n} frames at frame {pos} of {len(frames)}")
+        out.append(list(frames[pos : pos + n]))
+        pos += n
+    if pos != len(frames):
+        raise FrameError(f"batch: {len(frames) - pos} frames past its messages")
+    return out

@@ -79,13 +79,18 @@ def request_meta(request: Request, environ: Environ, keep_alive: bool, script_na
     ]
     if request.chunked:
         meta.append((b"ch", b"1"))
-    for key in FORWARDED_RESULT:
-        value = environ.get(key)
-        if value is not None:
-            meta.append((b"e", f"{key}={value}".encode("latin-1")))
+    # The environ entries and the headers go as one pair each, a line per item: the HTTP
+    # parser refuses CR, LF and NUL in a request head, so no name or value holds a newline,
+    # and two pairs cost far less to encode and decode than twenty.
+    forwarded = [
+        f"{key}={value}" for key in FORWARDED_RESULT if (value := environ.get(key)) is not None
+    ]
+    if forwarded:
+        meta.append((b"e", "\n".join(forwarded).encode("latin-1")))
     kept = [key for key in PROXY_KEYS if key in environ]
     meta.append((b"pk", ",".join(kept).encode("latin-1")))
-    meta.extend((b"h", name + b":" + value) for name, value in request.headers)
+    if request.headers:
+        meta.append((b"h", b"\n".join([name + b":" + value for name, value in request.headers])))
     return tuple(meta)
 
 
@@ -317,6 +322,7 @@ class SplitFront:
     def attach(self, connection: ZmqConnection) -> None:
         self.connection = connection
         connection.on_message = self.received
+        connection.on_send_failure = self._send_failed
 
     def new_cid(self) -> int:
         return next(self._cids)
@@ -417,9 +423,13 @@ class SplitFront:
             return
         result = connection.send([command.identity, *encode(command.message)])
         if result is not SendResult.SENT:
-            self.send_failures += 1
-            now = self.reactor.seconds()
-            self._run(self.router.handler_lost(now, command.identity, result.value))
+            self._send_failed(command.identity, result)
+
+    def _send_failed(self, identity: bytes | None, result: SendResult) -> None:
+        """A message could not be sent (now, or at the end of the turn it was batched in)."""
+        self.send_failures += 1
+        if identity is not None:
+            self._run(self.router.handler_lost(self.reactor.seconds(), identity, result.value))
 
     def _arm(self) -> None:
         deadline = self.router.next_deadline()
@@ -429,10 +439,14 @@ class SplitFront:
                 timer.cancel()
                 self._timer = None
             return
+        if timer is not None and timer.getTime() <= deadline:
+            # Early is harmless (tick finds nothing due and arms again), and moving the timer
+            # later on every message would cost more than the rare early tick.
+            return
         delay = max(0.0, deadline - self.reactor.seconds())
         if timer is None:
             self._timer = self.reactor.callLater(delay, self.tick)
-        elif timer.getTime() != deadline:
+        else:
             timer.reset(delay)
 
     def stop(self) -> None:

@@ -3,7 +3,8 @@
 A handler is a WSGI server like any other catalyzer process: the environ is built by
 :func:`catalyzer.wsgi.environ.build_environ` from the request as the front received it (what the front's
 :func:`~catalyzer.wsgi.forwarded.apply_forwarded` made of its proxy headers travels with it), the app runs in a :class:`~catalyzer.wsgi.response.ThreadedWSGIResponse` (one pool
-thread per slot, so the reactor keeps heartbeating and granting credit while the app works), with
+thread per slot, so the reactor keeps heartbeating and granting credit while the app works; or,
+with ``--threads 0``, in the reactor, for apps that never wait), with
 the same strict ``start_response`` and ``wsgi.file_wrapper``, and each response is written to a
 :class:`~catalyzer.wsgi.sink.ResponseSink`: :class:`SplitSink`, which turns the framed bytes into
 HEAD/DATA/END messages within the window the front grants.
@@ -22,7 +23,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any, Final
 
 from twisted.internet import interfaces
@@ -35,19 +36,20 @@ from catalyzer.ops.accesslog import FileAccessLog
 from catalyzer.split.frames import (
     FORWARDED_RESULT,
     FROM_FRONT,
+    Frame,
     FrameError,
     Kind,
     Message,
     Meta,
     decode,
-    encode,
+    encode_parts,
 )
 from catalyzer.split.router import PING, RETRYABLE_METHODS
 from catalyzer.split.zmqio import SendResult, ZmqConnection
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.forwarded import PROXY_KEYS
-from catalyzer.wsgi.response import ThreadedWSGIResponse
+from catalyzer.wsgi.response import WSGIResponse, response_class
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseServices
 
 __all__ = ["HandlerSession", "SplitSink"]
@@ -58,6 +60,8 @@ log = Logger(namespace="catalyzer.split")
 DATA_FRAME: Final = 256 * 1024
 # Request bodies past this are kept in a temporary file rather than memory.
 BODY_IN_MEMORY: Final = 1024 * 1024
+# A retried request's START is sent only if its response has not begun this long after it came.
+START_DELAY: Final = 0.02
 
 
 class SplitSink:
@@ -74,15 +78,16 @@ class SplitSink:
         self.epoch = epoch
         self.window = window
         self._keep_alive = keep_alive
-        self.response: ThreadedWSGIResponse | None = None
+        self.response: WSGIResponse | None = None
         self.producer: Any = None
         self.head_sent = False
-        self.pending: list[bytes] = []
+        self.pending: list[Frame] = []
         self.end_owed: ResponseOutcome | None = None
         self.aborted = False
         self.cancelled = False
         self.closed = False
         self._paused = False
+        self._held = 0  # bytes of a complete response kept for one REPLY
 
     # -- ResponseSink
 
@@ -94,7 +99,27 @@ class SplitSink:
         if self.closed or not data:
             return
         self.pending.append(data)
+        if not self.head_sent and self._whole():
+            # The response is complete in what was written: finish() follows, and sends it
+            # all as one REPLY instead of HEAD and END (one message, one wake-up each side).
+            self._held += len(data)
+            if self._held <= min(self.window, DATA_FRAME):
+                if self.producer is not None:
+                    # An iterable's last piece: finish() waits for the app to end the
+                    # iteration (and close it), which may take a while; the bytes do not.
+                    self.session.release_later(self)
+                return
         self._flush()
+
+    def release(self) -> None:
+        """Send what is held for a REPLY now, as HEAD (END follows when the response ends)."""
+        if not self.closed and not self.head_sent and self.pending:
+            self._flush()
+
+    def _whole(self) -> bool:
+        response = self.response
+        framer = response.framer if response is not None else None
+        return framer is not None and (not framer.has_body or framer.remaining == 0)
 
     def write_sequence(self, data: list[bytes]) -> None:
         for piece in data:
@@ -132,22 +157,32 @@ class SplitSink:
         self._flush()
 
     def _flush(self) -> None:
+        # As much as the window allows goes in one message (the head with the first body bytes),
+        # and a piece larger than that is sent as views of the app's bytes, never sliced copies.
         session = self.session
-        while self.pending and self.window > 0 and not self.closed:
-            data = self.pending[0]
-            size = min(len(data), self.window, DATA_FRAME)
-            piece = data[:size]
-            if size == len(data):
-                self.pending.pop(0)
-            else:
-                self.pending[0] = data[size:]
+        pending = self.pending
+        while pending and self.window > 0 and not self.closed:
+            room = min(self.window, DATA_FRAME)
+            frames: list[Frame] = []
+            size = 0
+            while pending and size < room:
+                data = pending[0]
+                n = min(len(data), room - size)
+                if n == len(data):
+                    frames.append(data)
+                    del pending[0]
+                else:
+                    view = memoryview(data)
+                    frames.append(view[:n])
+                    pending[0] = view[n:]
+                size += n
             self.window -= size
             if not self.head_sent:
                 self.head_sent = True
                 status = self.response.status if self.response is not None else 0
-                session.send_for(self, Kind.HEAD, ((b"st", b"%d" % (status or 500)),), (piece,))
+                session.send_for(self, Kind.HEAD, ((b"st", b"%d" % (status or 500)),), frames)
             else:
-                session.send_for(self, Kind.DATA, (), (piece,))
+                session.send_for(self, Kind.DATA, (), frames)
         if self.pending:
             if not self._paused and self.producer is not None:
                 self._paused = True
@@ -163,10 +198,29 @@ class SplitSink:
         """The response is over: END once every byte before it has gone."""
         if self.closed:
             return
+        if (
+            not self.head_sent
+            and self.pending
+            and not (self.aborted or self.cancelled)
+            and self._held <= min(self.window, DATA_FRAME)
+        ):
+            self._send_reply(outcome)
+            return
         if self.pending and not (self.aborted or self.cancelled):
             self.end_owed = outcome
+            self._flush()
             return
         self._send_end(outcome)
+
+    def _send_reply(self, outcome: ResponseOutcome) -> None:
+        self.closed = True
+        self.head_sent = True
+        frames = tuple(self.pending)
+        self.pending.clear()
+        self.window -= self._held
+        meta = ((b"st", b"%d" % outcome.status), (b"ka", b"1" if outcome.keep_alive else b"0"))
+        self.session.send_for(self, Kind.REPLY, meta, frames)
+        self.session.request_over(self.rid)
 
     def _send_end(self, outcome: ResponseOutcome) -> None:
         self.closed = True
@@ -256,8 +310,11 @@ class _Waiting:
         self.request = request
         self.environ = environ
         self.sink = sink
-        self.response: ThreadedWSGIResponse | None = None
+        self.response: WSGIResponse | None = None
         self.stream: StreamedBody | None = None
+        self.spool: IO[bytes] | None = None  # the body being spooled (--threads 0)
+        self.spooled = 0
+        self.go = False  # the app may be called once the body is in
 
 
 class HandlerSession:
@@ -280,6 +337,7 @@ class HandlerSession:
     ) -> None:
         self.connection = connection
         connection.on_message = self.received
+        connection.on_send_failure = self._send_failed
         self.reactor = reactor
         self.services = services
         self.slots = slots
@@ -300,6 +358,12 @@ class HandlerSession:
         self.last_sent = 0.0
         self.last_heard = 0.0
         self.requests: dict[int, _Waiting] = {}
+        # Retried requests whose START has not gone (see _request), and the one timer for them.
+        self._starts_owed: set[int] = set()
+        self._start_timer: interfaces.IDelayedCall | None = None
+        # Responses held for a REPLY whose iterable has not ended yet, and their one timer.
+        self._held: set[SplitSink] = set()
+        self._release_timer: interfaces.IDelayedCall | None = None
         self.served = 0
         self.sessions = 0
         self._timer: interfaces.IDelayedCall | None = None
@@ -314,6 +378,10 @@ class HandlerSession:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for timer in (self._start_timer, self._release_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._start_timer = self._release_timer = None
         self.connection.close()
 
     def drain(self) -> None:
@@ -347,23 +415,49 @@ class HandlerSession:
 
     # -- sending
 
-    def _send(
-        self, kind: Kind, rid: int = 0, meta: Meta = (), body: tuple[bytes, ...] = ()
-    ) -> None:
-        message = Message(kind, self.seq_out, rid, meta, body)
+    def _send(self, kind: Kind, rid: int = 0, meta: Meta = (), body: Sequence[Frame] = ()) -> None:
+        frames = encode_parts(kind, self.seq_out, rid, meta, body)
         self.seq_out += 1
         self.last_sent = self.reactor.seconds()
-        result = self.connection.send(encode(message))
-        if result is not SendResult.SENT and self.welcomed:
+        result = self.connection.send(frames)
+        if result is not SendResult.SENT:
+            self._send_failed(None, result)
+
+    def _send_failed(self, peer: bytes | None, result: SendResult) -> None:
+        if self.welcomed:
             # Nothing reaches the front now; it will count us lost and we will say HELLO again.
             log.warn("cannot send to the front: {why}", why=result.value)
 
-    def send_for(
-        self, sink: SplitSink, kind: Kind, meta: Meta, body: tuple[bytes, ...] = ()
-    ) -> None:
+    def send_for(self, sink: SplitSink, kind: Kind, meta: Meta, body: Sequence[Frame] = ()) -> None:
         """A message about ``sink``'s request, unless its session has been replaced since."""
         if sink.epoch == self.epoch:
+            self._starts_owed.discard(sink.rid)  # any message about it implies its START
             self._send(kind, sink.rid, meta, body)
+
+    def release_later(self, sink: SplitSink) -> None:
+        """Send ``sink``'s held response START_DELAY from now if it has not ended by then."""
+        self._held.add(sink)
+        if self._release_timer is None:
+            self._release_timer = self.reactor.callLater(START_DELAY, self._release_held)
+
+    def _release_held(self) -> None:
+        self._release_timer = None
+        held, self._held = self._held, set()
+        for sink in held:
+            if sink.epoch == self.epoch:
+                sink.release()
+
+    def _owe_start(self, rid: int) -> None:
+        self._starts_owed.add(rid)
+        if self._start_timer is None:
+            self._start_timer = self.reactor.callLater(START_DELAY, self._send_starts)
+
+    def _send_starts(self) -> None:
+        self._start_timer = None
+        owed, self._starts_owed = self._starts_owed, set()
+        for rid in sorted(owed):
+            if rid in self.requests:
+                self._send(Kind.START, rid)
 
     def _hello(self) -> None:
         self.epoch += 1
@@ -389,6 +483,7 @@ class HandlerSession:
             else:
                 self._close_body(waiting.request)
         self.requests.clear()
+        self._starts_owed.clear()
         if self.draining:
             self._leave()
             return
@@ -476,12 +571,14 @@ class HandlerSession:
             return  # a request already over
         if kind is Kind.GO:
             if waiting.response is None:
-                self._run(waiting)
+                self._go(waiting)
         elif kind is Kind.WIN:
             waiting.sink.grant(msg.get_int(b"n"))
         elif kind is Kind.BODY:
             if waiting.stream is not None:
                 waiting.stream.feed(msg.get_int(b"o"), b"".join(msg.body))
+            elif waiting.spool is not None:
+                self._spool(waiting, msg.get_int(b"o"), msg.body)
         elif kind is Kind.CANCEL:
             if waiting.stream is not None:
                 waiting.stream.fail("cancelled by the front")
@@ -507,20 +604,22 @@ class HandlerSession:
         request.keep_alive = msg.get(b"ka") == b"1"
         request.chunked = msg.get(b"ch") == b"1"
         headers = []
-        for raw in msg.get_all(b"h"):
-            field, colon, value = raw.partition(b":")
-            if not colon:
-                raise FrameError(f"REQ: header without a name: {raw[:40]!r}")
-            headers.append((field, value))
+        for lines in msg.get_all(b"h"):  # a header per line
+            for raw in lines.split(b"\n"):
+                field, colon, value = raw.partition(b":")
+                if not colon:
+                    raise FrameError(f"REQ: header without a name: {raw[:40]!r}")
+                headers.append((field, value))
         request.headers = headers
         request.body_length = msg.body_length
         request.body = None
         final: dict[str, str] = {}
-        for pair in msg.get_all(b"e"):
-            name, sep, text = pair.decode("latin-1").partition("=")
-            if not sep or name not in FORWARDED_RESULT:
-                raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
-            final[name] = text
+        for lines in msg.get_all(b"e"):  # an entry per line
+            for pair in lines.decode("latin-1").split("\n"):
+                name, sep, text = pair.partition("=")
+                if not sep or name not in FORWARDED_RESULT:
+                    raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
+                final[name] = text
         info = ConnectionInfo(
             final.get("SERVER_NAME", ""),
             final.get("SERVER_PORT", ""),
@@ -531,7 +630,16 @@ class HandlerSession:
         sink = SplitSink(self, rid, self.epoch, msg.get_int(b"w"), request.keep_alive)
         length = msg.get_int(b"bl", 0)
         stream: StreamedBody | None = None
-        if length > msg.body_length:
+        spool: IO[bytes] | None = None
+        if length > msg.body_length and self.services.threadpool is None:
+            # The app runs in the reactor (--threads 0), which must not wait for body pieces:
+            # the body is spooled here first (memory, then a file), as the HTTP face spools it.
+            spool = tempfile.SpooledTemporaryFile(max_size=BODY_IN_MEMORY)  # noqa: SIM115
+            for frame in msg.body:
+                spool.write(frame)
+            request.body_length = length
+            request.body = spool
+        elif length > msg.body_length:
             stream = StreamedBody(
                 length,
                 lambda offset, n: self._ask_body(sink, stream, offset, n),
@@ -545,7 +653,7 @@ class HandlerSession:
             info,
             script_name=msg.get_text(b"sn"),
             errors=self.errors,
-            multithread=True,
+            multithread=self.services.threadpool is not None,
             multiprocess=self.multiprocess,
             file_wrapper=FileWrapper,
         )
@@ -567,10 +675,19 @@ class HandlerSession:
         waiting = _Waiting(rid, request, environ, sink)
         waiting.stream = stream
         self.requests[rid] = waiting
-        self._send(Kind.START, rid)
+        if spool is not None:
+            waiting.spool = spool
+            waiting.spooled = msg.body_length
+            self._ask_body(sink, None, msg.body_length, min(BODY_CHUNK, length - msg.body_length))
         if request.method in RETRYABLE_METHODS:
-            self._run(waiting)
-        # Other methods wait for GO: the front may have given the request to another handler.
+            # The front may run these again whether or not they started, so START only tells it
+            # the first-byte timeout applies: it is sent only for a response that has not begun
+            # within START_DELAY (most answer sooner, and their reply implies it).
+            self._owe_start(rid)
+            self._go(waiting)
+        else:
+            # Other methods wait for GO: the front may have given it to another handler.
+            self._send(Kind.START, rid)
 
     def _ask_body(self, sink: SplitSink, stream: StreamedBody | None, offset: int, n: int) -> None:
         if sink.closed or sink.epoch != self.epoch or sink.rid not in self.requests:
@@ -585,16 +702,15 @@ class HandlerSession:
         log.info(
             "{status} for {target!r}: {detail}", status=status, target=request.target, detail=detail
         )
-        self._send(Kind.START, sink.rid)
         body = f"{status} {reason}\n".encode()
         sink.head_sent = True
+        sink.closed = True
         self._send(
-            Kind.HEAD,
+            Kind.REPLY,
             sink.rid,
-            ((b"st", b"%d" % status),),
+            ((b"st", b"%d" % status), (b"ka", b"0")),
             (simple_response(status, reason, self.services.date(), body),),
         )
-        self._send(Kind.END, sink.rid, ((b"st", b"%d" % status), (b"ka", b"0"), (b"ran", b"1")))
         self._close_body(request)
 
     def _body(self, frames: tuple[bytes, ...]) -> IO[bytes]:
@@ -614,11 +730,36 @@ class HandlerSession:
         if request.body is not None:
             request.body.close()
 
+    def _spool(self, waiting: _Waiting, offset: int, frames: tuple[bytes, ...]) -> None:
+        """Body bytes for a request spooled before its app runs in the reactor."""
+        spool = waiting.spool
+        assert spool is not None
+        data = b"".join(frames)
+        length = waiting.request.body_length
+        if offset != waiting.spooled or not data or waiting.spooled + len(data) > length:
+            raise FrameError(f"BODY: {len(data)} bytes at {offset}, wanted {waiting.spooled}")
+        spool.write(data)
+        waiting.spooled += len(data)
+        if waiting.spooled < length:
+            n = min(BODY_CHUNK, length - waiting.spooled)
+            self._ask_body(waiting.sink, None, waiting.spooled, n)
+            return
+        spool.seek(0)
+        waiting.spool = None
+        if waiting.go:
+            self._run(waiting)
+
+    def _go(self, waiting: _Waiting) -> None:
+        """The app may be called: now, or once its body is spooled."""
+        waiting.go = True
+        if waiting.spool is None:
+            self._run(waiting)
+
     def _run(self, waiting: _Waiting) -> None:
         def done(outcome: ResponseOutcome) -> None:
             self._response_done(waiting, outcome)
 
-        response = ThreadedWSGIResponse(
+        response = response_class(self.services)(
             self.services, waiting.sink, waiting.request, waiting.environ, done
         )
         waiting.response = response

@@ -33,6 +33,11 @@ __all__ = ["HandlerService", "HandlerSetupError", "check_profile_directory", "wi
 
 log = Logger(namespace="catalyzer.split")
 
+# Requests a handler takes at once with --threads 0 (the app in the reactor, one at a time): a
+# few waiting their turn here let each wake-up of the reactor answer several, where one at a
+# time would leave the handler idle for every round trip to the front.
+INLINE_SLOTS = 8
+
 
 class HandlerSetupError(Exception):
     """A ``--connect`` endpoint ZeroMQ refuses, or keys that do not go together; the text says
@@ -147,13 +152,13 @@ class HandlerService(MultiService):
                     session.stop()
                 context.term()
                 raise HandlerSetupError(f"--connect {endpoint!r}: {e}") from None
-            connection = ZmqConnection(sock, reactor, lambda frames: None)
+            connection = ZmqConnection(sock, reactor, lambda frames: None, batching=True)
             sessions.append(
                 HandlerSession(
                     connection,
                     reactor,
                     server.response_services,
-                    slots=max(1, config.threads),
+                    slots=config.threads or INLINE_SLOTS,
                     hello=hello,
                     heartbeat=config.heartbeat_interval,
                     liveness=config.handler_liveness,

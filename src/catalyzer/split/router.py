@@ -175,6 +175,7 @@ class Pending:
     rid: int = 0  # the wire id of its current dispatch
     handler: bytes | None = None
     tries: int = 0  # re-dispatches after a start
+    unstarted_losses: int = 0  # handlers lost holding it before its START (retried methods)
     window_left: int = 0
     exposure: int = 0  # bytes granted to its handler that its client has not taken yet
     wanted: int = 0  # window the budget withheld: granted once bytes drain elsewhere
@@ -681,16 +682,30 @@ class Router:
             self.counters["late_dropped"] += 1
             return []
         cid = handler.in_flight[rid]
-        if kind is Kind.END or kind is Kind.RETURN:
+        over = kind is Kind.END or kind is Kind.RETURN or kind is Kind.REPLY
+        # Read before the request is over for the handler, so a bad one loses it with the rest.
+        status = msg.get_int(b"st") if kind is Kind.REPLY else 0
+        if over:
             del handler.in_flight[rid]
             handler.credit += 1
         pending = self.requests.get(cid) if cid is not None else None
         if pending is None or pending.rid != rid:
             # The client left, or the request was taken back (start timeout): drop the rest.
-            if kind not in (Kind.END, Kind.RETURN):
+            if not over:
                 self.counters["late_dropped"] += 1
-            return self._dispatch(now) if kind in (Kind.END, Kind.RETURN) else []
+            return self._dispatch(now) if over else []
         s = self.settings
+        if kind is Kind.REPLY:
+            # A whole response in one message (it implies START, HEAD and END).
+            self._answer(pending)
+            handler.served += 1
+            keep_alive = msg.get(b"ka") == b"1"
+            first: Command = (
+                Data(pending.cid, msg.body)
+                if pending.state == RESPONDING
+                else Head(pending.cid, status, msg.body)
+            )
+            return [first, End(pending.cid, status, keep_alive), *self._dispatch(now)]
         if kind is Kind.START:
             if pending.state != SENT:
                 return []
@@ -818,7 +833,25 @@ class Router:
             if pending is None or pending.rid != rid:
                 continue
             state = pending.state
-            if state == SENT:
+            if state == SENT and pending.method in self.settings.retryable:
+                # A retried method sends START only when its response is slow to begin, so it
+                # may have run, and killed the handler: past retries + 1 such losses it is not
+                # sent to another one (a request that kills every handler would go round them).
+                pending.unstarted_losses += 1
+                if pending.unstarted_losses <= retries + 1:
+                    requeue.append(pending)
+                else:
+                    self.counters["retries_exhausted"] += 1
+                    self._answer(pending)
+                    out.append(
+                        Reply(
+                            cid,
+                            502,
+                            f"the handler was lost ({why}), the {pending.unstarted_losses}th "
+                            "to be lost holding this request",
+                        )
+                    )
+            elif state == SENT:
                 requeue.append(pending)
             elif state == STARTED and pending.tries < retries:
                 pending.tries += 1

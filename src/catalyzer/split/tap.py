@@ -53,6 +53,7 @@ from catalyzer.split.zmqio import (
     ZapHandler,
     ZmqConnection,
     front_socket,
+    keep_message_buffers,
     load_allowed_keys,
     load_key_pair,
     new_context,
@@ -285,6 +286,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     from twisted.internet import reactor
 
     command = "catalyzer-front"
+    keep_message_buffers()
     config = config.replace(threads=0, procs=1)
     # The same endpoints as catalyzer's HTTP face (--backlog, catalyzer's PROXY protocol
     # listener, systemd sockets), and the same warning for a forwarding judgement that trusts all.
@@ -333,7 +335,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
             zap.close()
         context.term()
         raise _fail(command, f"--handlers {list(config.handlers)!r}: {e}") from None
-    connection = ZmqConnection(sock, reactor, front.received)
+    connection = ZmqConnection(sock, reactor, front.received, batching=True, routed=True)
     front.attach(connection)
     try:
         server = ServerState.from_config(_no_local_app, config, reactor, responder=front.responder)
@@ -408,8 +410,8 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
     from twisted.internet import reactor
 
     command = "catalyzer-handler"
-    slots = max(1, config.threads)
-    config = config.replace(threads=slots, listen=())
+    config = config.replace(listen=())
+    keep_message_buffers()
     if config.procs > 1:
         # The prefork master, unchanged, supervising handler processes instead of HTTP workers
         # (HUP generations gated on readiness, --timeout stack dumps, max-requests, TERM).

@@ -30,7 +30,7 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
-from catalyzer.split.zmqio import KeyFileError
+from catalyzer.split.zmqio import KeyFileError, keep_message_buffers
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer.split.worker")
@@ -149,6 +149,7 @@ def main() -> None:
     from twisted.internet import reactor
 
     spec = boot.read_spec("catalyzer.split.worker", "twistd catalyzer-handler --procs N")
+    keep_message_buffers()
     worker = HandlerWorker(spec, reactor)
     boot.run(
         reactor,

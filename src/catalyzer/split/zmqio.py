@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 from zmq.utils import z85
 from zope.interface import implementer
 
+from catalyzer.split.frames import FrameError, encode_batch, split_batch
+
 __all__ = [
     "MAX_FRAME",
     "KeyFileError",
@@ -39,6 +41,7 @@ __all__ = [
     "create_keys",
     "front_socket",
     "handler_socket",
+    "keep_message_buffers",
     "load_allowed_keys",
     "load_key_pair",
     "load_public_key",
@@ -56,6 +59,10 @@ MAX_FRAME: Final = 4 * 1024 * 1024
 ZERO_COPY_FROM: Final = 64 * 1024
 # Messages queued per peer before a send would block (then the peer is treated as lost).
 HIGH_WATER: Final = 100_000
+# As plain ints: pyzmq's flag enums cost a few microseconds per ``&`` on the hot path.
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
 
 
 class SendResult(enum.Enum):
@@ -66,6 +73,33 @@ class SendResult(enum.Enum):
 
 def new_context() -> zmq.Context[Any]:
     return zmq.Context()
+
+
+# glibc's malloc serves a block of more than 128 KiB (at first) with mmap and gives it back at
+# free, and trims the top of its heap past 128 KiB free: every 256 KiB body frame, in libzmq and
+# as a Python bytes, was then fresh pages to fault in and zero. A split process keeps such
+# blocks in its heap instead, up to 16 MiB free at its top (the bounded-memory tests still hold).
+MMAP_THRESHOLD: Final = 1024 * 1024
+TRIM_THRESHOLD: Final = 16 * 1024 * 1024
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def keep_message_buffers() -> bool:
+    """Tune glibc's malloc for a process that moves large messages (see above); False where the
+    C library is not glibc (nothing is changed)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def _common(sock: zmq.Socket[Any], heartbeat: float, liveness: float) -> None:
@@ -225,7 +259,15 @@ def _copy(frames: Sequence[bytes | memoryview]) -> bool:
 @implementer(interfaces.IReadDescriptor)
 class ZmqConnection:
     """One ZeroMQ socket as a reader in ``reactor``: each message received is passed to
-    ``on_message`` as its list of frames (a ROUTER's first frame is the peer's identity)."""
+    ``on_message`` as its list of frames (a ROUTER's first frame is the peer's identity).
+
+    With ``batching``, the messages sent to one peer in one reactor turn leave together at the
+    end of the turn, as one ZeroMQ message (:func:`~catalyzer.split.frames.encode_batch`) when
+    there are several: under load that is one send, and one wake-up of libzmq's I/O thread on
+    each side, for many messages. Batches received are taken apart, so ``on_message`` sees each
+    message as if it had come alone. ``routed``: the first frame of every message is the peer's
+    routing identity (a ROUTER). A send that fails at the end of the turn is reported to
+    ``on_send_failure`` (the peer's identity, or None for a DEALER, and why)."""
 
     def __init__(
         self,
@@ -233,16 +275,27 @@ class ZmqConnection:
         reactor: Any,
         on_message: Callable[[list[bytes]], None],
         batch: int = BATCH,
+        *,
+        batching: bool = False,
+        routed: bool = False,
     ) -> None:
         self.sock = sock
         self.reactor = reactor
         self.on_message = on_message
         self.batch = batch
+        self.batching = batching
+        self.routed = routed
+        self.on_send_failure: Callable[[bytes | None, SendResult], None] | None = None
         self._fd: int = sock.getsockopt(zmq.FD)
         self._pending: interfaces.IDelayedCall | None = None
         self._reading = False
+        self._draining = False
+        # Messages waiting for the end of the turn, by peer, and the call that sends them.
+        self._outbox: dict[bytes | None, list[Sequence[bytes | memoryview]]] = {}
+        self._flush_call: interfaces.IDelayedCall | None = None
         self.received = 0
         self.sent = 0
+        self.batches_sent = 0
 
     # -- IReadDescriptor
 
@@ -275,6 +328,9 @@ class ZmqConnection:
         self._pending = None
 
     def close(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self.flush()  # a BYE sent in the last turn still goes
         self.stop()
         self.sock.close(0)
 
@@ -286,35 +342,85 @@ class ZmqConnection:
 
     def _drain(self) -> None:
         self._pending = None
+        self._draining = True
+        try:
+            self._drain_batch()
+        finally:
+            self._draining = False
+
+    def _drain_batch(self) -> None:
         sock = self.sock
         for _ in range(self.batch):
             if not self._reading:
                 return
             try:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    return
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
-                return
+                return  # the edge is re-armed: new messages make the descriptor fire again
             except zmq.ZMQError as e:
                 log.error("receiving from the ZeroMQ socket failed: {error}", error=e)
                 return
             self.received += 1
-            try:
-                self.on_message(frames)
-            except Exception:
-                log.failure("a split-mode message could not be handled", Failure())
+            for message in self._unbatch(frames):
+                try:
+                    self.on_message(message)
+                except Exception:
+                    log.failure("a split-mode message could not be handled", Failure())
         # The batch is used up and more may be waiting: the descriptor will not fire for it.
         self._schedule()
+
+    def _unbatch(self, frames: list[bytes]) -> list[list[bytes]]:
+        if not self.batching:
+            return [frames]
+        head = frames[:1] if self.routed else []
+        try:
+            parts = split_batch(frames[len(head) :])
+        except FrameError:
+            return [frames]  # as it came: the protocol's decoder says what is wrong with it
+        if parts is None:
+            return [frames]
+        return [head + part for part in parts]
 
     # -- writing
 
     def send(self, frames: Sequence[bytes | memoryview]) -> SendResult:
+        """Send one message without blocking (with ``batching``: at the end of the turn, and
+        SENT here; a failure then goes to ``on_send_failure``)."""
+        if not self.batching:
+            return self._send_now(frames)
+        if self.routed:
+            peer: bytes | None = bytes(frames[0])
+            frames = frames[1:]
+        else:
+            peer = None
+        self._outbox.setdefault(peer, []).append(frames)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+        return SendResult.SENT
+
+    def flush(self) -> None:
+        """Send what waits for the end of the turn: one ZeroMQ message per peer."""
+        self._flush_call = None
+        outbox, self._outbox = self._outbox, {}
+        for peer, messages in outbox.items():
+            if len(messages) == 1:
+                frames = list(messages[0])
+            else:
+                frames = encode_batch(messages)
+                self.batches_sent += 1
+            if peer is not None:
+                frames.insert(0, peer)
+            result = self._send_now(frames)
+            if result is not SendResult.SENT and self.on_send_failure is not None:
+                self.on_send_failure(peer, result)
+
+    def _send_now(self, frames: Sequence[bytes | memoryview]) -> SendResult:
         """Send one message without blocking. After a send the socket's edge may have been
-        consumed: a waiting message is then taken on the next turn."""
+        consumed: a waiting message is then taken on the next turn (within a drain, the drain
+        itself takes it)."""
         sock = self.sock
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=_copy(frames))
+            sock.send_multipart(frames, _NOBLOCK, copy=_copy(frames))
             result = SendResult.SENT
             self.sent += 1
         except zmq.Again:
@@ -323,8 +429,10 @@ class ZmqConnection:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
             result = SendResult.UNREACHABLE
+        if self._draining:
+            return result
         try:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if sock.getsockopt(_EVENTS) & _POLLIN:
                 self._schedule()
         except zmq.ZMQError:
             pass
