@@ -143,6 +143,7 @@ def test_get_runs_at_once_with_the_environ_of_the_http_face() -> None:
     assert reply.body[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert reply.body[-1].endswith(b"hello")
     assert reply.get(b"ka") == b"1"
+    assert reply.get_int(b"bs") == len(b"hello")  # the body's size, for the front's access log
     front.reactor.advance(START_DELAY)
     assert front.conn.take() == []  # no START owed for a request already answered
     (environ,) = app.calls

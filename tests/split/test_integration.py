@@ -183,21 +183,20 @@ def check_body(outcome: Outcome, body: bytes) -> int:
     return int(pid)
 
 
-def test_threads_0_runs_the_app_in_the_handlers_reactor_under_mixed_load(split: Split) -> None:
-    """The default handler (--threads 0): the app in the reactor, requests batched both ways,
-    bodies past 256 KiB spooled at the handler before the app runs."""
+def test_the_default_handler_under_mixed_load(split: Split) -> None:
+    """The default handler (``--threads 0``: one app thread, one slot): requests batched both
+    ways, bodies past 256 KiB pulled by the app."""
     front = split.start_front()
     split.start_handler()
     plan = mixed_plan(1000, seed=7)
     bodies = {rid: body for rid, _, body in plan}
-    assert any(len(b) > 256 * 1024 for b in bodies.values())  # the spooling path is taken
+    assert any(len(b) > 256 * 1024 for b in bodies.values())  # bodies are pulled (BODYREQ)
     outcomes = run_load(front.port, plan, workers=16)
     assert sorted(o.rid for o in outcomes) == sorted(bodies)
     assert [o for o in outcomes if o.status != 200] == []
     assert len({check_body(o, bodies[o.rid]) for o in outcomes}) == 1
     ran = collections.Counter(rid for rid, _, _ in split.journal_lines())
     assert set(ran) == set(bodies) and max(ran.values()) == 1
-
 
 
 # Body sizes of the 10,000-request run, drawn per request: (share, low, high) in bytes, high

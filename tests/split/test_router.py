@@ -606,9 +606,11 @@ def test_reply_is_head_and_end_in_one_and_returns_the_credit() -> None:
     (req,) = sends(get(router, 1), Kind.REQ)
     get(router, 2)  # waits for the credit
     # No START first: a retried method's reply implies it.
-    out = a.say(0.1, Kind.REPLY, req.rid, ((b"st", b"200"), (b"ka", b"1")), (b"HTTP/1.1 ", b"x"))
+    meta = ((b"st", b"200"), (b"ka", b"1"), (b"bs", b"1"))
+    out = a.say(0.1, Kind.REPLY, req.rid, meta, (b"HTTP/1.1 ", b"x"))
     assert only(out, Head) == [Head(1, 200, (b"HTTP/1.1 ", b"x"))]
-    assert only(out, End) == [End(1, 200, True)]
+    # The body's size travels with it: the front's access log counts bodies, not heads.
+    assert only(out, End) == [End(1, 200, True, 1)]
     assert len(reqs_to(out, a)) == 1  # the credit came back with it
     assert 1 not in router.requests
     assert router.handlers[b"a"].served == 1

@@ -3,8 +3,8 @@
 A handler is a WSGI server like any other catalyzer process: the environ is built by
 :func:`catalyzer.wsgi.environ.build_environ` from the request as the front received it (what the front's
 :func:`~catalyzer.wsgi.forwarded.apply_forwarded` made of its proxy headers travels with it), the app runs in a :class:`~catalyzer.wsgi.response.ThreadedWSGIResponse` (one pool
-thread per slot, so the reactor keeps heartbeating and granting credit while the app works; or,
-with ``--threads 0``, in the reactor, for apps that never wait), with
+thread per slot, so the reactor keeps heartbeating and granting credit while the app works; a
+session also runs an app given to it in line, as the tests do, spooling a large body first), with
 the same strict ``start_response`` and ``wsgi.file_wrapper``, and each response is written to a
 :class:`~catalyzer.wsgi.sink.ResponseSink`: :class:`SplitSink`, which turns the framed bytes into
 HEAD/DATA/END messages within the window the front grants.
@@ -218,7 +218,11 @@ class SplitSink:
         frames = tuple(self.pending)
         self.pending.clear()
         self.window -= self._held
-        meta = ((b"st", b"%d" % outcome.status), (b"ka", b"1" if outcome.keep_alive else b"0"))
+        meta = (
+            (b"st", b"%d" % outcome.status),
+            (b"ka", b"1" if outcome.keep_alive else b"0"),
+            (b"bs", b"%d" % outcome.bytes_sent),
+        )
         self.session.send_for(self, Kind.REPLY, meta, frames)
         self.session.request_over(self.rid)
 
@@ -312,7 +316,7 @@ class _Waiting:
         self.sink = sink
         self.response: WSGIResponse | None = None
         self.stream: StreamedBody | None = None
-        self.spool: IO[bytes] | None = None  # the body being spooled (--threads 0)
+        self.spool: IO[bytes] | None = None  # the body being spooled (an app run in line)
         self.spooled = 0
         self.go = False  # the app may be called once the body is in
 
@@ -632,7 +636,7 @@ class HandlerSession:
         stream: StreamedBody | None = None
         spool: IO[bytes] | None = None
         if length > msg.body_length and self.services.threadpool is None:
-            # The app runs in the reactor (--threads 0), which must not wait for body pieces:
+            # The app runs in the reactor (in line), which must not wait for body pieces:
             # the body is spooled here first (memory, then a file), as the HTTP face spools it.
             spool = tempfile.SpooledTemporaryFile(max_size=BODY_IN_MEMORY)  # noqa: SIM115
             for frame in msg.body:

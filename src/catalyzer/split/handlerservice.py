@@ -29,14 +29,24 @@ from catalyzer.split.zmqio import (
     new_context,
 )
 
-__all__ = ["HandlerService", "HandlerSetupError", "check_profile_directory", "with_profiling"]
+__all__ = [
+    "HandlerService",
+    "HandlerSetupError",
+    "check_profile_directory",
+    "handler_threads",
+    "with_profiling",
+]
 
 log = Logger(namespace="catalyzer.split")
 
-# Requests a handler takes at once with --threads 0 (the app in the reactor, one at a time): a
-# few waiting their turn here let each wake-up of the reactor answer several, where one at a
-# time would leave the handler idle for every round trip to the front.
-INLINE_SLOTS = 8
+
+def handler_threads(threads: int) -> int:
+    """A handler's app threads: ``--threads 0`` (the default) means one. A handler's reactor never
+    runs the app: it must keep heartbeating (an app call longer than handler-liveness would make
+    the front count the handler lost and run its GETs again elsewhere), and it must hold no request
+    it cannot start at once (one waiting behind a slow call while another handler idles is what
+    credit routing exists to prevent), so its credit is its threads."""
+    return max(1, threads)
 
 
 class HandlerSetupError(Exception):
@@ -158,7 +168,7 @@ class HandlerService(MultiService):
                     connection,
                     reactor,
                     server.response_services,
-                    slots=config.threads or INLINE_SLOTS,
+                    slots=handler_threads(config.threads),
                     hello=hello,
                     heartbeat=config.heartbeat_interval,
                     liveness=config.handler_liveness,

@@ -705,7 +705,8 @@ class Router:
                 if pending.state == RESPONDING
                 else Head(pending.cid, status, msg.body)
             )
-            return [first, End(pending.cid, status, keep_alive), *self._dispatch(now)]
+            end = End(pending.cid, status, keep_alive, msg.get_int(b"bs", -1))
+            return [first, end, *self._dispatch(now)]
         if kind is Kind.START:
             if pending.state != SENT:
                 return []

@@ -45,6 +45,7 @@ from catalyzer.split.handlerservice import (
     HandlerService,
     HandlerSetupError,
     check_profile_directory,
+    handler_threads,
     with_profiling,
 )
 from catalyzer.split.router import Router, RouterSettings
@@ -410,7 +411,7 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
     from twisted.internet import reactor
 
     command = "catalyzer-handler"
-    config = config.replace(listen=())
+    config = config.replace(listen=(), threads=handler_threads(config.threads))
     keep_message_buffers()
     if config.procs > 1:
         # The prefork master, unchanged, supervising handler processes instead of HTTP workers
