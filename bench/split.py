@@ -48,6 +48,9 @@ TWISTD = str(procs.VENV_BIN / "twistd")
 CONNECTIONS = {"hello": 16, "big": 16, "hop": 1, "scale": 64}
 APPS = {"hello": "hello", "big": "big", "hop": "hello", "scale": "sleep50"}
 SCALE_THREADS = 8
+# The handler's --threads in hello, big and hop (``--handler-threads``): 4 as the README runs it;
+# a handler never runs the app in its reactor, and more threads hide the round trip to the front.
+HANDLER_THREADS = [4]
 # Extra front options for every run (``--front-args``), e.g. a larger ``--window``.
 FRONT_ARGS: list[str] = []
 
@@ -200,7 +203,7 @@ def measure(
     n_procs: int = 1,
 ) -> dict[str, Any]:
     app = APPS[scenario]
-    threads = SCALE_THREADS if scenario == "scale" else 0
+    threads = SCALE_THREADS if scenario == "scale" else HANDLER_THREADS[0] if kind == "split" else 0
     sub = log_dir / f"{scenario}-{kind}-{n_procs}-{time.monotonic_ns()}"
     sub.mkdir(parents=True, exist_ok=True)
     _FRONT_LOG[:] = [sub / "front.log"]
@@ -262,6 +265,7 @@ def run(
         "CPU from /proc/PID/task/*/schedstat over the wrk run",
         "tree": str(tree) if tree else str(procs.ROOT),
         "loadavg": os.getloadavg(),
+        "handler_threads": HANDLER_THREADS[0],
         "scenarios": {},
     }
     for scenario in scenarios:
@@ -281,7 +285,7 @@ def run(
                 r = measure(kind, scenario, duration, log_dir, tree)
                 print(f"{scenario} {kind} run {i + 1}: {_line(r)}", flush=True)
                 both[kind].append(r)
-        summary = {kind: summarize(rs) for kind, rs in both.items()}
+        summary: dict[str, Any] = {kind: summarize(rs) for kind, rs in both.items()}
         single, split = summary["single"]["rps"], summary["split"]["rps"]
         summary["ratio"] = round(split / single, 3) if single and split else None
         data["scenarios"][scenario] = summary
@@ -309,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--front-args", default="", help="extra catalyzer-front options, e.g. '--window 1048576'"
     )
+    parser.add_argument(
+        "--handler-threads", type=int, default=4, help="the handler's --threads (not for scale)"
+    )
     args = parser.parse_args(argv)
+    HANDLER_THREADS[:] = [args.handler_threads]
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(scenarios) - set(APPS)
     if unknown or args.runs < 1 or args.duration < 1:
@@ -334,7 +342,8 @@ def markdown(data: dict[str, Any]) -> list[str]:
         "### Split mode: front + handlers on one host (bench/split.py)",
         "",
         f"{data['method']}. `single` is `catalyzer` (app in the reactor), `split` is "
-        "`catalyzer-front` + one `catalyzer-handler` (default `--threads 0`); CPU is per request, "
+        f"`catalyzer-front` + one `catalyzer-handler` (`--threads {data.get('handler_threads', 4)}`); "
+        "CPU is per request, "
         "each process with all its threads (the front's includes libzmq's I/O thread).",
         "",
         "| scenario | single req/s | split req/s | split/single | p50 single/split | "
