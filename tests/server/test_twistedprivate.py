@@ -146,3 +146,83 @@ def test_read_into_replaces_a_real_transports_doread() -> None:
     finally:
         left.close()
         right.close()
+
+
+class _Lost(Protocol):
+    reasons: list[Any]
+
+    def connectionMade(self) -> None:
+        self.reasons = []
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reasons.append(reason)
+
+
+def _server_on(memory: Any) -> tuple[Server, _Lost, socket.socket]:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    protocol = _Lost()
+    transport = Server(left, protocol, ("127.0.0.1", 1), None, 1, memory)
+    protocol.makeConnection(transport)
+    return transport, protocol, right
+
+
+def test_twisted_closes_an_empty_transport_on_the_next_dowrite() -> None:
+    """What close_flushed does at once is what Twisted's loseConnection does a turn later: the
+    reactor's doWrite finds nothing to send and returns CONNECTION_DONE."""
+    from twisted.internet import main
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    transport, protocol, right = _server_on(memory)
+    try:
+        transport.loseConnection()
+        assert transport in memory.writers and transport not in memory.readers
+        assert protocol.reasons == []
+        assert transport.doWrite() is main.CONNECTION_DONE
+    finally:
+        transport.socket.close()
+        right.close()
+
+
+def test_close_flushed_closes_an_empty_plain_transport_now() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    transport, protocol, right = _server_on(memory)
+    try:
+        assert transport in memory.readers
+        assert twistedprivate.close_flushed(transport)
+        assert len(protocol.reasons) == 1 and protocol.reasons[0].check(ConnectionDone)
+        assert transport not in memory.readers and transport not in memory.writers
+        assert transport.disconnected and not transport.connected
+        assert right.recv(10) == b""  # shut down and closed: the peer reads the end
+    finally:
+        right.close()
+
+
+def test_close_flushed_leaves_a_transport_with_queued_bytes_or_a_producer() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    queued, queued_protocol, right = _server_on(memory)
+    producing, producing_protocol, right2 = _server_on(memory)
+    try:
+        queued.write(b"not sent yet")
+        assert not twistedprivate.close_flushed(queued)
+        producing.registerProducer(_Kept(), True)
+        assert not twistedprivate.close_flushed(producing)
+        assert queued_protocol.reasons == [] and producing_protocol.reasons == []
+        assert queued.connected and not queued.disconnecting
+    finally:
+        for transport in (queued, producing):
+            transport.socket.close()
+        right.close()
+        right2.close()
+
+
+def test_close_flushed_leaves_other_transports() -> None:
+    from twisted.internet.testing import StringTransport
+
+    assert not twistedprivate.close_flushed(StringTransport())

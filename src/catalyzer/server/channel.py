@@ -860,8 +860,8 @@ class HTTPChannel(TransportSink):
         transport: Any = self.transport
         if transport.disconnecting:  # already aborted
             return
-        transport.loseConnection()
-        self._linger_timer.start(self.server.config.write_timeout)
+        if not self.lose_connection():
+            self._linger_timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an

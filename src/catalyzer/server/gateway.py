@@ -404,8 +404,8 @@ class GatewayChannel(TransportSink):
         transport: Any = self.transport
         if transport.disconnecting:
             return
-        transport.loseConnection()
-        self._linger_timer.start(self.server.config.write_timeout)
+        if not self.lose_connection():
+            self._linger_timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand, close an idle connection now."""

@@ -42,6 +42,16 @@ class TransportSink(Protocol):
     def sendfile_socket(self) -> socket.socket | None:
         return self._socket
 
+    def lose_connection(self) -> bool:
+        """``transport.loseConnection()``; True if the connection is closed already (nothing was
+        queued on a plain TCP connection: :func:`~catalyzer.server.twistedprivate.close_flushed`),
+        so that ``connectionLost`` has run and no linger timer is needed."""
+        transport: Any = self.transport
+        if self._socket is not None and twistedprivate.close_flushed(transport):
+            return True
+        transport.loseConnection()
+        return False
+
     def resume_when_writable(self) -> None:
         twistedprivate.resume_producer_when_drained(self.transport)
 

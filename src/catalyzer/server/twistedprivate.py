@@ -15,13 +15,15 @@ import errno
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from twisted.internet import main
+from twisted.internet import main, tcp, unix
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.python.failure import Failure
 
 __all__ = [
     "HAProxyProtocolWrapper",
     "HAProxyWrappingFactory",
     "TCPBind",
+    "close_flushed",
     "has_accept_log",
     "proxy_header_parsed",
     "read_into",
@@ -128,6 +130,36 @@ def read_into(
         return None
 
     transport.doRead = do_read
+
+
+# What the reactor hands a transport that closed as asked (it, too, makes this Failure once:
+# ``PosixReactorBase._disconnectSelectable``'s ``faildict``).
+_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+_PLAIN_SERVERS = (tcp.Server, unix.Server)
+
+
+def close_flushed(transport: Any) -> bool:
+    """``loseConnection()`` for a plain connected ``tcp.Server`` that has nothing queued and no
+    producer, done now instead of on the next reactor turn: True if it is closed (its
+    protocol's ``connectionLost`` has run), False (nothing done) for any other transport.
+
+    Twisted's ``loseConnection`` stops reading, starts writing and waits for the reactor to call
+    ``doWrite``, which finds the buffer empty and returns ``CONNECTION_DONE`` to the reactor,
+    which removes the descriptor and calls ``connectionLost``: with nothing to flush that is an
+    ``epoll`` registration, a wake-up and a deregistration for nothing. This takes that path at
+    once; the socket is shut down and closed the same way (``_closeSocket(orderly=True)``)."""
+    if (
+        type(transport) not in _PLAIN_SERVERS
+        or not transport.connected
+        or transport.disconnecting
+        or transport.producer is not None
+        or transport.TLS
+        or not write_buffer_empty(transport)
+    ):
+        return False
+    transport.disconnecting = True
+    transport.connectionLost(_CONNECTION_DONE)  # stops reading and writing first
+    return True
 
 
 def resume_producer_when_drained(transport: Any) -> None:
