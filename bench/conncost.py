@@ -111,7 +111,9 @@ def _counted(pid: int, argv: list[str], client: Callable[[int], None], n: int) -
         return err.read().decode(errors="replace")
 
 
-def _instructions(pid: int, client: Callable[[int], None], n: int, out: Path) -> float:
+def _instructions(
+    pid: int, client: Callable[[int], None], n: int, out: Path, keep: str | None
+) -> float:
     """Instructions the server (running under callgrind) executes during ``client(n)``."""
     subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
     subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
@@ -120,6 +122,8 @@ def _instructions(pid: int, client: Callable[[int], None], n: int, out: Path) ->
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
     subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
     dumps = sorted(set(out.parent.glob(out.name + "*")) - before)
+    if keep:
+        shutil.copy(dumps[-1], keep)
     for line in dumps[-1].read_text().splitlines():
         if line.startswith(("totals:", "summary:")):
             return int(line.split()[1]) / n
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--only", default="keepalive,close,uwsgi")
     parser.add_argument("--strace", action="store_true", help="count system calls instead")
+    parser.add_argument("--keep", help="copy each case's callgrind profile to KEEP.CASE")
     parser.add_argument("--root", default=str(procs.ROOT), help="the tree whose server runs")
     args = parser.parse_args(argv)
     tool = "strace" if args.strace else "valgrind"
@@ -211,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
                     result["syscalls_per_request"] = _syscalls(server.pid, client, args.requests)
                 else:
                     result["instructions_per_request"] = round(
-                        _instructions(server.pid, client, args.requests, out)
+                        _instructions(
+                            server.pid,
+                            client,
+                            args.requests,
+                            out,
+                            f"{args.keep}.{name}" if args.keep else None,
+                        )
                     )
                 print(json.dumps(result), flush=True)
         finally:

@@ -886,3 +886,65 @@ def test_a_closed_connection_is_freed_without_the_garbage_collector(how: str) ->
         assert freed() is None
     finally:
         gc.enable()
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[Any, Any]]:
+    """A connected loopback TCP pair: (the server's accepted socket, the client's)."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    try:
+        yield accepted, client
+    finally:
+        accepted.close()
+        client.close()
+
+
+def _real_transport(accepted: Any) -> tuple[Any, Any, Any]:
+    """An HTTPChannel on a real ``tcp.Server`` whose reactor is a MemoryReactorClock."""
+    from twisted.internet.tcp import Server
+    from twisted.internet.testing import MemoryReactorClock
+
+    from catalyzer.server.channel import HTTPChannel
+    from catalyzer.settings import Config
+
+    memory = MemoryReactorClock()
+    state = ServerState(hello, Config.from_values({}), memory)
+    channel = HTTPChannel(state)
+    transport = Server(accepted, channel, accepted.getpeername(), None, 1, memory)
+    channel.makeConnection(transport)
+    return memory, state, channel
+
+
+def test_a_connection_close_request_on_a_real_socket_closes_at_once_and_leaves_no_cycle(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """The response goes out directly, the connection closes in the same turn (no write
+    wake-up, no linger timer), and neither the channel nor its transport needs the garbage
+    collector (read_into's replacement doRead is undone)."""
+    accepted, client = tcp_pair
+    gc.disable()
+    try:
+        memory, state, channel = _real_transport(accepted)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        transport = channel.transport
+        assert memory.readers == {transport}
+        client.settimeout(5)
+        transport.doRead()  # what the reactor calls: reads, answers, closes
+        assert not state.channels and channel.disconnected
+        assert not memory.readers and not memory.writers
+        assert not memory.getDelayedCalls()  # no linger timer left behind
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        assert statuses(received) == [200]
+        freed, freed_transport = weakref.ref(channel), weakref.ref(transport)
+        del channel, transport
+        assert freed() is None and freed_transport() is None
+    finally:
+        gc.enable()

@@ -226,3 +226,18 @@ def test_close_flushed_leaves_other_transports() -> None:
     from twisted.internet.testing import StringTransport
 
     assert not twistedprivate.close_flushed(StringTransport())
+
+
+def test_forget_read_into_restores_the_transports_own_doread() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    transport, _protocol, right = _server_on(MemoryReactor())
+    try:
+        twistedprivate.read_into(transport, memoryview(bytearray(16)), lambda: 16, print)
+        assert "doRead" in vars(transport)
+        twistedprivate.forget_read_into(transport)
+        assert "doRead" not in vars(transport)
+        assert transport.doRead.__func__ is Server.doRead  # type: ignore[attr-defined]
+    finally:
+        transport.socket.close()
+        right.close()

@@ -518,6 +518,8 @@ class HTTPChannel(TransportSink):
         self.server.connection_lost(self)
         for timer in timers:
             timer.retire()
+        if self._socket is not None and not self._proxied:
+            twistedprivate.forget_read_into(self.transport)
 
     def _linger_expired(self) -> None:
         self.abort("client did not read")

@@ -24,6 +24,7 @@ __all__ = [
     "HAProxyWrappingFactory",
     "TCPBind",
     "close_flushed",
+    "forget_read_into",
     "has_accept_log",
     "proxy_header_parsed",
     "read_into",
@@ -114,7 +115,10 @@ def read_into(
 
     ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
     ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
-    ``receive`` must not keep the view: the next read overwrites it."""
+    ``receive`` must not keep the view: the next read overwrites it. The replacement refers to
+    ``receive`` (usually the protocol's): undo it with :func:`forget_read_into` once the
+    connection is lost, or transport and protocol stay in a reference cycle that only the
+    garbage collector frees."""
     recv_into = transport.socket.recv_into
 
     def do_read() -> Any:
@@ -130,6 +134,11 @@ def read_into(
         return None
 
     transport.doRead = do_read
+
+
+def forget_read_into(transport: Any) -> None:
+    """Undo :func:`read_into`: the transport reads with its own ``doRead`` again."""
+    transport.__dict__.pop("doRead", None)
 
 
 # What the reactor hands a transport that closed as asked (it, too, makes this Failure once:
