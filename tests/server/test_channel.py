@@ -948,3 +948,31 @@ def test_a_connection_close_request_on_a_real_socket_closes_at_once_and_leaves_n
         assert freed() is None and freed_transport() is None
     finally:
         gc.enable()
+
+
+def test_a_request_waiting_at_accept_is_answered_in_the_accepting_turn(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """The client sent its request before the server accepted: it is read, answered and the
+    connection closed inside makeConnection, without a header timer ever armed."""
+    accepted, client = tcp_pair
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    client.settimeout(5)
+    import select
+
+    assert select.select([accepted], [], [], 5)[0]  # in the server's receive buffer
+    memory, state, channel = _real_transport(accepted)
+    assert channel.disconnected and not state.channels
+    assert not memory.getDelayedCalls()
+    assert statuses(client.recv(65536)) == [200]
+
+
+def test_a_connection_with_nothing_sent_waits_for_its_request_under_the_header_timeout(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    accepted, _client = tcp_pair
+    memory, state, channel = _real_transport(accepted)
+    assert state.channels == {channel}
+    assert [c.getTime() for c in memory.getDelayedCalls()] == [state.config.header_timeout]
+    memory.advance(state.config.header_timeout)
+    assert channel.disconnected

@@ -241,3 +241,55 @@ def test_forget_read_into_restores_the_transports_own_doread() -> None:
     finally:
         transport.socket.close()
         right.close()
+
+
+class _Half(_Lost):
+    received: list[bytes]
+    ended: int
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.received = []
+        self.ended = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.ended += 1
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def test_read_waiting_reads_what_is_there_and_hands_an_end_to_the_reactor() -> None:
+    """Nothing waiting: nothing happens; bytes waiting: dataReceived now; the peer's end: the
+    reactor's own _disconnectSelectable (Twisted's mixin, which the installed reactor uses, on a
+    memory reactor), which tells a half-closeable protocol readConnectionLost."""
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from twisted.internet.posixbase import _DisconnectSelectableMixin
+    from twisted.internet.testing import MemoryReactor
+    from zope.interface import directlyProvides
+
+    class Memory(MemoryReactor, _DisconnectSelectableMixin):
+        pass
+
+    assert isinstance(reactor, _DisconnectSelectableMixin)
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    protocol = _Half()
+    directlyProvides(protocol, IHalfCloseableProtocol)
+    memory = Memory()
+    transport = Server(left, protocol, ("127.0.0.1", 1), None, 1, memory)
+    protocol.makeConnection(transport)
+    try:
+        twistedprivate.read_waiting(transport)
+        assert protocol.received == [] and protocol.ended == 0
+        right.sendall(b"early")
+        twistedprivate.read_waiting(transport)
+        assert protocol.received == [b"early"]
+        right.shutdown(socket.SHUT_WR)
+        twistedprivate.read_waiting(transport)
+        assert protocol.ended == 1
+        assert transport.disconnecting and transport not in memory.readers
+    finally:
+        left.close()
+        right.close()

@@ -455,16 +455,22 @@ class HTTPChannel(TransportSink):
         # first dataReceived); the socket is the wrapped transport's.
         self._proxied = isinstance(transport, twistedprivate.HAProxyProtocolWrapper)
         inner = transport.transport if self._proxied else transport
+        direct = False
         if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
             self._socket = inner.socket
             if not self._proxied:
                 twistedprivate.read_into(
                     inner, self.server.read_buffer, self._read_size, self._read
                 )
+                direct = True
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
-        self._header_timer.start(self.server.config.header_timeout)
+        if direct and self.state is _OPEN:
+            # The request is often in already: read it in this turn, not the next.
+            twistedprivate.read_waiting(transport)
+        if self.state is _OPEN and not self._got_data:
+            self._header_timer.start(self.server.config.header_timeout)
 
     def _read_size(self) -> int:
         # A body arriving is read in large reads: fewer wake-ups, and its bytes go from the

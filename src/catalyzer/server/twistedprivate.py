@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet import main, tcp, unix
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.python.failure import Failure
 
@@ -28,13 +29,15 @@ __all__ = [
     "has_accept_log",
     "proxy_header_parsed",
     "read_into",
+    "read_waiting",
     "resume_producer_when_drained",
     "route_accept_log",
     "ssl_context_factory",
     "tcp_bind",
     "write_buffer_empty",
 ]
-from twisted.logger import ILogObserver, Logger
+
+_log = Logger(namespace="catalyzer.accept")
 
 
 def write_buffer_empty(transport: Any) -> bool:
@@ -134,6 +137,26 @@ def read_into(
         return None
 
     transport.doRead = do_read
+
+
+def read_waiting(transport: Any) -> None:
+    """Have a just-accepted connected ``FileDescriptor`` read now, as if the reactor had found it
+    readable: by the time a server gets to ``accept()`` a connection, its client has often sent
+    its request already (it writes as soon as its ``connect()`` returns), and reading it in the
+    same turn saves a wake-up for it.
+
+    What the reactor would do with the outcome is done here: nothing waiting (``EWOULDBLOCK``)
+    does nothing, an end or an error of the connection goes to the reactor's
+    ``_disconnectSelectable`` as from its own ``doRead`` call (``readConnectionLost`` for a
+    clean end on a half-closeable transport, ``connectionLost`` otherwise), and an exception is
+    logged and loses the connection, as ``_doReadOrWrite`` does."""
+    try:
+        why = transport.doRead()
+    except Exception as e:
+        why = e
+        _log.failure("unhandled error reading a new connection")
+    if why:
+        transport.reactor._disconnectSelectable(transport, why, True)
 
 
 def forget_read_into(transport: Any) -> None:
