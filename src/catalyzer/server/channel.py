@@ -511,7 +511,8 @@ class HTTPChannel(TransportSink):
             self._drain_timer,
         )
         for timer in timers:
-            timer.cancel()
+            if timer.pending is not None:  # most are not armed: skip the call
+                timer.cancel()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
         # close(), not receive_eof(): with the timers' retirement below, this leaves no reference
@@ -861,15 +862,17 @@ class HTTPChannel(TransportSink):
             return
         if self.state is not _CLOSING:
             self._enter(_CLOSING)
-        self._header_timer.cancel()
-        self._body_timer.cancel()
-        self._idle_timer.cancel()
-        self._pause_reading()
+        for timer in (self._header_timer, self._body_timer, self._idle_timer):
+            if timer.pending is not None:
+                timer.cancel()
         transport: Any = self.transport
         if transport.disconnecting:  # already aborted
             return
-        if not self.lose_connection():
-            self._linger_timer.start(self.server.config.write_timeout)
+        if self.close_now():  # nothing to flush: closed, connectionLost has run
+            return
+        self._pause_reading()
+        transport.loseConnection()
+        self._linger_timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an

@@ -154,7 +154,8 @@ class GatewayChannel(TransportSink):
         self._enter(_CLOSED)
         timers = (self._header_timer, self._body_timer, self._idle_timer, self._linger_timer)
         for timer in timers:
-            timer.cancel()
+            if timer.pending is not None:  # most are not armed: skip the call
+                timer.cancel()
         if self.response is not None:
             self.response.abort("the web server closed the connection before the response ended")
         self.parser.receive_eof()
@@ -410,15 +411,17 @@ class GatewayChannel(TransportSink):
             return
         if self.state is not _CLOSING:
             self._enter(_CLOSING)
-        self._header_timer.cancel()
-        self._body_timer.cancel()
-        self._idle_timer.cancel()
-        self._pause_reading()
+        for timer in (self._header_timer, self._body_timer, self._idle_timer):
+            if timer.pending is not None:
+                timer.cancel()
         transport: Any = self.transport
-        if transport.disconnecting:
+        if transport.disconnecting:  # already aborted
             return
-        if not self.lose_connection():
-            self._linger_timer.start(self.server.config.write_timeout)
+        if self.close_now():  # nothing to flush: closed, connectionLost has run
+            return
+        self._pause_reading()
+        transport.loseConnection()
+        self._linger_timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand, close an idle connection now."""

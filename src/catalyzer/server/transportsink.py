@@ -42,15 +42,11 @@ class TransportSink(Protocol):
     def sendfile_socket(self) -> socket.socket | None:
         return self._socket
 
-    def lose_connection(self) -> bool:
-        """``transport.loseConnection()``; True if the connection is closed already (nothing was
-        queued on a plain TCP connection: :func:`~catalyzer.server.twistedprivate.close_flushed`),
-        so that ``connectionLost`` has run and no linger timer is needed."""
-        transport: Any = self.transport
-        if self._socket is not None and twistedprivate.close_flushed(transport):
-            return True
-        transport.loseConnection()
-        return False
+    def close_now(self) -> bool:
+        """Close the connection at once if nothing is queued on a plain TCP connection (see
+        :func:`~catalyzer.server.twistedprivate.close_flushed`): True if it is closed and its
+        ``connectionLost`` has run; otherwise nothing is done."""
+        return self._socket is not None and twistedprivate.close_flushed(self.transport)
 
     def resume_when_writable(self) -> None:
         twistedprivate.resume_producer_when_drained(self.transport)
