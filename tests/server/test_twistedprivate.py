@@ -293,3 +293,37 @@ def test_read_waiting_reads_what_is_there_and_hands_an_end_to_the_reactor() -> N
     finally:
         left.close()
         right.close()
+
+
+def test_tcp4_addresses_are_what_gethost_and_getpeer_say() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+    try:
+        transport = Server(accepted, Protocol(), address, None, 1, MemoryReactor())
+        host, peer = transport.getHost(), transport.getPeer()
+        assert twistedprivate.tcp4_addresses(transport) == (
+            (host.host, host.port),
+            (peer.host, peer.port),
+        )
+        assert peer.port == client.getsockname()[1]
+    finally:
+        accepted.close()
+        client.close()
+
+
+def test_tcp4_addresses_of_other_transports_are_none() -> None:
+    from twisted.internet.testing import MemoryReactor, StringTransport
+
+    assert twistedprivate.tcp4_addresses(StringTransport()) is None
+    left, right = socket.socketpair()
+    try:  # the peer address is all that tells IPv6 apart here
+        transport = Server(left, Protocol(), ("::1", 5, 0, 0), None, 1, MemoryReactor())
+        assert twistedprivate.tcp4_addresses(transport) is None  # an IPv6 peer
+    finally:
+        left.close()
+        right.close()

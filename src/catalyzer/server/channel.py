@@ -942,6 +942,10 @@ def describe_connections(server: ServerState) -> str:
 
 
 def _connection_info(transport: Any) -> ConnectionInfo:
+    addresses = twistedprivate.tcp4_addresses(transport)
+    if addresses is not None:  # the common case, without two address objects
+        (host_name, host_port), (peer_name, peer_port) = addresses
+        return ConnectionInfo(host_name, str(host_port), peer_name, str(peer_port), "http")
     host = transport.getHost()
     peer = transport.getPeer()
     scheme = "https" if interfaces.ISSLTransport.providedBy(transport) else "http"

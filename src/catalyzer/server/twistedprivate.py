@@ -33,6 +33,7 @@ __all__ = [
     "resume_producer_when_drained",
     "route_accept_log",
     "ssl_context_factory",
+    "tcp4_addresses",
     "tcp_bind",
     "write_buffer_empty",
 ]
@@ -168,6 +169,18 @@ def forget_read_into(transport: Any) -> None:
 # ``PosixReactorBase._disconnectSelectable``'s ``faildict``).
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 _PLAIN_SERVERS = (tcp.Server, unix.Server)
+
+
+def tcp4_addresses(transport: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """``((host, port), (peer host, peer port))`` of a plain IPv4 ``tcp.Server``, as its
+    ``getHost()`` and ``getPeer()`` would give them without making two address objects: the
+    peer is the address ``accept()`` returned, kept as ``client``; the host is the socket's
+    name. None for any other transport (IPv6, unix, TLS, wrappers)."""
+    if type(transport) is not tcp.Server or transport.TLS or len(transport.client) != 2:
+        return None
+    host, port = transport.socket.getsockname()
+    peer: tuple[str, int] = transport.client
+    return (host, port), peer
 
 
 def close_flushed(transport: Any) -> bool:
