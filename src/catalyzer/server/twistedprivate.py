@@ -179,7 +179,7 @@ def tcp4_addresses(transport: Any) -> tuple[tuple[str, int], tuple[str, int]] | 
     if type(transport) is not tcp.Server or transport.TLS or len(transport.client) != 2:
         return None
     host, port = transport.socket.getsockname()
-    peer: tuple[str, int] = transport.client
+    peer: Any = transport.client
     return (host, port), peer
 
 
