@@ -12,6 +12,14 @@ from twisted.internet.tcp import Server
 from catalyzer.server import twistedprivate
 
 
+def _memory() -> Any:
+    """A reactor for transports made here: registering them with the global reactor and
+    closing their sockets would leave stale descriptors in its epoll set for later tests."""
+    from twisted.internet.testing import MemoryReactor
+
+    return MemoryReactor()
+
+
 def test_tcp_bind_reads_a_parsed_description() -> None:
     endpoint = endpoints.serverFromString(reactor, "tcp:8123:interface=127.0.0.2:backlog=77")
     assert twistedprivate.tcp_bind(endpoint) == ("127.0.0.2", 8123, 77)
@@ -32,7 +40,7 @@ def test_write_buffer_empty_follows_queued_writes() -> None:
     left, right = socket.socketpair()
     try:
         left.setblocking(False)
-        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
         assert twistedprivate.write_buffer_empty(transport)
         transport.write(b"queued until the reactor turns")
         assert not twistedprivate.write_buffer_empty(transport)
@@ -135,7 +143,7 @@ def test_read_into_replaces_a_real_transports_doread() -> None:
     left, right = socket.socketpair()
     try:
         left.setblocking(False)
-        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
         got: list[bytes] = []
         twistedprivate.read_into(
             transport, memoryview(bytearray(16)), lambda: 16, lambda v: got.append(bytes(v))
@@ -327,3 +335,100 @@ def test_tcp4_addresses_of_other_transports_are_none() -> None:
     finally:
         left.close()
         right.close()
+
+
+def _listening(memory: Any) -> tuple[Any, list[Any]]:
+    """A real listening tcp.Port on a memory reactor, and what its factory was given."""
+    from twisted.internet.protocol import Factory
+    from twisted.internet.tcp import Port
+
+    factory = Factory.forProtocol(_Kept)
+    given: list[Any] = []
+    original = factory.buildProtocol
+    factory.buildProtocol = lambda addr: given.append(addr) or original(addr)  # type: ignore[method-assign, func-returns-value]
+    port = Port(0, factory, 50, "127.0.0.1", memory)
+    port.startListening()
+    return port, given
+
+
+def test_accept_lightly_makes_the_connections_twisted_would() -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _listening(memory)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    try:
+        twistedprivate.accept_lightly(port)
+        twistedprivate.accept_lightly(port)  # once is enough: a second call changes nothing
+        port.doRead()
+        assert len(given) == 3 and all(isinstance(a, IPv4Address) for a in given)
+        transports = [p for p in memory.readers if isinstance(p, Server)]
+        assert len(transports) == 3
+        peers = sorted(t.getPeer().port for t in transports)
+        assert peers == sorted(c.getsockname()[1] for c in clients)
+        assert sorted(t.sessionno for t in transports) == [0, 1, 2] and port.sessionno == 3
+        for transport in transports:
+            assert transport.protocol.transport is transport and transport.connected
+            assert transport.socket.gettimeout() == 0.0  # non-blocking, as Twisted makes it
+            assert transport.socket.family == socket.AF_INET
+            assert "_Kept" in transport.logstr and repr(transport).startswith("<_Kept #")
+        assert port.numberAccepts == 3  # fewer than allowed: as Twisted shrinks it
+        for transport in transports:
+            transport.socket.close()
+    finally:
+        for client in clients:
+            client.close()
+        port.connectionLost(None)
+
+
+def test_accept_lightly_under_accept_one_per_wakeup_takes_one_at_a_time() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _listening(memory)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    try:
+        twistedprivate.accept_lightly(port)
+        twistedprivate.accept_one_per_wakeup(port)
+        for expected in (1, 2, 3):
+            port.doRead()
+            assert len(given) == expected
+        for transport in memory.readers:
+            if isinstance(transport, Server):
+                transport.socket.close()
+    finally:
+        for client in clients:
+            client.close()
+        port.connectionLost(None)
+
+
+class _FailingListener:
+    """A listening socket whose accept() fails as when the process is out of descriptors."""
+
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+    proto = 0
+
+    def _accept(self) -> tuple[int, Any]:
+        import errno
+
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_accept_lightly_leaves_accept_errors_to_twisted() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _listening(memory)
+    real = port.socket
+    twisted_reads: list[int] = []
+    try:
+        port.socket = _FailingListener()
+        port.doRead = lambda: twisted_reads.append(1)  # stands for Twisted's doRead
+        twistedprivate.accept_lightly(port)
+        port.doRead()
+        assert twisted_reads == [1] and given == []
+    finally:
+        port.socket = real
+        port.connectionLost(None)

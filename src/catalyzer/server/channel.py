@@ -299,6 +299,8 @@ class ServerState:
     def listening_on(self, ports: list[Any]) -> None:
         """The ports whose accepting ``max-connections`` toggles (none once they are closed)."""
         self.ports = list(ports)
+        for port in self.ports:
+            twistedprivate.accept_lightly(port)
         for guard in self.accept_guards:
             guard.cancel()
         self.accept_guards = [

@@ -12,6 +12,7 @@ installed Twisted, so an upgrade that renames one fails that test instead of a w
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ __all__ = [
     "HAProxyProtocolWrapper",
     "HAProxyWrappingFactory",
     "TCPBind",
+    "accept_lightly",
     "close_flushed",
     "forget_read_into",
     "has_accept_log",
@@ -87,6 +89,67 @@ def accept_one_per_wakeup(port: Any) -> None:
         return accept()
 
     port.numberAccepts = 1
+    port.doRead = do_read
+
+
+def accept_lightly(listening: object) -> None:
+    """Give a listening ``tcp.Port`` a lighter accept loop (any other port is left alone).
+
+    Twisted's ``Port.doRead`` wraps every wake-up in a log-buffering context and a generator,
+    and ``socket.accept()`` turns the listening socket's family and type into enums for every
+    connection: work that costs about as much as the rest of accepting. This loop calls the
+    socket's raw ``_accept`` and otherwise does what ``doRead`` does for each connection: the
+    IPv6 scope in the peer's address, ``factory.buildProtocol``, a session number, the port's
+    ``transport`` class, ``makeConnection``, and the same growth of ``numberAccepts``, so
+    :func:`accept_one_per_wakeup` still applies on top. Any ``accept()`` error but "nothing
+    waiting" is left to Twisted's own ``doRead``, which meets it again and deals with it as it
+    always does (the EMFILE reserve, its logger, which :mod:`~catalyzer.server.acceptguard`
+    watches)."""
+    if type(listening) is not tcp.Port or getattr(listening, "_catalyzer_light", False):
+        return
+    port: Any = listening
+    port._catalyzer_light = True
+    twisted_read = port.doRead
+    listener = port.socket
+    raw_accept = listener._accept
+    family, kind, proto = int(listener.family), int(listener.type), listener.proto
+    make_socket = socket.socket
+
+    def do_read() -> None:
+        accepted = 0
+        limit = port.numberAccepts
+        try:
+            while accepted < limit:
+                try:
+                    fd, address = raw_accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    twisted_read()
+                    return
+                accepted += 1
+                skt = make_socket(family, kind, proto, fd)
+                if len(address) == 4:
+                    host = socket.getnameinfo(
+                        address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+                    )
+                    address = (host[0], *address[1:])
+                protocol = port.factory.buildProtocol(port._buildAddr(address))
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = port.sessionno
+                port.sessionno = session + 1
+                protocol.makeConnection(
+                    port.transport(skt, protocol, address, port, session, port.reactor)
+                )
+        except Exception:
+            _log.failure("unhandled error accepting a connection")  # Twisted: log.deferr()
+        if accepted == limit:
+            port.numberAccepts = limit + 20
+        else:
+            port.numberAccepts = max(1, accepted)
+
     port.doRead = do_read
 
 
