@@ -905,18 +905,21 @@ def tcp_pair() -> Iterator[tuple[Any, Any]]:
         client.close()
 
 
-def _real_transport(accepted: Any) -> tuple[Any, Any, Any]:
-    """An HTTPChannel on a real ``tcp.Server`` whose reactor is a MemoryReactorClock."""
-    from twisted.internet.tcp import Server
+def _real_transport(accepted: Any, responder: Any = None) -> tuple[Any, Any, Any]:
+    """An HTTPChannel on a real transport whose reactor is a MemoryReactorClock, made as
+    accept_lightly makes it for HTTPFactory: not registered for reading until the channel
+    asks."""
     from twisted.internet.testing import MemoryReactorClock
 
-    from catalyzer.server.channel import HTTPChannel
+    from catalyzer.server.channel import HTTPChannel, HTTPFactory
+    from catalyzer.server.twistedprivate import AcceptedServer
     from catalyzer.settings import Config
 
     memory = MemoryReactorClock()
-    state = ServerState(hello, Config.from_values({}), memory)
+    state = ServerState(hello, Config.from_values({}), memory, responder=responder)
     channel = HTTPChannel(state)
-    transport = Server(accepted, channel, accepted.getpeername(), None, 1, memory)
+    register = not HTTPFactory.starts_reading
+    transport = AcceptedServer(accepted, channel, accepted.getpeername(), None, 1, memory, register)
     channel.makeConnection(transport)
     return memory, state, channel
 
@@ -964,6 +967,7 @@ def test_a_request_waiting_at_accept_is_answered_in_the_accepting_turn(
     memory, state, channel = _real_transport(accepted)
     assert channel.disconnected and not state.channels
     assert not memory.getDelayedCalls()
+    assert not memory.readers  # never registered with the reactor
     assert statuses(client.recv(65536)) == [200]
 
 
@@ -973,6 +977,35 @@ def test_a_connection_with_nothing_sent_waits_for_its_request_under_the_header_t
     accepted, _client = tcp_pair
     memory, state, channel = _real_transport(accepted)
     assert state.channels == {channel}
+    assert memory.readers == {channel.transport}  # it waits for the reactor to say readable
     assert [c.getTime() for c in memory.getDelayedCalls()] == [state.config.header_timeout]
     memory.advance(state.config.header_timeout)
     assert channel.disconnected
+
+
+class _Pending:
+    """A responder that answers later (as the thread pool or split mode's front does)."""
+
+    def __init__(self, services: Any, sink: Any, request: Any, environ: Any, done: Any) -> None:
+        self.request, self.environ, self.started = request, environ, 0.0
+
+    def run(self) -> None:
+        pass
+
+    def abort(self, why: str) -> None:
+        pass
+
+
+def test_a_request_read_at_accept_and_answered_later_leaves_the_connection_reading(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """Its response is still running when connectionMade ends: the connection registers for
+    reading all the same, or the client's next request would never be read."""
+    import select
+
+    accepted, client = tcp_pair
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert select.select([accepted], [], [], 5)[0]
+    memory, _state, channel = _real_transport(accepted, responder=_Pending)
+    assert channel.response is not None
+    assert memory.readers == {channel.transport}

@@ -432,3 +432,36 @@ def test_accept_lightly_leaves_accept_errors_to_twisted() -> None:
     finally:
         port.socket = real
         port.connectionLost(None)
+
+
+def test_accepted_server_is_twisteds_server_made_with_less() -> None:
+    """Every attribute Server.__init__ sets, with the same values; logstr and repr the same,
+    made when first asked for. If Twisted's Server.__init__ changes, this fails."""
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, _given = _listening(memory)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        theirs = Server(pairs[0][0], _Kept(), ("127.0.0.1", 5), port, 7, memory)
+        ours = twistedprivate.AcceptedServer(
+            pairs[1][0], _Kept(), ("127.0.0.1", 5), port, 7, memory
+        )
+        expected = {k: v for k, v in vars(theirs).items() if k not in ("socket", "fileno")}
+        got = {k: v for k, v in vars(ours).items() if k not in ("socket", "fileno")}
+        assert set(got) == set(expected) - {"logstr", "repstr"}
+        assert ours.logstr == expected.pop("logstr") and repr(ours) == repr(theirs)
+        expected.pop("repstr")
+        assert type(got.pop("protocol")) is type(expected.pop("protocol"))  # two of a kind
+        assert got == expected
+        assert theirs in memory.readers and ours in memory.readers
+        quiet = twistedprivate.AcceptedServer(
+            pairs[1][0], _Kept(), ("::1", 5, 0, 0), port, 8, memory, False
+        )
+        assert quiet.connected and quiet not in memory.readers  # its protocol starts reading
+        assert quiet.getPeer().host == "::1"  # an IPv6 peer, as Server makes it
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+        port.connectionLost(None)

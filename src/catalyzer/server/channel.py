@@ -471,6 +471,8 @@ class HTTPChannel(TransportSink):
         if direct and self.state is _OPEN:
             # The request is often in already: read it in this turn, not the next.
             twistedprivate.read_waiting(transport)
+            if not (self.closing or self._reading_paused):  # a response may be running
+                transport.startReading()  # HTTPFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
             self._header_timer.start(self.server.config.header_timeout)
 
@@ -964,6 +966,9 @@ def _connection_info(transport: Any) -> ConnectionInfo:
 
 class HTTPFactory(Factory):
     noisy = False
+    # A plain TCP connection's channel registers its transport for reading itself, once it has
+    # read what was there at accept (twistedprivate.accept_lightly, AcceptedServer).
+    starts_reading = True
 
     def __init__(self, server: ServerState) -> None:
         self.server = server

@@ -137,6 +137,8 @@ class GatewayChannel(TransportSink):
             # already, and reading it in this turn saves a wake-up (one per request behind
             # nginx's uwsgi_pass).
             twistedprivate.read_waiting(transport)
+            if not (self.closing or self._paused):  # a response may be running
+                transport.startReading()  # GatewayFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
             self._header_timer.start(self.server.config.header_timeout)
 
@@ -612,6 +614,7 @@ class FastCGIChannel(GatewayChannel):
 
 class GatewayFactory(Factory):
     noisy = False
+    starts_reading = True  # as HTTPFactory: a plain TCP channel registers for reading itself
 
     def __init__(self, server: ServerState, channel: type[GatewayChannel]) -> None:
         self.server = server

@@ -12,16 +12,19 @@ installed Twisted, so an upgrade that renames one fails that test instead of a w
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet import main, tcp, unix
+from twisted.internet.address import IPv6Address
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.python.failure import Failure
 
 __all__ = [
+    "AcceptedServer",
     "HAProxyProtocolWrapper",
     "HAProxyWrappingFactory",
     "TCPBind",
@@ -92,6 +95,50 @@ def accept_one_per_wakeup(port: Any) -> None:
     port.doRead = do_read
 
 
+class AcceptedServer(tcp.Server):
+    """The ``tcp.Server`` that :func:`accept_lightly` makes: the same transport, made with less.
+
+    ``Server.__init__`` formats two strings per connection, ``logstr`` (the log prefix the
+    reactor asks for at every wake-up of the connection) and ``repstr`` (its ``repr``): here
+    each is made the first time it is asked for, which for a connection served and closed in
+    the turn that accepted it is never. With ``register=False`` it is not registered with the
+    reactor for reading either: its protocol's ``connectionMade`` calls ``startReading()`` if
+    it still wants to read after reading what is already there (a connection closed in that
+    turn never costs an ``epoll_ctl``)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        client: tuple[Any, ...],
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+        register: bool = True,
+    ) -> None:
+        # Server.__init__ but for the two strings (and, without register, startReading).
+        tcp.Connection.__init__(self, sock, protocol, reactor)
+        if len(client) != 2:
+            self._addressType = IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        if register:
+            self.startReading()  # type: ignore[no-untyped-call]
+        self.connected = 1
+
+    @functools.cached_property
+    def logstr(self) -> str:  # type: ignore[override]
+        prefix = self._getLogPrefix(getattr(self, "protocol", None))
+        return f"{prefix},{self.sessionno},{self.hostname}"
+
+    @functools.cached_property
+    def repstr(self) -> str:  # type: ignore[override]
+        name = type(getattr(self, "protocol", None)).__name__
+        return f"<{name} #{self.sessionno} on {self.server._realPortNumber}>"
+
+
 def accept_lightly(listening: object) -> None:
     """Give a listening ``tcp.Port`` a lighter accept loop (any other port is left alone).
 
@@ -100,7 +147,9 @@ def accept_lightly(listening: object) -> None:
     connection: work that costs about as much as the rest of accepting. This loop calls the
     socket's raw ``_accept`` and otherwise does what ``doRead`` does for each connection: the
     IPv6 scope in the peer's address, ``factory.buildProtocol``, a session number, the port's
-    ``transport`` class, ``makeConnection``, and the same growth of ``numberAccepts``, so
+    transport (an :class:`AcceptedServer` for a port of plain ``tcp.Server`` transports, not
+    registered for reading when the factory's ``starts_reading`` says its protocols do that
+    themselves), ``makeConnection``, and the same growth of ``numberAccepts``, so
     :func:`accept_one_per_wakeup` still applies on top. Any ``accept()`` error but "nothing
     waiting" is left to Twisted's own ``doRead``, which meets it again and deals with it as it
     always does (the EMFILE reserve, its logger, which :mod:`~catalyzer.server.acceptguard`
@@ -114,6 +163,9 @@ def accept_lightly(listening: object) -> None:
     raw_accept = listener._accept
     family, kind, proto = int(listener.family), int(listener.type), listener.proto
     make_socket = socket.socket
+    factory = port.factory
+    light = port.transport is tcp.Server
+    register = not getattr(factory, "starts_reading", False)
 
     def do_read() -> None:
         accepted = 0
@@ -134,15 +186,19 @@ def accept_lightly(listening: object) -> None:
                         address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
                     )
                     address = (host[0], *address[1:])
-                protocol = port.factory.buildProtocol(port._buildAddr(address))
+                protocol = factory.buildProtocol(port._buildAddr(address))
                 if protocol is None:
                     skt.close()
                     continue
                 session = port.sessionno
                 port.sessionno = session + 1
-                protocol.makeConnection(
-                    port.transport(skt, protocol, address, port, session, port.reactor)
-                )
+                if light:
+                    transport = AcceptedServer(
+                        skt, protocol, address, port, session, port.reactor, register
+                    )
+                else:
+                    transport = port.transport(skt, protocol, address, port, session, port.reactor)
+                protocol.makeConnection(transport)
         except Exception:
             _log.failure("unhandled error accepting a connection")  # Twisted: log.deferr()
         if accepted == limit:
@@ -231,7 +287,7 @@ def forget_read_into(transport: Any) -> None:
 # What the reactor hands a transport that closed as asked (it, too, makes this Failure once:
 # ``PosixReactorBase._disconnectSelectable``'s ``faildict``).
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
-_PLAIN_SERVERS = (tcp.Server, unix.Server)
+_PLAIN_SERVERS = (tcp.Server, AcceptedServer, unix.Server)
 
 
 def tcp4_addresses(transport: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
@@ -239,7 +295,10 @@ def tcp4_addresses(transport: Any) -> tuple[tuple[str, int], tuple[str, int]] | 
     ``getHost()`` and ``getPeer()`` would give them without making two address objects: the
     peer is the address ``accept()`` returned, kept as ``client``; the host is the socket's
     name. None for any other transport (IPv6, unix, TLS, wrappers)."""
-    if type(transport) is not tcp.Server or transport.TLS or len(transport.client) != 2:
+    kind = type(transport)
+    if (kind is not AcceptedServer and kind is not tcp.Server) or transport.TLS:
+        return None
+    if len(transport.client) != 2:
         return None
     host, port = transport.socket.getsockname()
     peer: Any = transport.client
