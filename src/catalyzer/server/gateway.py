@@ -28,10 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from catalyzer.http.cgi import CGIRequest, Malformed, Refused
-from catalyzer.http.fastcgi import Abort, Reply, end_request, stdout_records
+from catalyzer.http.fastcgi import Abort, FastCGIParser, Reply, end_request, stdout_records
 from catalyzer.http.framing import simple_response
 from catalyzer.http.progress import ProgressTracker, upload_id_from
 from catalyzer.http.reader import STATUS_REASONS
+from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note
@@ -461,8 +462,6 @@ class UwsgiChannel(GatewayChannel):
     face = "uwsgi"
 
     def _new_parser(self) -> Any:
-        from catalyzer.http.uwsgi import UwsgiParser
-
         return UwsgiParser(self.server.limits, self.server.progress)
 
     def _after_read(self) -> None:
@@ -573,8 +572,6 @@ class FastCGIChannel(GatewayChannel):
         transport.setTcpNoDelay(True)
 
     def _new_parser(self) -> Any:
-        from catalyzer.http.fastcgi import FastCGIParser
-
         return FastCGIParser(
             self.server.limits, self.server.progress, self.server.config.max_connections
         )
