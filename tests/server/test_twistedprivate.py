@@ -373,6 +373,9 @@ def test_accept_lightly_makes_the_connections_twisted_would() -> None:
             assert transport.socket.gettimeout() == 0.0  # non-blocking, as Twisted makes it
             assert transport.socket.family == socket.AF_INET
             assert "_Kept" in transport.logstr and repr(transport).startswith("<_Kept #")
+        # Bound to 127.0.0.1: every connection's local address is the port's, not asked again.
+        assert transport.local_address == transport.socket.getsockname()
+        assert twistedprivate.tcp4_addresses(transport)[0] == transport.socket.getsockname()
         assert port.numberAccepts == 3  # fewer than allowed: as Twisted shrinks it
         for transport in transports:
             transport.socket.close()
@@ -409,6 +412,9 @@ class _FailingListener:
     family = socket.AF_INET
     type = socket.SOCK_STREAM
     proto = 0
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8080)
 
     def _accept(self) -> tuple[int, Any]:
         import errno
@@ -449,6 +455,7 @@ def test_accepted_server_is_twisteds_server_made_with_less() -> None:
         )
         expected = {k: v for k, v in vars(theirs).items() if k not in ("socket", "fileno")}
         got = {k: v for k, v in vars(ours).items() if k not in ("socket", "fileno")}
+        assert got.pop("local_address") is None  # ours alone: the port's address, if known
         assert set(got) == set(expected) - {"logstr", "repstr"}
         assert ours.logstr == expected.pop("logstr") and repr(ours) == repr(theirs)
         expected.pop("repstr")

@@ -115,6 +115,7 @@ class AcceptedServer(tcp.Server):
         sessionno: int,
         reactor: Any,
         register: bool = True,
+        local: tuple[str, int] | None = None,
     ) -> None:
         # Server.__init__ but for the two strings (and, without register, startReading).
         tcp.Connection.__init__(self, sock, protocol, reactor)
@@ -124,6 +125,9 @@ class AcceptedServer(tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
+        # The listening socket's own address when it is bound to one (not a wildcard): every
+        # connection it accepts has it, and asking the kernel again costs a getsockname.
+        self.local_address = local
         if register:
             self.startReading()  # type: ignore[no-untyped-call]
         self.connected = 1
@@ -166,6 +170,8 @@ def accept_lightly(listening: object) -> None:
     factory = port.factory
     light = port.transport is tcp.Server
     register = not getattr(factory, "starts_reading", False)
+    bound = listener.getsockname()
+    local = bound if family == socket.AF_INET and bound[0] != "0.0.0.0" else None
 
     def do_read() -> None:
         accepted = 0
@@ -194,7 +200,7 @@ def accept_lightly(listening: object) -> None:
                 port.sessionno = session + 1
                 if light:
                     transport = AcceptedServer(
-                        skt, protocol, address, port, session, port.reactor, register
+                        skt, protocol, address, port, session, port.reactor, register, local
                     )
                 else:
                     transport = port.transport(skt, protocol, address, port, session, port.reactor)
@@ -294,13 +300,15 @@ def tcp4_addresses(transport: Any) -> tuple[tuple[str, int], tuple[str, int]] | 
     """``((host, port), (peer host, peer port))`` of a plain IPv4 ``tcp.Server``, as its
     ``getHost()`` and ``getPeer()`` would give them without making two address objects: the
     peer is the address ``accept()`` returned, kept as ``client``; the host is the socket's
-    name. None for any other transport (IPv6, unix, TLS, wrappers)."""
+    name (an :class:`AcceptedServer`'s ``local_address`` when its port knew it). None for any
+    other transport (IPv6, unix, TLS, wrappers)."""
     kind = type(transport)
     if (kind is not AcceptedServer and kind is not tcp.Server) or transport.TLS:
         return None
     if len(transport.client) != 2:
         return None
-    host, port = transport.socket.getsockname()
+    local = transport.local_address if kind is AcceptedServer else None
+    host, port = local if local is not None else transport.socket.getsockname()
     peer: Any = transport.client
     return (host, port), peer
 
