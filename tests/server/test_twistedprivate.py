@@ -472,3 +472,39 @@ def test_accepted_server_is_twisteds_server_made_with_less() -> None:
             left.close()
             right.close()
         port.connectionLost(None)
+
+
+class _Broken(Protocol):
+    def connectionMade(self) -> None:
+        raise RuntimeError("a bug in connectionMade")
+
+
+def test_accept_lightly_logs_a_failing_protocol_and_leaves_its_transport_registered() -> None:
+    """As Twisted's doRead: the error is logged, the transport stays registered for reading
+    (Twisted registers it before connectionMade), and the port goes on accepting."""
+    from twisted.internet.protocol import Factory
+    from twisted.internet.tcp import Port
+    from twisted.internet.testing import MemoryReactor
+    from twisted.logger import globalLogPublisher
+
+    class Ours(Factory):
+        starts_reading = True
+        protocol = _Broken
+
+    memory = MemoryReactor()
+    port = Port(0, Ours(), 50, "127.0.0.1", memory)
+    port.startListening()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        twistedprivate.accept_lightly(port)
+        port.doRead()
+        transports = [t for t in memory.readers if isinstance(t, Server)]
+        assert len(transports) == 1
+        assert any("unhandled error accepting" in e.get("log_format", "") for e in events)
+        transports[0].socket.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        client.close()
+        port.connectionLost(None)

@@ -198,13 +198,20 @@ def accept_lightly(listening: object) -> None:
                     continue
                 session = port.sessionno
                 port.sessionno = session + 1
+                transport: Any
                 if light:
                     transport = AcceptedServer(
                         skt, protocol, address, port, session, port.reactor, register, local
                     )
                 else:
                     transport = port.transport(skt, protocol, address, port, session, port.reactor)
-                protocol.makeConnection(transport)
+                try:
+                    protocol.makeConnection(transport)
+                except Exception:
+                    if not transport.disconnecting and transport.connected:
+                        # Registered, as Twisted's Server would be before connectionMade ran.
+                        transport.startReading()
+                    raise
         except Exception:
             _log.failure("unhandled error accepting a connection")  # Twisted: log.deferr()
         if accepted == limit:
