@@ -38,10 +38,11 @@ from bench import procs
 HELLO_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 WARMUP = 300
+POST_SIZE = 1024 * 1024
 READY_TIMEOUT = 120.0
 
 
-def _uwsgi_packet() -> bytes:
+def _uwsgi_packet(body: bytes = b"") -> bytes:
     variables = {
         "REQUEST_METHOD": "GET",
         "REQUEST_URI": "/",
@@ -54,11 +55,13 @@ def _uwsgi_packet() -> bytes:
         "REMOTE_PORT": "40000",
         "HTTP_HOST": "localhost",
     }
-    body = b"".join(
+    if body:
+        variables.update(REQUEST_METHOD="POST", CONTENT_LENGTH=str(len(body)))
+    block = b"".join(
         struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
         for k, v in variables.items()
     )
-    return struct.pack("<BHB", 0, len(body), 0) + body
+    return struct.pack("<BHB", 0, len(block), 0) + block + body
 
 
 def _one_per_connection(port: int, request: bytes) -> Callable[[int], None]:
@@ -207,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 "keepalive": _keepalive(http),
                 "close": _one_per_connection(http, CLOSE_REQUEST),
                 "uwsgi": _one_per_connection(uwsgi, _uwsgi_packet()),
+                "uwsgi-post": _one_per_connection(uwsgi, _uwsgi_packet(b"x" * POST_SIZE)),
             }
             for name in args.only.split(","):
                 client = clients[name]
