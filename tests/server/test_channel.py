@@ -1009,3 +1009,37 @@ def test_a_request_read_at_accept_and_answered_later_leaves_the_connection_readi
     memory, _state, channel = _real_transport(accepted, responder=_Pending)
     assert channel.response is not None
     assert memory.readers == {channel.transport}
+
+
+class _Cut(_Pending):
+    """A responder that cuts the connection as split mode's front does when its handler dies
+    mid-response: abort_connection, then done with keep_alive false."""
+
+    def __init__(self, services: Any, sink: Any, request: Any, environ: Any, done: Any) -> None:
+        super().__init__(services, sink, request, environ, done)
+        self.sink, self.done = sink, done
+
+    def run(self) -> None:
+        from catalyzer.wsgi.sink import ResponseOutcome
+
+        self.sink.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+        self.sink.abort_connection()
+        self.done(ResponseOutcome(200, 10, False, 0.0))
+
+
+def test_a_cut_connection_ends_with_a_reset_not_a_clean_close(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    import select
+
+    accepted, client = tcp_pair
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert select.select([accepted], [], [], 5)[0]
+    memory, _state, channel = _real_transport(accepted, responder=_Cut)
+    assert not channel.disconnected  # the abort's connectionLost comes a turn later
+    memory.advance(0)
+    assert channel.disconnected
+    client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        while client.recv(65536):
+            pass

@@ -508,3 +508,24 @@ def test_accept_lightly_logs_a_failing_protocol_and_leaves_its_transport_registe
         globalLogPublisher.removeObserver(events.append)
         client.close()
         port.connectionLost(None)
+
+
+def test_close_flushed_leaves_an_aborted_transport_to_its_reset() -> None:
+    """abortConnection marks the transport _aborting (not disconnecting) and resets it a turn
+    later: closing it in order now would tell the client its response ended normally."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    memory = MemoryReactorClock()
+    transport, protocol, right = _server_on(memory)
+    try:
+        transport.abortConnection()
+        assert transport._aborting and not transport.disconnecting  # type: ignore[attr-defined]
+        assert not twistedprivate.close_flushed(transport)
+        assert protocol.reasons == []
+        memory.advance(0)
+        (reason,) = protocol.reasons
+        from twisted.internet.error import ConnectionAborted
+
+        assert reason.check(ConnectionAborted)
+    finally:
+        right.close()

@@ -329,11 +329,14 @@ def close_flushed(transport: Any) -> bool:
     ``doWrite``, which finds the buffer empty and returns ``CONNECTION_DONE`` to the reactor,
     which removes the descriptor and calls ``connectionLost``: with nothing to flush that is an
     ``epoll`` registration, a wake-up and a deregistration for nothing. This takes that path at
-    once; the socket is shut down and closed the same way (``_closeSocket(orderly=True)``)."""
+    once; the socket is shut down and closed the same way (``_closeSocket(orderly=True)``).
+    A transport being aborted (``abortConnection`` sets ``_aborting``, not ``disconnecting``)
+    is left alone: it ends with a reset, which an orderly close would turn into a clean end."""
     if (
         type(transport) not in _PLAIN_SERVERS
         or not transport.connected
         or transport.disconnecting
+        or getattr(transport, "_aborting", False)  # abortConnection: its reset is on its way
         or transport.producer is not None
         or transport.TLS
         or not write_buffer_empty(transport)
