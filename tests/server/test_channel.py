@@ -924,3 +924,160 @@ def test_under_a_reopening_attack_the_order_is_worked_out_once_per_rebuild(
         server.clock.advance(REBUILD / 20)
     assert shed == 20
     assert scans <= 2
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[Any, Any]]:
+    """A connected loopback TCP pair: (the server's accepted socket, the client's)."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    try:
+        yield accepted, client
+    finally:
+        accepted.close()
+        client.close()
+
+
+def _real_transport(accepted: Any, responder: Any = None) -> tuple[Any, Any, Any]:
+    """An HTTPChannel on a real transport whose reactor is a MemoryReactorClock, made as
+    accept_lightly makes it for HTTPFactory: not registered for reading until the channel
+    asks."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from catalyzer.server.channel import HTTPChannel, HTTPFactory
+    from catalyzer.server.twistedprivate import AcceptedServer
+    from catalyzer.settings import Config
+
+    memory = MemoryReactorClock()
+    state = ServerState(hello, Config.from_values({}), memory, responder=responder)
+    channel = HTTPChannel(state)
+    register = not HTTPFactory.starts_reading
+    transport = AcceptedServer(accepted, channel, accepted.getpeername(), None, 1, memory, register)
+    channel.makeConnection(transport)
+    return memory, state, channel
+
+
+def test_a_connection_close_request_on_a_real_socket_closes_at_once_and_leaves_no_cycle(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """The response goes out directly, the connection closes in the same turn (no write
+    wake-up, no linger timer), and neither the channel nor its transport needs the garbage
+    collector (read_into's replacement doRead is undone)."""
+    accepted, client = tcp_pair
+    gc.disable()
+    try:
+        memory, state, channel = _real_transport(accepted)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        transport = channel.transport
+        assert memory.readers == {transport}
+        client.settimeout(5)
+        transport.doRead()  # what the reactor calls: reads, answers, closes
+        assert not state.channels and channel.disconnected
+        assert not memory.readers and not memory.writers
+        assert not memory.getDelayedCalls()  # no linger timer left behind
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        assert statuses(received) == [200]
+        freed, freed_transport = weakref.ref(channel), weakref.ref(transport)
+        del channel, transport
+        assert freed() is None and freed_transport() is None
+    finally:
+        gc.enable()
+
+
+def test_a_request_waiting_at_accept_is_answered_in_the_accepting_turn(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """The client sent its request before the server accepted: it is read, answered and the
+    connection closed inside makeConnection, without a header timer ever armed."""
+    accepted, client = tcp_pair
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    client.settimeout(5)
+    import select
+
+    assert select.select([accepted], [], [], 5)[0]  # in the server's receive buffer
+    memory, state, channel = _real_transport(accepted)
+    assert channel.disconnected and not state.channels
+    assert not memory.getDelayedCalls()
+    assert not memory.readers  # never registered with the reactor
+    assert statuses(client.recv(65536)) == [200]
+
+
+def test_a_connection_with_nothing_sent_waits_for_its_request_under_the_header_timeout(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    accepted, _client = tcp_pair
+    memory, state, channel = _real_transport(accepted)
+    assert state.channels == {channel}
+    assert memory.readers == {channel.transport}  # it waits for the reactor to say readable
+    assert [c.getTime() for c in memory.getDelayedCalls()] == [state.config.header_timeout]
+    memory.advance(state.config.header_timeout)
+    assert channel.disconnected
+
+
+class _Pending:
+    """A responder that answers later (as the thread pool or split mode's front does)."""
+
+    def __init__(self, services: Any, sink: Any, request: Any, environ: Any, done: Any) -> None:
+        self.request, self.environ, self.started = request, environ, 0.0
+
+    def run(self) -> None:
+        pass
+
+    def abort(self, why: str) -> None:
+        pass
+
+
+def test_a_request_read_at_accept_and_answered_later_leaves_the_connection_reading(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """Its response is still running when connectionMade ends: the connection registers for
+    reading all the same, or the client's next request would never be read."""
+    import select
+
+    accepted, client = tcp_pair
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert select.select([accepted], [], [], 5)[0]
+    memory, _state, channel = _real_transport(accepted, responder=_Pending)
+    assert channel.response is not None
+    assert memory.readers == {channel.transport}
+
+
+class _Cut(_Pending):
+    """A responder that cuts the connection as split mode's front does when its handler dies
+    mid-response: abort_connection, then done with keep_alive false."""
+
+    def __init__(self, services: Any, sink: Any, request: Any, environ: Any, done: Any) -> None:
+        super().__init__(services, sink, request, environ, done)
+        self.sink, self.done = sink, done
+
+    def run(self) -> None:
+        from catalyzer.wsgi.sink import ResponseOutcome
+
+        self.sink.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+        self.sink.abort_connection()
+        self.done(ResponseOutcome(200, 10, False, 0.0))
+
+
+def test_a_cut_connection_ends_with_a_reset_not_a_clean_close(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    import select
+
+    accepted, client = tcp_pair
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert select.select([accepted], [], [], 5)[0]
+    memory, _state, channel = _real_transport(accepted, responder=_Cut)
+    assert not channel.disconnected  # the abort's connectionLost comes a turn later
+    memory.advance(0)
+    assert channel.disconnected
+    client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        while client.recv(65536):
+            pass

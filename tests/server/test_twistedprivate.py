@@ -12,6 +12,14 @@ from twisted.internet.tcp import Server
 from catalyzer.server import twistedprivate
 
 
+def _memory() -> Any:
+    """A reactor for transports made here: registering them with the global reactor and
+    closing their sockets would leave stale descriptors in its epoll set for later tests."""
+    from twisted.internet.testing import MemoryReactor
+
+    return MemoryReactor()
+
+
 def test_tcp_bind_reads_a_parsed_description() -> None:
     endpoint = endpoints.serverFromString(reactor, "tcp:8123:interface=127.0.0.2:backlog=77")
     assert twistedprivate.tcp_bind(endpoint) == ("127.0.0.2", 8123, 77)
@@ -32,7 +40,7 @@ def test_write_buffer_empty_follows_queued_writes() -> None:
     left, right = socket.socketpair()
     try:
         left.setblocking(False)
-        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
         assert twistedprivate.write_buffer_empty(transport)
         transport.write(b"queued until the reactor turns")
         assert not twistedprivate.write_buffer_empty(transport)
@@ -135,7 +143,7 @@ def test_read_into_replaces_a_real_transports_doread() -> None:
     left, right = socket.socketpair()
     try:
         left.setblocking(False)
-        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
         got: list[bytes] = []
         twistedprivate.read_into(
             transport, memoryview(bytearray(16)), lambda: 16, lambda v: got.append(bytes(v))
@@ -145,4 +153,379 @@ def test_read_into_replaces_a_real_transports_doread() -> None:
         assert got == [b"hello"]
     finally:
         left.close()
+        right.close()
+
+
+class _Lost(Protocol):
+    reasons: list[Any]
+
+    def connectionMade(self) -> None:
+        self.reasons = []
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reasons.append(reason)
+
+
+def _server_on(memory: Any) -> tuple[Server, _Lost, socket.socket]:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    protocol = _Lost()
+    transport = Server(left, protocol, ("127.0.0.1", 1), None, 1, memory)
+    protocol.makeConnection(transport)
+    return transport, protocol, right
+
+
+def test_twisted_closes_an_empty_transport_on_the_next_dowrite() -> None:
+    """What close_flushed does at once is what Twisted's loseConnection does a turn later: the
+    reactor's doWrite finds nothing to send and returns CONNECTION_DONE."""
+    from twisted.internet import main
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    transport, protocol, right = _server_on(memory)
+    try:
+        transport.loseConnection()
+        assert transport in memory.writers and transport not in memory.readers
+        assert protocol.reasons == []
+        assert transport.doWrite() is main.CONNECTION_DONE
+    finally:
+        transport.socket.close()
+        right.close()
+
+
+def test_close_flushed_closes_an_empty_plain_transport_now() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    transport, protocol, right = _server_on(memory)
+    try:
+        assert transport in memory.readers
+        assert twistedprivate.close_flushed(transport)
+        assert len(protocol.reasons) == 1 and protocol.reasons[0].check(ConnectionDone)
+        assert transport not in memory.readers and transport not in memory.writers
+        assert transport.disconnected and not transport.connected
+        assert right.recv(10) == b""  # shut down and closed: the peer reads the end
+    finally:
+        right.close()
+
+
+def test_close_flushed_leaves_a_transport_with_queued_bytes_or_a_producer() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    queued, queued_protocol, right = _server_on(memory)
+    producing, producing_protocol, right2 = _server_on(memory)
+    try:
+        queued.write(b"not sent yet")
+        assert not twistedprivate.close_flushed(queued)
+        producing.registerProducer(_Kept(), True)
+        assert not twistedprivate.close_flushed(producing)
+        assert queued_protocol.reasons == [] and producing_protocol.reasons == []
+        assert queued.connected and not queued.disconnecting
+    finally:
+        for transport in (queued, producing):
+            transport.socket.close()
+        right.close()
+        right2.close()
+
+
+def test_close_flushed_leaves_other_transports() -> None:
+    from twisted.internet.testing import StringTransport
+
+    assert not twistedprivate.close_flushed(StringTransport())
+
+
+def test_forget_read_into_restores_the_transports_own_doread() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    transport, _protocol, right = _server_on(MemoryReactor())
+    try:
+        twistedprivate.read_into(transport, memoryview(bytearray(16)), lambda: 16, print)
+        assert "doRead" in vars(transport)
+        twistedprivate.forget_read_into(transport)
+        assert "doRead" not in vars(transport)
+        assert transport.doRead.__func__ is Server.doRead  # type: ignore[attr-defined]
+    finally:
+        transport.socket.close()
+        right.close()
+
+
+class _Half(_Lost):
+    received: list[bytes]
+    ended: int
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.received = []
+        self.ended = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.ended += 1
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def test_read_waiting_reads_what_is_there_and_hands_an_end_to_the_reactor() -> None:
+    """Nothing waiting: nothing happens; bytes waiting: dataReceived now; the peer's end: the
+    reactor's own _disconnectSelectable (Twisted's mixin, which the installed reactor uses, on a
+    memory reactor), which tells a half-closeable protocol readConnectionLost."""
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from twisted.internet.posixbase import _DisconnectSelectableMixin
+    from twisted.internet.testing import MemoryReactor
+    from zope.interface import directlyProvides
+
+    class Memory(MemoryReactor, _DisconnectSelectableMixin):
+        pass
+
+    assert isinstance(reactor, _DisconnectSelectableMixin)
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    protocol = _Half()
+    directlyProvides(protocol, IHalfCloseableProtocol)
+    memory = Memory()
+    transport = Server(left, protocol, ("127.0.0.1", 1), None, 1, memory)
+    protocol.makeConnection(transport)
+    try:
+        twistedprivate.read_waiting(transport)
+        assert protocol.received == [] and protocol.ended == 0
+        right.sendall(b"early")
+        twistedprivate.read_waiting(transport)
+        assert protocol.received == [b"early"]
+        right.shutdown(socket.SHUT_WR)
+        twistedprivate.read_waiting(transport)
+        assert protocol.ended == 1
+        assert transport.disconnecting and transport not in memory.readers
+    finally:
+        left.close()
+        right.close()
+
+
+def test_tcp4_addresses_are_what_gethost_and_getpeer_say() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+    try:
+        transport = Server(accepted, Protocol(), address, None, 1, MemoryReactor())
+        host, peer = transport.getHost(), transport.getPeer()
+        assert twistedprivate.tcp4_addresses(transport) == (
+            (host.host, host.port),
+            (peer.host, peer.port),
+        )
+        assert peer.port == client.getsockname()[1]
+    finally:
+        accepted.close()
+        client.close()
+
+
+def test_tcp4_addresses_of_other_transports_are_none() -> None:
+    from twisted.internet.testing import MemoryReactor, StringTransport
+
+    assert twistedprivate.tcp4_addresses(StringTransport()) is None
+    left, right = socket.socketpair()
+    try:  # the peer address is all that tells IPv6 apart here
+        transport = Server(left, Protocol(), ("::1", 5, 0, 0), None, 1, MemoryReactor())
+        assert twistedprivate.tcp4_addresses(transport) is None  # an IPv6 peer
+    finally:
+        left.close()
+        right.close()
+
+
+def _listening(memory: Any) -> tuple[Any, list[Any]]:
+    """A real listening tcp.Port on a memory reactor, and what its factory was given."""
+    from twisted.internet.protocol import Factory
+    from twisted.internet.tcp import Port
+
+    factory = Factory.forProtocol(_Kept)
+    given: list[Any] = []
+    original = factory.buildProtocol
+    factory.buildProtocol = lambda addr: given.append(addr) or original(addr)  # type: ignore[method-assign, func-returns-value]
+    port = Port(0, factory, 50, "127.0.0.1", memory)
+    port.startListening()
+    return port, given
+
+
+def test_accept_lightly_makes_the_connections_twisted_would() -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _listening(memory)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    try:
+        twistedprivate.accept_lightly(port)
+        twistedprivate.accept_lightly(port)  # once is enough: a second call changes nothing
+        port.doRead()
+        assert len(given) == 3 and all(isinstance(a, IPv4Address) for a in given)
+        transports = [p for p in memory.readers if isinstance(p, Server)]
+        assert len(transports) == 3
+        peers = sorted(t.getPeer().port for t in transports)
+        assert peers == sorted(c.getsockname()[1] for c in clients)
+        assert sorted(t.sessionno for t in transports) == [0, 1, 2] and port.sessionno == 3
+        for transport in transports:
+            assert transport.protocol.transport is transport and transport.connected
+            assert transport.socket.gettimeout() == 0.0  # non-blocking, as Twisted makes it
+            assert transport.socket.family == socket.AF_INET
+            assert "_Kept" in transport.logstr and repr(transport).startswith("<_Kept #")
+        # Bound to 127.0.0.1: every connection's local address is the port's, not asked again.
+        assert transport.local_address == transport.socket.getsockname()
+        assert twistedprivate.tcp4_addresses(transport)[0] == transport.socket.getsockname()
+        assert port.numberAccepts == 3  # fewer than allowed: as Twisted shrinks it
+        for transport in transports:
+            transport.socket.close()
+    finally:
+        for client in clients:
+            client.close()
+        port.connectionLost(None)
+
+
+def test_accept_lightly_under_accept_one_per_wakeup_takes_one_at_a_time() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _listening(memory)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    try:
+        twistedprivate.accept_lightly(port)
+        twistedprivate.accept_one_per_wakeup(port)
+        for expected in (1, 2, 3):
+            port.doRead()
+            assert len(given) == expected
+        for transport in memory.readers:
+            if isinstance(transport, Server):
+                transport.socket.close()
+    finally:
+        for client in clients:
+            client.close()
+        port.connectionLost(None)
+
+
+class _FailingListener:
+    """A listening socket whose accept() fails as when the process is out of descriptors."""
+
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+    proto = 0
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8080)
+
+    def _accept(self) -> tuple[int, Any]:
+        import errno
+
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_accept_lightly_leaves_accept_errors_to_twisted() -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _listening(memory)
+    real = port.socket
+    twisted_reads: list[int] = []
+    try:
+        port.socket = _FailingListener()
+        port.doRead = lambda: twisted_reads.append(1)  # stands for Twisted's doRead
+        twistedprivate.accept_lightly(port)
+        port.doRead()
+        assert twisted_reads == [1] and given == []
+    finally:
+        port.socket = real
+        port.connectionLost(None)
+
+
+def test_accepted_server_is_twisteds_server_made_with_less() -> None:
+    """Every attribute Server.__init__ sets, with the same values; logstr and repr the same,
+    made when first asked for. If Twisted's Server.__init__ changes, this fails."""
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, _given = _listening(memory)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        theirs = Server(pairs[0][0], _Kept(), ("127.0.0.1", 5), port, 7, memory)
+        ours = twistedprivate.AcceptedServer(
+            pairs[1][0], _Kept(), ("127.0.0.1", 5), port, 7, memory
+        )
+        expected = {k: v for k, v in vars(theirs).items() if k not in ("socket", "fileno")}
+        got = {k: v for k, v in vars(ours).items() if k not in ("socket", "fileno")}
+        assert got.pop("local_address") is None  # ours alone: the port's address, if known
+        assert set(got) == set(expected) - {"logstr", "repstr"}
+        assert ours.logstr == expected.pop("logstr") and repr(ours) == repr(theirs)
+        expected.pop("repstr")
+        assert type(got.pop("protocol")) is type(expected.pop("protocol"))  # two of a kind
+        assert got == expected
+        assert theirs in memory.readers and ours in memory.readers
+        quiet = twistedprivate.AcceptedServer(
+            pairs[1][0], _Kept(), ("::1", 5, 0, 0), port, 8, memory, False
+        )
+        assert quiet.connected and quiet not in memory.readers  # its protocol starts reading
+        assert quiet.getPeer().host == "::1"  # an IPv6 peer, as Server makes it
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+        port.connectionLost(None)
+
+
+class _Broken(Protocol):
+    def connectionMade(self) -> None:
+        raise RuntimeError("a bug in connectionMade")
+
+
+def test_accept_lightly_logs_a_failing_protocol_and_leaves_its_transport_registered() -> None:
+    """As Twisted's doRead: the error is logged, the transport stays registered for reading
+    (Twisted registers it before connectionMade), and the port goes on accepting."""
+    from twisted.internet.protocol import Factory
+    from twisted.internet.tcp import Port
+    from twisted.internet.testing import MemoryReactor
+    from twisted.logger import globalLogPublisher
+
+    class Ours(Factory):
+        starts_reading = True
+        protocol = _Broken
+
+    memory = MemoryReactor()
+    port = Port(0, Ours(), 50, "127.0.0.1", memory)
+    port.startListening()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        twistedprivate.accept_lightly(port)
+        port.doRead()
+        transports = [t for t in memory.readers if isinstance(t, Server)]
+        assert len(transports) == 1
+        assert any("unhandled error accepting" in e.get("log_format", "") for e in events)
+        transports[0].socket.close()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        client.close()
+        port.connectionLost(None)
+
+
+def test_close_flushed_leaves_an_aborted_transport_to_its_reset() -> None:
+    """abortConnection marks the transport _aborting (not disconnecting) and resets it a turn
+    later: closing it in order now would tell the client its response ended normally."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    memory = MemoryReactorClock()
+    transport, protocol, right = _server_on(memory)
+    try:
+        transport.abortConnection()
+        assert transport._aborting and not transport.disconnecting  # type: ignore[attr-defined]
+        assert not twistedprivate.close_flushed(transport)
+        assert protocol.reasons == []
+        memory.advance(0)
+        (reason,) = protocol.reasons
+        from twisted.internet.error import ConnectionAborted
+
+        assert reason.check(ConnectionAborted)
+    finally:
         right.close()

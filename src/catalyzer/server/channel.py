@@ -299,6 +299,8 @@ class ServerState:
     def listening_on(self, ports: list[Any]) -> None:
         """The ports whose accepting ``max-connections`` toggles (none once they are closed)."""
         self.ports = list(ports)
+        for port in self.ports:
+            twistedprivate.accept_lightly(port)
         for guard in self.accept_guards:
             guard.cancel()
         self.accept_guards = [
@@ -455,16 +457,24 @@ class HTTPChannel(TransportSink):
         # first dataReceived); the socket is the wrapped transport's.
         self._proxied = isinstance(transport, twistedprivate.HAProxyProtocolWrapper)
         inner = transport.transport if self._proxied else transport
+        direct = False
         if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
             self._socket = inner.socket
             if not self._proxied:
                 twistedprivate.read_into(
                     inner, self.server.read_buffer, self._read_size, self._read
                 )
+                direct = True
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
         self.server.connection_made(self)
-        self._header_timer.start(self.server.config.header_timeout)
+        if direct and self.state is _OPEN:
+            # The request is often in already: read it in this turn, not the next.
+            twistedprivate.read_waiting(transport)
+            if not (self.closing or self._reading_paused):  # a response may be running
+                transport.startReading()  # HTTPFactory.starts_reading: not registered yet
+        if self.state is _OPEN and not self._got_data:
+            self._header_timer.start(self.server.config.header_timeout)
 
     def _read_size(self) -> int:
         # A body arriving is read in large reads: fewer wake-ups, and its bytes go from the
@@ -505,7 +515,8 @@ class HTTPChannel(TransportSink):
             self._drain_timer,
         )
         for timer in timers:
-            timer.cancel()
+            if timer.pending is not None:  # most are not armed: skip the call
+                timer.cancel()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
         # close(), not receive_eof(): with the timers' retirement below, this leaves no reference
@@ -518,6 +529,8 @@ class HTTPChannel(TransportSink):
         self.server.connection_lost(self)
         for timer in timers:
             timer.retire()
+        if self._socket is not None and not self._proxied:
+            twistedprivate.forget_read_into(self.transport)
 
     def _linger_expired(self) -> None:
         self.abort("client did not read")
@@ -853,13 +866,15 @@ class HTTPChannel(TransportSink):
             return
         if self.state is not _CLOSING:
             self._enter(_CLOSING)
-        self._header_timer.cancel()
-        self._body_timer.cancel()
-        self._idle_timer.cancel()
-        self._pause_reading()
+        for timer in (self._header_timer, self._body_timer, self._idle_timer):
+            if timer.pending is not None:
+                timer.cancel()
         transport: Any = self.transport
         if transport.disconnecting:  # already aborted
             return
+        if self.close_now():  # nothing to flush: closed, connectionLost has run
+            return
+        self._pause_reading()
         transport.loseConnection()
         self._linger_timer.start(self.server.config.write_timeout)
 
@@ -931,6 +946,10 @@ def describe_connections(server: ServerState) -> str:
 
 
 def _connection_info(transport: Any) -> ConnectionInfo:
+    addresses = twistedprivate.tcp4_addresses(transport)
+    if addresses is not None:  # the common case, without two address objects
+        (host_name, host_port), (peer_name, peer_port) = addresses
+        return ConnectionInfo(host_name, str(host_port), peer_name, str(peer_port), "http")
     host = transport.getHost()
     peer = transport.getPeer()
     scheme = "https" if interfaces.ISSLTransport.providedBy(transport) else "http"
@@ -947,6 +966,9 @@ def _connection_info(transport: Any) -> ConnectionInfo:
 
 class HTTPFactory(Factory):
     noisy = False
+    # A plain TCP connection's channel registers its transport for reading itself, once it has
+    # read what was there at accept (twistedprivate.accept_lightly, AcceptedServer).
+    starts_reading = True
 
     def __init__(self, server: ServerState) -> None:
         self.server = server

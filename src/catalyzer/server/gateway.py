@@ -28,11 +28,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from catalyzer.http.cgi import CGIRequest, Malformed, Refused
-from catalyzer.http.fastcgi import Abort, Reply, end_request, stdout_records
+from catalyzer.http.fastcgi import Abort, FastCGIParser, Reply, end_request, stdout_records
 from catalyzer.http.framing import simple_response
 from catalyzer.http.progress import ProgressTracker, upload_id_from
 from catalyzer.http.reader import STATUS_REASONS
+from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
+from catalyzer.server import twistedprivate
 from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
@@ -77,6 +79,7 @@ class GatewayChannel(TransportSink):
         self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
         self._in_next = False
         self._paused = False
+        self._got_data = False
         clock = server.clock
         self._header_timer = Timer(clock, self._header_timeout)
         self._body_timer = Timer(clock, self._body_check)
@@ -128,10 +131,23 @@ class GatewayChannel(TransportSink):
         self.info = _connection_info(transport)
         if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
             self._socket = transport.socket
+            self._prepare_socket()
         self.server.connection_made(self)
-        self._header_timer.start(self.server.config.header_timeout)
+        if self._socket is not None and self.state is _OPEN:
+            # The web server writes its request as soon as it is connected: often it is in
+            # already, and reading it in this turn saves a wake-up (one per request behind
+            # nginx's uwsgi_pass).
+            twistedprivate.read_waiting(transport)
+            if not (self.closing or self._paused):  # a response may be running
+                transport.startReading()  # GatewayFactory.starts_reading: not registered yet
+        if self.state is _OPEN and not self._got_data:
+            self._header_timer.start(self.server.config.header_timeout)
+
+    def _prepare_socket(self) -> None:
+        """A plain TCP connection was accepted: set its socket options (before any write)."""
 
     def dataReceived(self, data: bytes) -> None:
+        self._got_data = True
         self.server.metrics.received(len(data))
         self._idle_timer.cancel()
         self.parser.receive_data(data)
@@ -141,7 +157,8 @@ class GatewayChannel(TransportSink):
         self._enter(_CLOSED)
         timers = (self._header_timer, self._body_timer, self._idle_timer, self._linger_timer)
         for timer in timers:
-            timer.cancel()
+            if timer.pending is not None:  # most are not armed: skip the call
+                timer.cancel()
         if self.response is not None:
             self.response.abort("the web server closed the connection before the response ended")
         self.parser.receive_eof()
@@ -397,13 +414,15 @@ class GatewayChannel(TransportSink):
             return
         if self.state is not _CLOSING:
             self._enter(_CLOSING)
-        self._header_timer.cancel()
-        self._body_timer.cancel()
-        self._idle_timer.cancel()
-        self._pause_reading()
+        for timer in (self._header_timer, self._body_timer, self._idle_timer):
+            if timer.pending is not None:
+                timer.cancel()
         transport: Any = self.transport
-        if transport.disconnecting:
+        if transport.disconnecting:  # already aborted
             return
+        if self.close_now():  # nothing to flush: closed, connectionLost has run
+            return
+        self._pause_reading()
         transport.loseConnection()
         self._linger_timer.start(self.server.config.write_timeout)
 
@@ -443,8 +462,6 @@ class UwsgiChannel(GatewayChannel):
     face = "uwsgi"
 
     def _new_parser(self) -> Any:
-        from catalyzer.http.uwsgi import UwsgiParser
-
         return UwsgiParser(self.server.limits, self.server.progress)
 
     def _after_read(self) -> None:
@@ -546,19 +563,15 @@ class FastCGIChannel(GatewayChannel):
         super().__init__(server)
         self._sink: FastCGIStdout | None = None
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
+    def _prepare_socket(self) -> None:
         # A response ends with a second small write (FCGI_END_REQUEST) right behind its body on
         # a connection that stays open: with Nagle's algorithm it would wait for the web
         # server's delayed ACK (40 ms on Linux), which the web server delays because it is
         # waiting for that very record.
-        set_no_delay: Any = getattr(self.transport, "setTcpNoDelay", None)
-        if self._socket is not None and set_no_delay is not None:
-            set_no_delay(True)
+        transport: Any = self.transport
+        transport.setTcpNoDelay(True)
 
     def _new_parser(self) -> Any:
-        from catalyzer.http.fastcgi import FastCGIParser
-
         return FastCGIParser(
             self.server.limits, self.server.progress, self.server.config.max_connections
         )
@@ -598,6 +611,7 @@ class FastCGIChannel(GatewayChannel):
 
 class GatewayFactory(Factory):
     noisy = False
+    starts_reading = True  # as HTTPFactory: a plain TCP channel registers for reading itself
 
     def __init__(self, server: ServerState, channel: type[GatewayChannel]) -> None:
         self.server = server

@@ -42,6 +42,12 @@ class TransportSink(Protocol):
     def sendfile_socket(self) -> socket.socket | None:
         return self._socket
 
+    def close_now(self) -> bool:
+        """Close the connection at once if nothing is queued on a plain TCP connection (see
+        :func:`~catalyzer.server.twistedprivate.close_flushed`): True if it is closed and its
+        ``connectionLost`` has run; otherwise nothing is done."""
+        return self._socket is not None and twistedprivate.close_flushed(self.transport)
+
     def resume_when_writable(self) -> None:
         twistedprivate.resume_producer_when_drained(self.transport)
 

@@ -12,26 +12,38 @@ installed Twisted, so an upgrade that renames one fails that test instead of a w
 from __future__ import annotations
 
 import errno
+import functools
+import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from twisted.internet import main
+from twisted.internet import main, tcp, unix
+from twisted.internet.address import IPv6Address
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.python.failure import Failure
 
 __all__ = [
+    "AcceptedServer",
     "HAProxyProtocolWrapper",
     "HAProxyWrappingFactory",
     "TCPBind",
+    "accept_lightly",
+    "close_flushed",
+    "forget_read_into",
     "has_accept_log",
     "proxy_header_parsed",
     "read_into",
+    "read_waiting",
     "resume_producer_when_drained",
     "route_accept_log",
     "ssl_context_factory",
+    "tcp4_addresses",
     "tcp_bind",
     "write_buffer_empty",
 ]
-from twisted.logger import ILogObserver, Logger
+
+_log = Logger(namespace="catalyzer.accept")
 
 
 def write_buffer_empty(transport: Any) -> bool:
@@ -83,6 +95,133 @@ def accept_one_per_wakeup(port: Any) -> None:
     port.doRead = do_read
 
 
+class AcceptedServer(tcp.Server):
+    """The ``tcp.Server`` that :func:`accept_lightly` makes: the same transport, made with less.
+
+    ``Server.__init__`` formats two strings per connection, ``logstr`` (the log prefix the
+    reactor asks for at every wake-up of the connection) and ``repstr`` (its ``repr``): here
+    each is made the first time it is asked for, which for a connection served and closed in
+    the turn that accepted it is never. With ``register=False`` it is not registered with the
+    reactor for reading either: its protocol's ``connectionMade`` calls ``startReading()`` if
+    it still wants to read after reading what is already there (a connection closed in that
+    turn never costs an ``epoll_ctl``)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        client: tuple[Any, ...],
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+        register: bool = True,
+        local: tuple[str, int] | None = None,
+    ) -> None:
+        # Server.__init__ but for the two strings (and, without register, startReading).
+        tcp.Connection.__init__(self, sock, protocol, reactor)
+        if len(client) != 2:
+            self._addressType = IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        # The listening socket's own address when it is bound to one (not a wildcard): every
+        # connection it accepts has it, and asking the kernel again costs a getsockname.
+        self.local_address = local
+        if register:
+            self.startReading()  # type: ignore[no-untyped-call]
+        self.connected = 1
+
+    @functools.cached_property
+    def logstr(self) -> str:  # type: ignore[override]
+        prefix = self._getLogPrefix(getattr(self, "protocol", None))
+        return f"{prefix},{self.sessionno},{self.hostname}"
+
+    @functools.cached_property
+    def repstr(self) -> str:  # type: ignore[override]
+        name = type(getattr(self, "protocol", None)).__name__
+        return f"<{name} #{self.sessionno} on {self.server._realPortNumber}>"
+
+
+def accept_lightly(listening: object) -> None:
+    """Give a listening ``tcp.Port`` a lighter accept loop (any other port is left alone).
+
+    Twisted's ``Port.doRead`` wraps every wake-up in a log-buffering context and a generator,
+    and ``socket.accept()`` turns the listening socket's family and type into enums for every
+    connection: work that costs about as much as the rest of accepting. This loop calls the
+    socket's raw ``_accept`` and otherwise does what ``doRead`` does for each connection: the
+    IPv6 scope in the peer's address, ``factory.buildProtocol``, a session number, the port's
+    transport (an :class:`AcceptedServer` for a port of plain ``tcp.Server`` transports, not
+    registered for reading when the factory's ``starts_reading`` says its protocols do that
+    themselves), ``makeConnection``, and the same growth of ``numberAccepts``, so
+    :func:`accept_one_per_wakeup` still applies on top. Any ``accept()`` error but "nothing
+    waiting" is left to Twisted's own ``doRead``, which meets it again and deals with it as it
+    always does (the EMFILE reserve, its logger, which :mod:`~catalyzer.server.acceptguard`
+    watches)."""
+    if type(listening) is not tcp.Port or getattr(listening, "_catalyzer_light", False):
+        return
+    port: Any = listening
+    port._catalyzer_light = True
+    twisted_read = port.doRead
+    listener = port.socket
+    raw_accept = listener._accept
+    family, kind, proto = int(listener.family), int(listener.type), listener.proto
+    make_socket = socket.socket
+    factory = port.factory
+    light = port.transport is tcp.Server
+    register = not getattr(factory, "starts_reading", False)
+    bound = listener.getsockname()
+    local = bound if family == socket.AF_INET and bound[0] != "0.0.0.0" else None
+
+    def do_read() -> None:
+        accepted = 0
+        limit = port.numberAccepts
+        try:
+            while accepted < limit:
+                try:
+                    fd, address = raw_accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    twisted_read()
+                    return
+                accepted += 1
+                skt = make_socket(family, kind, proto, fd)
+                if len(address) == 4:
+                    host = socket.getnameinfo(
+                        address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+                    )
+                    address = (host[0], *address[1:])
+                protocol = factory.buildProtocol(port._buildAddr(address))
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = port.sessionno
+                port.sessionno = session + 1
+                transport: Any
+                if light:
+                    transport = AcceptedServer(
+                        skt, protocol, address, port, session, port.reactor, register, local
+                    )
+                else:
+                    transport = port.transport(skt, protocol, address, port, session, port.reactor)
+                try:
+                    protocol.makeConnection(transport)
+                except Exception:
+                    if not transport.disconnecting and transport.connected:
+                        # Registered, as Twisted's Server would be before connectionMade ran.
+                        transport.startReading()
+                    raise
+        except Exception:
+            _log.failure("unhandled error accepting a connection")  # Twisted: log.deferr()
+        if accepted == limit:
+            port.numberAccepts = limit + 20
+        else:
+            port.numberAccepts = max(1, accepted)
+
+    port.doRead = do_read
+
+
 def disown_transport(transport: Any) -> None:
     """Make a connected ``tcp.Server`` inert: ``write``, ``loseConnection`` and
     ``abortConnection`` become no-ops, so nothing this process does later sends, shuts down or
@@ -112,7 +251,10 @@ def read_into(
 
     ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
     ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
-    ``receive`` must not keep the view: the next read overwrites it."""
+    ``receive`` must not keep the view: the next read overwrites it. The replacement refers to
+    ``receive`` (usually the protocol's): undo it with :func:`forget_read_into` once the
+    connection is lost, or transport and protocol stay in a reference cycle that only the
+    garbage collector frees."""
     recv_into = transport.socket.recv_into
 
     def do_read() -> Any:
@@ -128,6 +270,81 @@ def read_into(
         return None
 
     transport.doRead = do_read
+
+
+def read_waiting(transport: Any) -> None:
+    """Have a just-accepted connected ``FileDescriptor`` read now, as if the reactor had found it
+    readable: by the time a server gets to ``accept()`` a connection, its client has often sent
+    its request already (it writes as soon as its ``connect()`` returns), and reading it in the
+    same turn saves a wake-up for it.
+
+    What the reactor would do with the outcome is done here: nothing waiting (``EWOULDBLOCK``)
+    does nothing, an end or an error of the connection goes to the reactor's
+    ``_disconnectSelectable`` as from its own ``doRead`` call (``readConnectionLost`` for a
+    clean end on a half-closeable transport, ``connectionLost`` otherwise), and an exception is
+    logged and loses the connection, as ``_doReadOrWrite`` does."""
+    try:
+        why = transport.doRead()
+    except Exception as e:
+        why = e
+        _log.failure("unhandled error reading a new connection")
+    if why:
+        transport.reactor._disconnectSelectable(transport, why, True)
+
+
+def forget_read_into(transport: Any) -> None:
+    """Undo :func:`read_into`: the transport reads with its own ``doRead`` again."""
+    transport.__dict__.pop("doRead", None)
+
+
+# What the reactor hands a transport that closed as asked (it, too, makes this Failure once:
+# ``PosixReactorBase._disconnectSelectable``'s ``faildict``).
+_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+_PLAIN_SERVERS = (tcp.Server, AcceptedServer, unix.Server)
+
+
+def tcp4_addresses(transport: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """``((host, port), (peer host, peer port))`` of a plain IPv4 ``tcp.Server``, as its
+    ``getHost()`` and ``getPeer()`` would give them without making two address objects: the
+    peer is the address ``accept()`` returned, kept as ``client``; the host is the socket's
+    name (an :class:`AcceptedServer`'s ``local_address`` when its port knew it). None for any
+    other transport (IPv6, unix, TLS, wrappers)."""
+    kind = type(transport)
+    if (kind is not AcceptedServer and kind is not tcp.Server) or transport.TLS:
+        return None
+    if len(transport.client) != 2:
+        return None
+    local = transport.local_address if kind is AcceptedServer else None
+    host, port = local if local is not None else transport.socket.getsockname()
+    peer: Any = transport.client
+    return (host, port), peer
+
+
+def close_flushed(transport: Any) -> bool:
+    """``loseConnection()`` for a plain connected ``tcp.Server`` that has nothing queued and no
+    producer, done now instead of on the next reactor turn: True if it is closed (its
+    protocol's ``connectionLost`` has run), False (nothing done) for any other transport.
+
+    Twisted's ``loseConnection`` stops reading, starts writing and waits for the reactor to call
+    ``doWrite``, which finds the buffer empty and returns ``CONNECTION_DONE`` to the reactor,
+    which removes the descriptor and calls ``connectionLost``: with nothing to flush that is an
+    ``epoll`` registration, a wake-up and a deregistration for nothing. This takes that path at
+    once; the socket is shut down and closed the same way (``_closeSocket(orderly=True)``).
+    A transport being aborted (``abortConnection`` sets ``_aborting``, not ``disconnecting``)
+    is left alone: it ends with a reset, which an orderly close would turn into a clean end."""
+    if (
+        type(transport) not in _PLAIN_SERVERS
+        or not transport.connected
+        or transport.disconnecting
+        or getattr(transport, "_aborting", False)  # abortConnection: its reset is on its way
+        or transport.producer is not None
+        or transport.TLS
+        or not write_buffer_empty(transport)
+    ):
+        return False
+    transport.disconnecting = True
+    transport.connectionLost(_CONNECTION_DONE)  # stops reading and writing first
+    return True
 
 
 def resume_producer_when_drained(transport: Any) -> None:
