@@ -183,6 +183,14 @@ def check_body(outcome: Outcome, body: bytes) -> int:
     return int(pid)
 
 
+def all_answered(outcomes: list[Outcome], bodies: dict[str, bytes]) -> collections.Counter[int]:
+    """How many requests each handler pid answered, after checking that every request of the
+    plan got one 200 whose body proves the app saw its body whole."""
+    assert [o for o in outcomes if o.status != 200] == []
+    assert sorted(o.rid for o in outcomes) == sorted(bodies)
+    return collections.Counter(check_body(o, bodies[o.rid]) for o in outcomes)
+
+
 def test_the_default_handler_under_mixed_load(split: Split) -> None:
     """The default handler (``--threads 0``: one app thread, one slot): requests batched both
     ways, bodies past 256 KiB pulled by the app."""
@@ -354,10 +362,7 @@ def test_handler_term_drains_with_zero_errors(split: Split) -> None:
     assert leaving.wait_exit(20) == 0
     load.join(timeout=200)
     (outcomes,) = result
-    assert [o for o in outcomes if o.status != 200] == []
-    assert sorted(o.rid for o in outcomes) == sorted(bodies)
-    for o in outcomes:
-        check_body(o, bodies[o.rid])
+    all_answered(outcomes, bodies)
     assert "left" in front.log()
 
 
@@ -389,10 +394,7 @@ def test_handler_procs_hup_swaps_generations_under_load_with_zero_errors(split: 
     handler.wait_for_log(r"generation 2 ready: retiring 1", deadline=20.0)
     load.join(timeout=200)
     (outcomes,) = result
-    assert [o for o in outcomes if o.status != 200] == []
-    assert sorted(o.rid for o in outcomes) == sorted(bodies)
-    for o in outcomes:
-        check_body(o, bodies[o.rid])
+    all_answered(outcomes, bodies)
     # The old generation drained and left in order; the new one serves.
     handler.wait_for_log(r"exited \(exit status 0\) after reload", count=2, deadline=20.0)
     second = {int(pid) for pid in re.findall(JOINED, front.log())} - first

@@ -24,7 +24,7 @@ from tests.split.test_integration import (
     JOINED,
     Outcome,
     Split,
-    check_body,
+    all_answered,
     mixed_plan,
     rss,
     run_load,
@@ -47,10 +47,7 @@ def test_handler_workers_recycle_after_max_requests_with_zero_errors(split: Spli
     load.start()
     load.join(timeout=200)
     (outcomes,) = result
-    assert [o for o in outcomes if o.status != 200] == []
-    assert sorted(o.rid for o in outcomes) == sorted(bodies)
-    for o in outcomes:
-        check_body(o, bodies[o.rid])
+    all_answered(outcomes, bodies)
     # Each retired worker asked, was replaced first, drained and exited 0.
     handler.wait_for_log(r"exited \(exit status 0\) after max-requests", count=2, deadline=30.0)
     assert "asking to be replaced (max-requests) after" in handler.log()
