@@ -82,9 +82,9 @@ def _start(
     return procs.Server(name, argv, port, proc, log_path, log_file)
 
 
-def task_cpu_ns(pid: int) -> int:
-    """Nanoseconds of CPU every thread of ``pid`` and of its descendants has run (schedstat)."""
-    total = 0
+def _task_files(pid: int, name: str) -> Iterator[str]:
+    """The text of ``/proc/P/task/T/<name>`` for every thread T of ``pid`` and its descendants
+    (threads that end meanwhile are skipped)."""
     for p in procs.process_tree(pid):
         try:
             tasks = os.listdir(f"/proc/{p}/task")
@@ -92,29 +92,25 @@ def task_cpu_ns(pid: int) -> int:
             continue
         for t in tasks:
             try:
-                with open(f"/proc/{p}/task/{t}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
+                with open(f"/proc/{p}/task/{t}/{name}") as f:
+                    yield f.read()
+            except OSError:
                 continue
-    return total
+
+
+def task_cpu_ns(pid: int) -> int:
+    """Nanoseconds of CPU every thread of ``pid`` and of its descendants has run (schedstat)."""
+    return sum(int(text.split()[0]) for text in _task_files(pid, "schedstat") if text.strip())
 
 
 def context_switches(pid: int) -> int:
-    total = 0
-    for p in procs.process_tree(pid):
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                with open(f"/proc/{p}/task/{t}/status") as f:
-                    for line in f:
-                        if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")):
-                            total += int(line.split()[1])
-            except (OSError, ValueError):
-                continue
-    return total
+    """Voluntary and involuntary context switches of every thread of ``pid`` and descendants."""
+    return sum(
+        int(line.split()[1])
+        for text in _task_files(pid, "status")
+        for line in text.splitlines()
+        if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt"))
+    )
 
 
 @contextmanager
