@@ -266,6 +266,36 @@ def get_status(port: int) -> dict[str, Any]:
         conn.close()
 
 
+def test_a_default_handler_in_a_call_longer_than_the_liveness_is_not_lost(split: Split) -> None:
+    """``--threads 0`` (the default) runs the app in a pool thread: the handler's reactor keeps
+    heartbeating through a call longer than handler-liveness (1.5 s here), so the front neither
+    counts the handler lost nor runs the GET again elsewhere; a second GET sent meanwhile waits at
+    the front, not behind the slow call at the handler, and goes to the other handler."""
+    front = split.start_front()
+    busy = split.start_handler()
+    outcomes: dict[str, tuple[int, bytes]] = {}
+
+    def get(rid: str, target: str) -> None:
+        status, _, body = front.request("GET", target, headers={"X-Request-Id": rid})
+        outcomes[rid] = (status, body)
+
+    slow = threading.Thread(target=get, args=("slow", "/slow?sleep=2.5"))
+    slow.start()
+    front.wait_until(
+        lambda: True if any(rid == "slow" for rid, _, _ in split.journal_lines()) else None,
+        20.0,
+        "the slow GET in the app",
+    )
+    idle = split.start_handler()
+    get("fast", "/fast")
+    slow.join(timeout=30)
+    assert outcomes["slow"][0] == 200 and int(outcomes["slow"][1].split()[1]) == busy.pid
+    assert outcomes["fast"][0] == 200 and int(outcomes["fast"][1].split()[1]) == idle.pid
+    ran = collections.Counter(rid for rid, _, _ in split.journal_lines())
+    assert ran == {"slow": 1, "fast": 1}
+    assert " lost: " not in front.log()
+
+
 def test_10000_mixed_requests_are_answered_once_each_and_shared(split: Split) -> None:
     front = split.start_front("--stats", "tcp:0:interface=127.0.0.1")
     stats = stats_port(front)
