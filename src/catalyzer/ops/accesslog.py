@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -91,6 +93,28 @@ class FileAccessLog:
         self._size += len(line)
         if self._size >= self._FLUSH_AT:
             self.flush()
+
+    def log_exchange(
+        self,
+        method: str,
+        environ: Mapping[str, Any],
+        status: int,
+        size: int,
+        started: float,
+        now: float,
+    ) -> None:
+        """One answered request, its client, line and headers read from its WSGI environ (the
+        HTTP, uwsgi and FastCGI faces and split handlers all log through here)."""
+        self.log(
+            environ["REMOTE_ADDR"] or "-",
+            f"{method} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            status,
+            size,
+            environ.get("HTTP_REFERER", ""),
+            environ.get("HTTP_USER_AGENT", ""),
+            now - started,
+            now,
+        )
 
     def flush(self) -> None:
         if not self._lines:

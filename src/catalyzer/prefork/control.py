@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.protocols import amp
 
@@ -112,3 +112,34 @@ class Dump(amp.Command):
 
     arguments = []
     response = [(b"text", amp.Unicode())]
+
+
+class Controlled(Protocol):
+    """What :class:`WorkerControl` needs of a worker (an HTTP worker or a split handler)."""
+
+    control: amp.AMP | None
+
+    def describe(self) -> str: ...
+
+    def master_lost(self) -> None: ...
+
+
+class WorkerControl(QuietAMP):
+    """A worker's end of the control channel."""
+
+    def __init__(self, worker: Controlled) -> None:
+        amp.AMP.__init__(self)
+        self.worker = worker
+
+    def connectionMade(self) -> None:
+        amp.AMP.connectionMade(self)
+        self.worker.control = self
+
+    @Dump.responder
+    def dump(self) -> dict[str, str]:
+        return {"text": self.worker.describe()}
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # The master is gone: nobody supervises us any more; stop serving gracefully.
+        self.worker.master_lost()

@@ -40,27 +40,6 @@ from catalyzer.settings import Config
 log = Logger(namespace="catalyzer.prefork.worker")
 
 
-class WorkerControl(control.QuietAMP):
-    """The worker's end of the control channel."""
-
-    def __init__(self, worker: Worker) -> None:
-        amp.AMP.__init__(self)
-        self.worker = worker
-
-    def connectionMade(self) -> None:
-        amp.AMP.connectionMade(self)
-        self.worker.control = self
-
-    @control.Dump.responder
-    def dump(self) -> dict[str, str]:
-        return {"text": self.worker.describe()}
-
-    def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        # The master is gone: nobody supervises us any more; stop serving gracefully.
-        self.worker.master_lost()
-
-
 class Worker:
     def __init__(self, spec: Mapping[str, Any], reactor: Any) -> None:
         from catalyzer.server.channel import ServerState
@@ -134,7 +113,7 @@ class Worker:
             # workers awake, and a worker stuck in the app takes nothing (see prefork.listeners).
             twistedprivate.accept_one_per_wakeup(port)
         ctl = protocol.Factory()
-        ctl.buildProtocol = lambda addr: WorkerControl(self)  # type: ignore[method-assign]
+        ctl.buildProtocol = lambda addr: control.WorkerControl(self)  # type: ignore[method-assign]
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
         os.close(self._control_fd)
         self.reactor.callLater(0, self._say_ready)

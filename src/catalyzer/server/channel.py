@@ -776,15 +776,12 @@ class HTTPChannel(TransportSink):
             request.body.close()
         access_log = server.access_log
         if access_log is not None:
-            environ = response.environ
-            access_log.log(
-                environ["REMOTE_ADDR"] or "-",
-                f"{request.method} {environ['RAW_URI']} HTTP/{request.version}",
+            access_log.log_exchange(
+                request.method,
+                response.environ,
                 outcome.status,
                 outcome.bytes_sent,
-                environ.get("HTTP_REFERER", ""),
-                environ.get("HTTP_USER_AGENT", ""),
-                now - outcome.started,
+                outcome.started,
                 now,
             )
         state = self.state

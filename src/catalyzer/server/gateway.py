@@ -297,15 +297,8 @@ class GatewayChannel(TransportSink):
             request.body.close()
         access_log = server.access_log
         if access_log is not None:
-            access_log.log(
-                environ["REMOTE_ADDR"] or "-",
-                f"{request.method} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
-                outcome.status,
-                outcome.bytes_sent,
-                environ.get("HTTP_REFERER", ""),
-                environ.get("HTTP_USER_AGENT", ""),
-                now - outcome.started,
-                now,
+            access_log.log_exchange(
+                request.method, environ, outcome.status, outcome.bytes_sent, outcome.started, now
             )
         if self.state is _CLOSED:
             return

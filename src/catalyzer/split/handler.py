@@ -777,17 +777,13 @@ class HandlerSession:
         self._close_body(waiting.request)
         access_log = self.access_log
         if access_log is not None:
-            environ = waiting.environ
-            request = waiting.request
             try:
-                access_log.log(
-                    environ["REMOTE_ADDR"] or "-",
-                    f"{request.method} {environ['RAW_URI']} HTTP/{request.version}",
+                access_log.log_exchange(
+                    waiting.request.method,
+                    waiting.environ,
                     outcome.status,
                     outcome.bytes_sent,
-                    environ.get("HTTP_REFERER", ""),
-                    environ.get("HTTP_USER_AGENT", ""),
-                    now - outcome.started,
+                    outcome.started,
                     now,
                 )
             except Exception:

@@ -36,24 +36,6 @@ from catalyzer.wsgi.appspec import AppSpecError, load_app
 log = Logger(namespace="catalyzer.split.worker")
 
 
-class _Control(control.QuietAMP):
-    def __init__(self, worker: HandlerWorker) -> None:
-        amp.AMP.__init__(self)
-        self.worker = worker
-
-    def connectionMade(self) -> None:
-        amp.AMP.connectionMade(self)
-        self.worker.control = self
-
-    @control.Dump.responder
-    def dump(self) -> dict[str, str]:
-        return {"text": self.worker.describe()}
-
-    def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        self.worker.master_lost()
-
-
 class HandlerWorker:
     def __init__(self, spec: dict[str, Any], reactor: Any) -> None:
         self.reactor = reactor
@@ -96,7 +78,7 @@ class HandlerWorker:
 
     def start(self) -> None:
         ctl = protocol.Factory()
-        ctl.buildProtocol = lambda addr: _Control(self)  # type: ignore[method-assign]
+        ctl.buildProtocol = lambda addr: control.WorkerControl(self)  # type: ignore[method-assign]
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
         os.close(self._control_fd)
         self.service.startService()
