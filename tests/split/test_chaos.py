@@ -140,50 +140,72 @@ def net() -> Iterator[Net]:
         n.destroy()
 
 
+def _front_in(ns: str, addr: str, timing: list[str], log: Path) -> ServerProcess:
+    """A front in namespace ``ns`` whose handler socket is bound on ``addr`` (started: the caller
+    keeps it for the clean-up, then waits for it to listen)."""
+    front = ServerProcess(
+        [
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--handlers",
+            f"tcp://{addr}:5560",
+            "--insecure-handlers",
+            "--access-log",
+            "off",
+            *timing,
+        ],
+        log,
+        child_env(),
+        command="catalyzer-front",
+        prefix=["ip", "netns", "exec", ns],
+    )
+    return front
+
+
+def _handler_in(
+    ns: str, front_addr: str, timing: list[str], journal: Path, log: Path
+) -> ServerProcess:
+    """A handler (3 threads) in namespace ``ns``, journaling every request it runs."""
+    return ServerProcess(
+        [
+            "--app",
+            APP,
+            "--connect",
+            f"tcp://{front_addr}:5560",
+            "--threads",
+            "3",
+            "--access-log",
+            "off",
+            *timing,
+        ],
+        log,
+        child_env({"SPLIT_JOURNAL": str(journal)}),
+        command="catalyzer-handler",
+        prefix=["ip", "netns", "exec", ns],
+    )
+
+
+def _loadgen(ns: str, port: int, count: int, seed: int, workers: int, out: Path) -> list[str]:
+    """The command line of ``tests.split.loadgen`` run inside ``ns``."""
+    return [
+        *("ip", "netns", "exec", ns, sys.executable, "-m", "tests.split.loadgen"),
+        *(str(port), str(count), str(seed), str(workers), str(out)),
+    ]
+
+
 def test_partition_join_and_rejoin_lose_nothing(net: Net, tmp_path: Path) -> None:
     journal = tmp_path / "journal"
     processes: list[ServerProcess] = []
     try:
         front_ns, front_addr, _ = net.add("front")
-        front = ServerProcess(
-            [
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--handlers",
-                f"tcp://{front_addr}:5560",
-                "--insecure-handlers",
-                "--access-log",
-                "off",
-                *FAST,
-            ],
-            tmp_path / "front.log",
-            child_env(),
-            command="catalyzer-front",
-            prefix=["ip", "netns", "exec", front_ns],
-        )
+        front = _front_in(front_ns, front_addr, FAST, tmp_path / "front.log")
         processes.append(front)
         front.wait_listening()
 
         def handler(role: str) -> tuple[ServerProcess, str]:
             ns, _, outer = net.add(role)
             joined = len(re.findall(JOINED, front.log()))
-            process = ServerProcess(
-                [
-                    "--app",
-                    APP,
-                    "--connect",
-                    f"tcp://{front_addr}:5560",
-                    "--threads",
-                    "3",
-                    "--access-log",
-                    "off",
-                    *FAST,
-                ],
-                tmp_path / f"{role}.log",
-                child_env({"SPLIT_JOURNAL": str(journal)}),
-                command="catalyzer-handler",
-                prefix=["ip", "netns", "exec", ns],
-            )
+            process = _handler_in(ns, front_addr, FAST, journal, tmp_path / f"{role}.log")
             processes.append(process)
             front.wait_for_log(JOINED, deadline=20.0, count=joined + 1)
             return process, outer
@@ -192,22 +214,7 @@ def test_partition_join_and_rejoin_lose_nothing(net: Net, tmp_path: Path) -> Non
         handler("h2")
         out = tmp_path / "outcomes.json"
         load = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                front_ns,
-                sys.executable,
-                "-m",
-                "tests.split.loadgen",
-                str(front.port),
-                "1200",
-                "17",
-                "12",
-                str(out),
-            ],
-            cwd=REPO,
-            env=child_env(),
+            _loadgen(front_ns, front.port, 1200, 17, 12, out), cwd=REPO, env=child_env()
         )
         try:
             front.wait_until(
@@ -259,25 +266,8 @@ def test_latency_and_loss_on_the_handler_links(net: Net, tmp_path: Path) -> None
     processes: list[ServerProcess] = []
     try:
         front_ns, front_addr, _ = net.add("front")
-        front = ServerProcess(
-            [
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--handlers",
-                f"tcp://{front_addr}:5560",
-                "--insecure-handlers",
-                "--access-log",
-                "off",
-                "--heartbeat-interval",
-                "0.5",
-                "--handler-liveness",
-                "5",
-            ],
-            tmp_path / "front.log",
-            child_env(),
-            command="catalyzer-front",
-            prefix=["ip", "netns", "exec", front_ns],
-        )
+        timing = ["--heartbeat-interval", "0.5", "--handler-liveness", "5"]
+        front = _front_in(front_ns, front_addr, timing, tmp_path / "front.log")
         processes.append(front)
         front.wait_listening()
         for n in (1, 2):
@@ -289,45 +279,11 @@ def test_latency_and_loss_on_the_handler_links(net: Net, tmp_path: Path) -> None
                 net.run(net.bridge, *tc, "loss", "2%")
             except subprocess.CalledProcessError as e:
                 pytest.fail(f"{tc}: {e.stderr.decode(errors='replace').strip()}")
-            processes.append(
-                ServerProcess(
-                    [
-                        "--app",
-                        APP,
-                        "--connect",
-                        f"tcp://{front_addr}:5560",
-                        "--threads",
-                        "3",
-                        "--access-log",
-                        "off",
-                        "--heartbeat-interval",
-                        "0.5",
-                        "--handler-liveness",
-                        "5",
-                    ],
-                    tmp_path / f"h{n}.log",
-                    child_env({"SPLIT_JOURNAL": str(journal)}),
-                    command="catalyzer-handler",
-                    prefix=["ip", "netns", "exec", ns],
-                )
-            )
+            processes.append(_handler_in(ns, front_addr, timing, journal, tmp_path / f"h{n}.log"))
             front.wait_for_log(JOINED, deadline=30.0, count=n)
         out = tmp_path / "outcomes.json"
         done = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                front_ns,
-                sys.executable,
-                "-m",
-                "tests.split.loadgen",
-                str(front.port),
-                "400",
-                "23",
-                "8",
-                str(out),
-            ],
+            _loadgen(front_ns, front.port, 400, 23, 8, out),
             cwd=REPO,
             env=child_env(),
             timeout=240,
