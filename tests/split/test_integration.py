@@ -155,6 +155,29 @@ def run_load(
     return outcomes
 
 
+class BackgroundLoad:
+    """:func:`run_load` in a thread of its own, so a test can act on the servers meanwhile."""
+
+    def __init__(
+        self, port: int, plan: list[tuple[str, str, bytes]], workers: int, after: int
+    ) -> None:
+        self.started = threading.Event()  # set once ``after`` requests are answered
+        self._result: list[list[Outcome]] = []
+        self._thread = threading.Thread(
+            target=lambda: self._result.append(run_load(port, plan, workers, self.started, after))
+        )
+        self._thread.start()
+
+    def wait_started(self) -> None:
+        assert self.started.wait(timeout=120), "the load did not get going"
+
+    def outcomes(self) -> list[Outcome]:
+        self._thread.join(timeout=200)
+        assert not self._thread.is_alive()
+        (outcomes,) = self._result
+        return outcomes
+
+
 def mixed_plan(count: int, seed: int, query: str = "") -> list[tuple[str, str, bytes]]:
     rng = random.Random(seed)
     plan = []
@@ -337,20 +360,11 @@ def test_kill_9_a_handler_mid_run_loses_nothing_and_runs_no_post_twice(split: Sp
     split.start_handler("--threads", "4")
     plan = mixed_plan(800, seed=9, query="?sleep=0.01")
     bodies = {rid: body for rid, _, body in plan}
-    halfway = threading.Event()
-    result: list[list[Outcome]] = []
-    load = threading.Thread(
-        target=lambda: result.append(
-            run_load(front.port, plan, workers=12, on_answer=halfway, answers_before_event=200)
-        )
-    )
-    load.start()
-    assert halfway.wait(timeout=120), "the load did not get going"
+    load = BackgroundLoad(front.port, plan, workers=12, after=200)
+    load.wait_started()
     doomed.send_signal(signal.SIGKILL)
     doomed.wait_exit(10)
-    load.join(timeout=200)
-    assert not load.is_alive()
-    (outcomes,) = result
+    outcomes = load.outcomes()
     # Every request got exactly one answer: none lost, none cut without a status.
     assert sorted(o.rid for o in outcomes) == sorted(bodies)
     assert [o for o in outcomes if o.status is None] == []
@@ -379,20 +393,11 @@ def test_handler_term_drains_with_zero_errors(split: Split) -> None:
     split.start_handler("--threads", "4")
     plan = mixed_plan(600, seed=5, query="?sleep=0.005")
     bodies = {rid: body for rid, _, body in plan}
-    started = threading.Event()
-    result: list[list[Outcome]] = []
-    load = threading.Thread(
-        target=lambda: result.append(
-            run_load(front.port, plan, workers=8, on_answer=started, answers_before_event=100)
-        )
-    )
-    load.start()
-    assert started.wait(timeout=120)
+    load = BackgroundLoad(front.port, plan, workers=8, after=100)
+    load.wait_started()
     leaving.send_signal(signal.SIGTERM)
     assert leaving.wait_exit(20) == 0
-    load.join(timeout=200)
-    (outcomes,) = result
-    all_answered(outcomes, bodies)
+    all_answered(load.outcomes(), bodies)
     assert "left" in front.log()
 
 
@@ -411,20 +416,11 @@ def test_handler_procs_hup_swaps_generations_under_load_with_zero_errors(split: 
     first = {int(pid) for pid in re.findall(JOINED, front.log())}
     plan = mixed_plan(600, seed=3, query="?sleep=0.005")
     bodies = {rid: body for rid, _, body in plan}
-    started = threading.Event()
-    result: list[list[Outcome]] = []
-    load = threading.Thread(
-        target=lambda: result.append(
-            run_load(front.port, plan, workers=8, on_answer=started, answers_before_event=100)
-        )
-    )
-    load.start()
-    assert started.wait(timeout=120)
+    load = BackgroundLoad(front.port, plan, workers=8, after=100)
+    load.wait_started()
     handler.send_signal(signal.SIGHUP)
     handler.wait_for_log(r"generation 2 ready: retiring 1", deadline=20.0)
-    load.join(timeout=200)
-    (outcomes,) = result
-    all_answered(outcomes, bodies)
+    all_answered(load.outcomes(), bodies)
     # The old generation drained and left in order; the new one serves.
     handler.wait_for_log(r"exited \(exit status 0\) after reload", count=2, deadline=20.0)
     second = {int(pid) for pid in re.findall(JOINED, front.log())} - first

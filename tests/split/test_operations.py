@@ -22,7 +22,6 @@ from tests.integration.test_manhole_server import Session
 from tests.split.test_integration import (
     APP,
     JOINED,
-    Outcome,
     Split,
     all_answered,
     mixed_plan,
@@ -42,12 +41,7 @@ def test_handler_workers_recycle_after_max_requests_with_zero_errors(split: Spli
     first = {int(pid) for pid in re.findall(JOINED, front.log())}
     plan = mixed_plan(400, seed=11, query="?sleep=0.005")
     bodies = {rid: body for rid, _, body in plan}
-    result: list[list[Outcome]] = []
-    load = threading.Thread(target=lambda: result.append(run_load(front.port, plan, workers=8)))
-    load.start()
-    load.join(timeout=200)
-    (outcomes,) = result
-    all_answered(outcomes, bodies)
+    all_answered(run_load(front.port, plan, workers=8), bodies)
     # Each retired worker asked, was replaced first, drained and exited 0.
     handler.wait_for_log(r"exited \(exit status 0\) after max-requests", count=2, deadline=30.0)
     assert "asking to be replaced (max-requests) after" in handler.log()
