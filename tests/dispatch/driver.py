@@ -62,9 +62,17 @@ def make(**kw: Any) -> PreforkDispatcher:
     return d
 
 
-def wait_seconds(seconds: float) -> defer.Deferred[None]:
-    """A pause for the scenario itself (e.g. stop while a task runs), not a synchronisation."""
-    return deferLater(reactor, seconds, lambda: None)
+def busy(d: PreforkDispatcher) -> int:
+    return sum(1 for c in d.state()["children"] if c["state"] == "busy")
+
+
+def wait_until(ready: Callable[[], bool], deadline: float = 10.0) -> Generator[Any, Any, None]:
+    """Poll ``ready`` every 10 ms until it holds; fail the scenario after ``deadline`` seconds."""
+    give_up = reactor.seconds() + deadline
+    while not ready():
+        if reactor.seconds() > give_up:
+            raise AssertionError(f"not ready within {deadline} s")
+        yield deferLater(reactor, 0.01, lambda: None)
 
 
 def finish(
@@ -177,7 +185,7 @@ def stop() -> Generator[Any, Any, dict[str, Any]]:
     yield defer.gatherResults([d.dispatch(t.pid) for _ in range(4)])
     running = [d.dispatch(t.sleep, 0.5), d.dispatch(t.sleep, 0.5)]
     queued = [d.dispatch(t.noop) for _ in range(5)]
-    yield wait_seconds(0.2)  # let both sleeps start
+    yield from wait_until(lambda: busy(d) == 2)  # both sleeps in a child's hands
     seen.update(child_pids(d))
     stopped = d.stopService()
     running_results = yield defer.gatherResults(running)
@@ -200,7 +208,7 @@ def stop_timeout() -> Generator[Any, Any, dict[str, Any]]:
     first = yield d.dispatch(t.pid)
     seen.add(first.value)
     hung = d.dispatch(t.sleep, 60)
-    yield wait_seconds(0.2)
+    yield from wait_until(lambda: busy(d) == 1)
     start = reactor.seconds()
     yield d.stopService()
     took = reactor.seconds() - start
