@@ -227,8 +227,21 @@ def full_spool(tmp_path: Path) -> Iterator[Path]:
     try:
         yield spool
     finally:
-        subprocess.run(["umount", str(spool)], timeout=20, check=True)
+        unmount(spool)
         spool.rmdir()
+
+
+def unmount(path: Path) -> None:
+    """Unmount ``path``, waiting (with a deadline) for a server process still closing a spool
+    file there to let go; detached lazily as a last resort, so nothing stays mounted."""
+    deadline = time.monotonic() + 10.0
+    while subprocess.run(
+        ["umount", str(path)], check=False, capture_output=True, timeout=20
+    ).returncode:
+        if time.monotonic() > deadline:
+            subprocess.run(["umount", "-l", str(path)], timeout=20, check=True)
+            return
+        time.sleep(0.05)  # polling interval: the condition is checked again
 
 
 def post_raw(port: int, body: bytes) -> bytes:
