@@ -20,7 +20,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from catalyzer.http import fastcgi as f
-from catalyzer.server.channel import ServerState
+from catalyzer.server.channel import DRAIN_IDLE_GRACE, ServerState
 from catalyzer.server.gateway import FastCGIChannel, GatewayChannel, UwsgiChannel
 from catalyzer.settings import Config
 from tests.http.gateway_corpus import (
@@ -397,6 +397,43 @@ def test_fastcgi_refused_then_closed() -> None:
     assert ends(recs) == [(1, f.REQUEST_COMPLETE)]
     assert conn.closed
     assert len(lines) == 1
+
+
+def test_uwsgi_drain_gives_a_new_connection_its_grace_to_send_its_request() -> None:
+    """nginx opens a connection per uwsgi request: one accepted just before the drain has its
+    request on the way, and closing it at once would reset it (nginx answers 502)."""
+    state = make_state(RecordingApp())
+    clock: Any = state.clock
+    fresh = Conn(state, UwsgiChannel)
+    state.drain()
+    assert not fresh.closed
+    fresh.send(uw(NGINX_UWSGI))
+    assert fresh.output().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert fresh.closed
+
+    state = make_state(RecordingApp())
+    clock = state.clock
+    silent = Conn(state, UwsgiChannel)
+    state.drain()
+    clock.advance(DRAIN_IDLE_GRACE * 0.9)
+    assert not silent.closed
+    clock.advance(DRAIN_IDLE_GRACE * 0.1)  # the grace after it was opened, and nothing came
+    assert silent.closed and silent.output() == b""
+
+
+def test_gateway_drain_waits_for_bytes_unread_in_the_socket() -> None:
+    state = make_state(RecordingApp())
+    clock: Any = state.clock
+    conn = Conn(state, FastCGIChannel)
+    conn.send(fcgi(FASTCGI_GET))  # keep-conn: idle after its answer
+    clock.advance(2 * DRAIN_IDLE_GRACE)
+    conn.channel.unread_bytes = lambda: True  # type: ignore[method-assign]
+    state.drain()
+    clock.advance(2 * DRAIN_IDLE_GRACE)
+    assert not conn.closed
+    conn.channel.unread_bytes = lambda: False  # type: ignore[method-assign]
+    state.drain()
+    assert conn.closed
 
 
 def test_fastcgi_drain_closes_idle_and_finishes_busy() -> None:

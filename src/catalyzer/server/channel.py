@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import typing
 from collections.abc import Callable
 from email.utils import formatdate
@@ -825,17 +824,6 @@ class HTTPChannel(TransportSink):
         if reader.in_headers:
             return Candidate(self, Standing.HEADERS, self._idle_since or self.opened)
         return Candidate(self, Standing.IDLE, self._idle_since)
-
-    def unread_bytes(self) -> bool:
-        """Whether the client has sent bytes the reactor has not read yet (plain TCP only: a
-        peek at the socket; a TLS connection says no)."""
-        sock = self._socket
-        if sock is None:
-            return False
-        try:
-            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # nothing waiting (EAGAIN), or the connection is broken
-            return False
 
     def shed(self) -> None:
         """Closed to make room at max-connections: a request still arriving is cut (the client

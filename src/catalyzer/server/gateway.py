@@ -35,7 +35,12 @@ from catalyzer.http.reader import STATUS_REASONS
 from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
 from catalyzer.server import twistedprivate
-from catalyzer.server.channel import ServerState, _connection_info, _proxy_header_note
+from catalyzer.server.channel import (
+    DRAIN_IDLE_GRACE,
+    ServerState,
+    _connection_info,
+    _proxy_header_note,
+)
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
 from catalyzer.server.transportsink import TransportSink, send_now
@@ -399,7 +404,7 @@ class GatewayChannel(TransportSink):
         self._idle_timer.restart(self.server.config.keepalive_timeout)
 
     def _idle(self) -> None:
-        if self.response is None and not self.receiving:
+        if self.response is None and not self.receiving and not self.unread_bytes():
             self._close()
 
     def _close(self) -> None:
@@ -420,8 +425,17 @@ class GatewayChannel(TransportSink):
         self._linger_timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
-        """Server shutdown: finish the request in hand, close an idle connection now."""
-        if self.response is None and not self.receiving and self.state is not _AWAITING:
+        """Server shutdown: finish the request in hand and close an idle connection, but give a
+        new one (no request yet) until DRAIN_IDLE_GRACE after it opened, and any connection
+        until bytes waiting in its socket are read. The web server opened the connection to
+        send a request that may not be read yet: closing a socket with unread bytes resets it,
+        and nginx answers the client 502 (``uwsgi_pass`` opens a connection per request)."""
+        if self.response is not None or self.receiving or self.state is _AWAITING:
+            return
+        wait = DRAIN_IDLE_GRACE - (self.server.clock.seconds() - self.opened)
+        if self.unread_bytes() or (self.requests == 0 and wait > 0):
+            self._idle_timer.restart(max(wait, 0.0))  # _idle closes it unless a request came
+        else:
             self._close()
 
     def shedding_candidate(self) -> None:

@@ -48,6 +48,17 @@ class TransportSink(Protocol):
         ``connectionLost`` has run; otherwise nothing is done."""
         return self._socket is not None and twistedprivate.close_flushed(self.transport)
 
+    def unread_bytes(self) -> bool:
+        """Whether the peer has sent bytes the reactor has not read yet (plain TCP only: a peek
+        at the socket; a TLS connection says no)."""
+        sock = self._socket
+        if sock is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing waiting (EAGAIN), or the connection is broken
+            return False
+
     def resume_when_writable(self) -> None:
         twistedprivate.resume_producer_when_drained(self.transport)
 
