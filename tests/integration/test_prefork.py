@@ -504,7 +504,8 @@ def test_max_requests_recycles_workers_under_load(prefork: Callable[..., ServerP
     try:
         # Each worker retires after 50..60 requests: wait until at least two were replaced.
         server.wait_ready(4, 30.0)
-        running.wait_for(100, server)
+        # Then at least 100 more, and 200 in all, across the replacements.
+        running.wait_for(max(100, 200 - running.count()), server)
     finally:
         running.stop()
     summary = running.summary()
