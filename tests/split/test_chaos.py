@@ -15,84 +15,21 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.netns import Net
 
+from bench import netns
 from tests.integration.conftest import REPO, ServerProcess, child_env
 from tests.split.test_integration import APP, FAST, JOINED
 
 pytestmark = pytest.mark.integration
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
-
-
-def _netns_available() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root (CI runs these as root)"
-    if shutil.which("ip") is None:
-        return "iproute2's ip is not installed"
-    probe = f"czprobe{uuid.uuid4().hex[:6]}"
-    if _ip("netns", "add", probe, check=False).returncode != 0:
-        return "cannot create network namespaces here"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
-class Net:
-    """Namespaces on one bridge: ``add(name)`` gives a namespace with an address on it."""
-
-    def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:5]
-        self.tag = tag
-        self.subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
-        self.bridge = f"czb{tag}"
-        self.namespaces: list[str] = []
-        self._new(self.bridge)
-        self.run(self.bridge, "ip", "link", "add", "br0", "type", "bridge")
-        self.run(self.bridge, "ip", "link", "set", "br0", "up")
-        self.hosts = 0
-
-    def _new(self, name: str) -> None:
-        _ip("netns", "add", name)
-        self.namespaces.append(name)
-        self.run(name, "ip", "link", "set", "lo", "up")
-
-    def run(self, ns: str, *cmd: str) -> None:
-        subprocess.run(
-            ["ip", "netns", "exec", ns, *cmd], check=True, timeout=20, capture_output=True
-        )
-
-    def add(self, role: str) -> tuple[str, str, str]:
-        """A namespace for ``role``: (its name, its address, its link's name in the bridge)."""
-        self.hosts += 1
-        ns = f"cz{role[:1]}{self.hosts}{self.tag}"
-        self._new(ns)
-        inner, outer = f"e{self.hosts}", f"p{self.hosts}{self.tag}"
-        self.run(ns, "ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
-        self.run(ns, "ip", "link", "set", outer, "netns", self.bridge)
-        self.run(self.bridge, "ip", "link", "set", outer, "master", "br0")
-        self.run(self.bridge, "ip", "link", "set", outer, "up")
-        address = f"{self.subnet}.{self.hosts}"
-        self.run(ns, "ip", "addr", "add", f"{address}/24", "dev", inner)
-        self.run(ns, "ip", "link", "set", inner, "up")
-        return ns, address, outer
-
-    def link(self, outer: str, up: bool) -> None:
-        self.run(self.bridge, "ip", "link", "set", outer, "up" if up else "down")
-
-    def destroy(self) -> None:
-        for ns in reversed(self.namespaces):
-            _ip("netns", "del", ns, check=False)
 
 
 def _netem_missing(net: Net) -> str | None:
@@ -130,7 +67,7 @@ def _netem_missing(net: Net) -> str | None:
 
 @pytest.fixture
 def net() -> Iterator[Net]:
-    why = _netns_available()
+    why = netns.unavailable()
     if why is not None:
         pytest.skip(why)
     n = Net()
@@ -143,23 +80,13 @@ def net() -> Iterator[Net]:
 def _front_in(ns: str, addr: str, timing: list[str], log: Path) -> ServerProcess:
     """A front in namespace ``ns`` whose handler socket is bound on ``addr`` (started: the caller
     keeps it for the clean-up, then waits for it to listen)."""
-    front = ServerProcess(
-        [
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--handlers",
-            f"tcp://{addr}:5560",
-            "--insecure-handlers",
-            "--access-log",
-            "off",
-            *timing,
-        ],
+    return ServerProcess(
+        netns.front_args(addr, "tcp:0:interface=127.0.0.1", *timing),
         log,
         child_env(),
         command="catalyzer-front",
-        prefix=["ip", "netns", "exec", ns],
+        prefix=netns.in_namespace(ns),
     )
-    return front
 
 
 def _handler_in(
@@ -167,28 +94,19 @@ def _handler_in(
 ) -> ServerProcess:
     """A handler (3 threads) in namespace ``ns``, journaling every request it runs."""
     return ServerProcess(
-        [
-            "--app",
-            APP,
-            "--connect",
-            f"tcp://{front_addr}:5560",
-            "--threads",
-            "3",
-            "--access-log",
-            "off",
-            *timing,
-        ],
+        netns.handler_args(front_addr, APP, 3, *timing),
         log,
         child_env({"SPLIT_JOURNAL": str(journal)}),
         command="catalyzer-handler",
-        prefix=["ip", "netns", "exec", ns],
+        prefix=netns.in_namespace(ns),
     )
 
 
 def _loadgen(ns: str, port: int, count: int, seed: int, workers: int, out: Path) -> list[str]:
     """The command line of ``tests.split.loadgen`` run inside ``ns``."""
     return [
-        *("ip", "netns", "exec", ns, sys.executable, "-m", "tests.split.loadgen"),
+        *netns.in_namespace(ns),
+        *(sys.executable, "-m", "tests.split.loadgen"),
         *(str(port), str(count), str(seed), str(workers), str(out)),
     ]
 
@@ -197,13 +115,15 @@ def test_partition_join_and_rejoin_lose_nothing(net: Net, tmp_path: Path) -> Non
     journal = tmp_path / "journal"
     processes: list[ServerProcess] = []
     try:
-        front_ns, front_addr, _ = net.add("front")
+        front_host = net.add("front")
+        front_ns, front_addr = front_host.ns, front_host.address
         front = _front_in(front_ns, front_addr, FAST, tmp_path / "front.log")
         processes.append(front)
         front.wait_listening()
 
         def handler(role: str) -> tuple[ServerProcess, str]:
-            ns, _, outer = net.add(role)
+            host = net.add(role)
+            ns, outer = host.ns, host.link
             joined = len(re.findall(JOINED, front.log()))
             process = _handler_in(ns, front_addr, FAST, journal, tmp_path / f"{role}.log")
             processes.append(process)
@@ -265,13 +185,15 @@ def test_latency_and_loss_on_the_handler_links(net: Net, tmp_path: Path) -> None
     journal = tmp_path / "journal"
     processes: list[ServerProcess] = []
     try:
-        front_ns, front_addr, _ = net.add("front")
+        front_host = net.add("front")
+        front_ns, front_addr = front_host.ns, front_host.address
         timing = ["--heartbeat-interval", "0.5", "--handler-liveness", "5"]
         front = _front_in(front_ns, front_addr, timing, tmp_path / "front.log")
         processes.append(front)
         front.wait_listening()
         for n in (1, 2):
-            ns, _, outer = net.add(f"h{n}")
+            host = net.add(f"h{n}")
+            ns, outer = host.ns, host.link
             # 20 ms +- 5 ms and 2% loss on what the bridge sends the handler (netem was there a
             # moment ago: a failure now is the test's).
             tc = ["tc", "qdisc", "add", "dev", outer, "root", "netem", "delay", "20ms", "5ms"]
