@@ -1200,7 +1200,7 @@ def _host_scaling(spread: dict[str, Any] | None) -> float | None:
     one, two = (spread.get(k) or {} for k in ("1x1", "2x1"))
     if not one.get("rps") or not two.get("rps"):
         return None
-    return round(two["rps"] / one["rps"], 2)
+    return round(float(two["rps"]) / float(one["rps"]), 2)
 
 
 def _measured(r: dict[str, Any] | None) -> dict[str, Any] | None:
