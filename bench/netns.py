@@ -51,6 +51,7 @@ class Host:
     ns: str  # the namespace's name
     address: str  # its address on the bridge
     link: str  # its veth end in the bridge's namespace (down = a partition)
+    dev: str  # its veth end in its own namespace
 
 
 class Net:
@@ -94,7 +95,7 @@ class Net:
         address = f"{self.subnet}.{self.hosts}"
         self.run(ns, "ip", "addr", "add", f"{address}/24", "dev", inner)
         self.run(ns, "ip", "link", "set", inner, "up")
-        return Host(ns, address, outer)
+        return Host(ns, address, outer, inner)
 
     def link(self, outer: str, up: bool) -> None:
         self.run(self.bridge, "ip", "link", "set", outer, "up" if up else "down")
