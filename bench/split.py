@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -243,9 +243,16 @@ def measure(
     return record
 
 
-def _wait_log(server: procs.Server, needle: str, count: int, deadline: float, what: str) -> None:
-    """Until ``needle`` appears ``count`` times in the server's log; NotReady if the server exits
-    or ``deadline`` seconds pass first."""
+def _wait_log(
+    server: procs.Server,
+    needle: str,
+    count: int,
+    deadline: float,
+    what: str,
+    watch: tuple[procs.Server, ...] = (),
+) -> None:
+    """Until ``needle`` appears ``count`` times in the server's log; NotReady if it or one of
+    ``watch`` exits, or ``deadline`` seconds pass, first."""
     end = time.monotonic() + deadline
     for _ in range(100_000):
         try:
@@ -254,8 +261,12 @@ def _wait_log(server: procs.Server, needle: str, count: int, deadline: float, wh
             seen = 0
         if seen >= count:
             return
-        if server.proc.poll() is not None:
-            raise procs.NotReady(f"{server.name} exited before {what}:\n{server.log_tail()}")
+        for s in (server, *watch):
+            if s.proc.poll() is not None:
+                raise procs.NotReady(
+                    f"{s.name} exited with status {s.proc.returncode} before {what}:\n"
+                    + s.log_tail()
+                )
         if time.monotonic() > end:
             raise procs.NotReady(f"no {what} within {deadline:g}s:\n{server.log_tail()}")
         time.sleep(0.1)  # polling interval, not synchronisation
@@ -275,14 +286,19 @@ def parse_layout(text: str) -> tuple[int, int]:
 
 @contextmanager
 def serving_netns(
-    app: str, hosts: int, per_host: int, log_dir: Path, tree: Path | None
+    app: str,
+    hosts: int,
+    per_host: int,
+    log_dir: Path,
+    tree: Path | None,
+    make_net: Callable[[], netns.Net] = netns.Net,
 ) -> Iterator[tuple[str, dict[str, int]]]:
     """A front and ``hosts`` handler hosts (``--procs per_host``), each in a namespace of its
     own; yields the front's namespace (wrk runs there, on its loopback) and the PIDs whose CPU is
     counted. Processes stopped and namespaces deleted on the way out, whatever happened."""
     servers: list[procs.Server] = []
     with ExitStack() as stack:
-        net = netns.Net()
+        net = make_net()
         stack.callback(net.destroy)  # runs after the servers are stopped (LIFO)
 
         def stop() -> None:
@@ -311,6 +327,7 @@ def serving_netns(
             hosts * per_host,
             NETNS_START_DEADLINE,
             f"{hosts * per_host} handler processes joined",
+            watch=tuple(servers[1:]),
         )
         pids = {"front": servers[0].pid}
         pids.update({s.name: s.pid for s in servers[1:]})

@@ -321,9 +321,9 @@ def _wait_for_text(
     end = time.monotonic() + deadline
     while text not in path.read_text(errors="replace"):
         if process.poll() is not None:
-            pytest.fail(f"{process.args} exited with {process.returncode}: {path.read_text()}")
+            pytest.fail(f"{process.args!r} exited with {process.returncode}: {path.read_text()}")
         if time.monotonic() > end:
-            pytest.fail(f"no {text!r} from {process.args} within {deadline:g}s")
+            pytest.fail(f"no {text!r} from {process.args!r} within {deadline:g}s")
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=0.05)  # the polling interval
 
