@@ -6,9 +6,9 @@ sch_netem (``CONFIG_NET_SCH_NETEM`` unset) that have netfilter's queue (NETFILTE
 
 Run inside the namespace whose rule queues the packets (``iptables -A INPUT -i DEV -j NFQUEUE
 --queue-num QUEUE``). It binds the queue, prints ``ready`` once bound, and exits after
-MAX_SECONDS (a bound on its life) or on SIGTERM, printing ``delayed N`` (packets it held). A packet it has not given back when it exits is
-dropped by the kernel (as a lossy link would); with ``--queue-bypass`` on the rule, packets pass
-undelayed while no one is bound.
+MAX_SECONDS (a bound on its life) or on SIGTERM, printing ``delayed N`` (the packets it held). A
+packet it has not given back when it exits is dropped by the kernel, as a lossy link would; with
+``--queue-bypass`` on the rule, packets pass undelayed while no one is bound.
 
 Speaks nfnetlink_queue over a raw netlink socket (struct layouts from
 linux/netfilter/nfnetlink_queue.h): no library to install; only the packet's id is copied to
