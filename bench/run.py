@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,8 +423,11 @@ def run_wrk(
     duration: int,
     extra: tuple[str, ...] = (),
     threads: int = WRK_THREADS,
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """``prefix`` runs wrk through a command that execs it (``ip netns exec NS``)."""
     argv = [
+        *prefix,
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
@@ -1190,6 +1193,16 @@ def _target(
     return line
 
 
+def _host_scaling(spread: dict[str, Any] | None) -> float | None:
+    """req/s of two handler hosts of one process over one (bench/split.py ``scale-netns``)."""
+    if not spread or "skipped" in spread:
+        return None
+    one, two = (spread.get(k) or {} for k in ("1x1", "2x1"))
+    if not one.get("rps") or not two.get("rps"):
+        return None
+    return round(float(two["rps"]) / float(one["rps"]), 2)
+
+
 def _measured(r: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if r is None or r.get("error") else r
 
@@ -1250,6 +1263,15 @@ def targets(data: dict[str, Any]) -> list[str]:
         lines.append(
             _target(label, (split_scenarios.get(name) or {}).get("ratio"), goal, "{:.0%}".format)
         )
+    lines.append(
+        _target(
+            "split mode, 50 ms app: a second handler host (2 namespaces x 1 process vs 1 x 1; "
+            "the app's limit doubles, so a host that adds throughput gives well over 1)",
+            _host_scaling(split_scenarios.get("scale-netns")),
+            1.5,
+            "{:.2f}x".format,
+        )
+    )
     st = data.get("stream_rss")
     if not st or "peak_rss" not in st:
         lines.append("- **not measured** — 1 GiB stream peak RSS < 64 MiB")
@@ -1940,7 +1962,7 @@ def _scenario_notes(scn: dict[str, Any]) -> list[str]:
 
 PREFORK_ESTIMATE = 2 * (PREFORK_SECONDS + 8) + PACED_SECONDS + 5  # seconds, run once each
 STREAM_ESTIMATE = 45  # seconds for stream_rss (20 s slow reader, 1 GiB fast, start and stop)
-SPLIT_ESTIMATE = 80  # seconds per run of bench/split.py's scenarios at the default duration
+SPLIT_ESTIMATE = 125  # seconds per run of bench/split.py's scenarios at the default duration
 OVERHEAD_ESTIMATE = 1.5  # seconds per measurement besides wrk: start, checks, stop (measured ~1)
 
 
@@ -2164,7 +2186,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[{time.monotonic() - started:6.0f}s] split / catalyzer ...", flush=True)
         data["split"] = split.run(
-            ["hello", "big", "hop", "scale"], method.runs, method.duration, [1, 2, 4], None
+            ["hello", "big", "hop", "scale", "scale-netns"],
+            method.runs,
+            method.duration,
+            [1, 2, 4],
+            None,
         )
     if "stream_rss" in pick_scenarios and "catalyzer" in pick_servers:
         print(f"[{time.monotonic() - started:6.0f}s] stream_rss / catalyzer ...", flush=True)

@@ -19,6 +19,12 @@ runs ``wrk --latency`` against them and stops them by PID. Scenarios:
   without queueing (with 16 connections p50 and p99 are mostly waiting for the CPU).
 - ``scale``: ``bench.apps:sleep50`` (50 ms in the app) through front + a handler with
   ``--procs N`` for each N of ``--procs``, 8 threads each, 64 connections.
+- ``scale-netns``: the same app and load with every process on a host of its own: the front
+  (and wrk, on its loopback) in one network namespace, each handler host
+  (``catalyzer-handler --procs P``) in another, joined by a bridge in a namespace of its own
+  (bench/netns.py; no traffic in the root namespace). For each ``HxP`` of ``--layouts`` (H
+  hosts of P processes), interleaved. Reported beside the app's limit: H * P * 8 threads / 50
+  ms. Needs root and ``ip netns``: skipped with a message elsewhere.
 
 ``--tree DIR`` runs the catalyzer of another checkout (its ``src`` first on PYTHONPATH, this
 venv's packages) for old-against-new comparisons: run this twice, or see docs/split.md.
@@ -34,20 +40,30 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import procs
+from bench import netns, procs
 from bench.run import run_wrk
 
 TWISTD = str(procs.VENV_BIN / "twistd")
-CONNECTIONS = {"hello": 16, "big": 16, "hop": 1, "scale": 64}
-APPS = {"hello": "hello", "big": "big", "hop": "hello", "scale": "sleep50"}
+CONNECTIONS = {"hello": 16, "big": 16, "hop": 1, "scale": 64, "scale-netns": 64}
+APPS = {
+    "hello": "hello",
+    "big": "big",
+    "hop": "hello",
+    "scale": "sleep50",
+    "scale-netns": "sleep50",
+}
 SCALE_THREADS = 8
+SLEEP50_SECONDS = 0.05
+# The front's HTTP port inside its namespace (a namespace of its own: nothing else binds there).
+NETNS_HTTP_PORT = 8080
+NETNS_START_DEADLINE = 60.0
 # The handler's --threads in hello, big and hop (``--handler-threads``): 4 as the README runs it;
 # a handler never runs the app in its reactor, and more threads hide the round trip to the front.
 HANDLER_THREADS = [4]
@@ -227,6 +243,143 @@ def measure(
     return record
 
 
+def _wait_log(
+    server: procs.Server,
+    needle: str,
+    count: int,
+    deadline: float,
+    what: str,
+    watch: tuple[procs.Server, ...] = (),
+) -> None:
+    """Until ``needle`` appears ``count`` times in the server's log; NotReady if it or one of
+    ``watch`` exits, or ``deadline`` seconds pass, first."""
+    end = time.monotonic() + deadline
+    for _ in range(100_000):
+        try:
+            seen = server.log_path.read_text(errors="replace").count(needle)
+        except OSError:
+            seen = 0
+        if seen >= count:
+            return
+        for s in (server, *watch):
+            if s.proc.poll() is not None:
+                raise procs.NotReady(
+                    f"{s.name} exited with status {s.proc.returncode} before {what}:\n"
+                    + s.log_tail()
+                )
+        if time.monotonic() > end:
+            raise procs.NotReady(f"no {what} within {deadline:g}s:\n{server.log_tail()}")
+        time.sleep(0.1)  # polling interval, not synchronisation
+
+
+def parse_layout(text: str) -> tuple[int, int]:
+    """``"HxP"``: H handler hosts of P processes each."""
+    hosts, _, per_host = text.partition("x")
+    try:
+        h, p = int(hosts), int(per_host)
+    except ValueError:
+        raise ValueError(f"layout {text!r}: want HOSTSxPROCS, e.g. 2x1") from None
+    if not (1 <= h <= 8 and 1 <= p <= 8):
+        raise ValueError(f"layout {text!r}: 1 to 8 hosts of 1 to 8 processes")
+    return h, p
+
+
+@contextmanager
+def serving_netns(
+    app: str,
+    hosts: int,
+    per_host: int,
+    log_dir: Path,
+    tree: Path | None,
+    make_net: Callable[[], netns.Net] = netns.Net,
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """A front and ``hosts`` handler hosts (``--procs per_host``), each in a namespace of its
+    own; yields the front's namespace (wrk runs there, on its loopback) and the PIDs whose CPU is
+    counted. Processes stopped and namespaces deleted on the way out, whatever happened."""
+    servers: list[procs.Server] = []
+    with ExitStack() as stack:
+        net = make_net()
+        stack.callback(net.destroy)  # runs after the servers are stopped (LIFO)
+
+        def stop() -> None:
+            for server in reversed(servers):
+                procs.stop_server(server)
+
+        stack.callback(stop)
+        front_host = net.add("front")
+        listen = f"tcp:{NETNS_HTTP_PORT}:interface={procs.HOST}"
+        front = [TWISTD, "-n", "--pidfile=", "catalyzer-front"]
+        front += netns.front_args(front_host.address, listen, *FRONT_ARGS)
+        argv = [*netns.in_namespace(front_host.ns), *front]
+        servers.append(_start("front", argv, NETNS_HTTP_PORT, log_dir / "front.log", tree))
+        _wait_log(servers[0], "listening on ", 1, NETNS_START_DEADLINE, "front listening")
+        for h in range(hosts):
+            host = net.add(f"h{h}")
+            handler = [TWISTD, "-n", "--pidfile=", "catalyzer-handler"]
+            handler += netns.handler_args(
+                front_host.address, f"bench.apps:{app}", SCALE_THREADS, "--procs", str(per_host)
+            )
+            argv = [*netns.in_namespace(host.ns), *handler]
+            servers.append(_start(f"handler{h}", argv, 0, log_dir / f"handler{h}.log", tree))
+        _wait_log(
+            servers[0],
+            " joined with ",
+            hosts * per_host,
+            NETNS_START_DEADLINE,
+            f"{hosts * per_host} handler processes joined",
+            watch=tuple(servers[1:]),
+        )
+        pids = {"front": servers[0].pid}
+        pids.update({s.name: s.pid for s in servers[1:]})
+        yield front_host.ns, pids
+
+
+def measure_netns(layout: str, duration: int, log_dir: Path, tree: Path | None) -> dict[str, Any]:
+    hosts, per_host = parse_layout(layout)
+    n = hosts * per_host
+    sub = log_dir / f"scale-netns-{layout}-{time.monotonic_ns()}"
+    sub.mkdir(parents=True, exist_ok=True)
+    limit = n * SCALE_THREADS / SLEEP50_SECONDS
+    record: dict[str, Any] = {
+        "kind": "split-netns",
+        "scenario": "scale-netns",
+        "layout": layout,
+        "procs": n,
+        "limit_rps": limit,
+    }
+    try:
+        with serving_netns(APPS["scale-netns"], hosts, per_host, sub, tree) as (ns, pids):
+            cpu0 = {role: task_cpu_ns(pid) for role, pid in pids.items()}
+            cs0 = {role: context_switches(pid) for role, pid in pids.items()}
+            result = run_wrk(
+                NETNS_HTTP_PORT,
+                CONNECTIONS["scale-netns"],
+                duration,
+                threads=1,
+                prefix=netns.in_namespace(ns),
+            )
+            cpu = {role: task_cpu_ns(pid) - cpu0[role] for role, pid in pids.items()}
+            cs = {role: context_switches(pid) - cs0[role] for role, pid in pids.items()}
+    except (procs.NotReady, subprocess.CalledProcessError) as e:
+        record["error"] = str(e).splitlines()[0]
+        return record
+    if not result["requests"]:
+        record["error"] = f"wrk: {result['raw'].strip()[:200]}"
+        return record
+    count = max(1, result["requests"])
+    record.update(
+        rps=result["rps"],
+        of_limit=round(result["rps"] / limit, 3),
+        requests=result["requests"],
+        p50_ms=result["p50_ms"],
+        p99_ms=result["p99_ms"],
+        errors=result["error_total"],
+        cpu_us_per_request={role: round(ns / count / 1000, 1) for role, ns in cpu.items()},
+        switches_per_request={role: round(c / count, 2) for role, c in cs.items()},
+    )
+    return record
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -252,8 +405,39 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def run_scale_netns(
+    layouts: list[str], runs: int, duration: int, log_dir: Path, tree: Path | None
+) -> dict[str, Any]:
+    """``scale-netns``: every layout once per run, in alternating order; medians per layout."""
+    why = netns.unavailable()
+    if why is not None:
+        print(f"scale-netns skipped: {why}", flush=True)
+        return {"skipped": why}
+    by: dict[str, list[dict[str, Any]]] = {layout: [] for layout in layouts}
+    for i in range(runs):
+        for layout in layouts if i % 2 == 0 else list(reversed(layouts)):
+            r = measure_netns(layout, duration, log_dir, tree)
+            print(f"scale-netns {layout} run {i + 1}: {_line(r)}", flush=True)
+            by[layout].append(r)
+    out: dict[str, Any] = {}
+    for layout, records in by.items():
+        hosts, per_host = parse_layout(layout)
+        summary = summarize(records)
+        summary["procs"] = hosts * per_host
+        summary["limit_rps"] = hosts * per_host * SCALE_THREADS / SLEEP50_SECONDS
+        rps = summary["rps"]
+        summary["of_limit"] = round(rps / summary["limit_rps"], 3) if rps else None
+        out[layout] = summary
+    return out
+
+
 def run(
-    scenarios: list[str], runs: int, duration: int, procs_list: list[int], tree: Path | None
+    scenarios: list[str],
+    runs: int,
+    duration: int,
+    procs_list: list[int],
+    tree: Path | None,
+    layouts: tuple[str, ...] = ("1x1", "2x1", "2x2", "4x1"),
 ) -> dict[str, Any]:
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-split-{os.getpid()}"
     data: dict[str, Any] = {
@@ -265,6 +449,11 @@ def run(
         "scenarios": {},
     }
     for scenario in scenarios:
+        if scenario == "scale-netns":
+            data["scenarios"][scenario] = run_scale_netns(
+                list(layouts), runs, duration, log_dir, tree
+            )
+            continue
         if scenario == "scale":
             by: dict[int, list[dict[str, Any]]] = {n: [] for n in procs_list}
             for i in range(runs):
@@ -302,8 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, metavar="SECONDS")
-    parser.add_argument("--only", default="hello,big,hop,scale")
+    parser.add_argument("--only", default="hello,big,hop,scale,scale-netns")
     parser.add_argument("--procs", default="1,2,4", help="handler processes for scale")
+    parser.add_argument(
+        "--layouts",
+        default="1x1,2x1,2x2,4x1",
+        help="scale-netns: handler HOSTSxPROCS, each host a network namespace",
+    )
     parser.add_argument("--tree", type=Path, help="another checkout's catalyzer (its src/)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument(
@@ -319,8 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or args.runs < 1 or args.duration < 1:
         parser.error(f"scenarios: {', '.join(APPS)}; --runs and --duration at least 1")
     procs_list = [int(n) for n in args.procs.split(",")]
+    layouts = tuple(x.strip() for x in args.layouts.split(",") if x.strip())
+    for layout in layouts:
+        try:
+            parse_layout(layout)
+        except ValueError as e:
+            parser.error(str(e))
     FRONT_ARGS[:] = shlex.split(args.front_args)
-    data = run(scenarios, args.runs, args.duration, procs_list, args.tree)
+    data = run(scenarios, args.runs, args.duration, procs_list, args.tree, layouts)
     text = json.dumps(data, indent=2)
     print(text)
     if args.json:
@@ -347,7 +547,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in data["scenarios"].items():
-        if name == "scale":
+        if name in ("scale", "scale-netns"):
             continue
         one, two = s["single"], s["split"]
 
@@ -374,4 +574,22 @@ def markdown(data: dict[str, Any]) -> list[str]:
         for n, s in scale.items():
             each = " / ".join(f"{v:,}" for v in s["rps_each"])
             lines.append(f"| {n} | {s['rps'] or 0:,.0f} | {each} | {s['p99_ms']} ms |")
+    spread = data["scenarios"].get("scale-netns")
+    if spread and "skipped" in spread:
+        lines += ["", f"Handler hosts in network namespaces: skipped ({spread['skipped']}).", ""]
+    elif spread:
+        lines += [
+            "",
+            "The same load with the front and each handler host in a network namespace of its "
+            "own, over veth pairs and a bridge (HxP: H hosts of `--procs P`):",
+            "",
+            "| hosts x procs | req/s (median) | each run | app's limit | of limit | p99 |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for layout, s in spread.items():
+            each = " / ".join(f"{v:,}" for v in s["rps_each"])
+            lines.append(
+                f"| {layout} | {s['rps'] or 0:,.0f} | {each} | {s['limit_rps']:,.0f} | "
+                f"{s['of_limit']} | {s['p99_ms']} ms |"
+            )
     return [*lines, ""]
