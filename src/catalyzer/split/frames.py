@@ -128,7 +128,7 @@ class Message:
     seq: int = 0
     rid: int = 0
     meta: Meta = ()
-    body: tuple[bytes, ...] = ()
+    body: tuple[Frame, ...] = ()
 
     def get(self, key: bytes) -> bytes | None:
         """The first value of ``key``, or None."""
@@ -187,10 +187,10 @@ def _encode_meta(meta: Meta) -> bytes:
     return b"".join(parts)
 
 
-def encode(message: Message) -> list[bytes]:
+def encode(message: Message) -> list[Frame]:
     """The frames of ``message``. ValueError for what no peer could decode (a key too long, a
     sequence number or request id out of range): a bug of the sender, not bad input."""
-    frames: list[bytes] = encode_parts(message.kind, message.seq, message.rid, message.meta, ())
+    frames: list[Frame] = encode_parts(message.kind, message.seq, message.rid, message.meta, ())
     if message.body and len(frames) == 1:
         frames.append(b"")
     frames.extend(message.body)
@@ -233,7 +233,7 @@ def _decode_meta(data: bytes) -> Meta:
     return tuple(pairs)
 
 
-def decode(frames: Sequence[bytes]) -> Message:
+def decode(frames: Sequence[Frame]) -> Message:
     """The message in ``frames``; FrameError, saying what is wrong, for anything else."""
     if not frames:
         raise FrameError("empty message")
@@ -248,7 +248,10 @@ def decode(frames: Sequence[bytes]) -> Message:
         if known is None:
             raise FrameError(f"unknown message kind {kind}")
         meta = _decode_meta(bytes(frames[1])) if len(frames) > 1 else ()
-        body = tuple(bytes(f) for f in frames[2:])
+        # Body frames received without a copy (views of ZeroMQ's buffers) stay as they are.
+        body = tuple(
+            f if type(f) is bytes or type(f) is memoryview else bytes(f) for f in frames[2:]
+        )
     except FrameError:
         raise
     except (TypeError, ValueError, struct.error, IndexError) as e:  # frames that are not bytes
@@ -269,7 +272,7 @@ def encode_batch(messages: Sequence[Sequence[Frame]]) -> list[Any]:
     return frames
 
 
-def split_batch(frames: Sequence[bytes]) -> list[list[bytes]] | None:
+def split_batch(frames: Sequence[Frame]) -> list[list[Frame]] | None:
     """The messages of a batch, in order; None if ``frames`` is not a batch (a message of its
     own), FrameError for a batch whose counts do not match its frames."""
     if len(frames) < 2 or len(frames[0]) != _HEADER.size or frames[0][1] != BATCH:
@@ -277,7 +280,7 @@ def split_batch(frames: Sequence[bytes]) -> list[list[bytes]] | None:
     counts = frames[1]
     if len(counts) % _COUNT.size or not counts:
         raise FrameError(f"batch: a count frame of {len(counts)} bytes")
-    out: list[list[bytes]] = []
+    out: list[list[Frame]] = []
     pos = 2
     for (n,) in _COUNT.iter_unpack(counts):
         if n < 1 or pos + n > len(frames):

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zmq.utils import z85
 from zope.interface import implementer
 
-from catalyzer.split.frames import FrameError, encode_batch, split_batch
+from catalyzer.split.frames import Frame, FrameError, encode_batch, split_batch
 
 __all__ = [
     "MAX_FRAME",
@@ -79,7 +79,9 @@ def new_context() -> zmq.Context[Any]:
 # free, and trims the top of its heap past 128 KiB free: every 256 KiB body frame, in libzmq and
 # as a Python bytes, was then fresh pages to fault in and zero. A split process keeps such
 # blocks in its heap instead, up to 16 MiB free at its top (the bounded-memory tests still hold).
-MMAP_THRESHOLD: Final = 1024 * 1024
+# The threshold is above the largest frame a peer may send (a whole 1 MiB response arrives as
+# one frame: at 1 MiB, libzmq's I/O thread mapped and unmapped every one).
+MMAP_THRESHOLD: Final = 2 * MAX_FRAME
 TRIM_THRESHOLD: Final = 16 * 1024 * 1024
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
@@ -233,7 +235,8 @@ class ZapHandler:
     def close(self) -> None:
         self.connection.close()
 
-    def _request(self, frames: list[bytes]) -> None:
+    def _request(self, received: list[Frame]) -> None:
+        frames = [bytes(f) for f in received]
         if len(frames) < 6:
             return
         version, request_id, _domain, address, _identity, mechanism = frames[:6]
@@ -273,7 +276,7 @@ class ZmqConnection:
         self,
         sock: Any,
         reactor: Any,
-        on_message: Callable[[list[bytes]], None],
+        on_message: Callable[[list[Frame]], None],
         batch: int = BATCH,
         *,
         batching: bool = False,
@@ -354,13 +357,16 @@ class ZmqConnection:
             if not self._reading:
                 return
             try:
-                frames = sock.recv_multipart(_NOBLOCK)
+                parts = sock.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return  # the edge is re-armed: new messages make the descriptor fire again
             except zmq.ZMQError as e:
                 log.error("receiving from the ZeroMQ socket failed: {error}", error=e)
                 return
             self.received += 1
+            # A large frame (response or request body) stays in ZeroMQ's buffer, seen through a
+            # view, and goes from there to the client's socket: no copy into a Python bytes.
+            frames: list[Frame] = [p.buffer if len(p) >= ZERO_COPY_FROM else p.bytes for p in parts]
             for message in self._unbatch(frames):
                 try:
                     self.on_message(message)
@@ -369,7 +375,7 @@ class ZmqConnection:
         # The batch is used up and more may be waiting: the descriptor will not fire for it.
         self._schedule()
 
-    def _unbatch(self, frames: list[bytes]) -> list[list[bytes]]:
+    def _unbatch(self, frames: list[Frame]) -> list[list[Frame]]:
         if not self.batching:
             return [frames]
         head = frames[:1] if self.routed else []
