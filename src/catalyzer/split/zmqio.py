@@ -63,6 +63,15 @@ HIGH_WATER: Final = 100_000
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE: Final = int(zmq.RCVMORE)
+# pyzmq's own socket methods, under its Python layer: ``send_multipart`` and ``recv_multipart``
+# call that layer's ``send``/``recv`` per frame, each with flag enums and options to look at
+# (about 2 us a frame, several frames a request on both sides).
+_BaseSocket: Final = zmq.backend.Socket
+_base_send: Final[Any] = _BaseSocket.send
+_base_recv: Final[Any] = _BaseSocket.recv
+_base_get: Final[Any] = _BaseSocket.get
 
 
 class SendResult(enum.Enum):
@@ -253,6 +262,23 @@ class ZapHandler:
         self.connection.send(reply)
 
 
+def _send_parts(sock: Any, frames: Sequence[Frame], copy: bool) -> None:
+    """``sock.send_multipart(frames, NOBLOCK, copy=copy)`` without pyzmq's Python layer. A
+    multipart message is queued whole or not at all, as with ``send_multipart``: only its first
+    part can meet a full queue (zmq.Again)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _base_send(sock, frame, _MORE if i < last else _NOBLOCK, copy)
+
+
+def _recv_parts(sock: Any) -> list[Any]:
+    """``sock.recv_multipart(NOBLOCK, copy=False)`` without pyzmq's Python layer."""
+    parts = [_base_recv(sock, _NOBLOCK, False)]
+    while _base_get(sock, _RCVMORE):
+        parts.append(_base_recv(sock, _NOBLOCK, False))
+    return parts
+
+
 def _copy(frames: Sequence[bytes | memoryview]) -> bool:
     """Copy small messages: a zero-copy send costs a Frame object and a release callback per
     part, far more than copying a few hundred bytes (about 40 us against 4 per send)."""
@@ -290,6 +316,8 @@ class ZmqConnection:
         self.routed = routed
         self.on_send_failure: Callable[[bytes | None, SendResult], None] | None = None
         self._fd: int = sock.getsockopt(zmq.FD)
+        # The fast paths need a real socket (the tests' fakes have only the multipart methods).
+        self._fast = isinstance(sock, _BaseSocket)
         self._pending: interfaces.IDelayedCall | None = None
         self._reading = False
         self._draining = False
@@ -353,11 +381,12 @@ class ZmqConnection:
 
     def _drain_batch(self) -> None:
         sock = self.sock
+        fast = self._fast
         for _ in range(self.batch):
             if not self._reading:
                 return
             try:
-                parts = sock.recv_multipart(_NOBLOCK, copy=False)
+                parts = _recv_parts(sock) if fast else sock.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return  # the edge is re-armed: new messages make the descriptor fire again
             except zmq.ZMQError as e:
@@ -426,7 +455,10 @@ class ZmqConnection:
         itself takes it)."""
         sock = self.sock
         try:
-            sock.send_multipart(frames, _NOBLOCK, copy=_copy(frames))
+            if self._fast:
+                _send_parts(sock, frames, _copy(frames))
+            else:
+                sock.send_multipart(frames, _NOBLOCK, copy=_copy(frames))
             result = SendResult.SENT
             self.sent += 1
         except zmq.Again:
