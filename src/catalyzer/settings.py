@@ -690,7 +690,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "window",
-        256 * 1024,
+        2 * 1024 * 1024,
         _positive_size,
         section=SPLIT_SECTION,
         metavar="BYTES",

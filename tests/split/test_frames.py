@@ -47,14 +47,16 @@ def test_round_trip(message: Message) -> None:
 def test_body_frames_pass_untouched() -> None:
     chunk = b"x" * 100_000
     frames = encode(Message(Kind.DATA, 3, 7, (), (chunk, b"tail")))
-    assert frames[2] is chunk
-    assert frames[1] == b""
+    assert frames[1] is chunk
+    assert frames[0] == struct.pack(">BBQQ", PROTOCOL_VERSION, Kind.DATA, 3, 7)
 
 
 def test_header_layout() -> None:
     frames = encode(Message(Kind.REQ, 5, 9, ((b"m", b"GET"),)))
-    assert frames[0] == struct.pack(">BBQQ", PROTOCOL_VERSION, Kind.REQ, 5, 9)
-    assert frames[1] == b"\x01m\x00\x00\x00\x03GET"
+    # The metadata follows the header in its frame.
+    assert frames == [
+        struct.pack(">BBQQ", PROTOCOL_VERSION, Kind.REQ, 5, 9) + b"\x01m\x00\x00\x00\x03GET"
+    ]
 
 
 def test_repeated_keys_keep_order() -> None:
@@ -79,15 +81,16 @@ def _header(version: int = PROTOCOL_VERSION, kind: int = Kind.HB) -> bytes:
     [
         ([], "empty message"),
         ([b"short"], "header frame of 5 bytes"),
-        ([_header() + b"x"], "header frame of 19 bytes"),
-        ([_header(version=1)], "protocol version 1, expected 2"),
+        ([_header()[:17]], "header frame of 17 bytes"),
+        ([_header() + b"x"], "truncated key"),
+        ([_header(version=2)], "protocol version 2, expected 3"),
         ([_header(kind=0xFF)], "unknown message kind 255"),  # a batch is taken apart first
         ([_header(kind=0)], "unknown message kind 0"),
         ([_header(kind=200)], "unknown message kind 200"),
-        ([_header(), b"\x00"], "empty key"),
-        ([_header(), b"\x05ab"], "truncated key"),
-        ([_header(), b"\x01k\x00\x00\x00\x09abc"], "claims 9 bytes, 3 left"),
-        ([_header(), b"\x01k\x00\x00"], "truncated key"),
+        ([_header() + b"\x00"], "empty key"),
+        ([_header() + b"\x05ab"], "truncated key"),
+        ([_header() + b"\x01k\x00\x00\x00\x09abc"], "claims 9 bytes, 3 left"),
+        ([_header() + b"\x01k\x00\x00"], "truncated key"),
         ([object()], "malformed message"),
         ([_header(), 4.5], "malformed message"),
     ],
@@ -143,11 +146,11 @@ def test_a_single_message_is_not_a_batch() -> None:
 @pytest.mark.parametrize(
     ("frames", "says"),
     [
-        ([_header(kind=0xFF), b""], "count frame of 0 bytes"),
-        ([_header(kind=0xFF), b"\x00\x00\x01"], "count frame of 3 bytes"),
-        ([_header(kind=0xFF), struct.pack(">I", 2), b"a"], "a message of 2 frames"),
-        ([_header(kind=0xFF), struct.pack(">I", 0)], "a message of 0 frames"),
-        ([_header(kind=0xFF), struct.pack(">I", 1), b"a", b"b"], "1 frames past"),
+        ([_header(kind=0xFF)], "counts of 0 bytes"),
+        ([_header(kind=0xFF) + b"\x00\x00\x01"], "counts of 3 bytes"),
+        ([_header(kind=0xFF) + struct.pack(">I", 2), b"a"], "a message of 2 frames"),
+        ([_header(kind=0xFF) + struct.pack(">I", 0)], "a message of 0 frames"),
+        ([_header(kind=0xFF) + struct.pack(">I", 1), b"a", b"b"], "1 frames past"),
     ],
 )
 def test_malformed_batch(frames: list[bytes], says: str) -> None:

@@ -196,6 +196,40 @@ def test_window_is_granted_as_the_client_drains_and_not_while_paused() -> None:
     assert win.get_int(b"n") == 600
 
 
+class PartialSocket:
+    """The client's socket as ``send_direct`` sees it: takes ``room`` bytes, then is full."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent: list[bytes] = []
+
+    def send_direct(self, pieces: list[memoryview]) -> int | None:
+        data = b"".join(pieces)[: self.room]
+        self.room -= len(data)
+        self.sent.append(data)
+        return len(data)
+
+
+def test_response_bytes_go_straight_to_the_socket_and_only_the_rest_is_queued() -> None:
+    s = Setup(window=1 << 20)
+    s.hello()
+    client = s.client()
+    head = HEAD.replace(b"5", b"102400")
+    sock = PartialSocket(room=len(head) + 3)
+    client.channel.send_direct = sock.send_direct  # type: ignore[method-assign]
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    (req,) = s.conn.take()
+    body = bytes(range(256)) * 400  # received as a view of ZeroMQ's buffer, as a large frame is
+    s.say(Kind.HEAD, req.rid, ((b"st", b"200"),), (head,))
+    s.conn.on_message([b"h1", *encode(Message(Kind.DATA, s.seq, req.rid)), memoryview(body)])
+    s.seq += 1
+    s.say(Kind.END, req.rid, ((b"st", b"200"), (b"ka", b"1")))
+    # The socket took the head and 3 bytes of the body at once; the rest waited in the transport.
+    assert b"".join(sock.sent) == (head + body)[: len(head) + 3]
+    assert b"".join(sock.sent) + client.output() == head + body
+    assert s.state.metrics.requests == 1
+
+
 def test_client_gone_cancels_at_the_handler() -> None:
     s = Setup()
     s.hello()

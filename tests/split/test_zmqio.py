@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from catalyzer.split.frames import Kind, Message, encode, encode_batch, split_batch
 from catalyzer.split.zmqio import (
+    ZERO_COPY_FROM,
     SendResult,
     ZmqConnection,
     front_socket,
@@ -36,11 +37,12 @@ class FakeSocket:
             return zmq.POLLIN if self.incoming else 0
         raise AssertionError(option)
 
-    def recv_multipart(self, flags: int) -> list[bytes]:
+    def recv_multipart(self, flags: int, copy: bool = True) -> list[Any]:
         assert flags == zmq.NOBLOCK
         if not self.incoming:
             raise zmq.Again()
-        return self.incoming.pop(0)
+        frames = self.incoming.pop(0)
+        return frames if copy else [zmq.Frame(f) for f in frames]
 
     def send_multipart(self, frames: list[Any], flags: int, copy: bool) -> None:
         if self.send_error is not None:
@@ -79,6 +81,18 @@ def test_start_registers_the_fd_and_drains_what_arrived_before() -> None:
     assert got == []
     reactor.advance(0)
     assert got == [[b"early"]]
+
+
+def test_large_frames_are_received_as_views_of_zeromqs_buffer_small_ones_as_bytes() -> None:
+    sock, reactor, conn, got = make()
+    large = bytes(range(256)) * (ZERO_COPY_FROM // 256)
+    sock.incoming.append([b"header", large, b"x" * (ZERO_COPY_FROM - 1)])
+    conn.start()
+    reactor.advance(0)
+    [[header, body, small]] = got
+    assert type(header) is bytes and header == b"header"
+    assert type(body) is memoryview and body == large  # no copy into a Python bytes
+    assert type(small) is bytes and small == b"x" * (ZERO_COPY_FROM - 1)
 
 
 def test_drains_at_most_a_batch_per_turn_then_continues_next_turn() -> None:

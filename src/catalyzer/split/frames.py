@@ -1,11 +1,12 @@
 """The split-mode wire: one message is a list of ZeroMQ frames (pure: no Twisted, no ZeroMQ).
 
-Frame 0 is a fixed 18-byte header: protocol version (1 byte), message kind (1 byte), the sender's
-per-session sequence number (8 bytes) and the request id (8 bytes; 0 when the message is about no
-request). Frame 1, present when there is metadata or a body, is the metadata: pairs of a short key
-(1-byte length) and a value (4-byte length), in order and repeatable (request headers travel as
-repeated ``h`` pairs). Every further frame is body bytes, passed through untouched, so a body
-chunk is never copied into a bigger buffer to be framed.
+Frame 0 starts with a fixed 18-byte header: protocol version (1 byte), message kind (1 byte), the
+sender's per-session sequence number (8 bytes) and the request id (8 bytes; 0 when the message is
+about no request); the metadata follows in the same frame: pairs of a short key (1-byte length)
+and a value (4-byte length), in order and repeatable. One frame for both, because each frame is
+a send and a receive on each side (protocol 2 had them in two). Every further frame is body
+bytes, passed through untouched, so a body chunk is never copied into a bigger buffer to be
+framed.
 
 :func:`decode` turns any list of frames into a :class:`Message` or raises :class:`FrameError`
 with a message that says what was wrong: nothing else escapes it.
@@ -36,7 +37,7 @@ __all__ = [
     "split_batch",
 ]
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 # The kind byte of a batch: several messages in one ZeroMQ message (never a Kind of its own).
 BATCH: Final = 0xFF
 _COUNT: Final = struct.Struct(">I")
@@ -128,7 +129,7 @@ class Message:
     seq: int = 0
     rid: int = 0
     meta: Meta = ()
-    body: tuple[bytes, ...] = ()
+    body: tuple[Frame, ...] = ()
 
     def get(self, key: bytes) -> bytes | None:
         """The first value of ``key``, or None."""
@@ -187,30 +188,25 @@ def _encode_meta(meta: Meta) -> bytes:
     return b"".join(parts)
 
 
-def encode(message: Message) -> list[bytes]:
+def encode(message: Message) -> list[Frame]:
     """The frames of ``message``. ValueError for what no peer could decode (a key too long, a
     sequence number or request id out of range): a bug of the sender, not bad input."""
-    frames: list[bytes] = encode_parts(message.kind, message.seq, message.rid, message.meta, ())
-    if message.body and len(frames) == 1:
-        frames.append(b"")
-    frames.extend(message.body)
-    return frames
+    return encode_parts(message.kind, message.seq, message.rid, message.meta, message.body)
 
 
 def encode_parts(kind: Kind, seq: int, rid: int, meta: Meta, body: Sequence[Frame]) -> list[Any]:
     """:func:`encode` for body frames that may be views of a larger buffer (never copied)."""
     if not 0 <= seq <= _MAX_SEQ or not 0 <= rid <= _MAX_SEQ:
         raise ValueError(f"sequence number or request id out of range: {kind!r} {seq} {rid}")
-    frames: list[Any] = [_HEADER.pack(PROTOCOL_VERSION, kind, seq, rid)]
-    if meta or body:
-        frames.append(_encode_meta(meta))
-        frames.extend(body)
+    header = _HEADER.pack(PROTOCOL_VERSION, kind, seq, rid)
+    frames: list[Any] = [header + _encode_meta(meta) if meta else header]
+    frames.extend(body)
     return frames
 
 
-def _decode_meta(data: bytes) -> Meta:
+def _decode_meta(data: bytes, pos: int) -> Meta:
+    """The pairs in ``data`` from ``pos`` to its end."""
     pairs: list[tuple[bytes, bytes]] = []
-    pos = 0
     end = len(data)
     while pos < end:
         klen = data[pos]
@@ -233,22 +229,29 @@ def _decode_meta(data: bytes) -> Meta:
     return tuple(pairs)
 
 
-def decode(frames: Sequence[bytes]) -> Message:
+def decode(frames: Sequence[Frame]) -> Message:
     """The message in ``frames``; FrameError, saying what is wrong, for anything else."""
     if not frames:
         raise FrameError("empty message")
     try:
-        header = bytes(frames[0])
-        if len(header) != _HEADER.size:
-            raise FrameError(f"header frame of {len(header)} bytes, expected {_HEADER.size}")
-        version, kind, seq, rid = _HEADER.unpack(header)
+        header = frames[0]
+        if type(header) is not bytes:
+            header = bytes(header)
+        if len(header) < _HEADER.size:
+            raise FrameError(
+                f"header frame of {len(header)} bytes, expected {_HEADER.size} or more"
+            )
+        version, kind, seq, rid = _HEADER.unpack_from(header)
         if version != PROTOCOL_VERSION:
             raise FrameError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
         known = _KINDS.get(kind)
         if known is None:
             raise FrameError(f"unknown message kind {kind}")
-        meta = _decode_meta(bytes(frames[1])) if len(frames) > 1 else ()
-        body = tuple(bytes(f) for f in frames[2:])
+        meta = _decode_meta(header, _HEADER.size) if len(header) > _HEADER.size else ()
+        # Body frames received without a copy (views of ZeroMQ's buffers) stay as they are.
+        body = tuple(
+            f if type(f) is bytes or type(f) is memoryview else bytes(f) for f in frames[1:]
+        )
     except FrameError:
         raise
     except (TypeError, ValueError, struct.error, IndexError) as e:  # frames that are not bytes
@@ -257,28 +260,28 @@ def decode(frames: Sequence[bytes]) -> Message:
 
 
 def encode_batch(messages: Sequence[Sequence[Frame]]) -> list[Any]:
-    """Several messages' frames as one ZeroMQ message: a header of kind :data:`BATCH`, a frame
-    with each message's frame count (4 bytes each), then every message's frames in order. One
-    send and one wake-up of each side's I/O thread, however many messages."""
+    """Several messages' frames as one ZeroMQ message: a header of kind :data:`BATCH` followed,
+    in its frame, by each message's frame count (4 bytes each), then every message's frames in
+    order. One send and one wake-up of each side's I/O thread, however many messages."""
     frames: list[Any] = [
-        _HEADER.pack(PROTOCOL_VERSION, BATCH, 0, 0),
-        b"".join([_COUNT.pack(len(m)) for m in messages]),
+        _HEADER.pack(PROTOCOL_VERSION, BATCH, 0, 0)
+        + b"".join([_COUNT.pack(len(m)) for m in messages])
     ]
     for message in messages:
         frames.extend(message)
     return frames
 
 
-def split_batch(frames: Sequence[bytes]) -> list[list[bytes]] | None:
+def split_batch(frames: Sequence[Frame]) -> list[list[Frame]] | None:
     """The messages of a batch, in order; None if ``frames`` is not a batch (a message of its
     own), FrameError for a batch whose counts do not match its frames."""
-    if len(frames) < 2 or len(frames[0]) != _HEADER.size or frames[0][1] != BATCH:
+    if not frames or len(frames[0]) < _HEADER.size or frames[0][1] != BATCH:
         return None
-    counts = frames[1]
+    counts = memoryview(frames[0])[_HEADER.size :]
     if len(counts) % _COUNT.size or not counts:
-        raise FrameError(f"batch: a count frame of {len(counts)} bytes")
-    out: list[list[bytes]] = []
-    pos = 2
+        raise FrameError(f"batch: counts of {len(counts)} bytes")
+    out: list[list[Frame]] = []
+    pos = 1
     for (n,) in _COUNT.iter_unpack(counts):
         if n < 1 or pos + n > len(frames):
             raise FrameError(f"batch: a message of {n} frames at frame {pos} of {len(frames)}")

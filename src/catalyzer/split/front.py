@@ -30,7 +30,7 @@ from zope.interface import implementer
 from catalyzer.http.framing import simple_response
 from catalyzer.http.reader import Request
 from catalyzer.split.describe import describe_front
-from catalyzer.split.frames import FORWARDED_RESULT, Meta, encode
+from catalyzer.split.frames import FORWARDED_RESULT, Frame, Meta, encode
 from catalyzer.split.router import (
     Abort,
     Command,
@@ -105,11 +105,11 @@ def _body_frames(request: Request) -> tuple[bytes, ...]:
     return tuple(frames)
 
 
-def closing_head(body: Sequence[bytes]) -> tuple[bytes, ...] | None:
+def closing_head(body: Sequence[Frame]) -> tuple[Frame, ...] | None:
     """A HEAD message's frames with the head made to say ``Connection: close``; None when its
     first frame does not hold the whole head (a window smaller than the head: the connection
     still closes after the response) or the head says close already."""
-    first = body[0] if body else b""
+    first = bytes(body[0]) if body else b""
     end = first.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -185,7 +185,7 @@ class FrontResponse:
 
     # -- what the router decided
 
-    def head(self, status: int, body: Sequence[bytes]) -> None:
+    def head(self, status: int, body: Sequence[Frame]) -> None:
         self.status = status
         if self._promised_keep_alive and not self.sink.keep_alive_allowed:
             # The process began stopping after the handler framed this head for keep-alive: as
@@ -201,7 +201,7 @@ class FrontResponse:
         self._registered = True
         self._write(body)
 
-    def data(self, body: Sequence[bytes]) -> None:
+    def data(self, body: Sequence[Frame]) -> None:
         self._write(body)
 
     def end(self, status: int, keep_alive: bool, body_bytes: int = -1) -> None:
@@ -271,17 +271,14 @@ class FrontResponse:
 
     # -- internals
 
-    def _write(self, body: Sequence[bytes]) -> None:
+    def _write(self, body: Sequence[Frame]) -> None:
         size = 0
         for piece in body:
             size += len(piece)
         if not size or self.done:
             return
         self.bytes_sent += size
-        if len(body) == 1:
-            self.sink.write(body[0])
-        else:
-            self.sink.write_sequence(list(body))
+        self._send(body, size)
         self._owed += size
         if (
             not self._paused
@@ -292,6 +289,33 @@ class FrontResponse:
         ):
             owed, self._owed = self._owed, 0
             self.front.drained(self.cid, owed)
+
+    def _send(self, body: Sequence[Frame], size: int) -> None:
+        """Write ``body`` to the client: straight from the received frames (views of ZeroMQ's
+        buffers for large ones) with one ``sendmsg`` when nothing is queued ahead of them, as
+        the engine writes a response in memory; only what the socket does not take is copied
+        into the transport's buffer (which pauses us, as any write past its limit does)."""
+        try:
+            sent = self.sink.send_direct([memoryview(piece) for piece in body])
+        except OSError:
+            sent = None  # the transport meets the error when it writes, and reports it its way
+        if sent is None:
+            rest = list(body)
+        elif sent == size:
+            return
+        else:
+            rest = []
+            for piece in body:
+                n = len(piece)
+                if sent >= n:
+                    sent -= n
+                    continue
+                rest.append(piece[sent:] if sent else piece)
+                sent = 0
+        if len(rest) == 1:
+            self.sink.write(bytes(rest[0]))
+        else:
+            self.sink.write_sequence([bytes(piece) for piece in rest])
 
     def _end(self, keep_alive: bool, connection_gone: bool = False) -> None:
         if self.done:
@@ -358,11 +382,14 @@ class SplitFront:
     def forget(self, cid: int) -> None:
         self.responses.pop(cid, None)
 
-    def received(self, frames: list[bytes]) -> None:
+    def received(self, frames: list[Frame]) -> None:
         if len(frames) < 2:
             log.warn("a message without a routing identity: dropped")
             return
-        self._run(self.router.message(self.reactor.seconds(), frames[0], frames[1:]))
+        identity = frames[0]
+        if type(identity) is not bytes:
+            identity = bytes(identity)
+        self._run(self.router.message(self.reactor.seconds(), identity, frames[1:]))
 
     def tick(self) -> None:
         self._timer = None

@@ -56,8 +56,13 @@ __all__ = ["HandlerSession", "SplitSink"]
 
 log = Logger(namespace="catalyzer.split")
 
-# Response bytes per DATA frame at most.
-DATA_FRAME: Final = 256 * 1024
+# Response bytes per HEAD, DATA or REPLY message at most (its frames are views of the app's
+# pieces, each under the peer's MAXMSGSIZE). A response of up to this size with its head goes
+# in one REPLY when the window allows it: every extra message is a wake-up of both sides' I/O
+# threads and, while the window is used up, a round trip.
+DATA_FRAME: Final = 2 * 1024 * 1024
+# A REPLY smaller than this goes as one frame (joined: cheaper than a frame per piece).
+JOIN_BELOW: Final = 16 * 1024
 # Request bodies past this are kept in a temporary file rather than memory.
 BODY_IN_MEMORY: Final = 1024 * 1024
 # A retried request's START is sent only if its response has not begun this long after it came.
@@ -215,7 +220,10 @@ class SplitSink:
     def _send_reply(self, outcome: ResponseOutcome) -> None:
         self.closed = True
         self.head_sent = True
-        frames = tuple(self.pending)
+        frames: tuple[Frame, ...] = tuple(self.pending)
+        if len(frames) > 1 and self._held < JOIN_BELOW:
+            # One frame fewer to send, receive and write (the head and a small body).
+            frames = (b"".join(frames),)
         self.pending.clear()
         self.window -= self._held
         meta = (
@@ -521,7 +529,7 @@ class HandlerSession:
 
     # -- receiving
 
-    def received(self, frames: list[bytes]) -> None:
+    def received(self, frames: list[Frame]) -> None:
         try:
             msg = decode(frames)
         except FrameError as e:
@@ -717,7 +725,7 @@ class HandlerSession:
         )
         self._close_body(request)
 
-    def _body(self, frames: tuple[bytes, ...]) -> IO[bytes]:
+    def _body(self, frames: tuple[Frame, ...]) -> IO[bytes]:
         size = sum(len(f) for f in frames)
         body: IO[bytes]
         if size <= BODY_IN_MEMORY:
@@ -734,7 +742,7 @@ class HandlerSession:
         if request.body is not None:
             request.body.close()
 
-    def _spool(self, waiting: _Waiting, offset: int, frames: tuple[bytes, ...]) -> None:
+    def _spool(self, waiting: _Waiting, offset: int, frames: tuple[Frame, ...]) -> None:
         """Body bytes for a request spooled before its app runs in the reactor."""
         spool = waiting.spool
         assert spool is not None

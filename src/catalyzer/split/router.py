@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from catalyzer.split.frames import FROM_HANDLER, FrameError, Kind, Message, Meta, decode
+from catalyzer.split.frames import FROM_HANDLER, Frame, FrameError, Kind, Message, Meta, decode
 
 __all__ = [
     "Abort",
@@ -72,7 +72,7 @@ class RouterSettings:
     first_byte_timeout: float = 60.0
     stall_timeout: float = 30.0
     retries: int = 1
-    window: int = 256 * 1024
+    window: int = 2 * 1024 * 1024
     budget: int = 0  # response bytes ahead of clients, all responses together (0: no limit)
     heartbeat: float = 1.0
     liveness: float = 5.0
@@ -107,13 +107,13 @@ class Head:
 
     cid: int
     status: int
-    body: tuple[bytes, ...]
+    body: tuple[Frame, ...]
 
 
 @dataclass(frozen=True)
 class Data:
     cid: int
-    body: tuple[bytes, ...]
+    body: tuple[Frame, ...]
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class Pending:
     cid: int
     method: str
     meta: Meta
-    body: tuple[bytes, ...]
+    body: tuple[Frame, ...]
     arrived: float
     body_length: int = 0  # the whole body's, which the handler pulls past what REQ carried
     state: str = QUEUED
@@ -301,7 +301,7 @@ class Router:
         cid: int,
         method: str,
         meta: Meta,
-        body: tuple[bytes, ...] = (),
+        body: tuple[Frame, ...] = (),
         body_length: int = 0,
     ) -> list[Command]:
         """A complete request from a client, to be answered exactly once. ``body`` travels with
@@ -382,7 +382,7 @@ class Router:
 
     # -- handler events
 
-    def message(self, now: float, identity: bytes, frames: Sequence[bytes]) -> list[Command]:
+    def message(self, now: float, identity: bytes, frames: Sequence[Frame]) -> list[Command]:
         """Frames from the handler ``identity`` (the ROUTER's routing id)."""
         try:
             msg = decode(frames)
@@ -495,7 +495,7 @@ class Router:
         kind: Kind,
         rid: int = 0,
         meta: Meta = (),
-        body: tuple[bytes, ...] = (),
+        body: tuple[Frame, ...] = (),
     ) -> Send:
         seq = handler.seq_out
         handler.seq_out += 1

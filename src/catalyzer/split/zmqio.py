@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zmq.utils import z85
 from zope.interface import implementer
 
-from catalyzer.split.frames import FrameError, encode_batch, split_batch
+from catalyzer.split.frames import Frame, FrameError, encode_batch, split_batch
 
 __all__ = [
     "MAX_FRAME",
@@ -63,6 +63,15 @@ HIGH_WATER: Final = 100_000
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE: Final = int(zmq.RCVMORE)
+# pyzmq's own socket methods, under its Python layer: ``send_multipart`` and ``recv_multipart``
+# call that layer's ``send``/``recv`` per frame, each with flag enums and options to look at
+# (about 2 us a frame, several frames a request on both sides).
+_BaseSocket: Final = zmq.backend.Socket
+_base_send: Final[Any] = _BaseSocket.send
+_base_recv: Final[Any] = _BaseSocket.recv
+_base_get: Final[Any] = _BaseSocket.get
 
 
 class SendResult(enum.Enum):
@@ -79,7 +88,9 @@ def new_context() -> zmq.Context[Any]:
 # free, and trims the top of its heap past 128 KiB free: every 256 KiB body frame, in libzmq and
 # as a Python bytes, was then fresh pages to fault in and zero. A split process keeps such
 # blocks in its heap instead, up to 16 MiB free at its top (the bounded-memory tests still hold).
-MMAP_THRESHOLD: Final = 1024 * 1024
+# The threshold is above the largest frame a peer may send (a whole 1 MiB response arrives as
+# one frame: at 1 MiB, libzmq's I/O thread mapped and unmapped every one).
+MMAP_THRESHOLD: Final = 2 * MAX_FRAME
 TRIM_THRESHOLD: Final = 16 * 1024 * 1024
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
@@ -233,7 +244,8 @@ class ZapHandler:
     def close(self) -> None:
         self.connection.close()
 
-    def _request(self, frames: list[bytes]) -> None:
+    def _request(self, received: list[Frame]) -> None:
+        frames = [bytes(f) for f in received]
         if len(frames) < 6:
             return
         version, request_id, _domain, address, _identity, mechanism = frames[:6]
@@ -248,6 +260,23 @@ class ZapHandler:
             )
             reply = [version, request_id, b"400", b"key not allowed", b"", b""]
         self.connection.send(reply)
+
+
+def _send_parts(sock: Any, frames: Sequence[Frame], copy: bool) -> None:
+    """``sock.send_multipart(frames, NOBLOCK, copy=copy)`` without pyzmq's Python layer. A
+    multipart message is queued whole or not at all, as with ``send_multipart``: only its first
+    part can meet a full queue (zmq.Again)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _base_send(sock, frame, _MORE if i < last else _NOBLOCK, copy)
+
+
+def _recv_parts(sock: Any) -> list[Any]:
+    """``sock.recv_multipart(NOBLOCK, copy=False)`` without pyzmq's Python layer."""
+    parts = [_base_recv(sock, _NOBLOCK, False)]
+    while _base_get(sock, _RCVMORE):
+        parts.append(_base_recv(sock, _NOBLOCK, False))
+    return parts
 
 
 def _copy(frames: Sequence[bytes | memoryview]) -> bool:
@@ -273,7 +302,7 @@ class ZmqConnection:
         self,
         sock: Any,
         reactor: Any,
-        on_message: Callable[[list[bytes]], None],
+        on_message: Callable[[list[Frame]], None],
         batch: int = BATCH,
         *,
         batching: bool = False,
@@ -287,6 +316,8 @@ class ZmqConnection:
         self.routed = routed
         self.on_send_failure: Callable[[bytes | None, SendResult], None] | None = None
         self._fd: int = sock.getsockopt(zmq.FD)
+        # The fast paths need a real socket (the tests' fakes have only the multipart methods).
+        self._fast = isinstance(sock, _BaseSocket)
         self._pending: interfaces.IDelayedCall | None = None
         self._reading = False
         self._draining = False
@@ -350,17 +381,21 @@ class ZmqConnection:
 
     def _drain_batch(self) -> None:
         sock = self.sock
+        fast = self._fast
         for _ in range(self.batch):
             if not self._reading:
                 return
             try:
-                frames = sock.recv_multipart(_NOBLOCK)
+                parts = _recv_parts(sock) if fast else sock.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return  # the edge is re-armed: new messages make the descriptor fire again
             except zmq.ZMQError as e:
                 log.error("receiving from the ZeroMQ socket failed: {error}", error=e)
                 return
             self.received += 1
+            # A large frame (response or request body) stays in ZeroMQ's buffer, seen through a
+            # view, and goes from there to the client's socket: no copy into a Python bytes.
+            frames: list[Frame] = [p.buffer if len(p) >= ZERO_COPY_FROM else p.bytes for p in parts]
             for message in self._unbatch(frames):
                 try:
                     self.on_message(message)
@@ -369,7 +404,7 @@ class ZmqConnection:
         # The batch is used up and more may be waiting: the descriptor will not fire for it.
         self._schedule()
 
-    def _unbatch(self, frames: list[bytes]) -> list[list[bytes]]:
+    def _unbatch(self, frames: list[Frame]) -> list[list[Frame]]:
         if not self.batching:
             return [frames]
         head = frames[:1] if self.routed else []
@@ -420,7 +455,10 @@ class ZmqConnection:
         itself takes it)."""
         sock = self.sock
         try:
-            sock.send_multipart(frames, _NOBLOCK, copy=_copy(frames))
+            if self._fast:
+                _send_parts(sock, frames, _copy(frames))
+            else:
+                sock.send_multipart(frames, _NOBLOCK, copy=_copy(frames))
             result = SendResult.SENT
             self.sent += 1
         except zmq.Again:
