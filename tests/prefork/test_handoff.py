@@ -15,7 +15,6 @@ from catalyzer.prefork.handoff import (
     WorkerView,
     due,
     movable,
-    next_look,
 )
 
 
@@ -24,14 +23,6 @@ def test_due_after_the_threshold_in_one_app_call() -> None:
     assert not due(100.0, 100.125, 0.25)
     assert due(100.0, 100.25, 0.25)
     assert not due(100.0, 200.0, 0.0)  # switched off
-
-
-def test_next_look_outside_the_app_before_and_after_a_call_is_due() -> None:
-    assert next_look(0.0, 100.0, 0.01) == 0.01
-    assert next_look(100.0, 100.004, 0.01) == pytest.approx(0.006)  # exactly when it is due
-    assert next_look(100.0, 99.0, 0.01) == 0.01  # the clock stepped back: no longer than delay
-    assert next_look(100.0, 100.01, 0.01) == 0.005  # due: half the delay, for new requests
-    assert next_look(100.0, 105.0, 0.01) == 0.005
 
 
 def candidate(key: str, **changes: object) -> Candidate:

@@ -30,7 +30,6 @@ __all__ = [
     "WorkerView",
     "due",
     "movable",
-    "next_look",
 ]
 
 
@@ -48,19 +47,6 @@ def due(entered: float, now: float, after: float) -> bool:
     """Whether a worker in the app since ``entered`` (0.0: not in the app) should give its
     waiting connections away (``after`` 0: never)."""
     return after > 0 and entered > 0 and now - entered >= after
-
-
-def next_look(entered: float, now: float, delay: float) -> float:
-    """How long the watchdog sleeps before its next look at the scoreboard.
-
-    Outside the app, ``delay``: a call beginning right after this look is found still short of
-    the delay at the next one, which then sleeps exactly until it is due. In a call not due
-    yet, until it is. In a call past it, half the delay: requests keep arriving on the
-    worker's other connections while the call goes on."""
-    if entered <= 0:
-        return delay
-    left = entered + delay - now
-    return min(left, delay) if left > 0 else delay / 2
 
 
 def movable(candidates: Iterable[Candidate], entered: float) -> list[Hashable]:

@@ -4,8 +4,7 @@ to an idle worker (decisions: :mod:`catalyzer.prefork.handoff`; descriptors:
 :mod:`catalyzer.prefork.fdpass`).
 
 Nothing is added to a request's path but one attribute read when it leaves the app. The thread
-wakes once per hand-off delay (:func:`~catalyzer.prefork.handoff.next_look`) and reads the
-scoreboard; only when one app call has lasted the
+wakes every half hand-off delay and reads the scoreboard; only when one app call has lasted the
 delay does it touch anything. The delay is ``handoff-after`` at most, shorter for a worker whose
 recent calls are all short (:class:`~catalyzer.prefork.handoff.HandoffDelay`, fed every
 :data:`SAMPLE_EVERY` seconds from the duration histogram the worker keeps in its scoreboard).
@@ -54,7 +53,7 @@ from twisted.python.failure import Failure
 
 from catalyzer.ops import metrics
 from catalyzer.prefork.fdpass import send_fd
-from catalyzer.prefork.handoff import Candidate, HandoffDelay, due, movable, next_look
+from catalyzer.prefork.handoff import Candidate, HandoffDelay, due, movable
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import HTTPChannel, ServerState
@@ -66,8 +65,6 @@ log = Logger(namespace="catalyzer.prefork.rescue")
 # How often the watchdog reads the worker's duration histogram: with HandoffDelay's window of 8,
 # the delay follows the last two seconds of calls.
 SAMPLE_EVERY: Final = 0.25
-# Sleeping less than this would only spin on a call about to be due.
-_SHORTEST_SLEEP: Final = 0.001
 _HISTOGRAM = slice(metrics.BUCKET, metrics.BUCKET + len(metrics.BUCKETS) + 1)
 
 
@@ -134,17 +131,18 @@ class Watchdog:
 
     def _run(self) -> None:
         sampled = 0.0
-        wait = self.delay.current
-        while not self._stopping.wait(max(wait, _SHORTEST_SLEEP)):
+        # A look every half delay, so a call is caught between 1 and 1.5 delays: sleeping until
+        # it is due exactly caught the calls of an app whose ordinary calls are as long as
+        # handoff-after (10-50 ms at 0.05 s) ten times as often, each held by the master while
+        # every worker was busy (bench/mixed.py --app steady, docs/prefork.md).
+        while not self._stopping.wait(max(self.delay.current / 2, 0.005)):
             try:
                 now = self.clock()
                 if not sampled <= now < sampled + SAMPLE_EVERY:  # (the clock may step back)
                     sampled = now
                     self.sample()
                 self.check()
-                wait = next_look(self.scoreboard.read()[0], self.clock(), self.delay.current)
             except Exception:
-                wait = self.delay.current
                 log.failure("the hand-off watchdog")
 
     def sample(self) -> float:
