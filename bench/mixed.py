@@ -152,12 +152,18 @@ MODES = {"keep-alive": (), "close": ("-H", "Connection: close")}
 
 
 def measure(
-    server: str, argv: list[str], port: int, mode: str, args: argparse.Namespace, logs: Path
+    server: str,
+    argv: list[str],
+    port: int,
+    mode: str,
+    args: argparse.Namespace,
+    logs: Path,
+    source: Path | None = None,
 ) -> dict[str, Any]:
     stats_port = procs.free_port() if server == "catalyzer" else None
     if stats_port is not None:
         argv = [*argv, "--stats", f"tcp:{stats_port}:interface={procs.HOST}"]
-    running = procs.start_server(server, argv, port, logs / f"{server}-{mode}.log")
+    running = procs.start_server(server, argv, port, logs / f"{server}-{mode}.log", source)
     handoffs: dict[str, int] | None = None
     try:
         procs.wait_ready(running)
@@ -284,33 +290,43 @@ def main() -> int:
         default=None,
         help="extra catalyzer arguments, one run per occurrence (e.g. '--threads 1')",
     )
+    parser.add_argument(
+        "--old-src",
+        type=Path,
+        help="also run each catalyzer variant from this older tree's src (an A/B run; e.g. "
+        "git archive main src | tar -x -C /tmp/old, then /tmp/old/src)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="rounds, servers alternating (3)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed", file=sys.stderr)
         return 2
-    variants: list[tuple[str, str, list[str]]] = []
+    variants: list[tuple[str, str, list[str], Path | None]] = []
     for server in args.servers.split(","):
         if server not in SERVERS:
             parser.error(f"unknown server {server!r} (known: {', '.join(SERVERS)})")
         if server == "catalyzer":
             for extra in args.catalyzer_args or [""]:
                 label = f"catalyzer --procs {args.procs} {extra}".strip()
-                variants.append((server, label, shlex.split(extra)))
+                if args.old_src is not None:
+                    variants.append(
+                        (server, f"{label} (old tree)", shlex.split(extra), args.old_src)
+                    )
+                variants.append((server, label, shlex.split(extra), None))
         else:
-            variants.append((server, f"gunicorn sync -w {args.procs}", []))
+            variants.append((server, f"gunicorn sync -w {args.procs}", [], None))
     results = []
     with tempfile.TemporaryDirectory(prefix="cz-mixed-") as tmp:
         installed = []
-        for server, label, extra in variants:
+        for server, label, extra, source in variants:
             probe = SERVERS[server](0, args.procs, extra, args.app)[0]
             if Path(probe).exists():
-                installed.append((server, label, extra))
+                installed.append((server, label, extra, source))
             else:
                 print(f"skipping {label}: {probe} is not installed", file=sys.stderr)
         for round_ in range(1, args.runs + 1):
-            for server, label, extra in installed:
+            for server, label, extra, source in installed:
                 for mode in args.modes.split(","):
                     port = procs.free_port()
                     argv = SERVERS[server](port, args.procs, extra, args.app)
@@ -320,7 +336,7 @@ def main() -> int:
                         flush=True,
                     )
                     load_before = os.getloadavg()[0]
-                    result = measure(server, argv, port, mode, args, Path(tmp))
+                    result = measure(server, argv, port, mode, args, Path(tmp), source)
                     result["label"] = label
                     result["run"] = round_
                     result["load_before"] = load_before

@@ -239,8 +239,9 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="SECONDS",
         help="With procs >= 2 and threads 0: once a worker has been this long in the app on one "
         "request, its idle keep-alive connections with a new request waiting are passed to an "
-        "idle worker, which answers them (0: never). Keep it above the app's ordinary call "
-        "time: calls that outlast it make connections move for nothing (docs/prefork.md).",
+        "idle worker, which answers them (0: never). The longest wait: a worker whose recent "
+        "calls are all short waits twice their 99th percentile instead, down to 0.01 s "
+        "(docs/prefork.md).",
     ),
     Setting(
         "max-worker-rss",

@@ -3,9 +3,13 @@ them. Plain values, no I/O."""
 
 from __future__ import annotations
 
+import pytest
+
 from catalyzer.prefork.handoff import (
+    FLOOR,
     Candidate,
     Drop,
+    HandoffDelay,
     HandoffRouter,
     Send,
     WorkerView,
@@ -111,3 +115,86 @@ def test_forget_all_returns_every_held_token() -> None:
     router.received(8, source=2, now=0.0)
     assert sorted(router.forget_all()) == [7, 8]
     assert router.holding == 0
+
+
+BOUNDS = (0.001, 0.01, 0.05, 1.0)
+
+
+class Calls:
+    """A worker's cumulative duration histogram over BOUNDS (the last bucket: longer)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BOUNDS) + 1)
+
+    def add(self, seconds: float, n: int = 1) -> list[int]:
+        index = next((i for i, bound in enumerate(BOUNDS) if seconds <= bound), len(BOUNDS))
+        self.counts[index] += n
+        return list(self.counts)
+
+
+def test_the_delay_is_after_until_enough_calls_are_seen() -> None:
+    delay = HandoffDelay(0.05, BOUNDS, enough=100)
+    calls = Calls()
+    assert delay.current == 0.05
+    assert delay.observe(calls.add(0.0001, 50)) == 0.05  # the first sample is the baseline
+    assert delay.observe(calls.add(0.0001, 99)) == 0.05  # 99 calls in the window
+    assert delay.observe(calls.add(0.0001, 1)) == FLOOR  # 100
+
+
+def test_short_calls_with_a_rare_slow_one_get_the_floor() -> None:
+    delay = HandoffDelay(0.05, BOUNDS)
+    calls = Calls()
+    delay.observe(calls.counts)
+    calls.add(0.0002, 5_000)
+    assert delay.observe(calls.add(1.0, 2)) == FLOOR  # the slow ones are 0.04%
+
+
+def test_ordinary_calls_of_10_to_50_ms_keep_after() -> None:
+    delay = HandoffDelay(0.05, BOUNDS)
+    calls = Calls()
+    delay.observe(calls.counts)
+    calls.add(0.01, 100)
+    calls.add(0.03, 200)
+    assert delay.observe(calls.add(0.045, 100)) == 0.05
+
+
+def test_the_delay_is_margin_times_the_quantiles_bucket_bound() -> None:
+    delay = HandoffDelay(0.5, BOUNDS, margin=2.0, quantile=0.99)
+    calls = Calls()
+    delay.observe(calls.counts)
+    calls.add(0.0005, 900)
+    assert delay.observe(calls.add(0.005, 100)) == 0.02  # p99 in the 10 ms bucket
+    delay = HandoffDelay(0.5, BOUNDS, margin=2.0, quantile=0.99)
+    calls = Calls()
+    delay.observe(calls.counts)
+    calls.add(0.0005, 995)
+    assert delay.observe(calls.add(0.005, 5)) == FLOOR  # p99 in the 1 ms bucket: 2 ms -> floor
+
+
+def test_the_window_forgets_old_periods() -> None:
+    delay = HandoffDelay(0.05, BOUNDS, window=2)
+    calls = Calls()
+    delay.observe(calls.counts)
+    assert delay.observe(calls.add(0.03, 1_000)) == 0.05
+    assert delay.observe(calls.add(0.0001, 1_000)) == 0.05  # half the window still slow
+    assert delay.observe(calls.add(0.0001, 1_000)) == FLOOR  # the slow period has left it
+    assert delay.observe(calls.counts) == FLOOR  # idle for a period: still 1,000 in the window
+    assert delay.observe(calls.counts) == 0.05  # nothing in the window (a long call): after
+
+
+def test_counters_that_go_down_start_over_and_a_wrong_size_is_refused() -> None:
+    delay = HandoffDelay(0.05, BOUNDS, window=1)
+    calls = Calls()
+    delay.observe(calls.counts)
+    assert delay.observe(calls.add(0.0001, 5_000)) == FLOOR
+    fresh = Calls()  # a new vector: its 150 calls count, the old 5,000 are not taken off
+    assert delay.observe(fresh.add(0.005, 150)) == 0.02
+    with pytest.raises(ValueError, match="5 buckets expected, not 2"):
+        delay.observe([1, 2])
+
+
+def test_a_setting_below_the_floor_is_kept() -> None:
+    delay = HandoffDelay(0.005, BOUNDS)
+    calls = Calls()
+    delay.observe(calls.counts)
+    assert delay.observe(calls.add(0.0001, 5_000)) == 0.005

@@ -15,7 +15,9 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 
+from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.prefork import fdpass
+from catalyzer.prefork.handoff import FLOOR
 from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
 from catalyzer.process import scoreboard as scoreboard_module
 from catalyzer.server.channel import HTTPChannel, HTTPFactory, ServerState
@@ -143,6 +145,38 @@ def test_nothing_moves_before_the_threshold_or_outside_the_app(world: World) -> 
     world.scoreboard.leave()
     assert world.watchdog.check() == 0
     assert fdpass.receive_fds(world.master) == ([], False)
+
+
+def test_a_worker_of_short_calls_gives_away_sooner(world: World) -> None:
+    client, _ = world.connect()
+    client.sendall(REQUEST)
+    counted = RequestMetrics(world.scoreboard.counters())  # as the worker's server counts
+    assert world.watchdog.sample() == 0.05  # nothing seen yet: handoff-after
+    for _ in range(500):
+        counted.observe(200, 0.0003, 5, app=True)
+    counted.observe(200, 1.2, 5, app=True)  # a slow call now and then changes nothing
+    assert world.watchdog.sample() == FLOOR
+    world.scoreboard.enter(ENTERED, "GET /slow")
+    world.now = ENTERED + FLOOR / 2
+    assert world.watchdog.check() == 0
+    world.now = ENTERED + FLOOR
+    assert world.watchdog.check() == 1
+    fds, _ = fdpass.receive_fds(world.master)
+    for fd in fds:
+        os.close(fd)
+
+
+def test_a_worker_of_10_to_50_ms_calls_keeps_handoff_after(world: World) -> None:
+    client, _ = world.connect()
+    client.sendall(REQUEST)
+    counted = RequestMetrics(world.scoreboard.counters())
+    world.watchdog.sample()
+    for i in range(500):
+        counted.observe(200, 0.01 + (i % 41) / 1000, 5, app=True)
+    assert world.watchdog.sample() == 0.05
+    world.scoreboard.enter(ENTERED, "GET /report")
+    world.now = ENTERED + 0.049
+    assert world.watchdog.check() == 0
 
 
 def test_a_full_master_socket_leaves_the_connection_in_place(world: World) -> None:

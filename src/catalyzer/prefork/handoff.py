@@ -7,17 +7,24 @@ seconds, the worker's watchdog thread (:mod:`catalyzer.prefork.rescue`) gives ev
 that is idle between requests and has a request waiting unread in the kernel to the master, which
 passes it to a worker that is not in the app. No byte moves in user space: only connections with
 nothing read and nothing queued move, so nothing can be lost or reordered.
+
+``handoff-after`` is the longest wait: :class:`HandoffDelay` shortens it, down to
+:data:`FLOOR`, for a worker whose recent calls are all much shorter (see its docstring).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
+    "FLOOR",
     "Candidate",
     "Drop",
+    "HandoffDelay",
     "HandoffRouter",
     "Send",
     "WorkerView",
@@ -53,6 +60,77 @@ def movable(candidates: Iterable[Candidate], entered: float) -> list[Hashable]:
     return [
         c.key for c in candidates if c.idle and c.write_empty and c.plain and c.ended_at < entered
     ]
+
+
+# The shortest hand-off delay. Below it the watchdog would wake more often than every 5 ms for
+# every worker, and the mixed-load tail it buys is already inside the 50 ms goal at 0.01 s
+# (docs/prefork.md, "Measured").
+FLOOR: Final = 0.01
+
+
+class HandoffDelay:
+    """How long one app call lasts before its worker's waiting connections move: ``after`` (the
+    ``handoff-after`` setting) at most, shorter for a worker whose recent calls are all short.
+
+    A call that outlasts the delay makes connections move, and a connection that moves while
+    every worker is in the app waits in the master (:class:`HandoffRouter`): a delay shorter
+    than the app's ordinary calls makes connections wander for nothing. So the delay is
+    ``margin`` times the ``quantile`` of this worker's recent call durations (the upper bound
+    of the histogram bucket it falls in), kept between :data:`FLOOR` and ``after``: an app
+    whose calls take under a millisecond (a slow endpoint now and then does not move the
+    quantile) gets the floor, one whose ordinary calls take 10 to 50 ms keeps ``after``.
+
+    Fed the worker's cumulative duration histogram (the ``BUCKET`` counters of
+    :mod:`catalyzer.ops.metrics`, which the worker keeps anyway: nothing is added to a
+    request's path) every sampling period; the last ``window`` periods count. With fewer than
+    ``enough`` calls in them (a quiet worker, or one in a long call) it knows too little and
+    says ``after``."""
+
+    def __init__(
+        self,
+        after: float,
+        bounds: Sequence[float],
+        floor: float = FLOOR,
+        margin: float = 2.0,
+        quantile: float = 0.99,
+        window: int = 8,
+        enough: int = 100,
+    ) -> None:
+        self.after = after
+        self.floor = min(floor, after)
+        self.margin = margin
+        self.quantile = quantile
+        self.enough = enough
+        self._bounds = (*bounds, math.inf)
+        self._last: list[int] | None = None
+        self._periods: deque[list[int]] = deque(maxlen=window)
+        self.current = after
+
+    def observe(self, buckets: Sequence[int]) -> float:
+        """One sample of the cumulative per-bucket call counts (``len(bounds) + 1`` of them,
+        the last for longer calls); returns the delay from now on."""
+        if len(buckets) != len(self._bounds):
+            raise ValueError(f"{len(self._bounds)} buckets expected, not {len(buckets)}")
+        counts = list(buckets)
+        if self._last is not None:
+            # A counter that went down (a new vector) starts over from this sample.
+            self._periods.append([max(b - a, 0) for a, b in zip(self._last, counts, strict=True)])
+        self._last = counts
+        self.current = self._delay()
+        return self.current
+
+    def _delay(self) -> float:
+        totals = [sum(column) for column in zip(*self._periods, strict=True)]
+        calls = sum(totals)
+        if calls < self.enough:
+            return self.after
+        rank = self.quantile * calls
+        seen = 0
+        for bound, count in zip(self._bounds, totals, strict=True):
+            seen += count
+            if seen >= rank:
+                return min(self.after, max(self.floor, self.margin * bound))
+        return self.after
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,10 @@ to an idle worker (decisions: :mod:`catalyzer.prefork.handoff`; descriptors:
 :mod:`catalyzer.prefork.fdpass`).
 
 Nothing is added to a request's path but one attribute read when it leaves the app. The thread
-wakes every ``handoff-after / 2`` seconds and reads the scoreboard; only when one app call has
-lasted ``handoff-after`` does it touch anything.
+wakes every half hand-off delay and reads the scoreboard; only when one app call has lasted the
+delay does it touch anything. The delay is ``handoff-after`` at most, shorter for a worker whose
+recent calls are all short (:class:`~catalyzer.prefork.handoff.HandoffDelay`, fed every
+:data:`SAMPLE_EVERY` seconds from the duration histogram the worker keeps in its scoreboard).
 
 The race with the reactor thread, and why it is safe:
 
@@ -43,14 +45,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet import error, interfaces, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from catalyzer.ops import metrics
 from catalyzer.prefork.fdpass import send_fd
-from catalyzer.prefork.handoff import Candidate, due, movable
+from catalyzer.prefork.handoff import Candidate, HandoffDelay, due, movable
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import HTTPChannel, ServerState
@@ -58,6 +61,11 @@ from catalyzer.server.channel import HTTPChannel, ServerState
 __all__ = ["GatedScoreboard", "Watchdog", "adopt"]
 
 log = Logger(namespace="catalyzer.prefork.rescue")
+
+# How often the watchdog reads the worker's duration histogram: with HandoffDelay's window of 8,
+# the delay follows the last two seconds of calls.
+SAMPLE_EVERY: Final = 0.25
+_HISTOGRAM = slice(metrics.BUCKET, metrics.BUCKET + len(metrics.BUCKETS) + 1)
 
 
 class GatedScoreboard(Scoreboard):
@@ -109,6 +117,7 @@ class Watchdog:
         self.sock = sock
         self.after = after
         self.clock = clock
+        self.delay = HandoffDelay(after, metrics.BUCKETS)
         self.moved = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,17 +130,30 @@ class Watchdog:
         self._stopping.set()
 
     def _run(self) -> None:
-        interval = max(self.after / 2, 0.005)
-        while not self._stopping.wait(interval):
+        sampled = 0.0
+        # A look every half delay, so a call is caught between 1 and 1.5 delays: sleeping until
+        # it is due exactly caught the calls of an app whose ordinary calls are as long as
+        # handoff-after (10-50 ms at 0.05 s) ten times as often, each held by the master while
+        # every worker was busy (bench/mixed.py --app steady, docs/prefork.md).
+        while not self._stopping.wait(max(self.delay.current / 2, 0.005)):
             try:
+                now = self.clock()
+                if not sampled <= now < sampled + SAMPLE_EVERY:  # (the clock may step back)
+                    sampled = now
+                    self.sample()
                 self.check()
             except Exception:
                 log.failure("the hand-off watchdog")
 
+    def sample(self) -> float:
+        """Feed the worker's call durations so far to the delay; the delay from now on."""
+        counts = metrics.read_counts(self.scoreboard.counters())
+        return self.delay.observe(counts[_HISTOGRAM])
+
     def check(self) -> int:
         """One look (the thread's loop body): how many connections were given away."""
         entered = self.scoreboard.read()[0]
-        if not due(entered, self.clock(), self.after):
+        if not due(entered, self.clock(), self.delay.current):
             return 0
         if not self.scoreboard.claim(entered):
             return 0
