@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test browser lint typecheck pytest docs bench clean
+.PHONY: demo test browser lint typecheck pytest docs bench clean compiled pure
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,29 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml
 $(VENV)/.bench-installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@
+
+# The pure hot modules of the HTTP path, compiled with mypyc (it ships with mypy, of the test
+# extra; docs/dependencies.md says why). The extensions are built next to their sources, which stay
+# the fallback: Python imports a module's extension before its .py, and without one (`make pure`,
+# another Python version) the .py. Sources newer than their extensions: `make compiled` rebuilds
+# them, and pytest refuses to run (tests/conftest.py).
+MYPYC_MODULES := catalyzer/http/reader.py catalyzer/http/framing.py catalyzer/http/headers.py \
+	catalyzer/http/pending.py catalyzer/http/spool.py catalyzer/http/progress.py \
+	catalyzer/wsgi/environ.py
+
+compiled: $(VENV)/.compiled
+
+$(VENV)/.compiled: $(VENV)/.test-installed $(addprefix src/,$(MYPYC_MODULES))
+	rm -f src/*__mypyc*.so $(addprefix src/,$(MYPYC_MODULES:.py=.*.so))
+	mkdir -p build
+	cd src && ../$(BIN)/mypyc --config-file ../pyproject.toml --cache-dir ../build/mypyc-cache \
+		$(MYPYC_MODULES) > ../build/mypyc.log 2>&1 \
+		|| { tail -30 ../build/mypyc.log; exit 1; }
+	rm -rf src/build
+	touch $@
+
+pure:
+	rm -f src/*__mypyc*.so $(addprefix src/,$(MYPYC_MODULES:.py=.*.so)) $(VENV)/.compiled
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/twistd -n --pidfile= catalyzer --app examples.hello:app --listen tcp:8080:interface=127.0.0.1
@@ -52,8 +75,11 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-installed
+# The whole suite against the compiled build, then the compiled modules' own tests against
+# their pure-Python fallback.
+pytest: $(VENV)/.test-installed $(VENV)/.compiled
 	$(BIN)/pytest -q
+	CATALYZER_TEST_PURE=1 $(BIN)/pytest -q tests/http tests/wsgi
 
 docs: $(VENV)/.demo-installed
 	$(BIN)/python -m catalyzer.settings > docs/settings.md
@@ -62,8 +88,8 @@ docs: $(VENV)/.demo-installed
 # The whole suite, 3 interleaved runs of 8 s per measurement (about 35 minutes), rewriting
 # docs/benchmarks.md. Options of bench/run.py go in BENCH_ARGS, e.g.
 #   make bench BENCH_ARGS="--only hello_keepalive,catalyzer,twistd-web --doc /tmp/bench.md"
-bench: $(VENV)/.bench-installed
+bench: $(VENV)/.bench-installed $(VENV)/.compiled
 	bash bench/run.sh $(BENCH_ARGS)
 
-clean:
+clean: pure
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

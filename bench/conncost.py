@@ -5,6 +5,8 @@ sends a fixed number of requests) and, with ``--strace``, system calls per reque
 
     .venv/bin/python -m bench.conncost [--requests N] [--only keepalive,close,uwsgi] [--strace]
 
+Two more cases send a 1 MiB body: ``post`` (HTTP, Connection: close) and ``uwsgi-post``.
+
 One server process (``bench.apps:hello``, access log off) listens for HTTP and uwsgi on free
 loopback ports. The client is a single connection at a time (sequential, so every accept finds
 one connection waiting): ``keepalive`` sends N requests on one connection, ``close`` opens a
@@ -39,6 +41,10 @@ HELLO_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 WARMUP = 300
 POST_SIZE = 1024 * 1024
+POST_REQUEST = (
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n" % POST_SIZE
+) + b"x" * POST_SIZE
 READY_TIMEOUT = 120.0
 
 
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 "close": _one_per_connection(http, CLOSE_REQUEST),
                 "uwsgi": _one_per_connection(uwsgi, _uwsgi_packet()),
                 "uwsgi-post": _one_per_connection(uwsgi, _uwsgi_packet(b"x" * POST_SIZE)),
+                "post": _one_per_connection(http, POST_REQUEST),
             }
             for name in args.only.split(","):
                 client = clients[name]

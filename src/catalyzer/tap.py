@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
+from catalyzer.server import twistedprivate
 from catalyzer.server.channel import ServerState, describe_connections
 from catalyzer.server.endpointspec import (
     EndpointSpecError,
@@ -148,6 +149,7 @@ def makeService(options: Options) -> Service:
         server = ServerState.from_config(app, config, reactor)
     except OSError as e:
         raise _fail(f"--access-log {config.access_log!r}: {e.strerror or e}") from None
+    twistedprivate.dispatch_lightly(reactor)
     http = HTTPService(server, options.endpoints, reactor)
     root = SingleProcessRoot(http, reactor)
     status = SingleStatus(server)

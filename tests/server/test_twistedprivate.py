@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 from twisted.internet import endpoints, reactor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Server
 
@@ -529,3 +530,93 @@ def test_close_flushed_leaves_an_aborted_transport_to_its_reset() -> None:
         assert reason.check(ConnectionAborted)
     finally:
         right.close()
+
+
+class _Reader:
+    """A readable descriptor for an epoll reactor: records its reads, may fail in them."""
+
+    def __init__(self, sock: socket.socket, fail_on_lost: bool = False) -> None:
+        self.sock = sock
+        self.reads: list[bytes] = []
+        self.lost: list[object] = []
+        self.fail_on_lost = fail_on_lost
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "reader"
+
+    def doRead(self) -> object:
+        data = self.sock.recv(100)
+        self.reads.append(data)
+        return None if data else ConnectionDone()
+
+    def connectionLost(self, reason: object) -> None:
+        self.lost.append(reason)
+        if self.fail_on_lost:
+            raise RuntimeError("connectionLost failed")
+
+
+def _epoll_reactor() -> Any:
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
+
+
+def _close_reactor(r: Any) -> None:
+    r.removeAll()
+    r._poller.close()
+    r.waker.connectionLost(None)
+
+
+def test_dispatch_lightly_replaces_an_epoll_reactors_poll_and_keeps_its_meaning() -> None:
+    r = _epoll_reactor()
+    a, b = socket.socketpair()
+    try:
+        assert twistedprivate.dispatch_lightly(r)
+        assert "doIteration" in vars(r) and "doPoll" in vars(r)
+        reader = _Reader(a)
+        r.addReader(reader)
+        b.send(b"hello")
+        r.doIteration(0)
+        assert reader.reads == [b"hello"]
+        r.doIteration(0)  # nothing ready: no call
+        assert reader.reads == [b"hello"]
+        b.close()
+        r.doIteration(0)  # the end of the stream: doRead's reason disconnects it
+        assert reader.reads == [b"hello", b""]
+        assert len(reader.lost) == 1 and reader not in r.getReaders()
+    finally:
+        _close_reactor(r)
+        a.close()
+        b.close()
+
+
+def test_dispatch_lightly_logs_an_error_escaping_the_handler() -> None:
+    from twisted.logger import globalLogPublisher
+
+    r = _epoll_reactor()
+    a, b = socket.socketpair()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        twistedprivate.dispatch_lightly(r)
+        reader = _Reader(a, fail_on_lost=True)
+        r.addReader(reader)
+        b.close()
+        r.doIteration(0)  # connectionLost raises inside _doReadOrWrite's disconnect
+        failures = [e for e in events if e.get("log_failure") is not None]
+        assert [e["system"] for e in failures] == ["reader"]
+        assert failures[0]["log_failure"].check(RuntimeError)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        _close_reactor(r)
+        a.close()
+        b.close()
+
+
+def test_dispatch_lightly_leaves_other_reactors() -> None:
+    r = _memory()
+    assert not twistedprivate.dispatch_lightly(r)
+    assert "doIteration" not in vars(r)

@@ -14,14 +14,17 @@ from catalyzer.http.headers import ResponseHead
 __all__ = ["ResponseFramer", "simple_response"]
 
 _NO_BODY_STATUS: Final = frozenset((204, 304))
+# How the body is delimited.
+_NONE: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_CLOSE: Final = 3
 
 
 class ResponseFramer:
     """Frames one response. ``head`` holds the status line and header block to send first."""
 
     __slots__ = ("_length", "_mode", "_sent", "error", "head", "keep_alive")
-
-    NONE, LENGTH, CHUNKED, CLOSE = range(4)
 
     def __init__(
         self,
@@ -43,22 +46,22 @@ class ResponseFramer:
         length = response.content_length
         extra = b""
         if method == "HEAD" or code < 200 or code in _NO_BODY_STATUS:
-            self._mode = self.NONE
+            self._mode = _NONE
             if code == 204 or code < 200:
                 length = None
             elif length is None and known_length is not None and method != "HEAD":
                 length = known_length
         elif length is not None:
-            self._mode = self.LENGTH
+            self._mode = _LENGTH
         elif known_length is not None:
-            self._mode = self.LENGTH
+            self._mode = _LENGTH
             length = known_length
             extra = b"Content-Length: %d\r\n" % length
         elif request_version == "1.1":
-            self._mode = self.CHUNKED
+            self._mode = _CHUNKED
             extra = b"Transfer-Encoding: chunked\r\n"
         else:
-            self._mode = self.CLOSE
+            self._mode = _CLOSE
             keep_alive = False
         self._length = length or 0
         self.keep_alive = keep_alive
@@ -70,29 +73,29 @@ class ResponseFramer:
 
     @property
     def has_body(self) -> bool:
-        return self._mode != self.NONE
+        return self._mode != _NONE
 
     @property
     def remaining(self) -> int | None:
         """Bytes still owed under a Content-Length, or None when the body is not length-delimited."""
-        return self._length - self._sent if self._mode == self.LENGTH else None
+        return self._length - self._sent if self._mode == _LENGTH else None
 
     def body(self, data: bytes) -> bytes:
         """The bytes to send for a piece of the body."""
         if not data:
             return b""
         mode = self._mode
-        if mode == self.LENGTH:
+        if mode == _LENGTH:
             room = self._length - self._sent
             if len(data) > room:
                 self._fail(f"response body longer than its Content-Length of {self._length}")
                 data = data[:room]
             self._sent += len(data)
             return data
-        if mode == self.CHUNKED:
+        if mode == _CHUNKED:
             self._sent += len(data)
             return b"%x\r\n%b\r\n" % (len(data), data)
-        if mode == self.CLOSE:
+        if mode == _CLOSE:
             self._sent += len(data)
             return data
         return b""
@@ -100,7 +103,7 @@ class ResponseFramer:
     def body_parts(self, data: bytes) -> tuple[bytes, ...]:
         """:meth:`body` as pieces to send in order, ``data`` itself among them (no copy of it
         for the chunk's framing)."""
-        if self._mode == self.CHUNKED and data:
+        if self._mode == _CHUNKED and data:
             self._sent += len(data)
             return (b"%x\r\n" % len(data), data, b"\r\n")
         out = self.body(data)
@@ -108,9 +111,9 @@ class ResponseFramer:
 
     def end(self) -> bytes:
         """The bytes that finish the body; sets :attr:`error` if it fell short."""
-        if self._mode == self.CHUNKED:
+        if self._mode == _CHUNKED:
             return b"0\r\n\r\n"
-        if self._mode == self.LENGTH and self._sent < self._length:
+        if self._mode == _LENGTH and self._sent < self._length:
             self._fail(
                 f"response body shorter ({self._sent} bytes) than its Content-Length of "
                 f"{self._length}"

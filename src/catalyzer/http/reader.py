@@ -296,9 +296,14 @@ class RequestReader:
         # head stops the feed (on_headers_complete), and the read is fed again in slices.
         self._whole = data
         self._feed(data)
-        if self._whole is not None:
+        if self._feeding_whole():
             self._whole = None
             self._after_small_read(data)
+
+    def _feeding_whole(self) -> bool:
+        # A call, not a test of self._whole inline: mypy (and so mypyc) would keep the type
+        # narrowed by the assignment above across _feed, which may clear it (_reslice).
+        return self._whole is not None
 
     def _feed_sliced(self, data: bytes, whole_after: int = 0) -> None:
         """``data`` fed in slices; at the end, a rest that fits in a small read is fed whole, once

@@ -190,7 +190,7 @@ class UwsgiParser:
             self._complete()
             return
         request.body = self._body = body_file(
-            length, self.limits.body_spool_threshold, self.limits.spool_dir
+            length, self.limits.body_spool_threshold, self.limits.spool_dir, exact=True
         )
         self._left = length
         self._phase = Phase.BODY

@@ -264,6 +264,7 @@ def main() -> None:
 
     spec = boot.read_spec("catalyzer.prefork.worker", "twistd catalyzer --procs N")
     worker = Worker(spec, reactor)
+    twistedprivate.dispatch_lightly(reactor)
     boot.run(
         reactor,
         worker.start,

@@ -30,6 +30,7 @@ __all__ = [
     "TCPBind",
     "accept_lightly",
     "close_flushed",
+    "dispatch_lightly",
     "forget_read_into",
     "has_accept_log",
     "proxy_header_parsed",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 _log = Logger(namespace="catalyzer.accept")
+_dispatch_log = Logger(namespace="catalyzer.reactor")
 
 
 def write_buffer_empty(transport: Any) -> bool:
@@ -369,3 +371,51 @@ def route_accept_log(port: Any, observer: ILogObserver) -> ILogObserver:
     current: Logger = port._logger
     port._logger = Logger(namespace=current.namespace, source=port, observer=observer)
     return current.observer
+
+
+def dispatch_lightly(reactor: Any) -> bool:
+    """Have an epoll reactor hand each ready descriptor to ``_doReadOrWrite`` directly.
+
+    Twisted's ``EPollReactor.doPoll`` wraps every event in ``log.callWithLogger``: the
+    selectable's ``logPrefix()``, a context dict and two context-stack calls, about 7 Python
+    calls per event and so per keep-alive request, only to give *legacy* ``log.msg`` calls made
+    inside the handler a ``system`` prefix (catalyzer's own logging does not use it). This
+    poll is Twisted's without that wrapper; an exception escaping ``_doReadOrWrite`` is logged
+    as ``callWithLogger`` does. Returns False, changing nothing, for any other reactor."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    if type(reactor) is not EPollReactor:
+        return False
+    poll = functools.partial(_do_poll, reactor)
+    patched: Any = reactor  # the instance's attributes shadow the class's methods
+    patched.doPoll = patched.doIteration = poll
+    return True
+
+
+def _do_poll(reactor: Any, timeout: float | None) -> None:
+    # EPollReactor.doPoll (Twisted 24-25), less log.callWithLogger around each event.
+    try:
+        events = reactor._poller.poll(-1 if timeout is None else timeout, len(reactor._selectables))
+    except OSError as err:
+        if err.errno == errno.EINTR:
+            return
+        raise
+    selectables = reactor._selectables
+    handle = reactor._doReadOrWrite
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is None:
+            continue
+        try:
+            handle(selectable, fd, event)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            _dispatch_log.failure("Unhandled error in {system}", system=_log_prefix(selectable))
+
+
+def _log_prefix(selectable: Any) -> str:
+    try:
+        return str(selectable.logPrefix())
+    except Exception:
+        return "(buggy logPrefix method)"

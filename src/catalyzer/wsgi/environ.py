@@ -51,7 +51,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes, bytes | None]:
     lowered = target[:8].lower()
     if lowered.startswith((b"http://", b"https://")):
         try:
-            url = httptools.parse_url(target)
+            # Any: httptools' stubs type host, port, path and query as never None, which they
+            # are when absent; compiled (mypyc), this module would check the stubs' types.
+            url: Any = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             raise BadTarget(f"malformed absolute-form target {target!r}") from None
         authority = url.host or b""

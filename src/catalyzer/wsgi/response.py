@@ -273,7 +273,10 @@ class WSGIResponse:
             out = framer.head + framer.body(body) + framer.end()
             self._answered()
             self.sink.write(out)
-            self._finish()
+            if self.done or framer.error is not None:
+                self._finish()
+            else:  # _finish's common case, without ending the body a second time
+                self._end(framer.keep_alive)
             return
         pieces = [framer.head]
         for chunk in chunks:
