@@ -1,7 +1,7 @@
 """The uwsgi and FastCGI corpus (``gateway_corpus.py``) fed to the bare parsers, three ways: whole
 (one read), bytewise (one byte per read) and ``more`` (the case followed by more input: for uwsgi,
 bytes nothing may read; for FastCGI, an FCGI_GET_VALUES record, answered unless the peer broke the
-protocol)."""
+protocol); uwsgi a fourth way, in views of one buffer reused between reads, as its channel reads."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from tests.http.gateway_corpus import (
 )
 
 MODES = ("whole", "bytewise", "more")
+# uwsgi also in 7-byte views of one reused buffer, as its channel reads.
+UWSGI_MODES = (*MODES, "reused-view")
 CONN = ConnectionInfo("127.0.0.1", "9000", "127.0.0.1", "40000")
 
 
@@ -53,9 +55,22 @@ def limits(case: Case) -> Limits:
 
 def feed(parser: Any, data: bytes, mode: str) -> list[object]:
     events: list[object] = []
-    pieces = [data[i : i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
+    if mode == "bytewise":
+        pieces = [data[i : i + 1] for i in range(len(data))]
+    elif mode == "reused-view":
+        pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
+    else:
+        pieces = [data]
+    # The uwsgi channel reads into one buffer it reuses: the parser gets views of it and must
+    # copy what it keeps (overwritten after each read here, so a kept view shows junk).
+    buffer = bytearray(7)
     for piece in pieces:
-        parser.receive_data(piece)
+        if mode == "reused-view":
+            buffer[: len(piece)] = piece
+            parser.receive_data(memoryview(buffer)[: len(piece)])
+            buffer[:] = b"\xff" * len(buffer)
+        else:
+            parser.receive_data(piece)
         while (event := parser.next_event()) is not None:
             events.append(event)  # no request_done(): each response is still running
     return events
@@ -89,14 +104,14 @@ def close_bodies(events: list[object]) -> None:
             event.request.body.close()
 
 
-def ids(cases: list[Case]) -> list[Any]:
-    return [pytest.param(c, m, id=f"{c.name}-{m}") for c in cases for m in MODES]
+def ids(cases: list[Case], modes: tuple[str, ...] = MODES) -> list[Any]:
+    return [pytest.param(c, m, id=f"{c.name}-{m}") for c in cases for m in modes]
 
 
 # -- uwsgi
 
 
-@pytest.mark.parametrize(("case", "mode"), ids(UWSGI_VALID + UWSGI_INVALID))
+@pytest.mark.parametrize(("case", "mode"), ids(UWSGI_VALID + UWSGI_INVALID, UWSGI_MODES))
 def test_uwsgi(case: Case, mode: str) -> None:
     parser = UwsgiParser(limits(case))
     wire = case.wire + (b"GET / HTTP/1.1\r\n\r\n" * 3 if mode == "more" else b"")

@@ -21,6 +21,7 @@ Limits: the variable block is refused with 431 past ``max-request-line`` + ``max
 from __future__ import annotations
 
 import enum
+import io
 import struct
 from typing import IO, Final
 
@@ -90,7 +91,8 @@ class UwsgiParser:
         self._event: Event | None = None
         self._variables: dict[bytes, bytes] = {}
         self._request: Request | None = None
-        self._body: IO[bytes] | None = None
+        self._body: IO[bytes] | None = None  # a body spooled past body-spool-threshold
+        self._pieces: list[bytes] = []  # a body kept in memory, as it came
         self._left = 0
 
     # -- state, as the connection shell asks
@@ -122,25 +124,43 @@ class UwsgiParser:
 
     # -- input
 
-    def receive_data(self, data: bytes) -> None:
-        if self._phase is Phase.DONE or not data:
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Take the next bytes of the connection. ``data`` may be a view of a buffer the caller
+        reuses: what is kept is copied."""
+        phase = self._phase
+        if phase is Phase.BODY:
+            if data:
+                self._body_data(data)
             return
+        if phase is Phase.DONE or not data:
+            return
+        if self._buffer:  # a packet split across reads: rare, so simply joined
+            self._buffer += data
+            data, self._buffer = bytes(self._buffer), bytearray()
+        # The packet is read where it lies: only the variable block is copied, and the start of
+        # the body goes from ``data`` to the body file.
+        pos = 0
+        end = len(data)
+        while True:
+            phase = self._phase
+            if phase is Phase.HEAD:
+                if end - pos < _HEAD.size:
+                    break
+                self._head(*_HEAD.unpack_from(data, pos))
+                pos += _HEAD.size
+            elif phase is Phase.VARS:
+                needed = self._needed
+                if end - pos < needed:
+                    break
+                self._vars(bytes(data[pos : pos + needed]))
+                pos += needed
+            else:
+                break
         if self._phase is Phase.BODY:
-            self._body_data(data)
-            return
-        self._buffer += data
-        while not self.stopped and len(self._buffer) >= self._needed:
-            chunk = bytes(self._buffer[: self._needed])
-            del self._buffer[: self._needed]
-            if self._phase is Phase.HEAD:
-                self._head(chunk)
-            elif self._phase is Phase.VARS:
-                self._vars(chunk)
-            if self.in_body:
-                rest, self._buffer = bytes(self._buffer), bytearray()
-                if rest:
-                    self._body_data(rest)
-                return
+            if pos < end:
+                self._body_data(data[pos:])
+        elif self._phase is not Phase.DONE and pos < end:
+            self._buffer += data[pos:]
 
     def receive_eof(self) -> None:
         """The peer closed: a request cut short is dropped (nobody is left to answer)."""
@@ -155,8 +175,7 @@ class UwsgiParser:
 
     # -- internals
 
-    def _head(self, head: bytes) -> None:
-        modifier1, size, _modifier2 = _HEAD.unpack(head)
+    def _head(self, modifier1: int, size: int, _modifier2: int) -> None:
         if modifier1 != 0:
             self._malformed(f"uwsgi packet with modifier1 {modifier1} (only 0, WSGI, is served)")
         elif size > self._max_vars:
@@ -173,8 +192,10 @@ class UwsgiParser:
         except ValueError as e:
             self._malformed(f"malformed uwsgi packet: {e}")
             return
-        if count_headers(variables) > self.limits.max_headers:
-            self._refuse(431, f"more than {self.limits.max_headers} HTTP_ variables")
+        max_headers = self.limits.max_headers
+        # Only a block of more variables than that can hold too many HTTP_ ones.
+        if len(variables) > max_headers and count_headers(variables) > max_headers:
+            self._refuse(431, f"more than {max_headers} HTTP_ variables")
             return
         request = new_request(variables)
         if isinstance(request, Refused):
@@ -189,27 +210,38 @@ class UwsgiParser:
         if not length:
             self._complete()
             return
-        request.body = self._body = body_file(
-            length, self.limits.body_spool_threshold, self.limits.spool_dir
-        )
+        if length > self.limits.body_spool_threshold:
+            request.body = self._body = body_file(
+                length, self.limits.body_spool_threshold, self.limits.spool_dir
+            )
         self._left = length
         self._phase = Phase.BODY
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.started(request)
 
-    def _body_data(self, data: bytes) -> None:
+    def _body_data(self, data: bytes | memoryview) -> None:
         request = self._request
         body = self._body
-        assert request is not None and body is not None
+        assert request is not None
         if len(data) > self._left:
             data = data[: self._left]  # nothing follows a uwsgi request: the rest is ignored
-        body.write(data)
+        if body is None:
+            # A body kept in memory is kept as its pieces and joined once at the end, into the
+            # bytes a BytesIO then shares: one copy of each byte out of the read buffer and one
+            # join, where a BytesIO written piece by piece grows (and copies) as it goes.
+            self._pieces.append(bytes(data))
+        else:
+            body.write(data)
         self._left -= len(data)
         request.body_length += len(data)
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
         if not self._left:
-            body.seek(0)
+            if body is None:
+                request.body = io.BytesIO(b"".join(self._pieces))
+                self._pieces = []
+            else:
+                body.seek(0)
             if request.upload_id is not None and self._watcher is not None:
                 self._watcher.finished(request)
             self._complete()
@@ -230,6 +262,7 @@ class UwsgiParser:
                 request.body.close()
         self._request = None
         self._body = None
+        self._pieces = []
 
     def _refuse(self, status: int, detail: str) -> None:
         self._drop(status)
