@@ -36,7 +36,6 @@ from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import (
-    _BODY_READ,
     _READ,
     ServerState,
     _connection_info,
@@ -87,6 +86,7 @@ class GatewayChannel(TransportSink):
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
         self._in_next = False
+        self._into_space = False
         self._paused = False
         self._got_data = False
         clock = server.clock
@@ -142,9 +142,7 @@ class GatewayChannel(TransportSink):
             self._socket = transport.socket
             self._prepare_socket()
             if self.reads_into_buffer:
-                twistedprivate.read_into(
-                    transport, self.server.read_buffer, self._read_size, self._read
-                )
+                twistedprivate.read_into_target(transport, self._read_target, self._read)
         self.server.connection_made(self)
         if self._socket is not None and self.state is _OPEN:
             # The web server writes its request as soon as it is connected: often it is in
@@ -159,14 +157,26 @@ class GatewayChannel(TransportSink):
     def _prepare_socket(self) -> None:
         """A plain TCP connection was accepted: set its socket options (before any write)."""
 
-    def _read_size(self) -> int:
-        # A body is read in large reads, as on the HTTP face: fewer wake-ups and writes.
-        return _BODY_READ if self.parser.in_body else _READ
+    def _read_target(self) -> memoryview:
+        """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
+        memory of a body kept in memory, else the server's shared buffer, whose bytes the parser
+        copies if it keeps them. A body is read in large reads, as on the HTTP face."""
+        parser = self.parser
+        space = parser.body_space
+        self._into_space = space is not None
+        if space is not None:
+            return space  # type: ignore[no-any-return]
+        buffer: memoryview = self.server.read_buffer
+        return buffer if parser.in_body else buffer[:_READ]
 
-    def _read(self, data: memoryview) -> None:
-        """A read of a plain connection, into the shared buffer (twistedprivate.read_into): the
-        parser copies what it keeps."""
-        self.dataReceived(data)  # type: ignore[arg-type]
+    def _read(self, size: int) -> None:
+        if self._into_space:
+            self._got_data = True
+            self.server.metrics.received(size)
+            self.parser.received_into(size)
+            self._after_read()
+        else:
+            self.dataReceived(self.server.read_buffer[:size])  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
