@@ -21,7 +21,6 @@ Limits: the variable block is refused with 431 past ``max-request-line`` + ``max
 from __future__ import annotations
 
 import enum
-import io
 import struct
 from typing import IO, Final
 
@@ -34,7 +33,7 @@ from catalyzer.http.cgi import (
     uwsgi_var_block_limit,
 )
 from catalyzer.http.reader import BodyWatcher, Limits, Request
-from catalyzer.http.spool import body_file
+from catalyzer.http.spool import body_file, memory_body
 
 __all__ = ["Event", "UwsgiParser", "encode_vars", "parse_vars"]
 
@@ -80,20 +79,6 @@ def encode_vars(variables: dict[bytes, bytes], modifier1: int = 0) -> bytes:
     return _HEAD.pack(modifier1, len(block), 0) + block
 
 
-def _memory_body(length: int) -> io.BytesIO:
-    """An in-memory body file already ``length`` bytes long (zeros), positioned at its start, in
-    one allocation: the body is written into its memory in place. A BytesIO written piece by
-    piece grows by an eighth at a time, and once glibc's dynamic mmap threshold has risen past
-    the body's size every growth is a realloc copying all the bytes so far (a 1 MiB body in
-    64 KiB reads: about four copies of it); pieces joined at the end take twice the memory, which
-    glibc then trims from its heap and faults in again for the next body."""
-    body = io.BytesIO()
-    body.seek(length - 1)
-    body.write(b"\0")  # the gap before it is zeroed: the one pass over the memory before use
-    body.seek(0)
-    return body
-
-
 class UwsgiParser:
     def __init__(self, limits: Limits | None = None, watcher: BodyWatcher | None = None) -> None:
         self.limits = limits = limits or Limits()
@@ -106,7 +91,7 @@ class UwsgiParser:
         self._variables: dict[bytes, bytes] = {}
         self._request: Request | None = None
         self._body: IO[bytes] | None = None
-        # A body kept in memory: the memory of its BytesIO, written in place (see _memory_body).
+        # A body kept in memory: the memory of its BytesIO, written in place (see spool.memory_body).
         self._space: memoryview | None = None
         self._received = 0
         self._left = 0
@@ -240,7 +225,7 @@ class UwsgiParser:
             self._complete()
             return
         if length <= self.limits.body_spool_threshold:
-            request.body = self._body = _memory_body(length)
+            request.body = self._body = memory_body(length)
             self._space = request.body.getbuffer()
             self._received = 0
         else:
