@@ -10,12 +10,15 @@ alive)::
 Usage::
 
     parser = UwsgiParser(limits)
-    parser.receive_data(data)
+    parser.receive_data(data)  # bytes, or a view of a buffer the caller reuses
+    space = parser.body_space  # a body kept in memory: receive into it directly, then
+    parser.received_into(n)    # say how many bytes arrived
     event = parser.next_event()  # CGIRequest, Refused or Malformed; then the parser reads no more
 
 Limits: the variable block is refused with 431 past ``max-request-line`` + ``max-header-bytes``
 (and can never pass 65535, the size field's maximum), more than ``max-headers`` HTTP_ variables get
-431, a CONTENT_LENGTH past ``max-body`` 413. The body is spooled as on the HTTP face.
+431, a CONTENT_LENGTH past ``max-body`` 413. The body is spooled as on the HTTP face: in memory up
+to ``body-spool-threshold`` (one allocation at its declared size), else in a temporary file.
 """
 
 from __future__ import annotations
