@@ -170,7 +170,8 @@ def _start(root: Path, http: int, uwsgi: int, wrapper: list[str]) -> subprocess.
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        # The tree's own src first: an editable install points at one tree only (--root A/B).
+        env={**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"},
     )
 
 

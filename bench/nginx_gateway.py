@@ -2,6 +2,7 @@
 ``--protocol uwsgi``, and catalyzer's FastCGI face against its HTTP face, driven by wrk.
 
     .venv/bin/python bench/nginx_gateway.py [--duration SECONDS] [--only NAME[,NAME...]]
+                                            [--source OTHER_TREE/src]
 
 Every backend runs 2 worker processes on a free loopback port with access logs off; one nginx
 (1 worker, request bodies buffered in memory) is started per backend with the configuration
@@ -188,14 +189,20 @@ def nginx_config(directory: Path, servers: str) -> Path:
     return conf
 
 
-def run_case(backend: Backend, scenario: str, duration: int, work: Path) -> dict[str, Any]:
+def run_case(
+    backend: Backend, scenario: str, duration: int, work: Path, source: Path | None = None
+) -> dict[str, Any]:
     app, wrk_extra = SCENARIOS[scenario]
     backend_port, nginx_port = procs.free_port(), procs.free_port()
     directory = work / f"{backend.name}-{scenario}"
     directory.mkdir()
     conf = nginx_config(directory, server_block(backend.protocol, nginx_port, backend_port))
     server = procs.start_server(
-        backend.name, backend.argv(app, backend_port), backend_port, directory / "backend.log"
+        backend.name,
+        backend.argv(app, backend_port),
+        backend_port,
+        directory / "backend.log",
+        source if backend.name.startswith("catalyzer") else None,
     )
     nginx = procs.start_server(
         "nginx", [NGINX, "-p", str(directory), "-c", str(conf)], nginx_port, directory / "nginx.log"
@@ -221,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per case")
     parser.add_argument("--only", default="", help="backends to run, comma-separated")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="a directory whose catalyzer package catalyzer's backends import (another tree's "
+        "src, for an A/B run)",
+    )
     args = parser.parse_args(argv)
     if not Path(NGINX).exists():
         print(f"nginx is not installed ({NGINX}): apt-get install nginx", file=sys.stderr)
@@ -241,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(entry)
                 continue
             for scenario in SCENARIOS:
-                entry = run_case(backend, scenario, args.duration, Path(tmp))
+                entry = run_case(backend, scenario, args.duration, Path(tmp), args.source)
+                if args.source is not None:
+                    entry["source"] = str(args.source)
                 print(json.dumps(entry), flush=True)
                 results.append(entry)
     RESULTS.mkdir(exist_ok=True)

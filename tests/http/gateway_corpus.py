@@ -316,6 +316,20 @@ FASTCGI_VALID = [
         ],
     ),
     Case(
+        "stdin-shorter-than-content-length",
+        fcgi(post(BODY), BODY[:1000]),
+        ["request"],
+        [{"method": "POST", "target": "/upload", "body": BODY[:1000]}],
+        note="the body is what stdin brought: none of the declared size's room is left over",
+    ),
+    Case(
+        "stdin-longer-than-content-length",
+        fcgi(post(BODY[:1000]), BODY),
+        ["request"],
+        [{"method": "POST", "target": "/upload", "body": BODY}],
+        note="the body is what stdin brought, past the declared size too",
+    ),
+    Case(
         "post-spooled-unknown-length",
         begin() + params({"REQUEST_METHOD": "PUT", "REQUEST_URI": "/u"}) + stdin(BODY, size=65535),
         ["request"],

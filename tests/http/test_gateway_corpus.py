@@ -1,7 +1,8 @@
 """The uwsgi and FastCGI corpus (``gateway_corpus.py``) fed to the bare parsers, three ways: whole
 (one read), bytewise (one byte per read) and ``more`` (the case followed by more input: for uwsgi,
 bytes nothing may read; for FastCGI, an FCGI_GET_VALUES record, answered unless the peer broke the
-protocol)."""
+protocol); uwsgi also in views of one buffer reused between reads and with its body received into
+the body's own memory (``body_space``), as its channel reads."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from tests.http.gateway_corpus import (
 )
 
 MODES = ("whole", "bytewise", "more")
+# uwsgi also in 7-byte views of one reused buffer, as its channel reads, and with a body kept in
+# memory received into the memory the parser offers (body_space).
+UWSGI_MODES = (*MODES, "reused-view", "into-space")
 CONN = ConnectionInfo("127.0.0.1", "9000", "127.0.0.1", "40000")
 
 
@@ -53,9 +57,30 @@ def limits(case: Case) -> Limits:
 
 def feed(parser: Any, data: bytes, mode: str) -> list[object]:
     events: list[object] = []
-    pieces = [data[i : i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
+    if mode == "bytewise":
+        pieces = [data[i : i + 1] for i in range(len(data))]
+    elif mode in ("reused-view", "into-space"):
+        pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
+    else:
+        pieces = [data]
+    # The uwsgi channel reads into one buffer it reuses: the parser gets views of it and must
+    # copy what it keeps (overwritten after each read here, so a kept view shows junk).
+    buffer = bytearray(7)
     for piece in pieces:
-        parser.receive_data(piece)
+        space = parser.body_space if mode == "into-space" else None
+        if space is not None:
+            # Received straight into the body's memory, as the channel's recv_into does.
+            taken = min(len(space), len(piece))
+            space[:taken] = piece[:taken]
+            parser.received_into(taken)
+            if piece[taken:]:
+                parser.receive_data(piece[taken:])
+        elif mode in ("reused-view", "into-space"):
+            buffer[: len(piece)] = piece
+            parser.receive_data(memoryview(buffer)[: len(piece)])
+            buffer[:] = b"\xff" * len(buffer)
+        else:
+            parser.receive_data(piece)
         while (event := parser.next_event()) is not None:
             events.append(event)  # no request_done(): each response is still running
     return events
@@ -89,14 +114,14 @@ def close_bodies(events: list[object]) -> None:
             event.request.body.close()
 
 
-def ids(cases: list[Case]) -> list[Any]:
-    return [pytest.param(c, m, id=f"{c.name}-{m}") for c in cases for m in MODES]
+def ids(cases: list[Case], modes: tuple[str, ...] = MODES) -> list[Any]:
+    return [pytest.param(c, m, id=f"{c.name}-{m}") for c in cases for m in modes]
 
 
 # -- uwsgi
 
 
-@pytest.mark.parametrize(("case", "mode"), ids(UWSGI_VALID + UWSGI_INVALID))
+@pytest.mark.parametrize(("case", "mode"), ids(UWSGI_VALID + UWSGI_INVALID, UWSGI_MODES))
 def test_uwsgi(case: Case, mode: str) -> None:
     parser = UwsgiParser(limits(case))
     wire = case.wire + (b"GET / HTTP/1.1\r\n\r\n" * 3 if mode == "more" else b"")

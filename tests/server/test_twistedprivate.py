@@ -101,7 +101,8 @@ class _FakeSocket:
         self.script = script
         self.sizes: list[int] = []
 
-    def recv_into(self, buffer: memoryview, nbytes: int) -> int:
+    def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
+        nbytes = nbytes or len(buffer)
         self.sizes.append(nbytes)
         step = self.script.pop(0)
         if isinstance(step, OSError):
@@ -138,6 +139,30 @@ def test_read_into_gives_views_of_the_one_buffer_and_keeps_doreads_meaning() -> 
     assert transport.doRead() is main.CONNECTION_LOST
     assert sock.sizes == [8, 8, 8, 8, 8]
     assert len(got) == 2
+
+
+def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning() -> None:
+    import errno
+    from types import SimpleNamespace
+
+    from twisted.internet import main
+
+    sock = _FakeSocket([b"first", b"second read", OSError(errno.EWOULDBLOCK, "again"), b""])
+    transport = SimpleNamespace(socket=sock)
+    memory = bytearray(b"." * 16)
+    targets = iter([memoryview(memory)[:8], memoryview(memory)[8:12]] + [memoryview(memory)] * 2)
+    counts: list[int] = []
+    twistedprivate.read_into_target(transport, lambda: next(targets), counts.append)
+    assert transport.doRead() is None
+    assert transport.doRead() is None
+    assert counts == [5, 4]  # each read bounded by its view's length
+    assert memory == bytearray(b"first...seco....")
+    assert transport.doRead() is None  # EWOULDBLOCK: nothing happened
+    assert transport.doRead() is main.CONNECTION_DONE
+    sock.script = [OSError(errno.ECONNRESET, "reset")]
+    targets = iter([memoryview(memory)])
+    assert transport.doRead() is main.CONNECTION_LOST
+    assert counts == [5, 4]
 
 
 def test_read_into_replaces_a_real_transports_doread() -> None:

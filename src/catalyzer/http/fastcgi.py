@@ -45,7 +45,7 @@ from catalyzer.http.cgi import (
     var_block_limit,
 )
 from catalyzer.http.reader import BodyWatcher, Limits, Request
-from catalyzer.http.spool import body_file
+from catalyzer.http.spool import body_file, memory_body
 
 __all__ = [
     "Abort",
@@ -382,15 +382,25 @@ class FastCGIParser:
                 return
             body = self._body
             if body is None:
-                body = self._body = request.body = body_file(
-                    request.content_length, self.limits.body_spool_threshold, self.limits.spool_dir
-                )
+                length = request.content_length
+                if length is not None and length <= self.limits.body_spool_threshold:
+                    # FCGI_STDIN records carry at most 64 KiB: written into the body's full
+                    # size in place (a stream longer than CONTENT_LENGTH grows it, a shorter one
+                    # is cut to size at its end).
+                    body = memory_body(length)
+                else:
+                    body = body_file(
+                        length, self.limits.body_spool_threshold, self.limits.spool_dir
+                    )
+                self._body = request.body = body
             body.write(content)
             request.body_length += len(content)
             if request.upload_id is not None and self._watcher is not None:
                 self._watcher.progress(request, request.body_length)
             return
         if self._body is not None:
+            if request.body_length != request.content_length:
+                self._body.truncate(request.body_length)  # memory_body's zeros past the end
             self._body.seek(0)
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.finished(request)

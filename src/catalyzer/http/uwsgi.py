@@ -10,12 +10,15 @@ alive)::
 Usage::
 
     parser = UwsgiParser(limits)
-    parser.receive_data(data)
+    parser.receive_data(data)  # bytes, or a view of a buffer the caller reuses
+    space = parser.body_space  # a body kept in memory: receive into it directly, then
+    parser.received_into(n)    # say how many bytes arrived
     event = parser.next_event()  # CGIRequest, Refused or Malformed; then the parser reads no more
 
 Limits: the variable block is refused with 431 past ``max-request-line`` + ``max-header-bytes``
 (and can never pass 65535, the size field's maximum), more than ``max-headers`` HTTP_ variables get
-431, a CONTENT_LENGTH past ``max-body`` 413. The body is spooled as on the HTTP face.
+431, a CONTENT_LENGTH past ``max-body`` 413. The body is spooled as on the HTTP face: in memory up
+to ``body-spool-threshold`` (one allocation at its declared size), else in a temporary file.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from catalyzer.http.cgi import (
     uwsgi_var_block_limit,
 )
 from catalyzer.http.reader import BodyWatcher, Limits, Request
-from catalyzer.http.spool import body_file
+from catalyzer.http.spool import body_file, memory_body
 
 __all__ = ["Event", "UwsgiParser", "encode_vars", "parse_vars"]
 
@@ -91,6 +94,9 @@ class UwsgiParser:
         self._variables: dict[bytes, bytes] = {}
         self._request: Request | None = None
         self._body: IO[bytes] | None = None
+        # A body kept in memory: the memory of its BytesIO, written in place (see spool.memory_body).
+        self._space: memoryview | None = None
+        self._received = 0
         self._left = 0
 
     # -- state, as the connection shell asks
@@ -109,6 +115,19 @@ class UwsgiParser:
         return self._phase is Phase.BODY
 
     @property
+    def body_space(self) -> memoryview | None:
+        """Where the next bytes of a body kept in memory go, None for any other input: a view
+        of the body's own memory (at most the bytes still due) that the caller may receive into
+        directly (``recv_into``), then say how many arrived with :meth:`received_into`. Saves
+        the copy out of a read buffer."""
+        space = self._space
+        return space[self._received :] if space is not None else None
+
+    def received_into(self, size: int) -> None:
+        """``size`` bytes were written at the start of :attr:`body_space`."""
+        self._body_arrived(size)
+
+    @property
     def body_received(self) -> int:
         return self._request.body_length if self._request is not None else 0
 
@@ -122,25 +141,43 @@ class UwsgiParser:
 
     # -- input
 
-    def receive_data(self, data: bytes) -> None:
-        if self._phase is Phase.DONE or not data:
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Take the next bytes of the connection. ``data`` may be a view of a buffer the caller
+        reuses: what is kept is copied."""
+        phase = self._phase
+        if phase is Phase.BODY:
+            if data:
+                self._body_data(data)
             return
+        if phase is Phase.DONE or not data:
+            return
+        if self._buffer:  # a packet split across reads: rare, so simply joined
+            self._buffer += data
+            data, self._buffer = bytes(self._buffer), bytearray()
+        # The packet is read where it lies: only the variable block is copied, and the start of
+        # the body goes from ``data`` to the body file.
+        pos = 0
+        end = len(data)
+        while True:
+            phase = self._phase
+            if phase is Phase.HEAD:
+                if end - pos < _HEAD.size:
+                    break
+                self._head(*_HEAD.unpack_from(data, pos))
+                pos += _HEAD.size
+            elif phase is Phase.VARS:
+                needed = self._needed
+                if end - pos < needed:
+                    break
+                self._vars(bytes(data[pos : pos + needed]))
+                pos += needed
+            else:
+                break
         if self._phase is Phase.BODY:
-            self._body_data(data)
-            return
-        self._buffer += data
-        while not self.stopped and len(self._buffer) >= self._needed:
-            chunk = bytes(self._buffer[: self._needed])
-            del self._buffer[: self._needed]
-            if self._phase is Phase.HEAD:
-                self._head(chunk)
-            elif self._phase is Phase.VARS:
-                self._vars(chunk)
-            if self.in_body:
-                rest, self._buffer = bytes(self._buffer), bytearray()
-                if rest:
-                    self._body_data(rest)
-                return
+            if pos < end:
+                self._body_data(data[pos:])
+        elif self._phase is not Phase.DONE and pos < end:
+            self._buffer += data[pos:]
 
     def receive_eof(self) -> None:
         """The peer closed: a request cut short is dropped (nobody is left to answer)."""
@@ -155,8 +192,7 @@ class UwsgiParser:
 
     # -- internals
 
-    def _head(self, head: bytes) -> None:
-        modifier1, size, _modifier2 = _HEAD.unpack(head)
+    def _head(self, modifier1: int, size: int, _modifier2: int) -> None:
         if modifier1 != 0:
             self._malformed(f"uwsgi packet with modifier1 {modifier1} (only 0, WSGI, is served)")
         elif size > self._max_vars:
@@ -173,8 +209,10 @@ class UwsgiParser:
         except ValueError as e:
             self._malformed(f"malformed uwsgi packet: {e}")
             return
-        if count_headers(variables) > self.limits.max_headers:
-            self._refuse(431, f"more than {self.limits.max_headers} HTTP_ variables")
+        max_headers = self.limits.max_headers
+        # Only a block of more variables than that can hold too many HTTP_ ones.
+        if len(variables) > max_headers and count_headers(variables) > max_headers:
+            self._refuse(431, f"more than {max_headers} HTTP_ variables")
             return
         request = new_request(variables)
         if isinstance(request, Refused):
@@ -189,30 +227,53 @@ class UwsgiParser:
         if not length:
             self._complete()
             return
-        request.body = self._body = body_file(
-            length, self.limits.body_spool_threshold, self.limits.spool_dir, exact=True
-        )
+        if length <= self.limits.body_spool_threshold:
+            request.body = self._body = memory_body(length)
+            self._space = request.body.getbuffer()
+            self._received = 0
+        else:
+            request.body = self._body = body_file(
+                length, self.limits.body_spool_threshold, self.limits.spool_dir
+            )
         self._left = length
         self._phase = Phase.BODY
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.started(request)
 
-    def _body_data(self, data: bytes) -> None:
-        request = self._request
-        body = self._body
-        assert request is not None and body is not None
+    def _body_data(self, data: bytes | memoryview) -> None:
         if len(data) > self._left:
             data = data[: self._left]  # nothing follows a uwsgi request: the rest is ignored
-        body.write(data)
-        self._left -= len(data)
-        request.body_length += len(data)
+        size = len(data)
+        space = self._space
+        if space is not None:
+            received = self._received
+            space[received : received + size] = data
+        else:
+            assert self._body is not None
+            self._body.write(data)
+        self._body_arrived(size)
+
+    def _body_arrived(self, size: int) -> None:
+        request = self._request
+        assert request is not None
+        self._left -= size
+        self._received += size
+        request.body_length += size
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
         if not self._left:
-            body.seek(0)
+            self._release_space()
+            assert request.body is not None
+            request.body.seek(0)
             if request.upload_id is not None and self._watcher is not None:
                 self._watcher.finished(request)
             self._complete()
+
+    def _release_space(self) -> None:
+        # The BytesIO can be neither closed nor resized while a view of its memory is out.
+        if self._space is not None:
+            self._space.release()
+            self._space = None
 
     def _complete(self) -> None:
         assert self._request is not None
@@ -222,6 +283,7 @@ class UwsgiParser:
         self._end()
 
     def _drop(self, status: int | None) -> None:
+        self._release_space()
         request = self._request
         if request is not None:
             if request.upload_id is not None and self._watcher is not None:

@@ -36,6 +36,7 @@ from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import (
+    _READ,
     DRAIN_IDLE_GRACE,
     ServerState,
     _connection_info,
@@ -71,6 +72,9 @@ class GatewayChannel(TransportSink):
     :meth:`_sink_for` makes. Subclasses give the parser, the sink and what ends a request."""
 
     face: ClassVar[str] = "gateway"
+    # Whether a plain TCP connection reads into the server's shared buffer (the parser must
+    # take memoryviews and keep none) rather than Twisted's new bytes per read.
+    reads_into_buffer: ClassVar[bool] = False
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
@@ -83,6 +87,7 @@ class GatewayChannel(TransportSink):
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
         self._in_next = False
+        self._into_space = False
         self._paused = False
         self._got_data = False
         clock = server.clock
@@ -137,6 +142,8 @@ class GatewayChannel(TransportSink):
         if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
             self._socket = transport.socket
             self._prepare_socket()
+            if self.reads_into_buffer:
+                twistedprivate.read_into_target(transport, self._read_target, self._read)
         self.server.connection_made(self)
         if self._socket is not None and self.state is _OPEN:
             # The web server writes its request as soon as it is connected: often it is in
@@ -150,6 +157,27 @@ class GatewayChannel(TransportSink):
 
     def _prepare_socket(self) -> None:
         """A plain TCP connection was accepted: set its socket options (before any write)."""
+
+    def _read_target(self) -> memoryview:
+        """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
+        memory of a body kept in memory, else the server's shared buffer, whose bytes the parser
+        copies if it keeps them. A body is read in large reads, as on the HTTP face."""
+        parser = self.parser
+        space = parser.body_space
+        self._into_space = space is not None
+        if space is not None:
+            return space  # type: ignore[no-any-return]
+        buffer: memoryview = self.server.read_buffer
+        return buffer if parser.in_body else buffer[:_READ]
+
+    def _read(self, size: int) -> None:
+        if self._into_space:
+            self._got_data = True
+            self.server.metrics.received(size)
+            self.parser.received_into(size)
+            self._after_read()
+        else:
+            self.dataReceived(self.server.read_buffer[:size])  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
@@ -175,6 +203,8 @@ class GatewayChannel(TransportSink):
         # (one connection per request behind nginx's uwsgi_pass).
         for timer in timers:
             timer.retire()
+        if self._socket is not None and self.reads_into_buffer:
+            twistedprivate.forget_read_into(self.transport)
 
     def _linger_expired(self) -> None:
         self.abort("web server did not read")
@@ -467,6 +497,7 @@ class UwsgiChannel(GatewayChannel):
     response written as it is, closing the connection ends it."""
 
     face = "uwsgi"
+    reads_into_buffer = True
 
     def _new_parser(self) -> Any:
         return UwsgiParser(self.server.limits, self.server.progress)

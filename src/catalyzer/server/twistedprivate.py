@@ -35,6 +35,7 @@ __all__ = [
     "has_accept_log",
     "proxy_header_parsed",
     "read_into",
+    "read_into_target",
     "read_waiting",
     "resume_producer_when_drained",
     "route_accept_log",
@@ -269,6 +270,29 @@ def read_into(
         if not n:
             return main.CONNECTION_DONE
         receive(buffer[:n])
+        return None
+
+    transport.doRead = do_read
+
+
+def read_into_target(
+    transport: Any, target: Callable[[], memoryview], received: Callable[[int], object]
+) -> None:
+    """:func:`read_into` where each read goes into the writable view ``target()`` returns (its
+    length bounds the read; it may be different memory every time, e.g. a request body's own),
+    and ``received(n)`` is told how many bytes it took. Undo it with :func:`forget_read_into`."""
+    sock = transport.socket
+
+    def do_read() -> Any:
+        try:
+            n = sock.recv_into(target())
+        except OSError as e:
+            if e.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not n:
+            return main.CONNECTION_DONE
+        received(n)
         return None
 
     transport.doRead = do_read
