@@ -7,6 +7,7 @@ the body's own memory (``body_space``), as its channel reads."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 from typing import Any
 
@@ -16,6 +17,7 @@ from catalyzer.http import fastcgi as f
 from catalyzer.http.cgi import CGIRequest, Malformed, Refused
 from catalyzer.http.fastcgi import Abort, FastCGIParser, Reply
 from catalyzer.http.reader import Limits
+from catalyzer.http.spool import spool_failure
 from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.wsgi.environ import ConnectionInfo, base_environ, build_cgi_environ
 from tests.http.gateway_corpus import (
@@ -25,6 +27,9 @@ from tests.http.gateway_corpus import (
     UWSGI_INVALID,
     UWSGI_VALID,
     Case,
+    fcgi,
+    post,
+    uw,
 )
 
 MODES = ("whole", "bytewise", "more")
@@ -200,3 +205,43 @@ def test_stdout_records_split_at_65535() -> None:
     assert lengths == [65535, 65535, 153600 - 2 * 65535]
     assert b"".join(records[1::2]) == data
     assert f.end_request(3)[:8] == bytes((1, f.STDOUT, 0, 3, 0, 0, 0, 0))
+
+
+# -- a body that cannot be spooled: refused naming the directory (HTTP face: tests/http/test_reader)
+
+
+@pytest.mark.parametrize("face", ["uwsgi", "fastcgi"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_body_that_cannot_be_spooled_is_refused_naming_the_directory(
+    tmp_path: Any, face: str, mode: str
+) -> None:
+    gone = tmp_path / "gone"
+    spooling = Limits(body_spool_threshold=1024, spool_dir=str(gone))
+    body = bytes(range(256)) * 20
+    parser: Any
+    if face == "uwsgi":
+        parser, wire = UwsgiParser(spooling), uw(post(body), body)
+    else:
+        parser, wire = FastCGIParser(spooling), fcgi(post(body), body)
+    events = feed(parser, wire, mode)
+    assert events == [
+        Refused(503, f"cannot spool the request body to {gone}: No such file or directory", 1)
+        if face == "fastcgi"
+        else Refused(503, f"cannot spool the request body to {gone}: No such file or directory")
+    ]
+
+
+def test_no_room_in_the_spool_directory_is_507() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert spool_failure(full, "/spool") == (
+        507,
+        "cannot spool the request body to /spool: No space left on device",
+    )
+    assert spool_failure(OSError(errno.EACCES, "Permission denied"), None)[0] == 503
+
+
+def test_fastcgi_stdin_past_a_content_length_of_zero_is_kept() -> None:
+    variables = {**post(b""), "CONTENT_LENGTH": "0"}
+    [event] = feed(FastCGIParser(Limits()), fcgi(variables, b"extra"), "whole")
+    assert isinstance(event, CGIRequest) and event.request.body is not None
+    assert event.request.body.read() == b"extra"

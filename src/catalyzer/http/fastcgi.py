@@ -45,7 +45,7 @@ from catalyzer.http.cgi import (
     var_block_limit,
 )
 from catalyzer.http.reader import BodyWatcher, Limits, Request
-from catalyzer.http.spool import body_file, memory_body
+from catalyzer.http.spool import body_file, memory_body, spool_failure
 
 __all__ = [
     "Abort",
@@ -393,7 +393,11 @@ class FastCGIParser:
                         length, self.limits.body_spool_threshold, self.limits.spool_dir
                     )
                 self._body = request.body = body
-            body.write(content)
+            try:
+                body.write(content)
+            except OSError as e:
+                self._refuse(*spool_failure(e, self.limits.spool_dir))
+                return
             request.body_length += len(content)
             if request.upload_id is not None and self._watcher is not None:
                 self._watcher.progress(request, request.body_length)

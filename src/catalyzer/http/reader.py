@@ -20,9 +20,7 @@ read: a second request can never be smuggled behind a bad or final one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import re
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from typing import IO, Final, Protocol
@@ -30,7 +28,7 @@ from typing import IO, Final, Protocol
 import httptools
 
 from catalyzer.http.progress import upload_id_from
-from catalyzer.http.spool import body_file
+from catalyzer.http.spool import body_file, spool_failure
 
 __all__ = [
     "Limits",
@@ -52,9 +50,6 @@ STATUS_REASONS: Final = {
     505: "HTTP Version Not Supported",
     507: "Insufficient Storage",
 }
-# A body that cannot be written to the spool directory for lack of room: 507, the server's
-# storage is the problem; any other failure there (the directory gone, no permission): 503.
-_NO_ROOM: Final = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 
 @dataclass(frozen=True)
@@ -545,9 +540,7 @@ class RequestReader:
         return 400
 
     def _spool_failed(self, e: OSError) -> _Reject:
-        directory = self.limits.spool_dir or tempfile.gettempdir()
-        status = 507 if e.errno in _NO_ROOM else 503
-        return _Reject(status, f"cannot spool the request body to {directory}: {e.strerror or e}")
+        return _Reject(*spool_failure(e, self.limits.spool_dir))
 
     def _enter(self, phase: int) -> None:
         self._phase = phase

@@ -36,7 +36,7 @@ from catalyzer.http.cgi import (
     uwsgi_var_block_limit,
 )
 from catalyzer.http.reader import BodyWatcher, Limits, Request
-from catalyzer.http.spool import body_file, memory_body
+from catalyzer.http.spool import body_file, memory_body, spool_failure
 
 __all__ = ["Event", "UwsgiParser", "encode_vars", "parse_vars"]
 
@@ -250,7 +250,11 @@ class UwsgiParser:
             space[received : received + size] = data
         else:
             assert self._body is not None
-            self._body.write(data)
+            try:
+                self._body.write(data)
+            except OSError as e:
+                self._refuse(*spool_failure(e, self.limits.spool_dir))
+                return
         self._body_arrived(size)
 
     def _body_arrived(self, size: int) -> None:
