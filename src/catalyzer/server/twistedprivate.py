@@ -417,7 +417,7 @@ def dispatch_lightly(reactor: Any) -> bool:
 
 
 def _do_poll(reactor: Any, timeout: float | None) -> None:
-    # EPollReactor.doPoll (Twisted 24-25), less log.callWithLogger around each event.
+    # EPollReactor.doPoll (Twisted 24.7 to 26.10), less log.callWithLogger around each event.
     try:
         events = reactor._poller.poll(-1 if timeout is None else timeout, len(reactor._selectables))
     except OSError as err:
