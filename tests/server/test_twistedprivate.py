@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 from twisted.internet import endpoints, reactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -421,6 +422,60 @@ def test_accept_lightly_under_accept_one_per_wakeup_takes_one_at_a_time() -> Non
         twistedprivate.accept_lightly(port)
         twistedprivate.accept_one_per_wakeup(port)
         for expected in (1, 2, 3):
+            port.doRead()
+            assert len(given) == expected
+        for transport in memory.readers:
+            if isinstance(transport, Server):
+                transport.socket.close()
+    finally:
+        for client in clients:
+            client.close()
+        port.connectionLost(None)
+
+
+class _ClosedAtOnce(Protocol):
+    """Served and closed within the accept (a complete Connection: close request)."""
+
+    def connectionMade(self) -> None:
+        assert twistedprivate.close_flushed(self.transport)
+
+
+def _closing_listener(memory: Any, closes: list[bool]) -> tuple[Any, list[Any]]:
+    """A listening port whose n-th accepted connection is closed at once if ``closes[n]``."""
+    from twisted.internet.protocol import Factory
+    from twisted.internet.tcp import Port
+
+    factory = Factory()
+    given: list[Any] = []
+
+    def build(addr: Any) -> Protocol:
+        given.append(addr)
+        return _ClosedAtOnce() if closes[len(given) - 1] else _Kept()
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    port = Port(0, factory, 50, "127.0.0.1", memory)
+    port.startListening()
+    return port, given
+
+
+@pytest.mark.parametrize("lightly_first", [True, False])
+def test_one_per_wakeup_goes_on_while_each_connection_is_closed_within_it(
+    lightly_first: bool,
+) -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    memory = MemoryReactor()
+    port, given = _closing_listener(memory, [True, True, False, True, False])
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(5)]
+    try:
+        if lightly_first:
+            twistedprivate.accept_lightly(port)
+            twistedprivate.accept_one_per_wakeup(port)
+        else:
+            twistedprivate.accept_one_per_wakeup(port)
+            twistedprivate.accept_lightly(port)
+        # Closed, closed, open: the one left open ends the wake-up; then closed, open.
+        for expected in (3, 5):
             port.doRead()
             assert len(given) == expected
         for transport in memory.readers:

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 _log = Logger(namespace="catalyzer.accept")
+# What tcp.Port.startListening sets numberAccepts to (an instance attribute, no class default).
+_TWISTED_FIRST_ACCEPTS = 100
 _dispatch_log = Logger(namespace="catalyzer.reactor")
 
 
@@ -81,12 +83,22 @@ def proxy_header_parsed(wrapper: HAProxyProtocolWrapper) -> bool:
 
 def accept_one_per_wakeup(port: Any) -> None:
     """Make a listening ``twisted.internet.tcp.Port`` (or unix Port) accept at most one
-    connection each time the reactor finds it readable.
+    connection that stays open each time the reactor finds it readable.
 
-    Its ``doRead`` accepts up to ``numberAccepts`` connections and then grows that number by 20
-    whenever it took as many as allowed, so setting it to 1 once lasts one wake-up. A port
-    without the attribute (not a stream listening port) is left alone."""
+    A port with catalyzer's own accept loop (:func:`accept_lightly`) goes on accepting in the
+    same wake-up while each connection it accepts is served and closed within it (a
+    ``Connection: close`` request complete at accept): such a connection leaves nothing in this
+    worker, and the loop calls ``accept()`` again only once that request's app call has returned,
+    so a worker stuck in the app still takes nothing from the shared queue. The first connection
+    that stays open (keep-alive, or a request still arriving) ends the wake-up, which is what
+    spreads a burst of connections over the workers awake. Any other port accepts one
+    connection: Twisted's ``doRead`` takes up to ``numberAccepts`` and grows that number by 20
+    whenever it took as many as allowed, so setting it to 1 before each call holds it there. A
+    port without the attribute (not a stream listening port) is left alone."""
     if not hasattr(port, "numberAccepts"):
+        return
+    port._catalyzer_one_open = True  # the rule accept_lightly's loop follows, before or after
+    if getattr(port, "_catalyzer_light", False):
         return
     accept = port.doRead
 
@@ -156,8 +168,9 @@ def accept_lightly(listening: object) -> None:
     IPv6 scope in the peer's address, ``factory.buildProtocol``, a session number, the port's
     transport (an :class:`AcceptedServer` for a port of plain ``tcp.Server`` transports, not
     registered for reading when the factory's ``starts_reading`` says its protocols do that
-    themselves), ``makeConnection``, and the same growth of ``numberAccepts``, so
-    :func:`accept_one_per_wakeup` still applies on top. Any ``accept()`` error but "nothing
+    themselves), ``makeConnection``, and the same growth of ``numberAccepts``; under
+    :func:`accept_one_per_wakeup` (applied before or after) it stops after the first connection
+    that stays open. Any ``accept()`` error but "nothing
     waiting" is left to Twisted's own ``doRead``, which meets it again and deals with it as it
     always does (the EMFILE reserve, its logger, which :mod:`~catalyzer.server.acceptguard`
     watches)."""
@@ -165,6 +178,9 @@ def accept_lightly(listening: object) -> None:
         return
     port: Any = listening
     port._catalyzer_light = True
+    if getattr(port, "_catalyzer_one_open", False):
+        # accept_one_per_wakeup came first and held the count at 1; this loop has its own rule.
+        port.numberAccepts = _TWISTED_FIRST_ACCEPTS
     twisted_read = port.doRead
     listener = port.socket
     raw_accept = listener._accept
@@ -215,6 +231,8 @@ def accept_lightly(listening: object) -> None:
                         # Registered, as Twisted's Server would be before connectionMade ran.
                         transport.startReading()
                     raise
+                if not transport.disconnected and getattr(port, "_catalyzer_one_open", False):
+                    break
         except Exception:
             _log.failure("unhandled error accepting a connection")  # Twisted: log.deferr()
         if accepted == limit:
