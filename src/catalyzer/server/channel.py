@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import typing
 from collections.abc import Callable
 from email.utils import formatdate
@@ -44,7 +45,8 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
-from catalyzer.server.roommaker import RoomMaker
+from catalyzer.server.holding import HeadWatch
+from catalyzer.server.roommaker import RoomMaker, Sheddable
 from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
 from catalyzer.server.transportsink import TransportSink
@@ -118,7 +120,7 @@ class Connection(typing.Protocol):
 
     def abort(self, why: str) -> None: ...
 
-    def shedding_candidate(self) -> Candidate[HTTPChannel] | None:
+    def shedding_candidate(self) -> Candidate[Sheddable] | None:
         """How far this connection is from an answer, if it may be shed at max-connections."""
         ...
 
@@ -199,6 +201,7 @@ class ServerState:
         )
         self.accepting = True
         self.draining = False
+        self.heads: HeadWatch | None = None  # connections held at the limit, once there are any
         # A prefork worker counts in its scoreboard, where the master reads the counters even
         # after this process is gone (see catalyzer.ops.metrics).
         self.metrics = RequestMetrics(scoreboard.counters() if scoreboard is not None else None)
@@ -812,7 +815,7 @@ class HTTPChannel(TransportSink):
             self._close()
         # Otherwise a request is under way; _arm_idle starts a new wait after its response.
 
-    def shedding_candidate(self) -> Candidate[HTTPChannel] | None:
+    def shedding_candidate(self) -> Candidate[Sheddable] | None:
         """How far this connection is from an answer, if it may be shed to make room."""
         reader = self.reader
         if self.state is not _OPEN or self.response is not None:
@@ -957,6 +960,22 @@ class HTTPFactory(Factory):
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
+
+    def paused(self) -> bool:
+        """Accepting is paused (max-connections): the accept loop stops taking connections."""
+        return not self.server.accepting
+
+    def hold(self, sock: socket.socket, address: Any, port: Any) -> bool:
+        """At max-connections, keep a connection whose head has not arrived as a bare socket
+        (:mod:`catalyzer.server.holding`); False: serve it now. Asked by the accept loop of a
+        plain TCP port (twistedprivate.accept_lightly)."""
+        server = self.server
+        if server.room.open_count() < server.config.max_connections or server.draining:
+            return False
+        heads = server.heads
+        if heads is None:
+            heads = server.heads = HeadWatch(server, port.reactor)
+        return heads.hold(sock, address, port)
 
     def buildProtocol(self, addr: object) -> HTTPChannel:
         channel = HTTPChannel(self.server)

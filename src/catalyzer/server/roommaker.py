@@ -20,7 +20,7 @@ come of age) was the largest part of the server's cost per accept-and-shed cycle
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -30,11 +30,22 @@ from catalyzer.server.shedding import REBUILD, RECHECK, Candidate, ShedQueue, St
 from catalyzer.server.timer import Timer
 
 if TYPE_CHECKING:
-    from catalyzer.server.channel import Connection, HTTPChannel
+    from catalyzer.server.channel import Connection
 
-__all__ = ["RoomMaker"]
+__all__ = ["RoomMaker", "Sheddable"]
 
 log = Logger(namespace="catalyzer.http")
+
+
+class Sheddable(Protocol):
+    """A connection that may be shed: an HTTP channel, or one held at the limit
+    (:mod:`catalyzer.server.holding`)."""
+
+    def shedding_candidate(self) -> Candidate[Sheddable] | None: ...
+
+    def shed(self) -> None: ...
+
+    def unread_bytes(self) -> bool: ...
 
 
 class RoomMaker:
@@ -61,8 +72,8 @@ class RoomMaker:
         self.accepting = accepting
         self.stopping = stopping
         self.set_accepting = set_accepting
-        self.shed: set[Connection] = set()  # shed, not gone yet: no longer counted
-        self._order: ShedQueue[HTTPChannel] | None = None  # the order being consumed
+        self.shed: set[object] = set()  # shed, not gone yet: no longer counted
+        self._order: ShedQueue[Sheddable] | None = None  # the order being consumed
         self._timer = Timer(clock, self._check)
 
     def open_count(self) -> int:
@@ -95,7 +106,7 @@ class RoomMaker:
             )
         self._arm()
 
-    def _candidates_now(self) -> list[Candidate[HTTPChannel]]:
+    def _candidates_now(self) -> list[Candidate[Sheddable]]:
         candidates = []
         for c in self.channels:
             if c not in self.shed:
@@ -104,7 +115,7 @@ class RoomMaker:
                     candidates.append(candidate)
         return candidates
 
-    def _next_victim(self, consume: bool = True) -> HTTPChannel | None:
+    def _next_victim(self, consume: bool = True) -> Sheddable | None:
         """The connection to shed next, least progress first, leaving out one whose client has
         sent bytes not read yet (it is about to make progress) and any that changed since the
         order was worked out."""
@@ -115,7 +126,7 @@ class RoomMaker:
             queue = self._order = ShedQueue(self._candidates_now(), now)
         return queue.next(now, self._unchanged, consume)
 
-    def _unchanged(self, candidate: Candidate[HTTPChannel]) -> bool:
+    def _unchanged(self, candidate: Candidate[Sheddable]) -> bool:
         channel = candidate.key
         if channel in self.shed:
             return False

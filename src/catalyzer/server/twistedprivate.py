@@ -170,14 +170,16 @@ def accept_lightly(listening: object) -> None:
     registered for reading when the factory's ``starts_reading`` says its protocols do that
     themselves), ``makeConnection``, and the same growth of ``numberAccepts``; under
     :func:`accept_one_per_wakeup` (applied before or after) it stops after the first connection
-    that stays open. Any ``accept()`` error but "nothing
-    waiting" is left to Twisted's own ``doRead``, which meets it again and deals with it as it
-    always does (the EMFILE reserve, its logger, which :mod:`~catalyzer.server.acceptguard`
-    watches)."""
-    if type(listening) is not tcp.Port or getattr(listening, "_catalyzer_light", False):
+    that stays open, and it stops once the factory's ``paused()`` (if it has one) says so,
+    where Twisted's loop would take the rest of its count past a pause. A factory with a
+    ``hold(socket, address, port)`` method may keep a socket before any of that
+    (:mod:`catalyzer.server.holding`) and have it served later by
+    ``port._catalyzer_light(socket, address)``. Any ``accept()`` error but "nothing waiting" is
+    left to Twisted's own ``doRead``, which meets it again and deals with it as it always does
+    (the EMFILE reserve, its logger, which :mod:`~catalyzer.server.acceptguard` watches)."""
+    if type(listening) is not tcp.Port or getattr(listening, "_catalyzer_light", None):
         return
     port: Any = listening
-    port._catalyzer_light = True
     if getattr(port, "_catalyzer_one_open", False):
         # accept_one_per_wakeup came first and held the count at 1; this loop has its own rule.
         port.numberAccepts = _TWISTED_FIRST_ACCEPTS
@@ -187,21 +189,54 @@ def accept_lightly(listening: object) -> None:
     family, kind, proto = int(listener.family), int(listener.type), listener.proto
     make_socket = socket.socket
     factory = port.factory
+    hold = getattr(factory, "hold", None)
+    paused = getattr(factory, "paused", None)
     light = port.transport is tcp.Server
     register = not getattr(factory, "starts_reading", False)
     bound = listener.getsockname()
     local = bound if family == socket.AF_INET and bound[0] != "0.0.0.0" else None
 
+    def connect(skt: socket.socket, address: Any) -> Any:
+        """Serve an accepted socket: its protocol and transport made and connected (None if
+        the factory refused it)."""
+        protocol = factory.buildProtocol(port._buildAddr(address))
+        if protocol is None:
+            skt.close()
+            return None
+        session = port.sessionno
+        port.sessionno = session + 1
+        transport: Any
+        if light:
+            transport = AcceptedServer(
+                skt, protocol, address, port, session, port.reactor, register, local
+            )
+        else:
+            transport = port.transport(skt, protocol, address, port, session, port.reactor)
+        try:
+            protocol.makeConnection(transport)
+        except Exception:
+            if not transport.disconnecting and transport.connected:
+                # Registered, as Twisted's Server would be before connectionMade ran.
+                transport.startReading()
+            raise
+        return transport
+
     def do_read() -> None:
         accepted = 0
         limit = port.numberAccepts
+        one_open = getattr(port, "_catalyzer_one_open", False)
         try:
             while accepted < limit:
                 try:
                     fd, address = raw_accept()
                 except BlockingIOError:
                     break
-                except OSError:
+                except OSError as e:
+                    if e.errno == errno.EINVAL:
+                        # Shut down under us: a prefork master stopping (Twisted's Port shuts
+                        # the socket every worker shares down as it stops listening).
+                        port.stopReading()
+                        return
                     twisted_read()
                     return
                 accepted += 1
@@ -211,28 +246,15 @@ def accept_lightly(listening: object) -> None:
                         address, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
                     )
                     address = (host[0], *address[1:])
-                protocol = factory.buildProtocol(port._buildAddr(address))
-                if protocol is None:
-                    skt.close()
+                if hold is not None and hold(skt, address, port):
+                    if one_open or (paused is not None and paused()):
+                        break
                     continue
-                session = port.sessionno
-                port.sessionno = session + 1
-                transport: Any
-                if light:
-                    transport = AcceptedServer(
-                        skt, protocol, address, port, session, port.reactor, register, local
-                    )
-                else:
-                    transport = port.transport(skt, protocol, address, port, session, port.reactor)
-                try:
-                    protocol.makeConnection(transport)
-                except Exception:
-                    if not transport.disconnecting and transport.connected:
-                        # Registered, as Twisted's Server would be before connectionMade ran.
-                        transport.startReading()
-                    raise
-                if not transport.disconnected and getattr(port, "_catalyzer_one_open", False):
+                transport = connect(skt, address)
+                if one_open and transport is not None and not transport.disconnected:
                     break
+                if paused is not None and paused():
+                    break  # the connection just made paused accepting (max-connections)
         except Exception:
             _log.failure("unhandled error accepting a connection")  # Twisted: log.deferr()
         if accepted == limit:
@@ -240,6 +262,8 @@ def accept_lightly(listening: object) -> None:
         else:
             port.numberAccepts = max(1, accepted)
 
+    # Also how a connection held at the limit (HTTPFactory.hold) is served once its head is in.
+    port._catalyzer_light = connect
     port.doRead = do_read
 
 
