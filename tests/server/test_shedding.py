@@ -95,6 +95,17 @@ def test_the_queue_drops_a_candidate_that_is_no_longer_usable() -> None:
     assert queue.next(10.0, lambda c: True) is None  # dropped for good, not tried again
 
 
+def test_the_queue_asks_about_no_connection_too_young_to_go() -> None:
+    """``usable`` peeks at a socket: a server at the limit with every connection busy between
+    requests looks ten times a second, and must not peek at each one."""
+    busy = [Candidate(f"busy-{i}", IDLE, 10.0 - i * MIN_IDLE / 100) for i in range(50)]
+    asked: list[str] = []
+    queue = ShedQueue(busy, made=10.0)
+    assert queue.next(10.0, lambda c: asked.append(c.key) or True) is None  # type: ignore[func-returns-value]
+    assert asked == []
+    assert queue.eligible_at(10.0) == busy[-1].since + MIN_IDLE
+
+
 def test_the_queue_gives_the_same_order_as_order() -> None:
     """ShedQueue is the cheap way through the order that ``order`` defines, at any time."""
     rng = random.Random(10)

@@ -171,11 +171,14 @@ class ShedQueue(Generic[K]):
         for queue in self._queues:
             while queue:
                 head = queue[0]
+                # Age first: a connection only ever waits longer in a standing from a later
+                # ``since``, so a head too young is young whatever it does now, and ``usable``
+                # (a peek at its socket) is spared for every busy connection at the limit.
+                if now - head.since < _wait(head, self.min_age, self.min_idle):
+                    break  # the rest of this standing is younger still
                 if not usable(head):
                     queue.popleft()
                     continue
-                if now - head.since < _wait(head, self.min_age, self.min_idle):
-                    break  # the rest of this standing is younger still
                 if consume:
                     queue.popleft()
                 return head.key
