@@ -412,27 +412,6 @@ def test_accept_lightly_makes_the_connections_twisted_would() -> None:
         port.connectionLost(None)
 
 
-def test_accept_lightly_under_accept_one_per_wakeup_takes_one_at_a_time() -> None:
-    from twisted.internet.testing import MemoryReactor
-
-    memory = MemoryReactor()
-    port, given = _listening(memory)
-    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
-    try:
-        twistedprivate.accept_lightly(port)
-        twistedprivate.accept_one_per_wakeup(port)
-        for expected in (1, 2, 3):
-            port.doRead()
-            assert len(given) == expected
-        for transport in memory.readers:
-            if isinstance(transport, Server):
-                transport.socket.close()
-    finally:
-        for client in clients:
-            client.close()
-        port.connectionLost(None)
-
-
 class _ClosedAtOnce(Protocol):
     """Served and closed within the accept (a complete Connection: close request)."""
 
@@ -459,14 +438,25 @@ def _closing_listener(memory: Any, closes: list[bool]) -> tuple[Any, list[Any]]:
 
 
 @pytest.mark.parametrize("lightly_first", [True, False])
+@pytest.mark.parametrize(
+    ("closes", "taken"),
+    [
+        # Each stays open: one connection per wake-up.
+        ([False, False, False], (1, 2, 3)),
+        # Closed, closed, open: the one left open ends the wake-up; then closed, open.
+        ([True, True, False, True, False], (3, 5)),
+    ],
+)
 def test_one_per_wakeup_goes_on_while_each_connection_is_closed_within_it(
-    lightly_first: bool,
+    lightly_first: bool, closes: list[bool], taken: tuple[int, ...]
 ) -> None:
     from twisted.internet.testing import MemoryReactor
 
     memory = MemoryReactor()
-    port, given = _closing_listener(memory, [True, True, False, True, False])
-    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(5)]
+    port, given = _closing_listener(memory, closes)
+    clients = [
+        socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(len(closes))
+    ]
     try:
         if lightly_first:
             twistedprivate.accept_lightly(port)
@@ -474,8 +464,7 @@ def test_one_per_wakeup_goes_on_while_each_connection_is_closed_within_it(
         else:
             twistedprivate.accept_one_per_wakeup(port)
             twistedprivate.accept_lightly(port)
-        # Closed, closed, open: the one left open ends the wake-up; then closed, open.
-        for expected in (3, 5):
+        for expected in taken:
             port.doRead()
             assert len(given) == expected
         for transport in memory.readers:

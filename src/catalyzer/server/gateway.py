@@ -655,6 +655,10 @@ class GatewayFactory(Factory):
         self.server = server
         self.channel = channel
 
+    def paused(self) -> bool:
+        """As HTTPFactory's: the accept loop stops at max-connections."""
+        return not self.server.accepting
+
     def buildProtocol(self, addr: object) -> GatewayChannel:
         channel = self.channel(self.server)
         channel.factory = self
