@@ -46,7 +46,7 @@ from catalyzer.server import twistedprivate
 from catalyzer.server.acceptguard import AcceptGuard
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.holding import HeadWatch
-from catalyzer.server.roommaker import RoomMaker, Sheddable
+from catalyzer.server.roommaker import RoomMaker, Sheddable, log_shed
 from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
 from catalyzer.server.transportsink import TransportSink
@@ -59,7 +59,7 @@ from catalyzer.wsgi.sink import Responder, ResponderFactory, ResponseOutcome, Re
 from catalyzer.wsgi.threads import AppThreads
 from catalyzer.wsgi.types import WSGIApp
 
-__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerState"]
+__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerFactory", "ServerState"]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -834,14 +834,7 @@ class HTTPChannel(TransportSink):
         if self.state is _CLOSED:
             return
         waiting = not self.requests or self.reader.in_headers
-        self.server.flood.emit(
-            "shed connections",
-            log,
-            LogLevel.info,
-            "max-connections: closing {what} from {peer} to make room",
-            what="a connection with an incomplete request" if waiting else "an idle connection",
-            peer=self.info.remote_addr if self.info else "?",
-        )
+        log_shed(self.server.flood, waiting, self.info.remote_addr if self.info else "?")
         if waiting:
             self._enter(_CLOSING)
             self.transport.abortConnection()  # type: ignore[union-attr]
@@ -952,7 +945,9 @@ def _connection_info(transport: Any) -> ConnectionInfo:
     return ConnectionInfo(server_name, server_port, remote_addr, remote_port, scheme)
 
 
-class HTTPFactory(Factory):
+class ServerFactory(Factory):
+    """What the accept loop (twistedprivate.accept_lightly) asks of every face's factory."""
+
     noisy = False
     # A plain TCP connection's channel registers its transport for reading itself, once it has
     # read what was there at accept (twistedprivate.accept_lightly, AcceptedServer).
@@ -965,6 +960,8 @@ class HTTPFactory(Factory):
         """Accepting is paused (max-connections): the accept loop stops taking connections."""
         return not self.server.accepting
 
+
+class HTTPFactory(ServerFactory):
     def hold(self, sock: socket.socket, address: Any, port: Any) -> bool:
         """At max-connections, keep a connection whose head has not arrived as a bare socket
         (:mod:`catalyzer.server.holding`); False: serve it now. Asked by the accept loop of a

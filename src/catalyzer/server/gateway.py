@@ -23,7 +23,6 @@ import socket
 from typing import Any, ClassVar
 
 from twisted.internet import interfaces, tcp
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -38,6 +37,7 @@ from catalyzer.server import twistedprivate
 from catalyzer.server.channel import (
     _READ,
     DRAIN_IDLE_GRACE,
+    ServerFactory,
     ServerState,
     _connection_info,
     _proxy_header_note,
@@ -647,17 +647,10 @@ class FastCGIChannel(GatewayChannel):
             raise AssertionError(f"unexpected FastCGI event {event!r}")
 
 
-class GatewayFactory(Factory):
-    noisy = False
-    starts_reading = True  # as HTTPFactory: a plain TCP channel registers for reading itself
-
+class GatewayFactory(ServerFactory):
     def __init__(self, server: ServerState, channel: type[GatewayChannel]) -> None:
-        self.server = server
+        super().__init__(server)
         self.channel = channel
-
-    def paused(self) -> bool:
-        """As HTTPFactory's: the accept loop stops at max-connections."""
-        return not self.server.accepting
 
     def buildProtocol(self, addr: object) -> GatewayChannel:
         channel = self.channel(self.server)

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger, LogLevel
 
 from catalyzer.http.framing import simple_response
+from catalyzer.server.roommaker import log_shed
 from catalyzer.server.shedding import Candidate, Standing
 from catalyzer.server.timer import Timer
+from catalyzer.server.transportsink import bytes_waiting
 
 if TYPE_CHECKING:
     from catalyzer.server.channel import ServerState
@@ -51,16 +53,15 @@ _TIMEOUT_BODY = b"408 Request Timeout\n"
 _NOTHING_YET = -1  # a peek that found nothing (0 is the end of the stream)
 
 
-def head_complete(data: memoryview) -> bool:
-    """Whether what has arrived is ready for the request reader: a whole head, or something the
-    reader will refuse at once (not an HTTP method's first letter)."""
-    if not data:
+def head_complete(data: bytes | bytearray, size: int) -> bool:
+    """Whether the first ``size`` bytes of ``data`` (what has arrived) are ready for the request
+    reader: a whole head, or something the reader will refuse at once (not an HTTP method's
+    first letter)."""
+    if size <= 0:
         return False
-    first = data[0]
-    if not 65 <= first <= 90:  # methods are upper-case tokens: anything else is the reader's 400
+    if not 65 <= data[0] <= 90:  # methods are upper-case tokens: anything else is the reader's 400
         return True
-    raw = data.tobytes()
-    return b"\r\n\r\n" in raw or b"\n\n" in raw
+    return data.find(b"\r\n\r\n", 0, size) >= 0 or data.find(b"\n\n", 0, size) >= 0
 
 
 class HeldConnection:
@@ -88,20 +89,11 @@ class HeldConnection:
         return Candidate(self, self.standing, self.opened)
 
     def unread_bytes(self) -> bool:
-        try:
-            return bool(self.sock.recv(1, _PEEK))
-        except OSError:  # nothing waiting (EAGAIN), or the connection is broken
-            return False
+        return bytes_waiting(self.sock)
 
     def shed(self) -> None:
-        self._watch.server.flood.emit(
-            "shed connections",
-            log,
-            LogLevel.info,
-            "max-connections: closing {what} from {peer} to make room",
-            what="a connection with an incomplete request",
-            peer=self.address[0] if isinstance(self.address, tuple) else "?",
-        )
+        peer = self.address[0] if isinstance(self.address, tuple) else "?"
+        log_shed(self._watch.server.flood, True, peer)
         self._watch.close(self)
 
     def drain(self) -> None:
@@ -123,7 +115,6 @@ class HeadWatch:
         self._poll = select.epoll()
         limits = server.limits
         self._buffer = bytearray(limits.max_request_line + limits.max_header_bytes + 4)
-        self._view = memoryview(self._buffer)
         self._sweep = Timer(server.clock, self._timeouts)
 
     # -- what the accept loop calls
@@ -134,7 +125,7 @@ class HeadWatch:
         arrived = self._peek(sock)
         if arrived is None or arrived == 0:
             return False  # broken or ended already: the ordinary path meets that and closes
-        if arrived > 0 and (head_complete(self._view[:arrived]) or arrived == len(self._buffer)):
+        if arrived > 0 and (head_complete(self._buffer, arrived) or arrived == len(self._buffer)):
             return False
         held = HeldConnection(self, sock, address, port, self.server.clock.seconds())
         if arrived > 0:
@@ -167,7 +158,7 @@ class HeadWatch:
             elif arrived == _NOTHING_YET:
                 if events & _GONE:
                     self.close(held)
-            elif head_complete(self._view[:arrived]) or arrived == len(self._buffer):
+            elif head_complete(self._buffer, arrived) or arrived == len(self._buffer):
                 self._promote(held)
             elif events & _GONE:
                 self.close(held)  # it finished sending without finishing its head

@@ -32,7 +32,7 @@ from catalyzer.server.timer import Timer
 if TYPE_CHECKING:
     from catalyzer.server.channel import Connection
 
-__all__ = ["RoomMaker", "Sheddable"]
+__all__ = ["RoomMaker", "Sheddable", "log_shed"]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -46,6 +46,19 @@ class Sheddable(Protocol):
     def shed(self) -> None: ...
 
     def unread_bytes(self) -> bool: ...
+
+
+def log_shed(flood: FloodLog, waiting: bool, peer: str) -> None:
+    """The line (one per interval, with a count) for a connection shed to make room: one whose
+    request had not all arrived (``waiting``), or an idle one."""
+    flood.emit(
+        "shed connections",
+        log,
+        LogLevel.info,
+        "max-connections: closing {what} from {peer} to make room",
+        what="a connection with an incomplete request" if waiting else "an idle connection",
+        peer=peer,
+    )
 
 
 class RoomMaker:

@@ -11,7 +11,7 @@ from twisted.internet.protocol import Protocol
 
 from catalyzer.server import twistedprivate
 
-__all__ = ["TransportSink", "send_now"]
+__all__ = ["TransportSink", "bytes_waiting", "send_now"]
 
 
 class TransportSink(Protocol):
@@ -52,12 +52,7 @@ class TransportSink(Protocol):
         """Whether the peer has sent bytes the reactor has not read yet (plain TCP only: a peek
         at the socket; a TLS connection says no)."""
         sock = self._socket
-        if sock is None:
-            return False
-        try:
-            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # nothing waiting (EAGAIN), or the connection is broken
-            return False
+        return sock is not None and bytes_waiting(sock)
 
     def resume_when_writable(self) -> None:
         twistedprivate.resume_producer_when_drained(self.transport)
@@ -101,3 +96,11 @@ def send_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def bytes_waiting(sock: socket.socket) -> bool:
+    """Whether the peer has sent bytes not read yet: a peek, which reads nothing."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the connection is broken
+        return False
