@@ -32,11 +32,11 @@ $(VENV)/.bench-installed: $(BIN)/python pyproject.toml
 # them, and pytest refuses to run (tests/conftest.py).
 MYPYC_MODULES := catalyzer/http/reader.py catalyzer/http/framing.py catalyzer/http/headers.py \
 	catalyzer/http/pending.py catalyzer/http/spool.py catalyzer/http/progress.py \
-	catalyzer/wsgi/environ.py
+	catalyzer/http/cgi.py catalyzer/http/uwsgi.py catalyzer/http/fastcgi.py catalyzer/wsgi/environ.py
 
 compiled: $(VENV)/.compiled
 
-$(VENV)/.compiled: $(VENV)/.test-installed $(addprefix src/,$(MYPYC_MODULES))
+$(VENV)/.compiled: $(VENV)/.test-installed Makefile $(addprefix src/,$(MYPYC_MODULES))
 	rm -f src/*__mypyc*.so $(addprefix src/,$(MYPYC_MODULES:.py=.*.so))
 	mkdir -p build
 	cd src && ../$(BIN)/mypyc --config-file ../pyproject.toml --cache-dir ../build/mypyc-cache \
