@@ -32,7 +32,8 @@ $(VENV)/.bench-installed: $(BIN)/python pyproject.toml
 # them, and pytest refuses to run (tests/conftest.py).
 MYPYC_MODULES := catalyzer/http/reader.py catalyzer/http/framing.py catalyzer/http/headers.py \
 	catalyzer/http/pending.py catalyzer/http/spool.py catalyzer/http/progress.py \
-	catalyzer/http/cgi.py catalyzer/http/uwsgi.py catalyzer/http/fastcgi.py catalyzer/wsgi/environ.py
+	catalyzer/http/cgi.py catalyzer/http/uwsgi.py catalyzer/http/fastcgi.py catalyzer/wsgi/environ.py \
+	catalyzer/split/frames.py catalyzer/split/router.py
 
 compiled: $(VENV)/.compiled
 
@@ -79,7 +80,7 @@ typecheck: $(VENV)/.test-installed
 # their pure-Python fallback.
 pytest: $(VENV)/.test-installed $(VENV)/.compiled
 	$(BIN)/pytest -q
-	CATALYZER_TEST_PURE=1 $(BIN)/pytest -q tests/http tests/wsgi
+	CATALYZER_TEST_PURE=1 $(BIN)/pytest -q tests/http tests/wsgi tests/split/test_frames.py tests/split/test_router.py
 
 docs: $(VENV)/.demo-installed
 	$(BIN)/python -m catalyzer.settings > docs/settings.md

@@ -3,6 +3,7 @@ sequence gaps and late replies, with plain numbers for time."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -617,7 +618,7 @@ def test_reply_is_head_and_end_in_one_and_returns_the_credit() -> None:
 
 
 def test_reply_after_go_and_late_reply_dropped() -> None:
-    router = new(RouterSettings(**{**SETTINGS.__dict__, "start_timeout": 1.0}))
+    router = new(dataclasses.replace(SETTINGS, start_timeout=1.0))
     a, b = Peer(router, b"a", slots=1), Peer(router, b"b", slots=1)
     a.hello()
     b.hello()
