@@ -890,6 +890,89 @@ def test_a_body_taken_directly_reports_progress_and_completion() -> None:
     close_bodies(drain(reader))
 
 
+def _receive_into(reader: RequestReader, data: bytes) -> int:
+    """As the channel's recv_into: into the body's own memory, as far as it offers."""
+    space = reader.body_space
+    assert space is not None
+    n = min(len(space), len(data))
+    space[:n] = data[:n]
+    reader.received_into(n)
+    return n
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 5])
+def test_a_body_in_memory_is_received_straight_into_its_memory(pieces: int) -> None:
+    body = bytes(range(256)) * 4
+    reader = RequestReader(Limits(body_spool_threshold=1024))
+    assert reader.body_space is None  # no request yet: reads go to the shared buffer
+    reader.receive_data(post(b"/up", b"Content-Length: 1024\r\n", body[:100]))
+    space = reader.body_space
+    assert space is not None and len(space) == 924  # only what is still due
+    space.release()  # as recv_into's caller lets go of it: a view out keeps the body unclosable
+    step = len(body) // pieces + 1
+    pos = 100
+    while pos < len(body):
+        pos += _receive_into(reader, body[pos : pos + step])
+    assert reader.body_space is None  # complete: the view is released
+    reader.receive_data(get(b"/after"))
+    events = drain(reader)
+    assert [e.target for e in events] == [b"/up", b"/after"]
+    assert isinstance(events[0].body, io.BytesIO) and body_of(events[0]) == body
+    events[0].body.close()  # no view of its memory left out (a BufferError otherwise)
+
+
+def test_a_body_received_into_reports_progress_and_completion() -> None:
+    seen: list[tuple[str, int]] = []
+
+    class Watcher:
+        def started(self, request: Request) -> None:
+            seen.append(("started", 0))
+
+        def progress(self, request: Request, received: int) -> None:
+            seen.append(("progress", received))
+
+        def finished(self, request: Request) -> None:
+            seen.append(("finished", request.body_length))
+
+        def failed(self, request: Request, status: int | None) -> None:
+            seen.append(("failed", status or 0))
+
+    reader = RequestReader(watcher=Watcher())
+    reader.receive_data(post(b"/?X-Progress-ID=abc", b"Content-Length: 6\r\n", b""))
+    _receive_into(reader, b"abc")
+    _receive_into(reader, b"def")
+    assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
+    close_bodies(drain(reader))
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"Transfer-Encoding: chunked\r\n", b"Content-Length: 2000\r\n"],
+    ids=["chunked", "over-threshold"],
+)
+def test_no_body_space_for_a_chunked_or_spooled_body(head: bytes) -> None:
+    reader = RequestReader(Limits(body_spool_threshold=1024))
+    reader.receive_data(post(b"/", head, b""))
+    assert reader.in_body and reader.body_space is None
+
+
+def test_a_body_in_memory_cut_short_can_be_closed() -> None:
+    reader = RequestReader()
+    reader.receive_data(post(b"/", b"Content-Length: 10\r\n", b""))
+    _receive_into(reader, b"0123")
+    request = reader.current
+    assert request is not None and request.body is not None
+    reader.receive_eof()  # the view is released: closing the body does not raise BufferError
+    assert request.body.closed and reader.body_space is None
+
+
+def test_a_small_request_with_its_body_in_one_read_fills_the_memory_body() -> None:
+    # A read small enough to go to llhttp whole: llhttp hands the body over (on_body).
+    [request] = feed(RequestReader(), post(b"/", b"Content-Length: 5\r\n", b"hello"))
+    assert isinstance(request.body, io.BytesIO) and body_of(request) == b"hello"
+    request.body.close()
+
+
 @pytest.mark.parametrize("before", [0, 1, 2])
 def test_chunked_request_behind_others_in_one_small_read_is_read_in_slices(before: int) -> None:
     # The whole read goes to llhttp at once until a chunked head appears; then the read is fed

@@ -967,7 +967,7 @@ def test_a_connection_close_request_on_a_real_socket_closes_at_once_and_leaves_n
 ) -> None:
     """The response goes out directly, the connection closes in the same turn (no write
     wake-up, no linger timer), and neither the channel nor its transport needs the garbage
-    collector (read_into's replacement doRead is undone)."""
+    collector (read_into_target's replacement doRead is undone)."""
     accepted, client = tcp_pair
     gc.disable()
     try:
@@ -989,6 +989,53 @@ def test_a_connection_close_request_on_a_real_socket_closes_at_once_and_leaves_n
         assert freed() is None and freed_transport() is None
     finally:
         gc.enable()
+
+
+def test_a_post_body_on_a_real_socket_is_received_into_its_own_memory(
+    tcp_pair: tuple[Any, Any],
+) -> None:
+    """A Content-Length body under the spool threshold is read with recv_into straight into
+    the body the app reads (no pass through the shared read buffer), whatever the pieces."""
+    import hashlib
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from catalyzer.server.channel import HTTPChannel, HTTPFactory
+    from catalyzer.server.twistedprivate import AcceptedServer
+    from catalyzer.settings import Config
+
+    seen: list[bytes] = []
+
+    def digest(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read()
+        seen.append(hashlib.sha256(body).hexdigest().encode())
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    accepted, client = tcp_pair
+    memory = MemoryReactorClock()
+    state = ServerState(digest, Config.from_values({}), memory)
+    channel = HTTPChannel(state)
+    transport = AcceptedServer(
+        accepted, channel, accepted.getpeername(), None, 1, memory, not HTTPFactory.starts_reading
+    )
+    channel.makeConnection(transport)
+    body = bytes(range(256)) * 1024  # 256 KiB, more than one read on loopback
+    client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+    client.settimeout(5)
+    transport.doRead()  # the head, into the shared buffer
+    assert channel.reader.in_body
+    buffer = state.read_buffer
+    buffer[:] = b"\xee" * len(buffer)  # any read into it from now on would show
+    sent = reads = 0
+    while sent < len(body):
+        sent += client.send(body[sent : sent + 40000])
+        transport.doRead()  # what the reactor calls when the socket is readable
+        reads += 1
+    assert reads >= 2
+    assert seen == [hashlib.sha256(body).hexdigest().encode()]
+    assert buffer.tobytes() == b"\xee" * len(buffer)  # the body never passed through it
+    assert statuses(client.recv(65536)) == [200]
 
 
 def test_a_request_waiting_at_accept_is_answered_in_the_accepting_turn(

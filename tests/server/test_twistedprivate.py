@@ -113,35 +113,6 @@ class _FakeSocket:
         return len(data)
 
 
-def test_read_into_gives_views_of_the_one_buffer_and_keeps_doreads_meaning() -> None:
-    import errno
-    from types import SimpleNamespace
-
-    from twisted.internet import main
-
-    sock = _FakeSocket([b"first", b"second read", OSError(errno.EWOULDBLOCK, "again"), b"", b"x"])
-    transport = SimpleNamespace(socket=sock)
-    buffer = memoryview(bytearray(64))
-    got: list[bytes] = []
-    views: list[memoryview] = []
-
-    def receive(view: memoryview) -> None:
-        views.append(view)
-        got.append(bytes(view))
-
-    twistedprivate.read_into(transport, buffer, lambda: 8, receive)
-    assert transport.doRead() is None
-    assert transport.doRead() is None
-    assert got == [b"first", b"second r"]  # at most size() bytes per read
-    assert all(v.obj is buffer.obj for v in views)  # no new bytes object per read
-    assert transport.doRead() is None  # EWOULDBLOCK: nothing happened
-    assert transport.doRead() is main.CONNECTION_DONE
-    sock.script = [OSError(errno.ECONNRESET, "reset")]
-    assert transport.doRead() is main.CONNECTION_LOST
-    assert sock.sizes == [8, 8, 8, 8, 8]
-    assert len(got) == 2
-
-
 def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning() -> None:
     import errno
     from types import SimpleNamespace
@@ -166,18 +137,17 @@ def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning()
     assert counts == [5, 4]
 
 
-def test_read_into_replaces_a_real_transports_doread() -> None:
+def test_read_into_target_replaces_a_real_transports_doread() -> None:
     left, right = socket.socketpair()
     try:
         left.setblocking(False)
         transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
-        got: list[bytes] = []
-        twistedprivate.read_into(
-            transport, memoryview(bytearray(16)), lambda: 16, lambda v: got.append(bytes(v))
-        )
+        memory = bytearray(16)
+        got: list[int] = []
+        twistedprivate.read_into_target(transport, lambda: memoryview(memory), got.append)
         right.sendall(b"hello")
         transport.doRead()
-        assert got == [b"hello"]
+        assert got == [5] and memory[:5] == b"hello"
     finally:
         left.close()
         right.close()
@@ -268,7 +238,7 @@ def test_forget_read_into_restores_the_transports_own_doread() -> None:
 
     transport, _protocol, right = _server_on(MemoryReactor())
     try:
-        twistedprivate.read_into(transport, memoryview(bytearray(16)), lambda: 16, print)
+        twistedprivate.read_into_target(transport, lambda: memoryview(bytearray(16)), print)
         assert "doRead" in vars(transport)
         twistedprivate.forget_read_into(transport)
         assert "doRead" not in vars(transport)

@@ -28,7 +28,7 @@ from typing import IO, Final, Protocol
 import httptools
 
 from catalyzer.http.progress import upload_id_from
-from catalyzer.http.spool import body_file, spool_failure
+from catalyzer.http.spool import body_file, memory_body, spool_failure
 
 __all__ = [
     "Limits",
@@ -218,6 +218,9 @@ class RequestReader:
         self._chunk_line = b""
         # The read being fed whole (see _feed_whole), None otherwise.
         self._whole: bytes | None = None
+        # A Content-Length body kept in memory: the memory of its BytesIO (spool.memory_body),
+        # written in place, by this reader or by the caller's recv_into (body_space).
+        self._space: memoryview | None = None
         self.completed_requests = 0
 
     # -- public
@@ -243,6 +246,25 @@ class RequestReader:
     def in_body(self) -> bool:
         """A request's headers are complete and its body is still arriving."""
         return self._phase in (_BODY, _CHUNK_LINE)
+
+    @property
+    def body_space(self) -> memoryview | None:
+        """Where the next bytes of a Content-Length body kept in memory go, None for any other
+        input: a view of the body's own memory (at most the bytes still due) that the caller
+        may receive into directly (``recv_into``), then say how many arrived with
+        :meth:`received_into`. Saves the copy out of a read buffer."""
+        space = self._space
+        if space is None or self._judging is not None:
+            return None
+        request = self._request
+        assert request is not None
+        return space[request.body_length :]
+
+    def received_into(self, size: int) -> None:
+        """``size`` bytes were written at the start of :attr:`body_space`."""
+        request = self._request
+        assert request is not None and self._space is not None
+        self._body_arrived(request, size)
 
     @property
     def between_requests(self) -> bool:
@@ -366,22 +388,39 @@ class RequestReader:
         next request (the request's head, all llhttp was needed for, is read already)."""
         assert request.body is not None and request.content_length is not None
         n = min(len(data), request.content_length - request.body_length)
+        space = self._space
+        if space is not None:
+            received = request.body_length
+            space[received : received + n] = data[:n] if n < len(data) else data
+        else:
+            try:
+                request.body.write(data[:n] if n < len(data) else data)
+            except OSError as e:
+                request.body_length += n
+                reject = self._spool_failed(e)
+                self._fail(reject.status, reject.detail)
+                return n
+        self._body_arrived(request, n)
+        return n
+
+    def _body_arrived(self, request: Request, n: int) -> None:
+        """``n`` more bytes of a Content-Length body are in its file."""
         request.body_length += n
-        try:
-            request.body.write(data[:n] if n < len(data) else data)
-        except OSError as e:
-            reject = self._spool_failed(e)
-            self._fail(reject.status, reject.detail)
-            return n
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
         if request.body_length == request.content_length:
+            self._release_space()
             self._parser = httptools.HttpRequestParser(self)
             try:
                 self.on_message_complete()
             except _Reject as e:
                 self._fail(e.status, e.detail)
-        return n
+
+    def _release_space(self) -> None:
+        # The BytesIO can be neither closed nor resized while a view of its memory is out.
+        if self._space is not None:
+            self._space.release()
+            self._space = None
 
     def _read_chunk_line(self, data: bytes, pos: int) -> int:
         """Takes a chunk-size line's bytes from ``data[pos:]``; returns where they end."""
@@ -511,6 +550,7 @@ class RequestReader:
 
     def _stop(self, status: int | None = None) -> None:
         self._stopped = True
+        self._release_space()
         request = self._request
         if self._phase != _IDLE and request is not None:
             if request.upload_id is not None and self._watcher is not None:
@@ -642,7 +682,18 @@ class RequestReader:
             request.expect_continue = False
             self._enter(_BODY)
             return
-        request.body = body_file(length, self.limits.body_spool_threshold, self.limits.spool_dir)
+        if (
+            not request.chunked
+            and length is not None
+            and length <= self.limits.body_spool_threshold
+        ):
+            body = memory_body(length)
+            request.body = body
+            self._space = body.getbuffer()
+        else:
+            request.body = body_file(
+                length, self.limits.body_spool_threshold, self.limits.spool_dir
+            )
         if request.expect_continue:
             self._events.append(SEND_CONTINUE)
         self._enter(_CHUNK_LINE if request.chunked else _BODY)
@@ -650,13 +701,18 @@ class RequestReader:
     def on_body(self, data: bytes) -> None:
         request = self._request
         assert request is not None and request.body is not None
+        start = request.body_length
         request.body_length += len(data)
         if request.body_length > self.limits.max_body:
             raise _Reject(413, f"body exceeds {self.limits.max_body} bytes")
-        try:
-            request.body.write(data)
-        except OSError as e:
-            raise self._spool_failed(e) from None
+        space = self._space
+        if space is not None:  # a Content-Length body that came in a read fed whole
+            space[start : request.body_length] = data
+        else:
+            try:
+                request.body.write(data)
+            except OSError as e:
+                raise self._spool_failed(e) from None
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
 
@@ -667,6 +723,7 @@ class RequestReader:
         self._enter(_CHUNK_LINE)
 
     def on_message_complete(self) -> None:
+        self._release_space()
         request = self._request
         assert request is not None
         if request.body is not None:

@@ -174,6 +174,7 @@ class ServerState:
         # handles one read at a time, and the reader copies what it keeps): no new bytes object
         # per read. Its pages are touched only as far as reads fill it.
         self.read_buffer = memoryview(bytearray(_BODY_READ))
+        self.head_buffer = self.read_buffer[:_READ]  # the reads between bodies
         self.trusted_proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self.progress: ProgressTracker | None = None
         if config.progress_path:
@@ -405,6 +406,7 @@ class HTTPChannel(TransportSink):
         self.ended_at = 0.0
         self._reading_paused = False
         self._got_data = False
+        self._into_space = False  # the read under way goes into a body's memory
         self._in_next = False
         clock = server.clock
         self._header_timer = Timer(clock, self._header_timeout)
@@ -463,9 +465,7 @@ class HTTPChannel(TransportSink):
         if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
             self._socket = inner.socket
             if not self._proxied:
-                twistedprivate.read_into(
-                    inner, self.server.read_buffer, self._read_size, self._read
-                )
+                twistedprivate.read_into_target(inner, self._read_target, self._read_done)
                 direct = True
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
@@ -478,16 +478,28 @@ class HTTPChannel(TransportSink):
         if self.state is _OPEN and not self._got_data:
             self._header_timer.start(self.server.config.header_timeout)
 
-    def _read_size(self) -> int:
-        # A body arriving is read in large reads: fewer wake-ups, and its bytes go from the
-        # buffer to the body file directly (see RequestReader.receive_data).
-        return _BODY_READ if self.reader.in_body else _READ
+    def _read_target(self) -> memoryview:
+        """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
+        memory of a Content-Length body kept in memory (no copy out of a buffer), else the
+        server's shared buffer, whose bytes the reader copies if it keeps them. A body arriving
+        is read in large reads: fewer wake-ups."""
+        reader = self.reader
+        if not reader.in_body:
+            return self.server.head_buffer
+        space = reader.body_space
+        if space is None:
+            return self.server.read_buffer
+        self._into_space = True
+        return space
 
-    def _read(self, data: memoryview) -> None:
-        """A read of a plain connection, into the shared buffer (see twistedprivate.read_into)."""
+    def _read_done(self, size: int) -> None:
         self._got_data = True
-        self.server.metrics.received(len(data))
-        self.reader.receive_data(data)
+        self.server.metrics.received(size)
+        if self._into_space:
+            self._into_space = False
+            self.reader.received_into(size)
+        else:
+            self.reader.receive_data(self.server.read_buffer[:size])
         self._after_read()
 
     def dataReceived(self, data: bytes) -> None:

@@ -35,7 +35,6 @@ from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import (
-    _READ,
     DRAIN_IDLE_GRACE,
     ServerFactory,
     ServerState,
@@ -167,8 +166,8 @@ class GatewayChannel(TransportSink):
         self._into_space = space is not None
         if space is not None:
             return space  # type: ignore[no-any-return]
-        buffer: memoryview = self.server.read_buffer
-        return buffer if parser.in_body else buffer[:_READ]
+        server = self.server
+        return server.read_buffer if parser.in_body else server.head_buffer
 
     def _read(self, size: int) -> None:
         if self._into_space:

@@ -37,7 +37,6 @@ __all__ = [
     "forget_read_into",
     "has_accept_log",
     "proxy_header_parsed",
-    "read_into",
     "read_into_target",
     "read_waiting",
     "resume_producer_when_drained",
@@ -324,45 +323,19 @@ def close_disowned(transport: Any) -> None:
     transport.socket.close()
 
 
-def read_into(
-    transport: Any,
-    buffer: memoryview,
-    size: Callable[[], int],
-    receive: Callable[[memoryview], object],
-) -> None:
-    """Make a connected ``twisted.internet.tcp.Server`` read with ``recv_into`` into ``buffer``
-    (at most ``size()`` bytes per read) and give each read to ``receive`` as a view of it,
-    instead of ``recv`` of a new ``bytes`` and ``protocol.dataReceived``.
-
-    ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
-    ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
-    ``receive`` must not keep the view: the next read overwrites it. The replacement refers to
-    ``receive`` (usually the protocol's): undo it with :func:`forget_read_into` once the
-    connection is lost, or transport and protocol stay in a reference cycle that only the
-    garbage collector frees."""
-    recv_into = transport.socket.recv_into
-
-    def do_read() -> Any:
-        try:
-            n = recv_into(buffer, size())
-        except OSError as e:
-            if e.args[0] == errno.EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not n:
-            return main.CONNECTION_DONE
-        receive(buffer[:n])
-        return None
-
-    transport.doRead = do_read
-
-
 def read_into_target(
     transport: Any, target: Callable[[], memoryview], received: Callable[[int], object]
 ) -> None:
-    """:func:`read_into` where each read goes into the writable view ``target()`` returns (its
-    length bounds the read; it may be different memory every time, e.g. a request body's own),
-    and ``received(n)`` is told how many bytes it took. Undo it with :func:`forget_read_into`."""
+    """Make a connected ``twisted.internet.tcp.Server`` read with ``recv_into`` into the writable
+    view ``target()`` returns (its length bounds the read; it may be different memory every
+    time: a shared buffer, or a request body's own) and tell ``received(n)`` how many bytes it
+    took, instead of ``recv`` of a new ``bytes`` and ``protocol.dataReceived``.
+
+    ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
+    ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
+    The replacement refers to ``target`` and ``received`` (usually the protocol's): undo it
+    with :func:`forget_read_into` once the connection is lost, or transport and protocol stay
+    in a reference cycle that only the garbage collector frees."""
     sock = transport.socket
 
     def do_read() -> Any:
@@ -401,7 +374,7 @@ def read_waiting(transport: Any) -> None:
 
 
 def forget_read_into(transport: Any) -> None:
-    """Undo :func:`read_into`: the transport reads with its own ``doRead`` again."""
+    """Undo :func:`read_into_target`: the transport reads with its own ``doRead`` again."""
     transport.__dict__.pop("doRead", None)
 
 
