@@ -1,6 +1,6 @@
 import gc
 
-from catalyzer.process.heap import YOUNG_THRESHOLD, freeze_startup_heap
+from catalyzer.process.heap import YOUNG_THRESHOLD, freeze_startup_heap, keep_large_blocks
 
 
 def test_objects_alive_at_startup_leave_the_collected_generations() -> None:
@@ -16,3 +16,9 @@ def test_objects_alive_at_startup_leave_the_collected_generations() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def test_keep_large_blocks_tunes_glibc_malloc_where_there_is_one() -> None:
+    import platform
+
+    assert keep_large_blocks() is (platform.libc_ver()[0] == "glibc")

@@ -254,11 +254,3 @@ def test_close_sends_what_waits_for_the_end_of_the_turn() -> None:
     conn.close()
     assert sock.outgoing == [[b"bye"]] and sock.closed
     assert reactor.getDelayedCalls() == []
-
-
-def test_keep_message_buffers_tunes_glibc_malloc_and_nothing_else() -> None:
-    import platform
-
-    from catalyzer.split.zmqio import keep_message_buffers
-
-    assert keep_message_buffers() is (platform.libc_ver()[0] == "glibc")

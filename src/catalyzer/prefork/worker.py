@@ -261,9 +261,10 @@ def _rss() -> int:
 def main() -> None:
     from twisted.internet import reactor
 
-    from catalyzer.process.heap import freeze_startup_heap
+    from catalyzer.process.heap import freeze_startup_heap, keep_large_blocks
 
     spec = boot.read_spec("catalyzer.prefork.worker", "twistd catalyzer --procs N")
+    keep_large_blocks()
     worker = Worker(spec, reactor)
     twistedprivate.dispatch_lightly(reactor)
     boot.run(

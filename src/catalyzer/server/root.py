@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.process import signals
 from catalyzer.process.children import exit_at_interpreter_exit
-from catalyzer.process.heap import freeze_startup_heap
+from catalyzer.process.heap import freeze_startup_heap, keep_large_blocks
 from catalyzer.server.channel import ServerState, describe_connections
 from catalyzer.server.service import HTTPService
 
@@ -68,6 +68,7 @@ class SingleProcessRoot(MultiService):
         Service.setServiceParent(http, self)
 
     def startService(self) -> None:
+        keep_large_blocks()
         MultiService.startService(self)
         self.reactor.callWhenRunning(
             signals.install,

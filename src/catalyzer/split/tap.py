@@ -21,6 +21,7 @@ from twisted.python import usage
 from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.statusapp import make_status_app
+from catalyzer.process.heap import keep_large_blocks
 from catalyzer.server.channel import ServerState, describe_connections
 from catalyzer.server.endpointspec import (
     EndpointSpecError,
@@ -54,7 +55,6 @@ from catalyzer.split.zmqio import (
     ZapHandler,
     ZmqConnection,
     front_socket,
-    keep_message_buffers,
     load_allowed_keys,
     load_key_pair,
     new_context,
@@ -287,7 +287,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     from twisted.internet import reactor
 
     command = "catalyzer-front"
-    keep_message_buffers()
+    keep_large_blocks()
     config = config.replace(threads=0, procs=1)
     # The same endpoints as catalyzer's HTTP face (--backlog, catalyzer's PROXY protocol
     # listener, systemd sockets), and the same warning for a forwarding judgement that trusts all.
@@ -412,7 +412,7 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
 
     command = "catalyzer-handler"
     config = config.replace(listen=(), threads=handler_threads(config.threads))
-    keep_message_buffers()
+    keep_large_blocks()
     if config.procs > 1:
         # The prefork master, unchanged, supervising handler processes instead of HTTP workers
         # (HUP generations gated on readiness, --timeout stack dumps, max-requests, TERM).

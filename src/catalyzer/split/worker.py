@@ -25,12 +25,13 @@ from twisted.protocols import amp
 from catalyzer.prefork import boot, control
 from catalyzer.prefork.recycling import RecyclePolicy
 from catalyzer.process.children import set_title
+from catalyzer.process.heap import keep_large_blocks
 from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
-from catalyzer.split.zmqio import KeyFileError, keep_message_buffers
+from catalyzer.split.zmqio import KeyFileError
 from catalyzer.wsgi.appspec import AppSpecError, load_app
 
 log = Logger(namespace="catalyzer.split.worker")
@@ -131,7 +132,7 @@ def main() -> None:
     from twisted.internet import reactor
 
     spec = boot.read_spec("catalyzer.split.worker", "twistd catalyzer-handler --procs N")
-    keep_message_buffers()
+    keep_large_blocks()
     worker = HandlerWorker(spec, reactor)
     boot.run(
         reactor,

@@ -41,7 +41,6 @@ __all__ = [
     "create_keys",
     "front_socket",
     "handler_socket",
-    "keep_message_buffers",
     "load_allowed_keys",
     "load_key_pair",
     "load_public_key",
@@ -82,35 +81,6 @@ class SendResult(enum.Enum):
 
 def new_context() -> zmq.Context[Any]:
     return zmq.Context()
-
-
-# glibc's malloc serves a block of more than 128 KiB (at first) with mmap and gives it back at
-# free, and trims the top of its heap past 128 KiB free: every 256 KiB body frame, in libzmq and
-# as a Python bytes, was then fresh pages to fault in and zero. A split process keeps such
-# blocks in its heap instead, up to 16 MiB free at its top (the bounded-memory tests still hold).
-# The threshold is above the largest frame a peer may send (a whole 1 MiB response arrives as
-# one frame: at 1 MiB, libzmq's I/O thread mapped and unmapped every one).
-MMAP_THRESHOLD: Final = 2 * MAX_FRAME
-TRIM_THRESHOLD: Final = 16 * 1024 * 1024
-_M_TRIM_THRESHOLD: Final = -1
-_M_MMAP_THRESHOLD: Final = -3
-
-
-def keep_message_buffers() -> bool:
-    """Tune glibc's malloc for a process that moves large messages (see above); False where the
-    C library is not glibc (nothing is changed)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
 
 
 def _common(sock: zmq.Socket[Any], heartbeat: float, liveness: float) -> None:
