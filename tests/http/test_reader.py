@@ -866,7 +866,18 @@ def test_a_fresh_parser_reads_what_follows_a_body_taken_directly(pieces: int) ->
     close_bodies(events)
 
 
-def test_a_body_taken_directly_reports_progress_and_completion() -> None:
+def _receive_into(reader: RequestReader, data: bytes) -> int:
+    """As the channel's recv_into: into the body's own memory, as far as it offers."""
+    space = reader.body_space
+    assert space is not None
+    n = min(len(space), len(data))
+    space[:n] = data[:n]
+    reader.received_into(n)
+    return n
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["from-a-buffer", "received-into"])
+def test_a_body_taken_directly_reports_progress_and_completion(into: bool) -> None:
     seen: list[tuple[str, int]] = []
 
     class Watcher:
@@ -884,20 +895,13 @@ def test_a_body_taken_directly_reports_progress_and_completion() -> None:
 
     reader = RequestReader(watcher=Watcher())
     reader.receive_data(post(b"/?X-Progress-ID=abc", b"Content-Length: 6\r\n", b""))
-    reader.receive_data(memoryview(b"abc"))
-    reader.receive_data(memoryview(b"def"))
+    for piece in (b"abc", b"def"):  # from the read buffer, or by recv_into its own memory
+        if into:
+            _receive_into(reader, piece)
+        else:
+            reader.receive_data(memoryview(piece))
     assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
     close_bodies(drain(reader))
-
-
-def _receive_into(reader: RequestReader, data: bytes) -> int:
-    """As the channel's recv_into: into the body's own memory, as far as it offers."""
-    space = reader.body_space
-    assert space is not None
-    n = min(len(space), len(data))
-    space[:n] = data[:n]
-    reader.received_into(n)
-    return n
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 5])
@@ -919,30 +923,6 @@ def test_a_body_in_memory_is_received_straight_into_its_memory(pieces: int) -> N
     assert [e.target for e in events] == [b"/up", b"/after"]
     assert isinstance(events[0].body, io.BytesIO) and body_of(events[0]) == body
     events[0].body.close()  # no view of its memory left out (a BufferError otherwise)
-
-
-def test_a_body_received_into_reports_progress_and_completion() -> None:
-    seen: list[tuple[str, int]] = []
-
-    class Watcher:
-        def started(self, request: Request) -> None:
-            seen.append(("started", 0))
-
-        def progress(self, request: Request, received: int) -> None:
-            seen.append(("progress", received))
-
-        def finished(self, request: Request) -> None:
-            seen.append(("finished", request.body_length))
-
-        def failed(self, request: Request, status: int | None) -> None:
-            seen.append(("failed", status or 0))
-
-    reader = RequestReader(watcher=Watcher())
-    reader.receive_data(post(b"/?X-Progress-ID=abc", b"Content-Length: 6\r\n", b""))
-    _receive_into(reader, b"abc")
-    _receive_into(reader, b"def")
-    assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
-    close_bodies(drain(reader))
 
 
 @pytest.mark.parametrize(
