@@ -484,19 +484,19 @@ class HTTPChannel(TransportSink):
         server's shared buffer, whose bytes the reader copies if it keeps them. A body arriving
         is read in large reads: fewer wake-ups."""
         reader = self.reader
+        # Set for every read: a read that found nothing (or failed) leaves it as it was, and
+        # the next may go elsewhere (a body timed out in between).
         if not reader.in_body:
+            self._into_space = False
             return self.server.head_buffer
         space = reader.body_space
-        if space is None:
-            return self.server.read_buffer
-        self._into_space = True
-        return space
+        self._into_space = space is not None
+        return space if space is not None else self.server.read_buffer
 
     def _read_done(self, size: int) -> None:
         self._got_data = True
         self.server.metrics.received(size)
         if self._into_space:
-            self._into_space = False
             self.reader.received_into(size)
         else:
             self.reader.receive_data(self.server.read_buffer[:size])
