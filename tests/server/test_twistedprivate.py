@@ -659,3 +659,107 @@ def test_dispatch_lightly_leaves_other_reactors() -> None:
     r = _memory()
     assert not twistedprivate.dispatch_lightly(r)
     assert "doIteration" not in vars(r)
+
+
+def _epoll_events(epoll_fd: int, fd: int) -> int:
+    """The event mask ``fd`` is registered with in the epoll ``epoll_fd`` (from /proc)."""
+    with open(f"/proc/self/fdinfo/{epoll_fd}") as f:
+        for line in f:
+            fields = line.split()
+            if fields[:2] == ["tfd:", str(fd)]:
+                return int(fields[fields.index("events:") + 1], 16)
+    raise AssertionError(f"{fd} is not registered in epoll {epoll_fd}")
+
+
+def _shared_ports(count: int) -> tuple[list[Any], list[Any]]:
+    """``count`` epoll reactors, each with a port on one listening socket (as prefork workers)."""
+    from twisted.internet.protocol import Factory
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    reactors = [_epoll_reactor() for _ in range(count)]
+    factory = Factory.forProtocol(Protocol)
+    ports = [r.adoptStreamPort(listener.fileno(), socket.AF_INET, factory) for r in reactors]
+    listener.close()  # each port holds its own copy
+    return reactors, ports
+
+
+def test_exclusive_wakeups_registers_the_port_exclusively_and_again_after_a_pause() -> None:
+    import select
+
+    reactors, ports = _shared_ports(1)
+    r, port = reactors[0], ports[0]
+    try:
+        assert not _epoll_events(r._poller.fileno(), port.fileno()) & select.EPOLLEXCLUSIVE
+        assert twistedprivate.exclusive_wakeups(port)
+        events = _epoll_events(r._poller.fileno(), port.fileno())
+        assert events & select.EPOLLEXCLUSIVE and events & select.EPOLLIN
+        assert port in r.getReaders()
+        port.stopReading()  # max-connections pauses accepting: out of the epoll altogether
+        assert port not in r.getReaders()
+        port.startReading()
+        port.startReading()  # twice is once, as addReader
+        assert port in r.getReaders()
+        assert _epoll_events(r._poller.fileno(), port.fileno()) & select.EPOLLEXCLUSIVE
+    finally:
+        for p in ports:
+            p.connectionLost(None)
+        _close_reactor(r)
+
+
+def test_exclusive_wakeups_leaves_other_reactors_and_descriptors() -> None:
+    class PortOfAMemoryReactor:
+        reactor = _memory()
+
+        def fileno(self) -> int:
+            return 3
+
+    assert not twistedprivate.exclusive_wakeups(PortOfAMemoryReactor())
+    assert not twistedprivate.exclusive_wakeups(object())
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_a_connection_wakes_one_of_two_waiting_workers_when_exclusive(exclusive: bool) -> None:
+    """Two workers' epolls wait on one listening socket; one connection arrives. Registered
+    exclusively, one of them wakes (the other's wait runs out empty); plainly, both do."""
+    import threading
+    import time
+
+    reactors, ports = _shared_ports(2)
+    woken: list[list[Any]] = [[], []]
+    try:
+        if exclusive:
+            assert all(twistedprivate.exclusive_wakeups(p) for p in ports)
+
+        def wait(i: int) -> None:
+            woken[i] = reactors[i]._poller.poll(0.5)
+
+        threads = [threading.Thread(target=wait, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        for t in threads:  # both blocked in epoll_wait before the connection comes
+            while "epoll" not in _wchan(t) and "ep_poll" not in _wchan(t):
+                assert time.monotonic() < deadline, "a thread never blocked in epoll_wait"
+                time.sleep(0.001)  # polling a kernel state, with a deadline
+        client = socket.create_connection(("127.0.0.1", ports[0].getHost().port))
+        for t in threads:
+            t.join(5)
+        client.close()
+        ready = [
+            fd for i, events in enumerate(woken) for fd, _ in events if fd == ports[i].fileno()
+        ]
+        assert len(ready) == (1 if exclusive else 2)
+    finally:
+        for p in ports:
+            p.connectionLost(None)
+        for r in reactors:
+            _close_reactor(r)
+
+
+def _wchan(thread: Any) -> str:
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+            return f.read()
+    except OSError:
+        return ""

@@ -112,6 +112,7 @@ class Worker:
             # One accept per wake-up on the socket all workers share: a burst is spread over the
             # workers awake, and a worker stuck in the app takes nothing (see prefork.listeners).
             twistedprivate.accept_one_per_wakeup(port)
+            twistedprivate.exclusive_wakeups(port)
         ctl = protocol.Factory()
         ctl.buildProtocol = lambda addr: control.WorkerControl(self)  # type: ignore[method-assign]
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)

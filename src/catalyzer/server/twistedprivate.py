@@ -3,8 +3,9 @@
 Twisted offers no public way to ask a TCP transport whether its write buffer is empty, to get
 the interface/port/backlog a parsed ``tcp:`` endpoint description holds, to get the TLS
 context factory out of a parsed ``ssl:`` endpoint, to hook into its PROXY protocol wrapper
-(only ``proxyEndpoint`` is public; the wrapper classes and their state are not), or to keep a
-listening port to one ``accept()`` per wake-up. Each read lives here, behind a function with
+(only ``proxyEndpoint`` is public; the wrapper classes and their state are not), to keep a
+listening port to one ``accept()`` per wake-up, or to register a descriptor with epoll flags of
+its own. Each read lives here, behind a function with
 a documented meaning, and ``tests/server/test_twistedprivate.py`` checks each one against the
 installed Twisted, so an upgrade that renames one fails that test instead of a worker.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import select
 import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -31,6 +33,7 @@ __all__ = [
     "accept_lightly",
     "close_flushed",
     "dispatch_lightly",
+    "exclusive_wakeups",
     "forget_read_into",
     "has_accept_log",
     "proxy_header_parsed",
@@ -107,6 +110,43 @@ def accept_one_per_wakeup(port: Any) -> None:
 
     port.numberAccepts = 1
     port.doRead = do_read
+
+
+def exclusive_wakeups(port: Any) -> bool:
+    """Register a listening port that several processes share with ``EPOLLEXCLUSIVE``, now and
+    whenever it starts reading again; False (and nothing changed) when its reactor is not
+    Twisted's epoll reactor or the kernel has no such flag.
+
+    Registered plainly, a connection arriving on a socket that N workers watch wakes all N
+    that are waiting (each loops once and calls ``accept()`` for nothing but one): the
+    thundering herd, N - 1 wasted wake-ups per connection at any load low enough for workers
+    to wait. Exclusive, the kernel wakes one waiting worker (a busy one finds the connection
+    at its next poll, as before). Twisted's ``addReader`` registers with ``EPOLLIN`` alone; a
+    listening port is only ever a reader, so registering it here is the whole difference, and
+    ``stopReading`` (``removeReader``, which unregisters it) needs nothing else."""
+    reactor: Any = getattr(port, "reactor", None)
+    flag = getattr(select, "EPOLLEXCLUSIVE", None)
+    poller = getattr(reactor, "_poller", None)
+    if flag is None or not isinstance(poller, select.epoll) or not hasattr(port, "fileno"):
+        return False
+    reads: set[int] = reactor._reads
+    selectables: dict[int, Any] = reactor._selectables
+
+    def start_reading() -> None:
+        fd = port.fileno()
+        if fd in reads or fd < 0:
+            return
+        poller.register(fd, select.EPOLLIN | flag)
+        reads.add(fd)
+        selectables[fd] = port
+
+    was_reading = port.fileno() in reads
+    if was_reading:
+        reactor.removeReader(port)
+    port.startReading = start_reading
+    if was_reading:
+        start_reading()
+    return True
 
 
 class AcceptedServer(tcp.Server):
