@@ -908,16 +908,17 @@ def test_a_body_taken_directly_reports_progress_and_completion(into: bool) -> No
 def test_a_body_in_memory_is_received_straight_into_its_memory(pieces: int) -> None:
     body = bytes(range(256)) * 4
     reader = RequestReader(Limits(body_spool_threshold=1024))
-    assert reader.body_space is None  # no request yet: reads go to the shared buffer
+    assert reader.body_space is None and not reader.receiving_in_place  # no request yet
     reader.receive_data(post(b"/up", b"Content-Length: 1024\r\n", body[:100]))
     space = reader.body_space
     assert space is not None and len(space) == 924  # only what is still due
+    assert reader.receiving_in_place
     space.release()  # as recv_into's caller lets go of it: a view out keeps the body unclosable
     step = len(body) // pieces + 1
     pos = 100
     while pos < len(body):
         pos += _receive_into(reader, body[pos : pos + step])
-    assert reader.body_space is None  # complete: the view is released
+    assert reader.body_space is None and not reader.receiving_in_place  # complete: released
     reader.receive_data(get(b"/after"))
     events = drain(reader)
     assert [e.target for e in events] == [b"/up", b"/after"]

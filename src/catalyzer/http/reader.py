@@ -254,11 +254,16 @@ class RequestReader:
         may receive into directly (``recv_into``), then say how many arrived with
         :meth:`received_into`. Saves the copy out of a read buffer."""
         space = self._space
-        if space is None or self._judging is not None:
+        if space is None:
             return None
         request = self._request
         assert request is not None
         return space[request.body_length :]
+
+    @property
+    def receiving_in_place(self) -> bool:
+        """Reads go into :attr:`body_space` (a body kept in memory is arriving)."""
+        return self._space is not None
 
     def received_into(self, size: int) -> None:
         """``size`` bytes were written at the start of :attr:`body_space`."""

@@ -123,6 +123,11 @@ class UwsgiParser:
         space = self._space
         return space[self._received :] if space is not None else None
 
+    @property
+    def receiving_in_place(self) -> bool:
+        """Reads go into :attr:`body_space` (a body kept in memory is arriving)."""
+        return self._space is not None
+
     def received_into(self, size: int) -> None:
         """``size`` bytes were written at the start of :attr:`body_space`."""
         self._body_arrived(size)

@@ -18,6 +18,7 @@ Timers (each one :class:`~catalyzer.server.timer.Timer` armed on entering a stat
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import socket
@@ -59,7 +60,15 @@ from catalyzer.wsgi.sink import Responder, ResponderFactory, ResponseOutcome, Re
 from catalyzer.wsgi.threads import AppThreads
 from catalyzer.wsgi.types import WSGIApp
 
-__all__ = ["Connection", "HTTPChannel", "HTTPFactory", "ServerFactory", "ServerState"]
+__all__ = [
+    "BodyReader",
+    "Connection",
+    "HTTPChannel",
+    "HTTPFactory",
+    "ServerFactory",
+    "ServerState",
+    "read_target",
+]
 
 log = Logger(namespace="catalyzer.http")
 
@@ -406,7 +415,6 @@ class HTTPChannel(TransportSink):
         self.ended_at = 0.0
         self._reading_paused = False
         self._got_data = False
-        self._into_space = False  # the read under way goes into a body's memory
         self._in_next = False
         clock = server.clock
         self._header_timer = Timer(clock, self._header_timeout)
@@ -465,7 +473,9 @@ class HTTPChannel(TransportSink):
         if isinstance(inner, tcp.Server) and not interfaces.ISSLTransport.providedBy(inner):
             self._socket = inner.socket
             if not self._proxied:
-                twistedprivate.read_into_target(inner, self._read_target, self._read_done)
+                twistedprivate.read_into_target(
+                    inner, functools.partial(read_target, self.server, self.reader), self._read_done
+                )
                 direct = True
         if trace.ENABLED:
             trace.emit("accept", peer=f"{self.info.remote_addr}:{self.info.remote_port}")
@@ -478,25 +488,10 @@ class HTTPChannel(TransportSink):
         if self.state is _OPEN and not self._got_data:
             self._header_timer.start(self.server.config.header_timeout)
 
-    def _read_target(self) -> memoryview:
-        """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
-        memory of a Content-Length body kept in memory (no copy out of a buffer), else the
-        server's shared buffer, whose bytes the reader copies if it keeps them. A body arriving
-        is read in large reads: fewer wake-ups."""
-        reader = self.reader
-        # Set for every read: a read that found nothing (or failed) leaves it as it was, and
-        # the next may go elsewhere (a body timed out in between).
-        if not reader.in_body:
-            self._into_space = False
-            return self.server.head_buffer
-        space = reader.body_space
-        self._into_space = space is not None
-        return space if space is not None else self.server.read_buffer
-
     def _read_done(self, size: int) -> None:
         self._got_data = True
         self.server.metrics.received(size)
-        if self._into_space:
+        if self.reader.receiving_in_place:  # the read went into the body (see read_target)
             self.reader.received_into(size)
         else:
             self.reader.receive_data(self.server.read_buffer[:size])
@@ -955,6 +950,28 @@ def _connection_info(transport: Any) -> ConnectionInfo:
     else:
         remote_addr, remote_port = "", ""
     return ConnectionInfo(server_name, server_port, remote_addr, remote_port, scheme)
+
+
+class BodyReader(typing.Protocol):
+    """What :func:`read_target` asks of a connection's parser (the HTTP reader, uwsgi's)."""
+
+    @property
+    def in_body(self) -> bool: ...
+
+    @property
+    def body_space(self) -> memoryview | None: ...
+
+
+def read_target(server: ServerState, parser: BodyReader) -> memoryview:
+    """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
+    memory of a body kept in memory (no copy out of a buffer; the parser's
+    ``receiving_in_place`` then says so to the read's receiver), else the server's shared
+    buffer, whose bytes the parser copies if it keeps them: in large reads while a body
+    arrives (fewer wake-ups), 64 KiB otherwise."""
+    if not parser.in_body:
+        return server.head_buffer
+    space = parser.body_space
+    return space if space is not None else server.read_buffer
 
 
 class ServerFactory(Factory):

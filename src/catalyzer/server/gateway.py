@@ -18,6 +18,7 @@ to a peer that broke the protocol.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from typing import Any, ClassVar
@@ -40,6 +41,7 @@ from catalyzer.server.channel import (
     ServerState,
     _connection_info,
     _proxy_header_note,
+    read_target,
 )
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer
@@ -86,7 +88,6 @@ class GatewayChannel(TransportSink):
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
         self._in_next = False
-        self._into_space = False
         self._paused = False
         self._got_data = False
         clock = server.clock
@@ -142,7 +143,8 @@ class GatewayChannel(TransportSink):
             self._socket = transport.socket
             self._prepare_socket()
             if self.reads_into_buffer:
-                twistedprivate.read_into_target(transport, self._read_target, self._read)
+                target = functools.partial(read_target, self.server, self.parser)
+                twistedprivate.read_into_target(transport, target, self._read)
         self.server.connection_made(self)
         if self._socket is not None and self.state is _OPEN:
             # The web server writes its request as soon as it is connected: often it is in
@@ -157,20 +159,8 @@ class GatewayChannel(TransportSink):
     def _prepare_socket(self) -> None:
         """A plain TCP connection was accepted: set its socket options (before any write)."""
 
-    def _read_target(self) -> memoryview:
-        """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
-        memory of a body kept in memory, else the server's shared buffer, whose bytes the parser
-        copies if it keeps them. A body is read in large reads, as on the HTTP face."""
-        parser = self.parser
-        space = parser.body_space
-        self._into_space = space is not None
-        if space is not None:
-            return space  # type: ignore[no-any-return]
-        server = self.server
-        return server.read_buffer if parser.in_body else server.head_buffer
-
     def _read(self, size: int) -> None:
-        if self._into_space:
+        if self.parser.receiving_in_place:  # the read went into the body (see read_target)
             self._got_data = True
             self.server.metrics.received(size)
             self.parser.received_into(size)
