@@ -244,6 +244,18 @@ SETTINGS: tuple[Setting, ...] = (
         "(docs/prefork.md).",
     ),
     Setting(
+        "balance-every",
+        0.25,
+        _non_negative_seconds,
+        section="Processes",
+        metavar="SECONDS",
+        help="With procs >= 2: every this many seconds the master compares the workers' request "
+        "rates; a worker serving at least twice the rate of the least busy one (and 200 "
+        "requests a second or more) passes the share of its active keep-alive connections "
+        "above the mean to it, between requests, so that connections opened in one burst do "
+        "not all stay on one worker (0: never; docs/prefork.md).",
+    ),
+    Setting(
         "max-worker-rss",
         0,
         _non_negative_int,
@@ -780,6 +792,7 @@ class Config:
     max_requests_jitter: int
     reuse_port: bool
     handoff_after: float
+    balance_every: float
     max_worker_rss: int
     timeout: float
     worker_liveness: float

@@ -12,6 +12,8 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +177,53 @@ def test_pipelined_requests_behind_a_slow_one_move_together_in_order(
     assert [query for _, query in answers] == [b"n=1", b"n=2", b"n=3"]
     assert busy not in {pid for pid, _ in answers}
     assert slow.finish() == busy
+
+
+def test_connections_piled_on_one_worker_are_spread_once_they_are_busy(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Eight keep-alive connections opened while the other worker is in the app all land on one
+    worker; once both workers are free and those connections are busy, the master has the
+    loaded worker pass some of them to the idle one (balance-every), between requests: every
+    request is answered on its own connection, in order."""
+    slow_conn = server.connection(timeout=ANSWER_DEADLINE)
+    busy = ask(slow_conn)
+    slow = SlowRequest(server, slow_conn, tmp_path / "fifo")
+    conns = [server.connection(timeout=ANSWER_DEADLINE) for _ in range(8)]
+    loaded = {ask(conn) for conn in conns}
+    assert busy not in loaded and len(loaded) == 1
+    assert slow.finish() == busy
+
+    moved = threading.Event()
+    problems: list[str] = []
+    deadline = time.monotonic() + 30.0  # bounds a failure only: the move comes within seconds
+
+    def hammer(i: int, conn: http.client.HTTPConnection) -> None:
+        n = 0
+        try:
+            while not moved.is_set() and time.monotonic() < deadline:
+                n += 1
+                conn.request("GET", f"/?c={i}&n={n}")
+                response = conn.getresponse()
+                body = response.read()
+                m = _PID.match(body)
+                if response.status != 200 or m is None or response.will_close:
+                    problems.append(f"connection {i} request {n}: {response.status} {body!r}")
+                    return
+                if m.group(2) != f"c={i}&n={n}".encode():
+                    problems.append(f"connection {i} request {n} got the answer {body!r}")
+                    return
+                if int(m.group(1)) == busy:
+                    moved.set()
+        except (OSError, http.client.HTTPException) as e:
+            problems.append(f"connection {i} request {n}: {e!r}")
+
+    threads = [threading.Thread(target=hammer, args=(i, c)) for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert moved.is_set(), "no connection moved to the idle worker"
+    # Every connection is still open and answered, wherever it is now.
+    assert {ask(conn) for conn in conns} <= {busy, *loaded}

@@ -198,3 +198,25 @@ def test_a_setting_below_the_floor_is_kept() -> None:
     calls = Calls()
     delay.observe(calls.counts)
     assert delay.observe(calls.add(0.0001, 5_000)) == 0.005
+
+
+def test_a_connection_given_for_balance_goes_to_the_worker_named() -> None:
+    router = HandoffRouter(hold_limit=1.0)
+    router.received(7, source=1, now=0.0, prefer=3)
+    router.received(8, source=1, now=0.0, prefer=3)
+    assert router.route([ready(1), ready(2), ready(3)], 0.0) == [
+        Send(7, 3, 1, 0.0),
+        Send(8, 3, 1, 0.0),
+    ]
+    # The one named is in the app meanwhile: any other idle worker, never back to the source.
+    router.received(9, source=1, now=0.0, prefer=3)
+    assert router.route([ready(1), ready(2), ready(3, in_app=True)], 0.0) == [Send(9, 2, 1, 0.0)]
+
+
+def test_an_idle_source_gets_its_connection_back_only_when_no_other_worker_is_idle() -> None:
+    router = HandoffRouter(hold_limit=1.0)
+    router.received(7, source=1, now=0.0)
+    router.received(8, source=1, now=0.0)
+    assert router.route([ready(1), ready(2)], 0.0) == [Send(7, 2, 1, 0.0), Send(8, 2, 1, 0.0)]
+    router.received(9, source=1, now=0.0)
+    assert router.route([ready(1), ready(2, in_app=True)], 0.0) == [Send(9, 1, 1, 0.0)]

@@ -483,3 +483,46 @@ def test_unreadable_final_counts_keep_the_last_read_and_the_exit_goes_on(
     assert any("counters of an exited worker could not be read" in line for line in logged)
     (replacement,) = master.live()  # the exit was handled: a replacement is starting
     assert replacement is not worker
+
+
+def sent_commands(worker: FakeProcess) -> list[amp.Box]:
+    """The AMP boxes the master has sent to ``worker`` (and forgets them)."""
+    boxes: list[amp.Box] = amp.parseString(worker.control.transport.value())
+    worker.control.transport.clear()
+    return boxes
+
+
+def test_a_busy_worker_gives_connections_to_an_idle_one_and_an_idle_master_has_no_timer() -> None:
+    master = Master(procs=2)
+    a, b = master.boot()
+    sent_commands(a), sent_commands(b)
+    heartbeat(a)
+    heartbeat(b)
+    master.advance(1.0)
+    serve(b, 20)
+    heartbeat(a)
+    heartbeat(b)  # 20 requests a second: not worth a timer
+    assert master.reactor.getDelayedCalls() == []
+    master.advance(1.0)
+    serve(a, 1000)
+    heartbeat(a)  # 1,000 a second: the balancer samples from now on
+    serve(a, 600)
+    master.advance(0.25)  # 2,400 a second against none: half of a's connections go to b
+    (box,) = sent_commands(a)
+    assert box[b"_command"] == b"Rebalance"
+    assert float(box[b"share"]) == pytest.approx(0.5)
+    assert sent_commands(b) == []
+    a.control.dataReceived(amp.Box({b"_answer": box[b"_ask"], b"moved": b"4"}).serialize())
+    assert master.service.status()["rebalanced"] == 4
+    assert master.service._balance_to == {a.proto.record.id: b.proto.record.id}
+
+    master.advance(0.25)  # nobody served anything since: sampling stops
+    assert master.reactor.getDelayedCalls() == []
+    assert sent_commands(a) == []
+
+
+def test_a_split_handler_master_never_balances() -> None:
+    reactor = FakeProcessReactor()
+    config = Config.from_values({"app": APP, "procs": 2, "worker-liveness": 0.0})
+    service = MasterService(config, [], reactor, balance=False)
+    assert service.balancer is None

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.prefork import fdpass
 from catalyzer.prefork.handoff import FLOOR
-from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
+from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt, rebalance
 from catalyzer.process import scoreboard as scoreboard_module
 from catalyzer.server.channel import HTTPChannel, HTTPFactory, ServerState
 from catalyzer.testing import InMemoryServer
@@ -244,3 +244,41 @@ def test_adopt_serves_the_waiting_request() -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_rebalance_gives_the_share_of_active_connections_most_recent_first(world: World) -> None:
+    now = world.reactor.seconds()
+    connections = [world.connect() for _ in range(6)]
+    (_, old), (c1, recent), (c2, newest), (_, mid), (_, writing), (_, never) = connections
+    for channel, ended in ((old, now - 5.0), (recent, now - 0.2), (newest, now - 0.1)):
+        channel.ended_at = ended
+    mid.ended_at = now - 0.3
+    writing.ended_at = now - 0.05
+    writing.transport.write(b"x" * 4_000_000)  # more than the socket takes: some stays queued
+    # Active: recent, newest, mid and writing (a response ended within the last second); old and
+    # never are not. Half of four is two: the two most recent that can move (writing cannot).
+    assert rebalance(world.reactor, world.state, world.worker_end, 0.5, now) == 2
+    fds, _ = fdpass.receive_fds(world.master)
+    assert len(fds) == 2
+    try:
+        moved = {newest, recent}
+        inodes = {os.fstat(fd).st_ino for fd in fds}
+        assert inodes == {os.fstat(c.transport.fileno()).st_ino for c in moved}
+        world.reactor.run_later()
+        assert not moved & world.state.channels
+        assert {old, mid, writing, never} <= world.state.channels
+        # The connections live on for whoever holds them now: no shutdown, no reset was sent.
+        for client in (c1, c2):
+            with pytest.raises(BlockingIOError):
+                client.recv(1, socket.MSG_DONTWAIT)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_rebalance_never_gives_the_last_active_connection(world: World) -> None:
+    now = world.reactor.seconds()
+    _, only = world.connect()
+    only.ended_at = now - 0.1
+    assert rebalance(world.reactor, world.state, world.worker_end, 0.9, now) == 0
+    assert fdpass.receive_fds(world.master) == ([], False)

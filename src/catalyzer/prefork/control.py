@@ -114,6 +114,14 @@ class Dump(amp.Command):
     response = [(b"text", amp.Unicode())]
 
 
+class Rebalance(amp.Command):
+    """Master -> worker: give away ``share`` (0..1) of your active keep-alive connections over
+    the hand-off channel (:mod:`catalyzer.prefork.balance`); answered with how many went."""
+
+    arguments = [(b"share", amp.Float())]
+    response = [(b"moved", amp.Integer())]
+
+
 class Controlled(Protocol):
     """What :class:`WorkerControl` needs of a worker (an HTTP worker or a split handler)."""
 
@@ -122,6 +130,8 @@ class Controlled(Protocol):
     def describe(self) -> str: ...
 
     def master_lost(self) -> None: ...
+
+    def rebalance(self, share: float) -> int: ...
 
 
 class WorkerControl(QuietAMP):
@@ -138,6 +148,10 @@ class WorkerControl(QuietAMP):
     @Dump.responder
     def dump(self) -> dict[str, str]:
         return {"text": self.worker.describe()}
+
+    @Rebalance.responder
+    def rebalance(self, share: float) -> dict[str, int]:
+        return {"moved": self.worker.rebalance(share)}
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)

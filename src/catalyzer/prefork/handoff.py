@@ -164,11 +164,14 @@ class Drop(NamedTuple):
 class _Held:
     source: int
     since: float
+    prefer: int | None = None
 
 
 class HandoffRouter:
     """The master's side: connections given away by busy workers wait here until a worker that
-    is not in the app takes them, in arrival order, spread round-robin over the idle workers.
+    is not in the app takes them, in arrival order: the worker named when it arrived if that one
+    is idle (a connection given away for balance, :mod:`catalyzer.prefork.balance`), otherwise
+    spread round-robin over the idle workers other than the one it came from.
 
     A connection held ``hold_limit`` seconds (every worker busy all along) goes back to the
     worker it came from, which answers it once its app call is over, as it would have without
@@ -183,9 +186,9 @@ class HandoffRouter:
     def holding(self) -> int:
         return len(self._held)
 
-    def received(self, token: int, source: int, now: float) -> None:
-        """A worker gave the connection ``token`` away."""
-        self._held[token] = _Held(source, now)
+    def received(self, token: int, source: int, now: float, prefer: int | None = None) -> None:
+        """A worker gave the connection ``token`` away (for worker ``prefer``, if named)."""
+        self._held[token] = _Held(source, now, prefer)
 
     def undelivered(self, send: Send, now: float) -> Drop | None:
         """Carrying out ``send`` failed (the worker's socket was full, or it is gone): hold the
@@ -203,8 +206,11 @@ class HandoffRouter:
         commands: list[Send | Drop] = []
         for token, held in list(self._held.items()):
             target: int | None = None
-            if idle:
-                target = idle[self._turn % len(idle)].id
+            others = [w for w in idle if w.id != held.source] or idle
+            if held.prefer is not None and any(w.id == held.prefer for w in idle):
+                target = held.prefer
+            elif others:
+                target = others[self._turn % len(others)].id
                 self._turn += 1
             elif now - held.since >= self.hold_limit:
                 if any(w.id == held.source for w in ready):

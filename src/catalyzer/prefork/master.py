@@ -30,6 +30,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import interfaces
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 
@@ -38,6 +39,7 @@ from catalyzer.ops import metrics, trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.metrics import CounterTotals, read_counts, snapshot_of
 from catalyzer.prefork import control, fdpass
+from catalyzer.prefork.balance import Balancer, Give, WorkerLoad
 from catalyzer.prefork.fdpass import FdReader
 from catalyzer.prefork.handoff import Drop, HandoffRouter, WorkerView
 from catalyzer.prefork.listeners import Listener, listen
@@ -159,11 +161,13 @@ class MasterService(Service):
         *,
         at_exit: Callable[[int], object] = exit_at_interpreter_exit,
         worker_module: str = "catalyzer.prefork.worker",
+        balance: bool = True,
     ) -> None:
         """``reactor`` spawns the workers and times everything; ``at_exit(status)`` makes the
         process exit with a halt's non-zero status once twistd is done. ``worker_module`` is
         what a worker runs (``python -m``): split mode's handler workers speak the same control
-        contract (:mod:`catalyzer.prefork.control`)."""
+        contract (:mod:`catalyzer.prefork.control`); ``balance``: its workers serve client
+        connections, which ``balance-every`` moves from busy to idle workers."""
         self.worker_module = worker_module
         self.config = config
         self.endpoints = endpoints
@@ -196,6 +200,12 @@ class MasterService(Service):
         # Keep-alive connections given away by workers stuck in the app (prefork.handoff).
         self.handoffs = HandoffRouter(hold_limit=_HANDOFF_HOLD)
         self._handoff_retry: Any = None
+        # Keep-alive connections moved from a busy worker to an idle one (prefork.balance).
+        every = config.balance_every if balance else 0.0
+        self.balancer = Balancer(every) if every > 0 else None
+        self._balance_call: LoopingCall | None = None
+        self._balance_to: dict[int, int] = {}  # record id of a giving worker -> its receiver
+        self.rebalanced = 0
 
     # -- start
 
@@ -239,6 +249,8 @@ class MasterService(Service):
             self.watcher.stop()
         self.executor.cancel()
         self._cancel_hang_check()
+        if self._balance_call is not None and self._balance_call.running:
+            self._balance_call.stop()
         self._close_handoffs()
         # The reactor is stopping for a reason other than our own orderly exit: leave no orphans.
         for process in list(self.processes.values()):
@@ -275,6 +287,13 @@ class MasterService(Service):
     def heartbeat(self, process: WorkerProcess) -> None:
         if process.record.pid is not None:
             self.supervisor.heartbeat(process.record.pid, self._now())
+        balancer = self.balancer
+        if balancer is not None and not balancer.sampling:
+            requests = read_counts(process.scoreboard.counters())[metrics.REQUESTS]
+            if balancer.heard(process.record.id, requests, self._now()):
+                self._balance_call = LoopingCall(self._balance)
+                self._balance_call.clock = self.reactor
+                self._balance_call.start(balancer.period)
 
     def _in_app(self) -> set[int]:
         """The pids whose scoreboard says they are inside the application now."""
@@ -354,6 +373,7 @@ class MasterService(Service):
             "requests": total[metrics.REQUESTS],
             "connections": _total(workers, "connections"),
             "in_flight": _total(workers, "in_flight"),
+            "rebalanced": self.rebalanced,
             "metrics": snapshot_of(total),
             "progress_entries": len(self.progress.entries),
         }
@@ -492,7 +512,9 @@ class MasterService(Service):
 
     def _handed_over(self, source: WorkerProcess, fd: int) -> None:
         # Also while stopping: the worker that takes it answers with Connection: close.
-        self.handoffs.received(fd, source.record.id, self._now())
+        self.handoffs.received(
+            fd, source.record.id, self._now(), prefer=self._balance_to.get(source.record.id)
+        )
         if trace.ENABLED:
             trace.emit("handoff", worker=source.record.slot, held=self.handoffs.holding)
         self._route_handoffs()
@@ -527,6 +549,43 @@ class MasterService(Service):
         if self.handoffs.holding:
             # Every worker is in the app: look again soon (scoreboards cannot call us).
             self._handoff_retry = self.reactor.callLater(_HANDOFF_RETRY, self._route_handoffs)
+
+    def _balance(self) -> None:
+        """Every balance-every seconds: the workers' request rates; a busy worker gives part
+        of its keep-alive connections to the least busy one."""
+        assert self.balancer is not None
+        loads = [
+            WorkerLoad(
+                id=record_id,
+                ready=process.record.state == READY and process.handoff is not None,
+                in_app=bool(process.scoreboard.read()[0]),
+                requests=read_counts(process.scoreboard.counters())[metrics.REQUESTS],
+            )
+            for record_id, process in self.processes.items()
+        ]
+        give = self.balancer.observe(loads)
+        if not self.balancer.sampling and self._balance_call is not None:
+            self._balance_call.stop()
+            self._balance_call = None
+        if give is None:
+            return
+        source = self.processes.get(give.worker)
+        if source is None or source.control is None:
+            return
+        self._balance_to = {give.worker: give.to}
+        d = source.control.callRemote(control.Rebalance, share=give.share)
+        d.addCallback(self._rebalanced, source, give)
+        d.addErrback(lambda f: None)  # the worker went away meanwhile
+
+    def _rebalanced(self, answer: dict[str, int], source: WorkerProcess, give: Give) -> None:
+        self.rebalanced += answer["moved"]
+        if trace.ENABLED:
+            trace.emit(
+                "rebalance",
+                worker=source.record.slot,
+                share=round(give.share, 3),
+                moved=answer["moved"],
+            )
 
     def _close_handoffs(self) -> None:
         if self._handoff_retry is not None and self._handoff_retry.active():

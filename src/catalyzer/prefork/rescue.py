@@ -40,6 +40,7 @@ The race with the reactor thread, and why it is safe:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -52,19 +53,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from catalyzer.ops import metrics
+from catalyzer.prefork.balance import to_give
 from catalyzer.prefork.fdpass import send_fd
 from catalyzer.prefork.handoff import Candidate, HandoffDelay, due, movable
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import HTTPChannel, ServerState
 
-__all__ = ["GatedScoreboard", "Watchdog", "adopt"]
+__all__ = ["GatedScoreboard", "Watchdog", "adopt", "give_away", "rebalance"]
 
 log = Logger(namespace="catalyzer.prefork.rescue")
 
 # How often the watchdog reads the worker's duration histogram: with HandoffDelay's window of 8,
 # the delay follows the last two seconds of calls.
 SAMPLE_EVERY: Final = 0.25
+# A connection that ended a response this recently counts as active when a share is given away.
+ACTIVE_WITHIN: Final = 1.0
 _HISTOGRAM = slice(metrics.BUCKET, metrics.BUCKET + len(metrics.BUCKETS) + 1)
 
 
@@ -163,28 +167,56 @@ class Watchdog:
             self.scoreboard.release()
 
     def _give_away(self, entered: float) -> int:
-        # HTTP connections only: a uwsgi connection carries one request, and a kept FastCGI one
-        # would need its face's factory on the adopting side.
-        channels: dict[Hashable, HTTPChannel] = {
-            id(c): c for c in list(self.server.channels) if isinstance(c, HTTPChannel)
-        }
-        moved = 0
-        for key in movable([_candidate(c) for c in channels.values()], entered):
-            channel = channels[key]
-            transport: Any = channel.transport
-            if not _request_waiting(transport.socket):
-                continue
-            if not send_fd(self.sock, transport.fileno()):
-                break  # the master is not keeping up: the rest stay here
-            self.reactor.removeReader(transport)
-            self.reactor.removeWriter(transport)
-            # Inert from now on: a timer of this connection that fires before _forget runs
-            # (the app call may be a timed call, with others due after it) cannot touch it.
-            twistedprivate.disown_transport(transport)
-            self.reactor.callFromThread(_forget, channel)
-            moved += 1
+        channels = _http_channels(self.server)
+        keys = movable([_candidate(c) for c in channels.values()], entered)
+        moved = give_away(self.reactor, self.sock, [channels[k] for k in keys], waiting_only=True)
         self.moved += moved
         return moved
+
+
+def _http_channels(server: ServerState) -> dict[Hashable, HTTPChannel]:
+    # HTTP connections only: a uwsgi connection carries one request, and a kept FastCGI one
+    # would need its face's factory on the adopting side.
+    return {id(c): c for c in list(server.channels) if isinstance(c, HTTPChannel)}
+
+
+def give_away(
+    reactor: Any, sock: socket.socket, channels: list[HTTPChannel], *, waiting_only: bool
+) -> int:
+    """Pass each of ``channels`` (movable ones) to the master over ``sock``, in order, until
+    the master stops keeping up; ``waiting_only``: only those with a request waiting in the
+    kernel. How many went."""
+    moved = 0
+    for channel in channels:
+        transport: Any = channel.transport
+        if waiting_only and not _request_waiting(transport.socket):
+            continue
+        if not send_fd(sock, transport.fileno()):
+            break  # the master is not keeping up: the rest stay here
+        reactor.removeReader(transport)
+        reactor.removeWriter(transport)
+        # Inert from now on: a timer of this connection that fires before _forget runs
+        # (the app call may be a timed call, with others due after it) cannot touch it.
+        twistedprivate.disown_transport(transport)
+        reactor.callFromThread(_forget, channel)
+        moved += 1
+    return moved
+
+
+def rebalance(
+    reactor: Any, server: ServerState, sock: socket.socket, share: float, now: float
+) -> int:
+    """In the reactor thread, asked by the master (:mod:`catalyzer.prefork.balance`): give
+    away ``share`` of this worker's active keep-alive connections (those that ended a response
+    within the last :data:`ACTIVE_WITHIN` seconds), the most recently served first. How many
+    went."""
+    channels = list(_http_channels(server).values())
+    active = [c for c in channels if c.ended_at and now - c.ended_at <= ACTIVE_WITHIN]
+    # No app call runs on this thread now (we are in the reactor): none is too recent to move.
+    keys = set(movable([_candidate(c) for c in active], math.inf))
+    ready = sorted((c for c in active if id(c) in keys), key=lambda c: c.ended_at, reverse=True)
+    count = to_give(share, len(active), len(ready))
+    return give_away(reactor, sock, ready[:count], waiting_only=False)
 
 
 def _candidate(channel: HTTPChannel) -> Candidate:

@@ -28,7 +28,7 @@ from catalyzer.ops.introspection import registry as introspection
 from catalyzer.prefork import boot, control
 from catalyzer.prefork.fdpass import FdReader
 from catalyzer.prefork.recycling import RecyclePolicy
-from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt
+from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt, rebalance
 from catalyzer.process.children import set_title
 from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
@@ -102,6 +102,7 @@ class Worker:
                 reactor, self.server, scoreboard, self.handoff, config.handoff_after
             )
         self.control: amp.AMP | None = None
+        self.rebalanced = 0
         self._modules_seen = 0
         self._control_fd = int(spec["control_fd"])
 
@@ -184,6 +185,8 @@ class Worker:
             "rss": _rss(),
             # Keep-alive connections given to other workers while this one was in the app.
             "handed_off": self.watchdog.moved if self.watchdog is not None else 0,
+            # Keep-alive connections given to less busy workers (prefork.balance).
+            "rebalanced": self.rebalanced,
         }
 
     def describe(self) -> str:
@@ -215,6 +218,17 @@ class Worker:
         if self.reactor.running:
             log.warn("the master went away: stopping")
             self.reactor.stop()
+
+    def rebalance(self, share: float) -> int:
+        """The master asks for ``share`` of our active keep-alive connections
+        (prefork.balance); how many went."""
+        if self.handoff is None:
+            return 0
+        moved = rebalance(
+            self.reactor, self.server, self.handoff, share, self.server.clock.seconds()
+        )
+        self.rebalanced += moved
+        return moved
 
 
 class _Adopted:

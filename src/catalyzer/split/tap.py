@@ -422,7 +422,9 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
             raise _fail(command, str(e)) from None
         from catalyzer.prefork.master import MasterService
 
-        master = MasterService(config, [], reactor, worker_module="catalyzer.split.worker")
+        master = MasterService(
+            config, [], reactor, worker_module="catalyzer.split.worker", balance=False
+        )
         root = MultiService()
         Service.setServiceParent(master, root)
         return root

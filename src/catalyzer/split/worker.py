@@ -127,6 +127,10 @@ class HandlerWorker:
             log.warn("the master went away: draining")
             self.service.drain()
 
+    def rebalance(self, share: float) -> int:
+        # A handler has no client connections: its work comes by credit from the fronts.
+        return 0
+
 
 def main() -> None:
     from twisted.internet import reactor
