@@ -507,7 +507,10 @@ def test_a_busy_worker_gives_connections_to_an_idle_one_and_an_idle_master_has_n
     serve(a, 1000)
     heartbeat(a)  # 1,000 a second: the balancer samples from now on
     serve(a, 600)
-    master.advance(0.25)  # 2,400 a second against none: half of a's connections go to b
+    master.advance(0.25)  # 2,400 a second against none: once is not enough
+    assert sent_commands(a) == []
+    serve(a, 600)
+    master.advance(0.25)  # twice in a row: half of a's connections go to b
     (box,) = sent_commands(a)
     assert box[b"_command"] == b"Rebalance"
     assert float(box[b"share"]) == pytest.approx(0.5)

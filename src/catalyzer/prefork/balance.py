@@ -10,7 +10,9 @@ accepting at that moment while the other waited for an attacker's connection to 
 
 The master samples every worker's request count each ``balance-every`` seconds. When the busiest
 worker serves at least ``ratio`` times the rate of the least busy one, and enough requests a
-second for the difference to matter, it asks the busiest to give away the share of its active
+second for the difference to matter, in ``persist`` samples in a row (one short period's rates
+swing by 2x on a machine whose cores are shared: a lone sample moves connections for nothing), it
+asks the busiest to give away the share of its active
 keep-alive connections that brings it down to the mean rate, and routes them to the least busy
 worker. The worker moves only connections between requests with nothing read and nothing
 queued (as :mod:`catalyzer.prefork.handoff` does), never its last one, so nothing is lost or
@@ -63,6 +65,8 @@ class Balancer:
     ratio: float = 2.0
     min_rate: float = MIN_RATE
     settle: int = 2
+    persist: int = 2
+    _seen: int = 0
     _last: dict[int, int] = dataclasses.field(default_factory=dict)
     _heard: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)
     _quiet: int = 0
@@ -81,6 +85,7 @@ class Balancer:
         self.sampling = True
         self._last = {}
         self._quiet = 0
+        self._seen = 0
         return True
 
     def observe(self, workers: Sequence[WorkerLoad]) -> Give | None:
@@ -100,13 +105,19 @@ class Balancer:
             self._quiet -= 1
             return None
         if len(rates) < 2:
+            self._seen = 0
             return None
         busiest = max(rates, key=lambda i: rates[i])
         least = min(rates, key=lambda i: rates[i])
         top, bottom = rates[busiest], rates[least]
         if top < self.min_rate or top < self.ratio * bottom:
+            self._seen = 0
+            return None
+        self._seen += 1
+        if self._seen < self.persist:
             return None
         mean = sum(rates.values()) / len(rates)
+        self._seen = 0
         self._quiet = self.settle
         self.asked += 1
         return Give(busiest, (top - mean) / top, least)
