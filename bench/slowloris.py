@@ -180,6 +180,7 @@ def measured_wrk(
     meanwhile, and the attacker's re-opens (each one an accept-and-shed cycle in the server)."""
     tree = procs.process_tree(server_pid)
     attacker = [attack.pid] if attack is not None and attack.process else []
+    each_before = [cpu_seconds([pid]) for pid in tree]
     server_before = cpu_seconds(tree)
     attacker_before = cpu_seconds(attacker) if attack is None or attack.process else 0.0
     self_before = sum(os.times()[:2])
@@ -189,6 +190,7 @@ def measured_wrk(
     reopened = (attack.reopened if attack is not None else 0) - reopened_before
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     server = cpu_seconds(tree) - server_before
+    each = [cpu_seconds([pid]) - before for pid, before in zip(tree, each_before, strict=True)]
     if attack is not None and not attack.process:
         attacker_cpu = sum(os.times()[:2]) - self_before  # the attacker thread (main waits)
     else:
@@ -202,6 +204,9 @@ def measured_wrk(
         "attacker_cores": round(attacker_cpu / elapsed, 2),
         "wrk_cores": round(wrk_cpu / elapsed, 2),
         "reopens_per_s": round(reopened / elapsed),
+        # Each server process (the master first, with --procs): a worker near 1.0 and another
+        # near 0 is the fast connections piled on one worker.
+        "server_cores_each": [round(c / elapsed, 2) for c in each],
     }
     result["cpu_seconds"] = {"server": server, "reopened": reopened}
     return result
