@@ -12,13 +12,12 @@ The master samples every worker's request count each ``balance-every`` seconds. 
 worker serves at least ``ratio`` times the rate of the least busy one, and enough requests a
 second for the difference to matter, in ``persist`` samples in a row (one short period's rates
 swing by 2x on a machine whose cores are shared: a lone sample moves connections for nothing), it
-asks the busiest to give away the share of its active
-keep-alive connections that brings it down to the mean rate, and routes them to the least busy
-worker. The worker moves only connections between requests with nothing read and nothing
-queued (as :mod:`catalyzer.prefork.handoff` does), never its last one, so nothing is lost or
-reordered and a lone busy client is never bounced between workers. After a move the balancer
-waits ``settle`` periods before judging again: the rates of the period of the move mix both
-placements.
+asks the busiest to give away the share of its active keep-alive connections that brings it down
+to the mean rate, and routes them to the least busy worker. The worker moves only connections
+between requests with nothing read and nothing queued (as :mod:`catalyzer.prefork.handoff`
+does), never its last one, so nothing is lost or reordered and a lone busy client is never
+bounced between workers. After a move the balancer waits ``settle`` periods before judging
+again: the rates of the period of the move mix both placements.
 
 A quiet master has no timer: sampling starts when a worker's heartbeat (every second) shows it
 serving ``min_rate`` requests a second, and stops when no worker does.
