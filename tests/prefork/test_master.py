@@ -495,7 +495,8 @@ def sent_commands(worker: FakeProcess) -> list[amp.Box]:
 def test_a_busy_worker_gives_connections_to_an_idle_one_and_an_idle_master_has_no_timer() -> None:
     master = Master(procs=2)
     a, b = master.boot()
-    sent_commands(a), sent_commands(b)
+    for worker in (a, b):
+        sent_commands(worker)  # what booting sent
     heartbeat(a)
     heartbeat(b)
     master.advance(1.0)

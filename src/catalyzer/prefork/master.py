@@ -519,19 +519,22 @@ class MasterService(Service):
             trace.emit("handoff", worker=source.record.slot, held=self.handoffs.holding)
         self._route_handoffs()
 
+    @staticmethod
+    def _view(record_id: int, process: WorkerProcess) -> WorkerView:
+        """A worker as connection routing sees it: whether it can take connections, whether
+        its scoreboard says it is in the app."""
+        return WorkerView(
+            id=record_id,
+            ready=process.record.state == READY and process.handoff is not None,
+            in_app=bool(process.scoreboard.read()[0]),
+        )
+
     def _route_handoffs(self) -> None:
         if self._handoff_retry is not None and self._handoff_retry.active():
             self._handoff_retry.cancel()  # a new arrival: one look now, one timer after
         self._handoff_retry = None
         now = self._now()
-        views = [
-            WorkerView(
-                id=record_id,
-                ready=process.record.state == READY and process.handoff is not None,
-                in_app=bool(process.scoreboard.read()[0]),
-            )
-            for record_id, process in self.processes.items()
-        ]
+        views = [self._view(record_id, process) for record_id, process in self.processes.items()]
         for command in self.handoffs.route(views, now):
             if isinstance(command, Drop):
                 log.warn("a keep-alive connection handed over was closed: {r}", r=command.reason)
@@ -554,15 +557,11 @@ class MasterService(Service):
         """Every balance-every seconds: the workers' request rates; a busy worker gives part
         of its keep-alive connections to the least busy one."""
         assert self.balancer is not None
-        loads = [
-            WorkerLoad(
-                id=record_id,
-                ready=process.record.state == READY and process.handoff is not None,
-                in_app=bool(process.scoreboard.read()[0]),
-                requests=read_counts(process.scoreboard.counters())[metrics.REQUESTS],
-            )
-            for record_id, process in self.processes.items()
-        ]
+        loads = []
+        for record_id, process in self.processes.items():
+            view = self._view(record_id, process)
+            requests = read_counts(process.scoreboard.counters())[metrics.REQUESTS]
+            loads.append(WorkerLoad(view.id, view.ready, view.in_app, requests))
         give = self.balancer.observe(loads)
         if not self.balancer.sampling and self._balance_call is not None:
             self._balance_call.stop()
