@@ -237,10 +237,11 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_seconds,
         section="Processes",
         metavar="SECONDS",
-        help="With procs >= 2 and threads 0: once a worker has been this long in the app on one "
-        "request, its idle keep-alive connections with a new request waiting are passed to an "
-        "idle worker, which answers them (0: never). The longest wait: a worker whose recent "
-        "calls are all short waits twice their 99th percentile instead, down to 0.01 s "
+        help="With procs >= 2: once a worker has been this long in the app on one request "
+        "(with threads N: every thread in its call), its idle keep-alive connections with a new "
+        "request waiting are passed to an idle worker, which answers them (0: never). The "
+        "longest wait: a worker whose recent calls are all short waits twice their 99th "
+        "percentile instead, down to 0.01 s "
         "(docs/prefork.md).",
     ),
     Setting(

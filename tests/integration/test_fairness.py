@@ -10,6 +10,7 @@ failure: without the fix those requests would wait for the slow one, which never
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Launcher, ServerProcess
+from tests.integration.test_stats import get
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +229,63 @@ def test_connections_piled_on_one_worker_are_spread_once_they_are_busy(
     assert moved.is_set(), "no connection moved to the idle worker"
     # Every connection is still open and answered, wherever it is now.
     assert {ask(conn) for conn in conns} <= {busy, *loaded}
+
+
+@pytest.fixture
+def threaded(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
+    """``--procs 2 --threads 1``, with ``--stats`` on a unix socket."""
+    (tmp_path / f"{MODULE}.py").write_text(APP_SOURCE)
+    stats = str(tmp_path / "stats.sock")
+    launcher = Launcher("single", tmp_path)
+    try:
+        started = launcher(
+            "--procs",
+            "2",
+            "--threads",
+            "1",
+            "--stats",
+            f"unix:{stats}",
+            app=f"{MODULE}:app",
+            env={"PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        started.wait_ready(2)
+        yield started, stats
+    finally:
+        launcher.close()
+
+
+def test_with_threads_a_worker_whose_threads_are_all_stuck_passes_its_connections_on(
+    threaded: tuple[ServerProcess, str], tmp_path: Path
+) -> None:
+    """``--threads 1``: the slow request holds the worker's only thread. A request that arrives
+    before the worker knows is queued for that thread (the reactor reads it at once); once it
+    does know (``/status`` shows it), its idle keep-alive connections' requests and new
+    connections go to the other worker."""
+    server, stats = threaded
+    conns: dict[int, list[http.client.HTTPConnection]] = {}
+    for _ in range(5):  # five connections to two workers: three on one of them
+        conn = server.connection(timeout=ANSWER_DEADLINE)
+        conns.setdefault(ask(conn), []).append(conn)
+    busy, (slow_conn, queued_conn, fast_conn, *_) = next(
+        (pid, group) for pid, group in conns.items() if len(group) >= 3
+    )
+    slow = SlowRequest(server, slow_conn, tmp_path / "fifo")
+    queued_conn.request("GET", "/?queued")
+
+    def stuck() -> float | None:
+        code, body = get(stats, "/status")
+        assert code == 200
+        worker = next(w for w in json.loads(body)["workers"] if w["pid"] == busy)
+        return float(worker["threads_stuck_since"]) or None
+
+    server.wait_until(stuck, 10.0, "the busy worker's threads seen stuck")
+    answered_by = [ask(fast_conn) for _ in range(3)]
+    assert busy not in answered_by
+    for _ in range(3):
+        conn = server.connection(timeout=ANSWER_DEADLINE)
+        assert ask(conn) != busy
+        conn.close()
+    assert slow.finish() == busy
+    response = queued_conn.getresponse()
+    assert response.status == 200 and response.read().startswith(b"pid=%d " % busy)
+    server.wait_until(lambda: None if stuck() else True, 10.0, "the worker back to reading")

@@ -15,6 +15,7 @@ from catalyzer.prefork.handoff import (
     WorkerView,
     due,
     movable,
+    pool_stuck,
 )
 
 
@@ -23,6 +24,15 @@ def test_due_after_the_threshold_in_one_app_call() -> None:
     assert not due(100.0, 100.125, 0.25)
     assert due(100.0, 100.25, 0.25)
     assert not due(100.0, 200.0, 0.0)  # switched off
+
+
+def test_a_pool_is_stuck_once_its_most_recent_call_has_lasted_the_delay() -> None:
+    assert not pool_stuck([100.0, 0.0], 200.0, 0.05)  # a thread waits for a call
+    assert not pool_stuck([100.0, 100.04], 100.08, 0.05)  # the latest call is young
+    assert pool_stuck([100.0, 100.03], 100.09, 0.05)
+    assert pool_stuck([100.0], 100.25, 0.25)
+    assert not pool_stuck([100.0], 200.0, 0.0)  # switched off
+    assert not pool_stuck([], 200.0, 0.05)
 
 
 def candidate(key: str, **changes: object) -> Candidate:

@@ -296,6 +296,35 @@ def test_a_connection_from_a_busy_worker_goes_to_an_idle_one() -> None:
             sock.close()
 
 
+def test_with_threads_a_worker_is_passed_over_only_while_its_pool_is_stuck() -> None:
+    master = Master(procs=2, threads=2)
+    source, other = master.boot()
+    source_end, other_end = _handoff_ends(master, [source, other])
+    client, server = socket.socketpair()
+    try:
+        now = master.reactor.seconds()
+        # A request in one of its threads: the other worker still takes connections.
+        other.proto.scoreboard.enter(now, "GET /")
+        master.service._handed_over(source.proto, os.dup(server.fileno()))
+        fds, _ = fdpass.receive_fds(other_end)
+        assert len(fds) == 1
+        os.close(fds[0])
+        # Every thread of both stuck (prefork.poolrescue): held, not sent.
+        source.proto.scoreboard.set_stuck(now)
+        other.proto.scoreboard.set_stuck(now)
+        master.service._handed_over(source.proto, os.dup(server.fileno()))
+        assert fdpass.receive_fds(other_end) == ([], False)
+        assert master.service.handoffs.holding == 1
+        other.proto.scoreboard.set_stuck(0.0)
+        master.reactor.pump([0.005] * 20)
+        fds, _ = fdpass.receive_fds(other_end)
+        assert len(fds) == 1
+        os.close(fds[0])
+    finally:
+        for sock in (client, server, source_end, other_end):
+            sock.close()
+
+
 def test_with_every_worker_busy_it_waits_then_goes_back_to_its_source() -> None:
     master = Master(procs=2)
     source, other = master.boot()

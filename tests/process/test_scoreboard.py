@@ -38,10 +38,13 @@ def test_the_request_in_the_app_and_the_counters_do_not_overlap(
     counting.observe(200, 0.01, 3)
     entered, what = master.read()
     assert entered == 12.5 and what.startswith("GET /xxx")
-    assert len(what.encode()) == COUNTERS_AT - 10
+    assert len(what.encode()) == COUNTERS_AT - 18  # the head, then the pool's stuck time
+    worker.set_stuck(13.5)
+    assert master.stuck() == 13.5 and master.read()[0] == 12.5
     assert snapshot_of(read_counts(master.counters()))["by_class"]["2xx"] == 1
     worker.leave()
-    assert master.read() == (0.0, "")
+    worker.set_stuck(0.0)
+    assert master.read() == (0.0, "") and master.stuck() == 0.0
     assert snapshot_of(read_counts(master.counters()))["bytes_out"] == 3
 
 

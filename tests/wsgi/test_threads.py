@@ -84,3 +84,34 @@ def test_calls_run_in_the_pool_threads_even_after_one_raises() -> None:
 def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ValueError):
         AppThreads(0, HeldWakes())
+
+
+def test_each_thread_shows_when_its_call_began_and_a_call_queued_behind_busy_threads_is_told() -> (
+    None
+):
+    times = iter([100.0, 101.0])
+    pool = AppThreads(1, HeldWakes(), clock=lambda: next(times))
+    saturated: list[list[float]] = []
+    pool.on_saturated = lambda: saturated.append(list(pool.since))
+    started: queue.SimpleQueue[list[float]] = queue.SimpleQueue()
+    release = threading.Event()
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def held() -> None:
+        started.put(list(pool.since))
+        release.wait(DEADLINE)
+
+    pool.start()
+    try:
+        assert pool.since == [0.0]
+        pool.callInThread(held)
+        assert started.get(timeout=DEADLINE) == [100.0]
+        assert saturated == []  # the thread was free when the call was queued
+        pool.callInThread(done.put, "next")
+        assert saturated == [[100.0]]  # queued behind the busy thread
+        release.set()
+        assert done.get(timeout=DEADLINE) == "next"
+    finally:
+        release.set()
+        pool.stop()
+    assert pool.since == [0.0]

@@ -30,6 +30,7 @@ __all__ = [
     "WorkerView",
     "due",
     "movable",
+    "pool_stuck",
 ]
 
 
@@ -47,6 +48,14 @@ def due(entered: float, now: float, after: float) -> bool:
     """Whether a worker in the app since ``entered`` (0.0: not in the app) should give its
     waiting connections away (``after`` 0: never)."""
     return after > 0 and entered > 0 and now - entered >= after
+
+
+def pool_stuck(since: Sequence[float], now: float, after: float) -> bool:
+    """Whether a worker whose app threads began their current calls at ``since`` (0.0: a
+    thread waiting for a call) can start nothing for a while: every thread has been in its
+    call ``after`` seconds at least (``after`` 0: never). The ``--threads`` counterpart of
+    :func:`due`."""
+    return after > 0 and bool(since) and 0.0 not in since and now - max(since) >= after
 
 
 def movable(candidates: Iterable[Candidate], entered: float) -> list[Hashable]:

@@ -331,6 +331,9 @@ class MasterService(Service):
                 entered, what = process.scoreboard.read()
                 if entered:
                     in_app = f", in app for {now - entered:.1f}s on {what}"
+                stuck = process.scoreboard.stuck()
+                if stuck:
+                    in_app += f", every app thread in a long call for {now - stuck:.1f}s"
             lines.append(
                 f"  worker {record.slot} pid {record.pid} gen {record.generation} "
                 f"{record.state} up {now - record.spawned_at:.0f}s, "
@@ -350,6 +353,10 @@ class MasterService(Service):
         workers = []
         self._read_counters()
         for record in self.supervisor.live():
+            process = self.processes.get(record.id)
+            # Read now, not from the last heartbeat: with --threads, whether every app thread
+            # is stuck in a long call (prefork.poolrescue), since when (0.0: not).
+            stuck = process.scoreboard.stuck() if process is not None else 0.0
             workers.append(
                 {
                     "slot": record.slot,
@@ -359,6 +366,7 @@ class MasterService(Service):
                     "uptime": round(now - record.spawned_at, 3),
                     **record.stats,
                     "requests": self._requests_of(record),
+                    "threads_stuck_since": stuck,
                 }
             )
         # Counters: every request answered, by the workers alive and those gone (their final
@@ -519,14 +527,16 @@ class MasterService(Service):
             trace.emit("handoff", worker=source.record.slot, held=self.handoffs.holding)
         self._route_handoffs()
 
-    @staticmethod
-    def _view(record_id: int, process: WorkerProcess) -> WorkerView:
+    def _view(self, record_id: int, process: WorkerProcess) -> WorkerView:
         """A worker as connection routing sees it: whether it can take connections, whether
-        its scoreboard says it is in the app."""
+        its scoreboard says it can start no request now (in the app; with ``--threads``, every
+        thread stuck in a long call: prefork.poolrescue)."""
+        scoreboard = process.scoreboard
+        busy = scoreboard.stuck() if self.config.threads else scoreboard.read()[0]
         return WorkerView(
             id=record_id,
             ready=process.record.state == READY and process.handoff is not None,
-            in_app=bool(process.scoreboard.read()[0]),
+            in_app=bool(busy),
         )
 
     def _route_handoffs(self) -> None:

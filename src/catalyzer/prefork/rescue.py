@@ -60,7 +60,15 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import HTTPChannel, ServerState
 
-__all__ = ["GatedScoreboard", "Watchdog", "adopt", "give_away", "rebalance"]
+__all__ = [
+    "GatedScoreboard",
+    "Watchdog",
+    "adopt",
+    "candidate",
+    "give_away",
+    "http_channels",
+    "rebalance",
+]
 
 log = Logger(namespace="catalyzer.prefork.rescue")
 
@@ -167,14 +175,16 @@ class Watchdog:
             self.scoreboard.release()
 
     def _give_away(self, entered: float) -> int:
-        channels = _http_channels(self.server)
-        keys = movable([_candidate(c) for c in channels.values()], entered)
-        moved = give_away(self.reactor, self.sock, [channels[k] for k in keys], waiting_only=True)
+        channels = http_channels(self.server)
+        keys = movable([candidate(c) for c in channels.values()], entered)
+        moved = len(
+            give_away(self.reactor, self.sock, [channels[k] for k in keys], waiting_only=True)
+        )
         self.moved += moved
         return moved
 
 
-def _http_channels(server: ServerState) -> dict[Hashable, HTTPChannel]:
+def http_channels(server: ServerState) -> dict[Hashable, HTTPChannel]:
     # HTTP connections only: a uwsgi connection carries one request, and a kept FastCGI one
     # would need its face's factory on the adopting side.
     return {id(c): c for c in list(server.channels) if isinstance(c, HTTPChannel)}
@@ -182,11 +192,11 @@ def _http_channels(server: ServerState) -> dict[Hashable, HTTPChannel]:
 
 def give_away(
     reactor: Any, sock: socket.socket, channels: list[HTTPChannel], *, waiting_only: bool
-) -> int:
+) -> list[HTTPChannel]:
     """Pass each of ``channels`` (movable ones) to the master over ``sock``, in order, until
     the master stops keeping up; ``waiting_only``: only those with a request waiting in the
-    kernel. How many went."""
-    moved = 0
+    kernel. The ones that went."""
+    moved: list[HTTPChannel] = []
     for channel in channels:
         transport: Any = channel.transport
         if waiting_only and not _request_waiting(transport.socket):
@@ -199,7 +209,7 @@ def give_away(
         # (the app call may be a timed call, with others due after it) cannot touch it.
         twistedprivate.disown_transport(transport)
         reactor.callFromThread(_forget, channel)
-        moved += 1
+        moved.append(channel)
     return moved
 
 
@@ -210,16 +220,16 @@ def rebalance(
     away ``share`` of this worker's active keep-alive connections (those that ended a response
     within the last :data:`ACTIVE_WITHIN` seconds), the most recently served first. How many
     went."""
-    channels = list(_http_channels(server).values())
+    channels = list(http_channels(server).values())
     active = [c for c in channels if c.ended_at and now - c.ended_at <= ACTIVE_WITHIN]
     # No app call runs on this thread now (we are in the reactor): none is too recent to move.
-    keys = set(movable([_candidate(c) for c in active], math.inf))
+    keys = set(movable([candidate(c) for c in active], math.inf))
     ready = sorted((c for c in active if id(c) in keys), key=lambda c: c.ended_at, reverse=True)
     count = to_give(share, len(active), len(ready))
-    return give_away(reactor, sock, ready[:count], waiting_only=False)
+    return len(give_away(reactor, sock, ready[:count], waiting_only=False))
 
 
-def _candidate(channel: HTTPChannel) -> Candidate:
+def candidate(channel: HTTPChannel) -> Candidate:
     transport: Any = channel.transport
     plain = isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport)
     return Candidate(

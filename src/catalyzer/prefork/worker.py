@@ -27,6 +27,7 @@ from catalyzer.ops import trace
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.prefork import boot, control
 from catalyzer.prefork.fdpass import FdReader
+from catalyzer.prefork.poolrescue import PoolRescue
 from catalyzer.prefork.recycling import RecyclePolicy
 from catalyzer.prefork.rescue import GatedScoreboard, Watchdog, adopt, rebalance
 from catalyzer.process.children import set_title
@@ -36,6 +37,7 @@ from catalyzer.server import twistedprivate
 from catalyzer.server.channel import describe_connections
 from catalyzer.server.proxyheader import ProxyHeaderFactory, RejectionLog, split_proxied
 from catalyzer.settings import Config
+from catalyzer.wsgi.threads import AppThreads
 
 log = Logger(namespace="catalyzer.prefork.worker")
 
@@ -96,6 +98,16 @@ class Worker:
             endpoints.append((listener["description"], _Adopted(reactor, listener)))
         self.service = HTTPService(self.server, endpoints, reactor)
         self.watchdog: Watchdog | None = None
+        self.pool_rescue: PoolRescue | None = None
+        threadpool = self.server.response_services.threadpool
+        if (
+            self.handoff is not None
+            and isinstance(threadpool, AppThreads)
+            and config.handoff_after > 0
+        ):
+            self.pool_rescue = PoolRescue(
+                reactor, self.server, threadpool, scoreboard, self.handoff, config.handoff_after
+            )
         if rescue:
             assert isinstance(scoreboard, GatedScoreboard) and self.handoff is not None
             self.watchdog = Watchdog(
@@ -128,6 +140,8 @@ class Worker:
             ).start()
         if self.watchdog is not None:
             self.watchdog.start()
+        if self.pool_rescue is not None:
+            self.pool_rescue.start()
         if self.server.progress is not None:
             # Our uploads' progress goes to the master ten times a second.
             sender = LoopingCall(self._send_progress)
@@ -184,10 +198,15 @@ class Worker:
             "in_app_since": entered,
             "rss": _rss(),
             # Keep-alive connections given to other workers while this one was in the app.
-            "handed_off": self.watchdog.moved if self.watchdog is not None else 0,
+            "handed_off": self._handed_off(),
             # Keep-alive connections given to less busy workers (prefork.balance).
             "rebalanced": self.rebalanced,
         }
+
+    def _handed_off(self) -> int:
+        if self.watchdog is not None:
+            return self.watchdog.moved
+        return self.pool_rescue.moved if self.pool_rescue is not None else 0
 
     def describe(self) -> str:
         head = f"worker {self.slot} pid {os.getpid()} generation {self.generation}: "
@@ -204,7 +223,7 @@ class Worker:
             self.control.callRemote(control.Retire, reason=decision.reason, detail=decision.detail)
 
     def stop(self, quick: bool = False) -> None:
-        # The watchdog keeps going while we drain: a connection waiting behind a slow request is
+        # The watchdog (or the pool's rescue) keeps going while we drain: a connection waiting behind a slow request is
         # better answered by another worker now than with Connection: close after it.
         if quick:
             self.service.hurry()

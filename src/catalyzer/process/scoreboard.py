@@ -7,8 +7,10 @@ master holds its own mapping of the ``memfd``, which outlives the worker.
 
 Layout (:data:`SIZE` bytes, sealed against shrinking and growing; the mapping is page-aligned):
 
-- bytes 0..1023, the request in the app: ``<d`` entered-at (wall clock seconds, 0.0 when not in
+- bytes 0..1015, the request in the app: ``<d`` entered-at (wall clock seconds, 0.0 when not in
   the app), ``<H`` length, then the request line (method and path) in UTF-8;
+- bytes 1016..1023, ``<d``: since when (wall clock seconds) every app thread of a ``--threads``
+  worker has been stuck in a long call, 0.0 when not (:mod:`catalyzer.prefork.poolrescue`);
 - from byte 1024 (:data:`COUNTERS_AT`, 8-byte aligned), the request counters:
   :data:`catalyzer.ops.metrics.COUNT` native unsigned 64-bit integers, laid out and written as
   :mod:`catalyzer.ops.metrics` says (one aligned 8-byte store per counter, a sequence number
@@ -28,7 +30,9 @@ from catalyzer.ops import metrics
 COUNTERS_AT: Final = 1024
 SIZE: Final = COUNTERS_AT + metrics.SIZE
 _HEAD: Final = struct.Struct("<dH")
-_TEXT_MAX: Final = COUNTERS_AT - _HEAD.size
+_STUCK: Final = struct.Struct("<d")
+_STUCK_AT: Final = COUNTERS_AT - _STUCK.size
+_TEXT_MAX: Final = _STUCK_AT - _HEAD.size
 
 
 class Scoreboard:
@@ -65,6 +69,15 @@ class Scoreboard:
         entered, size = _HEAD.unpack_from(self._map, 0)
         text = bytes(self._map[_HEAD.size : _HEAD.size + min(size, _TEXT_MAX)])
         return entered, text.decode("utf-8", "replace")
+
+    def set_stuck(self, since: float) -> None:
+        """Every app thread is stuck in a long call since ``since`` (0.0: no longer)."""
+        _STUCK.pack_into(self._map, _STUCK_AT, since)
+
+    def stuck(self) -> float:
+        """Since when every app thread has been stuck (0.0: they are not)."""
+        since: float = _STUCK.unpack_from(self._map, _STUCK_AT)[0]
+        return since
 
     def counters(self) -> memoryview:
         """The counter vector, for :class:`catalyzer.ops.metrics.RequestMetrics` (the worker

@@ -210,6 +210,9 @@ class ServerState:
             set_accepting=self._set_accepting,
         )
         self.accepting = True
+        # A --threads prefork worker whose every app thread is stuck in a long call stops
+        # accepting too (catalyzer.prefork.poolrescue), whatever max-connections says.
+        self.pool_stuck = False
         self.draining = False
         self.heads: HeadWatch | None = None  # connections held at the limit, once there are any
         # A prefork worker counts in its scoreboard, where the master reads the counters even
@@ -316,13 +319,27 @@ class ServerState:
         for guard in self.accept_guards:
             guard.cancel()
         self.accept_guards = [
-            AcceptGuard(port, self.flood, self.clock, lambda: self.accepting)
+            AcceptGuard(port, self.flood, self.clock, lambda: self.takes_connections)
             for port in self.ports
             if twistedprivate.has_accept_log(port)
         ]
 
+    @property
+    def takes_connections(self) -> bool:
+        return self.accepting and not self.pool_stuck
+
     def _set_accepting(self, on: bool) -> None:
         self.accepting = on
+        self._toggle_ports()
+
+    def set_pool_stuck(self, stuck: bool) -> None:
+        """Stop (True) or go back to (False) accepting while every app thread is stuck: the
+        shared accept queue then gives new connections to the other workers."""
+        self.pool_stuck = stuck
+        self._toggle_ports()
+
+    def _toggle_ports(self) -> None:
+        on = self.takes_connections
         for port in self.ports:
             # tcp and unix ports are FileDescriptors: not reading means not calling accept().
             toggle = getattr(port, "startReading" if on else "stopReading", None)
@@ -986,8 +1003,9 @@ class ServerFactory(Factory):
         self.server = server
 
     def paused(self) -> bool:
-        """Accepting is paused (max-connections): the accept loop stops taking connections."""
-        return not self.server.accepting
+        """Accepting is paused (max-connections, or every app thread stuck): the accept loop
+        stops taking connections."""
+        return not self.server.takes_connections
 
 
 class HTTPFactory(ServerFactory):

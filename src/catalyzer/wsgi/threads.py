@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,13 +33,20 @@ class AppThreads:
     :meth:`call_from_thread`, which runs its calls in the reactor thread in order.
 
     ``wake_reactor`` is the reactor's own ``callFromThread``: it is called at most once per batch
-    of answers the reactor has not yet taken."""
+    of answers the reactor has not yet taken.
+
+    ``since[n]`` is when thread ``n`` began its current call (``clock``'s time; 0.0: waiting
+    for one), written by that thread alone, so that the reactor thread can tell a pool whose
+    every thread is stuck in a long call (:mod:`catalyzer.prefork.poolrescue`); and
+    ``on_saturated``, if set, is called in the reactor thread when a call is queued while every
+    thread is busy."""
 
     def __init__(
         self,
         size: int,
         wake_reactor: Callable[[Callable[[], None]], object],
         name: str = "catalyzer-app",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if size < 1:
             raise ValueError("a thread pool needs at least one thread")
@@ -51,11 +59,16 @@ class AppThreads:
         self._answers: collections.deque[_Call] = collections.deque()
         self._wake_pending = False
         self.threads: list[threading.Thread] = []
+        self.clock = clock
+        self.since = [0.0] * size
+        self.on_saturated: Callable[[], object] | None = None
 
     def start(self) -> None:
         for n in range(self.size):
             # Daemon: a thread stuck in the app must not keep the process alive past die-timeout.
-            thread = threading.Thread(target=self._work, name=f"{self.name}-{n}", daemon=True)
+            thread = threading.Thread(
+                target=self._work, args=(n,), name=f"{self.name}-{n}", daemon=True
+            )
             thread.start()
             self.threads.append(thread)
 
@@ -70,15 +83,22 @@ class AppThreads:
 
     def callInThread(self, f: Callable[..., object], /, *args: Any) -> None:
         self._jobs.put((f, args))
+        if self.on_saturated is not None and 0.0 not in self.since:
+            self.on_saturated()
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
         get = self._jobs.get
+        since = self.since
+        clock = self.clock
         while (job := get()) is not None:
             f, args = job
+            since[slot] = clock()
             try:
                 f(*args)
             except BaseException:  # the responses catch their own; never lose a thread
                 log.failure("a call in the application thread pool raised")
+            finally:
+                since[slot] = 0.0
 
     # -- the way back
 
