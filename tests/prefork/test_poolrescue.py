@@ -5,64 +5,29 @@ started: the test writes what they would (``AppThreads.since``)."""
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import tcp
-from twisted.internet.testing import MemoryReactorClock
 
 from catalyzer.prefork import fdpass
 from catalyzer.prefork.poolrescue import PoolRescue
-from catalyzer.process import scoreboard as scoreboard_module
-from catalyzer.process.scoreboard import Scoreboard
-from catalyzer.server.channel import HTTPChannel, ServerState
-from catalyzer.testing import InMemoryServer
 from catalyzer.wsgi.threads import AppThreads
+from tests.prefork import test_rescue as rescue_tests
+from tests.prefork.test_rescue import ENTERED, REQUEST
+from tests.server.test_channel import FakePort
 
-ENTERED = 100.0
 WALL = 5000.0
-REQUEST = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-class Reactor(MemoryReactorClock):
+class World(rescue_tests.World):
+    """The watchdog's world (real sockets, a memory reactor), with a pool and its rescue."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.later: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
-
-    def callFromThread(self, f: Callable[..., object], *args: Any, **kw: Any) -> None:
-        self.later.append((f, args))
-
-
-class Port:
-    """A listening port as ServerState toggles it."""
-
-    def __init__(self) -> None:
-        self.reading = True
-
-    def startReading(self) -> None:
-        self.reading = True
-
-    def stopReading(self) -> None:
-        self.reading = False
-
-
-class World:
-    def __init__(self) -> None:
-        self.reactor = Reactor()
-        self.state = ServerState(
-            lambda e, s: [], InMemoryServer(lambda e, s: []).config, self.reactor
-        )
-        self.port = Port()
+        self.port = FakePort()
         self.state.ports = [self.port]
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.clients: list[socket.socket] = []
-        self.master, self.worker_end = fdpass.pair()
-        fd = os.memfd_create("test-scoreboard", 0)
-        os.ftruncate(fd, scoreboard_module.SIZE)
-        self.scoreboard = Scoreboard(fd)
         self.now = ENTERED
         self.threads = AppThreads(2, self.reactor.callFromThread, clock=lambda: self.now)
         self.rescue = PoolRescue(
@@ -76,16 +41,6 @@ class World:
         )
         self.rescue.start()
 
-    def connect(self) -> tuple[socket.socket, HTTPChannel]:
-        client = socket.create_connection(self.listener.getsockname())
-        self.clients.append(client)
-        sock, addr = self.listener.accept()
-        sock.setblocking(False)
-        channel = HTTPChannel(self.state)
-        transport = tcp.Server(sock, channel, addr, None, len(self.clients), self.reactor)
-        channel.makeConnection(transport)
-        return client, channel
-
     def queue_behind_busy_threads(self) -> None:
         """What callInThread does once the request of a connection not shown here is read."""
         self.threads.callInThread(lambda: None)
@@ -96,12 +51,7 @@ class World:
 
     def close(self) -> None:
         self.rescue.stop()
-        for sock in (self.listener, self.master, self.worker_end, *self.clients):
-            sock.close()
-        for channel in list(self.state.channels):
-            transport: Any = channel.transport
-            transport.socket.close()
-        self.scoreboard.close()
+        super().close()
 
 
 def looks(world: World) -> list[Any]:

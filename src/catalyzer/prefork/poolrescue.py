@@ -4,7 +4,7 @@ one stays in the kernel) and gives those with a request waiting to the master, w
 to a worker with a free thread. The ``threads 0`` rescue is :mod:`catalyzer.prefork.rescue`'s
 watchdog thread; here the reactor is free, so all of it runs in the reactor thread.
 
-Nothing is added to a request's path but two clock reads in the pool thread
+Nothing is added to a request's path but a clock read in the pool thread
 (:attr:`~catalyzer.wsgi.threads.AppThreads.since`) and, when a call is queued behind busy
 threads, a look at how long they have been busy. The check runs only while every thread is busy:
 every half hand-off delay (:class:`~catalyzer.prefork.handoff.HandoffDelay`, as for the
@@ -29,7 +29,13 @@ from twisted.logger import Logger
 
 from catalyzer.ops import metrics
 from catalyzer.prefork.handoff import HandoffDelay, movable, pool_stuck
-from catalyzer.prefork.rescue import SAMPLE_EVERY, candidate, give_away, http_channels
+from catalyzer.prefork.rescue import (
+    SAMPLE_EVERY,
+    candidate,
+    give_away,
+    http_channels,
+    observe_calls,
+)
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server.channel import HTTPChannel, ServerState
 from catalyzer.wsgi.threads import AppThreads
@@ -38,7 +44,6 @@ __all__ = ["PoolRescue"]
 
 log = Logger(namespace="catalyzer.prefork.poolrescue")
 
-_HISTOGRAM = slice(metrics.BUCKET, metrics.BUCKET + len(metrics.BUCKETS) + 1)
 # The shortest wait between two checks, whatever the delay.
 _MIN_LOOK = 0.005
 
@@ -47,8 +52,8 @@ class PoolRescue:
     """Watches ``threads`` (the worker's app pool) and, while every thread is stuck, holds the
     worker's idle connections and gives away those with a request waiting over ``sock`` (the
     worker's end of its fd channel to the master). ``scoreboard`` tells the master which workers
-    are stuck, so that it passes connections to the others. ``clock`` is the pool's
-    (:attr:`AppThreads.clock`); ``wall`` the scoreboard's."""
+    are stuck, so that it passes connections to the others. Durations are measured on the
+    pool's clock (:attr:`AppThreads.clock`); ``wall`` is the scoreboard's."""
 
     def __init__(
         self,
@@ -78,8 +83,9 @@ class PoolRescue:
         self.threads.on_saturated = self._saturated
 
     def stop(self) -> None:
-        """The worker is stopping: no more checks; held connections are read again (the drain
-        answers or closes them)."""
+        """No more checks; held connections are read again. (A worker keeps its rescue to its
+        end, as the watchdog: a connection waiting behind slow calls while it drains is better
+        answered by another worker.)"""
         self._stopped = True
         self.threads.on_saturated = None
         if self._look is not None and self._look.active():
@@ -117,8 +123,7 @@ class PoolRescue:
         now = self.threads.clock()
         if not self._sampled <= now < self._sampled + SAMPLE_EVERY:
             self._sampled = now
-            counts = metrics.read_counts(self.scoreboard.counters())
-            self.delay.observe(counts[_HISTOGRAM])
+            observe_calls(self.delay, self.scoreboard)
         since = self.threads.since
         if pool_stuck(since, now, self.delay.current):
             if not self.stuck:

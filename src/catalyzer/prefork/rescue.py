@@ -67,6 +67,7 @@ __all__ = [
     "candidate",
     "give_away",
     "http_channels",
+    "observe_calls",
     "rebalance",
 ]
 
@@ -159,8 +160,7 @@ class Watchdog:
 
     def sample(self) -> float:
         """Feed the worker's call durations so far to the delay; the delay from now on."""
-        counts = metrics.read_counts(self.scoreboard.counters())
-        return self.delay.observe(counts[_HISTOGRAM])
+        return observe_calls(self.delay, self.scoreboard)
 
     def check(self) -> int:
         """One look (the thread's loop body): how many connections were given away."""
@@ -182,6 +182,13 @@ class Watchdog:
         )
         self.moved += moved
         return moved
+
+
+def observe_calls(delay: HandoffDelay, scoreboard: Scoreboard) -> float:
+    """Feed the call durations the worker has counted in ``scoreboard`` so far to ``delay``;
+    the delay from now on."""
+    counts = metrics.read_counts(scoreboard.counters())
+    return delay.observe(counts[_HISTOGRAM])
 
 
 def http_channels(server: ServerState) -> dict[Hashable, HTTPChannel]:

@@ -223,8 +223,9 @@ class Worker:
             self.control.callRemote(control.Retire, reason=decision.reason, detail=decision.detail)
 
     def stop(self, quick: bool = False) -> None:
-        # The watchdog (or the pool's rescue) keeps going while we drain: a connection waiting behind a slow request is
-        # better answered by another worker now than with Connection: close after it.
+        # The watchdog (or the pool's rescue) keeps going while we drain: a connection waiting
+        # behind a slow request is better answered by another worker now than with
+        # Connection: close after it.
         if quick:
             self.service.hurry()
         # Now, not once the reactor's shutdown has begun: responses starting meanwhile are the
