@@ -19,14 +19,12 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
-
-HEARTBEAT_WAIT = 1.2  # the workers report hand-offs in their once-a-second heartbeat
+from bench.mixed import catalyzer_argv, handoff_counts
 
 
 async def _client(port: int, think: float, stop: float, latencies: list[float]) -> None:
@@ -79,33 +77,13 @@ async def _load(port: int, args: argparse.Namespace) -> tuple[list[float], list[
 
 def measure(extra: list[str], args: argparse.Namespace, logs: Path) -> dict[str, object]:
     port, stats = procs.free_port(), procs.free_port()
-    argv = [
-        str(procs.VENV_BIN / "twistd"),
-        "-n",
-        "--pidfile=",
-        "catalyzer",
-        "--app",
-        "bench.apps:mixed",
-        "--listen",
-        f"tcp:{port}:interface={procs.HOST}",
-        "--procs",
-        "2",
-        "--threads",
-        "2",
-        "--access-log",
-        "off",
-        "--stats",
-        f"tcp:{stats}:interface={procs.HOST}",
-        *extra,
-    ]
+    argv = catalyzer_argv(port, 2, ["--threads", "2", *extra], "mixed")
+    argv += ["--stats", f"tcp:{stats}:interface={procs.HOST}"]
     server = procs.start_server("catalyzer", argv, port, logs / f"thinktime-{port}.log")
     try:
         procs.wait_ready(server)
         latencies, answered = asyncio.run(_load(port, args))
-        time.sleep(HEARTBEAT_WAIT)
-        url = f"http://{procs.HOST}:{stats}/status"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            status = json.load(r)
+        counts = handoff_counts(stats)
     finally:
         procs.stop_server(server)
     latencies.sort()
@@ -120,7 +98,7 @@ def measure(extra: list[str], args: argparse.Namespace, logs: Path) -> dict[str,
         "p99_ms": ms(0.99),
         "max_ms": round(latencies[-1] * 1000, 1),
         "slow_answered": len(answered),
-        "handed_off": sum(int(w.get("handed_off", 0)) for w in status["workers"]),
+        "handed_off": counts["handed_off"] if counts is not None else None,
     }
 
 

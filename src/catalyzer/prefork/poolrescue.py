@@ -73,11 +73,15 @@ class PoolRescue:
         self.wall = wall
         self.delay = HandoffDelay(after, metrics.BUCKETS)
         self.moved = 0
-        self.stuck = False
         self._held: list[HTTPChannel] = []
         self._look: IDelayedCall | None = None
         self._sampled = -math.inf
         self._stopped = False
+
+    @property
+    def stuck(self) -> bool:
+        """The worker holds its idle connections and does not accept (the server's state)."""
+        return self.server.pool_stuck
 
     def start(self) -> None:
         self.threads.on_saturated = self._saturated
@@ -136,11 +140,9 @@ class PoolRescue:
             self._arm()
 
     def _hold(self) -> None:
-        self.stuck = True
+        # The idle connections are held by the _give_away that always follows.
         self.scoreboard.set_stuck(self.wall())
         self.server.set_pool_stuck(True)
-        self._held = []
-        self._hold_idle()
 
     def _hold_idle(self) -> None:
         """Stop reading every plain connection idle between requests not held yet (TLS and
@@ -153,8 +155,8 @@ class PoolRescue:
                 self._held.append(channel)
 
     def _give_away(self) -> None:
-        # Connections that became idle since the hold (a response streamed to its end by a
-        # thread that then took a long call) are held from now on too.
+        # At every look, not only the first: connections that became idle since (a response
+        # streamed to its end by a thread that then took a long call) are held from now on too.
         self._hold_idle()
         # The reactor thread runs no app code: no connection is too recent to move.
         keys = set(movable([candidate(c) for c in self._held], math.inf))
@@ -166,7 +168,6 @@ class PoolRescue:
             self._held = [c for c in self._held if id(c) not in moved]
 
     def _release(self) -> None:
-        self.stuck = False
         self.scoreboard.set_stuck(0.0)
         self.server.set_pool_stuck(False)
         held, self._held = self._held, []
