@@ -159,11 +159,7 @@ def makeService(options: Options) -> Service:
 
     # Our own TERM/INT handlers (they only enqueue the stop): twistd's would make the process
     # kill itself with the signal once stopped, where a clean stop should exit 0.
-    reactor.callWhenRunning(
-        signals.install,
-        reactor,
-        {signal.SIGUSR1: dump, signal.SIGTERM: stop, signal.SIGINT: stop},
-    )
+    signals.take_over(reactor, {signal.SIGUSR1: dump, signal.SIGTERM: stop, signal.SIGINT: stop})
     log.info(
         "catalyzer-dispatch pid {pid}: methods from {methods}, up to {procs} children",
         pid=os.getpid(),

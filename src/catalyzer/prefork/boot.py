@@ -63,7 +63,7 @@ def run(
         **actions,
     }
     reactor.callWhenRunning(start)
-    reactor.callWhenRunning(signals.install, reactor, handlers, at_once)
+    signals.take_over(reactor, handlers, at_once)
     if then is not None:
         reactor.callWhenRunning(then)
     stopped: list[bool] = []

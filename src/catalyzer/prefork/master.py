@@ -210,6 +210,19 @@ class MasterService(Service):
     # -- start
 
     def privilegedStartService(self) -> None:
+        # Before listening: see signals.take_over.
+        signals.take_over(
+            self.reactor,
+            {
+                signal.SIGHUP: self.reload,
+                signal.SIGTERM: lambda: self.stop(graceful=True),
+                signal.SIGINT: lambda: self.stop(graceful=False),
+                signal.SIGQUIT: lambda: self.stop(graceful=False),
+                signal.SIGUSR1: self.dump,
+                signal.SIGTTIN: lambda: self._run(self.supervisor.scale(1, self._now())),
+                signal.SIGTTOU: lambda: self._run(self.supervisor.scale(-1, self._now())),
+            },
+        )
         self.listeners = listen_all(
             [(description, (description, endpoint)) for description, endpoint in self.endpoints],
             lambda named: listen(*named, self.config.procs, self.config.reuse_port),
@@ -222,19 +235,6 @@ class MasterService(Service):
     def startService(self) -> None:
         Service.startService(self)
         self.reactor.callWhenRunning(_set_title, f"catalyzer master [{self.config.app}]")
-        self.reactor.callWhenRunning(
-            signals.install,
-            self.reactor,
-            {
-                signal.SIGHUP: self.reload,
-                signal.SIGTERM: lambda: self.stop(graceful=True),
-                signal.SIGINT: lambda: self.stop(graceful=False),
-                signal.SIGQUIT: lambda: self.stop(graceful=False),
-                signal.SIGUSR1: self.dump,
-                signal.SIGTTIN: lambda: self._run(self.supervisor.scale(1, self._now())),
-                signal.SIGTTOU: lambda: self._run(self.supervisor.scale(-1, self._now())),
-            },
-        )
         log.info("master pid {pid}: starting {n} workers", pid=os.getpid(), n=self.config.procs)
         if self.config.reload:
             self.watcher = FileWatcher(self.reactor, self._files_changed)

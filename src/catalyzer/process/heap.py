@@ -60,12 +60,11 @@ def keep_large_blocks() -> bool:
     :data:`TRIM_THRESHOLD` of it free (see above); False where the C library is not glibc
     (nothing is changed)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
+    # The interpreter's own symbols include its C library's; ctypes.util.find_library would
+    # run ldconfig in a subprocess at every start.
     try:
-        libc = ctypes.CDLL(name or None)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     return bool(

@@ -14,8 +14,8 @@ def install(
     actions: Mapping[signal.Signals, Callable[[], object]],
     at_once: Mapping[signal.Signals, Callable[[], object]] | None = None,
 ) -> None:
-    """Route each signal to its action, run by the reactor on its next turn. Call this once the
-    reactor runs, so that these handlers replace the reactor's own defaults.
+    """Route each signal to its action, run by the reactor on its next turn (see
+    :func:`take_over` for when to call it).
 
     ``at_once[signum]`` runs inside the handler itself, before the action is queued: for a
     blocking app running in the reactor thread, the next turn comes only once the app returns,
@@ -39,3 +39,17 @@ def install(
             reactor.callFromThread(action)
 
         signal.signal(signum, handler)
+
+
+def take_over(
+    reactor: Any,
+    actions: Mapping[signal.Signals, Callable[[], object]],
+    at_once: Mapping[signal.Signals, Callable[[], object]] | None = None,
+) -> None:
+    """:func:`install` now, and again once the reactor runs (starting, it puts in its own
+    handlers). Call it before listening: a process whose log already says it listens may be
+    signalled before its reactor's first turn, and the interpreter's default handlers would
+    end it with a ``KeyboardInterrupt`` traceback or kill it outright; ours queue the action,
+    which runs on that first turn."""
+    install(reactor, actions, at_once)
+    reactor.callWhenRunning(install, reactor, actions, at_once)

@@ -67,11 +67,9 @@ class SingleProcessRoot(MultiService):
         self._stopping = False
         Service.setServiceParent(http, self)
 
-    def startService(self) -> None:
-        keep_large_blocks()
-        MultiService.startService(self)
-        self.reactor.callWhenRunning(
-            signals.install,
+    def privilegedStartService(self) -> None:
+        # Before the children listen: see signals.take_over.
+        signals.take_over(
             self.reactor,
             {
                 signal.SIGTERM: self._graceful_stop,
@@ -82,6 +80,11 @@ class SingleProcessRoot(MultiService):
             # even when the app runs in the reactor's thread.
             at_once={signal.SIGTERM: self.http.server.stop_keep_alive},
         )
+        MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        keep_large_blocks()
+        MultiService.startService(self)
         # After the signal handlers: a full collection at start-up takes a while.
         self.reactor.callWhenRunning(freeze_startup_heap)
 

@@ -194,14 +194,9 @@ class HandlerService(MultiService):
             session.on_welcome = lambda n=n: self._session_welcomed(n)
             session.start()
         if self.install_signals:
-            self.reactor.callWhenRunning(
-                signals.install,
+            signals.take_over(
                 self.reactor,
-                {
-                    signal.SIGTERM: self.drain,
-                    signal.SIGINT: self.quick,
-                    signal.SIGUSR1: self._dump,
-                },
+                {signal.SIGTERM: self.drain, signal.SIGINT: self.quick, signal.SIGUSR1: self._dump},
             )
 
     def _session_welcomed(self, n: int) -> None:
