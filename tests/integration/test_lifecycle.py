@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.integration.conftest import CLIENT_TIMEOUT, Launcher, ServerProcess
+from tests.integration.conftest import CLIENT_TIMEOUT, Launcher, ServerProcess, SplitServer
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +123,22 @@ def test_idle_keepalive_connection_does_not_delay_exit(start_server: Launcher) -
 def test_sigint_stops_an_idle_server(start_server: Launcher) -> None:
     server = start_server()
     server.send_signal(signal.SIGINT)
+    assert server.wait_exit(QUICK_EXIT) == 0, server.log()
+
+
+def test_sighup_without_a_master_is_logged_and_ignored(start_server: Launcher) -> None:
+    if start_server.mode == "prefork":
+        pytest.skip("the prefork master reloads on HUP (tests/integration/test_prefork.py)")
+    server = start_server()
+    # Each process that has no workers to reload: one catalyzer; a front and its handler.
+    processes = [server, *([server.handler] if isinstance(server, SplitServer) else [])]
+    for n, process in enumerate(processes, start=1):
+        assert process is not None
+        process.send_signal(signal.SIGHUP)
+        server.wait_for_log(r"SIGHUP ignored: \S.*$", count=n)
+    status, _, body = server.request("GET", "/hello")
+    assert (status, body) == (200, b"hello\n")
+    server.send_signal(signal.SIGTERM)
     assert server.wait_exit(QUICK_EXIT) == 0, server.log()
 
 

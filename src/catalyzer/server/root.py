@@ -1,7 +1,8 @@
 """The root service of a single-process server: its signals, the state dump, and its exit status.
 
 TERM drains (requests in flight finish, answering with ``Connection: close``), INT stops at once,
-USR1 logs the state of the connections. The process exits 0 after a clean drain and 1 after cutting
+USR1 logs the state of the connections, HUP is logged and ignored (the default action would end
+the process without a word: a ``systemctl reload`` written for the prefork master must not). The process exits 0 after a clean drain and 1 after cutting
 connections at die-timeout.
 """
 
@@ -58,12 +59,14 @@ class SingleStatus:
 
 
 class SingleProcessRoot(MultiService):
-    """Owns the process-level behaviour: signals and the exit status."""
+    """Owns the process-level behaviour: signals and the exit status. ``no_reload`` says why
+    HUP is ignored."""
 
-    def __init__(self, http: HTTPService, reactor: Any) -> None:
+    def __init__(self, http: HTTPService, reactor: Any, no_reload: str = no_reload()) -> None:
         MultiService.__init__(self)
         self.http = http
         self.reactor = reactor
+        self.no_reload = no_reload
         self._stopping = False
         Service.setServiceParent(http, self)
 
@@ -75,6 +78,7 @@ class SingleProcessRoot(MultiService):
                 signal.SIGTERM: self._graceful_stop,
                 signal.SIGINT: self._quick_stop,
                 signal.SIGUSR1: self._dump,
+                signal.SIGHUP: self._hup,
             },
             # A response the app is making while TERM arrives already says Connection: close,
             # even when the app runs in the reactor's thread.
@@ -91,6 +95,9 @@ class SingleProcessRoot(MultiService):
     def _dump(self) -> None:
         text = with_dispatchers(describe_connections(self.http.server))
         log.info("state of pid {pid}: {text}", pid=os.getpid(), text=text)
+
+    def _hup(self) -> None:
+        log.warn("SIGHUP ignored: {why}", why=self.no_reload)
 
     def _graceful_stop(self) -> None:
         log.info("SIGTERM: finishing requests in flight, then exiting")

@@ -96,8 +96,8 @@ class HandlerService(MultiService):
 
     :meth:`drain` (TERM) leaves in order (DRAIN, unstarted work returned, started work finished,
     BYE) and stops the reactor; ``clean_exit`` is false if die-timeout had to cut. With
-    ``install_signals`` (a handler that is its own process, not a prefork worker) TERM and INT
-    are handled here and a cut makes the process exit 1."""
+    ``install_signals`` (a handler that is its own process, not a prefork worker) TERM, INT,
+    USR1 and HUP (logged and ignored) are handled here and a cut makes the process exit 1."""
 
     def __init__(
         self,
@@ -196,7 +196,12 @@ class HandlerService(MultiService):
         if self.install_signals:
             signals.take_over(
                 self.reactor,
-                {signal.SIGTERM: self.drain, signal.SIGINT: self.quick, signal.SIGUSR1: self._dump},
+                {
+                    signal.SIGTERM: self.drain,
+                    signal.SIGINT: self.quick,
+                    signal.SIGUSR1: self._dump,
+                    signal.SIGHUP: self._hup,
+                },
             )
 
     def _session_welcomed(self, n: int) -> None:
@@ -223,6 +228,11 @@ class HandlerService(MultiService):
 
     def _dump(self) -> None:
         log.info("state of handler pid {pid}: {text}", pid=os.getpid(), text=self.describe())
+
+    def _hup(self) -> None:
+        log.warn(
+            "SIGHUP ignored: a single handler process cannot reload itself: run it with --procs N"
+        )
 
     def drain(self) -> None:
         if self._stopping:

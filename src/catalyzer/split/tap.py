@@ -343,7 +343,9 @@ def makeFrontService(options: _SettingsOptions) -> Service:
     except OSError as e:
         raise _fail(command, f"--access-log {config.access_log!r}: {e.strerror or e}") from None
     http = HTTPService(server, listen, reactor)
-    root = SingleProcessRoot(http, reactor)
+    root = SingleProcessRoot(
+        http, reactor, "a front has nothing to reload (handlers run with --procs N reload on HUP)"
+    )
     if config.stats:
         try:
             endpoint = endpoints.serverFromString(reactor, config.stats)
