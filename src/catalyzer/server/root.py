@@ -1,9 +1,9 @@
 """The root service of a single-process server: its signals, the state dump, and its exit status.
 
 TERM drains (requests in flight finish, answering with ``Connection: close``), INT stops at once,
-USR1 logs the state of the connections, HUP is logged and ignored (the default action would end
-the process without a word: a ``systemctl reload`` written for the prefork master must not). The process exits 0 after a clean drain and 1 after cutting
-connections at die-timeout.
+USR1 logs the state of the connections, HUP is logged and ignored (its default action would end
+the process without a word: a ``systemctl reload`` written for the prefork master must not). The
+process exits 0 after a clean drain and 1 after cutting connections at die-timeout.
 """
 
 from __future__ import annotations

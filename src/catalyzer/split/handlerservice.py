@@ -182,6 +182,17 @@ class HandlerService(MultiService):
         return service
 
     def startService(self) -> None:
+        # Before the sessions connect: see signals.take_over.
+        if self.install_signals:
+            signals.take_over(
+                self.reactor,
+                {
+                    signal.SIGTERM: self.drain,
+                    signal.SIGINT: self.quick,
+                    signal.SIGUSR1: self._dump,
+                    signal.SIGHUP: self._hup,
+                },
+            )
         MultiService.startService(self)
         if self.server.threadpool is not None:
             self.server.threadpool.start()
@@ -193,16 +204,6 @@ class HandlerService(MultiService):
             session.on_idle = self._session_left
             session.on_welcome = lambda n=n: self._session_welcomed(n)
             session.start()
-        if self.install_signals:
-            signals.take_over(
-                self.reactor,
-                {
-                    signal.SIGTERM: self.drain,
-                    signal.SIGINT: self.quick,
-                    signal.SIGUSR1: self._dump,
-                    signal.SIGHUP: self._hup,
-                },
-            )
 
     def _session_welcomed(self, n: int) -> None:
         self._welcomed.add(n)
