@@ -181,7 +181,6 @@ def measured_wrk(
     tree = procs.process_tree(server_pid)
     attacker = [attack.pid] if attack is not None and attack.process else []
     each_before = [cpu_seconds([pid]) for pid in tree]
-    server_before = cpu_seconds(tree)
     attacker_before = cpu_seconds(attacker) if attack is None or attack.process else 0.0
     self_before = sum(os.times()[:2])
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -189,8 +188,8 @@ def measured_wrk(
     result = run_wrk(port, FAST_CONNECTIONS, seconds, extra)
     reopened = (attack.reopened if attack is not None else 0) - reopened_before
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server = cpu_seconds(tree) - server_before
     each = [cpu_seconds([pid]) - before for pid, before in zip(tree, each_before, strict=True)]
+    server = sum(each)
     if attack is not None and not attack.process:
         attacker_cpu = sum(os.times()[:2]) - self_before  # the attacker thread (main waits)
     else:

@@ -241,8 +241,7 @@ SETTINGS: tuple[Setting, ...] = (
         "(with threads N: every thread in its call), its idle keep-alive connections with a new "
         "request waiting are passed to an idle worker, which answers them (0: never). The "
         "longest wait: a worker whose recent calls are all short waits twice their 99th "
-        "percentile instead, down to 0.01 s "
-        "(docs/prefork.md).",
+        "percentile instead, down to 0.01 s (docs/prefork.md).",
     ),
     Setting(
         "balance-every",

@@ -59,14 +59,14 @@ class SingleStatus:
 
 
 class SingleProcessRoot(MultiService):
-    """Owns the process-level behaviour: signals and the exit status. ``no_reload`` says why
-    HUP is ignored."""
+    """Owns the process-level behaviour: signals and the exit status. ``why_no_reload`` is
+    logged when HUP is ignored."""
 
-    def __init__(self, http: HTTPService, reactor: Any, no_reload: str = no_reload()) -> None:
+    def __init__(self, http: HTTPService, reactor: Any, why_no_reload: str = no_reload()) -> None:
         MultiService.__init__(self)
         self.http = http
         self.reactor = reactor
-        self.no_reload = no_reload
+        self.why_no_reload = why_no_reload
         self._stopping = False
         Service.setServiceParent(http, self)
 
@@ -97,7 +97,7 @@ class SingleProcessRoot(MultiService):
         log.info("state of pid {pid}: {text}", pid=os.getpid(), text=text)
 
     def _hup(self) -> None:
-        log.warn("SIGHUP ignored: {why}", why=self.no_reload)
+        log.warn("SIGHUP ignored: {why}", why=self.why_no_reload)
 
     def _graceful_stop(self) -> None:
         log.info("SIGTERM: finishing requests in flight, then exiting")
