@@ -2,7 +2,7 @@
 (one read), bytewise (one byte per read) and ``more`` (the case followed by more input: for uwsgi,
 bytes nothing may read; for FastCGI, an FCGI_GET_VALUES record, answered unless the peer broke the
 protocol); uwsgi also in views of one buffer reused between reads and with its body received into
-the body's own memory (``body_space``), as its channel reads."""
+the body as pieces of the size it asks for (``body_room``), as its channel reads."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from tests.http.gateway_corpus import (
 
 MODES = ("whole", "bytewise", "more")
 # uwsgi also in 7-byte views of one reused buffer, as its channel reads, and with a body kept in
-# memory received into the memory the parser offers (body_space).
+# memory read in pieces of the size the parser asks for (body_room).
 UWSGI_MODES = (*MODES, "reused-view", "into-space")
 CONN = ConnectionInfo("127.0.0.1", "9000", "127.0.0.1", "40000")
 
@@ -72,14 +72,12 @@ def feed(parser: Any, data: bytes, mode: str) -> list[object]:
     # copy what it keeps (overwritten after each read here, so a kept view shows junk).
     buffer = bytearray(7)
     for piece in pieces:
-        space = parser.body_space if mode == "into-space" else None
-        if space is not None:
-            # Received straight into the body's memory, as the channel's recv_into does.
-            taken = min(len(space), len(piece))
-            space[:taken] = piece[:taken]
-            parser.received_into(taken)
-            if piece[taken:]:
-                parser.receive_data(piece[taken:])
+        room = parser.body_room if mode == "into-space" else 0
+        if room:
+            # Read for the body in pieces of the size it asks for, as the channel's recv does.
+            parser.received_piece(piece[:room])
+            if piece[room:]:
+                parser.receive_data(piece[room:])
         elif mode in ("reused-view", "into-space"):
             buffer[: len(piece)] = piece
             parser.receive_data(memoryview(buffer)[: len(piece)])

@@ -4,7 +4,6 @@ and property-based fuzzing."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import string
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from catalyzer.http.reader import SEND_CONTINUE, Limits, ProtocolError, Request, RequestReader
+from catalyzer.http.spool import PIECE, MemoryBody
 from catalyzer.testing import InMemoryServer
 from tests.http.support import (
     SECOND,
@@ -279,7 +279,7 @@ def test_body_up_to_the_threshold_stays_in_memory(size: int) -> None:
     [request] = feed(reader, post(b"/", b"Content-Length: %d\r\n" % size, body))
     assert isinstance(request, Request)
     if size:
-        assert isinstance(request.body, io.BytesIO)
+        assert isinstance(request.body, MemoryBody)
         assert body_of(request) == body
     else:
         assert request.body is None
@@ -866,17 +866,15 @@ def test_a_fresh_parser_reads_what_follows_a_body_taken_directly(pieces: int) ->
     close_bodies(events)
 
 
-def _receive_into(reader: RequestReader, data: bytes) -> int:
-    """As the channel's recv_into: into the body's own memory, as far as it offers."""
-    space = reader.body_space
-    assert space is not None
-    n = min(len(space), len(data))
-    space[:n] = data[:n]
-    reader.received_into(n)
-    return n
+def _receive_piece(reader: RequestReader, data: bytes) -> int:
+    """As the channel's recv: at most the bytes the body asks for, handed over as they are."""
+    room = reader.body_room
+    assert room > 0
+    reader.received_piece(data[:room])
+    return min(room, len(data))
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["from-a-buffer", "received-into"])
+@pytest.mark.parametrize("into", [False, True], ids=["from-a-buffer", "received-piece"])
 def test_a_body_taken_directly_reports_progress_and_completion(into: bool) -> None:
     seen: list[tuple[str, int]] = []
 
@@ -895,9 +893,9 @@ def test_a_body_taken_directly_reports_progress_and_completion(into: bool) -> No
 
     reader = RequestReader(watcher=Watcher())
     reader.receive_data(post(b"/?X-Progress-ID=abc", b"Content-Length: 6\r\n", b""))
-    for piece in (b"abc", b"def"):  # from the read buffer, or by recv_into its own memory
+    for piece in (b"abc", b"def"):  # from the read buffer, or read for the body by the caller
         if into:
-            _receive_into(reader, piece)
+            _receive_piece(reader, piece)
         else:
             reader.receive_data(memoryview(piece))
     assert seen == [("started", 0), ("progress", 3), ("progress", 6), ("finished", 6)]
@@ -905,25 +903,35 @@ def test_a_body_taken_directly_reports_progress_and_completion(into: bool) -> No
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 5])
-def test_a_body_in_memory_is_received_straight_into_its_memory(pieces: int) -> None:
-    body = bytes(range(256)) * 4
-    reader = RequestReader(Limits(body_spool_threshold=1024))
-    assert reader.body_space is None and not reader.receiving_in_place  # no request yet
-    reader.receive_data(post(b"/up", b"Content-Length: 1024\r\n", body[:100]))
-    space = reader.body_space
-    assert space is not None and len(space) == 924  # only what is still due
-    assert reader.receiving_in_place
-    space.release()  # as recv_into's caller lets go of it: a view out keeps the body unclosable
-    step = len(body) // pieces + 1
+def test_a_body_in_memory_is_read_in_the_pieces_it_asks_for(pieces: int) -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB: four 64 KiB pieces
+    reader = RequestReader(Limits(body_spool_threshold=len(body)))
+    assert reader.body_room == 0  # no request yet
+    reader.receive_data(post(b"/up", b"Content-Length: %d\r\n" % len(body), body[:100]))
+    assert reader.body_room == PIECE - 100  # what completes the first piece
+    step = PIECE // pieces + 1
     pos = 100
+    kept: list[bytes] = []
     while pos < len(body):
-        pos += _receive_into(reader, body[pos : pos + step])
-    assert reader.body_space is None and not reader.receiving_in_place  # complete: released
+        room = reader.body_room
+        assert 0 < room <= PIECE and (pos + room) % PIECE in (0, len(body) % PIECE)
+        piece = body[pos : pos + min(room, step)]
+        kept.append(piece)
+        pos += _receive_piece(reader, piece)
+    assert reader.body_room == 0  # complete
     reader.receive_data(get(b"/after"))
     events = drain(reader)
     assert [e.target for e in events] == [b"/up", b"/after"]
-    assert isinstance(events[0].body, io.BytesIO) and body_of(events[0]) == body
-    events[0].body.close()  # no view of its memory left out (a BufferError otherwise)
+    request_body = events[0].body
+    assert isinstance(request_body, MemoryBody)
+    for i in range(1, len(body) // PIECE):  # whole pieces read as whole reads: not copied
+        request_body.seek(i * PIECE)
+        got = request_body.read(PIECE)
+        assert got == body[i * PIECE : (i + 1) * PIECE]
+        assert (pieces == 1) == any(got is k for k in kept)
+    request_body.seek(0)
+    assert body_of(events[0]) == body
+    close_bodies(events)
 
 
 @pytest.mark.parametrize(
@@ -931,26 +939,26 @@ def test_a_body_in_memory_is_received_straight_into_its_memory(pieces: int) -> N
     [b"Transfer-Encoding: chunked\r\n", b"Content-Length: 2000\r\n"],
     ids=["chunked", "over-threshold"],
 )
-def test_no_body_space_for_a_chunked_or_spooled_body(head: bytes) -> None:
+def test_no_body_pieces_for_a_chunked_or_spooled_body(head: bytes) -> None:
     reader = RequestReader(Limits(body_spool_threshold=1024))
     reader.receive_data(post(b"/", head, b""))
-    assert reader.in_body and reader.body_space is None
+    assert reader.in_body and reader.body_room == 0
 
 
 def test_a_body_in_memory_cut_short_can_be_closed() -> None:
     reader = RequestReader()
     reader.receive_data(post(b"/", b"Content-Length: 10\r\n", b""))
-    _receive_into(reader, b"0123")
+    _receive_piece(reader, b"0123")
     request = reader.current
     assert request is not None and request.body is not None
-    reader.receive_eof()  # the view is released: closing the body does not raise BufferError
-    assert request.body.closed and reader.body_space is None
+    reader.receive_eof()
+    assert request.body.closed and reader.body_room == 0
 
 
 def test_a_small_request_with_its_body_in_one_read_fills_the_memory_body() -> None:
     # A read small enough to go to llhttp whole: llhttp hands the body over (on_body).
     [request] = feed(RequestReader(), post(b"/", b"Content-Length: 5\r\n", b"hello"))
-    assert isinstance(request.body, io.BytesIO) and body_of(request) == b"hello"
+    assert isinstance(request.body, MemoryBody) and body_of(request) == b"hello"
     request.body.close()
 
 

@@ -991,11 +991,12 @@ def test_a_connection_close_request_on_a_real_socket_closes_at_once_and_leaves_n
         gc.enable()
 
 
-def test_a_post_body_on_a_real_socket_is_received_into_its_own_memory(
+def test_a_post_body_on_a_real_socket_is_read_as_its_own_pieces(
     tcp_pair: tuple[Any, Any],
 ) -> None:
-    """A Content-Length body under the spool threshold is read with recv_into straight into
-    the body the app reads (no pass through the shared read buffer), whatever the pieces."""
+    """A Content-Length body under the spool threshold is read with recv in the pieces the
+    body keeps and the app reads (no pass through the shared read buffer), whatever the
+    sizes the client sends."""
     import hashlib
 
     from twisted.internet.testing import MemoryReactorClock

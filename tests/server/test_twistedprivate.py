@@ -96,7 +96,7 @@ def test_accept_one_per_wakeup_takes_one_connection_per_do_read() -> None:
 
 
 class _FakeSocket:
-    """recv_into from a script: bytes to give, or an error to raise."""
+    """recv_into and recv from a script: bytes to give, or an error to raise."""
 
     def __init__(self, script: list[bytes | OSError]) -> None:
         self.script = script
@@ -112,6 +112,13 @@ class _FakeSocket:
         buffer[: len(data)] = data
         return len(data)
 
+    def recv(self, nbytes: int) -> bytes:
+        self.sizes.append(nbytes)
+        step = self.script.pop(0)
+        if isinstance(step, OSError):
+            raise step
+        return step[:nbytes]
+
 
 def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning() -> None:
     import errno
@@ -124,7 +131,9 @@ def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning()
     memory = bytearray(b"." * 16)
     targets = iter([memoryview(memory)[:8], memoryview(memory)[8:12]] + [memoryview(memory)] * 2)
     counts: list[int] = []
-    twistedprivate.read_into_target(transport, lambda: next(targets), counts.append)
+    twistedprivate.read_into_target(
+        transport, lambda: next(targets), counts.append, lambda: 0, print
+    )
     assert transport.doRead() is None
     assert transport.doRead() is None
     assert counts == [5, 4]  # each read bounded by its view's length
@@ -137,6 +146,59 @@ def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning()
     assert counts == [5, 4]
 
 
+def test_read_into_target_reads_body_pieces_of_the_size_asked_several_a_turn() -> None:
+    import errno
+    from types import SimpleNamespace
+
+    from twisted.internet import main
+
+    rooms = [4, 4, 2]  # what the body still asks for, piece by piece
+
+    def room() -> int:
+        return rooms[0] if rooms else 0
+
+    pieces: list[bytes] = []
+
+    def piece(data: bytes) -> None:
+        pieces.append(data)
+        rooms[0] -= len(data)
+        if not rooms[0]:
+            rooms.pop(0)
+
+    sock = _FakeSocket([b"abcd", b"efgh", b"i", b"j", b"next request"])
+    transport = SimpleNamespace(socket=sock)
+    counts: list[int] = []
+    twistedprivate.read_into_target(
+        transport, lambda: memoryview(bytearray(64)), counts.append, room, piece
+    )
+    assert transport.doRead() is None  # two whole pieces, then a short read ends the turn
+    assert pieces == [b"abcd", b"efgh", b"i"] and sock.sizes == [4, 4, 2]
+    assert transport.doRead() is None  # the body completes: the turn ends there
+    assert pieces[-1] == b"j" and sock.sizes[-1] == 1 and counts == []
+    assert transport.doRead() is None  # no body arriving: into the target
+    assert counts == [12]
+    rooms[:] = [8]
+    sock.script = [OSError(errno.EWOULDBLOCK, "again"), b"", OSError(errno.ECONNRESET, "reset")]
+    assert transport.doRead() is None
+    assert transport.doRead() is main.CONNECTION_DONE
+    assert transport.doRead() is main.CONNECTION_LOST
+
+
+def test_read_into_target_reads_at_most_32_body_pieces_a_turn() -> None:
+    from types import SimpleNamespace
+
+    sock = _FakeSocket([b"x"] * 40 + [b""])  # the last read short: the socket is empty
+    transport = SimpleNamespace(socket=sock)
+    pieces: list[bytes] = []
+    twistedprivate.read_into_target(
+        transport, lambda: memoryview(bytearray(1)), print, lambda: 1, pieces.append
+    )
+    assert transport.doRead() is None
+    assert len(pieces) == 32  # the other connections get their turn
+    transport.doRead()
+    assert len(pieces) == 40 and not sock.script
+
+
 def test_read_into_target_replaces_a_real_transports_doread() -> None:
     left, right = socket.socketpair()
     try:
@@ -144,7 +206,9 @@ def test_read_into_target_replaces_a_real_transports_doread() -> None:
         transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
         memory = bytearray(16)
         got: list[int] = []
-        twistedprivate.read_into_target(transport, lambda: memoryview(memory), got.append)
+        twistedprivate.read_into_target(
+            transport, lambda: memoryview(memory), got.append, lambda: 0, print
+        )
         right.sendall(b"hello")
         transport.doRead()
         assert got == [5] and memory[:5] == b"hello"
@@ -238,7 +302,9 @@ def test_forget_read_into_restores_the_transports_own_doread() -> None:
 
     transport, _protocol, right = _server_on(MemoryReactor())
     try:
-        twistedprivate.read_into_target(transport, lambda: memoryview(bytearray(16)), print)
+        twistedprivate.read_into_target(
+            transport, lambda: memoryview(bytearray(16)), print, lambda: 0, print
+        )
         assert "doRead" in vars(transport)
         twistedprivate.forget_read_into(transport)
         assert "doRead" not in vars(transport)

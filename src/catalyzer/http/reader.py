@@ -28,7 +28,7 @@ from typing import IO, Final, Protocol
 import httptools
 
 from catalyzer.http.progress import upload_id_from
-from catalyzer.http.spool import body_file, memory_body, spool_failure
+from catalyzer.http.spool import MemoryBody, body_file, spool_failure
 
 __all__ = [
     "Limits",
@@ -94,7 +94,7 @@ class Request:
         self.expect_continue = False
         self.keep_alive = True
         self.upgrade = False
-        self.body: IO[bytes] | None = None
+        self.body: IO[bytes] | MemoryBody | None = None
         self.body_length = 0
         # Set for a request with a body and an X-Progress-ID, when a BodyWatcher is in use.
         self.upload_id: str | None = None
@@ -218,9 +218,9 @@ class RequestReader:
         self._chunk_line = b""
         # The read being fed whole (see _feed_whole), None otherwise.
         self._whole: bytes | None = None
-        # A Content-Length body kept in memory: the memory of its BytesIO (spool.memory_body),
-        # written in place, by this reader or by the caller's recv_into (body_space).
-        self._space: memoryview | None = None
+        # A Content-Length body kept in memory while it arrives, by this reader or by the
+        # caller's reads (body_room).
+        self._memory: MemoryBody | None = None
         self.completed_requests = 0
 
     # -- public
@@ -248,28 +248,21 @@ class RequestReader:
         return self._phase in (_BODY, _CHUNK_LINE)
 
     @property
-    def body_space(self) -> memoryview | None:
-        """Where the next bytes of a Content-Length body kept in memory go, None for any other
-        input: a view of the body's own memory (at most the bytes still due) that the caller
-        may receive into directly (``recv_into``), then say how many arrived with
-        :meth:`received_into`. Saves the copy out of a read buffer."""
-        space = self._space
-        if space is None:
-            return None
-        request = self._request
-        assert request is not None
-        return space[request.body_length :]
+    def body_room(self) -> int:
+        """While a Content-Length body kept in memory arrives: how many bytes the caller's next
+        read should ask for (a ``recv`` of its own), to give to :meth:`received_piece`; 0 for
+        any other input. The reads then are the body's pieces (spool.MemoryBody): no copy out
+        of a read buffer, none out of the body for an app reading it 64 KiB at a time."""
+        memory = self._memory
+        return memory.room if memory is not None else 0
 
-    @property
-    def receiving_in_place(self) -> bool:
-        """Reads go into :attr:`body_space` (a body kept in memory is arriving)."""
-        return self._space is not None
-
-    def received_into(self, size: int) -> None:
-        """``size`` bytes were written at the start of :attr:`body_space`."""
+    def received_piece(self, data: bytes) -> None:
+        """``data``, read for the body as :attr:`body_room` asked (at most that much), arrived."""
         request = self._request
-        assert request is not None and self._space is not None
-        self._body_arrived(request, size)
+        memory = self._memory
+        assert request is not None and memory is not None
+        memory.add(data)
+        self._body_arrived(request, len(data))
 
     @property
     def between_requests(self) -> bool:
@@ -393,11 +386,11 @@ class RequestReader:
         next request (the request's head, all llhttp was needed for, is read already)."""
         assert request.body is not None and request.content_length is not None
         n = min(len(data), request.content_length - request.body_length)
-        space = self._space
-        if space is not None:
-            received = request.body_length
-            space[received : received + n] = data[:n] if n < len(data) else data
+        memory = self._memory
+        if memory is not None:
+            memory.add(data[:n] if n < len(data) else data)
         else:
+            assert not isinstance(request.body, MemoryBody)
             try:
                 request.body.write(data[:n] if n < len(data) else data)
             except OSError as e:
@@ -414,18 +407,12 @@ class RequestReader:
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
         if request.body_length == request.content_length:
-            self._release_space()
+            self._memory = None
             self._parser = httptools.HttpRequestParser(self)
             try:
                 self.on_message_complete()
             except _Reject as e:
                 self._fail(e.status, e.detail)
-
-    def _release_space(self) -> None:
-        # The BytesIO can be neither closed nor resized while a view of its memory is out.
-        if self._space is not None:
-            self._space.release()
-            self._space = None
 
     def _read_chunk_line(self, data: bytes, pos: int) -> int:
         """Takes a chunk-size line's bytes from ``data[pos:]``; returns where they end."""
@@ -555,7 +542,7 @@ class RequestReader:
 
     def _stop(self, status: int | None = None) -> None:
         self._stopped = True
-        self._release_space()
+        self._memory = None
         request = self._request
         if self._phase != _IDLE and request is not None:
             if request.upload_id is not None and self._watcher is not None:
@@ -692,9 +679,7 @@ class RequestReader:
             and length is not None
             and length <= self.limits.body_spool_threshold
         ):
-            body = memory_body(length)
-            request.body = body
-            self._space = body.getbuffer()
+            request.body = self._memory = MemoryBody(length)
         else:
             request.body = body_file(
                 length, self.limits.body_spool_threshold, self.limits.spool_dir
@@ -706,14 +691,14 @@ class RequestReader:
     def on_body(self, data: bytes) -> None:
         request = self._request
         assert request is not None and request.body is not None
-        start = request.body_length
         request.body_length += len(data)
         if request.body_length > self.limits.max_body:
             raise _Reject(413, f"body exceeds {self.limits.max_body} bytes")
-        space = self._space
-        if space is not None:  # a Content-Length body that came in a read fed whole
-            space[start : request.body_length] = data
+        memory = self._memory
+        if memory is not None:  # a Content-Length body that came in a read fed whole
+            memory.add(data)
         else:
+            assert not isinstance(request.body, MemoryBody)
             try:
                 request.body.write(data)
             except OSError as e:
@@ -728,7 +713,7 @@ class RequestReader:
         self._enter(_CHUNK_LINE)
 
     def on_message_complete(self) -> None:
-        self._release_space()
+        self._memory = None
         request = self._request
         assert request is not None
         if request.body is not None:

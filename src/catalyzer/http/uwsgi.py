@@ -11,14 +11,14 @@ Usage::
 
     parser = UwsgiParser(limits)
     parser.receive_data(data)  # bytes, or a view of a buffer the caller reuses
-    space = parser.body_space  # a body kept in memory: receive into it directly, then
-    parser.received_into(n)    # say how many bytes arrived
+    n = parser.body_room       # a body kept in memory: read at most n bytes for it, then
+    parser.received_piece(data)  # hand them over
     event = parser.next_event()  # CGIRequest, Refused or Malformed; then the parser reads no more
 
 Limits: the variable block is refused with 431 past ``max-request-line`` + ``max-header-bytes``
 (and can never pass 65535, the size field's maximum), more than ``max-headers`` HTTP_ variables get
 431, a CONTENT_LENGTH past ``max-body`` 413. The body is spooled as on the HTTP face: in memory up
-to ``body-spool-threshold`` (one allocation at its declared size), else in a temporary file.
+to ``body-spool-threshold`` (spool.MemoryBody, the pieces as received), else in a temporary file.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from catalyzer.http.cgi import (
     uwsgi_var_block_limit,
 )
 from catalyzer.http.reader import BodyWatcher, Limits, Request
-from catalyzer.http.spool import body_file, memory_body, spool_failure
+from catalyzer.http.spool import MemoryBody, body_file, spool_failure
 
 __all__ = ["Event", "UwsgiParser", "encode_vars", "parse_vars"]
 
@@ -93,10 +93,8 @@ class UwsgiParser:
         self._event: Event | None = None
         self._variables: dict[bytes, bytes] = {}
         self._request: Request | None = None
-        self._body: IO[bytes] | None = None
-        # A body kept in memory: the memory of its BytesIO, written in place (see spool.memory_body).
-        self._space: memoryview | None = None
-        self._received = 0
+        self._body: IO[bytes] | None = None  # a body spooled as it arrives
+        self._memory: MemoryBody | None = None  # a body kept in memory as it arrives
         self._left = 0
 
     # -- state, as the connection shell asks
@@ -115,22 +113,19 @@ class UwsgiParser:
         return self._phase is Phase.BODY
 
     @property
-    def body_space(self) -> memoryview | None:
-        """Where the next bytes of a body kept in memory go, None for any other input: a view
-        of the body's own memory (at most the bytes still due) that the caller may receive into
-        directly (``recv_into``), then say how many arrived with :meth:`received_into`. Saves
-        the copy out of a read buffer."""
-        space = self._space
-        return space[self._received :] if space is not None else None
+    def body_room(self) -> int:
+        """While a body kept in memory arrives: how many bytes the caller's next read should
+        ask for (a ``recv`` of its own), to give to :meth:`received_piece`; 0 for any other
+        input. The reads then are the body's pieces (spool.MemoryBody): no copy out of a read
+        buffer, none out of the body for an app reading it 64 KiB at a time."""
+        memory = self._memory
+        return memory.room if memory is not None else 0
 
-    @property
-    def receiving_in_place(self) -> bool:
-        """Reads go into :attr:`body_space` (a body kept in memory is arriving)."""
-        return self._space is not None
-
-    def received_into(self, size: int) -> None:
-        """``size`` bytes were written at the start of :attr:`body_space`."""
-        self._body_arrived(size)
+    def received_piece(self, data: bytes) -> None:
+        """``data``, read for the body as :attr:`body_room` asked (at most that much), arrived."""
+        assert self._memory is not None
+        self._memory.add(data)
+        self._body_arrived(len(data))
 
     @property
     def body_received(self) -> int:
@@ -233,9 +228,7 @@ class UwsgiParser:
             self._complete()
             return
         if length <= self.limits.body_spool_threshold:
-            request.body = self._body = memory_body(length)
-            self._space = request.body.getbuffer()
-            self._received = 0
+            request.body = self._memory = MemoryBody(length)
         else:
             request.body = self._body = body_file(
                 length, self.limits.body_spool_threshold, self.limits.spool_dir
@@ -249,10 +242,8 @@ class UwsgiParser:
         if len(data) > self._left:
             data = data[: self._left]  # nothing follows a uwsgi request: the rest is ignored
         size = len(data)
-        space = self._space
-        if space is not None:
-            received = self._received
-            space[received : received + size] = data
+        if self._memory is not None:
+            self._memory.add(data)
         else:
             assert self._body is not None
             try:
@@ -266,23 +257,16 @@ class UwsgiParser:
         request = self._request
         assert request is not None
         self._left -= size
-        self._received += size
         request.body_length += size
         if request.upload_id is not None and self._watcher is not None:
             self._watcher.progress(request, request.body_length)
         if not self._left:
-            self._release_space()
+            self._memory = None
             assert request.body is not None
             request.body.seek(0)
             if request.upload_id is not None and self._watcher is not None:
                 self._watcher.finished(request)
             self._complete()
-
-    def _release_space(self) -> None:
-        # The BytesIO can be neither closed nor resized while a view of its memory is out.
-        if self._space is not None:
-            self._space.release()
-            self._space = None
 
     def _complete(self) -> None:
         assert self._request is not None
@@ -292,7 +276,7 @@ class UwsgiParser:
         self._end()
 
     def _drop(self, status: int | None) -> None:
-        self._release_space()
+        self._memory = None
         request = self._request
         if request is not None:
             if request.upload_id is not None and self._watcher is not None:

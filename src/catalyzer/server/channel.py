@@ -491,7 +491,11 @@ class HTTPChannel(TransportSink):
             self._socket = inner.socket
             if not self._proxied:
                 twistedprivate.read_into_target(
-                    inner, functools.partial(read_target, self.server, self.reader), self._read_done
+                    inner,
+                    functools.partial(read_target, self.server, self.reader),
+                    self._read_done,
+                    self._body_room,
+                    self._read_piece,
                 )
                 direct = True
         if trace.ENABLED:
@@ -508,10 +512,18 @@ class HTTPChannel(TransportSink):
     def _read_done(self, size: int) -> None:
         self._got_data = True
         self.server.metrics.received(size)
-        if self.reader.receiving_in_place:  # the read went into the body (see read_target)
-            self.reader.received_into(size)
-        else:
-            self.reader.receive_data(self.server.read_buffer[:size])
+        self.reader.receive_data(self.server.read_buffer[:size])
+        self._after_read()
+
+    def _body_room(self) -> int:
+        room: int = self.reader.body_room
+        return room
+
+    def _read_piece(self, data: bytes) -> None:
+        """A read for a body kept in memory (``body_room``): the body keeps it as it is."""
+        self._got_data = True
+        self.server.metrics.received(len(data))
+        self.reader.received_piece(data)
         self._after_read()
 
     def dataReceived(self, data: bytes) -> None:
@@ -975,20 +987,13 @@ class BodyReader(typing.Protocol):
     @property
     def in_body(self) -> bool: ...
 
-    @property
-    def body_space(self) -> memoryview | None: ...
-
 
 def read_target(server: ServerState, parser: BodyReader) -> memoryview:
-    """Where the next read of a plain connection goes (twistedprivate.read_into_target): the
-    memory of a body kept in memory (no copy out of a buffer; the parser's
-    ``receiving_in_place`` then says so to the read's receiver), else the server's shared
-    buffer, whose bytes the parser copies if it keeps them: in large reads while a body
-    arrives (fewer wake-ups), 64 KiB otherwise."""
-    if not parser.in_body:
-        return server.head_buffer
-    space = parser.body_space
-    return space if space is not None else server.read_buffer
+    """Where the next read of a plain connection goes (twistedprivate.read_into_target) when
+    it is not a piece of a body kept in memory (the parser's ``body_room``): the server's
+    shared buffer, whose bytes the parser copies if it keeps them: in large reads while a body
+    arrives (a chunked or spooled one; fewer wake-ups), 64 KiB otherwise."""
+    return server.read_buffer if parser.in_body else server.head_buffer
 
 
 class ServerFactory(Factory):

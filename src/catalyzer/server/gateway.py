@@ -144,7 +144,9 @@ class GatewayChannel(TransportSink):
             self._prepare_socket()
             if self.reads_into_buffer:
                 target = functools.partial(read_target, self.server, self.parser)
-                twistedprivate.read_into_target(transport, target, self._read)
+                twistedprivate.read_into_target(
+                    transport, target, self._read, self._body_room, self._read_piece
+                )
         self.server.connection_made(self)
         if self._socket is not None and self.state is _OPEN:
             # The web server writes its request as soon as it is connected: often it is in
@@ -160,13 +162,19 @@ class GatewayChannel(TransportSink):
         """A plain TCP connection was accepted: set its socket options (before any write)."""
 
     def _read(self, size: int) -> None:
-        if self.parser.receiving_in_place:  # the read went into the body (see read_target)
-            self._got_data = True
-            self.server.metrics.received(size)
-            self.parser.received_into(size)
-            self._after_read()
-        else:
-            self.dataReceived(self.server.read_buffer[:size])  # type: ignore[arg-type]
+        self.dataReceived(self.server.read_buffer[:size])  # type: ignore[arg-type]
+
+    def _body_room(self) -> int:
+        room: int = self.parser.body_room
+        return room
+
+    def _read_piece(self, data: bytes) -> None:
+        """A read for a body kept in memory (``body_room``): the body keeps it as it is."""
+        self._got_data = True
+        self.server.metrics.received(len(data))
+        self._idle_timer.cancel()
+        self.parser.received_piece(data)
+        self._after_read()
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True

@@ -17,7 +17,7 @@ import functools
 import select
 import socket
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv6Address
@@ -324,22 +324,44 @@ def close_disowned(transport: Any) -> None:
 
 
 def read_into_target(
-    transport: Any, target: Callable[[], memoryview], received: Callable[[int], object]
+    transport: Any,
+    target: Callable[[], memoryview],
+    received: Callable[[int], object],
+    room: Callable[[], int],
+    piece: Callable[[bytes], object],
 ) -> None:
     """Make a connected ``twisted.internet.tcp.Server`` read with ``recv_into`` into the writable
     view ``target()`` returns (its length bounds the read; it may be different memory every
-    time: a shared buffer, or a request body's own) and tell ``received(n)`` how many bytes it
-    took, instead of ``recv`` of a new ``bytes`` and ``protocol.dataReceived``.
+    time: a shared buffer, say) and tell ``received(n)`` how many bytes it took, instead of
+    ``recv`` of a new ``bytes`` and ``protocol.dataReceived``.
+
+    While ``room()`` is not 0 (a body kept in memory is arriving, spool.MemoryBody), reads are
+    instead ``recv(room())``, each a new ``bytes`` the body keeps as it is, handed to
+    ``piece``, several in one turn while the socket fills them (the body's pieces are 64 KiB:
+    a 1 MiB body is 16 reads, not 16 wake-ups).
 
     ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
     ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
-    The replacement refers to ``target`` and ``received`` (usually the protocol's): undo it
-    with :func:`forget_read_into` once the connection is lost, or transport and protocol stay
-    in a reference cycle that only the garbage collector frees."""
+    The replacement refers to the callables (usually the protocol's): undo it with
+    :func:`forget_read_into` once the connection is lost, or transport and protocol stay in a
+    reference cycle that only the garbage collector frees."""
     sock = transport.socket
 
     def do_read() -> Any:
         try:
+            size = room()
+            if size:
+                for _ in range(_PIECES_PER_TURN):
+                    data = sock.recv(size)
+                    if not data:
+                        return main.CONNECTION_DONE
+                    piece(data)
+                    if len(data) < size:  # the socket is most likely empty: no EAGAIN call
+                        return None
+                    size = room()
+                    if not size:  # the body is complete; what follows it, next turn
+                        return None
+                return None
             n = sock.recv_into(target())
         except OSError as e:
             if e.args[0] == errno.EWOULDBLOCK:
@@ -351,6 +373,11 @@ def read_into_target(
         return None
 
     transport.doRead = do_read
+
+
+# Body pieces read in one reactor turn at most (2 MiB of 64 KiB pieces): a body as large as
+# body-spool-threshold allows does not keep the reactor from its other connections.
+_PIECES_PER_TURN: Final = 32
 
 
 def read_waiting(transport: Any) -> None:
