@@ -142,9 +142,28 @@ class MemoryBody:
         return self.read(size)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        # werkzeug's LimitedStream reads so: straight from the pieces, one copy.
+        self._check()
+        target = memoryview(buffer).cast("B")
+        pos = self._pos
+        size = self._readable - pos
+        if len(target) < size:
+            size = len(target)
+        if size <= 0:
+            return 0
+        index, offset = divmod(pos, PIECE)
+        done = 0
+        while done < size:
+            piece = self._pieces[index]
+            n = len(piece) - offset
+            if n > size - done:
+                n = size - done
+            target[done : done + n] = memoryview(piece)[offset : offset + n]
+            done += n
+            index += 1
+            offset = 0
+        self._pos = pos + size
+        return size
 
     def readline(self, size: int | None = -1) -> bytes:
         self._check()
