@@ -146,18 +146,14 @@ class MemoryBody:
         self._check()
         target = memoryview(buffer).cast("B")
         pos = self._pos
-        size = self._readable - pos
-        if len(target) < size:
-            size = len(target)
+        size = min(self._readable - pos, len(target))
         if size <= 0:
             return 0
         index, offset = divmod(pos, PIECE)
         done = 0
         while done < size:
             piece = self._pieces[index]
-            n = len(piece) - offset
-            if n > size - done:
-                n = size - done
+            n = min(len(piece) - offset, size - done)
             target[done : done + n] = memoryview(piece)[offset : offset + n]
             done += n
             index += 1
