@@ -116,13 +116,10 @@ class MemoryBody:
     # -- reading
 
     def read(self, size: int | None = -1) -> bytes:
-        self._check()
-        pos = self._pos
-        left = self._readable - pos
-        if size is None or size < 0 or size > left:
-            size = left
+        size = self._due(size)
         if size <= 0:
             return b""
+        pos = self._pos
         index, offset = divmod(pos, PIECE)
         piece = self._pieces[index]
         self._pos = pos + size
@@ -143,12 +140,11 @@ class MemoryBody:
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
         # werkzeug's LimitedStream reads so: straight from the pieces, one copy.
-        self._check()
         target = memoryview(buffer).cast("B")
-        pos = self._pos
-        size = min(self._readable - pos, len(target))
+        size = self._due(len(target))
         if size <= 0:
             return 0
+        pos = self._pos
         index, offset = divmod(pos, PIECE)
         done = 0
         while done < size:
@@ -162,13 +158,10 @@ class MemoryBody:
         return size
 
     def readline(self, size: int | None = -1) -> bytes:
-        self._check()
-        pos = self._pos
-        left = self._readable - pos
-        if size is None or size < 0 or size > left:
-            size = left
+        size = self._due(size)
         if size <= 0:
             return b""
+        pos = self._pos
         index, offset = divmod(pos, PIECE)
         parts: list[bytes] = []
         got = 0
@@ -244,6 +237,12 @@ class MemoryBody:
         self._closed = True
         self._pieces = []
         self._parts = []
+
+    def _due(self, size: int | None) -> int:
+        """How many bytes a read of ``size`` (None or negative: all) takes from where it is."""
+        self._check()
+        left = self._readable - self._pos
+        return left if size is None or size < 0 or size > left else size
 
     def _check(self) -> None:
         if self._closed:
