@@ -131,9 +131,7 @@ def test_read_into_target_reads_into_each_view_given_and_keeps_doreads_meaning()
     memory = bytearray(b"." * 16)
     targets = iter([memoryview(memory)[:8], memoryview(memory)[8:12]] + [memoryview(memory)] * 2)
     counts: list[int] = []
-    twistedprivate.read_into_target(
-        transport, lambda: next(targets), counts.append, lambda: 0, print
-    )
+    twistedprivate.read_into_target(transport, lambda: next(targets), counts.append, print)
     assert transport.doRead() is None
     assert transport.doRead() is None
     assert counts == [5, 4]  # each read bounded by its view's length
@@ -154,8 +152,8 @@ def test_read_into_target_reads_body_pieces_of_the_size_asked_several_a_turn() -
 
     rooms = [4, 4, 2]  # what the body still asks for, piece by piece
 
-    def room() -> int:
-        return rooms[0] if rooms else 0
+    def target() -> memoryview | int:
+        return rooms[0] if rooms else memoryview(bytearray(64))
 
     pieces: list[bytes] = []
 
@@ -168,9 +166,7 @@ def test_read_into_target_reads_body_pieces_of_the_size_asked_several_a_turn() -
     sock = _FakeSocket([b"abcd", b"efgh", b"i", b"j", b"next request"])
     transport = SimpleNamespace(socket=sock)
     counts: list[int] = []
-    twistedprivate.read_into_target(
-        transport, lambda: memoryview(bytearray(64)), counts.append, room, piece
-    )
+    twistedprivate.read_into_target(transport, target, counts.append, piece)
     assert transport.doRead() is None  # two whole pieces, then a short read ends the turn
     assert pieces == [b"abcd", b"efgh", b"i"] and sock.sizes == [4, 4, 2]
     assert transport.doRead() is None  # the body completes: the turn ends there
@@ -190,9 +186,7 @@ def test_read_into_target_reads_at_most_32_body_pieces_a_turn() -> None:
     sock = _FakeSocket([b"x"] * 40 + [b""])  # the last read short: the socket is empty
     transport = SimpleNamespace(socket=sock)
     pieces: list[bytes] = []
-    twistedprivate.read_into_target(
-        transport, lambda: memoryview(bytearray(1)), print, lambda: 1, pieces.append
-    )
+    twistedprivate.read_into_target(transport, lambda: 1, print, pieces.append)
     assert transport.doRead() is None
     assert len(pieces) == 32  # the other connections get their turn
     transport.doRead()
@@ -206,9 +200,7 @@ def test_read_into_target_replaces_a_real_transports_doread() -> None:
         transport = Server(left, Protocol(), ("127.0.0.1", 1), None, 1, _memory())
         memory = bytearray(16)
         got: list[int] = []
-        twistedprivate.read_into_target(
-            transport, lambda: memoryview(memory), got.append, lambda: 0, print
-        )
+        twistedprivate.read_into_target(transport, lambda: memoryview(memory), got.append, print)
         right.sendall(b"hello")
         transport.doRead()
         assert got == [5] and memory[:5] == b"hello"
@@ -302,9 +294,7 @@ def test_forget_read_into_restores_the_transports_own_doread() -> None:
 
     transport, _protocol, right = _server_on(MemoryReactor())
     try:
-        twistedprivate.read_into_target(
-            transport, lambda: memoryview(bytearray(16)), print, lambda: 0, print
-        )
+        twistedprivate.read_into_target(transport, lambda: memoryview(bytearray(16)), print, print)
         assert "doRead" in vars(transport)
         twistedprivate.forget_read_into(transport)
         assert "doRead" not in vars(transport)

@@ -494,7 +494,6 @@ class HTTPChannel(TransportSink):
                     inner,
                     functools.partial(read_target, self.server, self.reader),
                     self._read_done,
-                    self._body_room,
                     self._read_piece,
                 )
                 direct = True
@@ -514,10 +513,6 @@ class HTTPChannel(TransportSink):
         self.server.metrics.received(size)
         self.reader.receive_data(self.server.read_buffer[:size])
         self._after_read()
-
-    def _body_room(self) -> int:
-        room: int = self.reader.body_room
-        return room
 
     def _read_piece(self, data: bytes) -> None:
         """A read for a body kept in memory (``body_room``): the body keeps it as it is."""
@@ -987,13 +982,19 @@ class BodyReader(typing.Protocol):
     @property
     def in_body(self) -> bool: ...
 
+    @property
+    def body_room(self) -> int: ...
 
-def read_target(server: ServerState, parser: BodyReader) -> memoryview:
-    """Where the next read of a plain connection goes (twistedprivate.read_into_target) when
-    it is not a piece of a body kept in memory (the parser's ``body_room``): the server's
+
+def read_target(server: ServerState, parser: BodyReader) -> memoryview | int:
+    """Where the next read of a plain connection goes (twistedprivate.read_into_target): while
+    a body kept in memory arrives, the number of bytes to ``recv`` for its next piece (the
+    parser's ``body_room``: the body keeps the read's ``bytes`` as they are); else the server's
     shared buffer, whose bytes the parser copies if it keeps them: in large reads while a body
     arrives (a chunked or spooled one; fewer wake-ups), 64 KiB otherwise."""
-    return server.read_buffer if parser.in_body else server.head_buffer
+    if not parser.in_body:
+        return server.head_buffer
+    return parser.body_room or server.read_buffer
 
 
 class ServerFactory(Factory):

@@ -144,9 +144,7 @@ class GatewayChannel(TransportSink):
             self._prepare_socket()
             if self.reads_into_buffer:
                 target = functools.partial(read_target, self.server, self.parser)
-                twistedprivate.read_into_target(
-                    transport, target, self._read, self._body_room, self._read_piece
-                )
+                twistedprivate.read_into_target(transport, target, self._read, self._read_piece)
         self.server.connection_made(self)
         if self._socket is not None and self.state is _OPEN:
             # The web server writes its request as soon as it is connected: often it is in
@@ -163,10 +161,6 @@ class GatewayChannel(TransportSink):
 
     def _read(self, size: int) -> None:
         self.dataReceived(self.server.read_buffer[:size])  # type: ignore[arg-type]
-
-    def _body_room(self) -> int:
-        room: int = self.parser.body_room
-        return room
 
     def _read_piece(self, data: bytes) -> None:
         """A read for a body kept in memory (``body_room``): the body keeps it as it is."""

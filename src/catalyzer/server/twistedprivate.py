@@ -325,9 +325,8 @@ def close_disowned(transport: Any) -> None:
 
 def read_into_target(
     transport: Any,
-    target: Callable[[], memoryview],
+    target: Callable[[], memoryview | int],
     received: Callable[[int], object],
-    room: Callable[[], int],
     piece: Callable[[bytes], object],
 ) -> None:
     """Make a connected ``twisted.internet.tcp.Server`` read with ``recv_into`` into the writable
@@ -335,10 +334,11 @@ def read_into_target(
     time: a shared buffer, say) and tell ``received(n)`` how many bytes it took, instead of
     ``recv`` of a new ``bytes`` and ``protocol.dataReceived``.
 
-    While ``room()`` is not 0 (a body kept in memory is arriving, spool.MemoryBody), reads are
-    instead ``recv(room())``, each a new ``bytes`` the body keeps as it is, handed to
-    ``piece``, several in one turn while the socket fills them (the body's pieces are 64 KiB:
-    a 1 MiB body is 16 reads, not 16 wake-ups).
+    While ``target()`` returns a number instead (a body kept in memory is arriving,
+    spool.MemoryBody), reads are ``recv`` of that many bytes, each a new ``bytes`` the body
+    keeps as it is, handed to ``piece``, several in one turn while the socket fills them (the
+    body's pieces are 64 KiB: a 1 MiB body is 16 reads, not 16 wake-ups). One call decides both,
+    so a read that is not a body's costs no more than before.
 
     ``Connection.doRead`` offers no hook for this: the replacement keeps its meaning (an
     ``EWOULDBLOCK`` is nothing, another error is a lost connection, an empty read the end).
@@ -349,20 +349,20 @@ def read_into_target(
 
     def do_read() -> Any:
         try:
-            size = room()
-            if size:
+            into = target()
+            if type(into) is int:
                 for _ in range(_PIECES_PER_TURN):
-                    data = sock.recv(size)
+                    data = sock.recv(into)
                     if not data:
                         return main.CONNECTION_DONE
                     piece(data)
-                    if len(data) < size:  # the socket is most likely empty: no EAGAIN call
+                    if len(data) < into:  # the socket is most likely empty: no EAGAIN call
                         return None
-                    size = room()
-                    if not size:  # the body is complete; what follows it, next turn
+                    into = target()
+                    if type(into) is not int:  # the body is complete; what follows, next turn
                         return None
                 return None
-            n = sock.recv_into(target())
+            n = sock.recv_into(into)
         except OSError as e:
             if e.args[0] == errno.EWOULDBLOCK:
                 return None
