@@ -81,10 +81,6 @@ class MemoryBody:
         end = (self._filled // PIECE + 1) * PIECE
         return (end if end < self.length else self.length) - self._filled
 
-    @property
-    def filled(self) -> int:
-        return self._filled
-
     def add(self, data: bytes | memoryview) -> None:
         """Keep the next ``len(data)`` bytes of the body (at most what is still due). A ``bytes``
         of exactly :attr:`room` bytes is kept as it is; a view is copied (it may be of a reused
