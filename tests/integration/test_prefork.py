@@ -149,6 +149,7 @@ class Outcome:
     text: str = ""
     error: str = ""
     opened: float = 0.0  # when the connection it was sent on was opened
+    sent: float = 0.0  # time.monotonic() when the request (or its retry) was sent
 
 
 @dataclass
@@ -214,8 +215,10 @@ class Load:
             return len(self.successes) + len(self.failures)
 
     def since(self, start: float) -> list[Outcome]:
+        """The successes of requests sent at ``start`` or later. Not those that ended then:
+        a response a worker wrote just before it exited may be read after ``start``."""
         with self._lock:
-            return [o for o in self.successes if o.at >= start]
+            return [o for o in self.successes if o.sent >= start]
 
     def wait_for(self, n: int, server: ServerProcess, deadline: float = 20.0) -> None:
         """Wait until ``n`` more requests have ended (or the loop has finished)."""
@@ -263,6 +266,7 @@ class Load:
     def _one(self, slot: Slot) -> None:
         conn = slot.conn or self._open(slot)
         reused = slot.used > 0
+        sent = time.monotonic()
         try:
             try:
                 conn.request("GET", self.path)
@@ -275,6 +279,7 @@ class Load:
                         Outcome(time.monotonic(), slot.index, slot.pid, "", repr(e), slot.opened_at)
                     )
                 conn = self._open(slot)
+                sent = time.monotonic()
                 conn.request("GET", self.path)
                 response = conn.getresponse()
             body = response.read()
@@ -293,6 +298,7 @@ class Load:
             int(m.group("pid")) if m else slot.pid,
             m.group("text") if m else "",
             opened=slot.opened_at,
+            sent=sent,
         )
         if response.status != 200 or m is None:
             outcome.error = f"status {response.status}: {body[:200]!r}"
