@@ -68,7 +68,6 @@ class MemoryBody:
         self._pieces: list[bytes] = []
         self._parts: list[bytes] = []  # the piece being received, when it comes in parts
         self._parted = 0  # bytes in _parts
-        self._filled = 0  # bytes received, complete pieces and parts
         self._readable = 0  # bytes in complete pieces
         self._pos = 0
         self._closed = False
@@ -78,15 +77,16 @@ class MemoryBody:
     @property
     def room(self) -> int:
         """How many bytes complete the piece being received (0: the body is complete)."""
-        end = (self._filled // PIECE + 1) * PIECE
-        return (end if end < self.length else self.length) - self._filled
+        filled = self._readable + self._parted
+        end = (filled // PIECE + 1) * PIECE
+        return (end if end < self.length else self.length) - filled
 
     def add(self, data: bytes | memoryview) -> None:
         """Keep the next ``len(data)`` bytes of the body (at most what is still due). A ``bytes``
         of exactly :attr:`room` bytes is kept as it is; a view is copied (it may be of a reused
         buffer)."""
         size = len(data)
-        if size > self.length - self._filled:
+        if size > self.length - self._readable - self._parted:
             raise ValueError(f"{size} bytes past the end of a {self.length}-byte body")
         pos = 0
         while pos < size:
@@ -106,7 +106,6 @@ class MemoryBody:
                     self._readable += self._parted
                     self._parts = []
                     self._parted = 0
-            self._filled += take
             pos += take
 
     # -- reading
@@ -127,8 +126,12 @@ class MemoryBody:
             index += 1
             piece = self._pieces[index]
             want = size - got
-            parts.append(piece if want >= len(piece) else memoryview(piece)[:want])
-            got += len(piece) if want >= len(piece) else want
+            if want >= len(piece):
+                parts.append(piece)
+                got += len(piece)
+            else:
+                parts.append(memoryview(piece)[:want])
+                got = size
         return b"".join(parts)
 
     def read1(self, size: int | None = -1) -> bytes:
@@ -163,8 +166,7 @@ class MemoryBody:
         got = 0
         while got < size:
             piece = self._pieces[index]
-            stop = offset + size - got
-            stop = min(stop, len(piece))
+            stop = min(offset + size - got, len(piece))
             nl = piece.find(b"\n", offset, stop)
             end = nl + 1 if nl >= 0 else stop
             parts.append(piece[offset:end])
