@@ -98,6 +98,37 @@ def test_idle_keepalive_closed() -> None:
     assert conn.closed
 
 
+def test_idle_keepalive_counts_from_the_last_response() -> None:
+    server = InMemoryServer(hello, keepalive_timeout=5)
+    conn = server.connect()
+    conn.send(GET)
+    server.clock.advance(3)
+    conn.send(GET)
+    assert statuses(conn.output()) == [200, 200]
+    server.clock.advance(2)  # the first response's wait ends: three seconds of it are left
+    assert not conn.closed
+    server.clock.advance(2.99)
+    assert not conn.closed
+    server.clock.advance(0.01)
+    assert conn.closed
+
+
+def test_idle_keepalive_waits_for_a_request_under_way() -> None:
+    server = InMemoryServer(hello, keepalive_timeout=5)
+    conn = server.connect()
+    conn.send(GET)
+    server.clock.advance(4)
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the head is not complete at the deadline
+    server.clock.advance(1)
+    assert not conn.closed
+    conn.send(b"\r\n")
+    assert statuses(conn.output()) == [200, 200]
+    server.clock.advance(4.99)
+    assert not conn.closed
+    server.clock.advance(0.01)
+    assert conn.closed
+
+
 def test_stalled_write_aborts_and_closes_iterable() -> None:
     body = CountingIterable(chunks=1000)
     server = InMemoryServer(lambda e, s: (s("200 OK", []), body)[1], write_timeout=30)

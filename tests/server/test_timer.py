@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from catalyzer.server.timer import Timer
+from catalyzer.server.timer import Timer, made
 
 
 def test_start_fires_once_at_expiry() -> None:
@@ -64,3 +64,13 @@ def test_retire_cancels_and_lets_go_of_the_callback() -> None:
     timer.start(1.0)  # an owner that is gone arms nothing it could be called back for
     clock.advance(1.0)
     assert fired == []
+
+
+def test_made_keeps_a_timer_and_makes_one_for_none() -> None:
+    clock = Clock()
+    fired: list[str] = []
+    timer = made(None, clock, lambda: fired.append("new"))
+    assert made(timer, clock, lambda: fired.append("other")) is timer
+    timer.start(1)
+    clock.advance(1)
+    assert fired == ["new"]

@@ -49,7 +49,7 @@ from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.holding import HeadWatch
 from catalyzer.server.roommaker import RoomMaker, Sheddable, log_shed
 from catalyzer.server.shedding import Candidate, Standing
-from catalyzer.server.timer import Timer
+from catalyzer.server.timer import Timer, made
 from catalyzer.server.transportsink import TransportSink
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
@@ -80,6 +80,9 @@ _BODY_READ = 1024 * 1024
 # given this long to send one (answered with Connection: close) before it is closed. Clients
 # that send on a just-closed idle connection see an error (wrk does); this makes it rare.
 DRAIN_IDLE_GRACE = 1.0
+# A keep-alive wait this close to its end when its timer fires counts as ended (the clock's
+# rounding is not a reason to arm a timer again for a microsecond).
+_IDLE_SLACK = 0.001
 _OPTIONS_ALLOW = "Allow: OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE\r\n"
 
 
@@ -433,14 +436,14 @@ class HTTPChannel(TransportSink):
         self._reading_paused = False
         self._got_data = False
         self._in_next = False
-        clock = server.clock
-        self._header_timer = Timer(clock, self._header_timeout)
-        self._body_timer = Timer(clock, self._body_check)
+        # Each wait is made when first armed (timer.made): most connections arm few of them.
+        self._header_timer: Timer | None = None
+        self._body_timer: Timer | None = None
         self._body_mark = 0
-        self._idle_timer = Timer(clock, self._idle)
+        self._idle_timer: Timer | None = None
         self._idle_since = 0.0
-        self._linger_timer = Timer(clock, self._linger_expired)
-        self._drain_timer = Timer(clock, self._drain_idle)
+        self._linger_timer: Timer | None = None
+        self._drain_timer: Timer | None = None
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # base_environ, once per connection
         self._proxied = False
@@ -506,7 +509,13 @@ class HTTPChannel(TransportSink):
             if not (self.closing or self._reading_paused):  # a response may be running
                 transport.startReading()  # HTTPFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
-            self._header_timer.start(self.server.config.header_timeout)
+            self._start_header_timer()
+
+    def _start_header_timer(self) -> None:
+        timer = self._header_timer = made(
+            self._header_timer, self.server.clock, self._header_timeout
+        )
+        timer.start(self.server.config.header_timeout)
 
     def _read_done(self, size: int) -> None:
         self._got_data = True
@@ -548,7 +557,7 @@ class HTTPChannel(TransportSink):
             self._drain_timer,
         )
         for timer in timers:
-            if timer.pending is not None:  # most are not armed: skip the call
+            if timer is not None:
                 timer.cancel()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
@@ -561,7 +570,8 @@ class HTTPChannel(TransportSink):
                 event.body.close()
         self.server.connection_lost(self)
         for timer in timers:
-            timer.retire()
+            if timer is not None:
+                timer.retire()
         if self._socket is not None and not self._proxied:
             twistedprivate.forget_read_into(self.transport)
 
@@ -583,18 +593,20 @@ class HTTPChannel(TransportSink):
     # -- reading side
 
     def _after_read(self) -> None:
-        # Twice per request: the timers are usually not armed, so test before calling.
+        # Twice per request: the timers are usually not made or not armed: test before calling.
         reader = self.reader
         if reader.in_headers:
-            self._header_timer.start(self.server.config.header_timeout)
-        elif self._got_data and self._header_timer.pending is not None:
-            self._header_timer.cancel()
+            self._start_header_timer()
+        elif self._got_data and (timer := self._header_timer) is not None and timer.pending:
+            timer.cancel()
+        timer = self._body_timer
         if reader.in_body:
-            if self._body_timer.pending is None:
+            if timer is None or timer.pending is None:
                 self._body_mark = 0
-                self._body_timer.start(self.server.config.body_timeout)
-        elif self._body_timer.pending is not None:
-            self._body_timer.cancel()
+                timer = self._body_timer = made(timer, self.server.clock, self._body_check)
+                timer.start(self.server.config.body_timeout)
+        elif timer is not None and timer.pending is not None:
+            timer.cancel()
         if self.response is None:
             self._next()
         elif reader.queued >= self.server.config.max_pipeline or reader.stopped:
@@ -621,7 +633,8 @@ class HTTPChannel(TransportSink):
             self._after_read()
             return
         self._body_mark = request.body_length
-        self._body_timer.start(window)
+        timer = self._body_timer = made(self._body_timer, self.server.clock, self._body_check)
+        timer.start(window)
 
     def _pause_reading(self) -> None:
         transport: Any = self.transport
@@ -835,16 +848,23 @@ class HTTPChannel(TransportSink):
     # -- keep-alive, closing, draining
 
     def _arm_idle(self) -> None:
-        # One timer per connection, pushed back after each response (cheap for a later time)
-        # rather than cancelled and re-armed for every request.
-        if self.requests:
-            self._idle_timer.restart(self.server.config.keepalive_timeout)
+        # The wait is armed once and never pushed back: when it fires, _idle looks at when the
+        # last response ended (_idle_since) and waits out the rest. Moving a timer after every
+        # response cost a reactor call per request.
+        timer = self._idle_timer
+        if self.requests and (timer is None or timer.pending is None):
+            timer = self._idle_timer = made(timer, self.server.clock, self._idle)
+            timer.start(self.server.config.keepalive_timeout)
 
     def _idle(self) -> None:
         reader = self.reader
-        if self.response is None and not (reader.in_headers or reader.in_body or reader.queued):
+        if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
+            return  # a request is under way; _arm_idle starts a new wait after its response
+        rest = self._idle_since + self.server.config.keepalive_timeout - self.server.clock.seconds()
+        if rest > _IDLE_SLACK and self._idle_timer is not None:
+            self._idle_timer.start(rest)
+        else:
             self._close()
-        # Otherwise a request is under way; _arm_idle starts a new wait after its response.
 
     def shedding_candidate(self) -> Candidate[Sheddable] | None:
         """How far this connection is from an answer, if it may be shed to make room."""
@@ -879,7 +899,7 @@ class HTTPChannel(TransportSink):
         if self.state is not _CLOSING:
             self._enter(_CLOSING)
         for timer in (self._header_timer, self._body_timer, self._idle_timer):
-            if timer.pending is not None:
+            if timer is not None:
                 timer.cancel()
         transport: Any = self.transport
         if transport.disconnecting:  # already aborted
@@ -888,7 +908,10 @@ class HTTPChannel(TransportSink):
             return
         self._pause_reading()
         transport.loseConnection()
-        self._linger_timer.start(self.server.config.write_timeout)
+        timer = self._linger_timer = made(
+            self._linger_timer, self.server.clock, self._linger_expired
+        )
+        timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an
@@ -907,7 +930,8 @@ class HTTPChannel(TransportSink):
         if idle_for >= DRAIN_IDLE_GRACE and not self.unread_bytes():
             self._close()
         else:
-            self._drain_timer.start(max(0.0, DRAIN_IDLE_GRACE - idle_for))
+            timer = self._drain_timer = made(self._drain_timer, self.server.clock, self._drain_idle)
+            timer.start(max(0.0, DRAIN_IDLE_GRACE - idle_for))
 
     def _drain_idle(self) -> None:
         reader = self.reader

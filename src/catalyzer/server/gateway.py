@@ -44,7 +44,7 @@ from catalyzer.server.channel import (
     read_target,
 )
 from catalyzer.server.connstate import ConnState, check_transition
-from catalyzer.server.timer import Timer
+from catalyzer.server.timer import Timer, made
 from catalyzer.server.transportsink import TransportSink, send_now
 from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
 from catalyzer.wsgi.forwarded import apply_forwarded
@@ -90,12 +90,12 @@ class GatewayChannel(TransportSink):
         self._in_next = False
         self._paused = False
         self._got_data = False
-        clock = server.clock
-        self._header_timer = Timer(clock, self._header_timeout)
-        self._body_timer = Timer(clock, self._body_check)
+        # Each wait is made when first armed (timer.made): a uwsgi connection arms none.
+        self._header_timer: Timer | None = None
+        self._body_timer: Timer | None = None
         self._body_mark = 0
-        self._idle_timer = Timer(clock, self._idle)
-        self._linger_timer = Timer(clock, self._linger_expired)
+        self._idle_timer: Timer | None = None
+        self._linger_timer: Timer | None = None
 
     # -- for subclasses
 
@@ -154,7 +154,7 @@ class GatewayChannel(TransportSink):
             if not (self.closing or self._paused):  # a response may be running
                 transport.startReading()  # GatewayFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
-            self._header_timer.start(self.server.config.header_timeout)
+            self._start_header_timer()
 
     def _prepare_socket(self) -> None:
         """A plain TCP connection was accepted: set its socket options (before any write)."""
@@ -166,14 +166,16 @@ class GatewayChannel(TransportSink):
         """A read for a body kept in memory (``body_room``): the body keeps it as it is."""
         self._got_data = True
         self.server.metrics.received(len(data))
-        self._idle_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self.parser.received_piece(data)
         self._after_read()
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
         self.server.metrics.received(len(data))
-        self._idle_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self.parser.receive_data(data)
         self._after_read()
 
@@ -181,7 +183,7 @@ class GatewayChannel(TransportSink):
         self._enter(_CLOSED)
         timers = (self._header_timer, self._body_timer, self._idle_timer, self._linger_timer)
         for timer in timers:
-            if timer.pending is not None:  # most are not armed: skip the call
+            if timer is not None:
                 timer.cancel()
         if self.response is not None:
             self.response.abort("the web server closed the connection before the response ended")
@@ -193,7 +195,8 @@ class GatewayChannel(TransportSink):
         # No reference cycle is left through the channel: freed at once, not by the collector
         # (one connection per request behind nginx's uwsgi_pass).
         for timer in timers:
-            timer.retire()
+            if timer is not None:
+                timer.retire()
         if self._socket is not None and self.reads_into_buffer:
             twistedprivate.forget_read_into(self.transport)
 
@@ -206,16 +209,24 @@ class GatewayChannel(TransportSink):
         parser = self.parser
         config = self.server.config
         if parser.in_head:
-            self._header_timer.start(config.header_timeout)
-        else:
+            self._start_header_timer()
+        elif self._header_timer is not None:
             self._header_timer.cancel()
+        timer = self._body_timer
         if parser.in_body:
-            if not self._body_timer.armed:
+            if timer is None or not timer.armed:
                 self._body_mark = 0
-                self._body_timer.start(config.body_timeout)
-        else:
-            self._body_timer.cancel()
+                timer = self._body_timer = made(timer, self.server.clock, self._body_check)
+                timer.start(config.body_timeout)
+        elif timer is not None:
+            timer.cancel()
         self._next()
+
+    def _start_header_timer(self) -> None:
+        timer = self._header_timer = made(
+            self._header_timer, self.server.clock, self._header_timeout
+        )
+        timer.start(self.server.config.header_timeout)
 
     def _header_timeout(self) -> None:
         if self.response is None and not self.parser.in_body:
@@ -234,7 +245,8 @@ class GatewayChannel(TransportSink):
             self._broken(f"{self.face} request body slower than {wanted} bytes in {window:g}s")
             return
         self._body_mark = parser.body_received
-        self._body_timer.start(window)
+        timer = self._body_timer = made(self._body_timer, self.server.clock, self._body_check)
+        timer.start(window)
 
     def _next(self) -> None:
         if self._in_next:
@@ -422,7 +434,11 @@ class GatewayChannel(TransportSink):
         self._close()
 
     def _arm_idle(self) -> None:
-        self._idle_timer.restart(self.server.config.keepalive_timeout)
+        self._restart_idle(self.server.config.keepalive_timeout)
+
+    def _restart_idle(self, delay: float) -> None:
+        timer = self._idle_timer = made(self._idle_timer, self.server.clock, self._idle)
+        timer.restart(delay)
 
     def _idle(self) -> None:
         if self.response is None and not self.receiving and not self.unread_bytes():
@@ -434,7 +450,7 @@ class GatewayChannel(TransportSink):
         if self.state is not _CLOSING:
             self._enter(_CLOSING)
         for timer in (self._header_timer, self._body_timer, self._idle_timer):
-            if timer.pending is not None:
+            if timer is not None:
                 timer.cancel()
         transport: Any = self.transport
         if transport.disconnecting:  # already aborted
@@ -443,7 +459,10 @@ class GatewayChannel(TransportSink):
             return
         self._pause_reading()
         transport.loseConnection()
-        self._linger_timer.start(self.server.config.write_timeout)
+        timer = self._linger_timer = made(
+            self._linger_timer, self.server.clock, self._linger_expired
+        )
+        timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand and close an idle connection, but give a
@@ -455,7 +474,7 @@ class GatewayChannel(TransportSink):
             return
         wait = DRAIN_IDLE_GRACE - (self.server.clock.seconds() - self.opened)
         if self.unread_bytes() or (self.requests == 0 and wait > 0):
-            self._idle_timer.restart(max(wait, 0.0))  # _idle closes it unless a request came
+            self._restart_idle(max(wait, 0.0))  # _idle closes it unless a request came
         else:
             self._close()
 

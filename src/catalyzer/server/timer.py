@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from twisted.internet import interfaces
 
-__all__ = ["Timer"]
+__all__ = ["Timer", "made"]
 
 
 class Timer:
@@ -65,3 +65,12 @@ class Timer:
 
 def _nothing() -> None:
     pass
+
+
+def made(
+    timer: Timer | None, clock: interfaces.IReactorTime, callback: Callable[[], object]
+) -> Timer:
+    """``timer``, or a new one for ``callback`` if it is None. A connection has several waits and
+    most are never armed (a Connection: close request arms none): making each on first use
+    spares the objects, and their retirement, for every connection."""
+    return timer if timer is not None else Timer(clock, callback)
