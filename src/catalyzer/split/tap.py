@@ -22,6 +22,7 @@ from catalyzer.configfile import load_config_file
 from catalyzer.ops.introspection import registry as introspection
 from catalyzer.ops.statusapp import make_status_app
 from catalyzer.process.heap import keep_large_blocks
+from catalyzer.server import twistedprivate
 from catalyzer.server.channel import ServerState, describe_connections
 from catalyzer.server.endpointspec import (
     EndpointSpecError,
@@ -342,6 +343,7 @@ def makeFrontService(options: _SettingsOptions) -> Service:
         server = ServerState.from_config(_no_local_app, config, reactor, responder=front.responder)
     except OSError as e:
         raise _fail(command, f"--access-log {config.access_log!r}: {e.strerror or e}") from None
+    twistedprivate.dispatch_lightly(reactor)
     http = HTTPService(server, listen, reactor)
     root = SingleProcessRoot(
         http, reactor, "a front has nothing to reload (handlers run with --procs N reload on HUP)"
@@ -438,6 +440,7 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
         server = ServerState.from_config(app, config, reactor)
     except OSError as e:
         raise _fail(command, f"--access-log {config.access_log!r}: {e.strerror or e}") from None
+    twistedprivate.dispatch_lightly(reactor)
     try:
         service = HandlerService.build(config, server, reactor, generation=1)
     except (HandlerSetupError, KeyFileError) as e:

@@ -28,6 +28,7 @@ from catalyzer.process.children import set_title
 from catalyzer.process.heap import keep_large_blocks
 from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
+from catalyzer.server import twistedprivate
 from catalyzer.server.channel import ServerState
 from catalyzer.settings import Config
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
@@ -60,6 +61,7 @@ class HandlerWorker:
             multiprocess=True,
             scoreboard=Scoreboard(int(spec["scoreboard_fd"])),
         )
+        twistedprivate.dispatch_lightly(reactor)
         try:
             self.service = HandlerService.build(
                 config, self.server, reactor, generation=self.generation
