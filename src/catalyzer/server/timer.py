@@ -51,7 +51,7 @@ class Timer:
     def retire(self) -> None:
         """Cancel for good: the owner is gone. Drops the callback, usually a bound method of the
         owner, which holds this timer: a cycle that only the garbage collector would free."""
-        call = self.pending  # cancel(), inlined: five timers retire with every connection
+        call = self.pending  # cancel(), inlined: every timer a connection made retires with it
         if call is not None:
             self.pending = None
             if call.active():
