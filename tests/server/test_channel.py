@@ -87,46 +87,45 @@ def test_slow_body_408() -> None:
     assert conn.closed
 
 
-def test_idle_keepalive_closed() -> None:
-    server = InMemoryServer(hello, keepalive_timeout=5)
-    conn = server.connect()
-    conn.send(GET)
-    assert statuses(conn.output()) == [200]
-    server.clock.advance(4.99)
+def _closes_in(server: InMemoryServer, conn: Any, seconds: float) -> None:
+    """The connection is open until ``seconds`` from now and closed at that moment."""
+    server.clock.advance(seconds - 0.01)
     assert not conn.closed
     server.clock.advance(0.01)
     assert conn.closed
 
 
-def test_idle_keepalive_counts_from_the_last_response() -> None:
-    server = InMemoryServer(hello, keepalive_timeout=5)
+def _one_request(**settings: Any) -> tuple[InMemoryServer, Any]:
+    server = InMemoryServer(hello, **settings)
     conn = server.connect()
     conn.send(GET)
+    return server, conn
+
+
+def test_idle_keepalive_closed() -> None:
+    server, conn = _one_request(keepalive_timeout=5)
+    assert statuses(conn.output()) == [200]
+    _closes_in(server, conn, 5)
+
+
+def test_idle_keepalive_counts_from_the_last_response() -> None:
+    server, conn = _one_request(keepalive_timeout=5)
     server.clock.advance(3)
     conn.send(GET)
     assert statuses(conn.output()) == [200, 200]
     server.clock.advance(2)  # the first response's wait ends: three seconds of it are left
-    assert not conn.closed
-    server.clock.advance(2.99)
-    assert not conn.closed
-    server.clock.advance(0.01)
-    assert conn.closed
+    _closes_in(server, conn, 3)
 
 
 def test_idle_keepalive_waits_for_a_request_under_way() -> None:
-    server = InMemoryServer(hello, keepalive_timeout=5)
-    conn = server.connect()
-    conn.send(GET)
+    server, conn = _one_request(keepalive_timeout=5)
     server.clock.advance(4)
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the head is not complete at the deadline
     server.clock.advance(1)
     assert not conn.closed
     conn.send(b"\r\n")
     assert statuses(conn.output()) == [200, 200]
-    server.clock.advance(4.99)
-    assert not conn.closed
-    server.clock.advance(0.01)
-    assert conn.closed
+    _closes_in(server, conn, 5)
 
 
 def test_stalled_write_aborts_and_closes_iterable() -> None:
