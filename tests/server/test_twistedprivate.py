@@ -717,6 +717,34 @@ def test_dispatch_lightly_leaves_other_reactors() -> None:
     assert "doIteration" not in vars(r)
 
 
+def test_hooks_run_before_each_poll_and_before_its_events_are_handled() -> None:
+    r = _epoll_reactor()
+    a, b = socket.socketpair()
+    seen: list[object] = []
+    try:
+        assert twistedprivate.dispatch_lightly(r)
+        reader = _Reader(a)
+        r.addReader(reader)
+        assert twistedprivate.before_each_poll(r, lambda: seen.append(list(reader.reads)))
+        b.send(b"hello")
+        r.doIteration(0)
+        r.doIteration(0)  # nothing ready: the hook runs all the same
+        assert seen == [[], [b"hello"]]
+    finally:
+        _close_reactor(r)
+        a.close()
+        b.close()
+
+
+def test_no_hook_for_a_reactor_left_as_it_was() -> None:
+    assert not twistedprivate.before_each_poll(_memory(), lambda: None)
+    r = _epoll_reactor()  # an epoll reactor, but dispatch_lightly was not asked to change it
+    try:
+        assert not twistedprivate.before_each_poll(r, lambda: None)
+    finally:
+        _close_reactor(r)
+
+
 def _epoll_events(epoll_fd: int, fd: int) -> int:
     """The event mask ``fd`` is registered with in the epoll ``epoll_fd`` (from /proc)."""
     with open(f"/proc/self/fdinfo/{epoll_fd}") as f:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -115,3 +117,81 @@ def test_each_thread_shows_when_its_call_began_and_a_call_queued_behind_busy_thr
         release.set()
         pool.stop()
     assert pool.since == [0.0]
+
+
+def _wait_parked(pool: AppThreads, count: int) -> None:
+    """Until ``count`` threads of ``pool`` wait for a call (the test fails after DEADLINE)."""
+    deadline = time.monotonic() + DEADLINE
+    while pool.parked != count:
+        assert time.monotonic() < deadline, f"{pool.parked} threads parked, not {count}"
+        os.sched_yield()
+
+
+def test_a_call_queued_while_the_reactor_runs_wakes_a_thread_when_it_is_about_to_wait() -> None:
+    pool = AppThreads(1, HeldWakes())
+    pool.woken_at_poll = True
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+    pool.start()
+    try:
+        _wait_parked(pool, 1)
+        pool.callInThread(done.put, "ran")
+        assert pool.parked == 1  # nobody woken: only poll_begins (or a thread) could
+        pool.poll_begins()
+        assert done.get(timeout=DEADLINE) == "ran"
+    finally:
+        pool.stop()
+
+
+def test_a_call_queued_wakes_a_thread_at_once_unless_the_reactor_says_when_it_waits() -> None:
+    pool = AppThreads(1, HeldWakes())
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+    pool.start()
+    try:
+        _wait_parked(pool, 1)
+        pool.callInThread(done.put, "ran")
+        assert done.get(timeout=DEADLINE) == "ran"
+    finally:
+        pool.stop()
+
+
+def test_a_thread_that_takes_a_long_call_wakes_another_for_the_calls_behind_it() -> None:
+    pool = AppThreads(2, HeldWakes())
+    pool.woken_at_poll = True
+    release = threading.Event()
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+    pool.start()
+    try:
+        _wait_parked(pool, 2)
+        pool.callInThread(release.wait, 2 * DEADLINE)  # outlasts the wait for the one behind
+        pool.callInThread(done.put, "behind")
+        pool.poll_begins()  # wakes one thread; the long call must not hold up the one behind
+        assert done.get(timeout=DEADLINE) == "behind"
+        assert not release.is_set()
+    finally:
+        release.set()
+        pool.stop()
+
+
+def test_a_busy_thread_takes_the_next_call_itself() -> None:
+    pool = AppThreads(1, HeldWakes())
+    pool.woken_at_poll = True
+    release = threading.Event()
+    started: queue.SimpleQueue[str] = queue.SimpleQueue()
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def held() -> None:
+        started.put("held")
+        release.wait(DEADLINE)
+
+    pool.start()
+    try:
+        _wait_parked(pool, 1)
+        pool.callInThread(held)
+        pool.poll_begins()
+        assert started.get(timeout=DEADLINE) == "held"
+        pool.callInThread(done.put, "next")  # no poll_begins: the busy thread looks again
+        release.set()
+        assert done.get(timeout=DEADLINE) == "next"
+    finally:
+        release.set()
+        pool.stop()

@@ -349,6 +349,15 @@ class ServerState:
             if toggle is not None:
                 toggle()
 
+    def start_threads(self, reactor: Any) -> None:
+        """Start the ``--threads`` pool, if there is one. Where ``reactor`` can say when it is
+        about to wait for events, calls queued while it runs wake a thread only then."""
+        pool = self.threadpool
+        if pool is None:
+            return
+        pool.start()
+        pool.woken_at_poll = twistedprivate.before_each_poll(reactor, pool.poll_begins)
+
     # -- graceful stop
 
     def stop_keep_alive(self) -> None:

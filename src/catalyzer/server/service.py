@@ -58,8 +58,7 @@ class HTTPService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        if self.server.threadpool is not None:
-            self.server.threadpool.start()
+        self.server.start_threads(self.reactor)
         if self.server.access_log is not None:
             self._flusher = LoopingCall(self.server.access_log.flush)
             self._flusher.clock = self.server.clock

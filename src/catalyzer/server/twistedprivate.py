@@ -31,6 +31,7 @@ __all__ = [
     "HAProxyWrappingFactory",
     "TCPBind",
     "accept_lightly",
+    "before_each_poll",
     "close_flushed",
     "dispatch_lightly",
     "exclusive_wakeups",
@@ -492,14 +493,29 @@ def dispatch_lightly(reactor: Any) -> bool:
 
     if type(reactor) is not EPollReactor:
         return False
-    poll = functools.partial(_do_poll, reactor)
+    hooks: list[Callable[[], object]] = []
+    poll = functools.partial(_do_poll, reactor, hooks)
     patched: Any = reactor  # the instance's attributes shadow the class's methods
     patched.doPoll = patched.doIteration = poll
+    patched._catalyzer_before_poll = hooks
     return True
 
 
-def _do_poll(reactor: Any, timeout: float | None) -> None:
+def before_each_poll(reactor: Any, hook: Callable[[], object]) -> bool:
+    """Have ``reactor`` call ``hook`` each time it is about to wait for events, after its timed
+    and thread calls: the last moment before it lets go of the GIL for a while. False, changing
+    nothing, for a reactor :func:`dispatch_lightly` did not change."""
+    hooks: list[Callable[[], object]] | None = getattr(reactor, "_catalyzer_before_poll", None)
+    if hooks is None:
+        return False
+    hooks.append(hook)
+    return True
+
+
+def _do_poll(reactor: Any, hooks: list[Callable[[], object]], timeout: float | None) -> None:
     # EPollReactor.doPoll (Twisted 24.7 to 26.10), less log.callWithLogger around each event.
+    for hook in hooks:
+        hook()
     try:
         events = reactor._poller.poll(-1 if timeout is None else timeout, len(reactor._selectables))
     except OSError as err:

@@ -194,8 +194,7 @@ class HandlerService(MultiService):
                 },
             )
         MultiService.startService(self)
-        if self.server.threadpool is not None:
-            self.server.threadpool.start()
+        self.server.start_threads(self.reactor)
         if self.server.access_log is not None:
             self._flusher = LoopingCall(self.server.access_log.flush)
             self._flusher.clock = self.reactor
