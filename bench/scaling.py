@@ -2,6 +2,7 @@
 follows concurrency, and what an idle keep-alive connection costs in memory.
 
     .venv/bin/python -m bench.scaling [--runs 3] [--duration 5] [--threads 4] [--idle 10000]
+                                      [--only threads,concurrency,idle] [--source TREE/src]
 
 ``threads``: hello keep-alive with 50 connections, the app in the reactor's thread (the default)
 against ``--threads N``, started alternately (a fresh server each run); the overhead is
@@ -35,18 +36,20 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 IDLE_DEADLINE = 120.0
 
 
-def _serve(extra: list[str]) -> tuple[procs.Server, int, Path]:
+def _serve(extra: list[str], source: Path | None = None) -> tuple[procs.Server, int, Path]:
     port = procs.free_port()
     log = Path(f"/tmp/catalyzer-scaling-{port}.log")
     server = procs.start_server(
-        "catalyzer", [*_catalyzer("hello", port, "hello_keepalive", log), *extra], port, log
+        "catalyzer", [*_catalyzer("hello", port, "hello_keepalive", log), *extra], port, log, source
     )
     procs.wait_ready(server)
     return server, port, log
 
 
-def _measure(extra: list[str], connections: int, duration: int) -> dict[str, Any]:
-    server, port, log = _serve(extra)
+def _measure(
+    extra: list[str], connections: int, duration: int, source: Path | None
+) -> dict[str, Any]:
+    server, port, log = _serve(extra, source)
     try:
         result = run_wrk(port, connections, duration)
     finally:
@@ -60,7 +63,7 @@ def _measure(extra: list[str], connections: int, duration: int) -> dict[str, Any
 
 
 def _interleaved(
-    variants: dict[str, tuple[list[str], int]], runs: int, duration: int
+    variants: dict[str, tuple[list[str], int]], runs: int, duration: int, source: Path | None
 ) -> dict[str, Any]:
     """Each variant once per round, the order rotating by one each round; medians and runs."""
     names = list(variants)
@@ -68,7 +71,7 @@ def _interleaved(
     for run in range(runs):
         for name in names[run % len(names) :] + names[: run % len(names)]:
             extra, connections = variants[name]
-            measured[name].append(_measure(extra, connections, duration))
+            measured[name].append(_measure(extra, connections, duration, source))
     return {
         name: {
             "rps_median": statistics.median(r["rps"] or 0 for r in rs),
@@ -144,6 +147,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--only", default="threads,concurrency,idle")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="serve the catalyzer package of this directory (another tree's src, for an A/B)",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
@@ -152,6 +160,7 @@ def main() -> None:
             {"reactor": ([], 50), f"threads{args.threads}": (["--threads", str(args.threads)], 50)},
             args.runs,
             args.duration,
+            args.source,
         )
         base = threads["reactor"]["rps_median"]
         threaded = threads[f"threads{args.threads}"]["rps_median"]
@@ -159,7 +168,7 @@ def main() -> None:
         out["threads"] = threads
     if "concurrency" in only:
         out["concurrency"] = _interleaved(
-            {f"c{n}": ([], n) for n in (10, 100, 1000)}, args.runs, args.duration
+            {f"c{n}": ([], n) for n in (10, 100, 1000)}, args.runs, args.duration, args.source
         )
     if "idle" in only:
         out["idle"] = idle_cost(args.idle)
