@@ -115,19 +115,17 @@ class AppThreads:
         self._jobs.append(job)
         self._wake_one()
 
-    def _wake_one(self) -> bool:
+    def _wake_one(self) -> None:
         """Wake a parked thread for the calls queued, unless one woken already has yet to look
-        for them; False: nobody was woken, or nobody could be (every thread is busy, or about to
-        look for a call again)."""
+        for them. With none parked, every thread is busy or about to look for a call again."""
         if self._waking:
-            return True
+            return
         try:
             wake = self._parked.pop()
         except IndexError:
-            return False
+            return
         self._waking = True
         wake.release()
-        return True
 
     def _next(self, wake: threading.Lock) -> _Call | None:
         """The oldest call not yet taken, parking this thread until there is one.
