@@ -87,8 +87,9 @@ class AppThreads:
     def stop(self) -> None:
         """Let every thread finish the call in hand, then end them (called once no request is
         in flight)."""
-        for _ in self.threads:
-            self._queue(None)
+        # One None each; the thread that takes one wakes the next while any are left.
+        self._jobs.extend([None] * len(self.threads))
+        self._wake_one()
         for thread in self.threads:
             thread.join()
         self.threads = []
@@ -110,10 +111,6 @@ class AppThreads:
         for the calls it queued since it last did."""
         if self._jobs:
             self._wake_one()
-
-    def _queue(self, job: _Call | None) -> None:
-        self._jobs.append(job)
-        self._wake_one()
 
     def _wake_one(self) -> None:
         """Wake a parked thread for the calls queued, unless one woken already has yet to look
