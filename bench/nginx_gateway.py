@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,98 @@ def run_case(
         procs.stop_server(nginx)
         result["backend_stop"] = procs.stop_server(server)
     return result
+
+
+def run(runs: int, duration: int, only: set[str] | None = None) -> dict[str, Any]:
+    """Every (backend, scenario) ``runs`` times, in rounds that each start one backend further
+    on; per case the median req/s and every run's figure."""
+    if not Path(NGINX).exists():
+        return {"skipped": f"nginx is not installed ({NGINX})"}
+    backends = [b for b in BACKENDS if not only or b.name in only]
+    skipped = {b.name: why for b in backends if (why := b.available()) is not None}
+    backends = [b for b in backends if b.name not in skipped]
+    measured: dict[str, dict[str, list[dict[str, Any]]]] = {
+        b.name: {scenario: [] for scenario in SCENARIOS} for b in backends
+    }
+    with tempfile.TemporaryDirectory(prefix="catalyzer-nginx-bench-") as tmp:
+        for n in range(runs):
+            order = backends[n % len(backends) :] + backends[: n % len(backends)]
+            for backend in order:
+                for scenario in SCENARIOS:
+                    work = Path(tmp) / f"run{n}"
+                    work.mkdir(exist_ok=True)
+                    measured[backend.name][scenario].append(
+                        run_case(backend, scenario, duration, work)
+                    )
+    cases: dict[str, dict[str, Any]] = {}
+    for name, by_scenario in measured.items():
+        for scenario, rs in by_scenario.items():
+            rps = [None if "error" in r else r.get("rps") for r in rs]
+            good = [v for v in rps if v is not None]
+            cases[f"{name}/{scenario}"] = {
+                "rps_median": statistics.median(good) if good else None,
+                "rps": rps,
+                "errors": sum(int(r.get("error_total") or 0) for r in rs),
+                "failed": [r["error"].splitlines()[0] for r in rs if "error" in r],
+            }
+    return {
+        "runs": runs,
+        "duration": duration,
+        "workers": WORKERS,
+        "connections": CONNECTIONS,
+        "skipped": skipped,
+        "cases": cases,
+    }
+
+
+def ratio(
+    data: dict[str, Any], a: str, b: str, scenario: str
+) -> tuple[float | None, list[float | None]]:
+    """Backend ``a`` over ``b`` on ``scenario``: the ratio of medians, and run by run."""
+    ca, cb = (data.get("cases", {}).get(f"{n}/{scenario}") for n in (a, b))
+    if not ca or not cb or not ca["rps_median"] or not cb["rps_median"]:
+        return None, []
+    rounds = [x / y if x and y else None for x, y in zip(ca["rps"], cb["rps"], strict=True)]
+    return ca["rps_median"] / cb["rps_median"], rounds
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The section of docs/benchmarks.md."""
+    lines = ["## Behind nginx: uwsgi, FastCGI and HTTP faces (bench/nginx_gateway.py)", ""]
+    if "skipped" in data and isinstance(data["skipped"], str):
+        return [*lines, f"Not measured: {data['skipped']}.", ""]
+    lines += [
+        f"One nginx (1 worker, bodies buffered in memory) in front of each backend, configured "
+        "with the blocks `docs/deploying.md` shows (HTTP: upstream keep-alive); every backend "
+        f"runs {data['workers']} worker processes with its access log off. wrk -t2 "
+        f"-c{data['connections']} for {data['duration']} s against nginx; {data['runs']} runs "
+        "of every case, in rounds that each start one backend further on. `hello` is 13 bytes; "
+        "`post1m` a 1 MiB POST to an app that reads it all. req/s medians, then each run; "
+        "*vs catalyzer --uwsgi* divides medians.",
+        "",
+        "| backend | hello req/s | runs | vs catalyzer --uwsgi | post1m req/s | runs | vs catalyzer --uwsgi | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    cases = data["cases"]
+    names = sorted({key.split("/")[0] for key in cases}, key=[b.name for b in BACKENDS].index)
+    for name in names:
+        row = [f"| {name}"]
+        errors = 0
+        for scenario in SCENARIOS:
+            case = cases[f"{name}/{scenario}"]
+            errors += case["errors"] + len(case["failed"])
+            median = case["rps_median"]
+            versus, _ = ratio(data, name, "catalyzer-uwsgi", scenario)
+            row += [
+                "-" if median is None else f"{median:,.0f}",
+                " / ".join("-" if v is None else f"{v:,.0f}" for v in case["rps"]),
+                "-" if versus is None else f"{versus:.2f}x",
+            ]
+        row.append(str(errors))
+        lines.append(" | ".join(row) + " |")
+    for name, why in data.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} | | | | | | |")
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:

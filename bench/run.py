@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import prefork, procs, stream_rss
+from bench import large_rss, prefork, procs, stream_rss
 
 BENCH = procs.ROOT / "bench"
 RESULTS = BENCH / "results"
@@ -856,6 +856,9 @@ MAX_REQUESTS = 1000
 PACED_RATE = 50  # new connections per second
 PACED_SECONDS = 5
 PREFORK_RUNS = ("reload_hup", "max_requests", "split_paced")
+# Runs besides the wrk scenarios, named in --only like scenarios; all but the prefork runs
+# measure catalyzer alone (nginx: catalyzer's faces beside uWSGI's and gunicorn's uwsgi).
+EXTRA_RUNS = ("stream_rss", "large_rss", "scaling", "split", "nginx", *PREFORK_RUNS)
 
 
 def _start_prefork(name: str, extra: tuple[str, ...], log_dir: Path) -> procs.Server:
@@ -1286,6 +1289,7 @@ def targets(data: dict[str, Any]) -> list[str]:
                 f"- **missed** — 1 GiB stream peak RSS: {_fmt_mib(peak)} (target < "
                 f"{_fmt_mib(goal)}); over by {_fmt_mib(peak - goal + 1)}"
             )
+    lines += _memory_and_scaling_targets(data)
     cat2 = CATALYZER_PREFORK.name
     n = MULTI_PROCS
     lines += [
@@ -1376,6 +1380,89 @@ def targets(data: dict[str, Any]) -> list[str]:
                 _split_of(data, kind),
             )
         )
+    return lines + _nginx_targets(data.get("nginx"))
+
+
+def _memory_and_scaling_targets(data: dict[str, Any]) -> list[str]:
+    """Issue 11's one-process targets that bench/large_rss.py and bench/scaling.py measure."""
+    lines = []
+    big = data.get("large_rss") or {}
+    for app, what in (("huge", "one `bytes`"), ("huge_list", "a list of 1 MiB pieces")):
+        label = f"16 MiB response ({what}) to {large_rss.CLIENTS} clients, peak RSS over idle"
+        r = big.get(app)
+        if r is None or "peak_over_idle" not in r:
+            lines.append(f"- **not measured** — {label}")
+            continue
+        over, goal = r["peak_over_idle"], r["target_over_idle"]
+        verdict = "met" if over <= goal and r.get("ok") else "missed"
+        failed = "" if r.get("ok") else f"; the clients failed: {r.get('errors')}"
+        lines.append(
+            f"- **{verdict}** — {label}: {_fmt_mib(over)} (target at most {_fmt_mib(goal)})"
+            + failed
+        )
+    sc = data.get("scaling") or {}
+    threads = sc.get("threads")
+    if threads is None or threads.get("overhead") is None:
+        lines.append("- **not measured** — `--threads 4` overhead on hello keep-alive")
+    else:
+        cost, rounds = threads["overhead"], threads.get("overhead_rounds", [])
+        verdict = "met" if cost < 0.20 else "missed"
+        line = (
+            f"- **{verdict}** — `--threads {sc['thread_count']}` overhead on hello keep-alive "
+            f"(1 - threaded / default, medians): {cost:.1%} (target under 20%)"
+        )
+        if len(rounds) > 1:
+            line += "; per round " + " / ".join("-" if v is None else f"{v:.1%}" for v in rounds)
+        lines.append(line)
+    conc = sc.get("concurrency")
+    lines.append(
+        _target(
+            "hello keep-alive flat from 10 to 1,000 connections (lowest median over highest; "
+            "0.91 when the issue was filed)",
+            None if conc is None else conc.get("flatness"),
+            0.9,
+            "{:.2f}".format,
+        )
+    )
+    idle = sc.get("idle")
+    if idle is None or "bytes_per_connection" not in idle:
+        why = f" ({idle['skipped']})" if idle and "skipped" in idle else ""
+        lines.append(f"- **not measured** — memory per idle keep-alive connection{why}")
+    else:
+        per = idle["bytes_per_connection"]
+        verdict = (
+            "met" if per < 6 * 1024 and idle["still_open"] == idle["connections"] else "missed"
+        )
+        lines.append(
+            f"- **{verdict}** — memory per idle keep-alive connection ({idle['connections']:,} "
+            f"open, {idle['still_open']:,} still open when measured): {per:,} bytes (target "
+            "under 6 KiB)"
+        )
+    return lines
+
+
+def _nginx_targets(data: dict[str, Any] | None) -> list[str]:
+    """Issue 12: behind the same nginx, catalyzer --uwsgi at least equal to uWSGI and gunicorn."""
+    if data is None:
+        return []
+    from bench import nginx_gateway
+
+    lines = []
+    for peer, label in (
+        ("uwsgi-uwsgi-socket", "uWSGI `--uwsgi-socket`"),
+        ("gunicorn-uwsgi", "gunicorn `--protocol uwsgi`"),
+    ):
+        for scenario, what in (("hello", "hello"), ("post1m", "1 MiB POST")):
+            median, rounds = nginx_gateway.ratio(data, "catalyzer-uwsgi", peer, scenario)
+            lines.append(
+                _target(
+                    f"behind nginx, catalyzer `--uwsgi` vs {label}, {what} "
+                    f"({nginx_gateway.WORKERS} workers each)",
+                    Ratio(median, tuple(rounds)),
+                    1.0,
+                    "{:.2f}x".format,
+                )
+            )
     return lines
 
 
@@ -1438,6 +1525,10 @@ def _commands(data: dict[str, Any]) -> list[str]:
     if st and "command" in st:
         used = seen.setdefault("catalyzer", {}).setdefault(_command_text(st["command"]), [])
         used.append("stream_rss (APP=stream)")
+    for app, r in (data.get("large_rss") or {}).items():
+        if "command" in r:
+            used = seen.setdefault("catalyzer", {}).setdefault(_command_text(r["command"]), [])
+            used.append(f"large_rss (APP={app})")
     for name, r in data.get("prefork", {}).items():
         if "command" in r:
             by_cmd = seen.setdefault(CATALYZER_PREFORK.name, {})
@@ -1863,6 +1954,12 @@ def render(data: dict[str, Any]) -> str:
             ]
         else:
             lines += [f"Failed: {st.get('error', 'unknown error')}", ""]
+    if data.get("large_rss"):
+        lines += large_rss.markdown(data["large_rss"])
+    if data.get("scaling"):
+        from bench import scaling
+
+        lines += scaling.markdown(data["scaling"])
     multi = [scn for scn in data["scenarios"] if scn.get("section") == "multi"]
     if multi:
         lines += _multi_intro(data.get("wrk_threads", WRK_THREADS))
@@ -1870,6 +1967,10 @@ def render(data: dict[str, Any]) -> str:
             lines += _scenario_section(scn)
     if data.get("prefork") or any(_split_of(data, n) for n in ("hello_keepalive", "hello_close")):
         lines += _prefork_section(data)
+    if data.get("nginx"):
+        from bench import nginx_gateway
+
+        lines += nginx_gateway.markdown(data["nginx"])
     lines += [
         "## Server command lines",
         "",
@@ -1962,6 +2063,9 @@ def _scenario_notes(scn: dict[str, Any]) -> list[str]:
 
 PREFORK_ESTIMATE = 2 * (PREFORK_SECONDS + 8) + PACED_SECONDS + 5  # seconds, run once each
 STREAM_ESTIMATE = 45  # seconds for stream_rss (20 s slow reader, 1 GiB fast, start and stop)
+LARGE_RSS_ESTIMATE = 40  # seconds for bench/large_rss.py's two apps
+IDLE_ESTIMATE = 30  # seconds for bench/scaling.py's 10,000 idle connections
+NGINX_CASES = 10  # bench/nginx_gateway.py: 5 backends x 2 scenarios, each started afresh
 SPLIT_ESTIMATE = 125  # seconds per run of bench/split.py's scenarios at the default duration
 OVERHEAD_ESTIMATE = 1.5  # seconds per measurement besides wrk: start, checks, stop (measured ~1)
 
@@ -1991,6 +2095,11 @@ def estimate_seconds(
     total += PREFORK_ESTIMATE * len(extras & {"reload_hup", "max_requests", "split_paced"}) // 3
     total += STREAM_ESTIMATE if "stream_rss" in extras else 0
     total += SPLIT_ESTIMATE * method.runs * method.duration // DURATION if "split" in extras else 0
+    total += LARGE_RSS_ESTIMATE if "large_rss" in extras else 0
+    if "scaling" in extras:  # 2 thread variants and 3 concurrencies, then the idle count
+        total += method.runs * 5 * (method.duration + OVERHEAD_ESTIMATE) + IDLE_ESTIMATE
+    if "nginx" in extras:
+        total += method.runs * NGINX_CASES * (method.duration + 2 * OVERHEAD_ESTIMATE)
     return int(total)
 
 
@@ -2038,9 +2147,7 @@ def measure_scenario(
 
 def _full_run_minutes() -> int:
     everything = plan([*SCENARIOS, *MULTI_SCENARIOS], set(BY_SERVER))
-    return round(
-        estimate_seconds(everything, Method(), {"stream_rss", "split", *PREFORK_RUNS}) / 60
-    )
+    return round(estimate_seconds(everything, Method(), set(EXTRA_RUNS)) / 60)
 
 
 def write_doc(path: Path, data: dict[str, Any]) -> None:
@@ -2084,9 +2191,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default="",
         help="comma-separated server and/or scenario names; a run with no server name measures "
-        "every server, with no scenario name every scenario (stream_rss and the prefork runs "
+        "every server, with no scenario name every scenario (the runs besides wrk's scenarios "
         f"are scenarios); servers: {', '.join(BY_SERVER)}; scenarios: {', '.join(BY_SCENARIO)}, "
-        f"stream_rss, split, {', '.join(PREFORK_RUNS)}",
+        f"{', '.join(EXTRA_RUNS)}",
     )
     parser.add_argument(
         "--doc",
@@ -2111,7 +2218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     only = {n.strip() for n in args.only.split(",") if n.strip()}
-    extra_runs = {"stream_rss", "split", *PREFORK_RUNS}
+    extra_runs = set(EXTRA_RUNS)
     unknown = only - set(BY_SERVER) - set(BY_SCENARIO) - extra_runs
     if unknown:
         parser.error(f"unknown name(s): {', '.join(sorted(unknown))}")
@@ -2130,8 +2237,7 @@ def main(argv: list[str] | None = None) -> int:
     if CATALYZER_PREFORK.name not in pick_servers:
         extras -= set(PREFORK_RUNS)
     if "catalyzer" not in pick_servers:
-        extras.discard("stream_rss")
-        extras.discard("split")
+        extras -= {"stream_rss", "large_rss", "scaling", "split", "nginx"}
     expected = estimate_seconds(planned, method, extras)
     print(
         f"{method.runs} run(s) of {method.duration} s per (scenario, server), wrk "
@@ -2205,6 +2311,32 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+    if "large_rss" in extras:
+        data["large_rss"] = {}
+        for app in ("huge", "huge_list"):
+            print(f"[{time.monotonic() - started:6.0f}s] large_rss {app} / catalyzer ...")
+            r = data["large_rss"][app] = large_rss.run(log_dir, app)
+            print(
+                "         "
+                + (
+                    f"{_fmt_mib(r['peak_over_idle'])} over idle, ok={r['ok']}"
+                    if "peak_over_idle" in r
+                    else r.get("error", "failed")
+                ),
+                flush=True,
+            )
+    if "scaling" in extras:
+        from bench import scaling
+
+        print(f"[{time.monotonic() - started:6.0f}s] scaling / catalyzer ...", flush=True)
+        data["scaling"] = scaling.run(
+            {"threads", "concurrency", "idle"}, method.runs, method.duration
+        )
+    if "nginx" in extras:
+        from bench import nginx_gateway
+
+        print(f"[{time.monotonic() - started:6.0f}s] nginx / catalyzer and peers ...", flush=True)
+        data["nginx"] = nginx_gateway.run(method.runs, method.duration)
     data["elapsed_seconds"] = round(time.monotonic() - started, 1)
     data["machine"]["loadavg_after"] = os.getloadavg()
 

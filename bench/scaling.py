@@ -140,6 +140,111 @@ def _open(s: socket.socket) -> bool:
         return False
 
 
+CONCURRENCY = (10, 100, 1000)
+THREADS_OVERHEAD_TARGET = 0.20  # issue 11: --threads N costs under 20% on hello
+FLATNESS_TARGET = 0.90  # lowest over highest median; the issue's own baseline was 0.91
+IDLE_TARGET = 6 * 1024  # bytes per idle keep-alive connection
+
+
+def run(
+    only: set[str],
+    runs: int,
+    duration: int,
+    threads: int = 4,
+    idle: int = 10000,
+    source: Path | None = None,
+) -> dict[str, Any]:
+    """The figures ``only`` names (threads, concurrency, idle), as :func:`main` prints them."""
+    out: dict[str, Any] = {
+        "loadavg_before": os.getloadavg(),
+        "runs": runs,
+        "duration": duration,
+        "thread_count": threads,
+    }
+    if "threads" in only:
+        measured = _interleaved(
+            {"reactor": ([], 50), f"threads{threads}": (["--threads", str(threads)], 50)},
+            runs,
+            duration,
+            source,
+        )
+        base = measured["reactor"]["rps_median"]
+        threaded = measured[f"threads{threads}"]["rps_median"]
+        measured["overhead"] = round(1 - threaded / base, 3) if base else None
+        measured["overhead_rounds"] = [
+            round(1 - t / b, 3) if b and t is not None else None
+            for t, b in zip(
+                measured[f"threads{threads}"]["rps"], measured["reactor"]["rps"], strict=True
+            )
+        ]
+        out["threads"] = measured
+    if "concurrency" in only:
+        measured = _interleaved({f"c{n}": ([], n) for n in CONCURRENCY}, runs, duration, source)
+        medians = [measured[f"c{n}"]["rps_median"] for n in CONCURRENCY]
+        measured["flatness"] = round(min(medians) / max(medians), 3) if max(medians) else None
+        out["concurrency"] = measured
+    if "idle" in only:
+        out["idle"] = idle_cost(idle)
+    out["loadavg_after"] = os.getloadavg()
+    return out
+
+
+def _rps_runs(measured: dict[str, Any]) -> str:
+    return " / ".join(f"{v:,.0f}" if v is not None else "-" for v in measured["rps"])
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The section of docs/benchmarks.md for these figures."""
+    lines = [
+        "### One process: `--threads`, concurrency, idle connections (bench/scaling.py)",
+        "",
+        f"hello keep-alive, wrk -t2, {data['duration']} s per measurement, {data['runs']} runs "
+        "of each variant alternating (the order rotating each round), a fresh server each; "
+        "req/s medians, then each run.",
+        "",
+    ]
+    threads = data.get("threads")
+    if threads:
+        name = f"threads{data['thread_count']}"
+        lines += [
+            "| 50 connections | req/s | runs | p99 (ms), each run |",
+            "|---|--:|--:|--:|",
+            f"| app in the reactor's thread (default) | {threads['reactor']['rps_median']:,.0f} "
+            f"| {_rps_runs(threads['reactor'])} | "
+            + " / ".join(f"{v:g}" for v in threads["reactor"]["p99_ms"] if v is not None)
+            + " |",
+            f"| `--threads {data['thread_count']}` | {threads[name]['rps_median']:,.0f} | "
+            f"{_rps_runs(threads[name])} | "
+            + " / ".join(f"{v:g}" for v in threads[name]["p99_ms"] if v is not None)
+            + " |",
+            "",
+            f"Overhead of the thread pool: {threads['overhead']:.1%} of the medians.",
+            "",
+        ]
+    conc = data.get("concurrency")
+    if conc:
+        lines += ["| connections | req/s | runs |", "|---|--:|--:|"]
+        for n in CONCURRENCY:
+            lines.append(
+                f"| {n:,} | {conc[f'c{n}']['rps_median']:,.0f} | {_rps_runs(conc[f'c{n}'])} |"
+            )
+        lines += ["", f"Lowest median over highest: {conc['flatness']:.2f}.", ""]
+    idle = data.get("idle")
+    if idle:
+        if "skipped" in idle:
+            lines += [f"Idle connections: not measured ({idle['skipped']}).", ""]
+        else:
+            lines += [
+                f"{idle['connections']:,} keep-alive connections, each answered once "
+                f"({idle['answered']:,} answers, {idle['still_open']:,} still open when "
+                f"measured): RSS {idle['rss_before_mib']} MiB before, "
+                f"{idle['rss_after_mib']} MiB after, **{idle['bytes_per_connection']:,} bytes "
+                "per connection**.",
+                "",
+            ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -153,26 +258,9 @@ def main() -> None:
         help="serve the catalyzer package of this directory (another tree's src, for an A/B)",
     )
     args = parser.parse_args()
-    only = set(args.only.split(","))
-    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
-    if "threads" in only:
-        threads = _interleaved(
-            {"reactor": ([], 50), f"threads{args.threads}": (["--threads", str(args.threads)], 50)},
-            args.runs,
-            args.duration,
-            args.source,
-        )
-        base = threads["reactor"]["rps_median"]
-        threaded = threads[f"threads{args.threads}"]["rps_median"]
-        threads["overhead"] = round(1 - threaded / base, 3) if base else None
-        out["threads"] = threads
-    if "concurrency" in only:
-        out["concurrency"] = _interleaved(
-            {f"c{n}": ([], n) for n in (10, 100, 1000)}, args.runs, args.duration, args.source
-        )
-    if "idle" in only:
-        out["idle"] = idle_cost(args.idle)
-    out["loadavg_after"] = os.getloadavg()
+    out = run(
+        set(args.only.split(",")), args.runs, args.duration, args.threads, args.idle, args.source
+    )
     print(json.dumps(out, indent=2))
 
 

@@ -167,6 +167,101 @@ def test_procs2_targets_compare_medians_across_sections() -> None:
     assert any("1 process, 1 MiB POST (never slower): 1.10x" in line for line in lines)
 
 
+def _scaling(threaded: list[float], default: list[float], per_conn: int) -> dict[str, Any]:
+    def variant(rps: list[float]) -> dict[str, Any]:
+        return {"rps_median": sorted(rps)[1], "rps": rps, "p99_ms": [1.0] * 3, "errors": [0] * 3}
+
+    threads = {"reactor": variant(default), "threads4": variant(threaded)}
+    threads["overhead"] = round(1 - threads["threads4"]["rps_median"] / sorted(default)[1], 3)
+    threads["overhead_rounds"] = [
+        round(1 - t / d, 3) for t, d in zip(threaded, default, strict=True)
+    ]
+    concurrency = {
+        f"c{n}": variant([v, v, v]) for n, v in ((10, 1000.0), (100, 1200.0), (1000, 960.0))
+    }
+    concurrency["flatness"] = 0.8
+    return {
+        "runs": 3,
+        "duration": 8,
+        "thread_count": 4,
+        "threads": threads,
+        "concurrency": concurrency,
+        "idle": {
+            "connections": 10_000,
+            "answered": 10_000,
+            "still_open": 10_000,
+            "rss_before_mib": 50.0,
+            "rss_after_mib": 100.0,
+            "bytes_per_connection": per_conn,
+        },
+    }
+
+
+def test_scaling_and_memory_targets_are_marked_from_their_runs() -> None:
+    data = _data([])
+    data["scaling"] = _scaling([850.0, 900.0, 700.0], [1000.0, 1000.0, 1000.0], 5_000)
+    data["large_rss"] = {
+        "huge": {"ok": True, "peak_over_idle": 20 * 2**20, "target_over_idle": 32 * 2**20},
+        "huge_list": {"ok": True, "peak_over_idle": 40 * 2**20, "target_over_idle": 32 * 2**20},
+    }
+    text = "\n".join(run.targets(data))
+    assert "**met** — `--threads 4` overhead on hello keep-alive" in text
+    assert "15.0% (target under 20%); per round 15.0% / 10.0% / 30.0%" in text
+    assert "**missed** — hello keep-alive flat from 10 to 1,000 connections" in text
+    assert "**met** — memory per idle keep-alive connection (10,000 open" in text
+    assert "**met** — 16 MiB response (one `bytes`)" in text
+    assert "**missed** — 16 MiB response (a list of 1 MiB pieces)" in text
+    data["scaling"] = _scaling([700.0, 700.0, 700.0], [1000.0, 1000.0, 1000.0], 7_000)
+    del data["large_rss"]
+    text = "\n".join(run.targets(data))
+    assert "**missed** — `--threads 4` overhead on hello keep-alive" in text
+    assert "**missed** — memory per idle keep-alive connection" in text
+    assert "**not measured** — 16 MiB response (one `bytes`)" in text
+
+
+def test_scaling_renders_every_run() -> None:
+    from bench import scaling
+
+    text = "\n".join(scaling.markdown(_scaling([850.0, 900.0, 700.0], [1.0e3] * 3, 5_000)))
+    assert "| `--threads 4` | 850 | 850 / 900 / 700 |" in text
+    assert "| 1,000 | 960 | 960 / 960 / 960 |" in text
+    assert "**5,000 bytes per connection**" in text
+
+
+def test_nginx_targets_divide_medians_and_show_each_round() -> None:
+    from bench import nginx_gateway
+
+    def case(rps: list[float | None]) -> dict[str, Any]:
+        good = sorted(v for v in rps if v is not None)
+        return {"rps_median": good[len(good) // 2], "rps": rps, "errors": 0, "failed": []}
+
+    data = _data([])
+    data["nginx"] = {
+        "runs": 3,
+        "duration": 8,
+        "workers": 2,
+        "connections": 32,
+        "skipped": {"gunicorn-uwsgi": "no --protocol uwsgi"},
+        "cases": {
+            "catalyzer-uwsgi/hello": case([800.0, 900.0, 1000.0]),
+            "catalyzer-uwsgi/post1m": case([100.0, 100.0, 100.0]),
+            "uwsgi-uwsgi-socket/hello": case([1000.0, 1000.0, 1000.0]),
+            "uwsgi-uwsgi-socket/post1m": case([50.0, None, 100.0]),
+        },
+    }
+    text = "\n".join(run.targets(data))
+    assert "**missed** — behind nginx, catalyzer `--uwsgi` vs uWSGI `--uwsgi-socket`, hello" in text
+    assert "0.90x (target 1.00x)" in text
+    assert "per round 0.80x / 0.90x / 1.00x" in text
+    assert (
+        "**met** — behind nginx, catalyzer `--uwsgi` vs uWSGI `--uwsgi-socket`, 1 MiB POST" in text
+    )
+    assert "**not measured** — behind nginx, catalyzer `--uwsgi` vs gunicorn" in text
+    page = "\n".join(nginx_gateway.markdown(data["nginx"]))
+    assert "| uwsgi-uwsgi-socket | 1,000 | 1,000 / 1,000 / 1,000 | 1.11x |" in page
+    assert "| gunicorn-uwsgi | skipped: no --protocol uwsgi |" in page
+
+
 @pytest.mark.parametrize("argv", [["--runs", "0"], ["--duration", "0"], ["--only", "nope"]])
 def test_bad_options_are_refused_before_anything_runs(
     argv: list[str], capsys: pytest.CaptureFixture[str]
