@@ -171,8 +171,9 @@ def run(log_dir: Path, app: str = "huge", nprocs: int = 1) -> dict[str, Any]:
     return result
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def size(n: int) -> str:
+    """Bytes of RSS for the page: KiB below a MiB, where a tenth of a MiB would show 0.0."""
+    return f"{n / 1024:,.0f} KiB" if abs(n) < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 def markdown(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -184,7 +185,7 @@ def markdown(results: dict[str, dict[str, Any]]) -> list[str]:
         f"{ROUNDS} rounds: `huge` returns one `bytes` object, `huge_list` a list of sixteen 1 MiB "
         "pieces. Each client reads the first 64 KiB, then, once all have, the rest as fast as it "
         "can; RSS is sampled every 20 ms. The app's own 16 MiB is in the idle figure; the target "
-        f"is at most {_mib(TARGET_OVER_IDLE)} over idle (no copy of the body per connection).",
+        f"is at most {size(TARGET_OVER_IDLE)} over idle (no copy of the body per connection).",
         "",
         "| app | idle RSS | peak RSS | over idle | rate |",
         "|---|--:|--:|--:|--:|",
@@ -194,8 +195,8 @@ def markdown(results: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"| `{app}` | failed: {r.get('error') or r.get('errors')} | | | |")
             continue
         lines.append(
-            f"| `{app}` | {_mib(r['idle_rss'])} | {_mib(r['peak_rss'])} | "
-            f"{_mib(r['peak_over_idle'])} | {r['rate'] / 1e6:,.0f} MB/s |"
+            f"| `{app}` | {size(r['idle_rss'])} | {size(r['peak_rss'])} | "
+            f"{size(r['peak_over_idle'])} | {r['rate'] / 1e6:,.0f} MB/s |"
         )
     return [*lines, ""]
 
