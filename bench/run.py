@@ -2160,6 +2160,14 @@ def write_doc(path: Path, data: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
+def _outcome(result: dict[str, Any], key: str, summary: Callable[[dict[str, Any]], str]) -> None:
+    """Print a run's summary, or its error when it has no ``key``."""
+    print(
+        "         " + (summary(result) if key in result else result.get("error", "failed")),
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -2304,29 +2312,19 @@ def main(argv: list[str] | None = None) -> int:
     if "stream_rss" in pick_scenarios and "catalyzer" in pick_servers:
         print(f"[{time.monotonic() - started:6.0f}s] stream_rss / catalyzer ...", flush=True)
         data["stream_rss"] = stream_rss.run(log_dir)
-        st = data["stream_rss"]
-        print(
-            "         "
-            + (
-                f"peak RSS {_fmt_mib(st['peak_rss'])}, complete={st['fast']['complete']}"
-                if "peak_rss" in st
-                else st.get("error", "failed")
-            ),
-            flush=True,
+        _outcome(
+            data["stream_rss"],
+            "peak_rss",
+            lambda st: f"peak RSS {_fmt_mib(st['peak_rss'])}, complete={st['fast']['complete']}",
         )
     if "large_rss" in extras:
         data["large_rss"] = {}
         for app in ("huge", "huge_list"):
             print(f"[{time.monotonic() - started:6.0f}s] large_rss {app} / catalyzer ...")
-            r = data["large_rss"][app] = large_rss.run(log_dir, app)
-            print(
-                "         "
-                + (
-                    f"{_fmt_mib(r['peak_over_idle'])} over idle, ok={r['ok']}"
-                    if "peak_over_idle" in r
-                    else r.get("error", "failed")
-                ),
-                flush=True,
+            _outcome(
+                data["large_rss"].setdefault(app, large_rss.run(log_dir, app)),
+                "peak_over_idle",
+                lambda r: f"{large_rss.size(r['peak_over_idle'])} over idle, ok={r['ok']}",
             )
     if "scaling" in extras:
         from bench import scaling
