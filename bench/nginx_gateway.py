@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
-from bench.run import POST_SCRIPT, run_wrk
+from bench.run import POST_SCRIPT, round_order, run_wrk
 
 BIN = procs.VENV_BIN
 DEPLOYING = procs.ROOT / "docs" / "deploying.md"
@@ -229,7 +229,7 @@ def run(runs: int, duration: int, only: set[str] | None = None) -> dict[str, Any
     """Every (backend, scenario) ``runs`` times, in rounds that each start one backend further
     on; per case the median req/s and every run's figure."""
     if not Path(NGINX).exists():
-        return {"skipped": f"nginx is not installed ({NGINX})"}
+        return {"unavailable": f"nginx is not installed ({NGINX})"}
     backends = [b for b in BACKENDS if not only or b.name in only]
     skipped = {b.name: why for b in backends if (why := b.available()) is not None}
     backends = [b for b in backends if b.name not in skipped]
@@ -237,12 +237,11 @@ def run(runs: int, duration: int, only: set[str] | None = None) -> dict[str, Any
         b.name: {scenario: [] for scenario in SCENARIOS} for b in backends
     }
     with tempfile.TemporaryDirectory(prefix="catalyzer-nginx-bench-") as tmp:
-        for n in range(runs):
-            order = backends[n % len(backends) :] + backends[: n % len(backends)]
-            for backend in order:
+        for n in range(1, runs + 1):
+            work = Path(tmp) / f"run{n}"
+            work.mkdir()
+            for backend in round_order(backends, n):
                 for scenario in SCENARIOS:
-                    work = Path(tmp) / f"run{n}"
-                    work.mkdir(exist_ok=True)
                     measured[backend.name][scenario].append(
                         run_case(backend, scenario, duration, work)
                     )
@@ -281,8 +280,8 @@ def ratio(
 def markdown(data: dict[str, Any]) -> list[str]:
     """The section of docs/benchmarks.md."""
     lines = ["## Behind nginx: uwsgi, FastCGI and HTTP faces (bench/nginx_gateway.py)", ""]
-    if "skipped" in data and isinstance(data["skipped"], str):
-        return [*lines, f"Not measured: {data['skipped']}.", ""]
+    if "unavailable" in data:
+        return [*lines, f"Not measured: {data['unavailable']}.", ""]
     lines += [
         f"One nginx (1 worker, bodies buffered in memory) in front of each backend, configured "
         "with the blocks `docs/deploying.md` shows (HTTP: upstream keep-alive); every backend "

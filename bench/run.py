@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -840,7 +840,10 @@ def runs_of(r: dict[str, Any]) -> list[dict[str, Any]]:
     return runs
 
 
-def round_order(specs: list[ServerSpec], run: int) -> list[ServerSpec]:
+_T = TypeVar("_T")
+
+
+def round_order(specs: list[_T], run: int) -> list[_T]:
     """Round ``run`` (1-based) measures every server once, starting one server further on each
     round, so that no server is always measured first (or right after a given other one)."""
     if not specs:
@@ -1387,6 +1390,8 @@ def targets(data: dict[str, Any]) -> list[str]:
 
 def _memory_and_scaling_targets(data: dict[str, Any]) -> list[str]:
     """Issue 11's one-process targets that bench/large_rss.py and bench/scaling.py measure."""
+    from bench import scaling  # it imports this module
+
     lines = []
     big = data.get("large_rss") or {}
     for app, what in (("huge", "one `bytes`"), ("huge_list", "a list of 1 MiB pieces")):
@@ -1408,10 +1413,11 @@ def _memory_and_scaling_targets(data: dict[str, Any]) -> list[str]:
         lines.append("- **not measured** — `--threads 4` overhead on hello keep-alive")
     else:
         cost, rounds = threads["overhead"], threads.get("overhead_rounds", [])
-        verdict = "met" if cost < 0.20 else "missed"
+        goal = scaling.THREADS_OVERHEAD_TARGET
+        verdict = "met" if cost < goal else "missed"
         line = (
             f"- **{verdict}** — `--threads {sc['thread_count']}` overhead on hello keep-alive "
-            f"(1 - threaded / default, medians): {cost:.1%} (target under 20%)"
+            f"(1 - threaded / default, medians): {cost:.1%} (target under {goal:.0%})"
         )
         if len(rounds) > 1:
             line += "; per round " + " / ".join("-" if v is None else f"{v:.1%}" for v in rounds)
@@ -1422,7 +1428,7 @@ def _memory_and_scaling_targets(data: dict[str, Any]) -> list[str]:
             "hello keep-alive flat from 10 to 1,000 connections (lowest median over highest; "
             "0.91 when the issue was filed)",
             None if conc is None else conc.get("flatness"),
-            0.9,
+            scaling.FLATNESS_TARGET,
             "{:.2f}".format,
         )
     )
@@ -1432,13 +1438,12 @@ def _memory_and_scaling_targets(data: dict[str, Any]) -> list[str]:
         lines.append(f"- **not measured** — memory per idle keep-alive connection{why}")
     else:
         per = idle["bytes_per_connection"]
-        verdict = (
-            "met" if per < 6 * 1024 and idle["still_open"] == idle["connections"] else "missed"
-        )
+        goal = scaling.IDLE_TARGET
+        verdict = "met" if per < goal and idle["still_open"] == idle["connections"] else "missed"
         lines.append(
             f"- **{verdict}** — memory per idle keep-alive connection ({idle['connections']:,} "
             f"open, {idle['still_open']:,} still open when measured): {per:,} bytes (target "
-            "under 6 KiB)"
+            f"under {goal // 1024} KiB)"
         )
     return lines
 

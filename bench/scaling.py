@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
-from bench.run import _catalyzer, run_wrk
+from bench.run import _catalyzer, round_order, run_wrk
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 IDLE_DEADLINE = 120.0
@@ -68,8 +68,8 @@ def _interleaved(
     """Each variant once per round, the order rotating by one each round; medians and runs."""
     names = list(variants)
     measured: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for run in range(runs):
-        for name in names[run % len(names) :] + names[: run % len(names)]:
+    for run in range(1, runs + 1):
+        for name in round_order(names, run):
             extra, connections = variants[name]
             measured[name].append(_measure(extra, connections, duration, source))
     return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from catalyzer.server.timer import Timer, made
+from catalyzer.server.timer import Timer, made, started
 
 
 def test_start_fires_once_at_expiry() -> None:
@@ -74,3 +74,13 @@ def test_made_keeps_a_timer_and_makes_one_for_none() -> None:
     timer.start(1)
     clock.advance(1)
     assert fired == ["new"]
+
+
+def test_started_arms_a_new_timer_and_leaves_an_armed_one_its_deadline() -> None:
+    clock = Clock()
+    fired: list[float] = []
+    timer = started(None, clock, lambda: fired.append(clock.seconds()), 2)
+    clock.advance(1)
+    assert started(timer, clock, lambda: fired.append(-1.0), 5) is timer
+    clock.advance(1)
+    assert fired == [2.0]

@@ -49,7 +49,7 @@ from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.holding import HeadWatch
 from catalyzer.server.roommaker import RoomMaker, Sheddable, log_shed
 from catalyzer.server.shedding import Candidate, Standing
-from catalyzer.server.timer import Timer, made
+from catalyzer.server.timer import Timer, started
 from catalyzer.server.transportsink import TransportSink
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
@@ -521,10 +521,12 @@ class HTTPChannel(TransportSink):
             self._start_header_timer()
 
     def _start_header_timer(self) -> None:
-        timer = self._header_timer = made(
-            self._header_timer, self.server.clock, self._header_timeout
+        self._header_timer = started(
+            self._header_timer,
+            self.server.clock,
+            self._header_timeout,
+            self.server.config.header_timeout,
         )
-        timer.start(self.server.config.header_timeout)
 
     def _read_done(self, size: int) -> None:
         self._got_data = True
@@ -612,8 +614,9 @@ class HTTPChannel(TransportSink):
         if reader.in_body:
             if timer is None or timer.pending is None:
                 self._body_mark = 0
-                timer = self._body_timer = made(timer, self.server.clock, self._body_check)
-                timer.start(self.server.config.body_timeout)
+                self._body_timer = started(
+                    timer, self.server.clock, self._body_check, self.server.config.body_timeout
+                )
         elif timer is not None and timer.pending is not None:
             timer.cancel()
         if self.response is None:
@@ -642,8 +645,7 @@ class HTTPChannel(TransportSink):
             self._after_read()
             return
         self._body_mark = request.body_length
-        timer = self._body_timer = made(self._body_timer, self.server.clock, self._body_check)
-        timer.start(window)
+        self._body_timer = started(self._body_timer, self.server.clock, self._body_check, window)
 
     def _pause_reading(self) -> None:
         transport: Any = self.transport
@@ -862,8 +864,9 @@ class HTTPChannel(TransportSink):
         # response cost a reactor call per request.
         timer = self._idle_timer
         if self.requests and (timer is None or timer.pending is None):
-            timer = self._idle_timer = made(timer, self.server.clock, self._idle)
-            timer.start(self.server.config.keepalive_timeout)
+            self._idle_timer = started(
+                timer, self.server.clock, self._idle, self.server.config.keepalive_timeout
+            )
 
     def _idle(self) -> None:
         reader = self.reader
@@ -917,10 +920,12 @@ class HTTPChannel(TransportSink):
             return
         self._pause_reading()
         transport.loseConnection()
-        timer = self._linger_timer = made(
-            self._linger_timer, self.server.clock, self._linger_expired
+        self._linger_timer = started(
+            self._linger_timer,
+            self.server.clock,
+            self._linger_expired,
+            self.server.config.write_timeout,
         )
-        timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an
@@ -939,8 +944,12 @@ class HTTPChannel(TransportSink):
         if idle_for >= DRAIN_IDLE_GRACE and not self.unread_bytes():
             self._close()
         else:
-            timer = self._drain_timer = made(self._drain_timer, self.server.clock, self._drain_idle)
-            timer.start(max(0.0, DRAIN_IDLE_GRACE - idle_for))
+            self._drain_timer = started(
+                self._drain_timer,
+                self.server.clock,
+                self._drain_idle,
+                max(0.0, DRAIN_IDLE_GRACE - idle_for),
+            )
 
     def _drain_idle(self) -> None:
         reader = self.reader

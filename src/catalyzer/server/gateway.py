@@ -44,7 +44,7 @@ from catalyzer.server.channel import (
     read_target,
 )
 from catalyzer.server.connstate import ConnState, check_transition
-from catalyzer.server.timer import Timer, made
+from catalyzer.server.timer import Timer, made, started
 from catalyzer.server.transportsink import TransportSink, send_now
 from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
 from catalyzer.wsgi.forwarded import apply_forwarded
@@ -216,17 +216,20 @@ class GatewayChannel(TransportSink):
         if parser.in_body:
             if timer is None or not timer.armed:
                 self._body_mark = 0
-                timer = self._body_timer = made(timer, self.server.clock, self._body_check)
-                timer.start(config.body_timeout)
+                self._body_timer = started(
+                    timer, self.server.clock, self._body_check, config.body_timeout
+                )
         elif timer is not None:
             timer.cancel()
         self._next()
 
     def _start_header_timer(self) -> None:
-        timer = self._header_timer = made(
-            self._header_timer, self.server.clock, self._header_timeout
+        self._header_timer = started(
+            self._header_timer,
+            self.server.clock,
+            self._header_timeout,
+            self.server.config.header_timeout,
         )
-        timer.start(self.server.config.header_timeout)
 
     def _header_timeout(self) -> None:
         if self.response is None and not self.parser.in_body:
@@ -245,8 +248,7 @@ class GatewayChannel(TransportSink):
             self._broken(f"{self.face} request body slower than {wanted} bytes in {window:g}s")
             return
         self._body_mark = parser.body_received
-        timer = self._body_timer = made(self._body_timer, self.server.clock, self._body_check)
-        timer.start(window)
+        self._body_timer = started(self._body_timer, self.server.clock, self._body_check, window)
 
     def _next(self) -> None:
         if self._in_next:
@@ -459,10 +461,12 @@ class GatewayChannel(TransportSink):
             return
         self._pause_reading()
         transport.loseConnection()
-        timer = self._linger_timer = made(
-            self._linger_timer, self.server.clock, self._linger_expired
+        self._linger_timer = started(
+            self._linger_timer,
+            self.server.clock,
+            self._linger_expired,
+            self.server.config.write_timeout,
         )
-        timer.start(self.server.config.write_timeout)
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand and close an idle connection, but give a

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from twisted.internet import interfaces
 
-__all__ = ["Timer", "made"]
+__all__ = ["Timer", "made", "started"]
 
 
 class Timer:
@@ -74,3 +74,16 @@ def made(
     most are never armed (a Connection: close request arms none): making each on first use
     spares the objects, and their retirement, for every connection."""
     return timer if timer is not None else Timer(clock, callback)
+
+
+def started(
+    timer: Timer | None,
+    clock: interfaces.IReactorTime,
+    callback: Callable[[], object],
+    delay: float,
+) -> Timer:
+    """:func:`made`, then :meth:`Timer.start`: the timer to keep, armed for ``delay`` unless it
+    was armed already."""
+    timer = made(timer, clock, callback)
+    timer.start(delay)
+    return timer
