@@ -425,6 +425,12 @@ _CLOSED = ConnState.CLOSED
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
+def header_wait(timer: Timer | None, server: ServerState, timeout: Callable[[], object]) -> Timer:
+    """A connection's wait for a request head, made on first use and armed unless it is armed
+    already: the HTTP and gateway channels wait the same way."""
+    return started(timer, server.clock, timeout, server.config.header_timeout)
+
+
 class HTTPChannel(TransportSink):
     """One client connection: the :class:`~catalyzer.wsgi.sink.ResponseSink` of its responses.
 
@@ -518,15 +524,7 @@ class HTTPChannel(TransportSink):
             if not (self.closing or self._reading_paused):  # a response may be running
                 transport.startReading()  # HTTPFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
-            self._start_header_timer()
-
-    def _start_header_timer(self) -> None:
-        self._header_timer = started(
-            self._header_timer,
-            self.server.clock,
-            self._header_timeout,
-            self.server.config.header_timeout,
-        )
+            self._header_timer = header_wait(self._header_timer, self.server, self._header_timeout)
 
     def _read_done(self, size: int) -> None:
         self._got_data = True
@@ -607,7 +605,7 @@ class HTTPChannel(TransportSink):
         # Twice per request: the timers are usually not made or not armed: test before calling.
         reader = self.reader
         if reader.in_headers:
-            self._start_header_timer()
+            self._header_timer = header_wait(self._header_timer, self.server, self._header_timeout)
         elif self._got_data and (timer := self._header_timer) is not None and timer.pending:
             timer.cancel()
         timer = self._body_timer

@@ -41,6 +41,7 @@ from catalyzer.server.channel import (
     ServerState,
     _connection_info,
     _proxy_header_note,
+    header_wait,
     read_target,
 )
 from catalyzer.server.connstate import ConnState, check_transition
@@ -154,7 +155,7 @@ class GatewayChannel(TransportSink):
             if not (self.closing or self._paused):  # a response may be running
                 transport.startReading()  # GatewayFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
-            self._start_header_timer()
+            self._header_timer = header_wait(self._header_timer, self.server, self._header_timeout)
 
     def _prepare_socket(self) -> None:
         """A plain TCP connection was accepted: set its socket options (before any write)."""
@@ -209,7 +210,7 @@ class GatewayChannel(TransportSink):
         parser = self.parser
         config = self.server.config
         if parser.in_head:
-            self._start_header_timer()
+            self._header_timer = header_wait(self._header_timer, self.server, self._header_timeout)
         elif self._header_timer is not None:
             self._header_timer.cancel()
         timer = self._body_timer
@@ -222,14 +223,6 @@ class GatewayChannel(TransportSink):
         elif timer is not None:
             timer.cancel()
         self._next()
-
-    def _start_header_timer(self) -> None:
-        self._header_timer = started(
-            self._header_timer,
-            self.server.clock,
-            self._header_timeout,
-            self.server.config.header_timeout,
-        )
 
     def _header_timeout(self) -> None:
         if self.response is None and not self.parser.in_body:
