@@ -390,16 +390,22 @@ def test_kill_9_one_worker_under_load(prefork: Callable[..., ServerProcess]) -> 
     ), summary
     assert not [o for o in running.failures if o.at > ready_at], summary
     assert {o.pid for o in running.since(ready_at)} <= {survivor, replacement}, summary
-    # Afterwards everything succeeds, and the replacement serves too (new connections).
-    pids = set()
-    for _ in range(60):
+    # Afterwards both workers serve new connections. One is held in a slow call so that the
+    # other must take the next connection: with EPOLLEXCLUSIVE the kernel hands a sequential
+    # client's connections to whichever idle worker waits first, so a loop of requests could
+    # meet the survivor every time.
+    tag = token()
+    conn = server.connection()
+    try:
+        conn.request("GET", f"/slow?seconds=5&token={tag}")  # time enough on a loaded machine
+        server.wait_for_log(rf"slow-started {tag}$")
         status, _, pid = get(server)
-        assert status == 200
-        pids.add(pid)
-        if replacement in pids:
-            break
-    assert replacement in pids
-    assert pids <= {survivor, replacement}
+        response = conn.getresponse()
+        _, slow_pid = parse(response.read())
+    finally:
+        conn.close()
+    assert (status, response.status) == (200, 200)
+    assert {pid, slow_pid} == {survivor, replacement}, (pid, slow_pid, survivor, replacement)
     assert server.proc.poll() is None
 
 
