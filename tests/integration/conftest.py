@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -518,6 +519,23 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     # The fields after the parenthesised command name (which may itself contain ")").
     fields = stat[stat.rfind(b")") + 2 :].split()
     return fields[0].decode(), int(fields[1]), int(fields[19])
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What the server still sends before it closes the connection (bounded by the timeout)."""
+    sock.settimeout(CLIENT_TIMEOUT)
+    data = b""
+    for _ in range(1000):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    else:
+        pytest.fail(f"the server kept sending: {data[:200]!r}...")
+    return data
 
 
 def pid_alive(pid: int) -> bool:

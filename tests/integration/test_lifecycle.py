@@ -10,7 +10,13 @@ import uuid
 
 import pytest
 
-from tests.integration.conftest import CLIENT_TIMEOUT, Launcher, ServerProcess, SplitServer
+from tests.integration.conftest import (
+    CLIENT_TIMEOUT,
+    Launcher,
+    ServerProcess,
+    SplitServer,
+    read_until_closed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +42,6 @@ def start_request(server: ServerProcess, path: str, marker: str) -> http.client.
     conn.request("GET", f"{path}{'&' if '?' in path else '?'}token={tag}")
     server.wait_for_log(rf"{marker} {tag}$")
     return conn
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """What the server still sends before it closes the connection (bounded by the timeout)."""
-    sock.settimeout(CLIENT_TIMEOUT)
-    data = b""
-    for _ in range(1000):
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    else:
-        pytest.fail(f"the server kept sending: {data[:200]!r}...")
-    return data
 
 
 def test_sigterm_idle_exits_zero(start_server: Launcher) -> None:

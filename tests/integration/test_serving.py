@@ -23,7 +23,13 @@ from urllib.parse import quote
 import pytest
 
 from tests.integration import apps
-from tests.integration.conftest import CLIENT_TIMEOUT, REPO, Launcher, ServerProcess
+from tests.integration.conftest import (
+    CLIENT_TIMEOUT,
+    REPO,
+    Launcher,
+    ServerProcess,
+    read_until_closed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +184,19 @@ def test_keep_alive_reuses_the_connection(served: ServerProcess) -> None:
         conn.close()
     # The server saw both requests come from the same client socket.
     assert first_info["remote_port"] == second_info["remote_port"] == str(local_port)
+
+
+def test_half_closed_client_gets_its_answer(served: ServerProcess) -> None:
+    """A client that shuts down its sending side after its request (``nc -N``, some health
+    checkers) is answered, then closed: the EOF arrives while the app runs (in a pool thread with
+    ``--threads``), and only a half-closeable channel hears it as "no more requests" rather
+    than as the connection lost."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(b"GET /slow?seconds=0.3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
+    assert data.endswith(b"\r\n\r\nslow done\n"), data[-200:]
 
 
 def test_environ_seen_by_the_app(served: ServerProcess) -> None:

@@ -424,13 +424,13 @@ _CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
 
-@implementer(interfaces.IHalfCloseableProtocol)
 def header_wait(timer: Timer | None, server: ServerState, timeout: Callable[[], object]) -> Timer:
     """A connection's wait for a request head, made on first use and armed unless it is armed
     already: the HTTP and gateway channels wait the same way."""
     return started(timer, server.clock, timeout, server.config.header_timeout)
 
 
+@implementer(interfaces.IHalfCloseableProtocol)
 class HTTPChannel(TransportSink):
     """One client connection: the :class:`~catalyzer.wsgi.sink.ResponseSink` of its responses.
 
