@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -251,6 +252,49 @@ def test_uwsgi_upload_progress_is_recorded() -> None:
 
 
 # -- FastCGI
+
+
+def test_fastcgi_progress_answered_by_the_master_then_the_connection_serves_on() -> None:
+    """In prefork mode the entry comes from the master: the kept connection waits for it,
+    answers, then takes the next request."""
+    pending: list[Deferred[dict[str, object]]] = []
+
+    def ask(upload_id: str) -> Deferred[dict[str, object]]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    app = RecordingApp()
+    values = {"app": "in.memory:app", "access-log": "off", "progress-path": "/progress"}
+    state = ServerState(app, Config.from_values(values), Clock(), progress_source=ask)
+    conn = Conn(state, FastCGIChannel)
+    poll = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/progress?X-Progress-ID=up1"}
+    conn.send(fcgi({**poll, "DOCUMENT_URI": "/progress"}))
+    assert conn.output() == b""  # waiting for the master
+    pending[0].callback({"state": "uploading", "received": 7, "size": 9})
+    recs = records(conn.output())
+    head, _, body = stdout_of(recs).partition(b"\r\n\r\n")
+    assert head.startswith(b"Status: 200 OK\r\n")
+    assert json.loads(body) == {"state": "uploading", "received": 7, "size": 9}
+    assert ends(recs) == [(1, f.REQUEST_COMPLETE)]
+    conn.transport.clear()
+    conn.send(fcgi({**FASTCGI_GET, "DOCUMENT_URI": "/next"}, request_id=2))
+    assert ends(records(conn.output())) == [(2, f.REQUEST_COMPLETE)]
+    assert [c.path for c in app.calls] == ["/next"]
+    assert not conn.closed
+
+
+def test_fastcgi_progress_source_failure_is_a_503_entry() -> None:
+    failing: Deferred[dict[str, object]] = Deferred()
+    values = {"app": "in.memory:app", "access-log": "off", "progress-path": "/progress"}
+    state = ServerState(
+        RecordingApp(), Config.from_values(values), Clock(), progress_source=lambda _: failing
+    )
+    conn = Conn(state, FastCGIChannel)
+    poll = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/progress?X-Progress-ID=up2"}
+    conn.send(fcgi({**poll, "DOCUMENT_URI": "/progress"}))
+    failing.errback(ConnectionError("master gone"))
+    _, _, body = stdout_of(records(conn.output())).partition(b"\r\n\r\n")
+    assert json.loads(body)["status"] == 503
 
 
 def test_fastcgi_get_keep_conn() -> None:

@@ -28,7 +28,6 @@ from email.utils import formatdate
 from typing import Any
 
 from twisted.internet import interfaces, tcp
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
@@ -45,12 +44,12 @@ from catalyzer.ops.metrics import RequestMetrics
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.acceptguard import AcceptGuard
-from catalyzer.server.connstate import ConnState, check_transition
+from catalyzer.server.connection import ServerConnection, connection_info, header_wait, retire
+from catalyzer.server.connstate import ConnState
 from catalyzer.server.holding import HeadWatch
 from catalyzer.server.roommaker import RoomMaker, Sheddable, log_shed
 from catalyzer.server.shedding import Candidate, Standing
-from catalyzer.server.timer import Timer, started
-from catalyzer.server.transportsink import TransportSink
+from catalyzer.server.timer import started
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
 from catalyzer.wsgi.filewrapper import FileWrapper
@@ -424,59 +423,20 @@ _CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
 
-def header_wait(timer: Timer | None, server: ServerState, timeout: Callable[[], object]) -> Timer:
-    """A connection's wait for a request head, made on first use and armed unless it is armed
-    already: the HTTP and gateway channels wait the same way."""
-    return started(timer, server.clock, timeout, server.config.header_timeout)
-
-
 @implementer(interfaces.IHalfCloseableProtocol)
-class HTTPChannel(TransportSink):
+class HTTPChannel(ServerConnection):
     """One client connection: the :class:`~catalyzer.wsgi.sink.ResponseSink` of its responses.
-
-    Its state (:class:`~catalyzer.server.connstate.ConnState`) changes only through
-    :meth:`_enter`, which checks the transition table."""
+    Its state, waits and closing are :class:`~catalyzer.server.connection.ServerConnection`'s."""
 
     def __init__(self, server: ServerState) -> None:
-        self.server = server
+        super().__init__(server)
         self.reader = RequestReader(server.limits, server.progress)
-        self.state = _OPEN
         self.response: Responder | None = None
-        self.info: ConnectionInfo | None = None
-        self.requests = 0
-        self.opened = 0.0
         # When the last response ended: a prefork worker's watchdog thread reads it to tell the
         # connection the app is serving from the others (catalyzer.prefork.handoff.movable).
         self.ended_at = 0.0
-        self._reading_paused = False
-        self._got_data = False
-        self._in_next = False
-        # Each wait is made when first armed (timer.made): most connections arm few of them.
-        self._header_timer: Timer | None = None
-        self._body_timer: Timer | None = None
-        self._body_mark = 0
-        self._idle_timer: Timer | None = None
         self._idle_since = 0.0
-        self._linger_timer: Timer | None = None
-        self._drain_timer: Timer | None = None
-        self._socket = None
-        self._environ_base: dict[str, Any] | None = None  # base_environ, once per connection
         self._proxied = False
-
-    def _enter(self, new: ConnState) -> None:
-        # check_transition inlined: this runs twice a request.
-        if new not in self.state.successors:  # type: ignore[attr-defined]
-            check_transition(self.state, new)  # raises IllegalTransition
-        self.state = new
-
-    @property
-    def closing(self) -> bool:
-        """No further request is taken: the connection is closing or closed."""
-        return self.state is _CLOSING or self.state is _CLOSED
-
-    @property
-    def disconnected(self) -> bool:
-        return self.state is _CLOSED
 
     @property
     def receiving(self) -> bool:
@@ -499,7 +459,7 @@ class HTTPChannel(TransportSink):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
-        self.info = _connection_info(transport)
+        self.info = connection_info(transport)
         # Behind a PROXY protocol wrapper the addresses are known once the header is in (the
         # first dataReceived); the socket is the wrapped transport's.
         self._proxied = isinstance(transport, twistedprivate.HAProxyProtocolWrapper)
@@ -543,7 +503,7 @@ class HTTPChannel(TransportSink):
         if not self._got_data:
             self._got_data = True
             if self._proxied:
-                self.info = _connection_info(self.transport)
+                self.info = connection_info(self.transport)
         self.server.metrics.received(len(data))
         self.reader.receive_data(data)
         self._after_read()
@@ -557,35 +517,18 @@ class HTTPChannel(TransportSink):
         self._close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._enter(_CLOSED)
-        timers = (
-            self._header_timer,
-            self._body_timer,
-            self._idle_timer,
-            self._linger_timer,
-            self._drain_timer,
-        )
-        for timer in timers:
-            if timer is not None:
-                timer.cancel()
+        timers = self._lost()
         if self.response is not None:
             self.response.abort("client disconnected before the response was complete")
-        # close(), not receive_eof(): with the timers' retirement below, this leaves no reference
-        # cycle through the channel, so it is freed at once instead of by the garbage collector
-        # (~30 objects a connection, 9% of a Connection: close request's instructions).
+        # close(), not receive_eof(): with retire() below, no reference cycle is left.
         self.reader.close()
         while (event := self.reader.next_event()) is not None:
             if isinstance(event, Request) and event.body is not None:
                 event.body.close()
         self.server.connection_lost(self)
-        for timer in timers:
-            if timer is not None:
-                timer.retire()
+        retire(timers)
         if self._socket is not None and not self._proxied:
             twistedprivate.forget_read_into(self.transport)
-
-    def _linger_expired(self) -> None:
-        self.abort("client did not read")
 
     # -- ResponseSink (the rest is TransportSink's)
 
@@ -645,12 +588,6 @@ class HTTPChannel(TransportSink):
         self._body_mark = request.body_length
         self._body_timer = started(self._body_timer, self.server.clock, self._body_check, window)
 
-    def _pause_reading(self) -> None:
-        transport: Any = self.transport
-        if not self._reading_paused and self.state is not _CLOSED and not transport.disconnecting:
-            self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-
     def _resume_reading(self) -> None:
         if self._reading_paused and self.state is not _CLOSED:
             self._reading_paused = False
@@ -688,7 +625,11 @@ class HTTPChannel(TransportSink):
         if server.progress is not None and (
             request.target.partition(b"?")[0] == server.progress_path
         ):
-            self._answer_progress(request, server.progress)
+            self._answer_progress(
+                upload_id_from(request.target, request.headers),
+                server.progress,
+                functools.partial(self._send_progress, request),
+            )
             return
         if request.target == b"*":
             if request.method == "OPTIONS":
@@ -714,35 +655,6 @@ class HTTPChannel(TransportSink):
             server.response_services, self, request, environ, self._response_done
         )
         response.run()
-
-    def _answer_progress(self, request: Request, progress: ProgressTracker) -> None:
-        upload_id = upload_id_from(request.target, request.headers)
-        source = self.server.progress_source
-        if upload_id is None:
-            entry: dict[str, object] = {
-                "state": "error",
-                "received": 0,
-                "size": None,
-                "status": 400,
-            }
-            self._send_progress(request, entry)
-        elif source is None:
-            now = self.server.clock.seconds()
-            self._send_progress(request, progress.registry.get(upload_id, now))
-        else:
-            self._enter(_AWAITING)
-            d = source(upload_id)
-            d.addErrback(lambda f: {"state": "error", "received": 0, "size": None, "status": 503})
-            d.addCallback(lambda entry: self._progress_arrived(request, entry))
-
-    def _progress_arrived(self, request: Request, entry: dict[str, object]) -> None:
-        if self.state is _CLOSED:
-            return
-        if self.state is _AWAITING:
-            self._enter(_OPEN)
-        self._send_progress(request, entry)
-        if self.state is _OPEN:
-            self._next()
 
     def _send_progress(self, request: Request, entry: dict[str, object]) -> None:
         self._respond_directly(
@@ -902,29 +814,6 @@ class HTTPChannel(TransportSink):
         else:
             self._close()
 
-    def _close(self) -> None:
-        """Close after what has been written is flushed; abort if the client won't take it."""
-        if self.state is _CLOSED:
-            return
-        if self.state is not _CLOSING:
-            self._enter(_CLOSING)
-        for timer in (self._header_timer, self._body_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        transport: Any = self.transport
-        if transport.disconnecting:  # already aborted
-            return
-        if self.close_now():  # nothing to flush: closed, connectionLost has run
-            return
-        self._pause_reading()
-        transport.loseConnection()
-        self._linger_timer = started(
-            self._linger_timer,
-            self.server.clock,
-            self._linger_expired,
-            self.server.config.write_timeout,
-        )
-
     def drain(self) -> None:
         """Server shutdown: finish the request in hand (announcing Connection: close); close an
         idle connection once it has been idle for DRAIN_IDLE_GRACE (a new one: since it was
@@ -995,25 +884,6 @@ def describe_connections(server: ServerState) -> str:
             f"  {peer}: {state}; {channel.requests} requests, open {now - channel.opened:.1f}s"
         )
     return "\n".join(lines)
-
-
-def _connection_info(transport: Any) -> ConnectionInfo:
-    addresses = twistedprivate.tcp4_addresses(transport)
-    if addresses is not None:  # the common case, without two address objects
-        (host_name, host_port), (peer_name, peer_port) = addresses
-        return ConnectionInfo(host_name, str(host_port), peer_name, str(peer_port), "http")
-    host = transport.getHost()
-    peer = transport.getPeer()
-    scheme = "https" if interfaces.ISSLTransport.providedBy(transport) else "http"
-    if isinstance(host, IPv4Address | IPv6Address):
-        server_name, server_port = host.host, str(host.port)
-    else:
-        server_name, server_port = "localhost", ""
-    if isinstance(peer, IPv4Address | IPv6Address):
-        remote_addr, remote_port = peer.host, str(peer.port)
-    else:
-        remote_addr, remote_port = "", ""
-    return ConnectionInfo(server_name, server_port, remote_addr, remote_port, scheme)
 
 
 class BodyReader(typing.Protocol):

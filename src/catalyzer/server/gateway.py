@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from catalyzer.http.cgi import CGIRequest, Malformed, Refused
 from catalyzer.http.fastcgi import Abort, FastCGIParser, Reply, end_request, stdout_records
 from catalyzer.http.framing import simple_response
-from catalyzer.http.progress import ProgressTracker, upload_id_from
+from catalyzer.http.progress import upload_id_from
 from catalyzer.http.reader import STATUS_REASONS
 from catalyzer.http.uwsgi import UwsgiParser
 from catalyzer.ops import trace
@@ -39,15 +39,14 @@ from catalyzer.server.channel import (
     DRAIN_IDLE_GRACE,
     ServerFactory,
     ServerState,
-    _connection_info,
     _proxy_header_note,
-    header_wait,
     read_target,
 )
-from catalyzer.server.connstate import ConnState, check_transition
-from catalyzer.server.timer import Timer, made, started
-from catalyzer.server.transportsink import TransportSink, send_now
-from catalyzer.wsgi.environ import ConnectionInfo, build_cgi_environ
+from catalyzer.server.connection import ServerConnection, connection_info, header_wait, retire
+from catalyzer.server.connstate import ConnState
+from catalyzer.server.timer import made, started
+from catalyzer.server.transportsink import send_now
+from catalyzer.wsgi.environ import build_cgi_environ
 from catalyzer.wsgi.forwarded import apply_forwarded
 from catalyzer.wsgi.response import WSGIResponse
 from catalyzer.wsgi.sink import ResponseOutcome, ResponseSink
@@ -69,34 +68,20 @@ _CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
 
-class GatewayChannel(TransportSink):
+class GatewayChannel(ServerConnection):
     """One connection from the web server: one request at a time, each answered through the sink
     :meth:`_sink_for` makes. Subclasses give the parser, the sink and what ends a request."""
 
     face: ClassVar[str] = "gateway"
+    peer: ClassVar[str] = "web server"
     # Whether a plain TCP connection reads into the server's shared buffer (the parser must
     # take memoryviews and keep none) rather than Twisted's new bytes per read.
     reads_into_buffer: ClassVar[bool] = False
 
     def __init__(self, server: ServerState) -> None:
-        self.server = server
+        super().__init__(server)
         self.parser: Any = self._new_parser()
-        self.state = _OPEN
         self.response: WSGIResponse | None = None
-        self.info: ConnectionInfo | None = None
-        self.requests = 0
-        self.opened = 0.0
-        self._socket = None
-        self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
-        self._in_next = False
-        self._paused = False
-        self._got_data = False
-        # Each wait is made when first armed (timer.made): a uwsgi connection arms none.
-        self._header_timer: Timer | None = None
-        self._body_timer: Timer | None = None
-        self._body_mark = 0
-        self._idle_timer: Timer | None = None
-        self._linger_timer: Timer | None = None
 
     # -- for subclasses
 
@@ -116,19 +101,6 @@ class GatewayChannel(TransportSink):
 
     # -- state
 
-    def _enter(self, new: ConnState) -> None:
-        if new not in self.state.successors:  # type: ignore[attr-defined]
-            check_transition(self.state, new)
-        self.state = new
-
-    @property
-    def closing(self) -> bool:
-        return self.state is _CLOSING or self.state is _CLOSED
-
-    @property
-    def disconnected(self) -> bool:
-        return self.state is _CLOSED
-
     @property
     def receiving(self) -> bool:
         """A request is arriving (for the connection list in the state dump)."""
@@ -139,7 +111,7 @@ class GatewayChannel(TransportSink):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         self.opened = self.server.clock.seconds()
-        self.info = _connection_info(transport)
+        self.info = connection_info(transport)
         if isinstance(transport, tcp.Server) and not interfaces.ISSLTransport.providedBy(transport):
             self._socket = transport.socket
             self._prepare_socket()
@@ -152,7 +124,7 @@ class GatewayChannel(TransportSink):
             # already, and reading it in this turn saves a wake-up (one per request behind
             # nginx's uwsgi_pass).
             twistedprivate.read_waiting(transport)
-            if not (self.closing or self._paused):  # a response may be running
+            if not (self.closing or self._reading_paused):  # a response may be running
                 transport.startReading()  # GatewayFactory.starts_reading: not registered yet
         if self.state is _OPEN and not self._got_data:
             self._header_timer = header_wait(self._header_timer, self.server, self._header_timeout)
@@ -181,11 +153,7 @@ class GatewayChannel(TransportSink):
         self._after_read()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._enter(_CLOSED)
-        timers = (self._header_timer, self._body_timer, self._idle_timer, self._linger_timer)
-        for timer in timers:
-            if timer is not None:
-                timer.cancel()
+        timers = self._lost()
         if self.response is not None:
             self.response.abort("the web server closed the connection before the response ended")
         self.parser.receive_eof()
@@ -193,16 +161,9 @@ class GatewayChannel(TransportSink):
             if isinstance(event, CGIRequest) and event.request.body is not None:
                 event.request.body.close()
         self.server.connection_lost(self)
-        # No reference cycle is left through the channel: freed at once, not by the collector
-        # (one connection per request behind nginx's uwsgi_pass).
-        for timer in timers:
-            if timer is not None:
-                timer.retire()
+        retire(timers)  # one connection per request behind nginx's uwsgi_pass
         if self._socket is not None and self.reads_into_buffer:
             twistedprivate.forget_read_into(self.transport)
-
-    def _linger_expired(self) -> None:
-        self.abort("web server did not read")
 
     # -- reading
 
@@ -263,12 +224,6 @@ class GatewayChannel(TransportSink):
         finally:
             self._in_next = False
 
-    def _pause_reading(self) -> None:
-        transport: Any = self.transport
-        if not self._paused and self.state is not _CLOSED and not transport.disconnecting:
-            self._paused = True
-            transport.pauseProducing()
-
     # -- requests
 
     def _start(self, cgi: CGIRequest) -> None:
@@ -286,7 +241,11 @@ class GatewayChannel(TransportSink):
         if server.progress is not None and (
             request.target.partition(b"?")[0] == server.progress_path
         ):
-            self._answer_progress(cgi, server.progress)
+            self._answer_progress(
+                upload_id_from(cgi.request.target, cgi.request.headers),
+                server.progress,
+                functools.partial(self._send_progress, cgi),
+            )
             return
         if trace.ENABLED:
             trace.emit("request-start", method=request.method, target=request.target)
@@ -380,28 +339,6 @@ class GatewayChannel(TransportSink):
         body = f"{refused.status} {reason}\n".encode()
         self._respond_directly(refused.request_id, False, refused.status, body)
 
-    def _answer_progress(self, cgi: CGIRequest, progress: ProgressTracker) -> None:
-        request = cgi.request
-        upload_id = upload_id_from(request.target, request.headers)
-        source = self.server.progress_source
-        if upload_id is None:
-            self._send_progress(cgi, {"state": "error", "received": 0, "size": None, "status": 400})
-        elif source is None:
-            self._send_progress(cgi, progress.registry.get(upload_id, self.server.clock.seconds()))
-        else:
-            self._enter(_AWAITING)
-            d = source(upload_id)
-            d.addErrback(lambda f: {"state": "error", "received": 0, "size": None, "status": 503})
-            d.addCallback(lambda entry: self._progress_arrived(cgi, entry))
-
-    def _progress_arrived(self, cgi: CGIRequest, entry: dict[str, object]) -> None:
-        if self.state is _CLOSED:
-            return
-        if self.state is _AWAITING:
-            self._enter(_OPEN)
-        self._send_progress(cgi, entry)
-        self._next()
-
     def _send_progress(self, cgi: CGIRequest, entry: dict[str, object]) -> None:
         self._respond_directly(
             cgi.request_id,
@@ -438,28 +375,6 @@ class GatewayChannel(TransportSink):
     def _idle(self) -> None:
         if self.response is None and not self.receiving and not self.unread_bytes():
             self._close()
-
-    def _close(self) -> None:
-        if self.state is _CLOSED:
-            return
-        if self.state is not _CLOSING:
-            self._enter(_CLOSING)
-        for timer in (self._header_timer, self._body_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        transport: Any = self.transport
-        if transport.disconnecting:  # already aborted
-            return
-        if self.close_now():  # nothing to flush: closed, connectionLost has run
-            return
-        self._pause_reading()
-        transport.loseConnection()
-        self._linger_timer = started(
-            self._linger_timer,
-            self.server.clock,
-            self._linger_expired,
-            self.server.config.write_timeout,
-        )
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand and close an idle connection, but give a
