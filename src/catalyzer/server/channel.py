@@ -429,13 +429,8 @@ class HTTPChannel(ServerConnection):
     Its state, waits and closing are :class:`~catalyzer.server.connection.ServerConnection`'s."""
 
     def __init__(self, server: ServerState) -> None:
-        super().__init__(server)
+        ServerConnection.__init__(self, server)  # not super(): a lookup per connection
         self.reader = RequestReader(server.limits, server.progress)
-        self.response: Responder | None = None
-        # When the last response ended: a prefork worker's watchdog thread reads it to tell the
-        # connection the app is serving from the others (catalyzer.prefork.handoff.movable).
-        self.ended_at = 0.0
-        self._idle_since = 0.0
         self._proxied = False
 
     @property
@@ -712,54 +707,17 @@ class HTTPChannel(ServerConnection):
     def _response_done(self, outcome: ResponseOutcome) -> None:
         """The response's completion callback: it has sent its last byte, failed or been
         abandoned."""
-        server = self.server
-        # Counted first: the last bytes may have reached the client already (write() sends
-        # straight away), and until this line a SIGKILL would lose the response's counts.
-        now = server.clock.seconds()
-        if not outcome.counted:  # the response counts itself before its last write when it can
-            server.metrics.observe(
-                outcome.status, now - outcome.started, outcome.bytes_sent, app=True
-            )
         response = self.response
         assert response is not None
-        # Set before response is cleared: another thread that sees no response sees this too.
-        self.ended_at = now
-        self.response = None
-        if self.state is _RESPONDING:
-            self._enter(_OPEN)
-        keep_alive = outcome.keep_alive
-        request = response.request
-        if trace.ENABLED:
-            trace.emit(
-                "request-end",
-                method=request.method,
-                status=outcome.status,
-                bytes=outcome.bytes_sent,
-                keep_alive=keep_alive,
-            )
-        if server.on_response is not None:
-            server.on_response()
-        if request.body is not None:
-            request.body.close()
-        access_log = server.access_log
-        if access_log is not None:
-            access_log.log_exchange(
-                request.method,
-                response.environ,
-                outcome.status,
-                outcome.bytes_sent,
-                outcome.started,
-                now,
-            )
+        self._ended(outcome, response.request, response.environ)
         state = self.state
         if state is _CLOSED:
             return
-        if state is not _OPEN or not keep_alive:
+        if state is not _OPEN or not outcome.keep_alive:
             self._close()
             return
-        self._idle_since = now
         self._next()
-        if server.draining and self.response is None and self.state is _OPEN:
+        if self.server.draining and self.response is None and self.state is _OPEN:
             # Its head promised keep-alive (the drain began while it was being sent: a TERM is
             # seen inside its signal handler, between any two lines): the client may be sending
             # its next request already. Closing now would cut that request; drain it as an
@@ -770,7 +728,7 @@ class HTTPChannel(ServerConnection):
 
     def _arm_idle(self) -> None:
         # The wait is armed once and never pushed back: when it fires, _idle looks at when the
-        # last response ended (_idle_since) and waits out the rest. Moving a timer after every
+        # last response ended (ended_at) and waits out the rest. Moving a timer after every
         # response cost a reactor call per request.
         timer = self._idle_timer
         if self.requests and (timer is None or timer.pending is None):
@@ -782,7 +740,7 @@ class HTTPChannel(ServerConnection):
         reader = self.reader
         if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
             return  # a request is under way; _arm_idle starts a new wait after its response
-        rest = self._idle_since + self.server.config.keepalive_timeout - self.server.clock.seconds()
+        rest = self.ended_at + self.server.config.keepalive_timeout - self.server.clock.seconds()
         if rest > _IDLE_SLACK and self._idle_timer is not None:
             self._idle_timer.start(rest)
         else:
@@ -798,8 +756,8 @@ class HTTPChannel(ServerConnection):
         if not self._got_data:
             return Candidate(self, Standing.SILENT, self.opened)
         if reader.in_headers:
-            return Candidate(self, Standing.HEADERS, self._idle_since or self.opened)
-        return Candidate(self, Standing.IDLE, self._idle_since)
+            return Candidate(self, Standing.HEADERS, self.ended_at or self.opened)
+        return Candidate(self, Standing.IDLE, self.ended_at)
 
     def shed(self) -> None:
         """Closed to make room at max-connections: a request still arriving is cut (the client
@@ -826,7 +784,7 @@ class HTTPChannel(ServerConnection):
         reader = self.reader
         if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
             return  # keep_alive_allowed is now false: the response closes the connection
-        since = self._idle_since if self.requests else self.opened
+        since = self.ended_at if self.requests else self.opened
         idle_for = self.server.clock.seconds() - since
         if idle_for >= DRAIN_IDLE_GRACE and not self.unread_bytes():
             self._close()

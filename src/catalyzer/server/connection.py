@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from twisted.internet import interfaces
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from catalyzer.ops import trace
 from catalyzer.server import twistedprivate
 from catalyzer.server.connstate import ConnState, check_transition
 from catalyzer.server.timer import Timer, started
@@ -21,7 +22,10 @@ from catalyzer.wsgi.environ import ConnectionInfo
 
 if TYPE_CHECKING:
     from catalyzer.http.progress import ProgressTracker
+    from catalyzer.http.reader import Request
     from catalyzer.server.channel import ServerState
+    from catalyzer.wsgi.sink import Responder, ResponseOutcome
+    from catalyzer.wsgi.types import Environ
 
 __all__ = ["ServerConnection", "connection_info", "header_wait", "retire"]
 
@@ -30,6 +34,7 @@ SendProgress = Callable[[dict[str, object]], None]
 
 _OPEN = ConnState.OPEN
 _AWAITING = ConnState.AWAITING
+_RESPONDING = ConnState.RESPONDING
 _CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
@@ -47,6 +52,10 @@ class ServerConnection(TransportSink):
         self.info: ConnectionInfo | None = None
         self.requests = 0
         self.opened = 0.0
+        # When the last response ended: a prefork worker's watchdog thread reads it to tell the
+        # connection the app is serving from the others (catalyzer.prefork.handoff.movable).
+        self.ended_at = 0.0
+        self.response: Responder | None = None
         self._socket = None
         self._environ_base: dict[str, Any] | None = None  # ServerState.environ_base, once
         self._in_next = False
@@ -81,6 +90,42 @@ class ServerConnection(TransportSink):
     def _next(self) -> None:
         """Act on what the parser has ready (the subclass's request loop)."""
         raise NotImplementedError
+
+    def _ended(self, outcome: ResponseOutcome, request: Request, environ: Environ) -> None:
+        """A response ended (sent, failed or abandoned): counted, cleared, the state back to OPEN,
+        the server told, the request's body closed and the exchange logged.
+
+        Counted first: the last bytes may have reached the peer already (``write`` sends
+        straight away), and until then a SIGKILL would lose the response's counts."""
+        server = self.server
+        now = server.clock.seconds()
+        if not outcome.counted:  # the response counts itself before its last write when it can
+            server.metrics.observe(
+                outcome.status, now - outcome.started, outcome.bytes_sent, app=True
+            )
+        # Set before the response is cleared: another thread (a prefork worker's watchdog,
+        # catalyzer.prefork.handoff.movable) that sees no response sees this too.
+        self.ended_at = now
+        self.response = None
+        if self.state is _RESPONDING:
+            self._enter(_OPEN)
+        if trace.ENABLED:
+            trace.emit(
+                "request-end",
+                method=request.method,
+                status=outcome.status,
+                bytes=outcome.bytes_sent,
+                keep_alive=outcome.keep_alive,
+            )
+        if server.on_response is not None:
+            server.on_response()
+        if request.body is not None:
+            request.body.close()
+        access_log = server.access_log
+        if access_log is not None:
+            access_log.log_exchange(
+                request.method, environ, outcome.status, outcome.bytes_sent, outcome.started, now
+            )
 
     def _answer_progress(
         self, upload_id: str | None, progress: ProgressTracker, send: SendProgress

@@ -79,7 +79,7 @@ class GatewayChannel(ServerConnection):
     reads_into_buffer: ClassVar[bool] = False
 
     def __init__(self, server: ServerState) -> None:
-        super().__init__(server)
+        ServerConnection.__init__(self, server)  # not super(): a lookup per connection
         self.parser: Any = self._new_parser()
         self.response: WSGIResponse | None = None
 
@@ -263,35 +263,9 @@ class GatewayChannel(ServerConnection):
     def _response_done(
         self, cgi: CGIRequest, environ: dict[str, Any], outcome: ResponseOutcome
     ) -> None:
-        server = self.server
-        # Counted first, as on the HTTP face (HTTPChannel._response_done says why).
-        now = server.clock.seconds()
-        if not outcome.counted:  # the response counts itself before its last write when it can
-            server.metrics.observe(
-                outcome.status, now - outcome.started, outcome.bytes_sent, app=True
-            )
         response = self.response
         assert response is not None
-        self.response = None
-        if self.state is _RESPONDING:
-            self._enter(_OPEN)
-        request = cgi.request
-        if trace.ENABLED:
-            trace.emit(
-                "request-end",
-                method=request.method,
-                status=outcome.status,
-                bytes=outcome.bytes_sent,
-            )
-        if server.on_response is not None:
-            server.on_response()
-        if request.body is not None:
-            request.body.close()
-        access_log = server.access_log
-        if access_log is not None:
-            access_log.log_exchange(
-                request.method, environ, outcome.status, outcome.bytes_sent, outcome.started, now
-            )
+        self._ended(outcome, cgi.request, environ)
         if self.state is _CLOSED:
             return
         framer = response.framer
