@@ -161,7 +161,7 @@ class GatewayChannel(ServerConnection):
             if isinstance(event, CGIRequest) and event.request.body is not None:
                 event.request.body.close()
         self.server.connection_lost(self)
-        retire(timers)  # one connection per request behind nginx's uwsgi_pass
+        retire(timers)  # freed at once: one connection per request behind uwsgi_pass
         if self._socket is not None and self.reads_into_buffer:
             twistedprivate.forget_read_into(self.transport)
 
