@@ -323,6 +323,35 @@ def test_fastcgi_get_keep_conn() -> None:
     assert errors == []
 
 
+def test_fastcgi_keep_conn_idle_counts_from_the_last_response() -> None:
+    """The keep-alive wait is armed once: a request before it fires does not move the timer,
+    and when it fires it waits out the rest from the last response's end."""
+    state = make_state(RecordingApp())
+    clock: Any = state.clock
+    timeout = state.config.keepalive_timeout
+    conn = Conn(state, FastCGIChannel)
+    conn.send(fcgi(FASTCGI_GET))
+    clock.advance(timeout - 1)
+    conn.send(fcgi({**FASTCGI_GET, "DOCUMENT_URI": "/two"}, request_id=2))
+    assert ends(records(conn.output())) == [(1, f.REQUEST_COMPLETE), (2, f.REQUEST_COMPLETE)]
+    clock.advance(1)  # the first wait ends: 1 s since the last response
+    assert not conn.closed
+    clock.advance(timeout - 1.01)
+    assert not conn.closed
+    clock.advance(0.01)
+    assert conn.closed
+
+
+def test_fastcgi_keep_conn_not_closed_while_a_request_arrives() -> None:
+    state = make_state(RecordingApp())
+    clock: Any = state.clock
+    conn = Conn(state, FastCGIChannel)
+    conn.send(fcgi(FASTCGI_GET))
+    conn.send(begin(request_id=2))  # the next request has begun
+    clock.advance(state.config.keepalive_timeout)
+    assert not conn.closed
+
+
 def test_fastcgi_without_keep_conn_closes() -> None:
     conn = Conn(make_state(RecordingApp()), FastCGIChannel)
     conn.send(fcgi(FASTCGI_GET, keep=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from catalyzer.server.timer import Timer, made, started
+from catalyzer.server.timer import Timer, started
 
 
 def test_start_fires_once_at_expiry() -> None:
@@ -19,22 +19,23 @@ def test_start_fires_once_at_expiry() -> None:
     assert fired == [5.0] and not timer.armed
 
 
-def test_restart_pushes_back_and_cancel_disarms() -> None:
+def test_cancel_disarms() -> None:
     clock = Clock()
     fired: list[float] = []
     timer = Timer(clock, lambda: fired.append(clock.seconds()))
-    timer.restart(5)
+    timer.start(5)
     clock.advance(3)
-    timer.restart(5)
-    clock.advance(4.9)
-    assert fired == []
-    clock.advance(0.1)
-    assert fired == [8.0]
+    timer.cancel()
+    clock.advance(5)
+    assert fired == [] and not timer.armed
+    timer.start(5)
+    clock.advance(5)
+    assert fired == [13.0]
     timer.start(1)
     timer.cancel()
     timer.cancel()  # harmless twice
     clock.advance(10)
-    assert fired == [8.0] and not timer.armed
+    assert fired == [13.0] and not timer.armed
 
 
 def test_callback_may_rearm() -> None:
@@ -64,16 +65,6 @@ def test_retire_cancels_and_lets_go_of_the_callback() -> None:
     timer.start(1.0)  # an owner that is gone arms nothing it could be called back for
     clock.advance(1.0)
     assert fired == []
-
-
-def test_made_keeps_a_timer_and_makes_one_for_none() -> None:
-    clock = Clock()
-    fired: list[str] = []
-    timer = made(None, clock, lambda: fired.append("new"))
-    assert made(timer, clock, lambda: fired.append("other")) is timer
-    timer.start(1)
-    clock.advance(1)
-    assert fired == ["new"]
 
 
 def test_started_arms_a_new_timer_and_leaves_an_armed_one_its_deadline() -> None:

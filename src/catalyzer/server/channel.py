@@ -79,9 +79,6 @@ _BODY_READ = 1024 * 1024
 # given this long to send one (answered with Connection: close) before it is closed. Clients
 # that send on a just-closed idle connection see an error (wrk does); this makes it rare.
 DRAIN_IDLE_GRACE = 1.0
-# A keep-alive wait this close to its end when its timer fires counts as ended (the clock's
-# rounding is not a reason to arm a timer again for a microsecond).
-_IDLE_SLACK = 0.001
 _OPTIONS_ALLOW = "Allow: OPTIONS, GET, HEAD, POST, PUT, PATCH, DELETE\r\n"
 
 
@@ -726,25 +723,9 @@ class HTTPChannel(ServerConnection):
 
     # -- keep-alive, closing, draining
 
-    def _arm_idle(self) -> None:
-        # The wait is armed once and never pushed back: when it fires, _idle looks at when the
-        # last response ended (ended_at) and waits out the rest. Moving a timer after every
-        # response cost a reactor call per request.
-        timer = self._idle_timer
-        if self.requests and (timer is None or timer.pending is None):
-            self._idle_timer = started(
-                timer, self.server.clock, self._idle, self.server.config.keepalive_timeout
-            )
-
-    def _idle(self) -> None:
+    def _busy(self) -> bool:
         reader = self.reader
-        if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
-            return  # a request is under way; _arm_idle starts a new wait after its response
-        rest = self.ended_at + self.server.config.keepalive_timeout - self.server.clock.seconds()
-        if rest > _IDLE_SLACK and self._idle_timer is not None:
-            self._idle_timer.start(rest)
-        else:
-            self._close()
+        return self.response is not None or reader.in_headers or reader.in_body or reader.queued > 0
 
     def shedding_candidate(self) -> Candidate[Sheddable] | None:
         """How far this connection is from an answer, if it may be shed to make room."""
@@ -781,8 +762,7 @@ class HTTPChannel(ServerConnection):
         the socket's receive buffer, not read yet (a connection accepted just before the drain
         has sent its first request, a keep-alive client its next one), and closing a socket with
         unread bytes makes the kernel answer with a reset, which the client sees as an error."""
-        reader = self.reader
-        if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
+        if self._busy():
             return  # keep_alive_allowed is now false: the response closes the connection
         since = self.ended_at if self.requests else self.opened
         idle_for = self.server.clock.seconds() - since
@@ -795,14 +775,6 @@ class HTTPChannel(ServerConnection):
                 self._drain_idle,
                 max(0.0, DRAIN_IDLE_GRACE - idle_for),
             )
-
-    def _drain_idle(self) -> None:
-        reader = self.reader
-        if self.response is not None or reader.in_headers or reader.in_body or reader.queued:
-            return
-        if self.unread_bytes():  # read this turn: its response will close the connection
-            return
-        self._close()
 
     def abort(self, why: str) -> None:
         if self.state is not _CLOSED:

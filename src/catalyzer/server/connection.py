@@ -32,6 +32,10 @@ __all__ = ["ServerConnection", "connection_info", "header_wait", "retire"]
 # Answers an upload-progress query with its entry.
 SendProgress = Callable[[dict[str, object]], None]
 
+# A keep-alive wait this close to its end when its timer fires counts as ended (the clock's
+# rounding is not a reason to arm a timer again for a microsecond).
+_IDLE_SLACK = 0.001
+
 _OPEN = ConnState.OPEN
 _AWAITING = ConnState.AWAITING
 _RESPONDING = ConnState.RESPONDING
@@ -61,7 +65,7 @@ class ServerConnection(TransportSink):
         self._in_next = False
         self._reading_paused = False
         self._got_data = False
-        # Each wait is made when first armed (timer.made): most connections arm few of them.
+        # Each wait is made when first armed (timer.started): most connections arm few of them.
         self._header_timer: Timer | None = None
         self._body_timer: Timer | None = None
         self._body_mark = 0
@@ -180,6 +184,36 @@ class ServerConnection(TransportSink):
             self._linger_expired,
             self.server.config.write_timeout,
         )
+
+    def _busy(self) -> bool:
+        """A request is under way: arriving, queued or being answered."""
+        raise NotImplementedError
+
+    def _arm_idle(self) -> None:
+        # The wait is armed once and never pushed back: when it fires, _idle looks at when the
+        # last response ended (ended_at) and waits out the rest. Moving a timer after every
+        # response cost a reactor call per request.
+        timer = self._idle_timer
+        if self.requests and (timer is None or timer.pending is None):
+            self._idle_timer = started(
+                timer, self.server.clock, self._idle, self.server.config.keepalive_timeout
+            )
+
+    def _idle(self) -> None:
+        if self._busy():
+            return  # _arm_idle starts a new wait after its response
+        rest = self.ended_at + self.server.config.keepalive_timeout - self.server.clock.seconds()
+        if rest > _IDLE_SLACK and self._idle_timer is not None:
+            self._idle_timer.start(rest)
+        else:
+            self._close()
+
+    def _drain_idle(self) -> None:
+        """A draining connection's grace is over: closed unless a request came meanwhile or is
+        in the socket, read this turn (its response then closes the connection)."""
+        if self._busy() or self.unread_bytes():
+            return
+        self._close()
 
     def _linger_expired(self) -> None:
         self.abort(f"{self.peer} did not read")

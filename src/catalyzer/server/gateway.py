@@ -44,7 +44,7 @@ from catalyzer.server.channel import (
 )
 from catalyzer.server.connection import ServerConnection, connection_info, header_wait, retire
 from catalyzer.server.connstate import ConnState
-from catalyzer.server.timer import made, started
+from catalyzer.server.timer import started
 from catalyzer.server.transportsink import send_now
 from catalyzer.wsgi.environ import build_cgi_environ
 from catalyzer.wsgi.forwarded import apply_forwarded
@@ -139,16 +139,12 @@ class GatewayChannel(ServerConnection):
         """A read for a body kept in memory (``body_room``): the body keeps it as it is."""
         self._got_data = True
         self.server.metrics.received(len(data))
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         self.parser.received_piece(data)
         self._after_read()
 
     def dataReceived(self, data: bytes) -> None:
         self._got_data = True
         self.server.metrics.received(len(data))
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         self.parser.receive_data(data)
         self._after_read()
 
@@ -339,16 +335,8 @@ class GatewayChannel(ServerConnection):
             self.response.abort(f"{self.face} connection closed: {detail}")
         self._close()
 
-    def _arm_idle(self) -> None:
-        self._restart_idle(self.server.config.keepalive_timeout)
-
-    def _restart_idle(self, delay: float) -> None:
-        timer = self._idle_timer = made(self._idle_timer, self.server.clock, self._idle)
-        timer.restart(delay)
-
-    def _idle(self) -> None:
-        if self.response is None and not self.receiving and not self.unread_bytes():
-            self._close()
+    def _busy(self) -> bool:
+        return self.response is not None or self.receiving or self.unread_bytes()
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand and close an idle connection, but give a
@@ -360,7 +348,9 @@ class GatewayChannel(ServerConnection):
             return
         wait = DRAIN_IDLE_GRACE - (self.server.clock.seconds() - self.opened)
         if self.unread_bytes() or (self.requests == 0 and wait > 0):
-            self._restart_idle(max(wait, 0.0))  # _idle closes it unless a request came
+            self._drain_timer = started(
+                self._drain_timer, self.server.clock, self._drain_idle, max(wait, 0.0)
+            )
         else:
             self._close()
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from twisted.internet import interfaces
 
-__all__ = ["Timer", "made", "started"]
+__all__ = ["Timer", "started"]
 
 
 class Timer:
@@ -31,15 +31,6 @@ class Timer:
         """Arm the timer unless it is armed already (an armed timer keeps its deadline)."""
         if self.pending is None:
             self.pending = self._clock.callLater(delay, self._fire)
-
-    def restart(self, delay: float) -> None:
-        """Arm the timer to fire ``delay`` from now, pushing back a pending deadline (cheaper
-        than cancelling and arming again)."""
-        call = self.pending
-        if call is None:
-            self.pending = self._clock.callLater(delay, self._fire)
-        else:
-            call.reset(delay)
 
     def cancel(self) -> None:
         call = self.pending
@@ -67,24 +58,17 @@ def _nothing() -> None:
     pass
 
 
-def made(
-    timer: Timer | None, clock: interfaces.IReactorTime, callback: Callable[[], object]
-) -> Timer:
-    """``timer``, or a new one for ``callback`` if it is None. A connection has several waits and
-    most are never armed (a Connection: close request arms none): making each on first use
-    spares the objects, and their retirement, for every connection."""
-    return timer if timer is not None else Timer(clock, callback)
-
-
 def started(
     timer: Timer | None,
     clock: interfaces.IReactorTime,
     callback: Callable[[], object],
     delay: float,
 ) -> Timer:
-    """:func:`made`, then :meth:`Timer.start`: the timer to keep, armed for ``delay`` unless it
-    was armed already."""
-    if timer is None:  # made(), inlined: it is on the path of every request head read in parts
+    """``timer``, or a new one for ``callback`` if it is None, armed for ``delay`` unless it was
+    armed already: the timer to keep. A connection has several waits and most are never armed
+    (a Connection: close request arms none): making each on first use spares the objects, and
+    their retirement, for every connection."""
+    if timer is None:
         timer = Timer(clock, callback)
     timer.start(delay)
     return timer
