@@ -200,7 +200,8 @@ class ServerConnection(TransportSink):
             )
 
     def _idle(self) -> None:
-        if self._busy():
+        # A request in the socket is read this turn: closing now would reset it.
+        if self._busy() or self.unread_bytes():
             return  # _arm_idle starts a new wait after its response
         rest = self.ended_at + self.server.config.keepalive_timeout - self.server.clock.seconds()
         if rest > _IDLE_SLACK and self._idle_timer is not None:

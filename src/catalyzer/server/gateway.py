@@ -64,7 +64,6 @@ log = Logger(namespace="catalyzer.gateway")
 _OPEN = ConnState.OPEN
 _RESPONDING = ConnState.RESPONDING
 _AWAITING = ConnState.AWAITING
-_CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
 
@@ -336,7 +335,7 @@ class GatewayChannel(ServerConnection):
         self._close()
 
     def _busy(self) -> bool:
-        return self.response is not None or self.receiving or self.unread_bytes()
+        return self.response is not None or self.receiving
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand and close an idle connection, but give a
