@@ -201,6 +201,52 @@ def test_server_answers_pipelined_requests_then_the_error_in_order() -> None:
     assert conn.closed
 
 
+# -- version, keep-alive and upgrade, with and without the headers that decide them
+
+
+@pytest.mark.parametrize(
+    ("head", "version", "keep_alive", "upgrade"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", "1.1", True, False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n", "1.1", False, False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n", "1.1", True, False),
+        (b"GET / HTTP/1.0\r\n", "1.0", False, False),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n", "1.0", True, False),
+        (b"GET / HTTP/1.0\r\nConnection: close\r\n", "1.0", False, False),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n",
+            "1.1",
+            False,
+            True,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n", "1.1", True, False),
+    ],
+    ids=[
+        "11",
+        "11-close",
+        "11-keep-alive",
+        "10",
+        "10-keep-alive",
+        "10-close",
+        "11-upgrade",
+        "11-upgrade-without-connection",
+    ],
+)
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_version_keep_alive_and_upgrade(
+    head: bytes, version: str, keep_alive: bool, upgrade: bool, bytewise: bool
+) -> None:
+    reader = RequestReader()
+    data = head + b"\r\n"
+    [request] = feed_bytewise(reader, data) if bytewise else feed(reader, data)
+    assert isinstance(request, Request)
+    assert (request.version, request.keep_alive, request.upgrade) == (
+        version,
+        keep_alive,
+        upgrade,
+    )
+
+
 # -- nothing is read after a final request or an error
 
 

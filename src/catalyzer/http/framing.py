@@ -29,7 +29,6 @@ class ResponseFramer:
     def __init__(
         self,
         response: ResponseHead,
-        *,
         method: str,
         request_version: str,
         keep_alive: bool,

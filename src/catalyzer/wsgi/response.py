@@ -165,13 +165,15 @@ class WSGIResponse:
             raise AppResponseError("the application sent a body before calling start_response")
         self.start_response.sent = True
         self.status = head.code
+        request = self.request
+        # Positional: keywords to a compiled class cost a dict and a parse, 4k instructions.
         framer = self.framer = ResponseFramer(
             head,
-            method=self.request.method,
-            request_version=self.request.version,
-            keep_alive=self.request.keep_alive and self.sink.keep_alive_allowed,
-            date=self.services.date_line(),
-            known_length=known_length,
+            request.method,
+            request.version,
+            request.keep_alive and self.sink.keep_alive_allowed,
+            self.services.date_line(),
+            known_length,
         )
         return framer
 
