@@ -283,6 +283,29 @@ def test_fastcgi_progress_answered_by_the_master_then_the_connection_serves_on()
     assert not conn.closed
 
 
+def test_fastcgi_progress_waiting_for_the_master_is_not_idle() -> None:
+    pending: list[Deferred[dict[str, object]]] = []
+
+    def ask(upload_id: str) -> Deferred[dict[str, object]]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    values = {"app": "in.memory:app", "access-log": "off", "progress-path": "/progress"}
+    clock = Clock()
+    state = ServerState(RecordingApp(), Config.from_values(values), clock, progress_source=ask)
+    conn = Conn(state, FastCGIChannel)
+    conn.send(fcgi({**FASTCGI_GET, "DOCUMENT_URI": "/first"}))  # arms the keep-alive wait
+    assert ends(records(conn.output())) == [(1, f.REQUEST_COMPLETE)]
+    conn.transport.clear()
+    poll = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/progress?X-Progress-ID=up3"}
+    conn.send(fcgi({**poll, "DOCUMENT_URI": "/progress"}, request_id=2))
+    clock.advance(state.config.keepalive_timeout + 1)
+    assert not conn.closed  # waiting for the master's answer is not idle
+    pending[0].callback({"state": "uploading", "received": 7, "size": 9})
+    assert ends(records(conn.output())) == [(2, f.REQUEST_COMPLETE)]
+    assert not conn.closed
+
+
 def test_fastcgi_progress_source_failure_is_a_503_entry() -> None:
     failing: Deferred[dict[str, object]] = Deferred()
     values = {"app": "in.memory:app", "access-log": "off", "progress-path": "/progress"}

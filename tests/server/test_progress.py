@@ -137,6 +137,29 @@ def test_polls_can_be_answered_elsewhere_in_order() -> None:
     assert out.index(b'"received": 7') < out.index(b"/after") < out.index(b"/later")
 
 
+def test_a_poll_waiting_for_its_entry_is_not_closed_as_idle() -> None:
+    from twisted.internet.defer import Deferred
+
+    server = InMemoryServer(Recorder(), progress_path="/progress")
+    pending: list[Deferred[dict[str, object]]] = []
+
+    def ask(upload_id: str) -> Deferred[dict[str, object]]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    server.state = ServerState(Recorder(), server.config, server.clock, progress_source=ask)
+    conn = server.connect()
+    conn.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")  # arms the keep-alive wait
+    assert statuses(conn.output()) == [200]
+    conn.send(b"GET /progress?X-Progress-ID=z HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.clock.advance(server.config.keepalive_timeout + 1)
+    assert not conn.closed  # waiting for the master's answer is not idle
+    pending[0].callback({"state": "uploading", "received": 7, "size": 9})
+    out = conn.output()
+    assert statuses(out) == [200, 200] and b'"received": 7' in out  # output is cumulative
+    assert not conn.closed
+
+
 def test_upload_id_sources() -> None:
     assert upload_id_from(b"/u?a=1&X-Progress-ID=q%20x", []) == "q x"
     assert upload_id_from(b"/u", [(b"x-progress-id", b"h1")]) == "h1"

@@ -646,29 +646,26 @@ class RequestReader:
         if request.chunked and self._whole is not None:
             raise _RESLICE
         parser = self._parser
-        if self._plain_head and parser.should_keep_alive():
-            # Without a Connection header llhttp keeps only an HTTP/1.1 connection alive (1.0
-            # needs "Connection: keep-alive"), and without an Upgrade header no request but
-            # CONNECT (refused below) asks to switch: the usual request is known from one
-            # parser call instead of three, and get_http_version formats a new str each time.
-            version = "1.1"
-            request.upgrade = False
-            request.keep_alive = True
-        else:
+        # Without a Connection header llhttp keeps only an HTTP/1.1 connection alive (1.0 needs
+        # "Connection: keep-alive"), and without an Upgrade header no request but CONNECT
+        # (refused below) asks to switch: such a head keeps Request's defaults (1.1, keep-alive,
+        # no upgrade), known from one parser call instead of three (get_http_version formats a
+        # new str each time).
+        if not (self._plain_head and parser.should_keep_alive()):
             version = parser.get_http_version()
             if version == "0.9" and not (self._spelled_09 or b"HTTP/0.9" in (self._whole or b"")):
                 # llhttp reads a request line without a version as HTTP/0.9: it is malformed.
                 raise _Reject(400, "request line without an HTTP version")
             if version not in _ALLOWED_VERSIONS:
                 raise _Reject(505, f"HTTP/{version} is not supported")
+            request.version = version
             request.upgrade = parser.should_upgrade()
             # We never switch protocols, and llhttp reads nothing after an upgrade request.
             request.keep_alive = parser.should_keep_alive() and not request.upgrade
-        request.version = version
         request.method = parser.get_method().decode("ascii")
         if request.method == "CONNECT":
             raise _Reject(501, "CONNECT is not supported")
-        if version == "1.1":
+        if request.version == "1.1":
             if request.host is None:
                 raise _Reject(400, "HTTP/1.1 request without Host")
         else:

@@ -415,6 +415,7 @@ _ERROR_KINDS = {
 
 _OPEN = ConnState.OPEN
 _RESPONDING = ConnState.RESPONDING
+_AWAITING = ConnState.AWAITING
 _CLOSING = ConnState.CLOSING
 _CLOSED = ConnState.CLOSED
 
@@ -724,7 +725,13 @@ class HTTPChannel(ServerConnection):
 
     def _busy(self) -> bool:
         reader = self.reader
-        return self.response is not None or reader.in_headers or reader.in_body or reader.queued > 0
+        return (
+            self.response is not None
+            or reader.in_headers
+            or reader.in_body
+            or reader.queued > 0
+            or self.state is _AWAITING  # an upload-progress entry on its way from the master
+        )
 
     def shedding_candidate(self) -> Candidate[Sheddable] | None:
         """How far this connection is from an answer, if it may be shed to make room."""

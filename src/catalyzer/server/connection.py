@@ -186,7 +186,8 @@ class ServerConnection(TransportSink):
         )
 
     def _busy(self) -> bool:
-        """A request is under way: arriving, queued or being answered."""
+        """A request is under way: arriving, queued, waiting for its answer (AWAITING) or being
+        answered."""
         raise NotImplementedError
 
     def _arm_idle(self) -> None:
@@ -199,9 +200,13 @@ class ServerConnection(TransportSink):
                 timer, self.server.clock, self._idle, self.server.config.keepalive_timeout
             )
 
+    def _quiet(self) -> bool:
+        """Nothing under way and nothing unread: a request in the socket is read this turn, and
+        closing before would make the kernel reset it."""
+        return not self._busy() and not self.unread_bytes()
+
     def _idle(self) -> None:
-        # A request in the socket is read this turn: closing now would reset it.
-        if self._busy() or self.unread_bytes():
+        if not self._quiet():
             return  # _arm_idle starts a new wait after its response
         rest = self.ended_at + self.server.config.keepalive_timeout - self.server.clock.seconds()
         if rest > _IDLE_SLACK and self._idle_timer is not None:
@@ -212,9 +217,8 @@ class ServerConnection(TransportSink):
     def _drain_idle(self) -> None:
         """A draining connection's grace is over: closed unless a request came meanwhile or is
         in the socket, read this turn (its response then closes the connection)."""
-        if self._busy() or self.unread_bytes():
-            return
-        self._close()
+        if self._quiet():
+            self._close()
 
     def _linger_expired(self) -> None:
         self.abort(f"{self.peer} did not read")

@@ -335,7 +335,7 @@ class GatewayChannel(ServerConnection):
         self._close()
 
     def _busy(self) -> bool:
-        return self.response is not None or self.receiving
+        return self.response is not None or self.receiving or self.state is _AWAITING
 
     def drain(self) -> None:
         """Server shutdown: finish the request in hand and close an idle connection, but give a
@@ -343,7 +343,7 @@ class GatewayChannel(ServerConnection):
         until bytes waiting in its socket are read. The web server opened the connection to
         send a request that may not be read yet: closing a socket with unread bytes resets it,
         and nginx answers the client 502 (``uwsgi_pass`` opens a connection per request)."""
-        if self.response is not None or self.receiving or self.state is _AWAITING:
+        if self._busy():
             return
         wait = DRAIN_IDLE_GRACE - (self.server.clock.seconds() - self.opened)
         if self.unread_bytes() or (self.requests == 0 and wait > 0):
