@@ -24,6 +24,7 @@ import contextlib
 import http.client
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -596,11 +597,21 @@ def served(
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, deadline: float = 20.0
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    deadline: float = 20.0,
+    command: str = "catalyzer",
+    address_space: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``twistd -n --pidfile= catalyzer ARGS`` to completion; the test fails if it outlives
-    ``deadline`` (the child is killed)."""
-    argv = [twistd_path(), "-n", "--pidfile=", "catalyzer", *args]
+    """``twistd -n --pidfile= COMMAND ARGS`` to completion; the test fails if it outlives
+    ``deadline`` (the child is killed). ``address_space`` limits the child's (``RLIMIT_AS``, in
+    bytes): a machine that refuses memory, as an ulimit or a container would."""
+    argv = [twistd_path(), "-n", "--pidfile=", command, *args]
+
+    def limit() -> None:
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     try:
         return subprocess.run(
             argv,
@@ -611,6 +622,7 @@ def run_cli(
             capture_output=True,
             text=True,
             timeout=deadline,
+            preexec_fn=limit,
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{argv} still running after {deadline:g}s; output so far: {e.output!r}")

@@ -200,6 +200,56 @@ def test_bind_failure_exits_and_leaves_nothing_listening(unbindable: tuple[str, 
     assert refused(port), f"the other endpoint, {port}, is still listening"
 
 
+# Far below what 1,000 thread stacks reserve (8 MiB each by default, 2 MiB at the least), far
+# above what a server with a few threads needs.
+THREADLESS_ADDRESS_SPACE = 1_500_000_000
+
+
+@pytest.mark.parametrize(
+    ("command", "procs"),
+    [
+        ("catalyzer", "1"),
+        ("catalyzer", "2"),
+        ("catalyzer-handler", "1"),
+        ("catalyzer-handler", "2"),
+    ],
+)
+def test_threads_the_system_refuses_end_the_start_with_the_reason(command: str, procs: str) -> None:
+    """``--threads`` more than the machine allows (a thread limit, or, here, an address-space
+    limit) ends the start with the reason: status 1, or the master's 3 for a worker that cannot
+    boot; never a traceback, never a process that hangs on with half its pool."""
+    where = (
+        ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
+        if command == "catalyzer"
+        else ["--connect", f"tcp://127.0.0.1:{free_port()}"]
+    )
+    result = run_cli(
+        "--app",
+        f"{APPS}:app",
+        *where,
+        "--threads",
+        "1000",
+        "--procs",
+        procs,
+        command=command,
+        address_space=THREADLESS_ADDRESS_SPACE,
+        deadline=FAIL_DEADLINE,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == (1 if procs == "1" else 3), output
+    reason = re.search(
+        rf"(?:^|: ){command}: cannot start: --threads 1000: the system refused thread (\d+) "
+        r"\(can't start new thread\); use fewer threads",
+        result.stderr,
+        re.MULTILINE,
+    )
+    assert reason is not None, output
+    assert 1 <= int(reason.group(1)) < 1000, output
+    if procs != "1":
+        assert re.search(r"worker \d failed to boot \(exit status 3\)", result.stderr), output
+    assert "Traceback" not in output, output
+
+
 def test_bind_failure_message_on_stderr(unbindable: tuple[str, str]) -> None:
     endpoint, reason = unbindable
     result = run_cli("--app", f"{APPS}:app", "--listen", endpoint, deadline=FAIL_DEADLINE)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from catalyzer.wsgi.threads import AppThreads
+from catalyzer.wsgi.threads import AppThreads, ThreadStartError
 
 DEADLINE = 10.0  # seconds a thread may take to answer before the test fails
 
@@ -86,6 +86,27 @@ def test_calls_run_in_the_pool_threads_even_after_one_raises() -> None:
 def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ValueError):
         AppThreads(0, HeldWakes())
+
+
+def test_a_thread_the_system_refuses_ends_those_started_and_says_which(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if len(started) == 2:
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+        started.append(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    pool = AppThreads(4, HeldWakes())
+    with pytest.raises(ThreadStartError, match=r"^--threads 4: the system refused thread 3 \("):
+        pool.start()
+    assert len(started) == 2
+    assert not any(t.is_alive() for t in started)  # stop() joined them
+    assert pool.threads == []
 
 
 def test_each_thread_shows_when_its_call_began_and_a_call_queued_behind_busy_threads_is_told() -> (

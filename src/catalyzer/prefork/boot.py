@@ -16,11 +16,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from catalyzer.prefork import control
+from catalyzer.process.supervision import BOOT_FAILURE
 
-__all__ = ["read_spec", "run"]
+__all__ = ["fail", "read_spec", "run"]
 
 
 def read_spec(module: str, command: str) -> dict[str, Any]:
@@ -40,6 +41,16 @@ def read_spec(module: str, command: str) -> dict[str, Any]:
     # The master asks for our stack with SIGUSR2 when a request hangs past --timeout.
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
     return spec
+
+
+def fail(message: str | None = None) -> NoReturn:
+    """End a worker that cannot boot with the status the master reads as a boot failure (it
+    halts if no worker ever booted), after ``message``, if it was not written already, on
+    stderr: the master prefixes it with which worker failed."""
+    if message is not None:
+        sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+    os._exit(BOOT_FAILURE)
 
 
 def run(

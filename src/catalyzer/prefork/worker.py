@@ -36,6 +36,7 @@ from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import describe_connections
 from catalyzer.server.proxyheader import ProxyHeaderFactory, RejectionLog, split_proxied
+from catalyzer.server.startchecks import StartError
 from catalyzer.settings import Config
 from catalyzer.wsgi.threads import AppThreads
 
@@ -59,9 +60,7 @@ class Worker:
             app = load_app(config.app, os.getcwd())
         except AppSpecError as e:
             if not config.reload:
-                sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
-                sys.stderr.flush()
-                os._exit(3)
+                boot.fail(str(e))
             from catalyzer.prefork.reloader import error_app, files_in_traceback
 
             log.error("{error}", error=e)
@@ -119,8 +118,11 @@ class Worker:
         self._control_fd = int(spec["control_fd"])
 
     def start(self) -> None:
-        self.service.privilegedStartService()
-        self.service.startService()
+        try:
+            self.service.privilegedStartService()
+            self.service.startService()
+        except StartError:  # its message is on stderr already
+            boot.fail()
         for port in self.service.ports:
             # One accept per wake-up on the socket all workers share: a burst is spread over the
             # workers awake, and a worker stuck in the app takes nothing (see prefork.listeners).

@@ -10,7 +10,6 @@ bound before it listening.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -19,24 +18,16 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from catalyzer.server.startchecks import StartError
+
 __all__ = ["ListenError", "listen_all", "listen_now"]
 
 E = TypeVar("E")
 P = TypeVar("P")
 
 
-class ListenError(SystemExit):
-    """An endpoint could not be bound: ``twistd`` stops with status 1 instead of a traceback.
-
-    By the time services start, twistd has redirected ``sys.stderr`` into its log, so the message
-    goes to the process's real standard error as well."""
-
-    def __init__(self, message: str) -> None:
-        stream = sys.__stderr__
-        if stream is not None:
-            stream.write(message + "\n")
-            stream.flush()
-        super().__init__(1)
+class ListenError(StartError):
+    """An endpoint could not be bound."""
 
 
 def listen_now(

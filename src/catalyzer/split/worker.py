@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import socket
-import sys
 from typing import Any
 
 from twisted.internet import protocol
@@ -30,6 +29,7 @@ from catalyzer.process.memory import MIB, ResidentMemory
 from catalyzer.process.scoreboard import Scoreboard
 from catalyzer.server import twistedprivate
 from catalyzer.server.channel import ServerState
+from catalyzer.server.startchecks import StartError
 from catalyzer.settings import Config
 from catalyzer.split.handlerservice import HandlerService, HandlerSetupError, with_profiling
 from catalyzer.split.zmqio import KeyFileError
@@ -48,9 +48,7 @@ class HandlerWorker:
         try:
             app = with_profiling(load_app(config.app, os.getcwd()), config)
         except (AppSpecError, HandlerSetupError) as e:
-            sys.stderr.write(f"{e}\n")  # the master prefixes it with which worker failed
-            sys.stderr.flush()
-            os._exit(3)
+            boot.fail(str(e))
         handoff_fd = spec.get("handoff_fd")
         if handoff_fd is not None:
             os.close(int(handoff_fd))  # connections are not handed between handlers
@@ -67,9 +65,7 @@ class HandlerWorker:
                 config, self.server, reactor, generation=self.generation
             )
         except (HandlerSetupError, KeyFileError) as e:
-            sys.stderr.write(f"{e}\n")
-            sys.stderr.flush()
-            os._exit(3)
+            boot.fail(str(e))
         self.service.on_ready = self._say_ready
         limit = config.max_requests
         if limit:
@@ -84,7 +80,10 @@ class HandlerWorker:
         ctl.buildProtocol = lambda addr: control.WorkerControl(self)  # type: ignore[method-assign]
         self.reactor.adoptStreamConnection(self._control_fd, socket.AF_UNIX, ctl)
         os.close(self._control_fd)
-        self.service.startService()
+        try:
+            self.service.startService()
+        except StartError:  # its message is on stderr already
+            boot.fail()
 
     def _say_ready(self) -> None:
         proto = self.control

@@ -20,11 +20,16 @@ from typing import Any
 
 from twisted.logger import Logger
 
-__all__ = ["AppThreads"]
+__all__ = ["AppThreads", "ThreadStartError"]
 
 log = Logger(namespace="catalyzer.app")
 
 _Call = tuple[Callable[..., object], tuple[Any, ...]]
+
+
+class ThreadStartError(RuntimeError):
+    """The system refused one of the pool's threads (a limit on threads or on memory). The
+    threads already started have ended: the pool is as before :meth:`AppThreads.start`."""
 
 
 class AppThreads:
@@ -81,7 +86,14 @@ class AppThreads:
             thread = threading.Thread(
                 target=self._work, args=(n,), name=f"{self.name}-{n}", daemon=True
             )
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as e:
+                self.stop()
+                raise ThreadStartError(
+                    f"--threads {self.size}: the system refused thread {n + 1} ({e}); use "
+                    "fewer threads or raise the process's limits (ulimit -u, ulimit -v, systemd TasksMax)"
+                ) from None
             self.threads.append(thread)
 
     def stop(self) -> None:
