@@ -246,7 +246,8 @@ def test_threads_the_system_refuses_end_the_start_with_the_reason(command: str, 
     assert reason is not None, output
     assert 1 <= int(reason.group(1)) < 1000, output
     if procs != "1":
-        assert re.search(r"worker \d failed to boot \(exit status 3\)", result.stderr), output
+        master = rf"^{command}: worker \d failed to boot \(exit status 3\)"
+        assert re.search(master, result.stderr, re.MULTILINE), output
     assert "Traceback" not in output, output
 
 

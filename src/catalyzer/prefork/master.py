@@ -162,13 +162,16 @@ class MasterService(Service):
         at_exit: Callable[[int], object] = exit_at_interpreter_exit,
         worker_module: str = "catalyzer.prefork.worker",
         balance: bool = True,
+        command: str = "catalyzer",
     ) -> None:
         """``reactor`` spawns the workers and times everything; ``at_exit(status)`` makes the
         process exit with a halt's non-zero status once twistd is done. ``worker_module`` is
         what a worker runs (``python -m``): split mode's handler workers speak the same control
         contract (:mod:`catalyzer.prefork.control`); ``balance``: its workers serve client
-        connections, which ``balance-every`` moves from busy to idle workers."""
+        connections, which ``balance-every`` moves from busy to idle workers. ``command`` begins
+        the line a halt leaves on standard error."""
         self.worker_module = worker_module
+        self.command = command
         self.config = config
         self.endpoints = endpoints
         self.reactor = reactor
@@ -690,7 +693,7 @@ class MasterService(Service):
             log.info("{reason}: exiting", reason=reason)
         for process in list(self.processes.values()):
             process.signal(signal.SIGKILL)
-        halt(self.reactor, status, f"catalyzer: {reason}", at_exit=self.at_exit)
+        halt(self.reactor, status, f"{self.command}: {reason}", at_exit=self.at_exit)
 
     def _now(self) -> float:
         now: float = self.reactor.seconds()

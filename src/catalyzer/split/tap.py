@@ -427,7 +427,12 @@ def makeHandlerService(options: _SettingsOptions) -> Service:
         from catalyzer.prefork.master import MasterService
 
         master = MasterService(
-            config, [], reactor, worker_module="catalyzer.split.worker", balance=False
+            config,
+            [],
+            reactor,
+            worker_module="catalyzer.split.worker",
+            balance=False,
+            command=command,
         )
         root = MultiService()
         Service.setServiceParent(master, root)
