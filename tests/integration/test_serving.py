@@ -386,6 +386,29 @@ def test_tls(start_server: Launcher, tmp_path: Path) -> None:
     assert info["url_scheme"] == "https"
     assert info["body_sha256"] == hashlib.sha256(b"secret").hexdigest()
     assert info["server_port"] == str(server.port)
+    # Browsers and curl offer ALPN, h2 first: the handshake settles on http/1.1 (Twisted refuses
+    # every ALPN offer when the factory names no protocol).
+    offering = ssl.create_default_context(cafile=str(cert))
+    offering.set_alpn_protocols(["h2", "http/1.1"])
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, timeout=CLIENT_TIMEOUT, context=offering
+    )
+    try:
+        conn.request("GET", "/hello")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"hello\n")
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        assert conn.sock.selected_alpn_protocol() == "http/1.1"
+    finally:
+        conn.close()
+    # A client that speaks nothing but h2 is refused at the handshake, not answered in HTTP/1.1.
+    h2_only = ssl.create_default_context(cafile=str(cert))
+    h2_only.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        h2_only.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
 # -- file_wrapper

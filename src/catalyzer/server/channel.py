@@ -860,7 +860,17 @@ class ServerFactory(Factory):
         return not self.server.takes_connections
 
 
+# The protocol named to a TLS client that offers ALPN, as browsers and curl always do. Twisted
+# answers every offer from the factory's list and refuses the handshake (a TLS "internal error"
+# alert) when the list is empty, so a factory that names nothing serves no browser over TLS.
+ALPN_PROTOCOLS = (b"http/1.1",)
+
+
+@implementer(interfaces.IProtocolNegotiationFactory)
 class HTTPFactory(ServerFactory):
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(ALPN_PROTOCOLS)
+
     def hold(self, sock: socket.socket, address: Any, port: Any) -> bool:
         """At max-connections, keep a connection whose head has not arrived as a bare socket
         (:mod:`catalyzer.server.holding`); False: serve it now. Asked by the accept loop of a
