@@ -97,3 +97,84 @@ def test_nothing_to_listen_on(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         parse("--app", "x:app", "--config", write(tmp_path, "listen = []\n"))
     assert "nothing to listen on" in str(e.value)
+
+
+# -- CATALYZER_NAME environment variables
+
+
+def parse_with(environ: dict[str, str], *argv: str) -> Options:
+    options = Options(environ=environ)
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_environment_values_between_file_and_command_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'app = "examples.hello:app"\nprocs = 3\nmax-body = "10M"\n')
+    environ = {
+        "CATALYZER_PROCS": "4",
+        "CATALYZER_LISTEN": "tcp:0:interface=127.0.0.1  unix:/tmp/cz.sock",
+        "CATALYZER_RELOAD": "true",
+        "CATALYZER_HEADER_TIMEOUT": "2.5",
+        "PATH": "/usr/bin",  # not ours
+        "CATALYZER_WORKER": "{}",  # a process's plumbing, not a setting
+    }
+    config = parse_with(environ, "--config", path).config
+    assert config is not None
+    assert (config.app, config.procs, config.max_body, config.header_timeout) == (
+        "examples.hello:app",
+        4,
+        10 * 2**20,
+        2.5,
+    )
+    assert config.listen == ("tcp:0:interface=127.0.0.1", "unix:/tmp/cz.sock")
+    assert config.reload is True
+    config = parse_with(environ, "--config", path, "--procs", "2", "--listen", "tcp:0").config
+    assert config is not None
+    assert (config.procs, config.listen) == (2, ("tcp:0",))
+    config = parse_with({"CATALYZER_RELOAD": "0"}, "--app", "x:app").config
+    assert config is not None and config.reload is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragments"),
+    [
+        ({"CATALYZER_PROC": "4"}, ["CATALYZER_PROC: no such setting", "CATALYZER_PROCS?"]),
+        ({"CATALYZER_ZZZ": "1"}, ["CATALYZER_ZZZ: no such setting"]),
+        ({"CATALYZER_PROCS": "many"}, ["CATALYZER_PROCS: setting 'procs'", "'many'"]),
+        ({"CATALYZER_RELOAD": "maybe"}, ["CATALYZER_RELOAD", "true or false"]),
+        ({"CATALYZER_LISTEN": "bogus:1"}, ["--listen 'bogus:1'"]),
+    ],
+)
+def test_environment_mistakes_end_the_start_with_one_line(
+    environ: dict[str, str], fragments: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_with(environ, "--app", "examples.hello:app")
+    message = str(e.value)
+    assert message.startswith("catalyzer: error: "), message
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_split_commands_take_their_own_settings_from_one_shared_environment() -> None:
+    from catalyzer.split.tap import FrontOptions, HandlerOptions
+
+    # One environment for a host that runs both: each command takes what is its own.
+    environ = {
+        "CATALYZER_APP": "examples.hello:app",
+        "CATALYZER_CONNECT": "tcp://127.0.0.1:5560 tcp://127.0.0.1:5561",
+        "CATALYZER_HANDLERS": "tcp://127.0.0.1:5560",
+        "CATALYZER_TAG": "v43",
+        "CATALYZER_QUEUE_LENGTH": "7",
+    }
+    front = FrontOptions(environ=environ)
+    front.parseOptions([])
+    handler = HandlerOptions(environ=environ)
+    handler.parseOptions(["--tag", "v44"])
+    assert front.config is not None and handler.config is not None
+    assert (front.config.handlers, front.config.queue_length) == (("tcp://127.0.0.1:5560",), 7)
+    assert front.config.app == ""  # the front has no application
+    assert handler.config.app == "examples.hello:app"
+    assert handler.config.connect == ("tcp://127.0.0.1:5560", "tcp://127.0.0.1:5561")
+    assert handler.config.tag == "v44"  # the command line wins

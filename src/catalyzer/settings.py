@@ -8,8 +8,9 @@ and be missing or different in another. This module is pure: no Twisted, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -903,6 +904,53 @@ def command_line_values(
     return values
 
 
+# A setting in the environment: CATALYZER_ and its name, upper case, dashes as underscores.
+ENV_PREFIX = "CATALYZER_"
+# Variables of the prefix that are no setting: how the processes pass their own plumbing
+# (prefork.control.ENV_KEY, dispatch.wire.ENV_KEY, ops.trace, the test suite's pure mode).
+_NOT_SETTINGS = frozenset(
+    {"CATALYZER_WORKER", "CATALYZER_DISPATCH", "CATALYZER_DEBUG", "CATALYZER_TEST_PURE"}
+)
+
+
+def env_name(setting: Setting) -> str:
+    """``max-body`` -> ``CATALYZER_MAX_BODY``."""
+    return ENV_PREFIX + setting.attr.upper()
+
+
+def environment_values(
+    environ: Mapping[str, str], names: Collection[str] | None = None
+) -> dict[str, object]:
+    """The settings ``environ`` gives as ``CATALYZER_NAME`` variables, validated; those of
+    ``names`` only, if given (a command that has no use for the others ignores them, as it
+    ignores them in a config file). A repeatable setting takes its values separated by
+    whitespace; a flag takes true or false. A variable of the prefix that names no setting is
+    an error, not ignored: a misspelt variable would otherwise leave its setting at the
+    default without a word. Raises :class:`SettingError` naming the variable."""
+    values: dict[str, object] = {}
+    for key, raw in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
+            continue
+        name = key[len(ENV_PREFIX) :].lower().replace("_", "-")
+        setting = BY_NAME.get(name)
+        if setting is None:
+            close = [env_name(BY_NAME[n]) for n in difflib.get_close_matches(name, BY_NAME, n=1)]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingError(f"environment variable {key}: no such setting{hint}")
+        if names is not None and name not in names:
+            continue
+        try:
+            if setting.repeatable:
+                values[name] = [setting.coerce(item) for item in raw.split()]
+            elif setting.flag:
+                values[name] = parse_bool(raw)
+            else:
+                values[name] = setting.coerce(raw)
+        except (SettingError, ValueError) as e:
+            raise SettingError(f"environment variable {key}: {e}") from None
+    return values
+
+
 def _check_config_matches_settings() -> None:
     names = [f.name for f in dataclasses.fields(Config)]
     if names != [s.attr for s in SETTINGS]:
@@ -919,8 +967,13 @@ def render_markdown(settings: Iterable[Setting] = SETTINGS) -> str:
         "",
         "<!-- Generated from src/catalyzer/settings.py by `make docs`; do not edit by hand. -->",
         "",
-        "Every setting is a `twistd -n catalyzer` option, `--name VALUE`, and a key of the TOML "
-        "file given with `--config FILE` (`name = value`; the command line wins over the file). "
+        "Every setting is a `twistd -n catalyzer` option, `--name VALUE`, a key of the TOML "
+        "file given with `--config FILE` (`name = value`), and an environment variable, "
+        f"`{ENV_PREFIX}NAME` in upper case with underscores for dashes "
+        f"(`{ENV_PREFIX}MAX_BODY=10M`; a repeatable setting takes its values separated by "
+        f'spaces, `{ENV_PREFIX}LISTEN="tcp:8080 unix:/run/app.sock"`; a flag takes true or '
+        "false). The command line wins over the environment, and the environment over the file. "
+        f"A `{ENV_PREFIX}` variable that names no setting is an error. "
         "Sizes take a K, M or G suffix (binary multiples); durations are seconds.",
     ]
     section = None

@@ -9,6 +9,7 @@ with one line on stderr and a non-zero status, before anything is bound.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -35,6 +36,7 @@ from catalyzer.settings import (
     Config,
     SettingError,
     command_line_values,
+    environment_values,
     repeatable_option,
 )
 from catalyzer.wsgi.appspec import AppSpecError, load_app
@@ -61,15 +63,22 @@ class Options(usage.Options):
         if not s.repeatable and not s.flag
     ]
     optParameters.append(
-        ["config", "c", None, "A TOML file holding any of these settings; the command line wins."]
+        [
+            "config",
+            "c",
+            None,
+            "A TOML file holding any of these settings; CATALYZER_NAME environment variables "
+            "win over it, and the command line over both.",
+        ]
     )
     optFlags = [[s.name, s.short, s.help] for s in SETTINGS if s.flag]
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.repeated: dict[str, list[str]] = {}
         usage.Options.__init__(self)
         self.config: Config | None = None
         self.endpoints: list[tuple[str, Any]] = []
+        self.environ = os.environ if environ is None else environ
 
     def postOptions(self) -> None:
         values: dict[str, object] = {}
@@ -79,6 +88,7 @@ class Options(usage.Options):
             except SettingError as e:
                 raise _fail(str(e)) from None
         try:
+            values.update(environment_values(self.environ))
             values.update(command_line_values(SETTINGS, self.opts, self.repeated))
         except SettingError as e:
             raise _fail(str(e)) from None

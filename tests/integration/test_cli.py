@@ -332,3 +332,17 @@ def test_help_lists_every_setting() -> None:
     assert not missing, f"--help does not list {missing}\n{text}"
     shorts = [s for s in SETTINGS if s.short]
     assert all(f"-{s.short}, --{s.name}=" in text for s in shorts), text
+
+
+def test_settings_from_the_environment_reach_the_real_command(start_server: Launcher) -> None:
+    """The twistd plugin reads the process's own environment: a bad value ends the start with
+    one line naming the variable, a good one is used."""
+    result = run_cli(
+        "--app", f"{APPS}:app", env={"CATALYZER_MAX_BODY": "lots"}, deadline=FAIL_DEADLINE
+    )
+    check_failure(result, "environment variable CATALYZER_MAX_BODY: setting 'max-body'")
+    server = start_server(env={"CATALYZER_MAX_BODY": "10"})
+    status, _, _ = server.request("POST", "/echo", body=b"x" * 11)
+    assert status == 413
+    status, _, _ = server.request("POST", "/echo", body=b"x" * 10)
+    assert status == 200

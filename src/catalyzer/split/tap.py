@@ -9,7 +9,7 @@ before anything is served.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -40,6 +40,7 @@ from catalyzer.settings import (
     Setting,
     SettingError,
     command_line_values,
+    environment_values,
     repeatable_option,
 )
 from catalyzer.split.front import SplitFront
@@ -127,10 +128,11 @@ class _SettingsOptions(usage.Options):
     names: ClassVar[tuple[str, ...]] = ()
     required: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.repeated: dict[str, list[str]] = {}
         usage.Options.__init__(self)
         self.config: Config | None = None
+        self.environ = os.environ if environ is None else environ
 
     @classmethod
     def settings(cls) -> list[Setting]:
@@ -145,6 +147,7 @@ class _SettingsOptions(usage.Options):
                 raise _fail(self.command, str(e)) from None
             values.update({k: v for k, v in loaded.items() if k in self.names})
         try:
+            values.update(environment_values(self.environ, self.names))
             values.update(command_line_values(self.settings(), self.opts, self.repeated))
             self.config = Config.from_values(values)
         except SettingError as e:
@@ -172,7 +175,14 @@ def _options_class(
             for s in table
             if not s.repeatable and not s.flag
         ]
-        + [["config", "c", None, "A TOML file holding any of these settings."]],
+        + [
+            [
+                "config",
+                "c",
+                None,
+                "A TOML file holding any of these settings; CATALYZER_NAME environment variables win over it, and the command line over both.",
+            ]
+        ],
         "optFlags": [[s.name, s.short, s.help] for s in table if s.flag],
     }
     for setting in table:
