@@ -64,3 +64,21 @@ def test_config_defaults_and_unknown_key() -> None:
 
 def test_forwarded_allow_ips_normalised() -> None:
     assert BY_NAME["forwarded-allow-ips"].coerce(" 10.0.0.0/8 , ::1,") == "10.0.0.0/8,::1"
+
+
+def test_the_environment_variables_of_the_processes_own_are_not_read_as_settings() -> None:
+    from catalyzer.dispatch import wire
+    from catalyzer.prefork import control
+    from catalyzer.settings import environment_values
+
+    # ops.trace reads CATALYZER_DEBUG; the test suite's pure mode CATALYZER_TEST_PURE.
+    plumbing = {
+        control.ENV_KEY: "{}",
+        wire.ENV_KEY: "{}",
+        "CATALYZER_DEBUG": "1",
+        "CATALYZER_TEST_PURE": "1",
+    }
+    assert environment_values(plumbing) == {}
+    assert not any(
+        name.replace("-", "_").upper() in {"WORKER", "DISPATCH", "DEBUG"} for name in BY_NAME
+    )
