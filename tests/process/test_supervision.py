@@ -170,6 +170,29 @@ def test_booting_worker_dying_of_term_is_not_a_failure() -> None:
     ]
 
 
+def test_booting_worker_failing_its_boot_during_a_stop_is_not_a_failure() -> None:
+    """TERM came while it booted, and the sockets it was to adopt were closed meanwhile: it
+    exits with the boot-failure status, but it never served, so no request was cut."""
+    sup = Supervisor(2, die_timeout=5)
+    a, b = started(sup, sup.start(0))
+    assert a.pid is not None and b.pid is not None
+    sup.ready(a.pid, 1.0)
+    sup.stop(1.1)
+    sup.exited(a.pid, 0, None, 1.2)
+    assert halts(sup.exited(b.pid, BOOT_FAILURE, None, 1.3)) == [Halt(0, "all workers have exited")]
+    # A ready worker's non-zero exit still says requests were cut.
+    sup = Supervisor(2, die_timeout=5)
+    a, b = started(sup, sup.start(0))
+    assert a.pid is not None and b.pid is not None
+    sup.ready(a.pid, 1.0)
+    sup.ready(b.pid, 1.0)
+    sup.stop(1.1)
+    sup.exited(a.pid, 0, None, 1.2)
+    assert halts(sup.exited(b.pid, BOOT_FAILURE, None, 1.3)) == [
+        Halt(1, "all workers have exited; requests in flight had to be cut")
+    ]
+
+
 def test_clean_stop_exits_zero() -> None:
     sup, (a, b) = boot()
     assert a.pid is not None and b.pid is not None

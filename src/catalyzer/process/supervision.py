@@ -263,9 +263,10 @@ class Supervisor:
                 )
             )
         if self.stopping:
-            # A worker that had to cut requests exits 1. (One that was still booting may die of
-            # the TERM itself: nothing was in flight there. Our own KILL is counted in tick.)
-            if status not in (0, None):
+            # A worker that had to cut requests exits 1. One that was never ready had none in
+            # flight, whatever its status: it may die of the TERM itself, or fail its boot
+            # because the listening sockets closed under it. (Our own KILL is counted in tick.)
+            if status not in (0, None) and worker.ready_at is not None:
                 self.exit_status = 1
             if not self.workers:
                 reason = f"all {self.noun}s have exited"
