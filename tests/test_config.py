@@ -18,7 +18,12 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def parse(*argv: str) -> Options:
-    options = Options()
+    return parse_with({}, *argv)
+
+
+def parse_with(environ: dict[str, str], *argv: str) -> Options:
+    """Options from ``argv`` in ``environ`` (not the test run's own environment)."""
+    options = Options(environ=environ)
     options.parseOptions(list(argv))
     return options
 
@@ -102,12 +107,6 @@ def test_nothing_to_listen_on(tmp_path: Path) -> None:
 # -- CATALYZER_NAME environment variables
 
 
-def parse_with(environ: dict[str, str], *argv: str) -> Options:
-    options = Options(environ=environ)
-    options.parseOptions(list(argv))
-    return options
-
-
 def test_environment_values_between_file_and_command_line(tmp_path: Path) -> None:
     path = write(tmp_path, 'app = "examples.hello:app"\nprocs = 3\nmax-body = "10M"\n')
     environ = {
@@ -120,14 +119,9 @@ def test_environment_values_between_file_and_command_line(tmp_path: Path) -> Non
     }
     config = parse_with(environ, "--config", path).config
     assert config is not None
-    assert (config.app, config.procs, config.max_body, config.header_timeout) == (
-        "examples.hello:app",
-        4,
-        10 * 2**20,
-        2.5,
-    )
+    assert (config.app, config.max_body) == ("examples.hello:app", 10 * 2**20)  # the file's
+    assert (config.procs, config.header_timeout, config.reload) == (4, 2.5, True)
     assert config.listen == ("tcp:0:interface=127.0.0.1", "unix:/tmp/cz.sock")
-    assert config.reload is True
     config = parse_with(environ, "--config", path, "--procs", "2", "--listen", "tcp:0").config
     assert config is not None
     assert (config.procs, config.listen) == (2, ("tcp:0",))

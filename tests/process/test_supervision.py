@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import signal
 
+import pytest
+
 from catalyzer.process.supervision import (
     BOOT_FAILURE,
     KILL_GRACE,
@@ -148,49 +150,34 @@ def test_stop_terms_then_kills_after_die_timeout_and_exit_status() -> None:
     ]
 
 
-def test_worker_that_cut_requests_makes_stop_exit_one() -> None:
+@pytest.mark.parametrize("status", [1, BOOT_FAILURE])
+def test_worker_that_cut_requests_makes_stop_exit_one(status: int) -> None:
     sup, (a, b) = boot()
     assert a.pid is not None and b.pid is not None
     sup.stop(10.0)
     sup.exited(a.pid, 0, None, 10.5)
-    assert halts(sup.exited(b.pid, 1, None, 15.0)) == [
+    assert halts(sup.exited(b.pid, status, None, 15.0)) == [
         Halt(1, "all workers have exited; requests in flight had to be cut")
     ]
 
 
-def test_booting_worker_dying_of_term_is_not_a_failure() -> None:
+@pytest.mark.parametrize(
+    ("status", "signum"),
+    [(None, signal.SIGTERM), (BOOT_FAILURE, None)],
+    ids=["dies-of-term", "fails-its-boot"],
+)
+def test_booting_worker_ending_during_a_stop_is_not_a_failure(
+    status: int | None, signum: int | None
+) -> None:
+    """It never served, so no request was cut: whether the TERM killed it, or it failed its
+    boot because the sockets it was to adopt closed meanwhile."""
     sup = Supervisor(2, die_timeout=5)
     a, b = started(sup, sup.start(0))
     assert a.pid is not None and b.pid is not None
     sup.ready(a.pid, 1.0)
     sup.stop(1.1)
     sup.exited(a.pid, 0, None, 1.2)
-    assert halts(sup.exited(b.pid, None, signal.SIGTERM, 1.3)) == [
-        Halt(0, "all workers have exited")
-    ]
-
-
-def test_booting_worker_failing_its_boot_during_a_stop_is_not_a_failure() -> None:
-    """TERM came while it booted, and the sockets it was to adopt were closed meanwhile: it
-    exits with the boot-failure status, but it never served, so no request was cut."""
-    sup = Supervisor(2, die_timeout=5)
-    a, b = started(sup, sup.start(0))
-    assert a.pid is not None and b.pid is not None
-    sup.ready(a.pid, 1.0)
-    sup.stop(1.1)
-    sup.exited(a.pid, 0, None, 1.2)
-    assert halts(sup.exited(b.pid, BOOT_FAILURE, None, 1.3)) == [Halt(0, "all workers have exited")]
-    # A ready worker's non-zero exit still says requests were cut.
-    sup = Supervisor(2, die_timeout=5)
-    a, b = started(sup, sup.start(0))
-    assert a.pid is not None and b.pid is not None
-    sup.ready(a.pid, 1.0)
-    sup.ready(b.pid, 1.0)
-    sup.stop(1.1)
-    sup.exited(a.pid, 0, None, 1.2)
-    assert halts(sup.exited(b.pid, BOOT_FAILURE, None, 1.3)) == [
-        Halt(1, "all workers have exited; requests in flight had to be cut")
-    ]
+    assert halts(sup.exited(b.pid, status, signum, 1.3)) == [Halt(0, "all workers have exited")]
 
 
 def test_clean_stop_exits_zero() -> None:
