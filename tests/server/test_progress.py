@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
+
 from catalyzer.http.progress import ProgressRegistry, ProgressTracker, upload_id_from
 from catalyzer.server.channel import ServerState
 from catalyzer.testing import InMemoryConnection, InMemoryServer
@@ -112,9 +114,9 @@ def test_tracker_shares_changes_with_the_master() -> None:
     assert tracker.take_outbox() == {}
 
 
-def test_polls_can_be_answered_elsewhere_in_order() -> None:
-    from twisted.internet.defer import Deferred
-
+def _answered_elsewhere() -> tuple[InMemoryServer, list[Deferred[dict[str, object]]]]:
+    """A server whose polls are answered by another process (a prefork master): the answers
+    it asked for, held until the test fires them."""
     server = InMemoryServer(Recorder(), progress_path="/progress")
     pending: list[Deferred[dict[str, object]]] = []
 
@@ -123,6 +125,11 @@ def test_polls_can_be_answered_elsewhere_in_order() -> None:
         return pending[-1]
 
     server.state = ServerState(Recorder(), server.config, server.clock, progress_source=ask)
+    return server, pending
+
+
+def test_polls_can_be_answered_elsewhere_in_order() -> None:
+    server, pending = _answered_elsewhere()
     conn = server.connect()
     conn.send(
         b"GET /progress?X-Progress-ID=z HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -138,16 +145,7 @@ def test_polls_can_be_answered_elsewhere_in_order() -> None:
 
 
 def test_a_poll_waiting_for_its_entry_is_not_closed_as_idle() -> None:
-    from twisted.internet.defer import Deferred
-
-    server = InMemoryServer(Recorder(), progress_path="/progress")
-    pending: list[Deferred[dict[str, object]]] = []
-
-    def ask(upload_id: str) -> Deferred[dict[str, object]]:
-        pending.append(Deferred())
-        return pending[-1]
-
-    server.state = ServerState(Recorder(), server.config, server.clock, progress_source=ask)
+    server, pending = _answered_elsewhere()
     conn = server.connect()
     conn.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")  # arms the keep-alive wait
     assert statuses(conn.output()) == [200]
