@@ -638,6 +638,28 @@ SETTINGS: tuple[Setting, ...] = (
         "weight is lowest); 0 takes no new work.",
     ),
     Setting(
+        "prefetch",
+        8,
+        _non_negative_int,
+        section=SPLIT_SECTION,
+        metavar="N",
+        help="catalyzer-handler: requests each handler process takes beyond its threads. They "
+        "wait in the handler for a thread, so a thread that finishes starts the next request at "
+        "once instead of waiting a round trip to the front for it. If every thread stays busy "
+        "for prefetch-stall without one finishing, they go back to the front (for another "
+        "handler), and the process takes no more than its threads until one finishes. 0: only "
+        "as many as its threads.",
+    ),
+    Setting(
+        "prefetch-stall",
+        0.05,
+        _positive_seconds,
+        section=SPLIT_SECTION,
+        metavar="SECONDS",
+        help="catalyzer-handler: the longest a prefetched request waits behind busy threads "
+        "none of which finishes (see prefetch).",
+    ),
+    Setting(
         "queue-length",
         1024,
         _positive_int,
@@ -833,6 +855,8 @@ class Config:
     insecure_handlers: bool
     tag: str
     weight: float
+    prefetch: int
+    prefetch_stall: float
     queue_length: int
     queue_timeout: float
     no_handler_grace: float

@@ -38,6 +38,13 @@ def test_unmeasured_rtt_untagged_weight_and_draining() -> None:
     assert describe_front(router.status(1.0)).count("\n") == 1  # no counter is set
 
 
+def test_prefetch_is_shown_beside_the_slots() -> None:
+    router = Router(SETTINGS)
+    Peer(router, b"a", 2, pf="3").hello()
+    (row,) = router.status(0.0)["handlers"]  # type: ignore[misc]
+    assert "ready: 2 slots + 3 prefetch, 5 credit, 0 in flight" in handler_line(row)
+
+
 def test_the_budget_in_the_summary_when_there_is_one() -> None:
     router = Router(replace(SETTINGS, window=1000, budget=1500))
     a = Peer(router, b"a", 2)

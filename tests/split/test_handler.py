@@ -39,7 +39,14 @@ class Front:
     """The front's side of the conversation (``pool``: None runs the app in the reactor, as
     ``--threads 0`` does)."""
 
-    def __init__(self, app: Any, slots: int = 2, pool: Any = "inline") -> None:
+    def __init__(
+        self,
+        app: Any,
+        slots: int = 2,
+        pool: Any = "inline",
+        prefetch: int = 0,
+        prefetch_stall: float = 0.05,
+    ) -> None:
         self.reactor = MemoryReactorClock()
         self.conn = FakeConnection()
         services = ResponseServices(
@@ -57,6 +64,8 @@ class Front:
             self.reactor,
             services,
             slots=slots,
+            prefetch=prefetch,
+            prefetch_stall=prefetch_stall,
             hello=((b"host", b"h"), (b"pid", b"1")),
             heartbeat=1.0,
             liveness=5.0,
@@ -409,3 +418,85 @@ def test_an_iterable_that_ends_at_once_still_goes_as_one_reply() -> None:
     assert [m.kind for m in front.conn.take()] == [Kind.REPLY]
     front.reactor.advance(START_DELAY)
     assert front.conn.take() == []
+
+
+def sent(front: Front) -> list[tuple[Kind, int]]:
+    return [(m.kind, m.rid) for m in front.conn.take()]
+
+
+def test_prefetched_requests_wait_for_a_slot_and_start_as_one_finishes() -> None:
+    pool = ManualPool()
+    app = Recorder()
+    front = Front(app, slots=1, pool=pool, prefetch=2)
+    (hello,) = front.conn.take()
+    assert (hello.get_int(b"slots"), hello.get_int(b"pf")) == (1, 2)
+    front.welcome()
+    for rid in (1, 2, 3):
+        front.req(rid)
+    assert len(pool.calls) == 1  # one slot
+    front.reactor.advance(START_DELAY)
+    assert sent(front) == [(Kind.START, 1)]  # a waiting request owes no START: it has not begun
+    for rid in (1, 2, 3):
+        pool.run()
+        assert sent(front) == [(Kind.REPLY, rid)]
+    assert len(app.calls) == 3 and pool.calls == []
+    front.reactor.advance(0.5)  # nothing stalls once all is done (no heartbeat yet either)
+    assert sent(front) == []
+
+
+def test_a_stalled_handler_gives_back_what_waits_and_its_prefetch_until_one_finishes() -> None:
+    pool = ManualPool()
+    app = Recorder()
+    front = Front(app, slots=1, pool=pool, prefetch=2, prefetch_stall=0.05)
+    front.welcome()
+    front.req(1)
+    front.req(2)
+    front.reactor.advance(START_DELAY)
+    assert sent(front) == [(Kind.START, 1)]
+    front.reactor.advance(0.05 - START_DELAY)  # the slot has not finished for prefetch-stall
+    returned, credit = front.conn.take()
+    assert (returned.kind, returned.rid) == (Kind.RETURN, 2)
+    assert (credit.kind, credit.get_int(b"n")) == (Kind.CREDIT, -2)
+    assert front.session.status()["stalls"] == 1
+    front.req(3)  # sent before the front heard of the stall: given back at once
+    front.reactor.advance(0)
+    assert sent(front) == [(Kind.RETURN, 3)]
+    pool.run()
+    reply, credit = front.conn.take()
+    assert (reply.kind, reply.rid) == (Kind.REPLY, 1)
+    assert (credit.kind, credit.get_int(b"n")) == (Kind.CREDIT, 2)  # flowing again
+    assert len(app.calls) == 1 and pool.calls == []
+
+
+def test_a_slot_that_keeps_finishing_is_no_stall() -> None:
+    pool = ManualPool()
+    front = Front(Recorder(), slots=1, pool=pool, prefetch=2, prefetch_stall=0.05)
+    front.welcome()
+    front.req(1)
+    front.req(2)
+    front.reactor.advance(0.04)
+    pool.run()  # 1 finishes and 2 starts within prefetch-stall
+    front.req(3)
+    front.reactor.advance(0.04)  # 0.08 since 1 began, 0.04 since the last progress
+    assert (Kind.RETURN, 2) not in sent(front)
+    pool.run()
+    pool.run()
+    assert [k for k, _ in sent(front)] == [Kind.REPLY, Kind.REPLY]
+
+
+def test_waiting_requests_past_their_start_deadline_or_cancelled_never_run() -> None:
+    pool = ManualPool()
+    app = Recorder()
+    front = Front(app, slots=1, pool=pool, prefetch=2, prefetch_stall=10.0)
+    front.welcome()
+    front.req(1)
+    front.req(2, extra=((b"dl", b"0.1"),))  # the front's start-timeout: 0.1 s
+    front.req(3)
+    front.say(Kind.CANCEL, 3)
+    front.reactor.advance(0.2)
+    front.conn.take()
+    pool.run()
+    out = front.conn.take()
+    assert [(m.kind, m.rid) for m in out] == [(Kind.REPLY, 1), (Kind.END, 2)]
+    assert out[1].get(b"r") == b"cancelled"
+    assert len(app.calls) == 1 and pool.calls == []

@@ -127,13 +127,13 @@ def test_front_manhole_shows_handler_rows_and_runs_the_commands(
 def test_usr1_dumps_show_handler_rows_and_sessions_as_text(split: Split) -> None:
     front = split.start_front()
     master = split.start_handler("--threads", "2", "--procs", "2", "--tag", "v7", joins=2)
-    single = split.start_handler("--threads", "1", "--tag", "v8")
+    single = split.start_handler("--threads", "1", "--tag", "v8", "--prefetch", "0")
     front.send_signal(signal.SIGUSR1)
     dump = front.wait_for_log(
         r"split front: 3 handlers, 0 queued, 0 at handlers, 0 of 67108864 budget bytes buffered, 0 waiting for it\n((?:\s+\S.*\n)+)"
     )
     rows = dump.group(1)
-    assert rows.count(" tag v7 gen 1 ready: 2 slots, 2 credit, 0 in flight") == 2
+    assert rows.count(" tag v7 gen 1 ready: 2 slots + 8 prefetch, 10 credit, 0 in flight") == 2
     assert rows.count(" tag v8 gen 1 ready: 1 slots, 1 credit, 0 in flight") == 1
     master.send_signal(signal.SIGUSR1)
     sessions = r"handler worker \d pid \d+ generation 1: 1 sessions\n\s+tcp://\S+: joined, 0 in"

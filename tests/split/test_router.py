@@ -157,6 +157,42 @@ def test_credit_message_adds_credit() -> None:
     assert reqs_to(a.say(0, Kind.CREDIT, meta=((b"n", b"1"),)), a) != []
 
 
+def test_prefetch_adds_credit_but_idle_slots_come_first() -> None:
+    router = new()
+    a = Peer(router, b"a", slots=1, pf="2")
+    b = Peer(router, b"b", slots=1)
+    a.hello()
+    b.hello()
+    assert router.handlers[b"a"].credit == 3
+    assert router.handlers[b"a"].row(0)["prefetch"] == 2
+    # One each while a slot is idle somewhere, then the prefetch: a request waits at a busy
+    # handler only when no handler has a slot free.
+    out = get(router, 1) + get(router, 2)
+    assert len(reqs_to(out, a)) == len(reqs_to(out, b)) == 1
+    out = get(router, 3) + get(router, 4) + get(router, 5)
+    assert len(reqs_to(out, a)) == 2
+    assert list(router.queue) == [5]
+
+
+def test_negative_credit_takes_the_prefetch_back_until_given_again() -> None:
+    router = new()
+    a = Peer(router, b"a", slots=1, pf="2")
+    a.hello()
+    out = get(router, 1)
+    (rid,) = reqs_to(out, a)
+    # A stalled handler: its slot is busy, and it wants no more than its slot.
+    assert a.say(0.1, Kind.CREDIT, meta=((b"n", b"-2"),)) == []
+    assert reqs_to(get(router, 2, 0.2), a) == []
+    assert list(router.queue) == [2]
+    done = a.say(
+        0.3, Kind.REPLY, rid, ((b"st", b"200"), (b"ka", b"1")), (b"HTTP/1.1 200 OK\r\n\r\n",)
+    )
+    assert only(done, End)
+    assert len(reqs_to(done, a)) == 1  # the slot's credit came back with the reply
+    assert len(reqs_to(a.say(0.4, Kind.CREDIT, meta=((b"n", b"2"),)), a)) == 0  # none waiting
+    assert router.handlers[b"a"].credit == 2
+
+
 # -- queued
 
 
@@ -482,11 +518,17 @@ def test_front_only_kinds_from_a_handler_are_refused() -> None:
     assert router.counters["malformed"] == 1
 
 
-def test_bad_hello_is_refused_with_a_line() -> None:
+@pytest.mark.parametrize(
+    ("meta", "named"),
+    [(((b"slots", b"x"),), "slots"), (((b"slots", b"1"), (b"pf", b"-1")), "pf")],
+)
+def test_bad_hello_is_refused_with_a_line(
+    meta: tuple[tuple[bytes, bytes], ...], named: str
+) -> None:
     router = new()
-    out = router.message(0.0, b"a", encode(Message(Kind.HELLO, meta=((b"slots", b"x"),))))
+    out = router.message(0.0, b"a", encode(Message(Kind.HELLO, meta=meta)))
     assert b"a" not in router.handlers
-    assert any(isinstance(c, Log) and "slots" in c.text for c in out)
+    assert any(isinstance(c, Log) and named in c.text for c in out)
 
 
 def test_drain_then_bye() -> None:

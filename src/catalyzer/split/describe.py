@@ -10,15 +10,17 @@ __all__ = ["describe_front", "handler_line"]
 
 
 def handler_line(row: Mapping[str, Any]) -> str:
-    """One handler's row on one line, e.g. ``web1 pid 812 tag v42 gen 1 ready: 4 slots, 3
-    credit, 1 in flight, rtt 0.4 ms, 1200 served, 2 re-dispatched, 0 errors, heard 0.2s ago``."""
+    """One handler's row on one line, e.g. ``web1 pid 812 tag v42 gen 1 ready: 4 slots + 4
+    prefetch, 7 credit, 1 in flight, rtt 0.4 ms, 1200 served, 2 re-dispatched, 0 errors, heard 0.2s ago``."""
     rtt = row.get("rtt")
     rtt_text = "rtt -" if rtt is None else f"rtt {float(rtt) * 1000:.1f} ms"
     weight = row.get("weight")
     weight_text = "" if weight is None or weight == 1 else f", weight {weight:g}"
+    prefetch = row.get("prefetch")
+    prefetch_text = f" + {prefetch} prefetch" if prefetch else ""
     return (
         f"{row['host']} pid {row['pid']} tag {row['tag'] or '-'} gen {row['generation']} "
-        f"{row['state']}: {row['slots']} slots, {row['credit']} credit, "
+        f"{row['state']}: {row['slots']} slots{prefetch_text}, {row['credit']} credit, "
         f"{row['in_flight']} in flight, {rtt_text}, {row['served']} served, "
         f"{row['redispatched']} re-dispatched, {row['errors']} errors{weight_text}, "
         f"heard {row['last_seen']:.1f}s ago"

@@ -55,7 +55,7 @@ class Kind(IntEnum):
     HELLO = 1  # h->f: join (host, pid, tag, generation, slots)
     WELCOME = 2  # f->h: joined (session parameters: heartbeat interval, liveness, window)
     RESET = 3  # f->h: unknown session, say HELLO again
-    CREDIT = 4  # h->f: n more requests may be sent
+    CREDIT = 4  # h->f: n more requests may be sent (negative: n fewer)
     REQ = 5  # f->h: a request (metadata + body frames)
     START = 6  # h->f: about to call the app
     GO = 7  # f->h: you may (methods that are not retried)

@@ -14,6 +14,14 @@ each request before its app is called (and, for methods the front does not retry
 heartbeats while idle, and a new HELLO when the front is silent past liveness, says RESET, or a
 sequence number is missing. On drain: DRAIN, the requests not started are RETURNed, the started
 ones finish, then BYE.
+
+Prefetch: a session takes up to ``prefetch`` requests beyond its slots (its threads), which wait
+here for a slot, so that a slot that finishes starts the next request at once instead of waiting
+a round trip to the front for it. A session whose slots are all busy and none has finished or
+started for ``prefetch_stall`` is *stalled*: it gives the waiting requests back (RETURN) and takes
+its prefetch credit back from the front (CREDIT with a negative count), so nothing waits behind a
+slow call for longer than that while another handler could run it; the next request to finish
+grants the prefetch again.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Final
 
@@ -327,6 +336,7 @@ class _Waiting:
         self.spool: IO[bytes] | None = None  # the body being spooled (an app run in line)
         self.spooled = 0
         self.go = False  # the app may be called once the body is in
+        self.start_by = float("inf")  # the reactor's time after which it must not start
 
 
 class HandlerSession:
@@ -339,6 +349,8 @@ class HandlerSession:
         services: ResponseServices,
         *,
         slots: int,
+        prefetch: int = 0,
+        prefetch_stall: float = 0.05,
         hello: Meta,
         heartbeat: float,
         liveness: float,
@@ -353,6 +365,8 @@ class HandlerSession:
         self.reactor = reactor
         self.services = services
         self.slots = slots
+        self.prefetch = prefetch
+        self.prefetch_stall = prefetch_stall
         self.hello_meta = hello
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -376,6 +390,15 @@ class HandlerSession:
         # Responses held for a REPLY whose iterable has not ended yet, and their one timer.
         self._held: set[SplitSink] = set()
         self._release_timer: interfaces.IDelayedCall | None = None
+        # Requests whose app may run, waiting for a slot (oldest first; entries of requests over
+        # meanwhile are skipped), the ones running, and when a slot last started or finished one.
+        self._ready: deque[_Waiting] = deque()
+        self._running: set[_Waiting] = set()
+        self._progress_at = 0.0
+        self._stall_timer: interfaces.IDelayedCall | None = None
+        # Stalled: the prefetch credit is taken back until a request finishes.
+        self.stalled = False
+        self.stalls = 0
         self.served = 0
         self.sessions = 0
         self._timer: interfaces.IDelayedCall | None = None
@@ -390,10 +413,10 @@ class HandlerSession:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for timer in (self._start_timer, self._release_timer):
+        for timer in (self._start_timer, self._release_timer, self._stall_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._start_timer = self._release_timer = None
+        self._start_timer = self._release_timer = self._stall_timer = None
         self.connection.close()
 
     def drain(self) -> None:
@@ -479,9 +502,12 @@ class HandlerSession:
         self.seq_in = 0
         now = self.reactor.seconds()
         self.last_heard = now
-        meta = (*self.hello_meta, (b"slots", b"%d" % self.slots))
+        meta = self._hello_meta()
         self._send(Kind.HELLO, meta=meta)
         self._arm()
+
+    def _hello_meta(self) -> Meta:
+        return (*self.hello_meta, (b"slots", b"%d" % self.slots), (b"pf", b"%d" % self.prefetch))
 
     def _new_session(self, why: str) -> None:
         """The front lost us (or we it): what we had is abandoned, and we join again."""
@@ -496,6 +522,10 @@ class HandlerSession:
                 self._close_body(waiting.request)
         self.requests.clear()
         self._starts_owed.clear()
+        # A new HELLO grants the slots and the prefetch afresh.
+        self._ready.clear()
+        self._running.clear()
+        self.stalled = False
         if self.draining:
             self._leave()
             return
@@ -517,7 +547,7 @@ class HandlerSession:
             if now - self.last_heard >= self.liveness:
                 self._hello()  # a fresh session: the front may have been restarted
                 return
-            meta = (*self.hello_meta, (b"slots", b"%d" % self.slots))
+            meta = self._hello_meta()
             self.seq_out = 0
             self._send(Kind.HELLO, meta=meta)
         elif now - self.last_heard >= self.liveness:
@@ -550,7 +580,11 @@ class HandlerSession:
                 return
             self.welcomed = True
             self.seq_in = msg.seq + 1
-            log.info("joined the front ({slots} slots)", slots=self.slots)
+            log.info(
+                "joined the front ({slots} slots, {prefetch} prefetched)",
+                slots=self.slots,
+                prefetch=self.prefetch,
+            )
             if self.on_welcome is not None:
                 self.on_welcome()
             if self.draining:
@@ -640,6 +674,7 @@ class HandlerSession:
             final.get("wsgi.url_scheme", "http"),
         )
         sink = SplitSink(self, rid, self.epoch, msg.get_int(b"w"), request.keep_alive)
+        start_within = msg.get_float(b"dl", float("inf"))
         length = msg.get_int(b"bl", 0)
         stream: StreamedBody | None = None
         spool: IO[bytes] | None = None
@@ -685,6 +720,7 @@ class HandlerSession:
             else:
                 environ.pop(key, None)
         waiting = _Waiting(rid, request, environ, sink)
+        waiting.start_by = self.reactor.seconds() + start_within
         waiting.stream = stream
         self.requests[rid] = waiting
         if spool is not None:
@@ -692,10 +728,6 @@ class HandlerSession:
             waiting.spooled = msg.body_length
             self._ask_body(sink, None, msg.body_length, min(BODY_CHUNK, length - msg.body_length))
         if request.method in RETRYABLE_METHODS:
-            # The front may run these again whether or not they started, so START only tells it
-            # the first-byte timeout applies: it is sent only for a response that has not begun
-            # within START_DELAY (most answer sooner, and their reply implies it).
-            self._owe_start(rid)
             self._go(waiting)
         else:
             # Other methods wait for GO: the front may have given it to another handler.
@@ -759,17 +791,78 @@ class HandlerSession:
         spool.seek(0)
         waiting.spool = None
         if waiting.go:
-            self._run(waiting)
+            self._ready.append(waiting)
+            self._start_ready()
 
     def _go(self, waiting: _Waiting) -> None:
-        """The app may be called: now, or once its body is spooled."""
+        """The app may be called: once its body is spooled and a slot is free."""
         waiting.go = True
         if waiting.spool is None:
+            self._ready.append(waiting)
+            self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Start waiting requests while slots are free; watch for a stall if some must wait."""
+        ready = self._ready
+        running = self._running
+        while ready and len(running) < self.slots:
+            waiting = ready.popleft()
+            if self.requests.get(waiting.rid) is not waiting:
+                continue  # cancelled, returned or abandoned while it waited
+            if self.reactor.seconds() > waiting.start_by:
+                # The front has given it to another handler by now (start-timeout).
+                self._forget(waiting)
+                self._send(Kind.END, waiting.rid, ((b"r", b"cancelled"),))
+                self._maybe_leave()
+                continue
             self._run(waiting)
+        if ready and self._stall_timer is None:
+            delay = self._progress_at + self.prefetch_stall - self.reactor.seconds()
+            self._stall_timer = self.reactor.callLater(max(0.0, delay), self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        waiting = [w for w in self._ready if self.requests.get(w.rid) is w]
+        self._ready.clear()
+        self._ready.extend(waiting)
+        if not waiting:
+            return
+        due = self._progress_at + self.prefetch_stall
+        now = self.reactor.seconds()
+        if now < due:
+            self._stall_timer = self.reactor.callLater(due - now, self._check_stall)
+            return
+        # Every slot has been busy for prefetch_stall without finishing: what waits here goes
+        # back to the front (RETURN gives its credit back), and so does the prefetch credit,
+        # so that the front sends us no more than our slots until one finishes.
+        self._ready.clear()
+        for w in waiting:
+            self._forget(w)
+            self._send(Kind.RETURN, w.rid)
+        if not self.stalled:
+            self.stalled = True
+            self.stalls += 1
+            if self.prefetch:
+                self._send(Kind.CREDIT, meta=((b"n", b"%d" % -self.prefetch),))
+        self._maybe_leave()
+
+    def _forget(self, waiting: _Waiting) -> None:
+        """``waiting`` never ran and is no longer ours."""
+        del self.requests[waiting.rid]
+        waiting.sink.closed = True
+        self._close_body(waiting.request)
 
     def _run(self, waiting: _Waiting) -> None:
         def done(outcome: ResponseOutcome) -> None:
             self._response_done(waiting, outcome)
+
+        self._running.add(waiting)
+        self._progress_at = self.reactor.seconds()
+        if waiting.request.method in RETRYABLE_METHODS:
+            # The front may run these again whether or not they started, so START only tells it
+            # the first-byte timeout applies: it is sent only for a response that has not begun
+            # within START_DELAY (most answer sooner, and their reply implies it).
+            self._owe_start(waiting.rid)
 
         response = response_class(self.services)(
             self.services, waiting.sink, waiting.request, waiting.environ, done
@@ -783,6 +876,14 @@ class HandlerSession:
         self.served += 1
         waiting.sink.finish(outcome)
         self._close_body(waiting.request)
+        if waiting in self._running:
+            self._running.discard(waiting)
+            self._progress_at = now
+            if self.stalled and waiting.sink.epoch == self.epoch:
+                self.stalled = False
+                if self.prefetch and not self.draining:
+                    self._send(Kind.CREDIT, meta=((b"n", b"%d" % self.prefetch),))
+            self._start_ready()
         access_log = self.access_log
         if access_log is not None:
             try:
@@ -808,6 +909,8 @@ class HandlerSession:
             "welcomed": self.welcomed,
             "draining": self.draining,
             "in_flight": len(self.requests),
+            "running": len(self._running),
+            "stalls": self.stalls,
             "served": self.served,
             "sessions": self.sessions,
         }

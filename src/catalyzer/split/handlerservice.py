@@ -45,9 +45,8 @@ log = Logger(namespace="catalyzer.split")
 def handler_threads(threads: int) -> int:
     """A handler's app threads: ``--threads 0`` (the default) means one. A handler's reactor never
     runs the app: it must keep heartbeating (an app call longer than handler-liveness would make
-    the front count the handler lost and run its GETs again elsewhere), and it must hold no request
-    it cannot start at once (one waiting behind a slow call while another handler idles is what
-    credit routing exists to prevent), so its credit is its threads."""
+    the front count the handler lost and run its GETs again elsewhere). Its credit is its threads
+    and its ``--prefetch``, which a stall takes back (see :class:`HandlerSession`)."""
     return max(1, threads)
 
 
@@ -171,6 +170,8 @@ class HandlerService(MultiService):
                     reactor,
                     server.response_services,
                     slots=handler_threads(config.threads),
+                    prefetch=config.prefetch,
+                    prefetch_stall=config.prefetch_stall,
                     hello=hello,
                     heartbeat=config.heartbeat_interval,
                     liveness=config.handler_liveness,
@@ -226,8 +227,8 @@ class HandlerService(MultiService):
             where = self.endpoints[n] if n < len(self.endpoints) else f"front {n}"
             state = "draining" if row["draining"] else "joined" if row["welcomed"] else "joining"
             lines.append(
-                f"  {where}: {state}, {row['in_flight']} in flight, {row['served']} served, "
-                f"session {row['sessions']}"
+                f"  {where}: {state}, {row['in_flight']} in flight ({row['running']} running), "
+                f"{row['served']} served, {row['stalls']} stalls, session {row['sessions']}"
             )
         return "\n".join(lines)
 

@@ -196,6 +196,8 @@ class HandlerState:
     last_heard: float
     last_sent: float
     credit: int = 0
+    # Requests it takes beyond its slots, to wait there for a slot (see split.handler).
+    prefetch: int = 0
     seq_in: int = 0  # the next sequence number expected from it
     seq_out: int = 0
     draining: bool = False
@@ -219,6 +221,7 @@ class HandlerState:
             "generation": self.generation,
             "state": "draining" if self.draining else "ready",
             "slots": self.slots,
+            "prefetch": self.prefetch,
             "weight": self.weight,
             "credit": self.credit,
             "in_flight": len(self.in_flight),
@@ -625,6 +628,9 @@ class Router:
         slots = msg.get_int(b"slots")
         if slots < 1:
             raise FrameError("HELLO: slots must be 1 or more")
+        prefetch = msg.get_int(b"pf", 0)
+        if prefetch < 0:
+            raise FrameError("HELLO: pf must be 0 or more")
         tag = msg.get_text(b"tag")
         weight = self.tag_weights.get(tag, msg.get_float(b"weight", 1.0))
         handler = HandlerState(
@@ -639,7 +645,8 @@ class Router:
             last_heard=now,
             last_sent=now,
             last_ping=now,
-            credit=slots,
+            credit=slots + prefetch,
+            prefetch=prefetch,
             seq_in=msg.seq + 1,
         )
         self.handlers[identity] = handler
@@ -655,7 +662,8 @@ class Router:
         )
         line = Log(
             "info",
-            f"handler {handler.host} pid {handler.pid} tag {tag or '-'} joined with {slots} slots",
+            f"handler {handler.host} pid {handler.pid} tag {tag or '-'} joined with {slots} slots"
+            + (f" and {prefetch} prefetched" if prefetch else ""),
         )
         # Requests queued with the short no-handler deadline now wait the full queue timeout.
         for cid in self.queue:
