@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,6 +317,40 @@ def test_a_default_handler_in_a_call_longer_than_the_liveness_is_not_lost(split:
     ran = collections.Counter(rid for rid, _, _ in split.journal_lines())
     assert ran == {"slow": 1, "fast": 1}
     assert " lost: " not in front.log()
+
+
+def test_a_get_prefetched_behind_a_slow_call_goes_back_and_to_the_handler_that_frees_first(
+    split: Split,
+) -> None:
+    """Two default handlers (one thread, ``--prefetch`` 8), both in a slow call: a third GET
+    goes to the one that got work longest ago (the tie-break), to wait there for its thread.
+    That thread does not finish within ``prefetch-stall``, so the handler gives the GET back,
+    and the front sends it to the other handler once its shorter call ends."""
+    front = split.start_front()
+    outcomes: dict[str, tuple[int, bytes]] = {}
+
+    def get(rid: str, target: str) -> None:
+        status, _, body = front.request("GET", target, headers={"X-Request-Id": rid})
+        outcomes[rid] = (status, body)
+
+    def in_app(rid: str) -> Callable[[], bool | None]:
+        return lambda: True if any(r == rid for r, _, _ in split.journal_lines()) else None
+
+    first = split.start_handler()
+    calls = [threading.Thread(target=get, args=("long", "/slow?sleep=3"))]
+    calls[0].start()
+    front.wait_until(in_app("long"), 20.0, "the long GET in the app")
+    second = split.start_handler()
+    calls.append(threading.Thread(target=get, args=("short", "/slow?sleep=1")))
+    calls[1].start()
+    front.wait_until(in_app("short"), 20.0, "the short GET in the app")
+    get("fast", "/fast")
+    for call in calls:
+        call.join(timeout=30)
+    pids = {rid: int(body.split()[1]) for rid, (status, body) in outcomes.items() if status == 200}
+    assert pids == {"long": first.pid, "short": second.pid, "fast": second.pid}
+    ran = collections.Counter(rid for rid, _, _ in split.journal_lines())
+    assert ran == {"long": 1, "short": 1, "fast": 1}
 
 
 def test_10000_mixed_requests_are_answered_once_each_and_shared(split: Split) -> None:
