@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,8 @@ NETNS_START_DEADLINE = 60.0
 HANDLER_THREADS = [4]
 # Extra front options for every run (``--front-args``), e.g. a larger ``--window``.
 FRONT_ARGS: list[str] = []
+# Extra handler options for hello, big and hop (``--handler-args``), e.g. ``--prefetch 0``.
+HANDLER_ARGS: list[str] = []
 
 
 def _pythonpath(tree: Path | None) -> str:
@@ -131,7 +133,13 @@ def context_switches(pid: int) -> int:
 
 @contextmanager
 def serving(
-    kind: str, app: str, log_dir: Path, tree: Path | None, n_procs: int = 1, threads: int = 0
+    kind: str,
+    app: str,
+    log_dir: Path,
+    tree: Path | None,
+    n_procs: int = 1,
+    threads: int = 0,
+    handler_args: Sequence[str] = (),
 ) -> Iterator[tuple[int, dict[str, int]]]:
     """Servers for one measurement: ``single`` or ``split``; yields the HTTP port and the PIDs
     whose CPU is counted (by role)."""
@@ -173,6 +181,7 @@ def serving(
             ]
             if threads:
                 handler += ["--threads", str(threads)]
+            handler += handler_args
             servers.append(_start("handler", handler, 0, log_dir / "handler.log", tree))
             pids = {"front": servers[0].pid, "handler": servers[1].pid}
         procs.wait_ready(servers[0])
@@ -221,7 +230,8 @@ def measure(
     _FRONT_LOG[:] = [sub / "front.log"]
     record: dict[str, Any] = {"kind": kind, "scenario": scenario, "procs": n_procs}
     try:
-        with serving(kind, app, sub, tree, n_procs, threads) as (port, pids):
+        extra = HANDLER_ARGS if scenario in ("hello", "big", "hop") else []
+        with serving(kind, app, sub, tree, n_procs, threads, extra) as (port, pids):
             cpu0 = {role: task_cpu_ns(pid) for role, pid in pids.items()}
             cs0 = {role: context_switches(pid) for role, pid in pids.items()}
             result = run_wrk(port, CONNECTIONS[scenario], duration, threads=1)
@@ -504,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         "--front-args", default="", help="extra catalyzer-front options, e.g. '--window 1048576'"
     )
     parser.add_argument(
+        "--handler-args",
+        default="",
+        help="extra catalyzer-handler options (not for scale), e.g. '--prefetch 0'",
+    )
+    parser.add_argument(
         "--handler-threads", type=int, default=4, help="the handler's --threads (not for scale)"
     )
     args = parser.parse_args(argv)
@@ -520,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(str(e))
     FRONT_ARGS[:] = shlex.split(args.front_args)
+    HANDLER_ARGS[:] = shlex.split(args.handler_args)
     data = run(scenarios, args.runs, args.duration, procs_list, args.tree, layouts)
     text = json.dumps(data, indent=2)
     print(text)

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 
 from catalyzer.split.frames import Kind, Message, encode
-from catalyzer.split.handler import START_DELAY, HandlerSession
+from catalyzer.split.handler import CONNECTIONS_KEPT, START_DELAY, HandlerSession
 from catalyzer.wsgi.sink import ResponseServices
 from tests.split.fakes import FakeConnection
 
@@ -500,3 +500,28 @@ def test_waiting_requests_past_their_start_deadline_or_cancelled_never_run() -> 
     assert [(m.kind, m.rid) for m in out] == [(Kind.REPLY, 1), (Kind.END, 2)]
     assert out[1].get(b"r") == b"cancelled"
     assert len(app.calls) == 1 and pool.calls == []
+
+
+def test_requests_of_one_connection_share_no_environ_and_the_kept_bases_are_bounded() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(dict(environ))
+        del environ["REMOTE_ADDR"]  # an app may change its environ: the next must not see it
+        environ["SCRIPT_NAME"] = "/mine"
+        start_response("200 OK", [])
+        return [b""]
+
+    front = Front(app)
+    front.welcome()
+    front.req(1)
+    front.req(2)
+    front.req(3, extra=((b"e", b"HTTPS=on"),))
+    assert [e["REMOTE_ADDR"] for e in seen] == ["10.1.2.3"] * 3
+    assert [e.get("SCRIPT_NAME", "") for e in seen] == ["", "", ""]
+    assert ["HTTPS" in e for e in seen] == [False, False, True]
+    assert "HTTP_X_FORWARDED_FOR" not in seen[0]  # the front did not keep it (pk)
+    for n in range(CONNECTIONS_KEPT + 1):
+        front.req(10 + n, extra=((b"e", b"REMOTE_PORT=%d" % n),))
+    assert len(front.session._connections) <= CONNECTIONS_KEPT
+    assert seen[-1]["REMOTE_PORT"] == str(CONNECTIONS_KEPT)

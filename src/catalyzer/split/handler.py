@@ -323,6 +323,25 @@ class StreamedBody(io.RawIOBase):
             self._cond.notify_all()
 
 
+# The environ entries that are the front's to decide (the handler's own environ builder would
+# derive them from the request's headers): set as the REQ says, or removed.
+_FRONT_DECIDES: Final = ("HTTPS", "HTTP_HOST", "SCRIPT_NAME")
+# Client connections whose environ base a session keeps (then it starts again).
+CONNECTIONS_KEPT: Final = 1024
+
+
+class _ClientConnection:
+    """A client connection as the front described it: the environ every request on it starts
+    from, the entries its requests must not have, and those the front set."""
+
+    __slots__ = ("base", "dropped", "overrides")
+
+    def __init__(self, base: dict[str, Any], dropped: tuple[str, ...], overrides: dict[str, str]):
+        self.base = base
+        self.dropped = dropped
+        self.overrides = overrides
+
+
 class _Waiting:
     """A request sent to us whose app has not been called: waiting for GO, or for a thread."""
 
@@ -393,6 +412,7 @@ class HandlerSession:
         # Requests whose app may run, waiting for a slot (oldest first; entries of requests over
         # meanwhile are skipped), the ones running, and when a slot last started or finished one.
         self._ready: deque[_Waiting] = deque()
+        self._connections: dict[tuple[bytes | None, ...], _ClientConnection] = {}
         self._running: set[_Waiting] = set()
         self._progress_at = 0.0
         self._stall_timer: interfaces.IDelayedCall | None = None
@@ -659,20 +679,7 @@ class HandlerSession:
         request.headers = headers
         request.body_length = msg.body_length
         request.body = None
-        final: dict[str, str] = {}
-        for lines in msg.get_all(b"e"):  # an entry per line
-            for pair in lines.decode("latin-1").split("\n"):
-                name, sep, text = pair.partition("=")
-                if not sep or name not in FORWARDED_RESULT:
-                    raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
-                final[name] = text
-        info = ConnectionInfo(
-            final.get("SERVER_NAME", ""),
-            final.get("SERVER_PORT", ""),
-            final.get("REMOTE_ADDR", ""),
-            final.get("REMOTE_PORT", ""),
-            final.get("wsgi.url_scheme", "http"),
-        )
+        connection = self._connection(msg)
         sink = SplitSink(self, rid, self.epoch, msg.get_int(b"w"), request.keep_alive)
         start_within = msg.get_float(b"dl", float("inf"))
         length = msg.get_int(b"bl", 0)
@@ -696,29 +703,15 @@ class HandlerSession:
             request.body = io.BufferedReader(stream, buffer_size=BODY_CHUNK)
         elif msg.body:
             request.body = self._body(msg.body)
-        base = base_environ(
-            info,
-            script_name=msg.get_text(b"sn"),
-            errors=self.errors,
-            multithread=self.services.threadpool is not None,
-            multiprocess=self.multiprocess,
-            file_wrapper=FileWrapper,
-        )
         try:
-            environ = build_environ(request, base)
+            environ = build_environ(request, connection.base)
         except BadTarget as e:
             self._refuse(sink, request, 400, "Bad Request", str(e))
             return
         # What the front's forwarded-allow-ips judgement made of the proxy headers, as it is.
-        kept = set(msg.get_text(b"pk").split(","))
-        for key in PROXY_KEYS:
-            if key not in kept:
-                environ.pop(key, None)
-        for key in ("HTTPS", "HTTP_HOST", "SCRIPT_NAME"):
-            if key in final:
-                environ[key] = final[key]
-            else:
-                environ.pop(key, None)
+        for key in connection.dropped:
+            environ.pop(key, None)
+        environ.update(connection.overrides)
         waiting = _Waiting(rid, request, environ, sink)
         waiting.start_by = self.reactor.seconds() + start_within
         waiting.stream = stream
@@ -732,6 +725,47 @@ class HandlerSession:
         else:
             # Other methods wait for GO: the front may have given it to another handler.
             self._send(Kind.START, rid)
+
+    def _connection(self, msg: Message) -> _ClientConnection:
+        """What a REQ says of its client's connection, made once per connection: the requests
+        of one keep-alive connection carry the same entries."""
+        key = (msg.get(b"sn"), msg.get(b"pk"), *msg.get_all(b"e"))
+        connection = self._connections.get(key)
+        if connection is not None:
+            return connection
+        final: dict[str, str] = {}
+        for lines in msg.get_all(b"e"):  # an entry per line
+            for pair in lines.decode("latin-1").split("\n"):
+                name, sep, text = pair.partition("=")
+                if not sep or name not in FORWARDED_RESULT:
+                    raise FrameError(f"REQ: bad environ entry {pair[:40]!r}")
+                final[name] = text
+        info = ConnectionInfo(
+            final.get("SERVER_NAME", ""),
+            final.get("SERVER_PORT", ""),
+            final.get("REMOTE_ADDR", ""),
+            final.get("REMOTE_PORT", ""),
+            final.get("wsgi.url_scheme", "http"),
+        )
+        base = base_environ(
+            info,
+            script_name=msg.get_text(b"sn"),
+            errors=self.errors,
+            multithread=self.services.threadpool is not None,
+            multiprocess=self.multiprocess,
+            file_wrapper=FileWrapper,
+        )
+        kept = set(msg.get_text(b"pk").split(","))
+        connection = _ClientConnection(
+            base,
+            tuple(key for key in PROXY_KEYS if key not in kept)
+            + tuple(key for key in _FRONT_DECIDES if key not in final),
+            {key: final[key] for key in _FRONT_DECIDES if key in final},
+        )
+        if len(self._connections) >= CONNECTIONS_KEPT:
+            self._connections.clear()
+        self._connections[key] = connection
+        return connection
 
     def _ask_body(self, sink: SplitSink, stream: StreamedBody | None, offset: int, n: int) -> None:
         if sink.closed or sink.epoch != self.epoch or sink.rid not in self.requests:

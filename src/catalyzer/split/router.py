@@ -278,12 +278,13 @@ class Router:
             if pending is not None and pending.token == token:
                 break
             heapq.heappop(heap)
-        times = [heap[0][0]] if heap else []
+        earliest = heap[0][0] if heap else None
         s = self.settings
         for h in self.handlers.values():
-            times.append(h.last_heard + s.liveness)
-            times.append(h.last_ping + s.heartbeat)
-        return min(times) if times else None
+            when = min(h.last_heard + s.liveness, h.last_ping + s.heartbeat)
+            if earliest is None or when < earliest:
+                earliest = when
+        return earliest
 
     def status(self, now: float) -> dict[str, object]:
         return {
