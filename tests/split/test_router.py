@@ -191,6 +191,12 @@ def test_negative_credit_takes_the_prefetch_back_until_given_again() -> None:
     assert len(reqs_to(done, a)) == 1  # the slot's credit came back with the reply
     assert len(reqs_to(a.say(0.4, Kind.CREDIT, meta=((b"n", b"2"),)), a)) == 0  # none waiting
     assert router.handlers[b"a"].credit == 2
+    # What a stalled handler gives back goes first to whichever handler has credit.
+    (rid,) = reqs_to(get(router, 3, 0.5), a)
+    again = a.say(0.6, Kind.RETURN, rid, ((b"r", b"stalled"),))
+    assert reqs_to(again, a) == [rid + 1]
+    assert router.counters["returned_stalled"] == 1
+    assert router.handlers[b"a"].redispatched == 1
 
 
 # -- queued

@@ -120,6 +120,7 @@ def _split_metrics(split: Mapping[str, Any]) -> Iterable[Metric]:
         key: GaugeMetricFamily(f"catalyzer_split_handler_{key}", text, labels=labels)
         for key, text in (
             ("slots", "Slots (app threads) of each connected handler."),
+            ("prefetch", "Requests each handler may hold beyond its slots (--prefetch)."),
             ("weight", "Each handler's share of new work (its tag's weight; 0: none)."),
             ("credit", "Requests each handler may still be sent."),
             ("in_flight", "Requests at each handler now."),

@@ -872,7 +872,7 @@ class HandlerSession:
         self._ready.clear()
         for w in waiting:
             self._forget(w)
-            self._send(Kind.RETURN, w.rid)
+            self._send(Kind.RETURN, w.rid, ((b"r", b"stalled"),))
         if not self.stalled:
             self.stalled = True
             self.stalls += 1

@@ -246,6 +246,7 @@ class Router:
             "requests": 0,
             "dispatched": 0,
             "redispatched": 0,
+            "returned_stalled": 0,
             "late_dropped": 0,
             "malformed": 0,
             "handlers_lost": 0,
@@ -758,6 +759,8 @@ class Router:
                 ]
             handler.redispatched += 1
             self.counters["redispatched"] += 1
+            if kind is Kind.RETURN and msg.get(b"r") == b"stalled":
+                self.counters["returned_stalled"] += 1
             self._enqueue(now, pending, front=True)
             return self._dispatch(now)
         # END after HEAD
