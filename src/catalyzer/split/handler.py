@@ -858,18 +858,17 @@ class HandlerSession:
         self._stall_timer = None
         waiting = [w for w in self._ready if self.requests.get(w.rid) is w]
         self._ready.clear()
-        self._ready.extend(waiting)
         if not waiting:
             return
         due = self._progress_at + self.prefetch_stall
         now = self.reactor.seconds()
         if now < due:
+            self._ready.extend(waiting)
             self._stall_timer = self.reactor.callLater(due - now, self._check_stall)
             return
         # Every slot has been busy for prefetch_stall without finishing: what waits here goes
         # back to the front (RETURN gives its credit back), and so does the prefetch credit,
         # so that the front sends us no more than our slots until one finishes.
-        self._ready.clear()
         for w in waiting:
             self._forget(w)
             self._send(Kind.RETURN, w.rid, ((b"r", b"stalled"),))
@@ -910,14 +909,6 @@ class HandlerSession:
         self.served += 1
         waiting.sink.finish(outcome)
         self._close_body(waiting.request)
-        if waiting in self._running:
-            self._running.discard(waiting)
-            self._progress_at = now
-            if self.stalled and waiting.sink.epoch == self.epoch:
-                self.stalled = False
-                if self.prefetch and not self.draining:
-                    self._send(Kind.CREDIT, meta=((b"n", b"%d" % self.prefetch),))
-            self._start_ready()
         access_log = self.access_log
         if access_log is not None:
             try:
@@ -931,6 +922,15 @@ class HandlerSession:
                 )
             except Exception:
                 log.failure("the access log could not be written", Failure())
+        if waiting not in self._running:
+            return  # abandoned with its session
+        self._running.discard(waiting)
+        self._progress_at = now
+        if self.stalled:
+            self.stalled = False
+            if self.prefetch and not self.draining:
+                self._send(Kind.CREDIT, meta=((b"n", b"%d" % self.prefetch),))
+        self._start_ready()
 
     def request_over(self, rid: int) -> None:
         """END has gone for ``rid``: its slot is free (the front counts the credit back)."""
