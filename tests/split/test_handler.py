@@ -444,13 +444,19 @@ def test_prefetched_requests_wait_for_a_slot_and_start_as_one_finishes() -> None
     assert sent(front) == []
 
 
-def test_a_stalled_handler_gives_back_what_waits_and_its_prefetch_until_one_finishes() -> None:
+def one_slot_two_prefetched(stall: float, *rids: int) -> tuple[Front, ManualPool, Recorder]:
+    """A joined session with one slot and a prefetch of 2, sent a GET for each of ``rids``."""
     pool = ManualPool()
     app = Recorder()
-    front = Front(app, slots=1, pool=pool, prefetch=2, prefetch_stall=0.05)
+    front = Front(app, slots=1, pool=pool, prefetch=2, prefetch_stall=stall)
     front.welcome()
-    front.req(1)
-    front.req(2)
+    for rid in rids:
+        front.req(rid)
+    return front, pool, app
+
+
+def test_a_stalled_handler_gives_back_what_waits_and_its_prefetch_until_one_finishes() -> None:
+    front, pool, app = one_slot_two_prefetched(0.05, 1, 2)
     front.reactor.advance(START_DELAY)
     assert sent(front) == [(Kind.START, 1)]
     front.reactor.advance(0.05 - START_DELAY)  # the slot has not finished for prefetch-stall
@@ -469,11 +475,7 @@ def test_a_stalled_handler_gives_back_what_waits_and_its_prefetch_until_one_fini
 
 
 def test_a_slot_that_keeps_finishing_is_no_stall() -> None:
-    pool = ManualPool()
-    front = Front(Recorder(), slots=1, pool=pool, prefetch=2, prefetch_stall=0.05)
-    front.welcome()
-    front.req(1)
-    front.req(2)
+    front, pool, _ = one_slot_two_prefetched(0.05, 1, 2)
     front.reactor.advance(0.04)
     pool.run()  # 1 finishes and 2 starts within prefetch-stall
     front.req(3)
@@ -485,11 +487,7 @@ def test_a_slot_that_keeps_finishing_is_no_stall() -> None:
 
 
 def test_waiting_requests_past_their_start_deadline_or_cancelled_never_run() -> None:
-    pool = ManualPool()
-    app = Recorder()
-    front = Front(app, slots=1, pool=pool, prefetch=2, prefetch_stall=10.0)
-    front.welcome()
-    front.req(1)
+    front, pool, app = one_slot_two_prefetched(10.0, 1)
     front.req(2, extra=((b"dl", b"0.1"),))  # the front's start-timeout: 0.1 s
     front.req(3)
     front.say(Kind.CANCEL, 3)
