@@ -10,8 +10,9 @@ __all__ = ["describe_front", "handler_line"]
 
 
 def handler_line(row: Mapping[str, Any]) -> str:
-    """One handler's row on one line, e.g. ``web1 pid 812 tag v42 gen 1 ready: 4 slots + 4
-    prefetch, 7 credit, 1 in flight, rtt 0.4 ms, 1200 served, 2 re-dispatched, 0 errors, heard 0.2s ago``."""
+    """One handler's row on one line, e.g. ``web1 pid 812 tag v42 gen 1 ready: 4 slots + 8
+    prefetch, 11 credit, 1 in flight, rtt 0.4 ms, 1200 served, 2 re-dispatched, 0 errors,
+    heard 0.2s ago``."""
     rtt = row.get("rtt")
     rtt_text = "rtt -" if rtt is None else f"rtt {float(rtt) * 1000:.1f} ms"
     weight = row.get("weight")
