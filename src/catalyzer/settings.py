@@ -975,6 +975,23 @@ def environment_values(
     return values
 
 
+def layered_values(
+    settings: Iterable[Setting],
+    file_values: Mapping[str, object],
+    environ: Mapping[str, str],
+    opts: Mapping[str, object],
+    repeated: Mapping[str, list[str]],
+    names: Collection[str] | None = None,
+) -> dict[str, object]:
+    """The values a command was given, each source over the one before: the ``--config`` file's
+    (``file_values``), the environment's, the command line's (see :func:`command_line_values`);
+    of ``names`` only, if given. Raises :class:`SettingError` for a bad value."""
+    values = {k: v for k, v in file_values.items() if names is None or k in names}
+    values.update(environment_values(environ, names))
+    values.update(command_line_values(settings, opts, repeated))
+    return values
+
+
 def _check_config_matches_settings() -> None:
     names = [f.name for f in dataclasses.fields(Config)]
     if names != [s.attr for s in SETTINGS]:

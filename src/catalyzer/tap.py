@@ -35,8 +35,7 @@ from catalyzer.settings import (
     SPLIT_SECTION,
     Config,
     SettingError,
-    command_line_values,
-    environment_values,
+    layered_values,
     repeatable_option,
 )
 from catalyzer.wsgi.appspec import AppSpecError, load_app
@@ -81,15 +80,14 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
 
     def postOptions(self) -> None:
-        values: dict[str, object] = {}
+        file_values: dict[str, object] = {}
         if self.opts.get("config"):
             try:
-                values.update(load_config_file(self.opts["config"]))
+                file_values = load_config_file(self.opts["config"])
             except SettingError as e:
                 raise _fail(str(e)) from None
         try:
-            values.update(environment_values(self.environ))
-            values.update(command_line_values(SETTINGS, self.opts, self.repeated))
+            values = layered_values(SETTINGS, file_values, self.environ, self.opts, self.repeated)
         except SettingError as e:
             raise _fail(str(e)) from None
         if "listen" not in values and (values.get("uwsgi") or values.get("fastcgi")):

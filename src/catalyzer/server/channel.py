@@ -49,6 +49,7 @@ from catalyzer.server.connstate import ConnState
 from catalyzer.server.holding import HeadWatch
 from catalyzer.server.roommaker import RoomMaker, Sheddable, log_shed
 from catalyzer.server.shedding import Candidate, Standing
+from catalyzer.server.startchecks import StartError
 from catalyzer.server.timer import started
 from catalyzer.settings import Config
 from catalyzer.wsgi.environ import BadTarget, ConnectionInfo, base_environ, build_environ
@@ -56,7 +57,7 @@ from catalyzer.wsgi.filewrapper import FileWrapper
 from catalyzer.wsgi.forwarded import PROXY_KEYS, TrustedProxies, apply_forwarded
 from catalyzer.wsgi.response import response_class
 from catalyzer.wsgi.sink import Responder, ResponderFactory, ResponseOutcome, ResponseServices
-from catalyzer.wsgi.threads import AppThreads
+from catalyzer.wsgi.threads import AppThreads, ThreadStartError
 from catalyzer.wsgi.types import WSGIApp
 
 __all__ = [
@@ -345,13 +346,17 @@ class ServerState:
             if toggle is not None:
                 toggle()
 
-    def start_threads(self, reactor: Any) -> None:
+    def start_threads(self, reactor: Any, command: str = "catalyzer") -> None:
         """Start the ``--threads`` pool, if there is one. Where ``reactor`` can say when it is
-        about to wait for events, calls queued while it runs wake a thread only then."""
+        about to wait for events, calls queued while it runs wake a thread only then. A pool the
+        system refuses is a :class:`StartError` whose line begins with ``command``."""
         pool = self.threadpool
         if pool is None:
             return
-        pool.start()
+        try:
+            pool.start()
+        except ThreadStartError as e:
+            raise StartError(f"{command}: cannot start: {e}") from None
         pool.woken_at_poll = twistedprivate.before_each_poll(reactor, pool.poll_begins)
 
     # -- graceful stop

@@ -13,8 +13,6 @@ from twisted.logger import Logger
 from catalyzer.server.channel import ServerState
 from catalyzer.server.faces import factory_for, split_face
 from catalyzer.server.listening import ListenError, listen_all, listen_now
-from catalyzer.server.startchecks import StartError
-from catalyzer.wsgi.threads import ThreadStartError
 
 __all__ = ["HTTPService", "ListenError"]
 
@@ -60,10 +58,7 @@ class HTTPService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        try:
-            self.server.start_threads(self.reactor)
-        except ThreadStartError as e:
-            raise StartError(f"catalyzer: cannot start: {e}") from None
+        self.server.start_threads(self.reactor)
         if self.server.access_log is not None:
             self._flusher = LoopingCall(self.server.access_log.flush)
             self._flusher.clock = self.server.clock

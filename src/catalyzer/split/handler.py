@@ -76,6 +76,8 @@ JOIN_BELOW: Final = 16 * 1024
 BODY_IN_MEMORY: Final = 1024 * 1024
 # A retried request's START is sent only if its response has not begun this long after it came.
 START_DELAY: Final = 0.02
+# END's metadata for a request dropped before it ran (cancelled, or past its start deadline).
+CANCELLED: Final = ((b"r", b"cancelled"),)
 
 
 class SplitSink:
@@ -449,12 +451,9 @@ class HandlerSession:
             self._leave()
             return
         self._send(Kind.DRAIN)
-        for rid, waiting in list(self.requests.items()):
+        for waiting in list(self.requests.values()):
             if waiting.response is None:
-                del self.requests[rid]
-                waiting.sink.closed = True
-                self._close_body(waiting.request)
-                self._send(Kind.RETURN, rid)
+                self._give_back(waiting, Kind.RETURN)
         self._maybe_leave()
 
     def _maybe_leave(self) -> None:
@@ -652,10 +651,7 @@ class HandlerSession:
                 waiting.sink.cancelled = True
                 waiting.response.abort("cancelled by the front")
             else:
-                del self.requests[msg.rid]
-                waiting.sink.closed = True
-                self._close_body(waiting.request)
-                self._send(Kind.END, msg.rid, ((b"r", b"cancelled"),))
+                self._give_back(waiting, Kind.END, CANCELLED)
                 self._maybe_leave()
 
     def _request(self, msg: Message) -> None:
@@ -845,8 +841,7 @@ class HandlerSession:
                 continue  # cancelled, returned or abandoned while it waited
             if self.reactor.seconds() > waiting.start_by:
                 # The front has given it to another handler by now (start-timeout).
-                self._forget(waiting)
-                self._send(Kind.END, waiting.rid, ((b"r", b"cancelled"),))
+                self._give_back(waiting, Kind.END, CANCELLED)
                 self._maybe_leave()
                 continue
             self._run(waiting)
@@ -870,8 +865,7 @@ class HandlerSession:
         # back to the front (RETURN gives its credit back), and so does the prefetch credit,
         # so that the front sends us no more than our slots until one finishes.
         for w in waiting:
-            self._forget(w)
-            self._send(Kind.RETURN, w.rid, ((b"r", b"stalled"),))
+            self._give_back(w, Kind.RETURN, ((b"r", b"stalled"),))
         if not self.stalled:
             self.stalled = True
             self.stalls += 1
@@ -879,11 +873,13 @@ class HandlerSession:
                 self._send(Kind.CREDIT, meta=((b"n", b"%d" % -self.prefetch),))
         self._maybe_leave()
 
-    def _forget(self, waiting: _Waiting) -> None:
-        """``waiting`` never ran and is no longer ours."""
+    def _give_back(self, waiting: _Waiting, kind: Kind, meta: Meta = ()) -> None:
+        """``waiting`` never ran and is no longer ours: tell the front with ``kind`` (RETURN:
+        run it elsewhere; END: it is over)."""
         del self.requests[waiting.rid]
         waiting.sink.closed = True
         self._close_body(waiting.request)
+        self._send(kind, waiting.rid, meta)
 
     def _run(self, waiting: _Waiting) -> None:
         def done(outcome: ResponseOutcome) -> None:

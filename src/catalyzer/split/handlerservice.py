@@ -19,7 +19,6 @@ from catalyzer.ops.profiling import ProfiledApp
 from catalyzer.process import signals
 from catalyzer.process.children import exit_at_interpreter_exit
 from catalyzer.server.channel import ServerState
-from catalyzer.server.startchecks import StartError
 from catalyzer.settings import Config
 from catalyzer.split.handler import HandlerSession
 from catalyzer.split.zmqio import (
@@ -29,7 +28,6 @@ from catalyzer.split.zmqio import (
     load_public_key,
     new_context,
 )
-from catalyzer.wsgi.threads import ThreadStartError
 
 __all__ = [
     "HandlerService",
@@ -197,10 +195,7 @@ class HandlerService(MultiService):
                 },
             )
         MultiService.startService(self)
-        try:
-            self.server.start_threads(self.reactor)
-        except ThreadStartError as e:
-            raise StartError(f"catalyzer-handler: cannot start: {e}") from None
+        self.server.start_threads(self.reactor, command="catalyzer-handler")
         if self.server.access_log is not None:
             self._flusher = LoopingCall(self.server.access_log.flush)
             self._flusher.clock = self.reactor

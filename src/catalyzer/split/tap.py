@@ -39,8 +39,7 @@ from catalyzer.settings import (
     Config,
     Setting,
     SettingError,
-    command_line_values,
-    environment_values,
+    layered_values,
     repeatable_option,
 )
 from catalyzer.split.front import SplitFront
@@ -143,16 +142,16 @@ class _SettingsOptions(usage.Options):
         return [BY_NAME[name] for name in cls.names]
 
     def postOptions(self) -> None:
-        values: dict[str, object] = {}
+        file_values: dict[str, object] = {}
         if self.opts.get("config"):
             try:
-                loaded = load_config_file(self.opts["config"])
+                file_values = load_config_file(self.opts["config"])
             except SettingError as e:
                 raise _fail(self.command, str(e)) from None
-            values.update({k: v for k, v in loaded.items() if k in self.names})
         try:
-            values.update(environment_values(self.environ, self.names))
-            values.update(command_line_values(self.settings(), self.opts, self.repeated))
+            values = layered_values(
+                self.settings(), file_values, self.environ, self.opts, self.repeated, self.names
+            )
             self.config = Config.from_values(values)
         except SettingError as e:
             raise _fail(self.command, str(e)) from None
