@@ -17,13 +17,14 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench import split
 from bench.mixed import SlowDriver
 from bench.run import run_wrk
 
 
-def measure(prefetch: int, duration: int, logs: Path) -> dict[str, float]:
+def measure(prefetch: int, duration: int, logs: Path) -> dict[str, Any]:
     sub = logs / f"prefetch{prefetch}-{len(list(logs.iterdir()))}"
     sub.mkdir()
     split._FRONT_LOG[:] = [sub / "front.log"]
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefetch", default="0,8", help="comma-separated --prefetch values")
     args = parser.parse_args(argv)
     values = [int(v) for v in args.prefetch.split(",")]
-    results: dict[int, list[dict[str, float]]] = {v: [] for v in values}
+    results: dict[int, list[dict[str, Any]]] = {v: [] for v in values}
     with tempfile.TemporaryDirectory(prefix="cz-split-mixed-") as tmp:
         for run in range(args.runs):
             order = values if run % 2 == 0 else values[::-1]
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|--:|--:|--:|--:|--:|")
     for value, runs in results.items():
 
-        def cell(key: str, fmt: str) -> str:
+        def cell(key: str, fmt: str, runs: list[dict[str, Any]] = runs) -> str:
             each = [r[key] for r in runs]
             return f"{statistics.median(each):{fmt}} ({' / '.join(f'{x:{fmt}}' for x in each)})"
 
