@@ -460,9 +460,9 @@ def test_a_stalled_handler_gives_back_what_waits_and_its_prefetch_until_one_fini
     front.reactor.advance(START_DELAY)
     assert sent(front) == [(Kind.START, 1)]
     front.reactor.advance(0.05 - START_DELAY)  # the slot has not finished for prefetch-stall
-    returned, credit = front.conn.take()
-    assert (returned.kind, returned.rid, returned.get(b"r")) == (Kind.RETURN, 2, b"stalled")
+    credit, returned = front.conn.take()  # the credit first: see the next test
     assert (credit.kind, credit.get_int(b"n")) == (Kind.CREDIT, -2)
+    assert (returned.kind, returned.rid, returned.get(b"r")) == (Kind.RETURN, 2, b"stalled")
     assert front.session.status()["stalls"] == 1
     front.req(3)  # sent before the front heard of the stall: given back at once
     front.reactor.advance(0)

@@ -199,6 +199,22 @@ def test_negative_credit_takes_the_prefetch_back_until_given_again() -> None:
     assert router.handlers[b"a"].redispatched == 1
 
 
+def test_a_stalled_handlers_requests_wait_at_the_front_not_sent_back_to_it() -> None:
+    router = new()
+    a = Peer(router, b"a", slots=1, pf="2")
+    a.hello()
+    (busy,) = reqs_to(get(router, 1), a)
+    (waiting,) = reqs_to(get(router, 2), a)
+    # A stall, as the handler says it: its prefetch back first, then what waited.
+    assert a.say(0.1, Kind.CREDIT, meta=((b"n", b"-2"),)) == []
+    assert reqs_to(a.say(0.1, Kind.RETURN, waiting, ((b"r", b"stalled"),)), a) == []
+    assert list(router.queue) == [2]
+    done = a.say(
+        0.5, Kind.REPLY, busy, ((b"st", b"200"), (b"ka", b"1")), (b"HTTP/1.1 200 OK\r\n\r\n",)
+    )
+    assert len(reqs_to(done, a)) == 1  # its slot is free again: the queue's head goes there
+
+
 # -- queued
 
 

@@ -18,10 +18,10 @@ ones finish, then BYE.
 Prefetch: a session takes up to ``prefetch`` requests beyond its slots (its threads), which wait
 here for a slot, so that a slot that finishes starts the next request at once instead of waiting
 a round trip to the front for it. A session whose slots are all busy and none has finished or
-started for ``prefetch_stall`` is *stalled*: it gives the waiting requests back (RETURN) and takes
-its prefetch credit back from the front (CREDIT with a negative count), so nothing waits behind a
-slow call for longer than that while another handler could run it; the next request to finish
-grants the prefetch again.
+started for ``prefetch_stall`` is *stalled*: it takes its prefetch credit back from the front
+(CREDIT with a negative count) and gives the waiting requests back (RETURN), so nothing waits
+behind a slow call for longer than that while another handler could run it; the next request to
+finish grants the prefetch again.
 """
 
 from __future__ import annotations
@@ -861,16 +861,17 @@ class HandlerSession:
             self._ready.extend(waiting)
             self._stall_timer = self.reactor.callLater(due - now, self._check_stall)
             return
-        # Every slot has been busy for prefetch_stall without finishing: what waits here goes
-        # back to the front (RETURN gives its credit back), and so does the prefetch credit,
-        # so that the front sends us no more than our slots until one finishes.
-        for w in waiting:
-            self._give_back(w, Kind.RETURN, ((b"r", b"stalled"),))
+        # Every slot has been busy for prefetch_stall without finishing: the prefetch credit
+        # goes back to the front, so that it sends us no more than our slots until one
+        # finishes, and then what waits here (each RETURN gives its credit back). In that
+        # order: credit given back first would send the front's next request straight back here.
         if not self.stalled:
             self.stalled = True
             self.stalls += 1
             if self.prefetch:
                 self._send(Kind.CREDIT, meta=((b"n", b"%d" % -self.prefetch),))
+        for w in waiting:
+            self._give_back(w, Kind.RETURN, ((b"r", b"stalled"),))
         self._maybe_leave()
 
     def _give_back(self, waiting: _Waiting, kind: Kind, meta: Meta = ()) -> None:
